@@ -1,0 +1,64 @@
+"""The admin REST API (FastAPI): ``create_app(settings)``; docs at ``/docs``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI
+
+import hub
+from hub.api import errors
+from hub.api.deps import ContextDep, HubContext, require_admin
+from hub.api.routes import bundles, datasets, devices, models, runs
+from hub.artifacts import open_store
+from hub.db import create_all, make_engine
+from hub.settings import HubSettings
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(
+    settings: HubSettings, *, extra_health: Callable[[], dict[str, Any]] | None = None
+) -> FastAPI:
+    """An app on the settings' database and artifact store (tables created on start)."""
+    engine = make_engine(settings.resolved_database_url)
+    context = HubContext(
+        settings=settings,
+        engine=engine,
+        store=open_store(settings.resolved_artifact_url),
+        admin_token=settings.resolved_admin_token(),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        create_all(engine)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="edgeloop hub",
+        version=hub.__version__,
+        description="Admin API: datasets, runs, model registry, bundles, devices. "
+        "Every /api route needs 'Authorization: Bearer <admin token>'.",
+        lifespan=lifespan,
+    )
+    app.state.hub = context
+    errors.install(app)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz(ctx: ContextDep) -> dict[str, Any]:
+        with ctx.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return {
+            "status": "ok",
+            "version": hub.__version__,
+            "database": ctx.engine.dialect.name,
+            **(extra_health() if extra_health else {}),
+        }
+
+    guarded = [Depends(require_admin)]
+    for router in (datasets.router, runs.router, models.router, bundles.router, devices.router):
+        app.include_router(router, prefix=API_PREFIX, dependencies=guarded)
+    return app

@@ -1,0 +1,51 @@
+"""Bundles registered against model versions (the packager writes them)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from sqlmodel import select
+
+from hub import registry
+from hub.api.deps import SessionDep, StoreDep
+from hub.errors import NotFound
+from hub.tables import Bundle, BundlePublic, ModelVersion
+
+router = APIRouter(tags=["bundles"])
+
+
+def _public(bundle: Bundle, version: ModelVersion) -> BundlePublic:
+    return BundlePublic.model_validate(
+        bundle, update={"model": f"{version.model_name}@{version.version}"}
+    )
+
+
+def _find(session: SessionDep, digest: str) -> Bundle:
+    bundle = session.exec(select(Bundle).where(Bundle.digest == digest)).first()
+    if bundle is None:
+        raise NotFound(f"no bundle {digest!r}")
+    return bundle
+
+
+@router.get("/models/{name}/versions/{selector}/bundles", response_model=list[BundlePublic])
+def of_version(name: str, selector: str, session: SessionDep) -> list[BundlePublic]:
+    version = registry.get_version(session, ref=f"{name}@{selector}")
+    return [_public(b, version) for b in registry.bundles_of(session, model_version=version)]
+
+
+@router.get("/bundles/{digest}", response_model=BundlePublic)
+def show(digest: str, session: SessionDep) -> BundlePublic:
+    bundle = _find(session, digest)
+    version = session.get(ModelVersion, bundle.model_version_id)
+    assert version is not None
+    return _public(bundle, version)
+
+
+@router.get(
+    "/bundles/{digest}/file",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download(digest: str, session: SessionDep, store: StoreDep) -> Response:
+    bundle = _find(session, digest)
+    return Response(store.get_bytes(bundle.digest), media_type="application/octet-stream")

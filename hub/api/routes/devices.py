@@ -1,0 +1,55 @@
+"""The device registry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from hub import devices
+from hub.api.deps import SessionDep
+from hub.errors import InvalidInput
+from hub.tables import DeviceCreate, DevicePublic, DeviceUpdate
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+def _tags(pairs: list[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"tag filter {pair!r} must look like key=value")
+        tags[key] = value
+    return tags
+
+
+@router.post("", response_model=DevicePublic, status_code=201)
+def create(body: DeviceCreate, session: SessionDep) -> DevicePublic:
+    return DevicePublic.model_validate(devices.create_device(session, device_in=body))
+
+
+@router.get("", response_model=list[DevicePublic])
+def list_devices(
+    session: SessionDep,
+    group: str | None = None,
+    tag: Annotated[list[str], Query(description="key=value, repeatable (all must match)")] = [],  # noqa: B006
+) -> list[DevicePublic]:
+    found = devices.list_devices(session, group=group, tags=_tags(tag))
+    return [DevicePublic.model_validate(d) for d in found]
+
+
+@router.get("/{device_id}", response_model=DevicePublic)
+def show(device_id: str, session: SessionDep) -> DevicePublic:
+    return DevicePublic.model_validate(devices.get_device(session, device_id=device_id))
+
+
+@router.patch("/{device_id}", response_model=DevicePublic)
+def update(device_id: str, body: DeviceUpdate, session: SessionDep) -> DevicePublic:
+    device = devices.update_device(session, device_id=device_id, update=body)
+    return DevicePublic.model_validate(device)
+
+
+@router.delete("/{device_id}", status_code=204)
+def delete(device_id: str, session: SessionDep) -> None:
+    devices.delete_device(session, device_id=device_id)

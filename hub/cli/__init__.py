@@ -1,0 +1,126 @@
+"""The ``edgeloop`` command line: one entry point for operators and scripts.
+
+Every command takes ``--json`` (one JSON object on stdout; errors as
+``{"error": ..., "code": ...}`` with a non-zero exit). The hub is reached in-process on
+``--data-dir`` / ``EDGELOOP_DATA_DIR``, or over HTTP with ``--hub`` / ``EDGELOOP_HUB_URL``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from hub.cli import datasets, devices, models
+from hub.cli._client import Target
+from hub.cli._output import emit, emit_error
+from hub.errors import EdgeloopError
+from hub.settings import SettingsError, load_settings
+
+app = typer.Typer(
+    name="edgeloop",
+    help="edgeloop: datasets, training, registry, signed bundles and rollouts for edge models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+hub_app = typer.Typer(help="Run the hub.", no_args_is_help=True)
+app.add_typer(hub_app, name="hub")
+app.add_typer(datasets.app, name="dataset")
+app.add_typer(models.app, name="model")
+app.add_typer(models.runs, name="run")
+app.add_typer(devices.app, name="device")
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(envvar="EDGELOOP_DATA_DIR", help="work in-process on this hub data folder"),
+    ] = None,
+    hub_url: Annotated[
+        str | None,
+        typer.Option("--hub", envvar="EDGELOOP_HUB_URL", help="talk to a running hub at this URL"),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGELOOP_ADMIN_TOKEN", help="admin token for --hub", show_default=False
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log to stderr")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = Target(data_dir=str(data_dir) if data_dir else None, hub_url=hub_url, token=token)
+
+
+@hub_app.command("serve")
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="API address")] = None,
+    port: Annotated[int | None, typer.Option(help="API port (default 8000)")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051)")] = None,
+    mqtt_url: Annotated[
+        str | None, typer.Option(help="external broker; unset: start an embedded one")
+    ] = None,
+) -> None:
+    """Serve the admin API (docs at /docs), gRPC artifacts and the embedded broker."""
+    from hub.server import serve as run_server
+
+    target: Target = ctx.find_root().obj
+    logging.getLogger().setLevel(logging.INFO)
+    settings = load_settings(
+        data_dir=target.data_dir,
+        api_host=host,
+        api_port=port,
+        grpc_port=grpc_port,
+        mqtt_url=mqtt_url,
+    )
+    run_server(settings)
+
+
+@app.command("version")
+def version(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Print the edgeloop version."""
+    import hub
+
+    emit({"version": hub.__version__}, as_json=as_json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the CLI and turns every error into a clear message and exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in args
+    try:
+        result = app(args=args, prog_name="edgeloop", standalone_mode=False)
+    except EdgeloopError as exc:
+        emit_error(message=exc.message, code=exc.code, as_json=as_json)
+        return 1
+    except (SettingsError, ValidationError) as exc:
+        emit_error(message=f"bad settings: {exc}", code="settings", as_json=as_json)
+        return 2
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        emit_error(message="aborted", code="aborted", as_json=as_json)
+        return 130
+    except typer.TyperException as exc:  # usage errors: unknown command, bad option, ...
+        usage = getattr(exc, "ctx", None)
+        message = exc.format_message().strip()
+        if not message:  # no command given: the help was already printed
+            if as_json:
+                emit_error(message="missing command; see --help", code="usage", as_json=True)
+            return 2
+        if usage is not None and not as_json:
+            message += f"\n\n{usage.get_usage()}\nTry '{usage.command_path} --help' for help."
+        emit_error(message=message, code="usage", as_json=as_json)
+        return int(getattr(exc, "exit_code", 2))
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,57 @@
+"""``edgeloop device ...``: the device registry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hub.cli._client import connect
+from hub.cli._common import JsonFlag, parse_pairs, target
+from hub.cli._output import emit
+
+app = typer.Typer(help="The device registry: ids, groups, tags.", no_args_is_help=True)
+COLUMNS = ["id", "group", "tags", "online", "last_seen_at"]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="key=value, repeatable")]
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    device_id: str,
+    group: Annotated[str, typer.Option(help="device group")] = "default",
+    tag: TagOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Register a device."""
+    body = {"id": device_id, "group": group, "tags": parse_pairs(tag, what="tag")}
+    with connect(target(ctx)) as client:
+        emit(client.post("/devices", json=body), as_json=as_json, columns=COLUMNS)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    group: Annotated[str | None, typer.Option(help="only this group")] = None,
+    tag: TagOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Devices, filtered by group and tags."""
+    params: dict[str, str | list[str]] = {"tag": tag or []}
+    if group:
+        params["group"] = group
+    with connect(target(ctx)) as client:
+        emit(client.get("/devices", params=params), as_json=as_json, columns=COLUMNS, key="devices")
+
+
+@app.command("show")
+def show(ctx: typer.Context, device_id: str, as_json: JsonFlag = False) -> None:
+    with connect(target(ctx)) as client:
+        emit(client.get(f"/devices/{device_id}"), as_json=as_json)
+
+
+@app.command("remove")
+def remove(ctx: typer.Context, device_id: str, as_json: JsonFlag = False) -> None:
+    with connect(target(ctx)) as client:
+        client.request("DELETE", f"/devices/{device_id}")
+    emit({"id": device_id, "removed": True}, as_json=as_json)

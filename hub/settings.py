@@ -1,0 +1,127 @@
+"""The hub's one settings class: environment variables prefixed ``EDGELOOP_``, failing fast.
+
+Defaults are the embedded ones: a SQLite file and an artifact folder under the data dir,
+and a broker the hub starts itself when no ``mqtt_url`` is given.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("~/.edgeloop")
+MIN_TOKEN_LENGTH = 32
+TOKEN_FILE = "admin_token"
+
+
+class SettingsError(ValueError):
+    """Settings that are missing or unsafe; the message says what to set."""
+
+
+class HubSettings(BaseSettings):
+    """Configuration of one hub process."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_", extra="ignore", frozen=True)
+
+    mode: Literal["dev", "production"] = "dev"
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str | None = Field(
+        default=None, description="sqlite:///FILE or postgresql://...; default: SQLite in data_dir"
+    )
+    artifact_url: str | None = Field(
+        default=None, description="file:///DIR (content-addressed); default: data_dir/artifacts"
+    )
+    mqtt_url: str | None = Field(
+        default=None, description="mqtt://host:port of an external broker; unset: embedded broker"
+    )
+    embedded_broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
+    embedded_mqtt_port: int = Field(default=1884, ge=0, le=65535)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    fleet: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    topic_prefix: str = "edgeloop/v1"
+    admin_token: SecretStr | None = None
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = urlparse(value).scheme.split("+")[0]
+        if scheme not in {"sqlite", "postgresql", "postgres"}:
+            raise SettingsError(
+                f"EDGELOOP_DATABASE_URL scheme {scheme!r} is not supported; "
+                "use sqlite:///path/to/hub.db or postgresql://user@host/dbname"
+            )
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in {"mqtt", "mqtts", "tcp"} or not parsed.hostname:
+            raise SettingsError(
+                f"EDGELOOP_MQTT_URL {value!r} is not a broker address; use mqtt://host:1883"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _production_is_safe(self) -> HubSettings:
+        if self.mode != "production":
+            return self
+        token = self.admin_token.get_secret_value() if self.admin_token else ""
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise SettingsError(
+                "production mode needs EDGELOOP_ADMIN_TOKEN of at least "
+                f"{MIN_TOKEN_LENGTH} characters (try: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))')"
+            )
+        if self.database_url is None:
+            raise SettingsError(
+                "production mode needs an explicit EDGELOOP_DATABASE_URL (e.g. postgresql://...)"
+            )
+        return self
+
+    # Derived values -------------------------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'hub.db'}"
+
+    @property
+    def resolved_artifact_url(self) -> str:
+        return self.artifact_url or (self.data_dir / "artifacts").as_uri()
+
+    def resolved_admin_token(self) -> str:
+        """The admin token; in dev mode one is generated once and kept in the data dir (0600)."""
+        if self.admin_token is not None:
+            return self.admin_token.get_secret_value()
+        path = self.data_dir / TOKEN_FILE
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        path.touch(mode=0o600)
+        path.write_text(token + "\n")
+        return token
+
+
+def load_settings(**overrides: object) -> HubSettings:
+    """Build settings from the environment plus explicit overrides (None values are ignored)."""
+    clean = {key: value for key, value in overrides.items() if value is not None}
+    return HubSettings(**clean)  # type: ignore[arg-type]
