@@ -118,6 +118,13 @@ def test_upload_grows_a_dataset_and_validation_can_be_overridden(client: TestCli
     ).json()
     assert second["version"] == 2 and second["parent"] == "sensors@1"
     assert second["validation_status"] == "failed"
+    other = pd.DataFrame({"c": rng.normal(0, 1, 10), "label": 0}).to_csv(index=False).encode()
+    mismatch = client.post(
+        "/api/v1/datasets/sensors/versions/upload",
+        files={"file": ("o.csv", io.BytesIO(other))},
+        data={"append": "true"},
+    )
+    assert "cannot append to sensors@2" in _error(mismatch, 422, "invalid_input")["error"]
     run = {"spec": "mlp", "code_version": "c", "dataset": "sensors@2"}
     _error(client.post("/api/v1/runs", json=run), 409, "dataset_invalid")
     _error(

@@ -106,7 +106,16 @@ def import_dataset(
     new = records if records is not None else load_source(source)
     parent = _latest(session, name=name)
     parent_records = load_records(session, store, version=parent) if parent else None
-    merged = parent_records.merge(new) if append and parent_records is not None else new
+    merged = new
+    if append and parent_records is not None and parent is not None:
+        try:
+            merged = parent_records.merge(new)
+        except ValueError as exc:
+            raise InvalidInput(
+                f"cannot append to {parent.ref}: {exc}. Give the new file the same feature "
+                "names, label names and shape (an .npz may carry 'feature_names' and "
+                "'label_names' arrays)"
+            ) from exc
 
     digest = merged.manifest_digest()
     existing = session.exec(

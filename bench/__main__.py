@@ -1,0 +1,25 @@
+"""``make bench`` / ``python -m bench [NAME ...]``: run benchmarks, print ratios, write JSON."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = ["artifacts"]
+
+
+def main(argv: list[str]) -> int:
+    names = argv or BENCHMARKS
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; known: {BENCHMARKS}", file=sys.stderr)
+        return 2
+    for name in names:
+        result = importlib.import_module(f"bench.{name}").run()
+        path = result.write()
+        print(f"{result.line()}  -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

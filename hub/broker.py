@@ -1,0 +1,399 @@
+"""The hub's embedded MQTT broker: Mosquitto as a child process, or amqtt in-process.
+
+``kind="auto"`` runs Mosquitto when its binary is found, else amqtt. Mosquitto is the real
+thing: MQTT 5 and 3.1.1, ``$share``, persistent sessions, queued QoS 1 and retained
+messages on disk across restarts (``kill()`` loses at most ``autosave_interval`` seconds;
+``save()`` writes now). ``mosquitto_config()`` renders data_dir/broker/mosquitto.conf.
+
+amqtt 0.12 runs in a thread with its own event loop and is **demo only, not for production**:
+MQTT 3.1.1 only (MQTT 5 is refused; a CONNECT with properties gets no CONNACK at all, the
+client hangs), so no ``$share``; persistent sessions only for authenticated clients (so
+none with the anonymous access we configure) and nothing survives its restart (its
+persistence plugin needs aiosqlite and even then loses part of the queued QoS 1 messages);
+about 0.3-0.4x Mosquitto's message rate, on the hub's CPU; unbounded queues
+(``max_queued_messages`` is ignored); ``kill()`` is a plain ``stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+BrokerKind = Literal["auto", "mosquitto", "amqtt"]
+_SBIN_DIRS = os.pathsep.join(["/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin"])
+_AMQTT_AUTH = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
+_RUNNING: set[EmbeddedBroker] = set()
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started or reached; the message says why."""
+
+
+def find_mosquitto() -> str | None:
+    """The mosquitto binary: on PATH, or in the sbin folders Debian/Homebrew use."""
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path=_SBIN_DIRS)
+
+
+def wait_for_mqtt(host: str, port: int, timeout: float = 10.0) -> None:
+    """Return once ``host:port`` answers an MQTT 3.1.1 CONNECT with a CONNACK; else raise."""
+    _wait_for_connack(host, port, timeout=timeout)
+
+
+def _probe(host: str, port: int, timeout: float) -> str | None:
+    """One CONNECT attempt: None when accepted, else why not."""
+    client_id = f"edgeloop-probe-{uuid.uuid4().hex[:12]}"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    client.connect_timeout = timeout
+    codes: list[Any] = []
+    client.on_connect = lambda _c, _u, _f, code, _p: codes.append(code)
+    deadline, lost = time.monotonic() + timeout, False
+    try:
+        client.connect(host, port, keepalive=10)
+        while not codes and not lost and time.monotonic() < deadline:
+            lost = client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+    finally:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+            client.loop(timeout=0.01)
+    if not codes:
+        return "connection closed before CONNACK" if lost else "no CONNACK in time"
+    return f"CONNACK refused: {codes[0]}" if codes[0].is_failure else None
+
+
+def _wait_for_connack(
+    host: str, port: int, *, timeout: float, failed: Callable[[], str | None] | None = None
+) -> None:
+    """Retry CONNECT until accepted; ``failed()`` returning text aborts early (a dead child)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        if failed is not None and (why := failed()):
+            raise BrokerError(why)
+        reason = _probe(host, port, max(0.2, min(deadline - time.monotonic(), 2.0)))
+        if reason is None:
+            return
+        if time.monotonic() + delay >= deadline:
+            raise BrokerError(f"no MQTT broker answered on {host}:{port} in {timeout:g}s: {reason}")
+        time.sleep(delay)  # backoff between attempts, bounded by the deadline
+        delay = min(delay * 2, 0.2)
+
+
+def _claim_port(host: str, port: int) -> int:
+    """``port`` if nothing listens there (0: a free one), else a clear BrokerError."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the brokers do
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise BrokerError(
+                f"cannot start the embedded MQTT broker on {host}:{port}: {exc.strerror}; set "
+                "EDGELOOP_EMBEDDED_MQTT_PORT to a free port (0 picks one) or point "
+                "EDGELOOP_MQTT_URL at the broker that is running there"
+            ) from exc
+        return int(sock.getsockname()[1])
+
+
+def _port_free(host: str, port: int) -> bool:
+    with contextlib.suppress(BrokerError):
+        return _claim_port(host, port) == port
+    return False
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EmbeddedBroker:
+    """One broker on loopback, owned by this process; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        kind: BrokerKind = "auto",
+        max_queued_messages: int = 100_000,
+        max_inflight_messages: int = 100,
+        autosave_interval: int = 1,
+        start_timeout: float = 10.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self._dir = Path(data_dir) / "broker"
+        self.config_file = self._dir / "mosquitto.conf"
+        self.log_file = self._dir / "mosquitto.log"
+        self.persistence_file = self._dir / "mosquitto.db"
+        self._host = host
+        self._port = port
+        self._max_queued = max_queued_messages
+        self._max_inflight = max_inflight_messages
+        self._autosave = autosave_interval
+        self._start_timeout = start_timeout
+        self._stop_timeout = stop_timeout
+        self._binary = find_mosquitto()
+        if kind == "mosquitto" and self._binary is None:
+            raise BrokerError(
+                "embedded_broker='mosquitto' but no mosquitto binary was found "
+                "(apt-get install mosquitto / brew install mosquitto), or use 'auto'"
+            )
+        self.kind_in_use: Literal["mosquitto", "amqtt"] = (
+            "mosquitto" if kind == "mosquitto" or (kind == "auto" and self._binary) else "amqtt"
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+        self._amqtt: _AmqttThread | None = None
+        self._lock = threading.RLock()
+
+    @property
+    def port(self) -> int:
+        """The listening port; with ``port=0`` the one picked on the first start."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self._host}:{self._port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The Mosquitto child's pid (None for amqtt, which runs in-process)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        if self.kind_in_use == "mosquitto":
+            return self._proc is not None and self._proc.poll() is None
+        return self._amqtt is not None and self._amqtt.is_alive()
+
+    def start(self) -> None:
+        """Start and return once the broker answers an MQTT CONNECT; raises BrokerError."""
+        with self._lock:
+            if self.is_running():
+                return
+            self._stop_quietly()  # reap a crashed child
+            picked = self._port == 0
+            launch = self._start_mosquitto if self.kind_in_use == "mosquitto" else self._start_amqtt
+            for attempt in range(3):  # a picked port may get taken before use: pick again
+                self._port = _claim_port(self._host, 0 if picked else self._port)
+                try:
+                    launch()
+                    break
+                except BrokerError:
+                    self._stop_quietly()
+                    if not picked or attempt == 2 or _port_free(self._host, self._port):
+                        raise
+            _RUNNING.add(self)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully (Mosquitto saves its persistence), killing after a timeout."""
+        with self._lock:
+            wait = self._stop_timeout if timeout is None else timeout
+            if self._proc is not None:
+                self._proc.terminate()  # (a no-op once the child is reaped)
+                try:
+                    self._proc.wait(timeout=wait)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+            if self._amqtt is not None:
+                self._amqtt.stop(wait)
+            self._proc = None
+            self._amqtt = None
+            _RUNNING.discard(self)
+
+    def kill(self) -> None:
+        """Crash the broker (SIGKILL for Mosquitto: no final save); for fault tests."""
+        with self._lock:
+            if self._proc is not None:
+                self._proc.kill()
+            self.stop(timeout=5.0)
+
+    def restart(self) -> None:
+        """Stop (if running) and start again on the same port with the same persistence."""
+        with self._lock:
+            self.stop()
+            self.start()
+
+    def save(self, timeout: float = 5.0) -> None:
+        """Make Mosquitto write its persistence file now (SIGUSR1) and wait until it has."""
+        if self.kind_in_use != "mosquitto" or self._proc is None or self._proc.poll() is not None:
+            return
+        before = self._db_stamp()
+        self._proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while self._db_stamp() == before:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"mosquitto did not save {self.persistence_file} in {timeout:g}s")
+            time.sleep(0.005)  # polling the file for the rename, bounded by the deadline
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def mosquitto_config(self) -> str:
+        """The generated ``mosquitto.conf``; the place to add password_file/acl_file later."""
+        lines = [
+            "# Generated by edgeloop (hub/broker.py) on every start; edits are overwritten.",
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",  # as root, don't drop to 'mosquitto'
+            f"listener {self._port} {self._host}",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self._dir}/",
+            f"persistence_file {self.persistence_file.name}",
+            f"autosave_interval {self._autosave}",
+            # Mosquitto's default of 1000 silently drops QoS 1 messages for slow or
+            # offline subscribers; size the queue for a fleet that reconnects late.
+            f"max_queued_messages {self._max_queued}",
+            "max_queued_bytes 0",
+            f"max_inflight_messages {self._max_inflight}",
+            "set_tcp_nodelay true",
+            f"log_dest file {self.log_file}",
+            *(f"log_type {kind}" for kind in ("error", "warning", "notice", "information")),
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _start_mosquitto(self) -> None:
+        assert self._binary is not None
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self.mosquitto_config())
+        in_main = threading.current_thread() is threading.main_thread()
+        # No -d: a foreground child whose pid we own, in its own session so that a Ctrl-C
+        # reaches the hub, which stops it in order; PR_SET_PDEATHSIG covers a hub crash.
+        with self.log_file.open("ab") as log:  # the child keeps its own copy of the fd
+            self._log_offset = log.tell()
+            self._proc = subprocess.Popen(
+                [self._binary, "-c", str(self.config_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if in_main and sys.platform == "linux" else None,
+            )
+        try:
+            _wait_for_connack(
+                self._host, self._port, timeout=self._start_timeout, failed=self._child_failed
+            )
+        except BrokerError as exc:
+            raise BrokerError(f"mosquitto did not start: {exc}\n{self._log_tail()}") from None
+        if why := self._child_failed():  # someone else answered on our port
+            raise BrokerError(f"mosquitto did not start: {why}\n{self._log_tail()}")
+
+    def _child_failed(self) -> str | None:
+        code = self._proc.poll() if self._proc is not None else None
+        return None if code is None else f"mosquitto exited with status {code}"
+
+    def _log_tail(self) -> str:
+        try:
+            with self.log_file.open("rb") as log:
+                log.seek(self._log_offset)
+                lines = log.read().decode(errors="replace").splitlines()[-20:]
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return f"--- {self.log_file} (tail) ---\n" + "\n".join(lines)
+
+    def _db_stamp(self) -> tuple[int, int] | None:
+        stat = self.persistence_file.stat() if self.persistence_file.exists() else None
+        return (stat.st_ino, stat.st_mtime_ns) if stat else None
+
+    def _start_amqtt(self) -> None:
+        self._amqtt = _AmqttThread(host=self._host, port=self._port)
+        self._amqtt.start(self._start_timeout)
+        _wait_for_connack(self._host, self._port, timeout=self._start_timeout)
+
+    def _stop_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop(timeout=2.0)
+
+
+class _AmqttThread:
+    """An amqtt Broker on its own event loop in a daemon thread."""
+
+    def __init__(self, *, host: str, port: int) -> None:
+        self._bind = f"{host}:{port}"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=f"amqtt-{port}", daemon=True)
+        self._broker: Any = None
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive() and self._broker is not None
+
+    def start(self, timeout: float) -> None:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        try:
+            future.result(timeout)
+        except Exception as exc:
+            self.stop(2.0)
+            raise BrokerError(f"amqtt did not start on {self._bind}: {exc}") from exc
+
+    async def _start(self) -> None:
+        from amqtt.broker import Broker  # lazily: a hub extra, not needed with Mosquitto
+
+        broker = Broker(
+            {
+                "listeners": {"default": {"type": "tcp", "bind": self._bind}},
+                "timeout_disconnect_delay": 0,
+                "plugins": _AMQTT_AUTH,
+            }
+        )
+        await broker.start()
+        self._broker = broker
+
+    def stop(self, timeout: float) -> None:
+        if not self._thread.is_alive():
+            return  # (the loop is closed by _run)
+        if self._broker is not None:
+            future = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
+            with contextlib.suppress(Exception):
+                future.result(timeout)
+            self._broker = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.set_exception_handler(_quiet_cancellations)
+        try:
+            self._loop.run_forever()
+        finally:
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+
+def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """amqtt's connection tasks, cancelled at shutdown, are not errors worth a traceback."""
+    if not isinstance(context.get("exception"), asyncio.CancelledError):
+        loop.default_exception_handler(context)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for broker in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            broker.stop(timeout=5.0)

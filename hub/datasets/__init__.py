@@ -1,0 +1,55 @@
+"""Dataset versions: records, sources, stable splits and validation (pure functions).
+
+The database and artifact-store side lives in :mod:`hub.datasets.service`.
+"""
+
+from hub.datasets.records import RecordDiff, RecordSet
+from hub.datasets.sources import (
+    BUILTIN_SOURCES,
+    SourceError,
+    content_ids,
+    known_sources,
+    load_source,
+    make_vibration,
+    records_from_frame,
+    register_source,
+)
+from hub.datasets.splits import (
+    DEFAULT_FRACTIONS,
+    assign_splits,
+    check_fractions,
+    split_counts,
+    split_of,
+    split_records,
+)
+from hub.datasets.validation import (
+    CheckResult,
+    DatasetSchema,
+    ValidationReport,
+    infer_schema,
+    validate_records,
+)
+
+__all__ = [
+    "BUILTIN_SOURCES",
+    "DEFAULT_FRACTIONS",
+    "CheckResult",
+    "DatasetSchema",
+    "RecordDiff",
+    "RecordSet",
+    "SourceError",
+    "ValidationReport",
+    "assign_splits",
+    "check_fractions",
+    "content_ids",
+    "infer_schema",
+    "known_sources",
+    "load_source",
+    "make_vibration",
+    "records_from_frame",
+    "register_source",
+    "split_counts",
+    "split_of",
+    "split_records",
+    "validate_records",
+]

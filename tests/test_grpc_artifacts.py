@@ -1,0 +1,223 @@
+"""The hub's ArtifactService over a real gRPC server on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from hub.artifacts import FileArtifactStore, sha256_digest
+from hub.grpc_server import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, start_grpc_server
+from proto import services_pb2, services_pb2_grpc
+
+pytestmark = pytest.mark.timeout(60)
+
+BLOB = os.urandom(3 * DEFAULT_CHUNK_SIZE + 12_345)  # uneven tail on purpose
+UNKNOWN = "sha256:" + "0" * 64
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileArtifactStore:
+    store = FileArtifactStore(root=tmp_path / "artifacts")
+    store.put_bytes(BLOB)
+    return store
+
+
+@contextmanager
+def _serve(store: FileArtifactStore, *, max_workers: int = 16) -> Iterator[tuple[grpc.Server, str]]:
+    server, port = start_grpc_server(store=store, host="127.0.0.1", port=0, max_workers=max_workers)
+    try:
+        yield server, f"127.0.0.1:{port}"
+    finally:
+        server.stop(None).wait()
+
+
+@pytest.fixture
+def stub(store: FileArtifactStore) -> Iterator[services_pb2_grpc.ArtifactServiceStub]:
+    with _serve(store) as (_, target), grpc.insecure_channel(target) as channel:
+        yield services_pb2_grpc.ArtifactServiceStub(channel)
+
+
+def _download(
+    stub: services_pb2_grpc.ArtifactServiceStub,
+    digest: str,
+    *,
+    offset: int = 0,
+    chunk_size: int = 0,
+) -> list[services_pb2.DownloadChunk]:
+    request = services_pb2.DownloadRequest(digest=digest, offset=offset, chunk_size=chunk_size)
+    return list(stub.Download(request, timeout=30))
+
+
+def _assert_contiguous(chunks: list[services_pb2.DownloadChunk], *, start: int, total: int) -> None:
+    position = start
+    for chunk in chunks:
+        assert chunk.offset == position
+        assert chunk.total_size == total
+        position += len(chunk.data)
+    assert position == total
+
+
+def test_full_download_equals_the_stored_bytes_and_digest(
+    stub: services_pb2_grpc.ArtifactServiceStub,
+) -> None:
+    digest = sha256_digest(BLOB)
+    chunks = _download(stub, digest)
+
+    data = b"".join(chunk.data for chunk in chunks)
+    assert data == BLOB
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+    assert {chunk.digest for chunk in chunks} == {digest}
+    _assert_contiguous(chunks, start=0, total=len(BLOB))
+    # Default chunk size: 3 full chunks and the tail.
+    assert [len(chunk.data) for chunk in chunks] == [DEFAULT_CHUNK_SIZE] * 3 + [12_345]
+
+
+def test_resume_from_an_offset_gives_exactly_the_rest(
+    stub: services_pb2_grpc.ArtifactServiceStub,
+) -> None:
+    offset = 300_001
+    chunks = _download(stub, sha256_digest(BLOB), offset=offset, chunk_size=64 * 1024)
+
+    assert b"".join(chunk.data for chunk in chunks) == BLOB[offset:]
+    assert all(len(chunk.data) <= 64 * 1024 for chunk in chunks)
+    _assert_contiguous(chunks, start=offset, total=len(BLOB))
+
+
+def test_cancelled_stream_then_resume_gives_the_whole_file(store: FileArtifactStore) -> None:
+    digest = sha256_digest(BLOB)
+    # One worker: the resumed call only runs if the cancelled one released it.
+    # No BDP probing: the receive window stays at 64 KiB, so the server cannot have sent
+    # the whole file before the client cancels.
+    options = [("grpc.http2.bdp_probe", 0)]
+    with (
+        _serve(store, max_workers=1) as (_, target),
+        grpc.insecure_channel(target, options=options) as channel,
+    ):
+        stub = services_pb2_grpc.ArtifactServiceStub(channel)
+        call = stub.Download(
+            services_pb2.DownloadRequest(digest=digest, chunk_size=32 * 1024), timeout=30
+        )
+        received = b"".join(next(call).data for _ in range(3))
+        call.cancel()
+        with pytest.raises(grpc.RpcError) as info:
+            for chunk in call:
+                received += chunk.data  # chunks already in flight are still valid
+        assert info.value.code() == grpc.StatusCode.CANCELLED
+        assert 3 * 32 * 1024 <= len(received) < len(BLOB)
+
+        rest = _download(stub, digest, offset=len(received))
+
+    _assert_contiguous(rest, start=len(received), total=len(BLOB))
+    assert received + b"".join(chunk.data for chunk in rest) == BLOB
+
+
+def test_offset_at_the_end_sends_one_empty_chunk_with_the_size(
+    stub: services_pb2_grpc.ArtifactServiceStub,
+) -> None:
+    chunks = _download(stub, sha256_digest(BLOB), offset=len(BLOB))
+
+    assert len(chunks) == 1
+    assert chunks[0].data == b""
+    assert chunks[0].offset == chunks[0].total_size == len(BLOB)
+
+
+def test_empty_artifact_downloads(
+    stub: services_pb2_grpc.ArtifactServiceStub, store: FileArtifactStore
+) -> None:
+    digest = store.put_bytes(b"").digest
+    chunks = _download(stub, digest)
+
+    assert [(c.offset, c.data, c.total_size, c.digest) for c in chunks] == [(0, b"", 0, digest)]
+
+
+def test_oversized_chunk_request_is_capped_to_fit_default_client_limits(
+    stub: services_pb2_grpc.ArtifactServiceStub, store: FileArtifactStore
+) -> None:
+    big = os.urandom(9 * 1024 * 1024)
+    digest = store.put_bytes(big).digest
+
+    # A default channel refuses messages over 4 MiB; the download must still succeed.
+    chunks = _download(stub, digest, chunk_size=64 * 1024 * 1024)
+
+    assert b"".join(chunk.data for chunk in chunks) == big
+    assert max(len(chunk.data) for chunk in chunks) == MAX_CHUNK_SIZE
+    assert len(chunks) == 3
+
+
+def test_parallel_downloads_each_get_the_whole_file(
+    stub: services_pb2_grpc.ArtifactServiceStub,
+) -> None:
+    digest = sha256_digest(BLOB)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda _: _download(stub, digest, chunk_size=50_000), range(8)))
+
+    for chunks in results:
+        assert b"".join(chunk.data for chunk in chunks) == BLOB
+
+
+def test_stat_reports_the_size(
+    stub: services_pb2_grpc.ArtifactServiceStub,
+) -> None:
+    digest = sha256_digest(BLOB)
+    info = stub.Stat(services_pb2.StatRequest(digest=digest), timeout=10)
+
+    assert (info.digest, info.size) == (digest, len(BLOB))
+
+
+@pytest.mark.parametrize(
+    ("digest", "offset", "code", "detail"),
+    [
+        (UNKNOWN, 0, grpc.StatusCode.NOT_FOUND, UNKNOWN),
+        ("sha256:abc", 0, grpc.StatusCode.INVALID_ARGUMENT, "sha256:abc"),
+        ("", 0, grpc.StatusCode.INVALID_ARGUMENT, "64 lowercase hex"),
+        ("md5:" + "0" * 32, 0, grpc.StatusCode.INVALID_ARGUMENT, "md5:"),
+        ("sha256:" + "A" * 64, 0, grpc.StatusCode.INVALID_ARGUMENT, "lowercase"),
+        (sha256_digest(BLOB), len(BLOB) + 1, grpc.StatusCode.OUT_OF_RANGE, "past the end"),
+    ],
+)
+def test_download_errors_map_to_status_codes(
+    stub: services_pb2_grpc.ArtifactServiceStub,
+    digest: str,
+    offset: int,
+    code: grpc.StatusCode,
+    detail: str,
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        _download(stub, digest, offset=offset)
+
+    assert info.value.code() == code
+    assert detail in str(info.value.details())
+
+
+@pytest.mark.parametrize(
+    ("digest", "code"),
+    [
+        (UNKNOWN, grpc.StatusCode.NOT_FOUND),
+        ("sha256:nothex", grpc.StatusCode.INVALID_ARGUMENT),
+        ("", grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+def test_stat_errors_map_to_status_codes(
+    stub: services_pb2_grpc.ArtifactServiceStub, digest: str, code: grpc.StatusCode
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Stat(services_pb2.StatRequest(digest=digest), timeout=10)
+
+    assert info.value.code() == code
+
+
+def test_port_zero_binds_a_free_port_and_a_taken_port_is_refused(
+    store: FileArtifactStore,
+) -> None:
+    with _serve(store) as (_, target):
+        port = int(target.rsplit(":", 1)[1])
+        assert port > 0
+        with pytest.raises(OSError, match=str(port)):
+            start_grpc_server(store=store, host="127.0.0.1", port=port)
