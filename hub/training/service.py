@@ -1,0 +1,175 @@
+"""Train a spec on a dataset version, track the run, register the model.
+
+Database work happens in short transactions around the training, never across it, so a
+long run does not hold a lock on SQLite.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from hub import registry, tracking
+from hub.artifacts import ArtifactStore
+from hub.datasets import service as datasets
+from hub.db import session_scope
+from hub.errors import InvalidInput
+from hub.specs import SpecNotFound, get_spec
+from hub.tables import ModelVersion, TrainingRun
+from hub.training.artifact import TrainedModel, dump_model
+from hub.training.loop import (
+    EpochResult,
+    TrainConfig,
+    fit,
+    predict,
+    resolve_device,
+    seed_everything,
+)
+
+CANDIDATE = "candidate"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOutcome:
+    run: TrainingRun
+    model_version: ModelVersion | None
+    metrics: dict[str, float]
+    candidate: bool
+    dataset_version: str
+
+
+def train(
+    engine: Engine,
+    store: ArtifactStore,
+    *,
+    spec_name: str,
+    dataset: str,
+    params: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    model_name: str | None = None,
+    device: str = "auto",
+    register: bool = True,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    checkpoint_dir: Path | None = None,
+) -> TrainOutcome:
+    """Train, evaluate on the test split, register; ``candidate`` alias if good enough."""
+    try:
+        spec = get_spec(spec_name)
+        merged = spec.params(params)
+    except (SpecNotFound, ValueError) as exc:
+        raise InvalidInput(str(exc)) from exc
+    with session_scope(engine) as s:
+        version = datasets.get_version(s, ref=dataset)
+        run = tracking.create_run(
+            s,
+            spec=spec.name,
+            dataset=version.ref,
+            code_version=spec.code_version(),
+            params={**merged, "seed": seed},
+        )
+        splits = {
+            name: datasets.load_split(s, store, version=version, split=name)
+            for name in ("train", "val", "test")
+        }
+    try:
+        preprocess = spec.preprocess(splits["train"])
+        x = {name: preprocess.apply(rs.features) for name, rs in splits.items()}
+        y = {name: spec.targets(rs) for name, rs in splits.items()}
+        num_outputs = spec.num_outputs(splits["train"])
+        seed_everything(seed)
+        model = spec.build(params=merged, num_outputs=num_outputs)
+        config = TrainConfig(
+            epochs=int(merged["epochs"]),
+            batch_size=int(merged["batch_size"]),
+            lr=float(merged["lr"]),
+            weight_decay=float(merged.get("weight_decay", 0.0)),
+            seed=seed,
+            device=device,
+        )
+
+        def log_epoch(result: EpochResult) -> None:
+            with session_scope(engine) as s:
+                tracking.log_metric(
+                    s, run_id=run.id, key="train_loss", value=result.train_loss, step=result.epoch
+                )
+                for key, value in result.val_metrics.items():
+                    tracking.log_metric(
+                        s, run_id=run.id, key=f"val_{key}", value=value, step=result.epoch
+                    )
+            if on_epoch is not None:
+                on_epoch(result)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = (checkpoint_dir or Path(tmp)) / f"{run.id}.ckpt"
+            fit(
+                spec=spec,
+                model=model,
+                train_x=x["train"],
+                train_y=y["train"],
+                val_x=x["val"],
+                val_y=y["val"],
+                config=config,
+                on_epoch=log_epoch,
+                checkpoint=ckpt,
+            )
+        outputs = predict(model, x["test"], device=resolve_device("cpu"))
+        metrics = {
+            f"test_{k}": v
+            for k, v in spec.evaluate(outputs=outputs, inputs=x["test"], targets=y["test"]).items()
+        }
+        trained = TrainedModel(
+            spec=spec,
+            params=merged,
+            num_outputs=num_outputs,
+            labels=list(splits["train"].label_names) if splits["train"].label_names else None,
+            preprocess=preprocess,
+            model=model,
+        )
+        blob = dump_model(trained)
+    except BaseException as exc:
+        with session_scope(engine) as s:
+            tracking.finish_run(s, run_id=run.id, status="failed", error=repr(exc)[:2000])
+        raise
+    with session_scope(engine) as s:
+        tracking.log_artifact(s, store, run_id=run.id, name="model", data=blob)
+        finished = tracking.finish_run(s, run_id=run.id, metrics=metrics)
+        passed = metrics[f"test_{spec.primary_metric}"] >= spec.min_metric
+        model_version = None
+        if register:
+            model_version = registry.register_version(
+                s, store, model_name=model_name or spec.name, run_id=run.id
+            )
+            if passed:
+                registry.set_alias(
+                    s,
+                    model_name=model_version.model_name,
+                    alias=CANDIDATE,
+                    version=model_version.version,
+                )
+    return TrainOutcome(
+        run=finished,
+        model_version=model_version,
+        metrics=metrics,
+        candidate=passed and register,
+        dataset_version=version.ref,
+    )
+
+
+def outcome_json(outcome: TrainOutcome) -> dict[str, Any]:
+    """The CLI contract's keys for ``edgeloop train``."""
+    mv = outcome.model_version
+    return {
+        "run_id": outcome.run.id,
+        "model": mv.model_name if mv else None,
+        "version": mv.version if mv else None,
+        "metrics": outcome.metrics,
+        "dataset_version": outcome.dataset_version,
+        "code_version": outcome.run.code_version,
+        "candidate": outcome.candidate,
+        "params": outcome.run.params,
+    }
