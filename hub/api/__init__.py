@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 import hub
 from hub.api import errors
 from hub.api.deps import ContextDep, HubContext, require_admin
-from hub.api.routes import bundles, datasets, devices, models, runs
+from hub.api.routes import bundles, datasets, devices, models, runs, training
 from hub.artifacts import open_store
 from hub.db import create_all, make_engine
 from hub.settings import HubSettings
@@ -59,6 +59,13 @@ def create_app(
         }
 
     guarded = [Depends(require_admin)]
-    for router in (datasets.router, runs.router, models.router, bundles.router, devices.router):
+    for router in (
+        datasets.router,
+        runs.router,
+        models.router,
+        bundles.router,
+        devices.router,
+        training.router,
+    ):
         app.include_router(router, prefix=API_PREFIX, dependencies=guarded)
     return app

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from hub.cli import datasets, devices, models
+from hub.cli import bundles, datasets, devices, models, training
 from hub.cli._client import Target
 from hub.cli._output import emit, emit_error
 from hub.errors import EdgeloopError
@@ -33,6 +33,9 @@ app.add_typer(datasets.app, name="dataset")
 app.add_typer(models.app, name="model")
 app.add_typer(models.runs, name="run")
 app.add_typer(devices.app, name="device")
+app.add_typer(bundles.app, name="bundle")
+app.command("train")(training.train)
+app.command("package")(training.package)
 
 
 @app.callback()

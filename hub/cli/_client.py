@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -32,10 +32,29 @@ class Target:
     token: str | None
 
 
+class _Http(Protocol):
+    """httpx.Client, or Starlette's in-process test client (httpx or httpx2 underneath)."""
+
+    @property
+    def base_url(self) -> Any: ...
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Any = ...,
+        json: Any = ...,
+        files: Any = ...,
+        data: Any = ...,
+        content: Any = ...,
+    ) -> Any: ...
+
+
 class HubClient:
     """A thin JSON client over the admin API (``/api/v1``)."""
 
-    def __init__(self, *, http: httpx.Client) -> None:
+    def __init__(self, *, http: _Http) -> None:
         self._http = http
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:

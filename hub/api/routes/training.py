@@ -1,0 +1,70 @@
+"""Long operations: train a spec on a dataset version; package a model version.
+
+Both run synchronously in the request (a worker thread); the CLI shows a spinner. A job
+queue with progress events is the scale-out path once training moves to GPU workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from hub.api.deps import ContextDep
+from hub.keys import bundle_signing_key
+from hub.packaging import PackageOptions, outcome_json, package
+from hub.training.service import outcome_json as train_json
+from hub.training.service import train
+
+router = APIRouter(tags=["training"])
+
+
+class TrainRequest(BaseModel):
+    spec: str = Field(
+        description="built-in spec (digits-cnn, digits-mlp, vibration-ae) or module:Class"
+    )
+    dataset: str = Field(description="NAME@VERSION or NAME@latest")
+    params: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    model_name: str | None = None
+    device: str = "auto"
+
+
+class PackageRequest(BaseModel):
+    formats: list[str] | None = Field(default=None, description="onnx, tflite (default: both)")
+    max_accuracy_drop: float = Field(default=1.0, ge=0, le=100)
+
+
+@router.post("/training-runs", status_code=201)
+def train_model(body: TrainRequest, ctx: ContextDep) -> dict[str, Any]:
+    outcome = train(
+        ctx.engine,
+        ctx.store,
+        spec_name=body.spec,
+        dataset=body.dataset,
+        params=body.params,
+        seed=body.seed,
+        model_name=body.model_name,
+        device=body.device,
+    )
+    return train_json(outcome)
+
+
+@router.post("/models/{name}/versions/{selector}/package", status_code=201)
+def package_version(
+    name: str, selector: str, body: PackageRequest, ctx: ContextDep
+) -> dict[str, Any]:
+    options = PackageOptions(
+        formats=tuple(body.formats) if body.formats else ("onnx", "tflite"),
+        formats_explicit=body.formats is not None,
+        max_accuracy_drop=body.max_accuracy_drop,
+    )
+    outcome = package(
+        ctx.engine,
+        ctx.store,
+        ref=f"{name}@{selector}",
+        signing_key=bundle_signing_key(ctx.settings),
+        options=options,
+    )
+    return outcome_json(outcome)

@@ -1,0 +1,112 @@
+"""``edgeloop bundle ...``: check signed model bundles, offline, as an agent would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from hub.cli._client import Target
+from hub.cli._common import JsonFlag
+from hub.cli._output import emit, emit_error, stderr
+from hub.keys import bundle_signing_key_path
+from hub.settings import SettingsError, load_settings
+from model_packager.bundle import verify_bundle
+from model_packager.signing import (
+    Ed25519PublicKey,
+    InsecureKeyFileError,
+    KeyMaterialError,
+    key_id,
+    load_private_key,
+    load_public_key,
+)
+
+app = typer.Typer(help="Verify signed model bundles.", no_args_is_help=True)
+
+SUMMARY = ["valid", "reason", "name", "version", "digest", "key_id"]
+
+
+@app.callback()
+def _bundles() -> None:
+    """Verify signed model bundles (the same checks an agent runs before installing)."""
+
+
+class _NoKey(Exception):
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def _data_dir(ctx: typer.Context) -> Path:
+    found = ctx.find_root().obj
+    if isinstance(found, Target) and found.data_dir:
+        return Path(found.data_dir).expanduser().resolve()
+    try:
+        return load_settings().data_dir
+    except (SettingsError, ValidationError) as exc:
+        raise _NoKey(
+            f"no --public-key and no usable data dir: {exc}", code="no_public_key"
+        ) from exc
+
+
+def _trusted_key(ctx: typer.Context, public_key: Path | None) -> Ed25519PublicKey:
+    """The key to verify with: --public-key FILE, else the hub's own signing key."""
+    try:
+        if public_key is not None:
+            return load_public_key(public_key)
+        path = bundle_signing_key_path(_data_dir(ctx))
+        if not path.exists():
+            raise _NoKey(
+                f"no public key to verify with: pass --public-key FILE, or --data-dir of the "
+                f"hub that signed the bundle (no signing key at {path})",
+                code="no_public_key",
+            )
+        return load_private_key(path).public_key()
+    except InsecureKeyFileError as exc:
+        raise _NoKey(str(exc), code="insecure_key_file") from exc
+    except KeyMaterialError as exc:
+        raise _NoKey(str(exc), code="invalid_public_key") from exc
+
+
+@app.command("verify")
+def verify(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="the bundle file", show_default=False)],
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            help="the hub's public key: raw 32 bytes, PEM, hex or base64 "
+            "(default: the signing key in the data dir)",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check FILE's structure, signature and digests; exit 1 when it is not valid."""
+    try:
+        key = _trusted_key(ctx, public_key)
+    except _NoKey as exc:
+        emit_error(message=exc.message, code=exc.code, as_json=as_json)
+        raise typer.Exit(code=2) from None
+    result = verify_bundle(file, public_key=key)
+    manifest: dict[str, Any] = result.manifest or {}
+    emit(
+        {
+            "valid": result.valid,
+            "reason": result.reason,
+            "digest": result.digest,
+            "name": manifest.get("name"),
+            "version": manifest.get("version"),
+            "key_id": key_id(key),
+            "files": sorted(manifest.get("files", {})),
+        },
+        as_json=as_json,
+        columns=SUMMARY,
+    )
+    if not result.valid:
+        if not as_json:
+            stderr.print(f"[bold red]invalid bundle[/]: {result.reason}", highlight=False)
+        raise typer.Exit(code=1)
