@@ -11,7 +11,7 @@ help:
 	@echo "make demo   - run the edgeloop loop on embedded defaults (sets up .venv)"
 	@echo "make test   - run the test suite (sets up .venv; needs Mosquitto and PostgreSQL)"
 	@echo "make lint   - ruff + mypy"
-	@echo "make bench  - benchmarks, results in bench/results/*.json"
+	@echo "make bench  - benchmarks, results in bench/results/*.json (make bench-NAME for one)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ demo: venv
 
 bench: venv
 	$(PY) -m bench
+
+bench-%: venv
+	$(PY) -m bench $*
 
 clean:
 	rm -rf $(VENV) .edgeloop bench/results .pytest_cache .mypy_cache .ruff_cache

@@ -3,8 +3,8 @@
 Starts a real hub (``edgeloop hub serve``: SQLite, embedded broker, local artifacts) on
 free ports, then drives it over its admin API: imports ``sklearn:digits``, registers a few
 devices, offers a drifted batch of field samples (validation blocks it), overrides it with
-a reason, and prints the lineage. Training, packaging, rollouts and drift detection join
-this narrative as their issues land.
+a reason, trains ``digits-cnn`` and packages it into a signed int8 bundle. Rollouts and
+drift detection join this narrative as their issues land.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from hub.cli._output import stderr
+from hub.cli._output import progress, stderr
 from hub.datasets.sources import load_source
 
 
@@ -124,8 +124,33 @@ def run_demo(data_dir: Path) -> dict[str, Any]:
                 )
             )
             stderr.print("  overridden with a recorded reason; training may now use it")
-        stderr.print("[dim]training, packaging, rollouts and drift detection are not built yet[/]")
+        with progress("training digits-cnn on digits@1"):
+            trained = _check(
+                api.post("/training-runs", json={"spec": "digits-cnn", "dataset": "digits@1"})
+            )
+        stderr.print(
+            f"[bold]trained[/] {trained['model']}@{trained['version']} "
+            f"(run {trained['run_id'][:8]}): "
+            f"test accuracy {trained['metrics']['test_accuracy']:.2f}%, "
+            f"candidate={trained['candidate']}"
+        )
+        with progress("packaging: ONNX, int8 behind the accuracy gate, TFLite, signing"):
+            bundle = _check(
+                api.post(f"/models/digits-cnn/versions/{trained['version']}/package", json={})
+            )
+        stderr.print(f"[bold]bundle[/] {bundle['digest'][:19]}… {bundle['size_bytes']} bytes")
+        for v in bundle["variants"]:
+            stderr.print(
+                f"  {v['file']:18s} {v['size_bytes']:>8d} B  accuracy {v['accuracy']:.2f}%  "
+                f"{v['latency_ms_b1']:.3f} ms/record"
+            )
+        for note in bundle["notes"]:
+            stderr.print(f"  [yellow]note[/]: {note}")
+        stderr.print("[dim]rollouts to agents and drift detection are not built yet[/]")
         return {
+            "model": f"{trained['model']}@{trained['version']}",
+            "accuracy": trained["metrics"]["test_accuracy"],
+            "bundle": bundle["digest"],
             "hub": url,
             "dataset": first["ref"],
             "grown_dataset": grown["ref"],
