@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.services", "tests.fixtures.brokers"]
+pytest_plugins = ["tests.fixtures.services", "tests.fixtures.brokers", "tests.fixtures.bundles"]

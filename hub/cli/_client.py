@@ -11,8 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
-
 from hub.errors import EdgeloopError
 
 
@@ -58,6 +56,8 @@ class HubClient:
         self._http = http
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx  # lazily: an agent-only install has no httpx
+
         try:
             response = self._http.request(method, "/api/v1" + path, **kwargs)
         except httpx.TransportError as exc:
@@ -89,6 +89,8 @@ class HubClient:
 @contextmanager
 def connect(target: Target) -> Iterator[HubClient]:
     if target.hub_url:
+        import httpx
+
         headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
         with httpx.Client(base_url=target.hub_url, headers=headers, timeout=600) as http:
             yield HubClient(http=http)

@@ -1,0 +1,282 @@
+"""What the agent does with commands: deploy, rollback, shadow, config.
+
+Every step is reported as a ``DeploymentEvent`` through the durable queue. A deploy fetches
+the bundle (resumable), verifies digest and signature before anything lands in a slot,
+installs into the standby slot, loads it and runs the bundle's self-test, and only then
+switches atomically. A model that fails on probation (error rate) is rolled back by the
+agent itself. Commands are idempotent by id: a repeat is answered with its last event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_agent._fetch import DownloadError, download_bundle
+from edge_agent._runtime import LoadedModel, health_check, load_slot
+from edge_agent._slots import SlotError, SlotStore
+from model_packager.bundle import BundleError, open_bundle
+from proto import messages_pb2 as pb
+
+log = logging.getLogger("edgeloop.agent.deploy")
+
+REMEMBERED_COMMANDS = 256
+K = pb.EventKind
+
+
+class CommandLog:
+    """The last command ids the agent acted on, with the last event kind of each (persisted)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        with contextlib.suppress(OSError, ValueError):  # missing or damaged: start empty
+            self._seen.update(json.loads(path.read_text()))
+
+    def last(self, command_id: str) -> int | None:
+        return self._seen.get(command_id)
+
+    def record(self, command_id: str, kind: int) -> None:
+        self._seen[command_id] = kind
+        self._seen.move_to_end(command_id)
+        while len(self._seen) > REMEMBERED_COMMANDS:
+            self._seen.popitem(last=False)
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._seen))
+        os.replace(tmp, self._path)
+
+
+class Deployer:
+    """Carries out commands against the slots; one deployment at a time."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        slots: SlotStore,
+        public_key: Any,
+        work_dir: Path,
+        prefer: tuple[str, ...],
+        threads: int,
+        probation_s: float,
+        max_error_rate: float,
+        emit: Callable[[pb.DeploymentEvent], None],
+        serve: Callable[[LoadedModel], None],
+        shadow: Callable[[LoadedModel | None, float], None],
+        errors_and_count: Callable[[], tuple[int, int]],
+    ) -> None:
+        self._device_id = device_id
+        self._slots = slots
+        self._public_key = public_key
+        self._work = work_dir
+        self._prefer = prefer
+        self._threads = threads
+        self._probation_s = probation_s
+        self._max_error_rate = max_error_rate
+        self._emit_event = emit
+        self._serve = serve
+        self._shadow = shadow
+        self._errors_and_count = errors_and_count
+        self._lock = asyncio.Lock()
+        self._log = CommandLog(work_dir / "commands.json")
+        self._probation: asyncio.Task[None] | None = None
+        self.last_command_id = ""
+
+    # events -------------------------------------------------------------------------------
+
+    def _emit(self, command: pb.Command, kind: int, **fields: Any) -> None:
+        body = command.WhichOneof("body")
+        target = getattr(command, body) if body else None
+        event = pb.DeploymentEvent(
+            event_id=uuid.uuid4().hex,
+            device_id=self._device_id,
+            command_id=command.command_id,
+            rollout_id=getattr(target, "rollout_id", ""),
+            kind=kind,  # type: ignore[arg-type]
+            model=fields.pop("model", getattr(target, "model", "")),
+            version=fields.pop("version", getattr(target, "version", "")),
+            at=int(time.time() * 1000),
+            **fields,
+        )
+        self._emit_event(event)
+        if kind != K.EVENT_KIND_DOWNLOADING:
+            self._log.record(command.command_id, kind)
+
+    # dispatch -----------------------------------------------------------------------------
+
+    async def handle(self, command: pb.Command) -> None:
+        if command.device_id and command.device_id != self._device_id:
+            log.warning("ignoring command %s for device %s", command.command_id, command.device_id)
+            return
+        last = self._log.last(command.command_id)
+        if last is not None:  # a redelivery or a retry: acknowledge, do not act again
+            self._emit(command, last, reason="repeated command; already handled")
+            return
+        self.last_command_id = command.command_id
+        body = command.WhichOneof("body")
+        async with self._lock:
+            if body in {"deploy", "rollback"}:
+                self._end_probation()
+            if body == "deploy":
+                await self._deploy(command)
+            elif body == "rollback":
+                await self._rollback(command, reason=command.rollback.reason or "requested")
+            elif body == "shadow":
+                await self._start_shadow(command)
+            else:
+                self._emit(command, K.EVENT_KIND_RECEIVED)
+
+    # deploy -------------------------------------------------------------------------------
+
+    async def _fetch(self, command: pb.Command, target: Any) -> Path:
+        marks = {0.25, 0.5, 0.75}
+
+        def progress(done: int, total: int) -> None:
+            fraction = done / total if total else 1.0
+            reached = {m for m in marks if fraction >= m}
+            for mark in sorted(reached):
+                self._emit(command, K.EVENT_KIND_DOWNLOADING, progress=mark)
+            marks.difference_update(reached)
+
+        self._emit(command, K.EVENT_KIND_DOWNLOADING, progress=0.0)
+        path = await download_bundle(
+            endpoint=target.artifact_endpoint,
+            digest=target.bundle_digest,
+            dest_dir=self._work / "downloads",
+            expected_size=target.bundle_size or None,
+            on_progress=progress,
+        )
+        self._emit(command, K.EVENT_KIND_DOWNLOADED, progress=1.0)
+        return path
+
+    async def _deploy(self, command: pb.Command) -> None:
+        target = command.deploy
+        self._emit(command, K.EVENT_KIND_RECEIVED)
+        active = self._slots.active()
+        if active is not None and active.digest == target.bundle_digest:
+            self._emit(command, K.EVENT_KIND_HEALTHY, reason="already serving this bundle")
+            return
+        if active is not None and active.status == "probation":
+            # a newer deploy ends the probation of the one before: it becomes the fallback
+            self._slots.mark(active.name, "serving")
+        try:
+            path = await self._fetch(command, target)
+            slot = await asyncio.to_thread(self._slots.install, path, public_key=self._public_key)
+            path.unlink(missing_ok=True)  # the verified files live in the slot now
+        except (DownloadError, BundleError, SlotError, OSError) as exc:
+            self._emit(command, K.EVENT_KIND_FAILED, reason=f"{type(exc).__name__}: {exc}")
+            return
+        self._emit(command, K.EVENT_KIND_VERIFIED)
+        loaded = await asyncio.to_thread(
+            load_slot, slot.path, prefer=self._prefer, threads=self._threads
+        )
+        report = await asyncio.to_thread(health_check, loaded)
+        if not report.ok:
+            self._slots.mark(slot.name, "failed")
+            self._emit(command, K.EVENT_KIND_FAILED, reason=f"health check: {report.reason}")
+            kept = self._slots.active()
+            self._emit(
+                command,
+                K.EVENT_KIND_ROLLED_BACK,
+                reason=f"kept the previous model ({kept.version if kept else 'none'})",
+                model=kept.model if kept else "",
+                version=kept.version if kept else "",
+            )
+            return
+        self._slots.activate(slot.name, status="probation")
+        self._serve(loaded)
+        self._emit(command, K.EVENT_KIND_ACTIVATED)
+        probation = target.probation_seconds if target.HasField("probation_seconds") else None
+        seconds = self._probation_s if probation is None else probation
+        self._probation = asyncio.create_task(self._watch(command, seconds=seconds))
+
+    def _end_probation(self) -> None:
+        if self._probation is not None and not self._probation.done():
+            self._probation.cancel()
+        self._probation = None
+
+    async def wait_probation(self) -> None:
+        """For tests and shutdown: until the current probation has been decided."""
+        if self._probation is not None:
+            await asyncio.gather(self._probation, return_exceptions=True)
+
+    async def _watch(self, command: pb.Command, *, seconds: float) -> None:
+        """Probation: too many errors while it lasts and the agent rolls back by itself."""
+        errors0, count0 = self._errors_and_count()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+            errors, count = self._errors_and_count()
+            errors, count = errors - errors0, count - count0
+            if errors >= 3 and errors / max(count, 1) > self._max_error_rate:
+                async with self._lock:
+                    await self._rollback(
+                        command,
+                        reason=f"probation failed: {errors} errors in {count} predictions",
+                        fail_current=True,
+                    )
+                return
+        active = self._slots.active()
+        if active is not None:
+            self._slots.mark(active.name, "serving")
+        self._emit(command, K.EVENT_KIND_HEALTHY)
+
+    async def rollback_after_crash(self) -> None:
+        """At start: the active model was still on probation when the agent died."""
+        command = pb.Command(command_id=f"local-{uuid.uuid4().hex}", device_id=self._device_id)
+        await self._rollback(
+            command, reason="the agent restarted during probation", fail_current=True
+        )
+
+    async def _rollback(
+        self, command: pb.Command, *, reason: str, fail_current: bool = False
+    ) -> None:
+        current = self._slots.active()
+        try:
+            slot = self._slots.rollback()
+            loaded = await asyncio.to_thread(
+                load_slot, slot.path, prefer=self._prefer, threads=self._threads
+            )
+        except (SlotError, OSError, ValueError) as exc:
+            self._emit(command, K.EVENT_KIND_FAILED, reason=f"rollback impossible: {exc}")
+            return
+        self._serve(loaded)
+        self._slots.mark(slot.name, "serving")
+        if fail_current and current is not None:  # never switch back to a rejected model
+            self._slots.mark(current.name, "failed")
+        self._emit(
+            command, K.EVENT_KIND_ROLLED_BACK, reason=reason, model=slot.model, version=slot.version
+        )
+
+    # shadow -------------------------------------------------------------------------------
+
+    async def _start_shadow(self, command: pb.Command) -> None:
+        target = command.shadow
+        self._emit(command, K.EVENT_KIND_RECEIVED)
+        if target.stop:
+            self._shadow(None, 0.0)
+            self._emit(command, K.EVENT_KIND_HEALTHY, reason="shadow stopped")
+            return
+        try:
+            path = await self._fetch(command, target)
+            directory = self._work / "shadow" / target.bundle_digest.removeprefix("sha256:")
+            bundle = open_bundle(path, public_key=self._public_key)
+            await asyncio.to_thread(bundle.extract_to, directory)
+            loaded = await asyncio.to_thread(
+                load_slot, directory, prefer=self._prefer, threads=self._threads
+            )
+        except (DownloadError, BundleError, OSError, ValueError) as exc:
+            self._emit(command, K.EVENT_KIND_FAILED, reason=f"{type(exc).__name__}: {exc}")
+            return
+        self._emit(command, K.EVENT_KIND_VERIFIED)
+        self._shadow(loaded, target.sample_fraction or 1.0)
+        self._emit(command, K.EVENT_KIND_ACTIVATED, reason="shadow")

@@ -1,0 +1,339 @@
+"""Resumable, verified bundle download from the hub's ``ArtifactService`` (gRPC).
+
+:func:`download_bundle` appends the streamed bytes to ``<dest>/<hex>.partial`` and, after
+a broken stream, a stall or a hub that is briefly down, calls ``Download`` again from the
+partial file's size (with jittered, capped exponential :class:`Backoff`). A partial file
+left by an earlier run (an agent restart, a SIGKILL) is continued the same way. Once the
+whole artifact is there its size and SHA-256 are checked against the requested digest,
+the file is fsynced and renamed to ``<dest>/<hex>.bundle``, which is returned. The
+bundle's *signature* is checked later, by the install (:mod:`edge_agent._slots`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import grpc
+import grpc.aio
+
+from model_packager.bundle import file_digest
+from proto import services_pb2, services_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "Backoff", "DownloadError", "download_bundle"]
+
+DEFAULT_CHUNK_SIZE = 256 * 1024
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+#: Codes after which calling again may work: the hub or the network had a problem.
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,  # the hub cancelled (shutdown); ours raises CancelledError
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,  # e.g. RST_STREAM from a proxy
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.OUT_OF_RANGE,  # our partial outgrew the artifact: it gets discarded
+    }
+)
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
+_CHANNEL_OPTIONS = [
+    # A fresh channel per attempt must really try to connect, not inherit the reconnect
+    # backoff of a shared subchannel that failed a moment ago.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+]
+
+
+class DownloadError(Exception):
+    """The artifact could not be downloaded; ``reason`` is a short machine-readable tag.
+
+    Reasons: ``invalid_digest``, ``not_found``, ``invalid_argument``, ``size_mismatch``,
+    ``digest_mismatch``, ``disk_full``, ``busy`` (another download of the same digest
+    holds the partial file), ``retries_exhausted``, ``rpc_error``.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Capped exponential backoff with jitter.
+
+    The n-th delay is ``min(cap, initial * factor**n)`` less a random fraction of it of
+    up to ``jitter`` (``0``: no jitter, ``1``: anywhere between 0 and the full delay).
+    """
+
+    initial: float = 0.5
+    factor: float = 2.0
+    cap: float = 30.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.initial < 0 or self.cap < 0:
+            raise ValueError("Backoff.initial and Backoff.cap must be >= 0")
+        if self.factor < 1:
+            raise ValueError("Backoff.factor must be >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("Backoff.jitter must be within [0, 1]")
+
+    def delays(self, *, rng: random.Random | None = None) -> Iterator[float]:
+        """Endless delays in seconds, each in ``[(1 - jitter) * d, d]`` for ``d`` capped."""
+        rng = rng or random.Random()
+        delay = min(self.initial, self.cap)
+        while True:
+            yield delay * (1 - self.jitter * rng.random())
+            delay = min(delay * self.factor, self.cap)
+
+
+class _Retry(Exception):
+    """An attempt failed in a way that calling again may fix."""
+
+
+def _check_disk(directory: Path, needed: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise DownloadError(
+            f"not enough disk space in {directory}: {needed} bytes needed, {free} free",
+            reason="disk_full",
+        )
+
+
+def _lock(fh: BinaryIO, partial: Path) -> None:
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DownloadError(
+            f"{partial} is being written by another download of the same artifact",
+            reason="busy",
+        ) from None
+
+
+def _finish(partial: Path, final: Path, *, digest: str, total: int) -> Path:
+    """Verify the complete partial file, then fsync it and rename it to ``final``.
+
+    Runs in a thread and works by path (not on the caller's file object), so a caller
+    cancelled meanwhile can close its file without pulling it from under this.
+    """
+    with partial.open("rb") as own:
+        os.fsync(own.fileno())  # flushes the file's data, whichever descriptor wrote it
+        size = os.fstat(own.fileno()).st_size
+    actual = file_digest(partial) if size == total else None
+    if actual != digest:
+        partial.unlink(missing_ok=True)
+        got = f"sha256 {actual}" if actual else f"{size} bytes"
+        raise DownloadError(
+            f"downloaded artifact does not match: expected {digest} ({total} bytes), got "
+            f"{got}; the partial file was deleted",
+            reason="digest_mismatch",
+        )
+    os.replace(partial, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return final
+
+
+async def _stream(
+    stub: services_pb2_grpc.ArtifactServiceStub,
+    fh: BinaryIO,
+    *,
+    digest: str,
+    total: int,
+    chunk_size: int,
+    timeout_s: float,
+    on_progress: Callable[[int, int], None] | None,
+) -> None:
+    """Append ``Download`` chunks from the file's size on until it holds ``total`` bytes."""
+    position = os.fstat(fh.fileno()).st_size
+    if position >= total:
+        return
+    request = services_pb2.DownloadRequest(digest=digest, offset=position, chunk_size=chunk_size)
+    call = stub.Download(request)
+    try:
+        while position < total:
+            try:
+                # Not asyncio.wait_for: on 3.11 it can swallow a cancel that races a read.
+                async with asyncio.timeout(timeout_s):
+                    chunk = await call.read()
+            except TimeoutError:
+                raise _Retry(f"no data for {timeout_s:g} s at byte {position}") from None
+            if chunk is _EOF:
+                raise _Retry(f"stream ended at byte {position} of {total}")
+            if chunk.total_size != total or (chunk.digest and chunk.digest != digest):
+                raise _Retry(f"chunk for {chunk.digest} ({chunk.total_size} bytes) at {position}")
+            if chunk.offset != position:
+                raise _Retry(f"chunk at offset {chunk.offset} but the file holds {position}")
+            if not chunk.data or position + len(chunk.data) > total:
+                raise _Retry(f"chunk of {len(chunk.data)} bytes at {position} of {total}")
+            fh.write(chunk.data)
+            fh.flush()
+            position += len(chunk.data)
+            if on_progress is not None:
+                on_progress(position, total)
+    finally:
+        call.cancel()
+
+
+async def _attempt(
+    *,
+    endpoint: str,
+    digest: str,
+    fh: BinaryIO,
+    partial: Path,
+    final: Path,
+    expected_size: int | None,
+    chunk_size: int,
+    timeout_s: float,
+    on_progress: Callable[[int, int], None] | None,
+) -> Path:
+    async with grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS) as channel:
+        stub = services_pb2_grpc.ArtifactServiceStub(channel)
+        info = await stub.Stat(services_pb2.StatRequest(digest=digest), timeout=timeout_s)
+        total = int(info.size)
+        if expected_size is not None and total != expected_size:
+            raise DownloadError(
+                f"artifact {digest} is {total} bytes on the hub, expected {expected_size}",
+                reason="size_mismatch",
+            )
+        have = os.fstat(fh.fileno()).st_size
+        if have > total:
+            log.warning("partial %s holds %d bytes of %d: discarded", partial, have, total)
+            fh.truncate(0)
+            have = 0
+        _check_disk(partial.parent, total - have)
+        if have:
+            log.info("resuming download of %s at byte %d of %d", digest, have, total)
+        if on_progress is not None:
+            on_progress(have, total)
+        await _stream(
+            stub,
+            fh,
+            digest=digest,
+            total=total,
+            chunk_size=chunk_size,
+            timeout_s=timeout_s,
+            on_progress=on_progress,
+        )
+    fh.flush()
+    return await asyncio.to_thread(_finish, partial, final, digest=digest, total=total)
+
+
+def _existing(final: Path, digest: str) -> Path | None:
+    if not final.is_file():
+        return None
+    if file_digest(final) == digest:
+        return final
+    log.warning("%s does not match its digest: downloading it again", final)
+    final.unlink(missing_ok=True)
+    return None
+
+
+async def download_bundle(
+    *,
+    endpoint: str,
+    digest: str,
+    dest_dir: Path,
+    expected_size: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_progress: Callable[[int, int], None] | None = None,
+    timeout_s: float = 60.0,
+    retries: int = 5,
+    backoff: Backoff | None = None,
+) -> Path:
+    """Download artifact ``digest`` from ``endpoint`` (``host:port``) into ``dest_dir``.
+
+    Returns ``dest_dir/<hex>.bundle`` whose SHA-256 matches ``digest`` (at once when it
+    is already there). ``timeout_s`` bounds ``Stat`` and each wait for the next chunk (a
+    stalled stream), not the whole transfer. Broken streams, ``UNAVAILABLE`` and
+    timeouts are retried up to ``retries`` times, resuming from the bytes on disk;
+    ``on_progress(bytes_on_disk, total)`` is called after each chunk. Raises
+    :class:`DownloadError`; cancelling the task leaves the partial file for next time.
+    """
+    match = _DIGEST.fullmatch(digest)
+    if match is None:
+        raise DownloadError(
+            f"digest {digest!r} is not 'sha256:' + 64 lowercase hex", reason="invalid_digest"
+        )
+    if chunk_size <= 0 or timeout_s <= 0 or retries < 0:
+        raise ValueError("chunk_size and timeout_s must be > 0 and retries >= 0")
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    final = dest_dir / f"{match.group(1)}.bundle"
+    partial = dest_dir / f"{match.group(1)}.partial"
+    if (done := await asyncio.to_thread(_existing, final, digest)) is not None:
+        return done
+    delays = (backoff or Backoff()).delays()
+    with partial.open("ab") as fh:
+        _lock(fh, partial)
+        if expected_size is not None:
+            _check_disk(dest_dir, max(0, expected_size - os.fstat(fh.fileno()).st_size))
+        attempt = 0
+        while True:
+            try:
+                return await _attempt(
+                    endpoint=endpoint,
+                    digest=digest,
+                    fh=fh,
+                    partial=partial,
+                    final=final,
+                    expected_size=expected_size,
+                    chunk_size=chunk_size,
+                    timeout_s=timeout_s,
+                    on_progress=on_progress,
+                )
+            except grpc.aio.AioRpcError as exc:
+                _raise_if_final(exc, digest=digest, endpoint=endpoint, attempt=attempt)
+                problem = f"{exc.code().name}: {exc.details()}"
+                if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
+                    fh.truncate(0)
+            except _Retry as exc:
+                problem = str(exc)
+            if attempt >= retries:
+                raise DownloadError(
+                    f"download of {digest} from {endpoint} failed after {attempt + 1} "
+                    f"attempt(s): {problem}",
+                    reason="retries_exhausted",
+                )
+            attempt += 1
+            delay = next(delays)
+            log.warning(
+                "download of %s: %s; retry %d/%d in %.2f s",
+                digest,
+                problem,
+                attempt,
+                retries,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+
+def _raise_if_final(exc: grpc.aio.AioRpcError, *, digest: str, endpoint: str, attempt: int) -> None:
+    code = exc.code()
+    if code in _RETRYABLE:
+        return
+    reasons = {
+        grpc.StatusCode.NOT_FOUND: "not_found",
+        grpc.StatusCode.INVALID_ARGUMENT: "invalid_argument",
+    }
+    raise DownloadError(
+        f"download of {digest} from {endpoint}: {code.name}: {exc.details()}",
+        reason=reasons.get(code, "rpc_error"),
+    ) from exc

@@ -1,0 +1,398 @@
+"""The predictor: raw records in, outputs + label names / anomaly scores out, with shadow mode.
+
+Thread-safe without a lock on the read path: the active model (and the shadow) live in one
+immutable, precompiled object that :meth:`Predictor.swap` replaces with a single reference
+assignment, so a prediction runs wholly on the model it started with. A short lock guards
+the id counter; writers (swap, observers) take their own lock.
+
+Per call the overhead over a bare ``session.run`` is the transform (two ufuncs on cached
+float32 statistics, bit-identical to ``Preprocess.apply``), an argmax, ids and observers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from time import perf_counter
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent._runtime import LoadedModel
+
+__all__ = [
+    "NoModelLoaded",
+    "Observer",
+    "Prediction",
+    "PredictionError",
+    "Predictor",
+    "PredictorStats",
+    "ShadowObserver",
+    "ShadowReport",
+    "reconstruction_error",
+]
+
+log = logging.getLogger(__name__)
+_F32 = np.dtype(np.float32)
+_subtract, _divide = np.subtract, np.divide
+
+# (raw batch, model inputs, outputs, latency_ms, ids, model): the telemetry hook.
+Observer = Callable[[np.ndarray, np.ndarray, np.ndarray, float, list[str], LoadedModel], None]
+
+
+class PredictionError(RuntimeError):
+    """The runtime failed on a batch (counted in :attr:`PredictorStats.errors`)."""
+
+
+class NoModelLoaded(RuntimeError):
+    """No model is active yet (the HTTP endpoint answers 503)."""
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 us more per call
+class Prediction:
+    ids: list[str]
+    outputs: np.ndarray
+    labels: list[str] | None  # classifiers: the argmax label per record
+    scores: np.ndarray | None  # reconstruction models: mean squared error per record
+    latency_ms: float
+    model: str
+    version: str
+    variant: str = ""  # the model file that served it, e.g. model.int8.onnx
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowReport:
+    """One shadowed call: how many records were compared and how many agreed.
+
+    A shadow that fails is reported too: ``compared`` 0, ``errors`` the records, ``error``
+    the reason (a candidate that crashes must count against it).
+    """
+
+    ids: list[str]
+    compared: int
+    agreed: int
+    errors: int
+    latency_delta_ms: float  # shadow latency minus the active one (0.0 when it failed)
+    method: str  # "argmax", "anomaly_flag" or "max_abs_diff<=ATOL"
+    active: LoadedModel = field(repr=False)
+    shadow: LoadedModel = field(repr=False)
+    error: str = ""
+
+    @property
+    def agreement(self) -> float:
+        return self.agreed / self.compared if self.compared else math.nan
+
+
+ShadowObserver = Callable[[ShadowReport], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PredictorStats:
+    calls: int
+    records: int
+    errors: int
+    observer_errors: int
+    shadow_runs: int
+    shadow_errors: int
+
+
+def reconstruction_error(outputs: np.ndarray, inputs: np.ndarray) -> npt.NDArray[np.float64]:
+    """Per-record mean squared error (as the reference profile computes it)."""
+    n = len(outputs)
+    diff = outputs.reshape(n, -1).astype(np.float64) - inputs.reshape(n, -1)
+    return np.asarray(np.mean(diff * diff, axis=1))
+
+
+class _Compiled:
+    """A :class:`LoadedModel` with everything a call needs precomputed (immutable)."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        pre = model.preprocess
+        self.model = model
+        self.run = model.runtime.run
+        self.raw_shape = tuple(pre.raw_shape)
+        self.reshape = (-1, *pre.input_shape)
+        # The same float32 statistics Preprocess.apply builds on every call.
+        self.mean = np.asarray(pre.mean, dtype=np.float64).astype(np.float32)
+        self.scale = np.asarray(pre.scale, dtype=np.float64).astype(np.float32)
+        self.labels = model.labels if model.task == "classification" else None
+        self.reconstruction = model.task == "reconstruction"
+        self.threshold = model.anomaly_threshold
+        self.name, self.version, self.variant = model.name, model.version, model.variant_file
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Bit-identical to ``Preprocess.apply`` (the same float32 operations)."""
+        x = x.astype(_F32, copy=False).reshape(self.reshape)
+        return _divide(_subtract(x, self.mean), self.scale)
+
+    def shape_error(self, shape: tuple[int, ...]) -> str:
+        dims = ", ".join(map(str, self.raw_shape))
+        return (
+            f"{self.name}@{self.version} expects raw records of shape [{dims}] (one record) "
+            f"or [N, {dims}] (a batch), got {list(shape)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Shadow:
+    target: _Compiled
+    fraction: float
+    atol: float
+
+
+class Predictor:
+    """Serve the active model; see the module docstring for the threading model."""
+
+    def __init__(
+        self,
+        *,
+        model: LoadedModel | None = None,
+        device_id: str = "device",
+        boot_id: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._prefix = f"{device_id}-{boot_id or secrets.token_hex(4)}-"
+        self._active: _Compiled | None = None if model is None else _Compiled(model)
+        self._shadow: _Shadow | None = None
+        self._observers: tuple[Observer, ...] = ()
+        self._shadow_observers: tuple[ShadowObserver, ...] = ()
+        self._write_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._next_id = 0
+        self._calls = self._errors = self._observer_errors = 0
+        self._shadow_runs = self._shadow_errors = 0
+
+    # -- the model ------------------------------------------------------------------------
+
+    @property
+    def model(self) -> LoadedModel | None:
+        active = self._active
+        return None if active is None else active.model
+
+    def swap(self, model: LoadedModel | None) -> LoadedModel | None:
+        """Make ``model`` the active one (None unloads); returns the previous one."""
+        compiled = None if model is None else _Compiled(model)
+        with self._write_lock:
+            previous, self._active = self._active, compiled
+        return None if previous is None else previous.model
+
+    def set_shadow(
+        self, model: LoadedModel | None, *, fraction: float = 1.0, atol: float = 1e-2
+    ) -> None:
+        """Also run ``model`` on a sampled ``fraction`` of calls (None stops shadowing).
+
+        It runs after the active model, on the same raw records, and never changes what is
+        served. Agreement: same argmax for classifiers; for reconstruction models the same
+        anomaly flag at each model's reference p99 error when both manifests have one,
+        else every output within ``atol`` (also used for other tasks).
+        """
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction must be within [0, 1], got {fraction}")
+        shadow = None if model is None else _Shadow(_Compiled(model), fraction, atol)
+        with self._write_lock:
+            self._shadow = shadow
+
+    @property
+    def shadow(self) -> LoadedModel | None:
+        shadow = self._shadow
+        return None if shadow is None else shadow.target.model
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    def add_observer(self, callback: Observer) -> None:
+        with self._write_lock:
+            self._observers = (*self._observers, callback)
+
+    def remove_observer(self, callback: Observer) -> None:
+        with self._write_lock:
+            self._observers = tuple(o for o in self._observers if o is not callback)
+
+    def add_shadow_observer(self, callback: ShadowObserver) -> None:
+        with self._write_lock:
+            self._shadow_observers = (*self._shadow_observers, callback)
+
+    def remove_shadow_observer(self, callback: ShadowObserver) -> None:
+        with self._write_lock:
+            self._shadow_observers = tuple(o for o in self._shadow_observers if o is not callback)
+
+    @property
+    def count(self) -> int:
+        """Calls that returned a prediction."""
+        return self._calls
+
+    @property
+    def errors(self) -> int:
+        """Calls the runtime failed (:class:`PredictionError`)."""
+        return self._errors
+
+    def stats(self) -> PredictorStats:
+        with self._count_lock:
+            return PredictorStats(
+                calls=self._calls,
+                records=self._next_id,
+                errors=self._errors,
+                observer_errors=self._observer_errors,
+                shadow_runs=self._shadow_runs,
+                shadow_errors=self._shadow_errors,
+            )
+
+    # -- predicting -----------------------------------------------------------------------
+
+    def predict(self, raw: npt.ArrayLike) -> Prediction:
+        """Predict a batch ``[N, *raw_shape]`` or one record ``[*raw_shape]`` of raw values.
+
+        Raises ``ValueError`` (wrong shape/dtype), :class:`NoModelLoaded`, or
+        :class:`PredictionError` when the runtime fails.
+        """
+        start = perf_counter()
+        active = self._active
+        if active is None:
+            raise NoModelLoaded("no model is loaded yet")
+        x = raw if type(raw) is np.ndarray else np.asarray(raw)
+        shape = x.shape
+        if shape[1:] == active.raw_shape:
+            n = shape[0]
+            if not n:
+                raise ValueError("raw records: got an empty batch")
+        elif shape == active.raw_shape:
+            n = 1  # one record: the reshape below adds the batch axis
+        else:
+            raise ValueError(active.shape_error(shape))
+        if x.dtype is not _F32:
+            if x.dtype.kind not in "biuf":
+                raise ValueError(f"raw records must be real numbers, got dtype {x.dtype}")
+            x = x.astype(_F32, copy=False)
+        # active.transform(x), inlined: this is the hot path
+        inputs = _divide(_subtract(x.reshape(active.reshape), active.mean), active.scale)
+        labels: list[str] | None = None
+        scores: np.ndarray | None = None
+        try:
+            outputs = active.run(inputs)
+            if (names := active.labels) is not None:
+                if n == 1:
+                    labels = [names[outputs.argmax()]]
+                else:
+                    labels = [names[i] for i in outputs.reshape(n, -1).argmax(axis=1).tolist()]
+            elif active.reconstruction:
+                scores = reconstruction_error(outputs, inputs)
+        except Exception as exc:
+            with self._count_lock:
+                self._errors += 1
+            raise PredictionError(
+                f"{active.name}@{active.version} ({active.variant}) failed on a batch of "
+                f"shape {list(inputs.shape)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        with self._count_lock:
+            first = self._next_id
+            self._next_id = first + n
+            self._calls += 1
+        prefix = self._prefix
+        ids = [f"{prefix}{first}"] if n == 1 else [f"{prefix}{i}" for i in range(first, first + n)]
+        latency_ms = (perf_counter() - start) * 1000.0
+        observers, shadow = self._observers, self._shadow
+        if observers or shadow is not None:
+            if n == 1 and len(shape) == len(active.raw_shape):
+                x = x[np.newaxis]  # hooks always see a batch
+            for observer in observers:
+                try:
+                    observer(x, inputs, outputs, latency_ms, ids, active.model)
+                except Exception:
+                    self._failed("observer", observer)
+            if shadow is not None and (
+                shadow.fraction >= 1.0 or self._rng.random() < shadow.fraction
+            ):
+                self._run_shadow(shadow, active, x, inputs, outputs, latency_ms, ids)
+        return Prediction(
+            ids, outputs, labels, scores, latency_ms, active.name, active.version, active.variant
+        )
+
+    def _failed(self, kind: str, what: object) -> None:
+        """Count and log (sparingly: a broken hook must not flood the log) a failure."""
+        with self._count_lock:
+            if kind == "shadow":
+                self._shadow_errors += 1
+                count = self._shadow_errors
+            else:
+                self._observer_errors += 1
+                count = self._observer_errors
+        if count <= 3 or count % 1000 == 0:
+            log.exception("%s %r failed (%d such failures so far)", kind, what, count)
+
+    def _run_shadow(
+        self,
+        shadow: _Shadow,
+        active: _Compiled,
+        x: np.ndarray,
+        inputs: np.ndarray,
+        outputs: np.ndarray,
+        latency_ms: float,
+        ids: list[str],
+    ) -> None:
+        target = shadow.target
+        error, method, agreed, delta_ms = "", "failed", 0, 0.0
+        try:
+            if target.raw_shape != active.raw_shape:
+                raise ValueError(target.shape_error(x.shape))
+            start = perf_counter()
+            shadow_inputs = target.transform(x)
+            shadow_outputs = target.run(shadow_inputs)
+            delta_ms = (perf_counter() - start) * 1000.0 - latency_ms
+            method, agreed = _agreement(
+                active, inputs, outputs, target, shadow_inputs, shadow_outputs, shadow.atol
+            )
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self._failed("shadow", f"{target.name}@{target.version}")
+        else:
+            with self._count_lock:
+                self._shadow_runs += 1
+        report = ShadowReport(
+            ids=ids,
+            compared=0 if error else len(x),
+            agreed=agreed,
+            errors=len(x) if error else 0,
+            latency_delta_ms=0.0 if error else delta_ms,
+            method=method,
+            active=active.model,
+            shadow=target.model,
+            error=error,
+        )
+        for callback in self._shadow_observers:
+            try:
+                callback(report)
+            except Exception:
+                self._failed("shadow observer", callback)
+
+
+def _agreement(
+    active: _Compiled,
+    inputs: np.ndarray,
+    outputs: np.ndarray,
+    shadow: _Compiled,
+    shadow_inputs: np.ndarray,
+    shadow_outputs: np.ndarray,
+    atol: float,
+) -> tuple[str, int]:
+    n = len(outputs)
+    a, s = outputs.reshape(n, -1), shadow_outputs.reshape(n, -1)
+    if active.labels is not None and shadow.labels is not None:
+        return "argmax", int(np.count_nonzero(a.argmax(axis=1) == s.argmax(axis=1)))
+    if (
+        active.reconstruction
+        and shadow.reconstruction
+        and active.threshold is not None
+        and shadow.threshold is not None
+    ):
+        flag_a = reconstruction_error(outputs, inputs) > active.threshold
+        flag_s = reconstruction_error(shadow_outputs, shadow_inputs) > shadow.threshold
+        return "anomaly_flag", int(np.count_nonzero(flag_a == flag_s))
+    if a.shape != s.shape:
+        return f"max_abs_diff<={atol:g}", 0
+    close = np.max(np.abs(a.astype(np.float64) - s), axis=1) <= atol
+    return f"max_abs_diff<={atol:g}", int(np.count_nonzero(close))

@@ -1,0 +1,374 @@
+"""Crash-safe store-and-forward queue for everything the agent delivers at least once.
+
+One SQLite file (WAL, ``synchronous=FULL``) holds the queued messages and, per stream, the
+last sequence number handed out and the drop counters. :meth:`OutboundQueue.append` allocates
+the stream's next ``seq``, builds the payload with it and stores both in one transaction: a
+``seq`` is used by exactly one stored message, never reused after a restart or power cut, and
+never skipped (a ``payload_for`` that raises rolls the allocation back).
+
+**Disk budget.** ``size_bytes()`` is the sum of the payload sizes plus
+:data:`ITEM_OVERHEAD` per item. When an append would go over ``max_bytes`` the queue evicts
+the oldest items of the streams in ``droppable``, in that order (default: telemetry first,
+then feedback). An item only evicts streams listed before its own or its own stream (so
+telemetry never evicts feedback); streams not in ``droppable`` (deployment events) are never
+evicted but may evict everything droppable. The new item is always stored, so the queue
+goes over budget when what it may evict does not free enough room. Every evicted item is
+counted per stream in ``dropped()`` (lifetime) and in a "not yet reported" counter that
+:meth:`OutboundQueue.take_dropped` returns and resets, for the next
+``TelemetryWindow.dropped_windows``. Called from inside ``payload_for``, ``take_dropped``
+joins the append's transaction, so the reset and the message that reports it commit together.
+
+**Corruption.** A file SQLite cannot open, or that fails ``PRAGMA quick_check``, is moved
+aside as ``<path>.corrupt-<unix ms>`` (with its WAL) and a fresh queue is started; the same
+happens when an operation hits ``SQLITE_CORRUPT``/``SQLITE_NOTADB`` later. The stream
+counters are salvaged from the old file when it can still be read (its undelivered items,
+when they can be counted, are added to the drop counters); otherwise every stream restarts
+just above ``<unix ms>`` (above any number it can have used, so the hub's dedupe never
+swallows new messages) and an error is logged. If no file can be opened at all the queue
+runs in memory, loudly: the agent keeps working without durability. Other SQLite errors (a
+full disk) propagate from the call. ``payload_for`` runs under the queue's lock, inside the
+transaction: keep it short; after a recovery it is called once more with the new ``seq``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+__all__ = ["DEFAULT_DROPPABLE", "DEFAULT_MAX_BYTES", "ITEM_OVERHEAD", "OutboundQueue", "QueuedItem"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_DROPPABLE: tuple[str, ...] = ("telemetry", "feedback")
+ITEM_OVERHEAD = 64  # bytes charged per item on top of its payload (row and index overhead)
+_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
+_EVICT_BATCH = 256
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so a late ack cannot hit a new item
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (stream, seq)
+);
+CREATE TABLE IF NOT EXISTS streams (
+    stream TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0,
+    unreported INTEGER NOT NULL DEFAULT 0
+);
+-- seq_floor: set when a corrupt file's counters were lost; new streams start above it
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedItem:
+    """One stored message: ``id`` is the queue's handle for :meth:`OutboundQueue.ack`."""
+
+    id: int
+    stream: str
+    seq: int
+    payload: bytes
+    created_at: float
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in _CORRUPT_CODES
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+class OutboundQueue:
+    """Durable FIFO of outbound messages with per-stream sequence numbers (thread-safe)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        droppable: Sequence[str] = DEFAULT_DROPPABLE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.droppable = tuple(droppable)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._in_append = False
+        self._total = 0
+        self._conn = self._open()
+
+    # ----------------------------------------------------------------- opening
+    def _connect(self, target: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA journal_size_limit=4194304")
+            row = conn.execute("PRAGMA quick_check").fetchone()
+            if row is None or row[0] != "ok":
+                raise sqlite3.DatabaseError(f"quick_check failed: {row[0] if row else None}")
+            conn.executescript(_SCHEMA)
+            total = conn.execute(
+                "SELECT COALESCE(SUM(length(payload)), 0) + ? * COUNT(*) FROM items",
+                (ITEM_OVERHEAD,),
+            ).fetchone()[0]
+        except BaseException:
+            conn.close()
+            raise
+        self._total = int(total)
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return self._connect(str(self.path))
+        except (sqlite3.DatabaseError, OSError) as exc:
+            return self._start_fresh(exc)
+
+    def _start_fresh(self, exc: BaseException) -> sqlite3.Connection:
+        counters = self._salvage_counters()
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time() * 1000)}")
+        log.error("outbound queue %s is unusable (%s); moved aside to %s", self.path, exc, aside)
+        try:
+            if self.path.exists():
+                self.path.rename(aside)
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists():  # part of the old data: keep it beside the old file
+                wal.rename(aside.with_name(aside.name + "-wal"))
+            self.path.with_name(self.path.name + "-shm").unlink(missing_ok=True)
+            conn = self._connect(str(self.path))
+        except (sqlite3.DatabaseError, OSError) as again:
+            log.error(
+                "cannot create %s (%s): queue runs IN MEMORY, nothing survives", self.path, again
+            )
+            conn = self._connect(":memory:")
+        if counters is None:
+            floor = int(time.time() * 1000)
+            log.error("stream counters lost: sequence numbers restart at %d", floor)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq_floor', ?)", (floor,))
+        else:
+            conn.executemany(
+                "INSERT OR REPLACE INTO streams (stream, last_seq, dropped, unreported)"
+                " VALUES (?, ?, ?, ?)",
+                counters,
+            )
+            log.warning("salvaged sequence counters for %d stream(s)", len(counters))
+        return conn
+
+    def _salvage_counters(self) -> list[tuple[str, int, int, int]] | None:
+        old: sqlite3.Connection | None = getattr(self, "_conn", None)
+        try:
+            conn = old or sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1)
+            try:
+                rows = conn.execute(
+                    "SELECT stream, last_seq, dropped, unreported FROM streams"
+                ).fetchall()
+                lost: dict[str, int] = {}  # undelivered items left behind count as dropped
+                with suppress(sqlite3.Error):
+                    query = "SELECT stream, COUNT(*) FROM items GROUP BY stream"
+                    lost = {str(s): int(n) for s, n in conn.execute(query).fetchall()}
+            finally:
+                conn.close()
+            return [
+                (str(s), int(q), int(d) + lost.get(s, 0), int(u) + lost.get(s, 0))
+                for s, q, d, u in rows
+            ]
+        except (sqlite3.Error, ValueError, TypeError):
+            return None
+
+    def _guard(self, operation: Callable[[], T]) -> T:
+        """Run ``operation`` under the lock; on corruption start fresh and retry once."""
+        with self._lock:
+            try:
+                return operation()
+            except sqlite3.DatabaseError as exc:
+                if not _is_corruption(exc) or self._in_append:
+                    raise
+                self._conn = self._start_fresh(exc)
+                return operation()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    # ----------------------------------------------------------------- API
+    def append(self, *, stream: str, payload_for: Callable[[int], bytes]) -> QueuedItem:
+        """Store ``payload_for(seq)`` under the stream's next ``seq``; durable when it returns."""
+        if not stream:
+            raise ValueError("stream must be non-empty")
+
+        def run() -> QueuedItem:
+            total_before = self._total
+            try:
+                with self._transaction() as conn:
+                    self._in_append = True
+                    seq = self._next_seq(conn, stream)
+                    payload = bytes(payload_for(seq))
+                    size = len(payload) + ITEM_OVERHEAD
+                    self._evict(conn, stream=stream, need=self._total + size - self.max_bytes)
+                    created_at = self._clock()
+                    cursor = conn.execute(
+                        "INSERT INTO items (stream, seq, payload, created_at) VALUES (?, ?, ?, ?)",
+                        (stream, seq, payload, created_at),
+                    )
+                    conn.execute("UPDATE streams SET last_seq = ? WHERE stream = ?", (seq, stream))
+                    self._total += size
+            except BaseException:
+                self._total = total_before
+                raise
+            finally:
+                self._in_append = False
+            assert cursor.lastrowid is not None
+            return QueuedItem(cursor.lastrowid, stream, seq, payload, created_at)
+
+        return self._guard(run)
+
+    def _next_seq(self, conn: sqlite3.Connection, stream: str) -> int:
+        row = conn.execute("SELECT last_seq FROM streams WHERE stream = ?", (stream,)).fetchone()
+        if row is not None:
+            return int(row[0]) + 1
+        floor = conn.execute("SELECT value FROM meta WHERE key = 'seq_floor'").fetchone()
+        start = int(floor[0]) if floor else 0
+        conn.execute("INSERT INTO streams (stream, last_seq) VALUES (?, ?)", (stream, start))
+        return start + 1
+
+    def _evict(self, conn: sqlite3.Connection, *, stream: str, need: int) -> None:
+        if need <= 0:
+            return
+        if stream in self.droppable:
+            victims = self.droppable[: self.droppable.index(stream) + 1]
+        else:
+            victims = self.droppable
+        for victim in victims:
+            dropped = 0
+            while need > 0:
+                rows = conn.execute(
+                    "SELECT id, length(payload) FROM items WHERE stream = ? ORDER BY seq LIMIT ?",
+                    (victim, _EVICT_BATCH),
+                ).fetchall()
+                if not rows:
+                    break
+                chosen = []
+                for item_id, length in rows:
+                    if need <= 0:
+                        break
+                    chosen.append((item_id,))
+                    need -= length + ITEM_OVERHEAD
+                    self._total -= length + ITEM_OVERHEAD
+                conn.executemany("DELETE FROM items WHERE id = ?", chosen)
+                dropped += len(chosen)
+            if dropped:
+                conn.execute(
+                    "UPDATE streams SET dropped = dropped + ?, unreported = unreported + ?"
+                    " WHERE stream = ?",
+                    (dropped, dropped, victim),
+                )
+                log.warning("outbound queue over budget: dropped %d %s item(s)", dropped, victim)
+            if need <= 0:
+                return
+
+    def peek(self, *, limit: int = 100) -> list[QueuedItem]:
+        """Up to ``limit`` stored items, oldest first (they stay queued until acked)."""
+
+        def run() -> list[QueuedItem]:
+            rows = self._conn.execute(
+                "SELECT id, stream, seq, payload, created_at FROM items ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [QueuedItem(int(i), s, int(q), bytes(p), float(c)) for i, s, q, p, c in rows]
+
+        return self._guard(run)
+
+    def ack(self, item_id: int) -> None:
+        """Delete a delivered item; acking an unknown or already acked id does nothing."""
+
+        def run() -> None:
+            with self._transaction() as conn:
+                row = conn.execute(
+                    "DELETE FROM items WHERE id = ? RETURNING length(payload)", (item_id,)
+                ).fetchone()
+            if row is not None:
+                self._total -= int(row[0]) + ITEM_OVERHEAD
+
+        self._guard(run)
+
+    def __len__(self) -> int:
+        return self._guard(
+            lambda: int(self._conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+        )
+
+    def size_bytes(self) -> int:
+        """Bytes charged against ``max_bytes``: payloads plus ``ITEM_OVERHEAD`` per item."""
+        with self._lock:
+            return self._total
+
+    def dropped(self, stream: str | None = None) -> int:
+        """Items evicted over the queue's lifetime, for one stream or all of them."""
+
+        def run() -> int:
+            if stream is None:
+                row = self._conn.execute("SELECT COALESCE(SUM(dropped), 0) FROM streams").fetchone()
+            else:
+                row = self._conn.execute(
+                    "SELECT dropped FROM streams WHERE stream = ?", (stream,)
+                ).fetchone()
+            return int(row[0]) if row else 0
+
+        return self._guard(run)
+
+    def take_dropped(self, stream: str) -> int:
+        """Evictions from ``stream`` not reported yet; resets the count (persisted)."""
+
+        def read_and_reset(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT unreported FROM streams WHERE stream = ?", (stream,)
+            ).fetchone()
+            if not row or not row[0]:
+                return 0
+            conn.execute("UPDATE streams SET unreported = 0 WHERE stream = ?", (stream,))
+            return int(row[0])
+
+        def run() -> int:
+            if self._in_append:  # inside payload_for: commit with the item that reports it
+                return read_and_reset(self._conn)
+            with self._transaction() as conn:
+                return read_and_reset(conn)
+
+        return self._guard(run)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> OutboundQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,381 @@
+"""Runtimes, model loading and the health check a slot must pass before it serves.
+
+A :class:`Runtime` runs preprocessed float32 batches (``[N, *input_shape]``) and returns
+float32 outputs. :class:`OnnxRuntime` wraps an onnxruntime CPU session, :class:`LiteRTRuntime`
+the LiteRT interpreter (:class:`model_packager.litert.TFLiteRunner`, fixed batch: rows go
+through in chunks). :func:`load_slot` reads an installed slot (``manifest.json`` plus the
+payload files), picks a variant with :func:`choose_variant` and loads it;
+:func:`health_check` runs the bundle's self-test records and times batch-1 inference.
+Nothing here imports torch, onnx or the hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from model_packager.preprocess import Preprocess
+
+__all__ = [
+    "DEFAULT_PREFER",
+    "HealthReport",
+    "LiteRTRuntime",
+    "LoadedModel",
+    "ModelLoadError",
+    "NoUsableVariant",
+    "OnnxRuntime",
+    "Runtime",
+    "check_slot",
+    "choose_variant",
+    "detect_runtimes",
+    "health_check",
+    "load_slot",
+]
+
+DEFAULT_PREFER: tuple[str, ...] = ("onnx:int8", "onnx:fp32", "tflite:int8", "tflite:fp32")
+LATENCY_RUNS = 20
+# The modules each format needs; TFLite takes ai-edge-litert or, failing that, tflite-runtime.
+_RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
+    "onnx": ("onnxruntime",),
+    "tflite": ("ai_edge_litert", "tflite_runtime"),
+}
+_INSTALL_HINT = "pip install 'edgeloop[agent]'"
+
+
+class ModelLoadError(RuntimeError):
+    """A slot could not be loaded: missing/corrupt files, a bad manifest, a runtime error."""
+
+
+class NoUsableVariant(ModelLoadError):
+    """None of the preferred variants is both in the bundle and runnable on this device."""
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """Runs a batch of preprocessed float32 model inputs; returns the float32 outputs."""
+
+    name: str
+
+    def run(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class OnnxRuntime:
+    """An onnxruntime CPU session (``threads`` intra-op threads, all graph optimizations)."""
+
+    def __init__(self, path: Path, *, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or not outputs:
+            raise ModelLoadError(
+                f"{path.name}: expected one input and at least one output, "
+                f"got {len(inputs)} input(s) and {len(outputs)} output(s)"
+            )
+        self.input_name: str = inputs[0].name
+        self._output_names: list[str] = [outputs[0].name]  # built once, not per call
+        # The public InferenceSession.run re-validates the feed's names on every call (about
+        # 1 us, a tenth of a small model's batch-1 latency); the names are checked once
+        # above, so call the binding underneath when this onnxruntime has it.
+        fast = getattr(getattr(self.session, "_sess", None), "run", None)
+        self._run: Callable[..., Any] = fast if callable(fast) else self._public_run
+        self.name = f"onnxruntime:{path.name}"
+
+    def _public_run(self, names: list[str], feed: dict[str, np.ndarray], _options: None) -> Any:
+        return self.session.run(names, feed)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        result: np.ndarray = self._run(self._output_names, {self.input_name: x}, None)[0]
+        return result
+
+
+class LiteRTRuntime:
+    """The LiteRT interpreter via :class:`~model_packager.litert.TFLiteRunner`.
+
+    TFLite models have a fixed batch (1 for the packager's): a batch of N rows is N invokes
+    (the runner chunks and pads). Calls are serialized (an interpreter is not thread-safe).
+    ``threads`` is recorded only: ``TFLiteRunner`` builds its interpreter with the
+    runtime's default thread count.
+    """
+
+    def __init__(self, path: Path, *, threads: int = 1) -> None:
+        from model_packager.litert import TFLiteRunner
+
+        self.threads = threads
+        self.runner = TFLiteRunner(path.read_bytes())
+        self.name = f"litert:{path.name}"
+        self._lock = threading.Lock()  # one interpreter: set_tensor/invoke/get_tensor
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self.runner.run(x)
+
+
+_FACTORIES: dict[str, Callable[..., Runtime]] = {"onnx": OnnxRuntime, "tflite": LiteRTRuntime}
+
+
+def detect_runtimes() -> set[str]:
+    """The variant formats this device can run (by importability, without importing)."""
+    return {
+        fmt
+        for fmt, modules in _RUNTIME_MODULES.items()
+        if any(importlib.util.find_spec(m) is not None for m in modules)
+    }
+
+
+def _parse_prefer(entry: str) -> tuple[str, str | None]:
+    fmt, _, precision = entry.partition(":")
+    if fmt not in _RUNTIME_MODULES:
+        raise ValueError(
+            f"unknown variant preference {entry!r}: use FORMAT[:PRECISION] with FORMAT "
+            f"in {sorted(_RUNTIME_MODULES)}, e.g. 'onnx:int8'"
+        )
+    return fmt, precision or None
+
+
+def choose_variant(
+    manifest: dict[str, Any],
+    *,
+    prefer: Sequence[str] = DEFAULT_PREFER,
+    available_runtimes: set[str] | None = None,
+) -> dict[str, Any]:
+    """The first of ``prefer`` (``"format:precision"``, or ``"format"`` for any precision)
+    that the manifest lists and whose runtime is importable (``available_runtimes``, default
+    :func:`detect_runtimes`, is a set of formats); :class:`NoUsableVariant` otherwise."""
+    runnable = detect_runtimes() if available_runtimes is None else available_runtimes
+    variants: list[dict[str, Any]] = list(manifest.get("variants") or [])
+    for entry in prefer:
+        fmt, precision = _parse_prefer(entry)
+        if fmt not in runnable:
+            continue
+        for variant in variants:
+            if variant.get("format") == fmt and precision in (None, variant.get("precision")):
+                return variant
+    listed = [f"{v.get('format')}:{v.get('precision')}" for v in variants] or ["none"]
+    raise NoUsableVariant(
+        f"no usable variant in {manifest.get('model', 'the bundle')}: it has "
+        f"{', '.join(listed)}; preferred {', '.join(prefer) or 'nothing'}; runtimes available "
+        f"here: {', '.join(sorted(runnable)) or 'none'} (install them with: {_INSTALL_HINT})"
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadedModel:
+    """A loaded slot: its manifest, the chosen variant, the runtime and the transform."""
+
+    slot_dir: Path
+    manifest: dict[str, Any]
+    variant: dict[str, Any]
+    runtime: Runtime
+    preprocess: Preprocess
+    labels: tuple[str, ...] | None
+    task: str
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", ""))
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version", ""))
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def variant_file(self) -> str:
+        return str(self.variant["file"])
+
+    @property
+    def anomaly_threshold(self) -> float | None:
+        """The reference split's p99 reconstruction error (reconstruction models), if any."""
+        profile = self.manifest.get("reference_profile") or {}
+        value = ((profile.get("output") or {}).get("score_quantiles") or {}).get("p99")
+        return None if value is None else float(value)
+
+
+def _check_digest(slot_dir: Path, manifest: dict[str, Any], name: str) -> None:
+    listed = (manifest.get("files") or {}).get(name)
+    if not listed:
+        raise ModelLoadError(f"{name} is not listed in the manifest's files")
+    digest = hashlib.sha256()
+    with (slot_dir / name).open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    if "sha256:" + digest.hexdigest() != listed.get("digest"):
+        raise ModelLoadError(f"{name} does not match the manifest's digest (changed on disk)")
+
+
+def load_slot(
+    slot_dir: Path,
+    *,
+    prefer: Sequence[str] = DEFAULT_PREFER,
+    threads: int = 1,
+    verify_files: bool = False,
+) -> LoadedModel:
+    """Load an installed slot (``manifest.json`` + payload). ``verify_files`` re-hashes the
+    chosen model file and the self-test samples against the manifest's digests (the bundle
+    was verified at install; this catches later changes on disk). Raises
+    :class:`ModelLoadError` (:class:`NoUsableVariant` when nothing fits this device)."""
+    slot_dir = Path(slot_dir)
+    try:
+        manifest = json.loads((slot_dir / "manifest.json").read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{slot_dir}: cannot read manifest.json: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise ModelLoadError(f"{slot_dir}: manifest.json is not a JSON object")
+    variant = choose_variant(manifest, prefer=prefer)
+    try:
+        preprocess = Preprocess.model_validate(manifest["input"]["preprocess"])
+        task = str(manifest.get("task", "classification"))
+        labels = (manifest.get("output") or {}).get("labels")
+        path = slot_dir / str(variant["file"])
+        if verify_files:
+            _check_digest(slot_dir, manifest, path.name)
+            self_test = (manifest.get("self_test") or {}).get("file")
+            if self_test:
+                _check_digest(slot_dir, manifest, str(self_test))
+        runtime = _FACTORIES[str(variant["format"])](path, threads=threads)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{slot_dir}: cannot load {variant.get('file')}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return LoadedModel(
+        slot_dir=slot_dir,
+        manifest=manifest,
+        variant=variant,
+        runtime=runtime,
+        preprocess=preprocess,
+        labels=tuple(str(label) for label in labels) if labels else None,
+        task=task,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthReport:
+    """``max_abs_diff`` and ``latency_ms`` are NaN where the check stopped before them."""
+
+    ok: bool
+    reason: str
+    max_abs_diff: float = math.nan
+    latency_ms: float = math.nan
+
+
+def _tolerance(model: LoadedModel) -> float:
+    spec = model.manifest.get("self_test") or {}
+    atol = float(spec.get("atol", 1e-3))
+    if model.variant.get("precision") == "int8":  # the int8 kernels differ between CPUs
+        return float(spec.get("int8_atol", atol))
+    return atol
+
+
+def _batch1_latency_ms(model: LoadedModel, record: np.ndarray, runs: int) -> float:
+    run, apply = model.runtime.run, model.preprocess.apply
+    run(apply(record))  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run(apply(record))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0
+
+
+def health_check(
+    model: LoadedModel, *, check_latency: bool = True, runs: int = LATENCY_RUNS
+) -> HealthReport:
+    """Self-test outputs within the manifest's tolerance and batch-1 latency (median of
+    ``runs``, preprocess included) under ``latency_budget_ms``. Never raises."""
+    try:
+        return _health_check(model, check_latency=check_latency, runs=runs)
+    except Exception as exc:  # e.g. a manifest with a malformed tolerance or budget
+        return HealthReport(ok=False, reason=f"health check failed: {type(exc).__name__}: {exc}")
+
+
+def _health_check(model: LoadedModel, *, check_latency: bool, runs: int) -> HealthReport:
+    try:
+        spec = model.manifest.get("self_test") or {}
+        samples = model.slot_dir / str(spec.get("file", "samples.npz"))
+        key = f"expected:{model.variant_file}"
+        with np.load(samples, allow_pickle=False) as npz:
+            if key not in npz.files:
+                return HealthReport(ok=False, reason=f"{samples.name} has no {key!r} array")
+            raw = np.asarray(npz[str(spec.get("inputs", "self_test"))])
+            expected = np.asarray(npz[key], dtype=np.float32)
+        outputs = np.asarray(model.runtime.run(model.preprocess.apply(raw)))
+    except Exception as exc:
+        return HealthReport(ok=False, reason=f"self-test could not run {model.variant_file}: {exc}")
+    if outputs.shape != expected.shape:
+        return HealthReport(
+            ok=False,
+            reason=f"self-test outputs have shape {list(outputs.shape)}, "
+            f"expected {list(expected.shape)}",
+        )
+    if not np.all(np.isfinite(outputs)):
+        return HealthReport(ok=False, reason="self-test outputs are not all finite")
+    diff = float(np.max(np.abs(outputs.astype(np.float64) - expected))) if expected.size else 0.0
+    atol = _tolerance(model)
+    if not diff <= atol:
+        return HealthReport(
+            ok=False,
+            reason=f"self-test outputs differ from the bundle's by {diff:.3g}, over the "
+            f"tolerance {atol:g} ({model.variant_file})",
+            max_abs_diff=diff,
+        )
+    if not check_latency or not len(raw):
+        return HealthReport(ok=True, reason="ok: self-test within tolerance", max_abs_diff=diff)
+    try:
+        latency = _batch1_latency_ms(model, raw[:1], runs)
+    except Exception as exc:
+        return HealthReport(ok=False, reason=f"latency check failed: {exc}", max_abs_diff=diff)
+    budget = float(model.manifest.get("latency_budget_ms", math.inf))
+    if not latency <= budget:
+        return HealthReport(
+            ok=False,
+            reason=f"batch-1 latency {latency:.3g} ms is over the latency budget {budget:g} ms",
+            max_abs_diff=diff,
+            latency_ms=latency,
+        )
+    return HealthReport(
+        ok=True,
+        reason=f"ok: self-test within tolerance {atol:g}, batch-1 latency {latency:.3g} ms "
+        f"(budget {budget:g} ms)",
+        max_abs_diff=diff,
+        latency_ms=latency,
+    )
+
+
+def check_slot(
+    slot_dir: Path,
+    *,
+    prefer: Sequence[str] = DEFAULT_PREFER,
+    threads: int = 1,
+    verify_files: bool = False,
+) -> tuple[LoadedModel | None, HealthReport]:
+    """:func:`load_slot` then :func:`health_check`; a load failure is a failed report."""
+    try:
+        model = load_slot(slot_dir, prefer=prefer, threads=threads, verify_files=verify_files)
+    except Exception as exc:
+        return None, HealthReport(ok=False, reason=f"load failed: {exc}")
+    return model, health_check(model)

@@ -1,0 +1,397 @@
+"""Two model slots (A/B) on the device, switched atomically.
+
+Layout under ``root``::
+
+    slots/a/            extracted bundle files + slot.json
+    slots/b/
+    active -> slots/a   relative symlink, replaced atomically (active.tmp + os.replace)
+
+An install verifies the bundle (:func:`~model_packager.bundle.open_bundle`) first,
+extracts it into a fresh ``slots/.incoming-*``, writes ``slot.json`` last and only then
+renames it into the *standby* slot's place: a ``slots/<x>`` directory is always complete,
+the active slot is never written, and ``active`` names a complete slot (or does not exist
+yet) whenever the process dies. :meth:`SlotStore.recover` (call it at start) cleans up and
+checks the active slot's files against their digests, falling back to the standby.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model_packager._format import fsync_dir
+from model_packager.bundle import PublicKeyLike, VerifiedBundle, file_digest, open_bundle
+
+log = logging.getLogger(__name__)
+
+__all__ = ["META_NAME", "SLOT_NAMES", "STATUSES", "SlotError", "SlotInfo", "SlotStore"]
+
+SLOT_NAMES = ("a", "b")
+#: ``ready``: installed, not serving; ``probation``/``serving``: active; ``failed``: never
+#: activated again (only replaced by a new install).
+STATUSES = frozenset({"ready", "serving", "probation", "failed"})
+META_NAME = "slot.json"
+_LINK_TARGET = {f"slots/{name}": name for name in SLOT_NAMES}
+
+
+class SlotError(Exception):
+    """A slot operation that cannot be done (unknown slot, empty or failed slot, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    """One installed slot, as recorded in its ``slot.json``."""
+
+    name: str
+    path: Path
+    model: str
+    version: int | str
+    digest: str  # sha256 of the bundle file it was installed from
+    status: str
+    installed_at: int  # Unix epoch milliseconds
+    manifest: dict[str, Any]
+
+
+def _other(name: str) -> str:
+    return "b" if name == "a" else "a"
+
+
+def _check_name(name: str) -> None:
+    if name not in SLOT_NAMES:
+        raise SlotError(f"unknown slot {name!r}; slots are {', '.join(SLOT_NAMES)}")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` atomically with ``data`` (temp file, fsync, rename, fsync dir)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(json.dumps(data, sort_keys=True, indent=1).encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def _parse(name: str, path: Path) -> SlotInfo | None:
+    """The slot at ``path`` from its ``slot.json``; ``None`` if missing or malformed."""
+    try:
+        meta = json.loads((path / META_NAME).read_bytes())
+        fields = ("model", "version", "digest", "status", "installed_at", "manifest")
+        info = SlotInfo(name, path, *(meta[field] for field in fields))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    files = info.manifest.get("files") if isinstance(info.manifest, dict) else None
+    texts_ok = isinstance(info.model, str) and isinstance(info.digest, str)
+    numbers_ok = isinstance(info.version, int | str) and isinstance(info.installed_at, int)
+    ok = texts_ok and numbers_ok and isinstance(files, dict) and info.status in STATUSES
+    return info if ok else None
+
+
+def _usable(info: SlotInfo | None, digest: str) -> bool:
+    """``info`` holds bundle ``digest``, not failed, with intact files."""
+    if info is None or info.digest != digest or info.status == "failed":
+        return False
+    return _problem(info, deep=True) is None
+
+
+def _meta(bundle: VerifiedBundle) -> dict[str, Any]:
+    """The ``slot.json`` of a fresh install of ``bundle``."""
+    return {
+        "model": bundle.name,
+        "version": bundle.version,
+        "digest": bundle.digest,
+        "status": "ready",
+        "installed_at": int(time.time() * 1000),
+        "manifest": bundle.manifest,
+    }
+
+
+def _problem(info: SlotInfo, *, deep: bool) -> str | None:
+    """Why the slot's files do not match its manifest (``None``: they do).
+
+    ``deep`` also checks every file's SHA-256; otherwise only presence and sizes.
+    """
+    for file_name, entry in sorted(info.manifest["files"].items()):
+        path = info.path / file_name
+        try:
+            if not path.is_file() or path.is_symlink():
+                return f"{file_name} is missing"
+            if path.stat().st_size != entry["size"]:
+                return f"{file_name} has the wrong size"
+            if deep and file_digest(path) != entry["digest"]:
+                return f"{file_name} does not match its digest"
+        except (OSError, KeyError, TypeError) as exc:
+            return f"{file_name} cannot be checked: {exc}"
+    return None
+
+
+class SlotStore:
+    """Slots ``a`` and ``b`` under ``root/slots`` and the ``root/active`` symlink.
+
+    Mutating calls hold an exclusive ``flock`` on ``root/.lock`` (between threads and
+    processes). ``on_step(name)`` is called at each step of an install or a switch; tests
+    use it to kill the process at exact points.
+    """
+
+    def __init__(self, root: Path, *, on_step: Callable[[str], None] | None = None) -> None:
+        self.root = Path(root)
+        self.slots_dir = self.root / "slots"
+        self.link = self.root / "active"
+        self._on_step = on_step
+        self.slots_dir.mkdir(parents=True, exist_ok=True)
+
+    def _step(self, name: str) -> None:
+        if self._on_step:
+            self._on_step(name)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with (self.root / ".lock").open("a") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            yield
+
+    def _active_name(self) -> str | None:
+        try:
+            target = os.readlink(self.link)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SlotError(f"{self.link} is not a symlink: {exc.strerror}") from exc
+        name = _LINK_TARGET.get(target)
+        if name is None:
+            raise SlotError(f"{self.link} points to {target!r}, not to a slot")
+        return name
+
+    def slot(self, name: str) -> SlotInfo | None:
+        """Slot ``name`` as recorded, or ``None`` when it holds no (readable) install."""
+        _check_name(name)
+        return _parse(name, self.slots_dir / name)
+
+    def active(self) -> SlotInfo | None:
+        """The slot ``active`` points to; ``None`` before the first activation."""
+        if (name := self._active_name()) is None:
+            return None
+        if (info := self.slot(name)) is None:
+            raise SlotError(f"active slot {name} has no readable {META_NAME}; run recover()")
+        return info
+
+    def standby(self) -> SlotInfo | None:
+        """The other slot when there is an active one and it holds a complete install.
+
+        Its files are checked by size here; :meth:`rollback` checks their digests.
+        """
+        if (name := self._active_name()) is None:
+            return None
+        info = self.slot(_other(name))
+        return info if info is not None and _problem(info, deep=False) is None else None
+
+    def _target(self, digest: str) -> tuple[str, SlotInfo | None]:
+        """The slot to install into, and the slot already holding ``digest`` if any."""
+        current = self._active_name()
+        held = {name: self.slot(name) for name in SLOT_NAMES}
+        if current is None:  # nothing active yet: an empty slot, else the older install
+            ages = {n: info.installed_at if info else -1 for n, info in held.items()}
+            target = min(SLOT_NAMES, key=ages.__getitem__)
+            same = [info for info in held.values() if _usable(info, digest)]
+            return target, same[0] if same else None
+        target = _other(current)
+        if _usable(held[target], digest):
+            return target, held[target]
+        active, fallback = held[current], held[target]
+        on_probation = active is not None and active.status == "probation"
+        if on_probation and fallback is not None and fallback.status != "failed":
+            raise SlotError(
+                f"slot {current} is on probation and slot {target} holds the last good"
+                " model: mark it serving or roll back before installing another"
+            )
+        return target, None
+
+    def install(self, bundle_path: Path, *, public_key: PublicKeyLike) -> SlotInfo:
+        """Verify ``bundle_path`` and install it into the standby slot (status ``ready``).
+
+        Raises the bundle's :class:`~model_packager.bundle.BundleError` (nothing written)
+        when it does not verify. The active slot is never touched; the standby's previous
+        content is replaced only once the new one is complete. Refused (:class:`SlotError`)
+        while the active slot is on ``probation`` and the standby holds a not-failed model:
+        that one is the last good model, the fallback.
+        """
+        bundle = open_bundle(Path(bundle_path), public_key=public_key)
+        if META_NAME in bundle.files:
+            raise SlotError(f"bundle {bundle.digest} has a payload file named {META_NAME}")
+        self._step("verified")
+        with self._locked():
+            target, same = self._target(bundle.digest)
+            if same is not None:  # idempotent: already installed, not failed, intact
+                log.info("slot %s already holds %s", same.name, bundle.digest)
+                return same
+            dest = self.slots_dir / target
+            incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.slots_dir))
+            old: Path | None = None
+            try:
+                bundle.extract_to(incoming)
+                self._step("extracted")
+                _write_json(incoming / META_NAME, _meta(bundle))
+                (incoming / "manifest.json").write_bytes(bundle.manifest_bytes)  # as signed
+                self._step("prepared")
+                if dest.exists() or dest.is_symlink():
+                    old = self.slots_dir / f".old-{target}-{uuid.uuid4().hex[:8]}"
+                    os.replace(dest, old)
+                    self._step("old_moved")
+                os.replace(incoming, dest)
+                fsync_dir(self.slots_dir)
+                self._step("swapped")
+            except BaseException:
+                if old is not None and not dest.exists():
+                    os.replace(old, dest)  # put the previous standby back
+                    old = None
+                shutil.rmtree(incoming, ignore_errors=True)
+                raise
+            finally:
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+        log.info("installed %r into slot %s", bundle, target)
+        if (info := self.slot(target)) is None:
+            raise SlotError(f"slot {target} vanished during its install")
+        return info
+
+    def _set_status(self, info: SlotInfo, status: str) -> SlotInfo:
+        if info.status == status:
+            return info
+        meta = json.loads((info.path / META_NAME).read_bytes())
+        meta["status"] = status
+        _write_json(info.path / META_NAME, meta)
+        return dataclasses.replace(info, status=status)
+
+    def _switch(self, name: str) -> None:
+        tmp = self.root / "active.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(f"slots/{name}", tmp)
+        self._step("link_prepared")
+        os.replace(tmp, self.link)
+        fsync_dir(self.root)
+        self._step("switched")
+
+    def _activate(self, name: str, *, status: str) -> SlotInfo:
+        if (info := self.slot(name)) is None:
+            raise SlotError(f"slot {name} holds no install")
+        if info.status == "failed":
+            raise SlotError(f"slot {name} ({info.model} {info.version}) is marked failed")
+        if (problem := _problem(info, deep=True)) is not None:
+            raise SlotError(f"slot {name} is damaged: {problem}")
+        current = self._active_name()
+        info = self._set_status(info, status)
+        self._step("status_written")
+        if current == name:
+            return info
+        self._switch(name)
+        previous = self.slot(current) if current is not None else None
+        if previous is not None and previous.status != "failed":
+            self._set_status(previous, "ready")
+        log.info("slot %s (%s %s) is active, %s", name, info.model, info.version, status)
+        return info
+
+    def activate(self, name: str, *, status: str = "serving") -> SlotInfo:
+        """Point ``active`` at slot ``name`` (atomically) and give it ``status``.
+
+        The slot's files are checked against their digests first. The previously active
+        slot becomes the standby with status ``ready`` (a ``failed`` one stays failed).
+        """
+        _check_name(name)
+        if status not in {"serving", "probation"}:
+            raise SlotError(f"an active slot is 'serving' or 'probation', not {status!r}")
+        with self._locked():
+            return self._activate(name, status=status)
+
+    def rollback(self) -> SlotInfo:
+        """Switch back to the standby slot, when it holds a verified, not failed model."""
+        with self._locked():
+            current = self._active_name()
+            if current is None:
+                raise SlotError("nothing is active: there is nothing to roll back")
+            other = _other(current)
+            if self.slot(other) is None:
+                raise SlotError(f"cannot roll back: standby slot {other} holds no install")
+            return self._activate(other, status="serving")
+
+    def mark(self, name: str, status: str) -> SlotInfo:
+        """Record ``status`` (one of :data:`STATUSES`) in slot ``name``'s ``slot.json``."""
+        _check_name(name)
+        if status not in STATUSES:
+            raise SlotError(f"unknown status {status!r}; statuses are {sorted(STATUSES)}")
+        with self._locked():
+            if (info := self.slot(name)) is None:
+                raise SlotError(f"slot {name} holds no install")
+            return self._set_status(info, status)
+
+    def _clean_leftovers(self) -> None:
+        for path in sorted([*self.slots_dir.glob(".incoming-*"), *self.slots_dir.glob(".old-*")]):
+            log.warning("recover: removing leftover %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+        for name in SLOT_NAMES:
+            for path in (self.slots_dir / name).glob(f".{META_NAME}.*.tmp"):
+                path.unlink(missing_ok=True)
+        tmp = self.root / "active.tmp"
+        if tmp.is_symlink() or tmp.exists():
+            log.warning("recover: removing unfinished switch %s", tmp)
+            tmp.unlink()
+
+    def _current_or_broken(self) -> str | None:
+        try:
+            return self._active_name()
+        except SlotError as exc:  # a plain file, or a link to elsewhere: never a slot
+            log.error("recover: %s; removing it", exc)
+            self.link.unlink()
+            return None
+
+    def recover(self) -> None:
+        """Repair what an interrupted install or switch left; call it when the agent starts.
+
+        Removes leftovers and checks the active slot's file digests. A damaged active slot
+        is marked ``failed`` and a verified standby takes over; without one, ``active`` is
+        removed (never serve a damaged model). An inactive ``serving``/``probation`` slot
+        goes back to ``ready``.
+        """
+        with self._locked():
+            self._clean_leftovers()
+            current = self._current_or_broken()
+            if current is not None:
+                current = self._repair_active(current)
+            for info in (self.slot(name) for name in SLOT_NAMES if name != current):
+                if info is not None and info.status in {"serving", "probation"}:
+                    log.warning("recover: inactive slot %s was %s: ready", info.name, info.status)
+                    self._set_status(info, "ready")
+
+    def _repair_active(self, current: str) -> str | None:
+        info = self.slot(current)
+        problem = f"no readable {META_NAME}" if info is None else _problem(info, deep=True)
+        if problem is None:
+            return current
+        log.error("recover: active slot %s is damaged: %s", current, problem)
+        if info is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._set_status(info, "failed")
+        other = self.slot(_other(current))
+        if other is not None and other.status != "failed" and _problem(other, deep=True) is None:
+            self._set_status(other, "serving")
+            self._switch(other.name)
+            log.warning("recover: switched to slot %s (%s)", other.name, other.version)
+            return other.name
+        log.error("recover: no verified standby either; %s removed", self.link)
+        self.link.unlink()
+        fsync_dir(self.root)
+        return None

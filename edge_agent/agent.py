@@ -1,0 +1,322 @@
+"""The edge agent: one async context manager that keeps a device's model current and observed.
+
+    settings = AgentSettings(device_id="cam-1", public_key=Path("hub.pub"))
+    async with Agent(settings=settings) as agent:
+        prediction = agent.predict(frame)      # in-process inference API
+        await agent.wait_stopped()             # or run until agent.stop()
+
+It owns the MQTT session (commands in; state, events, telemetry, feedback out), the two
+model slots, the predictor, telemetry windows and the durable outbound queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edge_agent._deploy import Deployer
+from edge_agent._http import LocalApi
+from edge_agent._predictor import Prediction, Predictor, ShadowReport
+from edge_agent._queue import OutboundQueue
+from edge_agent._runtime import LoadedModel, load_slot
+from edge_agent._session import MqttSession
+from edge_agent._slots import SlotInfo, SlotStore
+from edge_agent._telemetry import FeedbackBuffer, WindowAggregator
+from edge_agent.settings import AgentSettings
+from model_packager.signing import load_public_key
+from proto import messages_pb2 as pb
+from proto.topics import Topics
+
+log = logging.getLogger("edgeloop.agent")
+
+AGENT_VERSION = "0.1.0"
+TICK_S = 0.2
+_SLOT_STATUS = {
+    "ready": pb.SLOT_STATUS_READY,
+    "serving": pb.SLOT_STATUS_SERVING,
+    "probation": pb.SLOT_STATUS_PROBATION,
+    "failed": pb.SLOT_STATUS_FAILED,
+}
+
+
+class Agent:
+    """A device's agent; see the module docstring."""
+
+    def __init__(self, *, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.device_dir = settings.device_dir
+        self.device_dir.mkdir(parents=True, exist_ok=True)
+        self.topics = Topics(prefix=settings.topic_prefix, fleet=settings.fleet)
+        assert settings.public_key is not None  # the settings refuse to exist without one
+        self._public_key = load_public_key(settings.public_key)
+        self.queue = OutboundQueue(
+            self.device_dir / "outbound.db", max_bytes=settings.queue_max_bytes
+        )
+        self.slots = SlotStore(self.device_dir)
+        self.predictor = Predictor(device_id=settings.device_id)
+        self._lock = threading.Lock()
+        self._window: WindowAggregator | None = None
+        self._feedback = FeedbackBuffer(device_id=settings.device_id)
+        self._model: LoadedModel | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._api: LocalApi | None = None
+        self.session = MqttSession(
+            settings=settings,
+            topics=self.topics,
+            queue=self.queue,
+            on_command=self._on_command,
+            state=self._state_payload,
+        )
+        self.deployer = Deployer(
+            device_id=settings.device_id,
+            slots=self.slots,
+            public_key=self._public_key,
+            work_dir=self.device_dir,
+            prefer=tuple(settings.prefer),
+            threads=settings.threads,
+            probation_s=settings.probation_s,
+            max_error_rate=settings.probation_max_error_rate,
+            emit=self._enqueue_event,
+            serve=self._serve,
+            shadow=self._set_shadow,
+            errors_and_count=lambda: (self.predictor.errors, self.predictor.count),
+        )
+        self.predictor.add_observer(self._observe)
+        self.predictor.add_shadow_observer(self._observe_shadow)
+        self.malformed_commands = 0
+
+    # lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.slots.recover)
+        active = self.slots.active()
+        if active is not None:
+            try:
+                self._serve(await asyncio.to_thread(self._load, active))
+            except Exception:
+                log.exception("the active model in slot %s does not load", active.name)
+            if active.status == "probation":
+                await self.deployer.rollback_after_crash()
+        if self.settings.http_port is not None:
+            self._api = LocalApi(
+                predictor=self.predictor, on_feedback=self.feedback, port=self.settings.http_port
+            )
+            self._api.start()
+        self._tasks = [
+            asyncio.create_task(self.session.run(self._stop)),
+            asyncio.create_task(self._tick()),
+        ]
+
+    async def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._flush(force=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._api is not None:
+            self._api.stop()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    @property
+    def http_port(self) -> int | None:
+        return self._api.port if self._api is not None else None
+
+    # inference API ------------------------------------------------------------------------
+
+    def predict(self, raw: np.ndarray) -> Prediction:
+        """Run the active model on raw records (one record or a batch)."""
+        return self.predictor.predict(raw)
+
+    def feedback(
+        self, *, prediction_id: str, label: int | None = None, value: float | None = None
+    ) -> None:
+        """Ground truth for an earlier prediction; forwarded to the hub on its own topic."""
+        model = self._model
+        with self._lock:
+            self._feedback.add(
+                prediction_id=prediction_id,
+                label=label,
+                value=value,
+                model=model.manifest.get("name", "") if model else "",
+                version=str(model.manifest.get("version", "")) if model else "",
+            )
+
+    # commands and state -------------------------------------------------------------------
+
+    async def _on_command(self, payload: bytes) -> None:
+        command = pb.Command()
+        try:
+            command.ParseFromString(payload)
+        except Exception as exc:  # protobuf raises DecodeError (and friends) on garbage
+            self.malformed_commands += 1
+            log.warning("dropping a malformed command (%d bytes): %s", len(payload), exc)
+            return
+        if not command.command_id:
+            self.malformed_commands += 1
+            log.warning("dropping a command without command_id")
+            return
+        await self.deployer.handle(command)
+        self.session.state_changed()
+
+    def _slot_state(self, slot: SlotInfo | None) -> pb.SlotState:
+        if slot is None:
+            return pb.SlotState(status=pb.SLOT_STATUS_EMPTY)
+        return pb.SlotState(
+            model=slot.model,
+            version=str(slot.version),
+            bundle_digest=slot.digest,
+            status=_SLOT_STATUS.get(slot.status, pb.SLOT_STATUS_UNSPECIFIED),
+        )
+
+    def _state_payload(self, online: bool) -> bytes:
+        model = self._model
+        runtime = model.runtime.name if model is not None else ""
+        state = pb.AgentState(
+            device_id=self.settings.device_id,
+            online=online,
+            agent_version=AGENT_VERSION,
+            active=self._slot_state(self.slots.active()),
+            standby=self._slot_state(self.slots.standby()),
+            runtime=runtime,
+            free_disk_bytes=shutil.disk_usage(self.device_dir).free,
+            updated_at=int(time.time() * 1000),
+            last_command_id=self.deployer.last_command_id,
+            capabilities=self.settings.capabilities,
+        )
+        return state.SerializeToString()
+
+    # models -------------------------------------------------------------------------------
+
+    def _load(self, slot: SlotInfo) -> LoadedModel:
+        return load_slot(
+            slot.path, prefer=tuple(self.settings.prefer), threads=self.settings.threads
+        )
+
+    def _serve(self, model: LoadedModel) -> None:
+        self._flush(force=True)  # the old model's window closes with the old model
+        manifest = model.manifest
+        active = self.slots.active()
+        digest = active.digest if active is not None and active.path == model.slot_dir else ""
+        with self._lock:
+            self._model = model
+            self._window = self._aggregator(model, manifest, digest)
+        self.predictor.swap(model)
+        self.session.state_changed()
+
+    def _aggregator(
+        self, model: LoadedModel, manifest: dict[str, Any], digest: str
+    ) -> WindowAggregator | None:
+        try:
+            return WindowAggregator(
+                device_id=self.settings.device_id,
+                model=str(manifest.get("name", "")),
+                version=str(manifest.get("version", "")),
+                bundle_digest=digest,
+                profile=manifest.get("reference_profile", {}),
+                task="reconstruction" if model.task == "reconstruction" else "classification",
+                window_s=self.settings.telemetry_window_s,
+                max_predictions=self.settings.telemetry_max_predictions,
+                reservoir_size=self.settings.reservoir_size,
+            )
+        except (ValueError, KeyError) as exc:
+            log.error("no telemetry for %s: bad reference profile (%s)", model.slot_dir, exc)
+            return None
+
+    def _set_shadow(self, model: LoadedModel | None, fraction: float) -> None:
+        self.predictor.set_shadow(model, fraction=fraction)
+
+    # telemetry ----------------------------------------------------------------------------
+
+    def _observe(
+        self,
+        raw: np.ndarray,
+        model_inputs: np.ndarray,
+        outputs: np.ndarray,
+        latency_ms: float,
+        ids: Sequence[str],
+        model: LoadedModel,
+    ) -> None:
+        with self._lock:
+            if self._window is not None and model is self._model:
+                self._window.record(
+                    raw=raw,
+                    outputs=outputs,
+                    model_inputs=model_inputs,
+                    latency_ms=latency_ms,
+                    prediction_ids=ids,
+                )
+
+    def _observe_shadow(self, report: ShadowReport) -> None:
+        shadow = report.shadow.manifest
+        with self._lock:
+            if self._window is not None:
+                self._window.record_shadow(
+                    compared=report.compared,
+                    agreed=report.agreed,
+                    errors=report.errors,
+                    latency_delta_ms=report.latency_delta_ms,
+                    model=str(shadow.get("name", "")),
+                    version=str(shadow.get("version", "")),
+                    bundle_digest=str(report.shadow.slot_dir.name),
+                )
+
+    def _enqueue_event(self, event: pb.DeploymentEvent) -> None:
+        payload = event.SerializeToString()
+        self.queue.append(stream="events", payload_for=lambda _seq: payload)
+        self.session.wake()
+
+    def flush(self) -> None:
+        """Close the current telemetry window and feedback batch now (they queue durably)."""
+        self._flush(force=True)
+
+    def _flush(self, *, force: bool) -> None:
+        """Close a due window (or all, ``force``) into the durable queue."""
+        with self._lock:
+            window = self._window
+            if window is not None and not window.empty() and (force or window.due()):
+                closed = window.close(seq=1)  # the real seq is set in the queue transaction
+
+                def telemetry(seq: int) -> bytes:
+                    closed.seq = seq
+                    closed.dropped_windows = self.queue.take_dropped("telemetry")
+                    return closed.SerializeToString()
+
+                self.queue.append(stream="telemetry", payload_for=telemetry)
+                self.session.wake()
+            if not self._feedback.empty() and (force or self._feedback.due()):
+                labels = self._feedback.close(seq=1)
+
+                def feedback(seq: int) -> bytes:
+                    labels.seq = seq
+                    return labels.SerializeToString()
+
+                self.queue.append(stream="feedback", payload_for=feedback)
+                self.session.wake()
+
+    async def _tick(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._flush(force=False)
+            except Exception:  # a full disk or a bad window must not stop the agent
+                log.exception("could not queue telemetry")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_S):
+                    await self._stop.wait()

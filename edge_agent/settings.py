@@ -1,0 +1,88 @@
+"""The agent's one settings class: environment variables prefixed ``EDGELOOP_AGENT_``.
+
+Fails fast on what would make a device unsafe or unreachable: no hub public key (it could
+never verify a bundle), a device id that is not MQTT-safe, a broker URL that is not one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PREFER = ("onnx:int8", "onnx:fp32", "tflite:int8", "tflite:fp32")
+
+
+class AgentSettingsError(ValueError):
+    """Settings that are missing or unsafe; the message says what to set."""
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGELOOP_AGENT_", extra="ignore", frozen=True)
+
+    device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+    data_dir: Path = Path("~/.edgeloop-agent")
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_protocol: Literal["3.1.1", "5"] = "3.1.1"
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    fleet: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    topic_prefix: str = "edgeloop/v1"
+    public_key: Path | None = Field(
+        default=None, description="the hub's bundle signing public key (raw, hex or PEM file)"
+    )
+    prefer: tuple[str, ...] = DEFAULT_PREFER
+    threads: int = Field(default=1, ge=1)
+    telemetry_window_s: float = Field(default=60.0, gt=0)
+    telemetry_max_predictions: int = Field(default=1000, ge=1)
+    reservoir_size: int = Field(default=0, ge=0, description="raw samples per window; 0 = off")
+    probation_s: float = Field(default=30.0, ge=0)
+    probation_max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    queue_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    http_port: int | None = Field(default=None, ge=0, le=65535, description="None: no local API")
+    reconnect_initial_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    keepalive_s: int = Field(default=30, ge=5)
+    capabilities: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in {"mqtt", "tcp"} or not parsed.hostname:
+            raise AgentSettingsError(
+                f"EDGELOOP_AGENT_MQTT_URL {value!r} is not a broker address; use mqtt://host:1883"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _can_verify(self) -> AgentSettings:
+        if self.public_key is None:
+            raise AgentSettingsError(
+                "the agent needs the hub's bundle public key to verify bundles: set "
+                "EDGELOOP_AGENT_PUBLIC_KEY (or --public-key) to the key file the hub gave you"
+            )
+        if not self.public_key.exists():
+            raise AgentSettingsError(f"public key file {self.public_key} does not exist")
+        return self
+
+    @property
+    def mqtt_host(self) -> str:
+        return urlparse(self.mqtt_url).hostname or "127.0.0.1"
+
+    @property
+    def mqtt_port(self) -> int:
+        return urlparse(self.mqtt_url).port or 1883
+
+    @property
+    def device_dir(self) -> Path:
+        return self.data_dir / self.device_id
