@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent._fetch import DownloadError, download_bundle
-from edge_agent._runtime import LoadedModel, health_check, load_slot
+from edge_agent._runtime import LoadedModel, ModelLoadError, health_check, load_slot
 from edge_agent._slots import SlotError, SlotStore
 from model_packager.bundle import BundleError, open_bundle
 from proto import messages_pb2 as pb
@@ -176,13 +176,17 @@ class Deployer:
             self._emit(command, K.EVENT_KIND_FAILED, reason=f"{type(exc).__name__}: {exc}")
             return
         self._emit(command, K.EVENT_KIND_VERIFIED)
-        loaded = await asyncio.to_thread(
-            load_slot, slot.path, prefer=self._prefer, threads=self._threads
-        )
-        report = await asyncio.to_thread(health_check, loaded)
-        if not report.ok:
+        try:
+            loaded = await asyncio.to_thread(
+                load_slot, slot.path, prefer=self._prefer, threads=self._threads
+            )
+            report = await asyncio.to_thread(health_check, loaded)
+            ok, why = report.ok, report.reason
+        except (ModelLoadError, OSError, ValueError) as exc:
+            ok, why = False, f"does not load: {exc}"
+        if not ok:
             self._slots.mark(slot.name, "failed")
-            self._emit(command, K.EVENT_KIND_FAILED, reason=f"health check: {report.reason}")
+            self._emit(command, K.EVENT_KIND_FAILED, reason=f"health check: {why}")
             kept = self._slots.active()
             self._emit(
                 command,
@@ -246,7 +250,7 @@ class Deployer:
             loaded = await asyncio.to_thread(
                 load_slot, slot.path, prefer=self._prefer, threads=self._threads
             )
-        except (SlotError, OSError, ValueError) as exc:
+        except (SlotError, ModelLoadError, OSError, ValueError) as exc:
             self._emit(command, K.EVENT_KIND_FAILED, reason=f"rollback impossible: {exc}")
             return
         self._serve(loaded)
@@ -271,10 +275,11 @@ class Deployer:
             directory = self._work / "shadow" / target.bundle_digest.removeprefix("sha256:")
             bundle = open_bundle(path, public_key=self._public_key)
             await asyncio.to_thread(bundle.extract_to, directory)
+            (directory / "manifest.json").write_bytes(bundle.manifest_bytes)
             loaded = await asyncio.to_thread(
                 load_slot, directory, prefer=self._prefer, threads=self._threads
             )
-        except (DownloadError, BundleError, OSError, ValueError) as exc:
+        except (DownloadError, BundleError, ModelLoadError, OSError, ValueError) as exc:
             self._emit(command, K.EVENT_KIND_FAILED, reason=f"{type(exc).__name__}: {exc}")
             return
         self._emit(command, K.EVENT_KIND_VERIFIED)

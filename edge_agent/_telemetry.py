@@ -139,11 +139,12 @@ class WindowAggregator:
         raw: npt.ArrayLike,
         outputs: npt.ArrayLike,
         model_inputs: npt.ArrayLike | None = None,
-        latency_ms: float,
+        latency_ms: float | npt.NDArray[np.float64],
         prediction_ids: Sequence[str],
     ) -> None:
         """Add a batch: ``raw`` [N, *raw_shape] as the device saw it, the model's ``outputs``
-        (logits, or the reconstruction with ``model_inputs`` for reconstruction models)."""
+        (logits, or the reconstruction with ``model_inputs`` for reconstruction models).
+        ``latency_ms``: for the whole batch (split evenly), or one value per record."""
         x = np.asarray(raw)
         out = np.asarray(outputs)
         if x.ndim == 0 or out.ndim == 0 or out.shape[0] != x.shape[0]:
@@ -174,9 +175,17 @@ class WindowAggregator:
         with self._lock:
             self._sketch(cols)
             self._count += n
-            per = float(latency_ms) / n
-            if np.isfinite(per):
-                self._latency[bisect.bisect_right(self._lat_edges, per)] += n
+            lat = np.asarray(latency_ms, dtype=np.float64)
+            if lat.ndim == 0:  # one latency for the whole batch: split evenly
+                per = float(lat) / n
+                if np.isfinite(per):
+                    self._latency[bisect.bisect_right(self._lat_edges, per)] += n
+            else:  # one latency per record
+                lat = lat[np.isfinite(lat)]
+                self._latency += np.bincount(
+                    np.searchsorted(self._lat_edges, lat, side="right"),
+                    minlength=len(self._latency),
+                )
             if predicted is not None:
                 conf = _bins(top1, self._conf_edges)
                 self._confidence += np.bincount(conf, minlength=len(self._confidence))

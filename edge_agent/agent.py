@@ -17,6 +17,7 @@ import logging
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ log = logging.getLogger("edgeloop.agent")
 
 AGENT_VERSION = "0.1.0"
 TICK_S = 0.2
+PENDING_LIMIT = 100_000  # calls waiting for the telemetry tick
 _SLOT_STATUS = {
     "ready": pb.SLOT_STATUS_READY,
     "serving": pb.SLOT_STATUS_SERVING,
@@ -64,6 +66,8 @@ class Agent:
         self.predictor = Predictor(device_id=settings.device_id)
         self._lock = threading.Lock()
         self._window: WindowAggregator | None = None
+        self._pending: deque[tuple[Any, ...]] = deque()
+        self.telemetry_overflow = 0  # predictions not aggregated because the tick fell behind
         self._feedback = FeedbackBuffer(device_id=settings.device_id)
         self._model: LoadedModel | None = None
         self._stop = asyncio.Event()
@@ -254,15 +258,33 @@ class Agent:
         ids: Sequence[str],
         model: LoadedModel,
     ) -> None:
+        """On the request path: only remember the call (a deque append); the telemetry tick
+        aggregates many calls at once, off the caller's latency."""
+        if len(self._pending) >= PENDING_LIMIT:
+            self.telemetry_overflow += len(ids)
+            return
+        self._pending.append(
+            (model, np.array(raw, copy=True), model_inputs, outputs, latency_ms, ids)
+        )
+
+    def _aggregate_pending(self) -> None:
+        calls = []
+        while self._pending:
+            calls.append(self._pending.popleft())
         with self._lock:
-            if self._window is not None and model is self._model:
-                self._window.record(
-                    raw=raw,
-                    outputs=outputs,
-                    model_inputs=model_inputs,
-                    latency_ms=latency_ms,
-                    prediction_ids=ids,
-                )
+            window, current = self._window, self._model
+            same = [c for c in calls if c[0] is current]
+            if window is None or not same:
+                return
+            window.record(
+                raw=np.concatenate([c[1] for c in same]),
+                model_inputs=np.concatenate([c[2] for c in same]),
+                outputs=np.concatenate([c[3] for c in same]),
+                latency_ms=np.concatenate(
+                    [np.full(len(c[5]), c[4] / max(len(c[5]), 1)) for c in same]
+                ),
+                prediction_ids=[i for c in same for i in c[5]],
+            )
 
     def _observe_shadow(self, report: ShadowReport) -> None:
         shadow = report.shadow.manifest
@@ -289,6 +311,7 @@ class Agent:
 
     def _flush(self, *, force: bool) -> None:
         """Close a due window (or all, ``force``) into the durable queue."""
+        self._aggregate_pending()
         with self._lock:
             window = self._window
             if window is not None and not window.empty() and (force or window.due()):

@@ -47,6 +47,13 @@ class DatasetInvalid(EdgeloopError):
     status = 409
 
 
+class BundleRejected(EdgeloopError):
+    """A bundle failed verification (digest, signature or format): it is never used."""
+
+    code = "bundle_invalid"
+    status = 422
+
+
 class Unauthorized(EdgeloopError):
     code = "unauthorized"
     status = 401

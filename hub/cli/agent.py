@@ -14,6 +14,7 @@ import typer
 
 from hub.cli._common import JsonFlag, parse_pairs
 from hub.cli._output import emit, stderr
+from hub.errors import BundleRejected, InvalidInput
 
 app = typer.Typer(help="The device agent.", no_args_is_help=True)
 
@@ -77,19 +78,29 @@ def predict_batch(
     """Verify BUNDLE and run it over every record of INPUTS (a short-running batch job)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from edge_agent.batch import BatchError
     from edge_agent.batch import predict_batch as run_batch
-    from model_packager.signing import load_public_key
+    from model_packager.bundle import BundleError
+    from model_packager.signing import KeyMaterialError, load_public_key
 
-    key = load_public_key(public_key)
+    try:
+        key = load_public_key(public_key)
+    except KeyMaterialError as exc:
+        raise InvalidInput(f"--public-key {public_key}: {exc}") from exc
     with Progress(
         TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), console=stderr, transient=as_json
     ) as bar:
         task = bar.add_task("scoring", total=None)
-        summary = run_batch(
-            bundle=bundle,
-            public_key=key,
-            inputs=inputs,
-            output=output,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+        try:
+            summary = run_batch(
+                bundle=bundle,
+                public_key=key,
+                inputs=inputs,
+                output=output,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except BundleError as exc:
+            raise BundleRejected(f"{bundle}: {exc}") from exc
+        except (BatchError, ValueError) as exc:
+            raise InvalidInput(str(exc)) from exc
     emit(summary.as_dict() if hasattr(summary, "as_dict") else vars(summary), as_json=as_json)

@@ -67,16 +67,16 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Bundles, str
 def _settings(
     tmp_path: Path, broker: EmbeddedBroker, bundles: Bundles, **extra: object
 ) -> AgentSettings:
-    return AgentSettings(
-        device_id=str(extra.pop("device_id", "dev-1")),
-        data_dir=tmp_path / "agent",
-        mqtt_url=broker.url,
-        public_key=bundles.public_key_file,
-        probation_s=0.2,
-        reconnect_initial_s=0.1,
-        reconnect_max_s=0.5,
-        **extra,  # type: ignore[arg-type]
-    )
+    values: dict[str, object] = {
+        "device_id": "dev-1",
+        "data_dir": tmp_path / "agent",
+        "mqtt_url": broker.url,
+        "public_key": bundles.public_key_file,
+        "probation_s": 0.2,
+        "reconnect_initial_s": 0.1,
+        "reconnect_max_s": 0.5,
+    }
+    return AgentSettings(**(values | extra))  # type: ignore[arg-type]
 
 
 DIGITS = load_source("sklearn:digits").features
