@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from model_packager.litert import TFLiteRunner
 from model_packager.onnx_export import check_parity, export_onnx
 from model_packager.preprocess import Preprocess
 from model_packager.profile import build_profile
-from model_packager.variants import measure_onnx, measure_tflite
+from model_packager.variants import measure_variant
 
 FORMATS = ("onnx", "tflite")
 SELF_TEST_SIZE = 16
@@ -153,26 +154,12 @@ def package(
 
     files: dict[str, bytes] = {"model.fp32.onnx": onnx_fp32, "model.int8.onnx": gate.int8_bytes}
     step("measuring the ONNX variants with onnxruntime")
+    measure = partial(
+        measure_variant, inputs=x_test, targets=y_test, metric=metric, metric_name=metric_name
+    )
     variants = [
-        measure_onnx(
-            onnx_fp32,
-            file="model.fp32.onnx",
-            precision="fp32",
-            inputs=x_test,
-            targets=y_test,
-            metric=metric,
-            metric_name=metric_name,
-        ),
-        measure_onnx(
-            gate.int8_bytes,
-            file="model.int8.onnx",
-            precision="int8",
-            inputs=x_test,
-            targets=y_test,
-            metric=metric,
-            metric_name=metric_name,
-            nodes_kept_float=gate.nodes_kept_float,
-        ),
+        measure(onnx_fp32, file="model.fp32.onnx"),
+        measure(gate.int8_bytes, file="model.int8.onnx", nodes_kept_float=gate.nodes_kept_float),
     ]
     if "tflite" in opts.formats:
         if tflite.tflite_available():
@@ -183,24 +170,8 @@ def package(
             files["model.fp32.tflite"], files["model.int8.tflite"] = tfl_fp32, tfl_int8
             step("measuring the TFLite variants with the LiteRT interpreter")
             tv = [
-                measure_tflite(
-                    tfl_fp32,
-                    file="model.fp32.tflite",
-                    precision="fp32",
-                    inputs=x_test,
-                    targets=y_test,
-                    metric=metric,
-                    metric_name=metric_name,
-                ),
-                measure_tflite(
-                    tfl_int8,
-                    file="model.int8.tflite",
-                    precision="int8",
-                    inputs=x_test,
-                    targets=y_test,
-                    metric=metric,
-                    metric_name=metric_name,
-                ),
+                measure(tfl_fp32, file="model.fp32.tflite"),
+                measure(tfl_int8, file="model.int8.tflite"),
             ]
             drop = tv[0]["accuracy"] - tv[1]["accuracy"]
             if drop > opts.max_accuracy_drop:

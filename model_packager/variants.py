@@ -20,6 +20,7 @@ from model_packager.gate import Metric
 LATENCY_RUNS = 200
 THROUGHPUT_RUNS = 20
 BATCH = 64
+RUNTIMES = {"onnx": "onnxruntime", "tflite": "litert"}
 
 
 def onnx_session(model_bytes: bytes, *, threads: int = 1) -> Any:
@@ -57,59 +58,40 @@ def timing(
     }
 
 
-def measure_onnx(
+def _runner(model_bytes: bytes, fmt: str) -> Callable[[npt.NDArray[np.float32]], np.ndarray]:
+    if fmt == "onnx":
+        session = onnx_session(model_bytes)
+        name = session.get_inputs()[0].name
+        return lambda x: np.asarray(session.run(None, {name: x})[0])
+    from model_packager.litert import TFLiteRunner
+
+    return TFLiteRunner(model_bytes).run
+
+
+def measure_variant(
     model_bytes: bytes,
     *,
     file: str,
-    precision: str,
     inputs: npt.NDArray[np.float32],
     targets: np.ndarray | None,
     metric: Metric,
     metric_name: str,
     nodes_kept_float: Sequence[str] = (),
 ) -> dict[str, Any]:
-    session = onnx_session(model_bytes)
-    name = session.get_inputs()[0].name
-
-    def run(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        return np.asarray(session.run(None, {name: x})[0])
-
+    """Evaluate ``model.<precision>.<onnx|tflite>`` on its runtime and time it."""
+    _, precision, fmt = file.split(".")
+    if fmt not in RUNTIMES:
+        raise ValueError(f"{file}: unknown model format {fmt!r}; known: {sorted(RUNTIMES)}")
+    run = _runner(model_bytes, fmt)
     outputs = np.concatenate([run(inputs[i : i + 256]) for i in range(0, len(inputs), 256)])
     return {
         "file": file,
-        "format": "onnx",
+        "format": fmt,
         "precision": precision,
-        "runtime": "onnxruntime",
+        "runtime": RUNTIMES[fmt],
         "size_bytes": len(model_bytes),
         "accuracy": round(metric(outputs, targets), 4),
         "metric": metric_name,
         "nodes_kept_float": list(nodes_kept_float),
         **timing(run, inputs),
-    }
-
-
-def measure_tflite(
-    model_bytes: bytes,
-    *,
-    file: str,
-    precision: str,
-    inputs: npt.NDArray[np.float32],
-    targets: np.ndarray | None,
-    metric: Metric,
-    metric_name: str,
-) -> dict[str, Any]:
-    from model_packager.litert import TFLiteRunner
-
-    runner = TFLiteRunner(model_bytes)
-    outputs = runner.run(inputs)
-    return {
-        "file": file,
-        "format": "tflite",
-        "precision": precision,
-        "runtime": "litert",
-        "size_bytes": len(model_bytes),
-        "accuracy": round(metric(outputs, targets), 4),
-        "metric": metric_name,
-        "nodes_kept_float": [],
-        **timing(runner.run, inputs),
     }
