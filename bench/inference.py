@@ -165,7 +165,7 @@ def _measure(slot: Path) -> dict[str, Any]:
     ) as agent:
         agent_pair = {"agent_predict_int8": (bare["int8"], partial(agent.predict, record))}
         measured = _timed(agent_pair)
-        telemetry = {"windows_queued": len(agent.queue), "overflow": agent.telemetry_overflow}
+        telemetry = {"windows_queued": len(agent.queue)}
     if (slot / "model.int8.tflite").exists():
         runner = TFLiteRunner((slot / "model.int8.tflite").read_bytes())
         wrapped = LiteRTRuntime(slot / "model.int8.tflite")

@@ -16,9 +16,11 @@ import math
 import random
 import secrets
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -53,16 +55,54 @@ class NoModelLoaded(RuntimeError):
     """No model is active yet (the HTTP endpoint answers 503)."""
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 us more per call
 class Prediction:
-    ids: list[str]
-    outputs: np.ndarray
-    labels: list[str] | None  # classifiers: the argmax label per record
-    scores: np.ndarray | None  # reconstruction models: mean squared error per record
-    latency_ms: float
-    model: str
-    version: str
-    variant: str = ""  # the model file that served it, e.g. model.int8.onnx
+    """One call's result. ``labels`` (classifiers: the argmax label per record) is computed
+    when first read, off the hot path; ``scores``: reconstruction error per record."""
+
+    __slots__ = (
+        "_labels",
+        "_names",
+        "ids",
+        "latency_ms",
+        "model",
+        "outputs",
+        "scores",
+        "variant",
+        "version",
+    )
+
+    def __init__(
+        self,
+        ids: list[str],
+        outputs: np.ndarray,
+        names: tuple[str, ...] | None,
+        scores: np.ndarray | None,
+        latency_ms: float,
+        model: str,
+        version: str,
+        variant: str = "",
+    ) -> None:
+        self.ids, self.outputs, self._names, self.scores = ids, outputs, names, scores
+        self.latency_ms, self.model, self.version, self.variant = (
+            latency_ms,
+            model,
+            version,
+            variant,
+        )
+        self._labels: list[str] | None = None
+
+    @property
+    def labels(self) -> list[str] | None:
+        if self._labels is None and self._names is not None:
+            names, n = self._names, len(self.ids)
+            self._labels = [names[i] for i in self.outputs.reshape(n, -1).argmax(axis=1).tolist()]
+        return self._labels
+
+    def __repr__(self) -> str:
+        return (
+            f"Prediction(ids={self.ids!r}, model={self.model}@{self.version}, "
+            f"latency_ms={self.latency_ms:.3f})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +200,7 @@ class Predictor:
         self._active: _Compiled | None = None if model is None else _Compiled(model)
         self._shadow: _Shadow | None = None
         self._observers: tuple[Observer, ...] = ()
+        self._sink: deque[tuple[Any, ...]] | None = None
         self._shadow_observers: tuple[ShadowObserver, ...] = ()
         self._write_lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -167,6 +208,13 @@ class Predictor:
         self._next_id = 0
         self._calls = self._errors = self._observer_errors = 0
         self._shadow_runs = self._shadow_errors = 0
+
+    def set_sink(self, sink: deque[tuple[Any, ...]] | None) -> None:
+        """Hand every call to ``sink`` as ``(model, raw, inputs, outputs, latency_ms, ids)``
+        (a bounded deque the consumer drains): the telemetry path that costs the request
+        least. ``raw`` is copied when it is the caller's own array; a single record may come
+        without its batch axis (reshape to ``(len(ids), *raw_shape)``)."""
+        self._sink = sink
 
     # -- the model ------------------------------------------------------------------------
 
@@ -270,16 +318,10 @@ class Predictor:
             x = x.astype(_F32, copy=False)
         # active.transform(x), inlined: this is the hot path
         inputs = _divide(_subtract(x.reshape(active.reshape), active.mean), active.scale)
-        labels: list[str] | None = None
         scores: np.ndarray | None = None
         try:
             outputs = active.run(inputs)
-            if (names := active.labels) is not None:
-                if n == 1:
-                    labels = [names[outputs.argmax()]]
-                else:
-                    labels = [names[i] for i in outputs.reshape(n, -1).argmax(axis=1).tolist()]
-            elif active.reconstruction:
+            if active.labels is None and active.reconstruction:
                 scores = reconstruction_error(outputs, inputs)
         except Exception as exc:
             with self._count_lock:
@@ -295,7 +337,13 @@ class Predictor:
         prefix = self._prefix
         ids = [f"{prefix}{first}"] if n == 1 else [f"{prefix}{i}" for i in range(first, first + n)]
         latency_ms = (perf_counter() - start) * 1000.0
-        observers, shadow = self._observers, self._shadow
+        sink, observers, shadow = self._sink, self._observers, self._shadow
+        if sink is not None:  # the cheapest hand-off: one C-level append, no Python call
+            # raw as given (one record may lack the batch axis); copied when it is the
+            # caller's own array, which it may reuse
+            sink.append(
+                (active.model, x if x is not raw else x.copy(), inputs, outputs, latency_ms, ids)
+            )
         if observers or shadow is not None:
             if n == 1 and len(shape) == len(active.raw_shape):
                 x = x[np.newaxis]  # hooks always see a batch
@@ -309,7 +357,14 @@ class Predictor:
             ):
                 self._run_shadow(shadow, active, x, inputs, outputs, latency_ms, ids)
         return Prediction(
-            ids, outputs, labels, scores, latency_ms, active.name, active.version, active.variant
+            ids,
+            outputs,
+            active.labels,
+            scores,
+            latency_ms,
+            active.name,
+            active.version,
+            active.variant,
         )
 
     def _failed(self, kind: str, what: object) -> None:

@@ -18,7 +18,6 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,6 @@ from proto.topics import Topics
 log = logging.getLogger("edgeloop.agent")
 
 AGENT_VERSION = "0.1.0"
-TICK_S = 0.2
 PENDING_LIMIT = 100_000  # calls waiting for the telemetry tick
 _SLOT_STATUS = {
     "ready": pb.SLOT_STATUS_READY,
@@ -66,8 +64,9 @@ class Agent:
         self.predictor = Predictor(device_id=settings.device_id)
         self._lock = threading.Lock()
         self._window: WindowAggregator | None = None
-        self._pending: deque[tuple[Any, ...]] = deque()
-        self.telemetry_overflow = 0  # predictions not aggregated because the tick fell behind
+        # calls waiting for the telemetry tick; bounded: if the tick ever falls that far
+        # behind, the oldest calls are left out of telemetry (never out of serving)
+        self._pending: deque[tuple[Any, ...]] = deque(maxlen=PENDING_LIMIT)
         self._feedback = FeedbackBuffer(device_id=settings.device_id)
         self._model: LoadedModel | None = None
         self._stop = asyncio.Event()
@@ -94,7 +93,8 @@ class Agent:
             shadow=self._set_shadow,
             errors_and_count=lambda: (self.predictor.errors, self.predictor.count),
         )
-        self.predictor.add_observer(self._observe)
+        self.predictor.set_sink(self._pending)
+        self.predict = self.predictor.predict  # type: ignore[method-assign]
         self.predictor.add_shadow_observer(self._observe_shadow)
         self.malformed_commands = 0
 
@@ -147,7 +147,7 @@ class Agent:
 
     def predict(self, raw: np.ndarray) -> Prediction:
         """Run the active model on raw records (one record or a batch)."""
-        return self.predictor.predict(raw)
+        return self.predictor.predict(raw)  # rebound in __init__ to skip this frame
 
     def feedback(
         self, *, prediction_id: str, label: int | None = None, value: float | None = None
@@ -249,24 +249,6 @@ class Agent:
 
     # telemetry ----------------------------------------------------------------------------
 
-    def _observe(
-        self,
-        raw: np.ndarray,
-        model_inputs: np.ndarray,
-        outputs: np.ndarray,
-        latency_ms: float,
-        ids: Sequence[str],
-        model: LoadedModel,
-    ) -> None:
-        """On the request path: only remember the call (a deque append); the telemetry tick
-        aggregates many calls at once, off the caller's latency."""
-        if len(self._pending) >= PENDING_LIMIT:
-            self.telemetry_overflow += len(ids)
-            return
-        self._pending.append(
-            (model, np.array(raw, copy=True), model_inputs, outputs, latency_ms, ids)
-        )
-
     def _aggregate_pending(self) -> None:
         calls = []
         while self._pending:
@@ -274,10 +256,13 @@ class Agent:
         with self._lock:
             window, current = self._window, self._model
             same = [c for c in calls if c[0] is current]
-            if window is None or not same:
+            if window is None or not same or current is None:
                 return
+            raw_dims = len(current.preprocess.raw_shape)
             window.record(
-                raw=np.concatenate([c[1] for c in same]),
+                raw=np.concatenate(
+                    [c[1].reshape(len(c[5]), *c[1].shape[-raw_dims:]) for c in same]
+                ),
                 model_inputs=np.concatenate([c[2] for c in same]),
                 outputs=np.concatenate([c[3] for c in same]),
                 latency_ms=np.concatenate(
@@ -341,5 +326,5 @@ class Agent:
             except Exception:  # a full disk or a bad window must not stop the agent
                 log.exception("could not queue telemetry")
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK_S):
+                async with asyncio.timeout(self.settings.telemetry_tick_s):
                     await self._stop.wait()

@@ -39,6 +39,9 @@ class AgentSettings(BaseSettings):
     threads: int = Field(default=1, ge=1)
     telemetry_window_s: float = Field(default=60.0, gt=0)
     telemetry_max_predictions: int = Field(default=1000, ge=1)
+    telemetry_tick_s: float = Field(
+        default=1.0, gt=0, description="how often predictions are aggregated into the window"
+    )
     reservoir_size: int = Field(default=0, ge=0, description="raw samples per window; 0 = off")
     probation_s: float = Field(default=30.0, ge=0)
     probation_max_error_rate: float = Field(default=0.05, ge=0, le=1)

@@ -75,6 +75,7 @@ def _settings(
         "probation_s": 0.2,
         "reconnect_initial_s": 0.1,
         "reconnect_max_s": 0.5,
+        "telemetry_tick_s": 0.1,
     }
     return AgentSettings(**(values | extra))  # type: ignore[arg-type]
 
