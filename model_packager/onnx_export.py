@@ -17,6 +17,7 @@ paths, FX node dumps) is stripped: it is ~17% of a small model's bytes and usele
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 import warnings
@@ -102,6 +103,9 @@ def _export(
     opset: int,
     exporter: str,
 ) -> onnx.ModelProto:
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" etc. are noise here
     try:
         with torch.no_grad():
             if exporter == "dynamo":
@@ -151,6 +155,8 @@ def _export(
         raise ExportError(
             f"{exporter} export of {type(model).__name__} failed: {cause}{hint}"
         ) from exc
+    finally:
+        exporter_log.setLevel(level)
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from hub.cli import agent, bundles, datasets, devices, models, training
+from hub.cli import agent, bundles, datasets, devices, model_code, models, training, tuning
 from hub.cli._client import Target
 from hub.cli._output import emit, emit_error
 from hub.errors import EdgeloopError
@@ -35,8 +35,10 @@ app.add_typer(models.runs, name="run")
 app.add_typer(devices.app, name="device")
 app.add_typer(bundles.app, name="bundle")
 app.add_typer(agent.app, name="agent")
+app.add_typer(model_code.app, name="model-code")
 app.command("train")(training.train)
 app.command("package")(training.package)
+app.command("tune")(tuning.tune)
 
 
 @app.callback()
