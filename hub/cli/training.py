@@ -29,15 +29,6 @@ def _local(t: Target) -> Any:
     return settings, engine, open_store(settings.resolved_artifact_url)
 
 
-def _value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def train(
     ctx: typer.Context,
     spec: Annotated[
@@ -55,7 +46,9 @@ def train(
     as_json: JsonFlag = False,
 ) -> None:
     """Train SPEC on a dataset version, track the run and register the model."""
-    params = {k: _value(v) for k, v in parse_pairs(param, what="param").items()}
+    from hub.specs._base import param_value  # lazily: the specs import torch
+
+    params = {k: param_value(v) for k, v in parse_pairs(param, what="param").items()}
     t = target(ctx)
     if t.hub_url:
         body = {

@@ -123,3 +123,13 @@ def standardise(train: RecordSet, *, input_shape: list[int], per_channel: bool) 
         scale=std_all if std_all > 1e-6 else 1.0,
         reshape_from=list(train.feature_shape),
     )
+
+
+def param_value(text: str) -> Any:
+    """A hyperparameter given as text (CLI ``--param k=v``): an int, a float, or the text."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text

@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hub.datasets.records import RecordSet
 from hub.specs import get_spec
+from hub.specs._base import param_value
 from hub.training.artifact import TrainedModel, dump_model
 from hub.training.loop import EpochResult, predict, seed_everything
 
@@ -239,15 +240,6 @@ def history_path(out: Path) -> Path:
     return out.with_suffix(".history.json")
 
 
-def _value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m hub.training.distributed")
     parser.add_argument("--spec", required=True, help="built-in spec name or module:Class")
@@ -262,7 +254,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             parser.error(f"--param {pair!r} must look like key=value")
-        params[key] = _value(value)
+        params[key] = param_value(value)
     args.params = params
     return args
 
