@@ -33,7 +33,7 @@ import numpy.typing as npt
 from model_packager.profile import CONFIDENCE_EDGES, ReferenceProfile, reconstruction_error
 from proto import messages_pb2 as pb
 
-__all__ = ["DEFAULT_LATENCY_EDGES_MS", "FeedbackBuffer", "WindowAggregator"]
+__all__ = ["DEFAULT_LATENCY_EDGES_MS", "WindowAggregator"]
 
 DEFAULT_LATENCY_EDGES_MS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250)
 _BLOCK_CELLS = 1 << 20  # comparisons per block when sketching a large batch
@@ -43,7 +43,7 @@ IntArray = npt.NDArray[np.intp]
 AnyArray = npt.NDArray[Any]
 
 
-def _ms(t: float) -> int:
+def ms(t: float) -> int:
     return int(t * 1000)
 
 
@@ -194,7 +194,7 @@ class WindowAggregator:
                 self._outputs = np.pad(self._outputs, (0, len(add) - len(self._outputs)))
             self._outputs += add
             if self.reservoir_size:
-                self._reservoir(x, predicted, prediction_ids, _ms(now))
+                self._reservoir(x, predicted, prediction_ids, ms(now))
 
     def _sketch(self, cols: FloatArray) -> None:
         step = max(1, _BLOCK_CELLS // max(1, self._edges.size))
@@ -295,7 +295,7 @@ class WindowAggregator:
             raise ValueError("seq starts at 1")
         with self._lock:
             end = self._clock()
-            start_ms = _ms(self._start)
+            start_ms = ms(self._start)
             window = pb.TelemetryWindow(
                 device_id=self.device_id,
                 seq=seq,
@@ -303,7 +303,7 @@ class WindowAggregator:
                 version=self.version,
                 bundle_digest=self.bundle_digest,
                 window_start=start_ms,
-                window_end=max(start_ms, _ms(end)),
+                window_end=max(start_ms, ms(end)),
                 count=self._count,
                 errors=self._errors,
                 latency=pb.Histogram(edges=self._lat_edges, counts=self._latency.tolist()),
@@ -338,71 +338,3 @@ class WindowAggregator:
         for sketch, k, z in zip(sketches, n, bad, strict=True):
             sketch.count, sketch.non_finite = k, z
         return sketches
-
-
-class FeedbackBuffer:
-    """Labels for earlier predictions, batched into ``Feedback`` messages."""
-
-    def __init__(self, *, device_id: str, clock: Callable[[], float] = time.time) -> None:
-        self.device_id, self._clock = device_id, clock
-        self._lock = threading.Lock()
-        self._labels: list[pb.Label] = []
-        self._oldest = 0.0
-
-    def add(
-        self,
-        *,
-        prediction_id: str,
-        label: int | None = None,
-        value: float | None = None,
-        model: str,
-        version: str,
-        predicted_label: int | None = None,
-        predicted_value: float | None = None,
-        at: float | None = None,
-    ) -> None:
-        """Ground truth for ``prediction_id``: a class ``label`` or a target ``value``."""
-        if (label is None) == (value is None):
-            raise ValueError("give exactly one of label and value")
-        if not prediction_id:
-            raise ValueError("prediction_id must be non-empty")
-        now = self._clock()
-        item = pb.Label(
-            prediction_id=prediction_id,
-            at=_ms(now if at is None else at),
-            model=model,
-            version=version,
-        )
-        if label is not None:
-            item.label = int(label)
-        elif value is not None:
-            item.value = float(value)
-        if predicted_label is not None:
-            item.predicted_label = int(predicted_label)
-        if predicted_value is not None:
-            item.predicted_value = float(predicted_value)
-        with self._lock:
-            if not self._labels:
-                self._oldest = now
-            self._labels.append(item)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._labels)
-
-    def empty(self) -> bool:
-        return len(self) == 0
-
-    def due(self, *, max_labels: int = 100, max_age_s: float = 10.0) -> bool:
-        """``max_labels`` waiting, or the oldest waiting label is ``max_age_s`` old."""
-        with self._lock:
-            n, age = len(self._labels), self._clock() - self._oldest
-            return n > 0 and (n >= max_labels or age >= max_age_s)
-
-    def close(self, *, seq: int) -> pb.Feedback:
-        """Every waiting label as one ``Feedback`` numbered ``seq``; the buffer empties."""
-        if seq < 1:
-            raise ValueError("seq starts at 1")
-        with self._lock:
-            labels, self._labels = self._labels, []
-        return pb.Feedback(device_id=self.device_id, seq=seq, labels=labels)

@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 
 from edge_agent._deploy import Deployer
+from edge_agent._feedback import FeedbackBuffer
 from edge_agent._http import LocalApi
 from edge_agent._predictor import Prediction, Predictor, ShadowReport
 from edge_agent._queue import OutboundQueue
 from edge_agent._runtime import LoadedModel, load_slot
 from edge_agent._session import MqttSession
 from edge_agent._slots import SlotInfo, SlotStore
-from edge_agent._telemetry import FeedbackBuffer, WindowAggregator
+from edge_agent._telemetry import WindowAggregator
 from edge_agent.settings import AgentSettings
 from model_packager.signing import load_public_key
 from proto import messages_pb2 as pb

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent._telemetry import DEFAULT_LATENCY_EDGES_MS, FeedbackBuffer, WindowAggregator
+from edge_agent._feedback import FeedbackBuffer
+from edge_agent._telemetry import DEFAULT_LATENCY_EDGES_MS, WindowAggregator
 from model_packager.profile import (
     CONFIDENCE_EDGES,
     build_profile,
