@@ -184,6 +184,12 @@ def test_cli_package_and_verify(hub: Hub, capsys: pytest.CaptureFixture[str]) ->
     code = main([*dd, "bundle", "verify", result["bundle"], "--json"])
     verdict = json.loads(capsys.readouterr().out)
     assert code == 0 and verdict["valid"] is True and verdict["digest"] == result["digest"]
+    # The public half, as a device is provisioned with it, verifies the same bundle.
+    pub = hub.settings.data_dir / "hub.pub"
+    assert main([*dd, "bundle", "public-key", "--out", str(pub), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["key_id"] == verdict["key_id"]
+    code = main(["bundle", "verify", result["bundle"], "--public-key", str(pub), "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["valid"] is True
     tampered = hub.settings.data_dir / "tampered.zip"
     blob = bytearray(Path(result["bundle"]).read_bytes())
     blob[len(blob) // 2] ^= 0xFF

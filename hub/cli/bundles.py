@@ -110,3 +110,30 @@ def verify(
         if not as_json:
             stderr.print(f"[bold red]invalid bundle[/]: {result.reason}", highlight=False)
         raise typer.Exit(code=1)
+
+
+@app.command("public-key")
+def public_key_cmd(
+    ctx: typer.Context,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write the PEM public key to this file")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The hub's bundle-signing public key, for provisioning devices (agents verify with it)."""
+    path = bundle_signing_key_path(_data_dir(ctx))
+    try:
+        from model_packager.signing import load_or_create_private_key, public_key_pem
+
+        private = load_or_create_private_key(path)
+    except InsecureKeyFileError as exc:
+        emit_error(message=str(exc), code="insecure_key_file", as_json=as_json)
+        raise typer.Exit(code=2) from None
+    pem = public_key_pem(private).decode()
+    if out is not None:
+        out.write_text(pem)
+    emit(
+        {"key_id": key_id(private.public_key()), "pem": pem, "path": str(out) if out else None},
+        as_json=as_json,
+        columns=["key_id", "path"],
+    )
