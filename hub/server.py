@@ -62,6 +62,19 @@ def _serve(settings: HubSettings) -> None:
             port=settings.grpc_port,
         )
         stack.callback(grpc_server.stop, 2.0)
+        if settings.trigger_interval_s > 0:
+            from hub.db import create_all, make_engine
+            from hub.triggers.loop import TriggerLoop
+
+            engine = make_engine(settings.resolved_database_url)
+            create_all(engine)
+            triggers = TriggerLoop(
+                engine=engine,
+                store=open_store(settings.resolved_artifact_url),
+                interval_s=settings.trigger_interval_s,
+            )
+            triggers.start()
+            stack.callback(triggers.stop)
 
         def health() -> dict[str, Any]:
             return {

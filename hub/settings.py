@@ -49,6 +49,9 @@ class HubSettings(BaseSettings):
     topic_prefix: str = "edgeloop/v1"
     admin_token: SecretStr | None = None
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    trigger_interval_s: float = Field(
+        default=60.0, ge=0, description="how often the hub evaluates training policies; 0: off"
+    )
 
     @field_validator("data_dir")
     @classmethod

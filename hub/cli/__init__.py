@@ -15,7 +15,17 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from hub.cli import agent, bundles, datasets, devices, model_code, models, training, tuning
+from hub.cli import (
+    agent,
+    bundles,
+    datasets,
+    devices,
+    model_code,
+    models,
+    training,
+    triggers,
+    tuning,
+)
 from hub.cli._client import Target
 from hub.cli._output import emit, emit_error
 from hub.errors import EdgeloopError
@@ -36,6 +46,7 @@ app.add_typer(devices.app, name="device")
 app.add_typer(bundles.app, name="bundle")
 app.add_typer(agent.app, name="agent")
 app.add_typer(model_code.app, name="model-code")
+app.add_typer(triggers.app, name="trigger")
 app.command("train")(training.train)
 app.command("package")(training.package)
 app.command("tune")(tuning.tune)

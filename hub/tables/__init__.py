@@ -17,6 +17,7 @@ from hub.tables.registry import (
     RunPublic,
     TrainingRun,
 )
+from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, TriggerStatus
 
 __all__ = [
     "AliasMove",
@@ -38,5 +39,9 @@ __all__ = [
     "RunCreate",
     "RunMetric",
     "RunPublic",
+    "TrainingPolicy",
     "TrainingRun",
+    "TriggerEvent",
+    "TriggerKind",
+    "TriggerStatus",
 ]

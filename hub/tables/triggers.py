@@ -1,0 +1,68 @@
+"""Continuous-training tables: one policy per model, and an audit row per trigger."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlmodel import Field, SQLModel
+
+from hub.tables._common import json_field, utcnow
+
+
+class TriggerKind(StrEnum):
+    """Why a run was started. Stored as plain text, so new kinds need no migration."""
+
+    ON_DEMAND = "on_demand"
+    SCHEDULE = "schedule"
+    NEW_DATA = "new_data"
+    NEW_CODE = "new_code"
+    # planned, fed by monitoring: DRIFT = "drift", DEGRADATION = "degradation"
+
+
+class TriggerStatus(StrEnum):
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class TrainingPolicy(SQLModel, table=True):
+    """When to retrain ``model_name``: ``spec`` on the latest version of ``dataset``."""
+
+    __tablename__ = "training_policy"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(unique=True, index=True, max_length=128)
+    spec: str = Field(description="model spec name or module:Class")
+    dataset: str = Field(max_length=128, description="dataset NAME; runs use its latest version")
+    params: dict[str, Any] = json_field()
+    enabled: bool = True
+    schedule_interval_s: int | None = Field(default=None, description="retrain every N seconds")
+    on_new_data: bool = True
+    on_new_code: bool = True
+    debounce_s: int = Field(default=300, description="no trigger within N s of the last run")
+    last_dataset_version_id: int | None = None
+    last_code_version: str | None = None
+    last_run_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TriggerEvent(SQLModel, table=True):
+    """One trigger decision: what fired, why, and what became of the run."""
+
+    __tablename__ = "trigger_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(index=True, max_length=128)
+    kind: str = Field(max_length=32, description="on_demand | schedule | new_data | new_code")
+    reason: str
+    at: datetime = Field(default_factory=utcnow, index=True)
+    run_id: str | None = Field(default=None, index=True, max_length=32)
+    status: str = Field(
+        default="started", index=True, description="started|finished|failed|skipped"
+    )
+    detail: str = ""
+    dataset_version_id: int | None = None
+    code_version: str | None = None
