@@ -12,7 +12,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 stdout = Console(soft_wrap=True)
@@ -69,3 +76,16 @@ def progress(description: str) -> Iterator[None]:
     ) as bar:
         bar.add_task(description, total=None)
         yield
+
+
+def progress_bar(*, transient: bool) -> Progress:
+    """A counted progress bar on stderr (description, bar, done/total, elapsed); use it as a
+    context manager. ``transient``: erase it when done (with ``--json``)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=transient,
+    )

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from hub.cli._common import JsonFlag, parse_pairs
-from hub.cli._output import emit, stderr
+from hub.cli._output import emit, progress_bar, stderr
 from hub.errors import BundleRejected, InvalidInput
 
 app = typer.Typer(help="The device agent.", no_args_is_help=True)
@@ -76,8 +76,6 @@ def predict_batch(
     as_json: JsonFlag = False,
 ) -> None:
     """Verify BUNDLE and run it over every record of INPUTS (a short-running batch job)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from edge_agent.batch import BatchError
     from edge_agent.batch import predict_batch as run_batch
     from model_packager.bundle import BundleError
@@ -87,9 +85,7 @@ def predict_batch(
         key = load_public_key(public_key)
     except KeyMaterialError as exc:
         raise InvalidInput(f"--public-key {public_key}: {exc}") from exc
-    with Progress(
-        TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), console=stderr, transient=as_json
-    ) as bar:
+    with progress_bar(transient=as_json) as bar:
         task = bar.add_task("scoring", total=None)
         try:
             summary = run_batch(

@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hub.cli._client import Target, connect
 from hub.cli._common import JsonFlag, parse_pairs, target
-from hub.cli._output import emit, progress, stderr
+from hub.cli._output import emit, progress, progress_bar, stderr
 
 TRAIN_COLUMNS = ["run_id", "model", "version", "metrics", "dataset_version", "candidate"]
 
@@ -68,14 +67,7 @@ def train(
 
         _, engine, store = _local(t)
         epochs = int(get_spec(spec).params(params)["epochs"])
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=stderr,
-            transient=as_json,
-        ) as bar:
+        with progress_bar(transient=as_json) as bar:
             task = bar.add_task(f"training {spec}", total=epochs)
 
             def on_epoch(result: Any) -> None:
@@ -131,13 +123,7 @@ def package(
             formats_explicit=chosen is not None,
             max_accuracy_drop=max_accuracy_drop,
         )
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TimeElapsedColumn(),
-            console=stderr,
-            transient=as_json,
-        ) as bar:
+        with progress_bar(transient=as_json) as bar:
             task = bar.add_task(f"packaging {ref}", total=None)
             outcome = run_package(
                 engine,

@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hub.cli._common import JsonFlag, target
-from hub.cli._output import emit, stderr
+from hub.cli._output import emit, progress_bar
 from hub.errors import InvalidInput
 
 TUNE_COLUMNS = [
@@ -61,14 +60,7 @@ def tune(
 
     chosen = tuple(o.strip() for o in objectives.split(",") if o.strip())
     settings, engine, store = _local(t)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=stderr,
-        transient=as_json,
-    ) as bar:
+    with progress_bar(transient=as_json) as bar:
         task = bar.add_task(f"tuning {spec}", total=trials)
         best: list[float] = []
 
