@@ -14,7 +14,8 @@ from sqlmodel import Session, SQLModel, create_engine
 from hub import tables as _tables  # noqa: F401  (registers every table on SQLModel.metadata)
 
 
-def _normalise(url: str) -> str:
+def sqlalchemy_url(url: str) -> str:
+    """A database URL as SQLAlchemy wants it: ``postgres(ql)://`` is driven by psycopg 3."""
     if url.startswith("postgres://"):
         url = "postgresql://" + url.removeprefix("postgres://")
     if url.startswith("postgresql://"):
@@ -32,7 +33,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite files get WAL, foreign keys and a busy timeout."""
-    url = _normalise(url)
+    url = sqlalchemy_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":

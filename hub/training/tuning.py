@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 
 from hub.artifacts import ArtifactStore
 from hub.datasets import service as datasets
-from hub.db import session_scope
+from hub.db import session_scope, sqlalchemy_url
 from hub.errors import InvalidInput
 from hub.specs import ModelSpec, SpecNotFound, get_spec
 from hub.training.loop import EpochResult, TrainConfig, fit, seed_everything
@@ -128,11 +128,7 @@ def suggest(
 
 def optuna_storage_url(url: str) -> str:
     """The hub database URL in the form SQLAlchemy (and so Optuna) wants."""
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url.removeprefix("postgres://")
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return url
+    return sqlalchemy_url(url)
 
 
 def _storage(url: str) -> optuna.storages.RDBStorage:
