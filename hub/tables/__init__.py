@@ -2,6 +2,14 @@
 
 from hub.tables.datasets import DatasetVersion, DatasetVersionBase, DatasetVersionPublic
 from hub.tables.devices import Device, DeviceCreate, DevicePublic, DeviceUpdate
+from hub.tables.fleet import (
+    DeploymentEventRow,
+    FeedbackLabelRow,
+    FieldSample,
+    IngestSeq,
+    TelemetryWindowRow,
+)
+from hub.tables.monitoring import Alert, AlertKind, AlertPublic
 from hub.tables.registry import (
     AliasMove,
     Bundle,
@@ -20,16 +28,23 @@ from hub.tables.registry import (
 from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, TriggerStatus
 
 __all__ = [
+    "Alert",
+    "AlertKind",
+    "AlertPublic",
     "AliasMove",
     "Bundle",
     "BundlePublic",
     "DatasetVersion",
     "DatasetVersionBase",
     "DatasetVersionPublic",
+    "DeploymentEventRow",
     "Device",
     "DeviceCreate",
     "DevicePublic",
     "DeviceUpdate",
+    "FeedbackLabelRow",
+    "FieldSample",
+    "IngestSeq",
     "MetricIn",
     "ModelAlias",
     "ModelVersion",
@@ -39,6 +54,7 @@ __all__ = [
     "RunCreate",
     "RunMetric",
     "RunPublic",
+    "TelemetryWindowRow",
     "TrainingPolicy",
     "TrainingRun",
     "TriggerEvent",
