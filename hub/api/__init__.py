@@ -12,6 +12,7 @@ import hub
 from hub.api import errors
 from hub.api.deps import ContextDep, HubContext, require_admin
 from hub.api.routes import bundles, datasets, devices, models, runs, training
+from hub.api.routes import triggers as trigger_routes
 from hub.artifacts import open_store
 from hub.db import create_all, make_engine
 from hub.settings import HubSettings
@@ -66,6 +67,7 @@ def create_app(
         bundles.router,
         devices.router,
         training.router,
+        trigger_routes.router,
     ):
         app.include_router(router, prefix=API_PREFIX, dependencies=guarded)
     return app

@@ -1,4 +1,4 @@
-"""``edgeloop trigger ...``: continuous-training policies and their triggers (``--data-dir``)."""
+"""``edgeloop trigger ...``: continuous-training policies and their triggers."""
 
 from __future__ import annotations
 
@@ -6,24 +6,12 @@ from typing import Annotated, Any
 
 import typer
 
+from hub.cli._client import connect
 from hub.cli._common import JsonFlag, parse_pairs, target
 from hub.cli._output import emit
-from hub.errors import InvalidInput
 
 app = typer.Typer(help="Continuous training: policies and triggers.", no_args_is_help=True)
-EVENT_COLUMNS = ["id", "model_name", "kind", "status", "reason", "run_id", "at"]
-
-
-def _hub(ctx: typer.Context) -> Any:
-    if target(ctx).hub_url:
-        raise InvalidInput("triggers run where the hub's database is: use --data-dir")
-    from hub.cli.training import _local
-
-    return _local(target(ctx))
-
-
-def _event(event: Any) -> dict[str, Any]:
-    return dict(event.model_dump(mode="json"))
+EVENT_COLUMNS = ["id", "model_name", "kind", "status", "reason", "run_id", "rollout_id", "at"]
 
 
 @app.command("policy")
@@ -35,44 +23,49 @@ def policy(
     every: Annotated[int | None, typer.Option(help="schedule: seconds between runs")] = None,
     new_data: Annotated[bool, typer.Option(help="train when a new dataset version lands")] = True,
     new_code: Annotated[bool, typer.Option(help="train when the spec's code changes")] = True,
+    drift: Annotated[bool, typer.Option(help="train on a drift alert")] = True,
+    degradation: Annotated[bool, typer.Option(help="train when live accuracy drops")] = True,
+    field_data: Annotated[
+        bool, typer.Option(help="merge labelled field samples into the dataset before such runs")
+    ] = True,
+    min_field_records: Annotated[int, typer.Option(help="labelled field samples needed")] = 50,
+    canary: Annotated[
+        str | None,
+        typer.Option(help="selector: package each retrained version and roll it out as a canary"),
+    ] = None,
+    canary_phases: Annotated[str, typer.Option(help="phases of that canary")] = "1,50%,100%",
     debounce: Annotated[int, typer.Option(help="seconds between two triggered runs")] = 300,
     param: Annotated[list[str] | None, typer.Option("--param", help="key=value")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Create or replace MODEL's training policy."""
-    from hub.db import session_scope
     from hub.specs._base import param_value
-    from hub.triggers import set_policy
 
-    _, engine, _ = _hub(ctx)
     params = {k: param_value(v) for k, v in parse_pairs(param, what="param").items()}
-    with session_scope(engine) as s:
-        found = set_policy(
-            s,
-            model_name=model,
-            spec=spec,
-            dataset=dataset,
-            params=params,
-            schedule_interval_s=every,
-            on_new_data=new_data,
-            on_new_code=new_code,
-            debounce_s=debounce,
-        )
-        emit(found.model_dump(mode="json"), as_json=as_json)
+    body: dict[str, Any] = {
+        "spec": spec,
+        "dataset": dataset,
+        "params": params,
+        "schedule_interval_s": every,
+        "on_new_data": new_data,
+        "on_new_code": new_code,
+        "on_drift": drift,
+        "on_degradation": degradation,
+        "field_data": field_data,
+        "min_field_records": min_field_records,
+        "canary": {"selector": canary, "phases": canary_phases} if canary else {},
+        "debounce_s": debounce,
+    }
+    with connect(target(ctx)) as client:
+        emit(client.request("PUT", f"/triggers/policies/{model}", json=body), as_json=as_json)
 
 
 @app.command("run")
 def run(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Evaluate every policy now and start the runs that are due (what the hub does each minute)."""
-    from hub.triggers import run_triggers
-
-    _, engine, store = _hub(ctx)
-    emit(
-        [_event(e) for e in run_triggers(engine, store)],
-        as_json=as_json,
-        columns=EVENT_COLUMNS,
-        key="events",
-    )
+    with connect(target(ctx)) as client:
+        found = client.post("/triggers/run")
+    emit(found["events"], as_json=as_json, columns=EVENT_COLUMNS, key="events")
 
 
 @app.command("now")
@@ -83,10 +76,9 @@ def now(
     as_json: JsonFlag = False,
 ) -> None:
     """Train MODEL now, on demand (one run per model at a time)."""
-    from hub.triggers import trigger_now
-
-    _, engine, store = _hub(ctx)
-    emit(_event(trigger_now(engine, store, model_name=model, reason=reason)), as_json=as_json)
+    with connect(target(ctx)) as client:
+        found = client.post(f"/triggers/policies/{model}/run", json={"reason": reason})
+    emit(found, as_json=as_json)
 
 
 @app.command("events")
@@ -95,11 +87,8 @@ def events(
     model: Annotated[str | None, typer.Option(help="only this model")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Every trigger: kind, reason, status and the run it started."""
-    from hub.db import session_scope
-    from hub.triggers import list_events
-
-    _, engine, _ = _hub(ctx)
-    with session_scope(engine) as s:
-        rows = [_event(e) for e in list_events(s, model_name=model)]
-    emit(rows, as_json=as_json, columns=EVENT_COLUMNS, key="events")
+    """Every trigger: kind, reason, status, the run it started and the canary it began."""
+    params = {"model": model} if model else {}
+    with connect(target(ctx)) as client:
+        found = client.get("/triggers/events", params=params)
+    emit(found["events"], as_json=as_json, columns=EVENT_COLUMNS, key="events")

@@ -18,7 +18,8 @@ class TriggerKind(StrEnum):
     SCHEDULE = "schedule"
     NEW_DATA = "new_data"
     NEW_CODE = "new_code"
-    # planned, fed by monitoring: DRIFT = "drift", DEGRADATION = "degradation"
+    DRIFT = "drift"  # an open drift alert from monitoring
+    DEGRADATION = "degradation"  # live accuracy fell below the evaluated one
 
 
 class TriggerStatus(StrEnum):
@@ -43,6 +44,16 @@ class TrainingPolicy(SQLModel, table=True):
     on_new_data: bool = True
     on_new_code: bool = True
     debounce_s: int = Field(default=300, description="no trigger within N s of the last run")
+    on_drift: bool = True
+    on_degradation: bool = True
+    field_data: bool = Field(
+        default=True,
+        description="before a drift/degradation run, merge labelled field samples into a new "
+        "dataset version",
+    )
+    min_field_records: int = Field(default=50, description="labelled field samples needed")
+    canary: dict[str, Any] = json_field()  # {} = none; else rollout settings (selector, phases..)
+    handled_versions: list[str] = json_field(default_factory=list)  # incidents already retrained
     last_dataset_version_id: int | None = None
     last_code_version: str | None = None
     last_run_at: datetime | None = None
@@ -56,7 +67,10 @@ class TriggerEvent(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     model_name: str = Field(index=True, max_length=128)
-    kind: str = Field(max_length=32, description="on_demand | schedule | new_data | new_code")
+    kind: str = Field(
+        max_length=32,
+        description="on_demand | schedule | new_data | new_code | drift | degradation",
+    )
     reason: str
     at: datetime = Field(default_factory=utcnow, index=True)
     run_id: str | None = Field(default=None, index=True, max_length=32)
@@ -66,3 +80,7 @@ class TriggerEvent(SQLModel, table=True):
     detail: str = ""
     dataset_version_id: int | None = None
     code_version: str | None = None
+    alert_ids: list[int] = json_field(default_factory=list)
+    model_version: str | None = Field(default=None, max_length=64)
+    bundle_digest: str | None = Field(default=None, max_length=80)
+    rollout_id: str | None = Field(default=None, max_length=64)

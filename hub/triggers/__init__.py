@@ -1,25 +1,27 @@
 """Continuous training: policies per model and the triggers that start runs."""
 
 from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, TriggerStatus
-from hub.triggers.service import (
-    STALE_AFTER,
-    due_triggers,
-    get_policy,
-    list_events,
-    run_triggers,
-    set_policy,
-    trigger_now,
-)
+from hub.triggers.decide import STALE_AFTER, due_triggers
+from hub.triggers.field_data import FieldImport, import_field_data
+from hub.triggers.followup import Followup, FollowupResult, PackageAndCanary
+from hub.triggers.policies import get_policy, list_events, list_policies, set_policy
+from hub.triggers.service import run_triggers, trigger_now
 
 __all__ = [
     "STALE_AFTER",
+    "FieldImport",
+    "Followup",
+    "FollowupResult",
+    "PackageAndCanary",
     "TrainingPolicy",
     "TriggerEvent",
     "TriggerKind",
     "TriggerStatus",
     "due_triggers",
     "get_policy",
+    "import_field_data",
     "list_events",
+    "list_policies",
     "run_triggers",
     "set_policy",
     "trigger_now",

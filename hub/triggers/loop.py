@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from hub.artifacts import ArtifactStore
 from hub.tables import TriggerEvent
 from hub.training.service import train
+from hub.triggers.followup import Followup
 from hub.triggers.service import Runner, run_triggers
 
 log = logging.getLogger("edgeloop.triggers")
@@ -24,10 +25,16 @@ class TriggerLoop:
     """Calls :func:`run_triggers` every ``interval_s`` until :meth:`stop`."""
 
     def __init__(
-        self, *, engine: Engine, store: ArtifactStore, interval_s: float, runner: Runner = train
+        self,
+        *,
+        engine: Engine,
+        store: ArtifactStore,
+        interval_s: float,
+        runner: Runner = train,
+        followup: Followup | None = None,
     ) -> None:
         self._engine, self._store, self._interval = engine, store, interval_s
-        self._runner = runner
+        self._runner, self._followup = runner, followup
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeloop-triggers", daemon=True)
         self.ticks = 0
@@ -44,7 +51,9 @@ class TriggerLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                started = run_triggers(self._engine, self._store, runner=self._runner)
+                started = run_triggers(
+                    self._engine, self._store, runner=self._runner, followup=self._followup
+                )
                 self.events.extend(started)
                 for event in started:
                     log.info("trigger %s for %s: %s", event.kind, event.model_name, event.status)

@@ -1,10 +1,12 @@
-"""Continuous-training triggers that need nothing from monitoring.
+"""Starting the runs that triggers call for, one per model at a time.
 
-A policy per model says when to retrain: on demand, on a schedule, when the dataset gets a
-new version, when the spec's code changes. ``run_triggers`` evaluates every enabled policy
-and starts at most one run per model; every decision is a ``trigger_event`` row with its
-reason. One run per model at a time: an in-process lock per model, and in the database a
-``started`` event younger than ``STALE_AFTER`` (a crashed run's row stops counting then).
+``run_triggers`` evaluates every enabled policy (:mod:`hub.triggers.decide`) and starts at
+most one run per model; every decision is a ``trigger_event`` row with its reason. One run
+per model at a time: an in-process lock per model, and in the database a ``started`` event
+younger than ``STALE_AFTER`` (a crashed run's row stops counting then). A drift or
+degradation run first merges the labelled field samples into a new dataset version
+(:mod:`hub.triggers.field_data`), and a registered version can be handed to a follow-up
+(package it and start a canary rollout: :mod:`hub.triggers.followup`).
 
 Database work happens in short transactions around the training, never across it.
 """
@@ -13,25 +15,25 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import select
 
 from hub.artifacts import ArtifactStore
 from hub.datasets import service as datasets
 from hub.db import session_scope
-from hub.errors import Conflict, InvalidInput, NotFound
-from hub.specs import SpecNotFound, get_spec
-from hub.tables import DatasetVersion
+from hub.errors import Conflict, NotFound
+from hub.specs import get_spec
 from hub.tables._common import utcnow
 from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, TriggerStatus
 from hub.training.service import TrainOutcome, train
-
-STALE_AFTER = timedelta(hours=6)
-TRAINABLE = frozenset({"passed", "overridden"})
+from hub.triggers.decide import TRAINABLE, Decision, evaluate, not_trainable, running
+from hub.triggers.field_data import import_field_data
+from hub.triggers.followup import Followup, FollowupResult
+from hub.triggers.incidents import consume
+from hub.triggers.policies import aware, get_policy
 
 
 class Runner(Protocol):
@@ -47,15 +49,6 @@ class Runner(Protocol):
     ) -> TrainOutcome: ...
 
 
-@dataclass(frozen=True, kw_only=True)
-class _Decision:
-    kind: TriggerKind
-    reason: str
-    version: DatasetVersion
-    code_version: str
-    skip: bool = False
-
-
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -65,169 +58,21 @@ def _model_lock(model_name: str) -> threading.Lock:
         return _LOCKS.setdefault(model_name, threading.Lock())
 
 
-def _aware(value: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they were stored as UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-# --- policies ---------------------------------------------------------------------------
-
-
-def set_policy(
-    session: Session,
-    *,
-    model_name: str,
-    spec: str,
-    dataset: str,
-    params: Mapping[str, Any] | None = None,
-    schedule_interval_s: int | None = None,
-    on_new_data: bool = True,
-    on_new_code: bool = True,
-    debounce_s: int = 300,
-) -> TrainingPolicy:
-    """Create or replace the policy of ``model_name`` (its last_* history is kept)."""
-    if not model_name or "@" in model_name:
-        raise InvalidInput(f"model name {model_name!r} must be non-empty without '@'")
-    if not dataset or "@" in dataset:
-        raise InvalidInput(
-            f"dataset {dataset!r} must be a dataset NAME (runs always use its latest version)"
-        )
-    if schedule_interval_s is not None and schedule_interval_s <= 0:
-        raise InvalidInput("schedule_interval_s must be positive (or None for no schedule)")
-    if debounce_s < 0:
-        raise InvalidInput("debounce_s must be zero or positive")
-    try:
-        get_spec(spec).params(params)
-    except (SpecNotFound, ValueError) as exc:
-        raise InvalidInput(str(exc)) from exc
-    policy = _find_policy(session, model_name=model_name) or TrainingPolicy(
-        model_name=model_name, spec=spec, dataset=dataset
-    )
-    policy.spec, policy.dataset, policy.params = spec, dataset, dict(params or {})
-    policy.schedule_interval_s = schedule_interval_s
-    policy.on_new_data, policy.on_new_code = on_new_data, on_new_code
-    policy.debounce_s, policy.enabled = debounce_s, True
-    session.add(policy)
-    session.flush()
-    return policy
-
-
-def get_policy(session: Session, *, model_name: str) -> TrainingPolicy:
-    policy = _find_policy(session, model_name=model_name)
-    if policy is None:
-        raise NotFound(f"no training policy for model {model_name!r}; set one first")
-    return policy
-
-
-def list_events(session: Session, *, model_name: str | None = None) -> list[TriggerEvent]:
-    query = select(TriggerEvent).order_by(col(TriggerEvent.id))
-    if model_name is not None:
-        query = query.where(TriggerEvent.model_name == model_name)
-    return list(session.exec(query).all())
-
-
-def _find_policy(session: Session, *, model_name: str) -> TrainingPolicy | None:
-    return session.exec(
-        select(TrainingPolicy).where(TrainingPolicy.model_name == model_name)
-    ).first()
-
-
-# --- evaluation -------------------------------------------------------------------------
-
-
-def _evaluate(session: Session, policy: TrainingPolicy, *, now: datetime) -> _Decision | None:
-    """The one trigger due for ``policy`` now (new_code > new_data > schedule), if any."""
-    if not policy.enabled:
-        return None
-    last = _aware(policy.last_run_at) if policy.last_run_at else None
-    if last is not None and now < last + timedelta(seconds=policy.debounce_s):
-        return None
-    try:
-        version = datasets.get_version(session, ref=f"{policy.dataset}@latest")
-        code = get_spec(policy.spec).code_version()
-    except (NotFound, SpecNotFound):
-        return None
-    kind: TriggerKind | None = None
-    reason = ""
-    if policy.on_new_code and code != policy.last_code_version:
-        kind = TriggerKind.NEW_CODE
-        reason = (
-            f"spec {policy.spec} code is {code[:19]}, last run used "
-            f"{(policy.last_code_version or 'none (first run)')[:19]}"
-        )
-    elif policy.on_new_data and version.id != policy.last_dataset_version_id:
-        kind = TriggerKind.NEW_DATA
-        reason = f"dataset {policy.dataset} has a new version {version.ref}"
-    elif policy.schedule_interval_s is not None and (
-        last is None or last + timedelta(seconds=policy.schedule_interval_s) <= now
-    ):
-        kind = TriggerKind.SCHEDULE
-        since = "never ran" if last is None else f"last run {last.isoformat()}"
-        reason = f"every {policy.schedule_interval_s}s; {since}"
-    if kind is None:
-        return None
-    if version.validation_status not in TRAINABLE:
-        if _skip_recorded(session, model_name=policy.model_name, version_id=version.id):
-            return None
-        reason = (
-            f"{reason}; not trained: {version.ref} failed validation. Fix the data or run "
-            f"`edgeloop dataset override {version.ref} --reason '...'`"
-        )
-        return _Decision(kind=kind, reason=reason, version=version, code_version=code, skip=True)
-    return _Decision(kind=kind, reason=reason, version=version, code_version=code)
-
-
-def _skip_recorded(session: Session, *, model_name: str, version_id: int | None) -> bool:
-    return (
-        session.exec(
-            select(TriggerEvent).where(
-                TriggerEvent.model_name == model_name,
-                TriggerEvent.status == TriggerStatus.SKIPPED,
-                TriggerEvent.dataset_version_id == version_id,
-            )
-        ).first()
-        is not None
-    )
-
-
-def due_triggers(
-    session: Session, *, now: datetime
-) -> list[tuple[TrainingPolicy, TriggerKind, str]]:
-    """Policies with a run due at ``now``: (policy, kind, reason); at most one per policy."""
-    now = _aware(now)
-    due = []
-    for policy in session.exec(select(TrainingPolicy).order_by(col(TrainingPolicy.id))).all():
-        decision = _evaluate(session, policy, now=now)
-        if decision is not None and not decision.skip:
-            due.append((policy, decision.kind, decision.reason))
-    return due
-
-
-def _running(session: Session, *, model_name: str, now: datetime) -> TriggerEvent | None:
-    """A started run of ``model_name`` that is not stale, from any process."""
-    for event in session.exec(
-        select(TriggerEvent).where(
-            TriggerEvent.model_name == model_name, TriggerEvent.status == TriggerStatus.STARTED
-        )
-    ).all():
-        if _aware(event.at) > now - STALE_AFTER:
-            return event
-    return None
-
-
-# --- running ----------------------------------------------------------------------------
-
-
 def run_triggers(
-    engine: Engine, store: ArtifactStore, *, now: datetime | None = None, runner: Runner = train
+    engine: Engine,
+    store: ArtifactStore,
+    *,
+    now: datetime | None = None,
+    runner: Runner = train,
+    followup: Followup | None = None,
 ) -> list[TriggerEvent]:
     """Evaluate every policy and start the runs that are due; returns the new events."""
-    now = _aware(now or utcnow())
+    now = aware(now or utcnow())
     with session_scope(engine) as s:
         names = [p.model_name for p in s.exec(select(TrainingPolicy)).all() if p.enabled]
     events = []
     for name in names:
-        event = _run_one(engine, store, model_name=name, now=now, runner=runner)
+        event = _run_one(engine, store, model_name=name, now=now, runner=runner, followup=followup)
         if event is not None:
             events.append(event)
     return events
@@ -241,16 +86,20 @@ def trigger_now(
     reason: str,
     now: datetime | None = None,
     runner: Runner = train,
+    followup: Followup | None = None,
 ) -> TriggerEvent:
     """Train ``model_name`` now, ignoring debounce; refused while one of its runs is going."""
     if not reason.strip():
+        from hub.errors import InvalidInput
+
         raise InvalidInput("an on-demand run needs a reason; it is kept with the event")
     event = _run_one(
         engine,
         store,
         model_name=model_name,
-        now=_aware(now or utcnow()),
+        now=aware(now or utcnow()),
         runner=runner,
+        followup=followup,
         on_demand=reason.strip(),
     )
     assert event is not None  # on demand either runs, records a skip, or raises
@@ -264,6 +113,7 @@ def _run_one(
     model_name: str,
     now: datetime,
     runner: Runner,
+    followup: Followup | None,
     on_demand: str | None = None,
 ) -> TriggerEvent | None:
     lock = _model_lock(model_name)
@@ -272,16 +122,21 @@ def _run_one(
             raise Conflict(f"model {model_name} is already training; try again when it is done")
         return None
     try:
-        event = _start(engine, model_name=model_name, now=now, on_demand=on_demand)
+        event = _start(engine, store, model_name=model_name, now=now, on_demand=on_demand)
         if event is None or event.status == TriggerStatus.SKIPPED:
             return event
-        return _train(engine, store, event=event, now=now, runner=runner)
+        return _train(engine, store, event=event, now=now, runner=runner, followup=followup)
     finally:
         lock.release()
 
 
 def _start(
-    engine: Engine, *, model_name: str, now: datetime, on_demand: str | None
+    engine: Engine,
+    store: ArtifactStore,
+    *,
+    model_name: str,
+    now: datetime,
+    on_demand: str | None,
 ) -> TriggerEvent | None:
     """Decide, then record the ``started`` (or ``skipped``) event in one transaction."""
     with session_scope(engine) as s:
@@ -290,50 +145,85 @@ def _start(
         ).first()
         if policy is None:
             raise NotFound(f"no training policy for model {model_name!r}; set one first")
-        running = _running(s, model_name=model_name, now=now)
-        if running is not None:
+        busy = running(s, model_name=model_name, now=now)
+        if busy is not None:
             if on_demand is not None:
                 raise Conflict(
-                    f"model {model_name} is already training (event {running.id} started "
-                    f"{_aware(running.at).isoformat()}); try again when it is done"
+                    f"model {model_name} is already training (event {busy.id} started "
+                    f"{aware(busy.at).isoformat()}); try again when it is done"
                 )
             return None
         if on_demand is not None:
             version = datasets.get_version(s, ref=f"{policy.dataset}@latest")
             datasets.require_trainable(version)
-            decision: _Decision | None = _Decision(
+            decision: Decision | None = Decision(
                 kind=TriggerKind.ON_DEMAND,
                 reason=on_demand,
                 version=version,
                 code_version=get_spec(policy.spec).code_version(),
             )
         else:
-            decision = _evaluate(s, policy, now=now)
+            decision = evaluate(s, policy, now=now)
         if decision is None:
             return None
+        version, reason, skip = decision.version, decision.reason, decision.skip
+        detail = ""
+        if decision.incident is not None and policy.field_data:
+            found = import_field_data(
+                s,
+                store,
+                dataset=policy.dataset,
+                model=model_name,
+                min_records=policy.min_field_records,
+                shift_expected=decision.incident.reason(),
+            )
+            if found is None:
+                return None
+            version = found.version
+            detail = f"field data: {found.records} labelled samples -> {version.ref}" + (
+                " (new)" if found.created else " (no new samples)"
+            )
+            if found.overridden:
+                detail += "; distribution checks overridden (shift expected)"
+            if version.validation_status not in TRAINABLE:
+                reason, skip = not_trainable(reason, version), True
         event = TriggerEvent(
             model_name=model_name,
             kind=decision.kind,
-            reason=decision.reason,
+            reason=reason,
             at=now,
-            status=TriggerStatus.SKIPPED if decision.skip else TriggerStatus.STARTED,
-            detail=f"dataset {decision.version.ref}",
-            dataset_version_id=decision.version.id,
+            status=TriggerStatus.SKIPPED if skip else TriggerStatus.STARTED,
+            detail="; ".join(p for p in (f"dataset {version.ref}", detail) if p),
+            dataset_version_id=version.id,
             code_version=decision.code_version,
         )
         s.add(event)
         s.flush()
+        if decision.incident is not None:
+            event.alert_ids = consume(
+                s, policy=policy, incident=decision.incident, event_id=int(event.id or 0)
+            )
+            s.add(event)
+            s.flush()
         return event
 
 
 def _train(
-    engine: Engine, store: ArtifactStore, *, event: TriggerEvent, now: datetime, runner: Runner
+    engine: Engine,
+    store: ArtifactStore,
+    *,
+    event: TriggerEvent,
+    now: datetime,
+    runner: Runner,
+    followup: Followup | None,
 ) -> TriggerEvent:
     with session_scope(engine) as s:
         policy = get_policy(s, model_name=event.model_name)
         version = datasets.get_by_id(s, version_id=event.dataset_version_id or 0)
-        spec, params = policy.spec, dict(policy.params)
-    status, run_id, detail = TriggerStatus.FINISHED, None, f"dataset {version.ref}"
+        spec, params, canary = policy.spec, dict(policy.params), dict(policy.canary)
+    status, run_id, detail = TriggerStatus.FINISHED, None, event.detail
+    registered: str | None = None
+    after: FollowupResult | None = None
     try:
         outcome = runner(
             engine,
@@ -346,13 +236,26 @@ def _train(
         run_id = outcome.run.id
         mv = outcome.model_version
         if mv is not None:
+            registered = str(mv.version)
             detail += f"; registered {mv.model_name}@{mv.version}"
+            if canary and followup is not None:
+                after = followup(
+                    engine, store, model=mv.model_name, version=mv.version, canary=canary
+                )
+                detail += f"; {after.summary}"
+            elif canary:
+                detail += "; canary configured but this hub runs no follow-up (no rollouts)"
+        else:
+            detail += "; no version registered (evaluation bar not met)"
     except Exception as exc:  # recorded on the event; other models go on
         status, detail = TriggerStatus.FAILED, f"{detail}; {exc!r}"[:2000]
     with session_scope(engine) as s:
         stored = s.get(TriggerEvent, event.id)
         assert stored is not None
         stored.status, stored.run_id, stored.detail = status, run_id, detail
+        stored.model_version = registered
+        if after is not None:
+            stored.bundle_digest, stored.rollout_id = after.bundle_digest, after.rollout_id
         policy = get_policy(s, model_name=event.model_name)
         # a failed run also counts: one incident triggers one run, not a retry loop
         policy.last_run_at = now

@@ -1,0 +1,143 @@
+"""Which trigger is due for a policy now, and why (read-only: nothing is started here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from hub.datasets import service as datasets
+from hub.errors import NotFound
+from hub.specs import SpecNotFound, get_spec
+from hub.tables import DatasetVersion
+from hub.tables.fleet import FeedbackLabelRow, FieldSample
+from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, TriggerStatus
+from hub.triggers.incidents import Incident, pending_incident
+from hub.triggers.policies import aware, list_policies
+
+STALE_AFTER = timedelta(hours=6)
+TRAINABLE = frozenset({"passed", "overridden"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    kind: TriggerKind
+    reason: str
+    version: DatasetVersion
+    code_version: str
+    skip: bool = False
+    incident: Incident | None = None
+
+
+def labelled_field_count(session: Session, *, model: str) -> int:
+    """Field samples of ``model`` for which a label came back."""
+    count = session.exec(
+        select(func.count())
+        .select_from(FieldSample)
+        .join(
+            FeedbackLabelRow,
+            (col(FeedbackLabelRow.prediction_id) == col(FieldSample.prediction_id))
+            & (col(FeedbackLabelRow.device_id) == col(FieldSample.device_id)),
+        )
+        .where(FieldSample.model == model, col(FeedbackLabelRow.label).is_not(None))
+    ).one()
+    return int(count)
+
+
+def evaluate(session: Session, policy: TrainingPolicy, *, now: datetime) -> Decision | None:
+    """The one trigger due for ``policy`` now, if any. Priority: degradation > drift >
+    new code > new data > schedule; nothing within ``debounce_s`` of the last run."""
+    if not policy.enabled:
+        return None
+    last = aware(policy.last_run_at) if policy.last_run_at else None
+    if last is not None and now < last + timedelta(seconds=policy.debounce_s):
+        return None
+    try:
+        version = datasets.get_version(session, ref=f"{policy.dataset}@latest")
+        code = get_spec(policy.spec).code_version()
+    except (NotFound, SpecNotFound):
+        return None
+    kind: TriggerKind | None = None
+    reason = ""
+    incident = pending_incident(session, policy=policy)
+    if incident is not None:
+        if policy.field_data:
+            have = labelled_field_count(session, model=policy.model_name)
+            if have < policy.min_field_records:
+                return None  # wait for labelled field data; the alert stays pending
+        kind, reason = incident.kind, incident.reason()
+    elif policy.on_new_code and code != policy.last_code_version:
+        kind = TriggerKind.NEW_CODE
+        reason = (
+            f"spec {policy.spec} code is {code[:19]}, last run used "
+            f"{(policy.last_code_version or 'none (first run)')[:19]}"
+        )
+    elif policy.on_new_data and version.id != policy.last_dataset_version_id:
+        kind = TriggerKind.NEW_DATA
+        reason = f"dataset {policy.dataset} has a new version {version.ref}"
+    elif policy.schedule_interval_s is not None and (
+        last is None or last + timedelta(seconds=policy.schedule_interval_s) <= now
+    ):
+        kind = TriggerKind.SCHEDULE
+        since = "never ran" if last is None else f"last run {last.isoformat()}"
+        reason = f"every {policy.schedule_interval_s}s; {since}"
+    if kind is None:
+        return None
+    if incident is None and version.validation_status not in TRAINABLE:
+        if skip_recorded(session, model_name=policy.model_name, version_id=version.id):
+            return None
+        return Decision(
+            kind=kind,
+            reason=not_trainable(reason, version),
+            version=version,
+            code_version=code,
+            skip=True,
+        )
+    return Decision(kind=kind, reason=reason, version=version, code_version=code, incident=incident)
+
+
+def not_trainable(reason: str, version: DatasetVersion) -> str:
+    return (
+        f"{reason}; not trained: {version.ref} failed validation. Fix the data or run "
+        f"`edgeloop dataset override {version.ref} --reason '...'`"
+    )
+
+
+def skip_recorded(session: Session, *, model_name: str, version_id: int | None) -> bool:
+    return (
+        session.exec(
+            select(TriggerEvent).where(
+                TriggerEvent.model_name == model_name,
+                TriggerEvent.status == TriggerStatus.SKIPPED,
+                TriggerEvent.dataset_version_id == version_id,
+            )
+        ).first()
+        is not None
+    )
+
+
+def due_triggers(
+    session: Session, *, now: datetime
+) -> list[tuple[TrainingPolicy, TriggerKind, str]]:
+    """Policies with a run due at ``now``: (policy, kind, reason); at most one per policy."""
+    now = aware(now)
+    due = []
+    for policy in list_policies(session):
+        decision = evaluate(session, policy, now=now)
+        if decision is not None and not decision.skip:
+            due.append((policy, decision.kind, decision.reason))
+    return due
+
+
+def running(session: Session, *, model_name: str, now: datetime) -> TriggerEvent | None:
+    """A started run of ``model_name`` that is not stale, from any process."""
+    for event in session.exec(
+        select(TriggerEvent).where(
+            TriggerEvent.model_name == model_name, TriggerEvent.status == TriggerStatus.STARTED
+        )
+    ).all():
+        if aware(event.at) > now - STALE_AFTER:
+            return event
+    return None

@@ -1,0 +1,80 @@
+"""What happens after a triggered run registers a version: package it, start a canary.
+
+A :class:`Followup` is handed to ``run_triggers`` by whoever runs the triggers (``hub
+serve`` builds :class:`PackageAndCanary` with the hub's signing key and gRPC endpoint), so
+the trigger code needs neither keys nor the rollout controller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import Engine
+
+from hub.artifacts import ArtifactStore
+
+DEFAULT_CANARY_PHASES = "1,50%,100%"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FollowupResult:
+    bundle_digest: str | None
+    rollout_id: str | None
+    summary: str
+
+
+class Followup(Protocol):
+    def __call__(
+        self,
+        engine: Engine,
+        store: ArtifactStore,
+        *,
+        model: str,
+        version: int,
+        canary: Mapping[str, Any],
+    ) -> FollowupResult: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackageAndCanary:
+    """Package ``model@version`` (int8 ONNX, TFLite when installed) and roll it out."""
+
+    signing_key: Ed25519PrivateKey
+
+    def __call__(
+        self,
+        engine: Engine,
+        store: ArtifactStore,
+        *,
+        model: str,
+        version: int,
+        canary: Mapping[str, Any],
+    ) -> FollowupResult:
+        from hub.db import session_scope
+        from hub.packaging import PackageOptions, package
+        from hub.rollouts import service as rollouts
+
+        formats = canary.get("formats")
+        options = PackageOptions(formats=tuple(formats)) if formats else PackageOptions()
+        packaged = package(
+            engine, store, ref=f"{model}@{version}", signing_key=self.signing_key, options=options
+        )
+        settings = {k: v for k, v in canary.items() if k not in {"selector", "phases", "formats"}}
+        with session_scope(engine) as s:
+            rollout = rollouts.create_rollout(
+                s,
+                model=model,
+                version=str(version),
+                selector=str(canary["selector"]),
+                phases=str(canary.get("phases") or DEFAULT_CANARY_PHASES),
+                **settings,
+            )
+            rollout_id = str(rollout.id)
+        return FollowupResult(
+            bundle_digest=packaged.bundle.digest,
+            rollout_id=rollout_id,
+            summary=f"packaged {packaged.bundle.digest[:19]}, canary rollout {rollout_id}",
+        )
