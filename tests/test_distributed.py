@@ -122,3 +122,37 @@ def test_single_process_without_torchrun(digits_npz: Path, tmp_path: Path) -> No
     assert trained.labels == [str(d) for d in range(10)]
     assert _val_accuracy(out, digits_npz) > 80.0
     assert np.isfinite(summary["epochs"][-1]["train_loss"])
+
+
+def test_service_train_with_two_processes_tracks_and_registers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train(nproc=2)`` runs torchrun (gloo) and goes on like a one-process run."""
+    from sqlmodel import select
+
+    from hub.artifacts import FileArtifactStore
+    from hub.datasets import service as datasets
+    from hub.db import create_all, make_engine, session_scope
+    from hub.tables import RunMetric
+    from hub.training.service import train
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    create_all(engine)
+    store = FileArtifactStore(root=tmp_path / "artifacts")
+    with session_scope(engine) as s:
+        datasets.import_dataset(s, store, name="digits", source="sklearn:digits")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # gloo on CPU even on a GPU machine
+    outcome = train(
+        engine,
+        store,
+        spec_name="digits-mlp",
+        dataset="digits@1",
+        params={"epochs": 3, "hidden": 32, "dropout": 0.0},
+        nproc=2,
+    )
+    assert outcome.run.params["nproc"] == 2
+    assert outcome.model_version is not None and outcome.model_version.version == 1
+    assert outcome.metrics["test_accuracy"] > 80  # a working model, evaluated on the test split
+    with session_scope(engine) as s:
+        steps = s.exec(select(RunMetric).where(RunMetric.run_id == outcome.run.id)).all()
+    assert sorted({m.step for m in steps if m.key == "train_loss"}) == [1, 2, 3]

@@ -42,6 +42,9 @@ def train(
         str | None, typer.Option("--model", help="registry name (default: the spec)")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
+    nproc: Annotated[
+        int, typer.Option(min=1, help="DDP processes under torchrun (one per GPU; gloo on CPU)")
+    ] = 1,
     as_json: JsonFlag = False,
 ) -> None:
     """Train SPEC on a dataset version, track the run and register the model."""
@@ -57,6 +60,7 @@ def train(
             "seed": seed,
             "model_name": model_name,
             "device": device,
+            "nproc": nproc,
         }
         with connect(t) as client, progress(f"training {spec} on the hub"):
             result = client.post("/training-runs", json=body)
@@ -88,6 +92,7 @@ def train(
                 model_name=model_name,
                 device=device,
                 on_epoch=on_epoch,
+                nproc=nproc,
             )
         result = outcome_json(outcome)
     emit(result, as_json=as_json, columns=TRAIN_COLUMNS)

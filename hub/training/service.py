@@ -56,8 +56,15 @@ def train(
     register: bool = True,
     on_epoch: Callable[[EpochResult], None] | None = None,
     checkpoint_dir: Path | None = None,
+    nproc: int = 1,
 ) -> TrainOutcome:
-    """Train, evaluate on the test split, register; ``candidate`` alias if good enough."""
+    """Train, evaluate on the test split, register; ``candidate`` alias if good enough.
+
+    ``nproc > 1`` trains with that many DDP processes under ``torchrun`` (one per GPU, or gloo
+    on CPU); the run, its metrics and the registered version are the same either way.
+    """
+    if nproc < 1:
+        raise InvalidInput("nproc must be at least 1")
     try:
         spec = get_spec(spec_name)
         merged = spec.params(params)
@@ -70,7 +77,7 @@ def train(
             spec=spec.name,
             dataset=version.ref,
             code_version=spec.code_version(),
-            params={**merged, "seed": seed},
+            params={**merged, "seed": seed, **({"nproc": nproc} if nproc > 1 else {})},
         )
         splits = {
             name: datasets.load_split(s, store, version=version, split=name)
@@ -104,19 +111,35 @@ def train(
             if on_epoch is not None:
                 on_epoch(result)
 
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = (checkpoint_dir or Path(tmp)) / f"{run.id}.ckpt"
-            fit(
-                spec=spec,
-                model=model,
-                train_x=x["train"],
-                train_y=y["train"],
-                val_x=x["val"],
-                val_y=y["val"],
-                config=config,
-                on_epoch=log_epoch,
-                checkpoint=ckpt,
+        if nproc > 1:
+            from hub.training.launch import run_torchrun
+
+            distributed, history = run_torchrun(
+                spec_name=spec_name,
+                train=splits["train"],
+                val=splits["val"],
+                params=merged,
+                seed=seed,
+                nproc=nproc,
             )
+            for result in history:
+                log_epoch(result)
+            model, preprocess = distributed.model, distributed.preprocess
+            x = {name: preprocess.apply(rs.features) for name, rs in splits.items()}
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = (checkpoint_dir or Path(tmp)) / f"{run.id}.ckpt"
+                fit(
+                    spec=spec,
+                    model=model,
+                    train_x=x["train"],
+                    train_y=y["train"],
+                    val_x=x["val"],
+                    val_y=y["val"],
+                    config=config,
+                    on_epoch=log_epoch,
+                    checkpoint=ckpt,
+                )
         outputs = predict(model, x["test"], device=resolve_device("cpu"))
         metrics = {
             f"test_{k}": v

@@ -29,6 +29,7 @@ class TrainRequest(BaseModel):
     seed: int = 0
     model_name: str | None = None
     device: str = "auto"
+    nproc: int = Field(default=1, ge=1, le=64, description="DDP processes (torchrun) when > 1")
 
 
 class PackageRequest(BaseModel):
@@ -47,6 +48,7 @@ def train_model(body: TrainRequest, ctx: ContextDep) -> dict[str, Any]:
         seed=body.seed,
         model_name=body.model_name,
         device=body.device,
+        nproc=body.nproc,
     )
     return train_json(outcome)
 
