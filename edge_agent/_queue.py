@@ -343,6 +343,15 @@ class OutboundQueue:
 
         return self._guard(run)
 
+    def last_seqs(self) -> dict[str, int]:
+        """The last ``seq`` handed out per stream (what the device has produced so far)."""
+
+        def run() -> dict[str, int]:
+            rows = self._conn.execute("SELECT stream, last_seq FROM streams").fetchall()
+            return {str(stream): int(seq) for stream, seq in rows}
+
+        return self._guard(run)
+
     def take_dropped(self, stream: str) -> int:
         """Evictions from ``stream`` not reported yet; resets the count (persisted)."""
 

@@ -18,6 +18,7 @@ import math
 import statistics
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,31 @@ class LiteRTRuntime:
 
 
 _FACTORIES: dict[str, Callable[..., Runtime]] = {"onnx": OnnxRuntime, "tflite": LiteRTRuntime}
+
+# One runtime per identical model file in this process, shared by every slot that holds it:
+# a simulated fleet of thousands of agents (one process) loads one session per bundle, not
+# one per device. Keyed by the file's own sha256 (what is on disk, not what the manifest
+# claims), format and threads; entries go when no loaded model holds them any more. Both
+# runtimes are safe to share: onnxruntime sessions run concurrently, LiteRT calls lock.
+_SHARED: weakref.WeakValueDictionary[tuple[str, str, int], Runtime] = weakref.WeakValueDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_runtime(fmt: str, path: Path, *, threads: int) -> Runtime:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    key = (fmt, digest, threads)
+    with _SHARED_LOCK:
+        runtime = _SHARED.get(key)
+        if runtime is None:
+            runtime = _FACTORIES[fmt](path, threads=threads)
+            _SHARED[key] = runtime
+        return runtime
+
+
+def shared_runtime_count() -> int:
+    """How many distinct runtimes this process holds (the simulator's sharing check)."""
+    with _SHARED_LOCK:
+        return len(_SHARED)
 
 
 def detect_runtimes() -> set[str]:
@@ -255,7 +281,7 @@ def load_slot(
             self_test = (manifest.get("self_test") or {}).get("file")
             if self_test:
                 _check_digest(slot_dir, manifest, str(self_test))
-        runtime = _FACTORIES[str(variant["format"])](path, threads=threads)
+        runtime = _shared_runtime(str(variant["format"]), path, threads=threads)
     except ModelLoadError:
         raise
     except Exception as exc:

@@ -6,8 +6,9 @@ never verify a bundle), a device id that is not MQTT-safe, a broker URL that is 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -51,6 +52,23 @@ class AgentSettings(BaseSettings):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     keepalive_s: int = Field(default=30, ge=5)
     capabilities: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_enrollment(cls, data: Any) -> Any:
+        """Fill what ``edgeloop agent enroll`` stored (login, broker, key) unless given."""
+        if not isinstance(data, dict) or not data.get("device_id"):
+            return data
+        folder = Path(data.get("data_dir") or cls.model_fields["data_dir"].default)
+        path = folder.expanduser().resolve() / str(data["device_id"]) / "enrollment.json"
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return data
+        if not isinstance(stored, dict):
+            return data
+        keys = ("mqtt_url", "mqtt_username", "mqtt_password", "public_key")
+        return {**{k: stored[k] for k in keys if stored.get(k)}, **data}
 
     @field_validator("data_dir")
     @classmethod

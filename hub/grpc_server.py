@@ -3,7 +3,7 @@
 ``Download`` streams an artifact from a byte offset, so an agent whose transfer broke
 calls again with the number of bytes it already has. Every chunk carries its offset,
 the artifact's total size and digest; the client verifies the assembled digest.
-``DeviceService`` (enrollment) is not served yet.
+``DeviceService`` (enrolment, ``hub.grpc_devices``) is served when passed in.
 """
 
 from __future__ import annotations
@@ -123,10 +123,16 @@ def _address(host: str, port: int) -> str:
 
 
 def start_grpc_server(
-    *, store: ArtifactStore, host: str, port: int, max_workers: int = 16
+    *,
+    store: ArtifactStore,
+    host: str,
+    port: int,
+    max_workers: int = 16,
+    devices: services_pb2_grpc.DeviceServiceServicer | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start the hub's gRPC server; return it and the bound port (``port=0``: a free one).
 
+    ``devices`` (``hub.grpc_devices.DeviceServicer``) serves enrolment beside the artifacts.
     Each running ``Download`` holds one of the ``max_workers`` threads; further calls
     queue. Stop it with ``server.stop(grace)``.
     """
@@ -136,6 +142,8 @@ def start_grpc_server(
         options=[("grpc.so_reuseport", 0)],
     )
     services_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(store=store), server)
+    if devices is not None:
+        services_pb2_grpc.add_DeviceServiceServicer_to_server(devices, server)
     address = _address(host, port)
     try:
         bound = server.add_insecure_port(address)

@@ -13,10 +13,13 @@ from typing import Any
 
 import uvicorn
 
+from hub import db as hub_db
 from hub.api import create_app
 from hub.artifacts import open_store
-from hub.broker import EmbeddedBroker
+from hub.broker_auth import BrokerAuth, hub_mqtt_url
+from hub.grpc_devices import DeviceServicer
 from hub.grpc_server import start_grpc_server
+from hub.security import Security, device_endpoints, start_embedded_broker
 from hub.settings import HubSettings
 
 log = logging.getLogger("edgeloop.hub")
@@ -45,23 +48,39 @@ def serve(settings: HubSettings) -> None:
 def _serve(settings: HubSettings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
+        security_engine = hub_db.make_engine(settings.resolved_database_url)
+        hub_db.create_all(security_engine)
+        stack.callback(security_engine.dispose)
+        broker_auth = BrokerAuth(settings=settings, engine=security_engine)
+        stack.callback(broker_auth.close)
         mqtt_url = settings.mqtt_url
         broker_kind = "external"
         if mqtt_url is None:
-            broker = EmbeddedBroker(
-                data_dir=settings.data_dir,
-                port=settings.embedded_mqtt_port,
-                kind=settings.embedded_broker,
-            )
-            broker.start()
+            broker = start_embedded_broker(settings, broker_auth=broker_auth)
             stack.callback(broker.stop)
             mqtt_url, broker_kind = broker.url, f"embedded-{broker.kind_in_use}"
+        # The hub's own MQTT clients connect with this (the hub user's login when secured).
+        hub_mqtt = hub_mqtt_url(settings, broker_url=mqtt_url)
+        security = Security(
+            settings=settings,
+            engine=security_engine,
+            broker_auth=broker_auth,
+            endpoints=lambda: device_endpoints(settings, mqtt_url=mqtt_url, grpc_port=grpc_port),
+        )
         grpc_server, grpc_port = start_grpc_server(
             store=open_store(settings.resolved_artifact_url),
             host=settings.grpc_host,
             port=settings.grpc_port,
+            devices=DeviceServicer(security=security),
         )
         stack.callback(grpc_server.stop, 2.0)
+        from hub.ingest.serve import start_hub_worker
+
+        # amqtt has no $share: a single worker on plain filters there.
+        ingest = start_hub_worker(
+            settings, mqtt_url=hub_mqtt, shared=broker_kind != "embedded-amqtt"
+        )
+        stack.callback(ingest.stop)
         if settings.trigger_interval_s > 0:
             from hub.db import create_all, make_engine
             from hub.triggers.loop import TriggerLoop
@@ -75,6 +94,25 @@ def _serve(settings: HubSettings) -> None:
             )
             triggers.start()
             stack.callback(triggers.stop)
+        if settings.rollout_tick_s > 0:
+            from hub.rollouts.controller import RolloutController
+
+            rollouts = RolloutController(
+                engine=security_engine,
+                mqtt_url=hub_mqtt,
+                artifact_endpoint=f"{settings.grpc_host}:{grpc_port}",
+                fleet=settings.fleet,
+                topic_prefix=settings.topic_prefix,
+                tick_s=settings.rollout_tick_s,
+                max_commands_per_s=settings.rollout_max_commands_per_s,
+                max_concurrent_downloads=settings.rollout_max_concurrent_downloads,
+            )
+            rollouts.start()
+            stack.callback(rollouts.stop)
+        if settings.monitor_interval_s > 0:
+            from hub.monitoring.serve import start_monitor
+
+            stack.callback(start_monitor(settings, mqtt_url=hub_mqtt))
 
         def health() -> dict[str, Any]:
             return {
@@ -83,6 +121,9 @@ def _serve(settings: HubSettings) -> None:
             }
 
         app = create_app(settings, extra_health=health)
+        app.state.ingest = ingest  # GET /api/v1/ingest/stats reports its counters
+        app.state.security = security
+        app.state.hub_mqtt_url = hub_mqtt  # never logged: it carries the hub's password
         log.info(
             "hub on http://%s:%s (docs at /docs), gRPC %s:%s, MQTT %s (%s), data in %s",
             settings.api_host,

@@ -41,6 +41,16 @@ class HubSettings(BaseSettings):
     )
     embedded_broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
     embedded_mqtt_port: int = Field(default=1884, ge=0, le=65535)
+    broker_auth: bool = Field(
+        default=True,
+        description="embedded broker: per-device logins + ACL (hub/broker_auth.py); off: anonymous",
+    )
+    device_mqtt_url: str | None = Field(
+        default=None, description="broker address given to enrolling devices; default: the hub's"
+    )
+    device_grpc_endpoint: str | None = Field(
+        default=None, description="host:port of ArtifactService given to enrolling devices"
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
     grpc_host: str = "127.0.0.1"
@@ -51,6 +61,33 @@ class HubSettings(BaseSettings):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     trigger_interval_s: float = Field(
         default=60.0, ge=0, description="how often the hub evaluates training policies; 0: off"
+    )
+    rollout_tick_s: float = Field(
+        default=0.5, ge=0, description="rollout controller reconcile interval; 0: no controller"
+    )
+    rollout_max_commands_per_s: float = Field(default=50.0, gt=0)
+    rollout_max_concurrent_downloads: int = Field(default=100, gt=0)
+    monitor_interval_s: float = Field(
+        default=10.0, ge=0, description="how often the hub evaluates drift/degradation; 0: off"
+    )
+    monitor_window_size: int = Field(default=200, gt=0, description="predictions per window")
+    monitor_false_alarm_rate: float = Field(
+        default=0.01, gt=0, lt=1, description="per scope and window, all drift detectors"
+    )
+    monitor_accuracy_margin: float = Field(
+        default=0.05, ge=0, lt=1, description="degradation: live accuracy this far below eval"
+    )
+    monitor_min_labels: int = Field(default=50, gt=0, description="labels before accuracy tests")
+    ingest_batch_size: int = Field(default=200, gt=0, description="messages per ingest commit")
+    ingest_batch_interval_s: float = Field(
+        default=0.2, gt=0, description="commit a partial ingest batch after this long"
+    )
+    ingest_max_payload_bytes: int = Field(default=1_048_576, gt=0)
+    ingest_accept_unknown_devices: bool = Field(
+        default=False, description="store messages from devices not in the registry"
+    )
+    telemetry_retention_s: float = Field(
+        default=7 * 24 * 3600.0, ge=0, description="raw telemetry windows kept; 0: forever"
     )
 
     @field_validator("data_dir")

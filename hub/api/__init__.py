@@ -9,9 +9,14 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 import hub
+from hub import ui
 from hub.api import errors
 from hub.api.deps import ContextDep, HubContext, require_admin
 from hub.api.routes import bundles, datasets, devices, models, runs, training
+from hub.api.routes import ingest as ingest_routes
+from hub.api.routes import monitor as monitor_routes
+from hub.api.routes import rollouts as rollout_routes
+from hub.api.routes import security as security_routes
 from hub.api.routes import triggers as trigger_routes
 from hub.artifacts import open_store
 from hub.db import create_all, make_engine
@@ -47,6 +52,7 @@ def create_app(
     )
     app.state.hub = context
     errors.install(app)
+    ui.install(app)  # the dashboard at /ui (hub/ui)
 
     @app.get("/healthz", tags=["health"])
     def healthz(ctx: ContextDep) -> dict[str, Any]:
@@ -67,7 +73,11 @@ def create_app(
         bundles.router,
         devices.router,
         training.router,
+        ingest_routes.router,
+        monitor_routes.router,
         trigger_routes.router,
+        rollout_routes.router,
+        security_routes.router,
     ):
         app.include_router(router, prefix=API_PREFIX, dependencies=guarded)
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -12,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from hub.api_tokens import authorize
 from hub.artifacts import ArtifactStore
 from hub.db import session_scope
 from hub.errors import Unauthorized
@@ -49,16 +49,22 @@ _bearer = HTTPBearer(auto_error=False, description="admin token (EDGELOOP_ADMIN_
 
 
 def require_admin(
+    request: Request,
     context: ContextDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
+    """A valid bearer token whose scope allows the method (``read``: GET; ``admin``: all)."""
     if credentials is None:
         raise Unauthorized(
             "this endpoint needs 'Authorization: Bearer <admin token>'; the dev-mode token is in "
             "DATA_DIR/admin_token, production sets EDGELOOP_ADMIN_TOKEN"
         )
-    if not hmac.compare_digest(credentials.credentials.encode(), context.admin_token.encode()):
-        raise Unauthorized("the bearer token is not valid for this hub")
+    authorize(
+        context.engine,
+        token=credentials.credentials,
+        admin_token=context.admin_token,
+        method=request.method,
+    )
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

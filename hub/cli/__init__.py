@@ -20,8 +20,13 @@ from hub.cli import (
     bundles,
     datasets,
     devices,
+    ingest,
     model_code,
     models,
+    monitor,
+    rollouts,
+    security,
+    sim,
     training,
     triggers,
     tuning,
@@ -43,10 +48,18 @@ app.add_typer(datasets.app, name="dataset")
 app.add_typer(models.app, name="model")
 app.add_typer(models.runs, name="run")
 app.add_typer(devices.app, name="device")
+devices.app.add_typer(security.enroll_tokens, name="token")
+devices.app.command("enroll")(security.enroll)
+devices.app.command("revoke")(security.revoke)
+app.add_typer(security.api_tokens, name="token")
 app.add_typer(bundles.app, name="bundle")
 app.add_typer(agent.app, name="agent")
 app.add_typer(model_code.app, name="model-code")
 app.add_typer(triggers.app, name="trigger")
+app.add_typer(monitor.app, name="monitor")
+app.add_typer(ingest.app, name="ingest")
+app.add_typer(rollouts.app, name="rollout")
+app.add_typer(sim.app, name="sim")
 app.command("train")(training.train)
 app.command("package")(training.package)
 app.command("tune")(tuning.tune)

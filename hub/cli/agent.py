@@ -67,6 +67,39 @@ def run(
     asyncio.run(main())
 
 
+@app.command("enroll")
+def enroll(
+    grpc_target: Annotated[str, typer.Option("--grpc", help="the hub's gRPC address host:port")],
+    token: Annotated[str, typer.Option(help="enrolment token from the hub admin")],
+    device_id: Annotated[str, typer.Option("--device-id", help="this device's id")],
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", "--agent-dir", help="the agent's folder")
+    ] = Path("~/.edgeloop-agent"),
+    capability: Annotated[
+        list[str] | None, typer.Option("--capability", help="key=value, repeatable")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value, repeatable")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Enrol with the hub: store MQTT login + hub public key for `agent run` (0600 files)."""
+    from edge_agent.enroll import EnrollError
+    from edge_agent.enroll import enroll as run_enroll
+    from hub.cli._client import CliError
+
+    try:
+        done = run_enroll(
+            grpc_target=grpc_target,
+            token=token,
+            device_id=device_id,
+            data_dir=data_dir,
+            capabilities=parse_pairs(capability, what="capability"),
+            tags=parse_pairs(tag, what="tag"),
+        )
+    except EnrollError as exc:
+        raise CliError(str(exc), code=exc.code) from exc
+    emit(done.summary(), as_json=as_json)
+
+
 @app.command("predict-batch")
 def predict_batch(
     bundle: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="signed bundle")],

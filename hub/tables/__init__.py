@@ -9,7 +9,7 @@ from hub.tables.fleet import (
     IngestSeq,
     TelemetryWindowRow,
 )
-from hub.tables.monitoring import Alert, AlertKind, AlertPublic
+from hub.tables.monitoring import Alert, AlertKind, AlertPublic, MonitorCursor, MonitorScore
 from hub.tables.registry import (
     AliasMove,
     Bundle,
@@ -25,6 +25,18 @@ from hub.tables.registry import (
     RunPublic,
     TrainingRun,
 )
+from hub.tables.rollouts import Rollout, RolloutDevice, RolloutEvent
+from hub.tables.rollups import TelemetryRollup
+from hub.tables.security import (
+    ApiToken,
+    ApiTokenCreate,
+    ApiTokenPublic,
+    DeviceCredential,
+    EnrollmentToken,
+    EnrollmentTokenCreate,
+    EnrollmentTokenPublic,
+    TokenScope,
+)
 from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, TriggerStatus
 
 __all__ = [
@@ -32,6 +44,9 @@ __all__ = [
     "AlertKind",
     "AlertPublic",
     "AliasMove",
+    "ApiToken",
+    "ApiTokenCreate",
+    "ApiTokenPublic",
     "Bundle",
     "BundlePublic",
     "DatasetVersion",
@@ -40,8 +55,12 @@ __all__ = [
     "DeploymentEventRow",
     "Device",
     "DeviceCreate",
+    "DeviceCredential",
     "DevicePublic",
     "DeviceUpdate",
+    "EnrollmentToken",
+    "EnrollmentTokenCreate",
+    "EnrollmentTokenPublic",
     "FeedbackLabelRow",
     "FieldSample",
     "IngestSeq",
@@ -49,12 +68,19 @@ __all__ = [
     "ModelAlias",
     "ModelVersion",
     "ModelVersionPublic",
+    "MonitorCursor",
+    "MonitorScore",
     "RegisteredModel",
+    "Rollout",
+    "RolloutDevice",
+    "RolloutEvent",
     "RunArtifact",
     "RunCreate",
     "RunMetric",
     "RunPublic",
+    "TelemetryRollup",
     "TelemetryWindowRow",
+    "TokenScope",
     "TrainingPolicy",
     "TrainingRun",
     "TriggerEvent",

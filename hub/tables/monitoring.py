@@ -44,3 +44,39 @@ class Alert(AlertBase, table=True):
 class AlertPublic(AlertBase):
     id: int
     resolved_at: datetime | None
+
+
+class MonitorScore(SQLModel, table=True):
+    """One detector score for one evaluated window of one scope (the monitoring time series)."""
+
+    __tablename__ = "monitor_score"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32, index=True, description="drift | degradation")
+    scope: str = Field(max_length=200, index=True)
+    model: str = Field(default="", index=True, max_length=128)
+    version: str = Field(default="", index=True, max_length=64)
+    detector: str = Field(default="", max_length=64)
+    score: float
+    threshold: float
+    p_value: float | None = None
+    fired: bool = False
+    n: int = Field(default=0, description="predictions (drift) or labels (degradation)")
+    last_row_id: int = Field(default=0, description="last telemetry_window / feedback_label id")
+    at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class MonitorCursor(SQLModel, table=True):
+    """Where monitoring stands: per (stream, model, version) the last row read (scope ``*``),
+    and per scope the partial window not yet evaluated (``pending``), so that a restart
+    neither re-alerts nor skips."""
+
+    __tablename__ = "monitor_cursor"
+
+    stream: str = Field(primary_key=True, max_length=16, description="telemetry | feedback")
+    model: str = Field(primary_key=True, max_length=128)
+    version: str = Field(primary_key=True, max_length=64)
+    scope: str = Field(primary_key=True, max_length=200)
+    last_id: int = 0
+    pending: dict[str, Any] = json_field()
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from hub import devices
-from hub.api.deps import SessionDep
+from hub.api.deps import ContextDep, SessionDep
 from hub.errors import InvalidInput
 from hub.tables import DeviceCreate, DevicePublic, DeviceUpdate
 
@@ -51,5 +51,12 @@ def update(device_id: str, body: DeviceUpdate, session: SessionDep) -> DevicePub
 
 
 @router.delete("/{device_id}", status_code=204)
-def delete(device_id: str, session: SessionDep) -> None:
+def delete(device_id: str, session: SessionDep, request: Request, context: ContextDep) -> None:
+    """Remove the device; its broker login (if enrolled) is revoked with it."""
+    from hub.api.routes.security import security
+    from hub.enrollment import revoke_if_enrolled
+
     devices.delete_device(session, device_id=device_id)
+    if revoke_if_enrolled(session, device_id=device_id):
+        session.commit()
+        security(request, context).broker_auth.sync_now()

@@ -1,0 +1,123 @@
+"""Enrol a device with its hub: ``DeviceService.Enroll`` over gRPC, results kept on disk.
+
+``enroll()`` trades an enrolment token for the device's MQTT login, the hub's bundle
+public key and the endpoints, and writes them into the agent's folder for that device
+(``<data dir>/<device id>/``): ``enrollment.json`` and ``hub.pub`` (hex), both 0600.
+:class:`~edge_agent.settings.AgentSettings` reads them when present, so ``agent run``
+needs only ``--device-id`` afterwards. Light on purpose: grpc and the generated stubs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from proto import services_pb2, services_pb2_grpc
+
+ENROLLMENT_FILE = "enrollment.json"
+PUBLIC_KEY_FILE = "hub.pub"
+
+
+class EnrollError(RuntimeError):
+    """The hub refused the enrolment or could not be reached; ``code`` is the gRPC status."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, kw_only=True)
+class Enrollment:
+    device_id: str
+    mqtt_username: str
+    mqtt_password: str = field(repr=False)
+    mqtt_url: str
+    artifact_endpoint: str
+    public_key_file: Path
+    enrollment_file: Path
+
+    def summary(self) -> dict[str, Any]:
+        """What may be printed: everything but the password."""
+        return {
+            "device_id": self.device_id,
+            "mqtt_username": self.mqtt_username,
+            "mqtt_url": self.mqtt_url,
+            "artifact_endpoint": self.artifact_endpoint,
+            "public_key": str(self.public_key_file),
+            "enrollment_file": str(self.enrollment_file),
+        }
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def enroll(
+    *,
+    grpc_target: str,
+    token: str,
+    device_id: str,
+    data_dir: Path,
+    capabilities: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> Enrollment:
+    """Call ``DeviceService.Enroll`` on ``grpc_target`` (host:port) and store the result."""
+    request = services_pb2.EnrollRequest(
+        device_id=device_id,
+        enrollment_token=token,
+        capabilities=capabilities or {},
+        tags=tags or {},
+    )
+    with grpc.insecure_channel(grpc_target) as channel:
+        stub = services_pb2_grpc.DeviceServiceStub(channel)
+        try:
+            reply: services_pb2.EnrollResponse = stub.Enroll(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            status = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            raise EnrollError(
+                f"enrolment at {grpc_target} failed: {details}", code=status.name.lower()
+            ) from None
+    folder = Path(data_dir).expanduser().resolve() / reply.device_id
+    key_file = folder / PUBLIC_KEY_FILE
+    _write_private(key_file, reply.hub_public_key.hex() + "\n")
+    record = {
+        "device_id": reply.device_id,
+        "mqtt_username": reply.mqtt_username,
+        "mqtt_password": reply.mqtt_password,
+        "mqtt_url": reply.mqtt_url,
+        "artifact_endpoint": reply.artifact_endpoint,
+        "public_key": str(key_file),
+    }
+    enrollment_file = folder / ENROLLMENT_FILE
+    _write_private(enrollment_file, json.dumps(record, indent=2) + "\n")
+    return Enrollment(
+        device_id=reply.device_id,
+        mqtt_username=reply.mqtt_username,
+        mqtt_password=reply.mqtt_password,
+        mqtt_url=reply.mqtt_url,
+        artifact_endpoint=reply.artifact_endpoint,
+        public_key_file=key_file,
+        enrollment_file=enrollment_file,
+    )
+
+
+def stored_enrollment(data_dir: Path, device_id: str) -> dict[str, Any] | None:
+    """What ``enroll()`` wrote for ``device_id`` under ``data_dir``, or None."""
+    path = Path(data_dir).expanduser().resolve() / device_id / ENROLLMENT_FILE
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None

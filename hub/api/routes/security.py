@@ -1,0 +1,100 @@
+"""Enrolment tokens, admin enrolment and revocation of devices, API tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import Field
+from sqlmodel import SQLModel
+
+from hub import api_tokens, enrollment
+from hub.api.deps import ContextDep, SessionDep
+from hub.security import Security
+from hub.tables import (
+    ApiTokenCreate,
+    ApiTokenPublic,
+    EnrollmentTokenCreate,
+    EnrollmentTokenPublic,
+)
+
+router = APIRouter(tags=["security"])
+
+
+class AdminEnroll(SQLModel):
+    group: str | None = Field(default=None, max_length=128)
+    tags: dict[str, str] = Field(default_factory=dict)
+    capabilities: dict[str, str] = Field(default_factory=dict)
+
+
+def security(request: Request, context: ContextDep) -> Security:
+    """The app's Security (``hub serve`` sets one with the live endpoints); else built once."""
+    found: Security | None = getattr(request.app.state, "security", None)
+    if found is None:
+        found = Security(settings=context.settings, engine=context.engine)
+        request.app.state.security = found
+    return found
+
+
+@router.post("/enrollment-tokens", status_code=201)
+def create_enrollment_token(body: EnrollmentTokenCreate, session: SessionDep) -> dict[str, Any]:
+    """A token devices enrol with; the token is in this answer only."""
+    row, token = enrollment.create_enrollment_token(session, spec=body)
+    return {**EnrollmentTokenPublic.model_validate(row).model_dump(mode="json"), "token": token}
+
+
+@router.get("/enrollment-tokens", response_model=list[EnrollmentTokenPublic])
+def list_enrollment_tokens(session: SessionDep) -> list[EnrollmentTokenPublic]:
+    rows = enrollment.list_enrollment_tokens(session)
+    return [EnrollmentTokenPublic.model_validate(r) for r in rows]
+
+
+@router.post("/enrollment-tokens/{token_id}/revoke", response_model=EnrollmentTokenPublic)
+def revoke_enrollment_token(token_id: int, session: SessionDep) -> EnrollmentTokenPublic:
+    row = enrollment.revoke_enrollment_token(session, token_id=token_id)
+    return EnrollmentTokenPublic.model_validate(row)
+
+
+@router.post("/devices/{device_id}/enroll", status_code=201)
+def enroll_device(
+    device_id: str, body: AdminEnroll, request: Request, context: ContextDep
+) -> dict[str, Any]:
+    """Admin-initiated enrolment: MQTT credentials (password shown once) and endpoints."""
+    result = security(request, context).enroll(
+        device_id=device_id,
+        token=None,
+        capabilities=body.capabilities,
+        tags=body.tags,
+        group=body.group,
+    )
+    return result.public()
+
+
+@router.post("/devices/{device_id}/revoke")
+def revoke_device(device_id: str, request: Request, context: ContextDep) -> dict[str, Any]:
+    """Remove the device's broker login and reload the broker (it is disconnected)."""
+    security(request, context).revoke(device_id=device_id)
+    return {"device_id": device_id, "revoked": True}
+
+
+@router.get("/devices/{device_id}/credentials")
+def credential_status(device_id: str, session: SessionDep) -> dict[str, object]:
+    """Whether the device holds a live broker login (never the secret)."""
+    return enrollment.credential_status(session, device_id=device_id)
+
+
+@router.post("/tokens", status_code=201)
+def create_api_token(body: ApiTokenCreate, session: SessionDep) -> dict[str, Any]:
+    """An API token with scope ``read`` or ``admin``; the token is in this answer only."""
+    row, token = api_tokens.create_token(session, spec=body)
+    return {**ApiTokenPublic.model_validate(row).model_dump(mode="json"), "token": token}
+
+
+@router.get("/tokens", response_model=list[ApiTokenPublic])
+def list_api_tokens(session: SessionDep) -> list[ApiTokenPublic]:
+    return [ApiTokenPublic.model_validate(r) for r in api_tokens.list_tokens(session)]
+
+
+@router.post("/tokens/{token_id}/revoke", response_model=ApiTokenPublic)
+def revoke_api_token(token_id: int, session: SessionDep) -> ApiTokenPublic:
+    return ApiTokenPublic.model_validate(api_tokens.revoke_token(session, token_id=token_id))

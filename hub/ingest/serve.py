@@ -1,0 +1,32 @@
+"""The ingest worker ``hub serve`` runs, built from the hub's settings."""
+
+from __future__ import annotations
+
+from hub.db import create_all, make_engine
+from hub.ingest.worker import IngestWorker
+from hub.settings import HubSettings
+
+
+def start_hub_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> IngestWorker:
+    """Start the hub's in-process worker. ``shared=False`` means amqtt: plain filters and
+    MQTT 3.1.1 (amqtt has neither ``$share`` nor MQTT 5).
+
+    It also runs the telemetry roll-up hourly when ``telemetry_retention_s`` > 0.
+    """
+    engine = make_engine(settings.resolved_database_url)
+    create_all(engine)
+    worker = IngestWorker(
+        engine=engine,
+        mqtt_url=mqtt_url,
+        fleet=settings.fleet,
+        topic_prefix=settings.topic_prefix,
+        shared=shared,
+        batch_size=settings.ingest_batch_size,
+        batch_interval_s=settings.ingest_batch_interval_s,
+        max_payload_bytes=settings.ingest_max_payload_bytes,
+        accept_unknown_devices=settings.ingest_accept_unknown_devices,
+        retention_s=settings.telemetry_retention_s or None,
+        mqtt_protocol="5" if shared else "3.1.1",
+    )
+    worker.start()
+    return worker

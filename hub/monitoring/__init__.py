@@ -1,0 +1,34 @@
+"""Monitoring: drift and degradation of deployed model versions, from telemetry and labels.
+
+- :func:`evaluate` (one pass over what arrived since the last; the hub's
+  :class:`MonitorLoop` calls it every ``EDGELOOP_MONITOR_INTERVAL_S``) writes the score time
+  series (``monitor_score``) and debounced :class:`~hub.tables.monitoring.Alert` rows.
+- For other parts of the hub (training triggers, rollout gates): :func:`open_alerts`,
+  :func:`live_accuracy` and :func:`drift_score`, plain functions on a session.
+- The detectors themselves live in :mod:`hub.monitoring.detectors`.
+"""
+
+from hub.monitoring._alerts import drift_score, list_alerts, open_alerts
+from hub.monitoring._cache import DetectorCache
+from hub.monitoring._report import MonitorReport, alert_json
+from hub.monitoring.accuracy import AccuracyEstimate, live_accuracy
+from hub.monitoring.loop import MonitorLoop
+from hub.monitoring.publish import MqttAlertPublisher, alerts_topic
+from hub.monitoring.service import AlertPublisher, MonitorConfig, evaluate
+
+__all__ = [
+    "AccuracyEstimate",
+    "AlertPublisher",
+    "DetectorCache",
+    "MonitorConfig",
+    "MonitorLoop",
+    "MonitorReport",
+    "MqttAlertPublisher",
+    "alert_json",
+    "alerts_topic",
+    "drift_score",
+    "evaluate",
+    "list_alerts",
+    "live_accuracy",
+    "open_alerts",
+]

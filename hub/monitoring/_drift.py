@@ -1,0 +1,145 @@
+"""Drift: a version's new telemetry rows, summed per scope into windows, run through the
+scope's detectors; every score recorded, alerts through the :class:`AlertBook`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from hub.monitoring._alerts import AlertBook, Finding
+from hub.monitoring._cache import DetectorCache, DetectorSettings
+from hub.monitoring._cursors import head, scope_rows
+from hub.monitoring._reference import VersionReference
+from hub.monitoring._report import MonitorReport
+from hub.monitoring._windows import BadRow, Partial, row_counts, scopes_of
+from hub.tables.fleet import TelemetryWindowRow
+from hub.tables.monitoring import MonitorCursor
+
+log = logging.getLogger("edgeloop.monitor")
+STREAM = "telemetry"
+
+
+def evaluate_drift(
+    session: Session,
+    *,
+    model: str,
+    version: str,
+    settings: DetectorSettings,
+    cache: DetectorCache,
+    book: AlertBook,
+    report: MonitorReport,
+    batch_rows: int,
+) -> int:
+    """Evaluate up to ``batch_rows`` new rows of ``model@version``; returns how many were read."""
+    cursor = head(session, stream=STREAM, model=model, version=version)
+    rows = session.exec(
+        select(TelemetryWindowRow)
+        .where(
+            TelemetryWindowRow.model == model,
+            TelemetryWindowRow.version == version,
+            col(TelemetryWindowRow.id) > cursor.last_id,
+        )
+        .order_by(col(TelemetryWindowRow.id))
+        .limit(batch_rows)
+    ).all()
+    if not rows:
+        return 0
+    cursor.last_id = max(int(r.id or 0) for r in rows)
+    session.add(cursor)
+    ref = cache.reference(
+        session, model=model, version=version, bundle_digest=rows[-1].bundle_digest
+    )
+    if ref is None:
+        report.skip(f"{model}@{version}: no bundle with a reference profile", len(rows))
+        return len(rows)
+    cursors = scope_rows(session, stream=STREAM, model=model, version=version)
+    partials: dict[str, Partial] = {}
+    for row in rows:
+        try:
+            counts = row_counts(row, ref)
+        except BadRow as exc:
+            report.skip(f"bad telemetry row: {exc}")
+            log.warning("telemetry row %s of %s skipped: %s", row.id, row.device_id, exc)
+            continue
+        report.rows += 1
+        for scope in scopes_of(
+            model=model, version=version, device_id=row.device_id, group=row.group
+        ):
+            partial = partials.get(scope)
+            if partial is None:
+                partial = Partial.from_json(cursors[scope].pending if scope in cursors else {})
+            partial.add(int(row.id or 0), counts)
+            if partial.n >= settings.window_size:
+                _run_window(
+                    partial,
+                    ref=ref,
+                    scope=scope,
+                    settings=settings,
+                    cache=cache,
+                    book=book,
+                    report=report,
+                )
+                partial = Partial()
+            partials[scope] = partial
+    for scope, partial in partials.items():
+        found = cursors.get(scope) or MonitorCursor(
+            stream=STREAM, model=model, version=version, scope=scope
+        )
+        found.pending, found.last_id, found.updated_at = (
+            partial.to_json(),
+            partial.last_id,
+            book.now,
+        )
+        session.add(found)
+    return len(rows)
+
+
+def _run_window(
+    partial: Partial,
+    *,
+    ref: VersionReference,
+    scope: str,
+    settings: DetectorSettings,
+    cache: DetectorCache,
+    book: AlertBook,
+    report: MonitorReport,
+) -> None:
+    from hub.monitoring.detectors._base import Window
+
+    kwargs = partial.window_kwargs(ref)
+    window = Window(**kwargs)
+    available = set(kwargs) | {"n"}
+    report.windows += 1
+    for detector in cache.detectors(ref, settings, stream=STREAM, scope=scope):
+        if not detector.needs <= available:
+            continue
+        try:
+            detector.update(window)
+            finding = Finding(
+                kind="drift",
+                scope=scope,
+                detector=detector.name,
+                score=float(detector.score),
+                threshold=float(detector.threshold),
+                p_value=None if detector.p_value is None else float(detector.p_value),
+                fired=bool(detector.drift_detected),
+                n=partial.n,
+                last_row_id=partial.last_id,
+                detail=_detail(partial),
+            )
+        except Exception as exc:  # one detector failing must not stop the others
+            report.skip(f"detector {detector.name} failed: {type(exc).__name__}")
+            log.exception("detector %s failed on %s", detector.name, scope)
+            continue
+        book.record(finding)
+
+
+def _detail(partial: Partial) -> dict[str, Any]:
+    return {
+        "predictions": partial.n,
+        "telemetry_windows": partial.rows,
+        "first_row_id": partial.first_id,
+        "last_row_id": partial.last_id,
+    }

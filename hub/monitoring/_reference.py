@@ -1,0 +1,76 @@
+"""A model version's reference for monitoring: its bundle's profile and evaluated accuracy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from hub.monitoring.accuracy import evaluated_accuracy
+from hub.tables.registry import Bundle, ModelVersion
+
+
+@dataclass(frozen=True, kw_only=True)
+class VersionReference:
+    """What telemetry of ``model@version`` is compared with (from the bundle's manifest)."""
+
+    model: str
+    version: str
+    bundle_digest: str
+    profile: dict[str, Any]
+    accuracy: float | None  # 0..1, as evaluated when packaged
+    feature_bins: dict[int, int] = field(default_factory=dict)  # feature index -> counts length
+    kind: str = "classes"  # classes | score (reconstruction: output_counts = score histogram)
+    confidence_bins: int = 0
+    classes: int = 0
+    score_bins: int = 0
+    samples: Any = None  # raw reference inputs [n, d] for multivariate tests, when loaded
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.model, self.version, self.bundle_digest
+
+
+def load_reference(
+    session: Session, *, model: str, version: str, bundle_digest: str = ""
+) -> VersionReference | None:
+    """The bundle ``bundle_digest`` if registered for ``model@version``, else its newest bundle;
+    None when the version is unknown or no bundle of it carries a reference profile."""
+    if not version.isdigit():
+        return None
+    query = (
+        select(Bundle, ModelVersion)
+        .join(ModelVersion, col(Bundle.model_version_id) == col(ModelVersion.id))
+        .where(ModelVersion.model_name == model, ModelVersion.version == int(version))
+        .order_by(col(Bundle.id).desc())
+    )
+    rows = list(session.exec(query).all())
+    rows.sort(key=lambda pair: pair[0].digest != bundle_digest)  # stable: the match first
+    for bundle, mv in rows:
+        profile = bundle.manifest.get("reference_profile")
+        if isinstance(profile, dict) and profile.get("features") is not None:
+            return _reference(model, version, bundle, mv, profile)
+    return None
+
+
+def _reference(
+    model: str, version: str, bundle: Bundle, mv: ModelVersion, profile: dict[str, Any]
+) -> VersionReference:
+    output = profile.get("output") or {}
+    confidence = output.get("confidence") or {}
+    score = output.get("score") or {}
+    return VersionReference(
+        model=model,
+        version=version,
+        bundle_digest=bundle.digest,
+        profile=profile,
+        accuracy=evaluated_accuracy(bundle.manifest, mv.metrics),
+        feature_bins={
+            int(f["index"]): len(f.get("edges") or []) + 1 for f in profile.get("features") or []
+        },
+        kind=str(output.get("kind") or "classes"),
+        confidence_bins=len(confidence.get("edges") or []) + 1 if confidence else 0,
+        classes=len(output.get("class_counts") or []),
+        score_bins=len(score.get("edges") or []) + 1 if score else 0,
+    )

@@ -1,0 +1,201 @@
+"""``evaluate``: one monitoring pass over the telemetry and labels that arrived since the last.
+
+For each (model, version) with new rows: drift windows per scope (device, group, version)
+through the cached detectors, degradation from labels, every score in ``monitor_score``,
+alerts debounced in ``alert``; cursors advance in the same transaction as the scores and
+alerts they account for, so a restart neither re-alerts nor skips. New and resolved alerts
+are announced after the commit: ``on_alert(alert)`` for each new one, and with a publisher a
+JSON message on ``<prefix>/<fleet>/hub/alerts`` (QoS 1) for both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from hub.db import session_scope
+from hub.monitoring._alerts import AlertBook
+from hub.monitoring._cache import DetectorCache, DetectorSettings, cache_for
+from hub.monitoring._cursors import HEAD
+from hub.monitoring._degradation import evaluate_degradation
+from hub.monitoring._drift import evaluate_drift
+from hub.monitoring._report import MonitorReport, alert_json
+from hub.tables._common import utcnow
+from hub.tables.fleet import FeedbackLabelRow, TelemetryWindowRow
+from hub.tables.monitoring import Alert, MonitorCursor
+
+if TYPE_CHECKING:
+    from hub.settings import HubSettings
+
+log = logging.getLogger("edgeloop.monitor")
+
+
+class AlertPublisher(Protocol):
+    def publish_alert(self, message: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitorConfig:
+    window_size: int = 200  # predictions per drift window
+    false_alarm_rate: float = 0.01  # per scope and window, over all drift detectors
+    accuracy_margin: float = 0.05  # degradation: this far below the evaluated accuracy
+    min_labels: int = 50  # labels a scope needs before the accuracy test runs
+    label_window: int = 500  # the accuracy test looks at this many latest labels
+    resolve_after: int = 3  # clean evaluations that resolve an open alert
+    batch_rows: int = 5000  # rows per transaction
+
+    @classmethod
+    def from_settings(cls, settings: HubSettings) -> MonitorConfig:
+        return cls(
+            window_size=settings.monitor_window_size,
+            false_alarm_rate=settings.monitor_false_alarm_rate,
+            accuracy_margin=settings.monitor_accuracy_margin,
+            min_labels=settings.monitor_min_labels,
+        )
+
+    @property
+    def detector_settings(self) -> DetectorSettings:
+        return DetectorSettings(
+            window_size=self.window_size,
+            false_alarm_rate=self.false_alarm_rate,
+            accuracy_margin=self.accuracy_margin,
+            label_window=self.label_window,
+        )
+
+
+def evaluate(
+    engine: Engine,
+    *,
+    now: datetime | None = None,
+    config: MonitorConfig | None = None,
+    on_alert: Callable[[Alert], None] | None = None,
+    publisher: AlertPublisher | None = None,
+    cache: DetectorCache | None = None,
+) -> MonitorReport:
+    """Evaluate everything new since the last call (see the module docstring)."""
+    config = config or MonitorConfig()
+    cache = cache or cache_for(str(engine.url))
+    report = MonitorReport(at=now or utcnow())
+    with cache.lock:
+        with Session(engine) as s:
+            pending = _pending_versions(s)
+        for model, version in pending:
+            report.versions.append(f"{model}@{version}")
+            while True:
+                try:
+                    more = _evaluate_batch(
+                        engine,
+                        model=model,
+                        version=version,
+                        config=config,
+                        cache=cache,
+                        report=report,
+                    )
+                except Exception:  # rolled back: cursors did not move, next tick retries
+                    log.exception("monitoring %s@%s failed", model, version)
+                    cache.forget(model=model, version=version)
+                    report.errors += 1
+                    break
+                if not more:
+                    break
+    for alert in report.opened:
+        log.warning(
+            "%s alert on %s (%s@%s, %s): score %.3g > %.3g",
+            alert.kind,
+            alert.scope,
+            alert.model,
+            alert.version,
+            alert.detector,
+            alert.score,
+            alert.threshold,
+        )
+        _announce(alert, event="opened", on_alert=on_alert, publisher=publisher)
+    for alert in report.resolved:
+        _announce(alert, event="resolved", on_alert=None, publisher=publisher)
+    return report
+
+
+def _evaluate_batch(
+    engine: Engine,
+    *,
+    model: str,
+    version: str,
+    config: MonitorConfig,
+    cache: DetectorCache,
+    report: MonitorReport,
+) -> bool:
+    """One transaction; True when a stream filled its batch (more rows may wait)."""
+    with session_scope(engine) as s:
+        book = AlertBook(
+            s, model=model, version=version, now=report.at, resolve_after=config.resolve_after
+        )
+        settings = config.detector_settings
+        rows = evaluate_drift(
+            s,
+            model=model,
+            version=version,
+            settings=settings,
+            cache=cache,
+            book=book,
+            report=report,
+            batch_rows=config.batch_rows,
+        )
+        labels = evaluate_degradation(
+            s,
+            model=model,
+            version=version,
+            settings=settings,
+            min_labels=config.min_labels,
+            cache=cache,
+            book=book,
+            report=report,
+            batch_rows=config.batch_rows,
+        )
+        s.flush()
+    report.scores += book.scores
+    report.opened.extend(book.opened)
+    report.resolved.extend(book.resolved)
+    return max(rows, labels) >= config.batch_rows
+
+
+def _pending_versions(session: Session) -> list[tuple[str, str]]:
+    """(model, version) pairs with telemetry or labels past their cursor."""
+    cursors = {
+        (c.stream, c.model, c.version): c.last_id
+        for c in session.exec(select(MonitorCursor).where(MonitorCursor.scope == HEAD)).all()
+    }
+    found: set[tuple[str, str]] = set()
+    for stream, table in (("telemetry", TelemetryWindowRow), ("feedback", FeedbackLabelRow)):
+        query = select(table.model, table.version, func.max(table.id)).group_by(
+            table.model, table.version
+        )
+        for model, version, last in session.exec(query).all():
+            if last is not None and last > cursors.get((stream, model, version), 0):
+                found.add((model, version))
+    return sorted(found)
+
+
+def _announce(
+    alert: Alert,
+    *,
+    event: str,
+    on_alert: Callable[[Alert], None] | None,
+    publisher: AlertPublisher | None,
+) -> None:
+    if on_alert is not None:
+        try:
+            on_alert(alert)
+        except Exception:
+            log.exception("on_alert hook failed for alert %s", alert.id)
+    if publisher is not None:
+        try:
+            publisher.publish_alert({"event": event, **alert_json(alert)})
+        except Exception:
+            log.exception("publishing alert %s failed", alert.id)

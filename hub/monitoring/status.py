@@ -1,0 +1,87 @@
+"""The monitoring picture per model version, for ``GET /api/v1/monitor/status``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
+
+from hub.monitoring._alerts import open_alerts
+from hub.monitoring._reference import load_reference
+from hub.monitoring._report import alert_json
+from hub.monitoring.accuracy import live_accuracy
+from hub.tables.fleet import FeedbackLabelRow, TelemetryWindowRow
+from hub.tables.monitoring import MonitorScore
+
+
+def monitor_status(session: Session, *, model: str | None = None) -> dict[str, Any]:
+    """Per version: telemetry windows, predictions, devices, live vs evaluated accuracy, the
+    latest score of each detector at version scope, and the open alerts."""
+    versions: dict[tuple[str, str], dict[str, Any]] = {}
+    tw = TelemetryWindowRow
+    query = sa_select(
+        col(tw.model),
+        col(tw.version),
+        func.count(),
+        func.sum(col(tw.count)),
+        func.count(func.distinct(col(tw.device_id))),
+    ).group_by(tw.model, tw.version)
+    for m, v, windows, predictions, devices in session.execute(query).all():
+        versions[(m, v)] = {
+            "windows": int(windows),
+            "predictions": int(predictions or 0),
+            "devices": int(devices),
+        }
+    labelled = select(FeedbackLabelRow.model, FeedbackLabelRow.version).distinct()
+    for m, v in session.exec(labelled).all():
+        versions.setdefault((m, v), {"windows": 0, "predictions": 0, "devices": 0})
+    out = []
+    for (m, v), counts in sorted(versions.items()):
+        if model is not None and m != model:
+            continue
+        ref = load_reference(session, model=m, version=v)
+        out.append(
+            {
+                "model": m,
+                "version": v,
+                **counts,
+                "live_accuracy": live_accuracy(session, model=m, version=v).to_json(),
+                "evaluated_accuracy": ref.accuracy if ref else None,
+                "scores": _latest_scores(session, model=m, version=v),
+                "open_alerts": [alert_json(a) for a in open_alerts(session, model=m, version=v)],
+            }
+        )
+    return {"versions": out, "open_alerts": sum(len(v["open_alerts"]) for v in out)}
+
+
+def _latest_scores(session: Session, *, model: str, version: str) -> list[dict[str, Any]]:
+    scope = f"version:{model}@{version}"
+    rows = session.exec(
+        select(MonitorScore)
+        .where(
+            MonitorScore.model == model,
+            MonitorScore.version == version,
+            MonitorScore.scope == scope,
+        )
+        .order_by(col(MonitorScore.id).desc())
+        .limit(200)
+    ).all()
+    latest: dict[tuple[str, str], MonitorScore] = {}
+    for row in rows:
+        latest.setdefault((row.kind, row.detector), row)
+    return [
+        {
+            "kind": r.kind,
+            "scope": r.scope,
+            "detector": r.detector,
+            "score": r.score,
+            "threshold": r.threshold,
+            "p_value": r.p_value,
+            "fired": r.fired,
+            "n": r.n,
+            "at": r.at.isoformat(),
+        }
+        for (_, _), r in sorted(latest.items())
+    ]

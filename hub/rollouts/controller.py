@@ -1,0 +1,400 @@
+"""The rollout controller: a reconcile loop over the database (see docs/ROLLOUTS.md).
+
+Every tick, for each active rollout, in one transaction: move device rows forward from
+their events, add devices that newly match the selector, then decide (start a phase,
+choose its devices, stage commands, time devices out, evaluate gates, advance, pause or
+roll back). Commands are *staged* (command id and ``issued_at`` stored) before anything is
+published; after the commit every staged, unpublished command is published (QoS 1, PUBACK)
+and marked published. A controller killed at any point republishes the same command with
+the same id, which agents dedupe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from hub.db import session_scope
+from hub.rollouts import _sync
+from hub.rollouts._publisher import CommandPublisher, PublishError
+from hub.rollouts._sync import DOWNLOADING, IN_FLIGHT, REPORTED, S
+from hub.rollouts.gates import Scope, evaluate, install_failure_rate, merged_gates
+from hub.rollouts.phases import Candidate, choose, parse_phases, site_of
+from hub.rollouts.service import aware, log_event, now
+from hub.tables import Device
+from hub.tables.rollouts import Rollout, RolloutDevice, RolloutState
+from proto.topics import Topics
+
+log = logging.getLogger("edgeloop.rollouts")
+R = RolloutState
+RECONCILED = {R.RUNNING, R.AWAITING_APPROVAL, R.PAUSED, R.ROLLING_BACK}
+MAX_ROLLBACK_ATTEMPTS = 3
+
+
+class RolloutController:
+    """Drives every active rollout; ``start()``/``stop()`` run :meth:`tick` on a thread."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        mqtt_url: str,
+        artifact_endpoint: str,
+        fleet: str = "default",
+        topic_prefix: str = "edgeloop/v1",
+        tick_s: float = 0.5,
+        max_commands_per_s: float = 50.0,
+        max_concurrent_downloads: int = 100,
+        publisher: CommandPublisher | None = None,
+    ) -> None:
+        self.engine, self.endpoint, self.tick_s = engine, artifact_endpoint, tick_s
+        self.max_commands_per_s = max_commands_per_s
+        self.max_concurrent_downloads = max_concurrent_downloads
+        self.publisher = publisher or CommandPublisher(
+            mqtt_url=mqtt_url, topics=Topics(prefix=topic_prefix, fleet=fleet)
+        )
+        self._tokens = max(max_commands_per_s, 1.0)
+        self._refilled = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors = 0
+        self.published = 0
+
+    # lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.publisher.start()
+        self._thread = threading.Thread(target=self._run, name="rollout-controller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.publisher.stop()
+
+    def __enter__(self) -> RolloutController:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(self.tick_s)
+
+    # one pass -----------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Reconcile every active rollout once; one bad rollout never stops the others."""
+        with Session(self.engine) as session:
+            ids = session.exec(
+                select(Rollout.id)
+                .where(col(Rollout.state).in_([s.value for s in RECONCILED]))
+                .order_by(col(Rollout.created_at))
+            ).all()
+        for rollout_id in ids:
+            try:
+                with session_scope(self.engine) as session:
+                    self._reconcile(session, rollout_id)
+                self._publish(rollout_id)
+            except PublishError as exc:
+                log.warning("rollout %s: commands wait for the broker: %s", rollout_id, exc)
+            except Exception:
+                self.errors += 1
+                log.exception("rollout %s: reconcile failed (will retry)", rollout_id)
+
+    def _refill(self) -> None:
+        t = time.monotonic()
+        cap = max(self.max_commands_per_s, 1.0)
+        self._tokens = min(cap, self._tokens + (t - self._refilled) * self.max_commands_per_s)
+        self._refilled = t
+
+    def _reconcile(self, session: Session, rollout_id: str) -> None:
+        rollout = session.exec(
+            select(Rollout).where(Rollout.id == rollout_id).with_for_update()
+        ).one()
+        rows = list(
+            session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id)).all()
+        )
+        _sync.sync_events(session, rollout, rows)
+        self._time_out(session, rollout, rows)
+        if rollout.state == R.ROLLING_BACK:
+            self._roll_back(session, rollout, rows)
+            return
+        devices = {d.id: d for d in _sync.matching_devices(session, rollout)}
+        rows += _sync.add_members(session, rollout, rows, list(devices.values()))
+        if rollout.state == R.PAUSED:
+            return
+        self._drive(session, rollout, rows, devices)
+
+    def _time_out(self, session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) -> None:
+        limit = now() - timedelta(seconds=rollout.device_timeout_s)
+        for d in rows:
+            at = aware(d.commanded_at)
+            if d.state in IN_FLIGHT and d.published_at is not None and at and at < limit:
+                d.state, d.reason = (
+                    S.TIMED_OUT,
+                    f"no final answer in {rollout.device_timeout_s:g} s",
+                )
+                session.add(d)
+                log_event(session, rollout, "device_timed_out", d.reason, device_id=d.device_id)
+
+    # running ------------------------------------------------------------------------------
+
+    def _drive(
+        self,
+        session: Session,
+        rollout: Rollout,
+        rows: list[RolloutDevice],
+        devices: dict[str, Device],
+    ) -> None:
+        phase = rollout.phase
+        if rollout.phases[phase].get("approval") and rollout.approved_phase < phase:
+            if rollout.state != R.AWAITING_APPROVAL:
+                rollout.state, rollout.reason = R.AWAITING_APPROVAL, f"phase {phase} needs approval"
+                log_event(session, rollout, "awaiting_approval", rollout.reason)
+                session.add(rollout)
+            return
+        if rollout.phase_started_at is None:
+            self._start_phase(session, rollout, rows, devices)
+        mine = [d for d in rows if 0 <= d.phase <= phase]
+        self._nudge(session, rows, devices)
+        self._stage(session, rollout, rows, devices)
+        if rollout.phase_commanded_at is None and not any(
+            d.state == S.PENDING or (d.command_id and d.published_at is None) for d in mine
+        ):
+            rollout.phase_commanded_at = now()
+            session.add(rollout)
+        self._decide(session, rollout, mine)
+
+    def _start_phase(
+        self,
+        session: Session,
+        rollout: Rollout,
+        rows: list[RolloutDevice],
+        devices: dict[str, Device],
+    ) -> None:
+        phase, last = rollout.phase, len(rollout.phases) - 1
+        spec = parse_phases([p["spec"] for p in rollout.phases])[phase]
+        pool = [
+            Candidate(
+                device_id=d.device_id,
+                site=site_of(devices[d.device_id].group, devices[d.device_id].tags or {}),
+                online=devices[d.device_id].online,
+            )
+            for d in rows
+            if d.phase == -1 and d.device_id in devices
+        ]
+        assigned = sum(0 <= d.phase <= phase for d in rows)
+        total = sum(d.device_id in devices or d.phase >= 0 for d in rows)
+        chosen = set(
+            choose(rollout_id=rollout.id, spec=spec, total=total, assigned=assigned, pool=pool)
+        )
+        for d in rows:
+            if d.phase == -1 and (d.device_id in chosen or phase == last):
+                d.phase = phase
+                session.add(d)
+        rollout.phase_started_at, rollout.state = now(), R.RUNNING
+        rollout.reason = f"phase {phase} started"
+        rollout.updated_at = now()
+        session.add(rollout)
+        log_event(session, rollout, "phase_started", f"phase {phase} ({spec}): {len(chosen)} new")
+
+    def _nudge(
+        self, session: Session, rows: Sequence[RolloutDevice], devices: dict[str, Device]
+    ) -> None:
+        """A device that came online after its command was published but never answered
+        (it had no broker session yet, so nothing was queued for it): publish the same
+        command again (same id; agents dedupe)."""
+        for d in rows:
+            device = devices.get(d.device_id)
+            published, seen = aware(d.published_at), aware(device.last_seen_at if device else None)
+            if d.state != S.COMMANDED or device is None or not device.online:
+                continue
+            if published is not None and seen is not None and seen > published:
+                d.published_at = None
+                session.add(d)
+
+    def _stage(
+        self,
+        session: Session,
+        rollout: Rollout,
+        rows: Sequence[RolloutDevice],
+        devices: dict[str, Device],
+    ) -> None:
+        """Give pending devices of started phases a command id (rate limits apply)."""
+        self._refill()
+        limit = min(
+            rollout.max_concurrent_downloads or self.max_concurrent_downloads,
+            self.max_concurrent_downloads,
+        )
+        rate_cap = rollout.max_commands_per_s
+        busy = sum(d.state in DOWNLOADING for d in rows)
+        staged = 0
+        for d in sorted(rows, key=lambda r: (r.phase, r.device_id)):
+            if d.state != S.PENDING or not 0 <= d.phase <= rollout.phase:
+                continue
+            device = devices.get(d.device_id)
+            if device is None:
+                d.state, d.reason = S.SKIPPED, "no longer matches the selector or was removed"
+                session.add(d)
+                continue
+            if (
+                busy >= limit
+                or self._tokens < 1
+                or (rate_cap is not None and staged >= max(1, int(rate_cap * self.tick_s)))
+            ):
+                break
+            model, version, digest = _sync.active_slot(device.state or {})
+            d.previous_model, d.previous_version, d.previous_digest = model, version, digest
+            d.command_id, d.issued_at_ms = uuid.uuid4().hex, _sync.ms(now())
+            d.commanded_at, d.state, d.attempts = now(), S.COMMANDED, d.attempts + 1
+            d.updated_at = now()
+            session.add(d)
+            self._tokens -= 1
+            busy += 1
+            staged += 1
+
+    def _decide(self, session: Session, rollout: Rollout, mine: list[RolloutDevice]) -> None:
+        cfg = merged_gates(rollout.gates)
+        reported = sum(d.state in REPORTED for d in mine)
+        early = install_failure_rate(mine, cfg)
+        if not early.passed and reported >= rollout.min_reporting:
+            self._gates_failed(session, rollout, [early.to_dict()], early_fail=True)
+            return
+        commanded_at = aware(rollout.phase_commanded_at)
+        if commanded_at is None or any(d.state in IN_FLIGHT or d.state == S.PENDING for d in mine):
+            return
+        if now() - commanded_at < timedelta(seconds=rollout.bake_s):
+            return
+        need = min(rollout.min_reporting, len(mine))
+        if reported < need:
+            rollout.state = R.PAUSED
+            rollout.reason = f"insufficient data: {reported} of {len(mine)} devices reported"
+            rollout.reason += f" (min_reporting {rollout.min_reporting})"
+            session.add(rollout)
+            log_event(session, rollout, "paused", rollout.reason)
+            return
+        since = aware(rollout.created_at) or now()
+        results = evaluate(
+            session, Scope(rollout=rollout, devices=mine, since=since, now=now()), cfg
+        )
+        gates = [g.to_dict() for g in results]
+        if not all(g.passed for g in results):
+            self._gates_failed(session, rollout, gates, early_fail=False)
+            return
+        self._record(rollout, state="passed", gates=gates)
+        log_event(session, rollout, "phase_passed", f"phase {rollout.phase}", data={"gates": gates})
+        if rollout.phase >= len(rollout.phases) - 1:
+            rollout.state, rollout.finished_at = R.COMPLETED, now()
+            rollout.reason = "every phase passed its gates"
+            log_event(session, rollout, "completed", rollout.reason)
+        else:
+            rollout.phase += 1
+            rollout.phase_started_at = rollout.phase_commanded_at = None
+        rollout.updated_at = now()
+        session.add(rollout)
+
+    def _record(self, rollout: Rollout, *, state: str, gates: list[dict[str, object]]) -> None:
+        results = dict(rollout.phase_results)
+        results[str(rollout.phase)] = {"state": state, "gates": gates, "at": now().isoformat()}
+        rollout.phase_results = results
+
+    def _gates_failed(
+        self,
+        session: Session,
+        rollout: Rollout,
+        gates: list[dict[str, object]],
+        *,
+        early_fail: bool,
+    ) -> None:
+        failed = [str(g["name"]) for g in gates if not g["passed"]]
+        self._record(rollout, state="failed", gates=gates)
+        rollout.reason = f"phase {rollout.phase} failed gates: {', '.join(failed)}"
+        if early_fail:
+            rollout.reason += " (before bake time ended)"
+        rollout.state = R.PAUSED if rollout.on_failure == "pause" else R.ROLLING_BACK
+        rollout.updated_at = now()
+        session.add(rollout)
+        log_event(session, rollout, "gates_failed", rollout.reason, data={"gates": gates})
+
+    # rolling back -------------------------------------------------------------------------
+
+    def _roll_back(self, session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) -> None:
+        waiting = False
+        for d in rows:
+            if d.state == S.PENDING:
+                d.state, d.reason = S.SKIPPED, "rollout rolled back before this device's phase"
+            elif d.state in IN_FLIGHT - {S.ACTIVATED}:
+                waiting = True  # let the deploy finish (or time out) first: a failed one needs
+                continue  # no rollback, and the rollback must come after the deploy
+            elif d.state in {S.ACTIVATED, S.HEALTHY, S.TIMED_OUT} or (
+                d.state == S.ROLLBACK_FAILED and d.rollback_attempts < MAX_ROLLBACK_ATTEMPTS
+            ):
+                d.rollback_command_id = uuid.uuid4().hex
+                d.rollback_issued_at_ms, d.rollback_published_at = _sync.ms(now()), None
+                d.rollback_attempts += 1
+                d.state = S.ROLLING_BACK
+            elif d.state == S.ROLLING_BACK:
+                waiting = True
+                continue
+            else:
+                continue
+            d.updated_at = now()
+            session.add(d)
+            waiting = waiting or d.state == S.ROLLING_BACK
+        if waiting:
+            return
+        stuck = [d.device_id for d in rows if d.state == S.ROLLBACK_FAILED]
+        rollout.state, rollout.finished_at, rollout.updated_at = R.ROLLED_BACK, now(), now()
+        if stuck:
+            rollout.reason += (
+                f"; rollback failed on {len(stuck)} device(s): {', '.join(stuck[:10])}"
+            )
+        log_event(session, rollout, "rolled_back", rollout.reason, data={"failed": stuck})
+        session.add(rollout)
+
+    # publishing ---------------------------------------------------------------------------
+
+    def _publish(self, rollout_id: str) -> None:
+        """Publish staged commands (deploys before rollbacks), then mark them published."""
+        with Session(self.engine) as session:
+            rollout = session.get(Rollout, rollout_id)
+            rows = session.exec(
+                select(RolloutDevice).where(
+                    RolloutDevice.rollout_id == rollout_id,
+                    (col(RolloutDevice.published_at).is_(None) & (RolloutDevice.command_id != ""))
+                    | (
+                        col(RolloutDevice.rollback_published_at).is_(None)
+                        & (RolloutDevice.rollback_command_id != "")
+                    ),
+                )
+            ).all()
+        if rollout is None or not rows:
+            return
+        for row in rows:
+            if row.command_id and row.published_at is None:
+                self.publisher.publish(_sync.deploy_command(rollout, row, endpoint=self.endpoint))
+                self._mark(row, "published_at")
+            if row.rollback_command_id and row.rollback_published_at is None:
+                self.publisher.publish(_sync.rollback_command(rollout, row))
+                self._mark(row, "rollback_published_at")
+            self.published += 1
+
+    def _mark(self, row: RolloutDevice, field: str) -> None:
+        key = "command_id" if field == "published_at" else "rollback_command_id"
+        with session_scope(self.engine) as session:
+            fresh = session.get(RolloutDevice, (row.rollout_id, row.device_id))
+            if fresh is not None and getattr(fresh, key) == getattr(row, key):
+                setattr(fresh, field, now())
+                session.add(fresh)

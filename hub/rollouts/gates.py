@@ -1,0 +1,341 @@
+"""ML-health gates: is the candidate at least as good on the devices as what it replaces?
+
+Each gate returns a :class:`GateResult` with its value, the baseline it was compared with,
+the threshold, whether it passed, and ``insufficient_data`` when there was too little to
+judge. A gate with insufficient data passes unless its name is in ``require_data``.
+
+Inputs are what the ingest stores (``hub.tables.fleet``) and monitoring's ``Alert`` rows:
+
+- ``install_failure_rate``: failed / (healthy + failed) over the devices commanded so far;
+- ``error_rate``: on-device errors / predictions of the candidate, against the previous
+  version(s) the rollout's devices ran (over the fleet, last ``baseline_lookback_s``);
+- ``latency_p95``: from the merged latency histograms, candidate vs previous;
+- ``accuracy``: label feedback (label == predicted label), candidate vs previous;
+- ``shadow_agreement``: agreed / compared of windows that shadowed the candidate;
+- ``drift``: open drift alerts for the candidate version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from hub.tables import Alert, FeedbackLabelRow, TelemetryWindowRow
+from hub.tables.rollouts import DeviceState, Rollout, RolloutDevice
+
+DEFAULT_GATES: dict[str, Any] = {
+    "max_install_failure_rate": 0.0,
+    "max_error_rate": 0.05,  # absolute ceiling when there is no baseline
+    "max_error_rate_increase": 0.02,  # absolute points over the baseline
+    "max_latency_p95_increase": 0.5,  # relative to the baseline p95
+    "max_accuracy_drop": 0.02,  # absolute (0.02 = two points)
+    "min_shadow_agreement": 0.9,
+    "max_drift_alerts": 0,
+    "min_predictions": 20,
+    "min_labels": 20,
+    "baseline_lookback_s": 3600.0,
+    "require_data": [],
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GateResult:
+    name: str
+    value: float | None
+    threshold: float
+    passed: bool
+    insufficient_data: bool = False
+    baseline: float | None = None
+    samples: int = 0
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def merged_gates(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    unknown = set(overrides or {}) - set(DEFAULT_GATES)
+    if unknown:
+        from hub.errors import InvalidInput
+
+        raise InvalidInput(
+            f"unknown gate settings {sorted(unknown)}; known: {sorted(DEFAULT_GATES)}"
+        )
+    return {**DEFAULT_GATES, **(overrides or {})}
+
+
+def _insufficient(name: str, *, threshold: float, cfg: dict[str, Any], detail: str) -> GateResult:
+    blocking = name in cfg["require_data"]
+    return GateResult(
+        name=name,
+        value=None,
+        threshold=threshold,
+        passed=not blocking,
+        insufficient_data=True,
+        detail=detail + ("; data is required for this gate" if blocking else ""),
+    )
+
+
+def install_failure_rate(devices: Sequence[RolloutDevice], cfg: dict[str, Any]) -> GateResult:
+    threshold = float(cfg["max_install_failure_rate"])
+    failed = sum(d.state == DeviceState.FAILED for d in devices)
+    healthy = sum(d.state == DeviceState.HEALTHY for d in devices)
+    if failed + healthy == 0:
+        return _insufficient(
+            "install_failure_rate", threshold=threshold, cfg=cfg, detail="no device reported yet"
+        )
+    rate = failed / (failed + healthy)
+    return GateResult(
+        name="install_failure_rate",
+        value=rate,
+        threshold=threshold,
+        passed=rate <= threshold,
+        samples=failed + healthy,
+        detail=f"{failed} failed, {healthy} healthy",
+    )
+
+
+def p95(histograms: Iterable[dict[str, Any]]) -> float | None:
+    """The 95th percentile over histograms (each ``{"edges", "counts"}``), bin upper edges."""
+    points: list[tuple[float, int]] = []
+    for hist in histograms:
+        edges, counts = list(hist.get("edges") or []), list(hist.get("counts") or [])
+        if not edges or len(counts) != len(edges) + 1:
+            continue
+        for i, n in enumerate(counts):
+            if n:
+                points.append((float(edges[min(i, len(edges) - 1)]), int(n)))
+    total = sum(n for _, n in points)
+    if total == 0:
+        return None
+    seen = 0
+    for value, n in sorted(points):
+        seen += n
+        if seen >= 0.95 * total:
+            return value
+    return sorted(points)[-1][0]  # pragma: no cover - the loop always returns
+
+
+def _windows(
+    session: Session, *, model: str, versions: set[str], devices: set[str] | None, since: datetime
+) -> Sequence[TelemetryWindowRow]:
+    if not versions:
+        return []
+    query = select(TelemetryWindowRow).where(
+        TelemetryWindowRow.model == model,
+        col(TelemetryWindowRow.version).in_(versions),
+        TelemetryWindowRow.window_end >= since,
+    )
+    if devices is not None:
+        query = query.where(col(TelemetryWindowRow.device_id).in_(devices))
+    return session.exec(query).all()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scope:
+    """What the gates look at: the candidate, the devices, and the previous versions."""
+
+    rollout: Rollout
+    devices: Sequence[RolloutDevice]
+    since: datetime
+    now: datetime
+
+    @property
+    def device_ids(self) -> set[str]:
+        return {d.device_id for d in self.devices}
+
+    @property
+    def previous_versions(self) -> set[str]:
+        model = self.rollout.model
+        return {
+            d.previous_version
+            for d in self.devices
+            if d.previous_model == model
+            and d.previous_version
+            and d.previous_version != self.rollout.version
+        }
+
+
+def telemetry_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list[GateResult]:
+    r = scope.rollout
+    cand = _windows(
+        session, model=r.model, versions={r.version}, devices=scope.device_ids, since=scope.since
+    )
+    lookback = scope.now - timedelta(seconds=float(cfg["baseline_lookback_s"]))
+    base = _windows(
+        session, model=r.model, versions=scope.previous_versions, devices=None, since=lookback
+    )
+    n_c, e_c = sum(w.count for w in cand), sum(w.errors for w in cand)
+    n_b, e_b = sum(w.count for w in base), sum(w.errors for w in base)
+    min_n = int(cfg["min_predictions"])
+    results: list[GateResult] = []
+    if n_c < min_n:
+        why = f"{n_c} candidate predictions (< {min_n})"
+        results.append(
+            _insufficient("error_rate", threshold=cfg["max_error_rate"], cfg=cfg, detail=why)
+        )
+        results.append(
+            _insufficient(
+                "latency_p95", threshold=cfg["max_latency_p95_increase"], cfg=cfg, detail=why
+            )
+        )
+        return results
+    rate_c = e_c / n_c
+    rate_b = e_b / n_b if n_b >= min_n else None
+    limit = (
+        float(cfg["max_error_rate"])
+        if rate_b is None
+        else rate_b + float(cfg["max_error_rate_increase"])
+    )
+    results.append(
+        GateResult(
+            name="error_rate",
+            value=rate_c,
+            baseline=rate_b,
+            threshold=limit,
+            passed=rate_c <= limit,
+            samples=n_c,
+            detail=f"{e_c} errors in {n_c} predictions"
+            + ("" if rate_b is not None else "; no baseline, absolute ceiling"),
+        )
+    )
+    lat_c = p95(w.latency for w in cand)
+    lat_b = p95(w.latency for w in base) if n_b >= min_n else None
+    if lat_c is None or lat_b is None:
+        results.append(
+            _insufficient(
+                "latency_p95",
+                threshold=float(cfg["max_latency_p95_increase"]),
+                cfg=cfg,
+                detail="no latency baseline from the previous version",
+            )
+        )
+    else:
+        limit_ms = lat_b * (1 + float(cfg["max_latency_p95_increase"]))
+        results.append(
+            GateResult(
+                name="latency_p95",
+                value=lat_c,
+                baseline=lat_b,
+                threshold=limit_ms,
+                passed=lat_c <= limit_ms,
+                samples=n_c,
+                detail="ms, from latency histograms",
+            )
+        )
+    return results
+
+
+def _accuracy(
+    session: Session, *, model: str, versions: set[str], since: datetime
+) -> tuple[float | None, int]:
+    if not versions:
+        return None, 0
+    rows = session.exec(
+        select(FeedbackLabelRow.label, FeedbackLabelRow.predicted_label).where(
+            FeedbackLabelRow.model == model,
+            col(FeedbackLabelRow.version).in_(versions),
+            FeedbackLabelRow.at >= since,
+            col(FeedbackLabelRow.label).is_not(None),
+            col(FeedbackLabelRow.predicted_label).is_not(None),
+        )
+    ).all()
+    if not rows:
+        return None, 0
+    return sum(label == pred for label, pred in rows) / len(rows), len(rows)
+
+
+def quality_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list[GateResult]:
+    r = scope.rollout
+    min_labels = int(cfg["min_labels"])
+    drop = float(cfg["max_accuracy_drop"])
+    acc_c, n_c = _accuracy(session, model=r.model, versions={r.version}, since=scope.since)
+    lookback = scope.now - timedelta(seconds=float(cfg["baseline_lookback_s"]))
+    acc_b, n_b = _accuracy(session, model=r.model, versions=scope.previous_versions, since=lookback)
+    results: list[GateResult] = []
+    if acc_c is None or acc_b is None or n_c < min_labels or n_b < min_labels:
+        results.append(
+            _insufficient(
+                "accuracy",
+                threshold=drop,
+                cfg=cfg,
+                detail=f"{n_c} candidate / {n_b} baseline labels (need {min_labels} each)",
+            )
+        )
+    else:
+        results.append(
+            GateResult(
+                name="accuracy",
+                value=acc_c,
+                baseline=acc_b,
+                threshold=acc_b - drop,
+                passed=acc_c >= acc_b - drop,
+                samples=n_c,
+                detail=f"label feedback: {n_c} candidate, {n_b} baseline labels",
+            )
+        )
+    shadows = [
+        w.shadow
+        for w in session.exec(
+            select(TelemetryWindowRow).where(
+                TelemetryWindowRow.model == r.model, TelemetryWindowRow.window_end >= scope.since
+            )
+        ).all()
+        if w.shadow and str(w.shadow.get("version", "")) == r.version
+    ]
+    compared = sum(int(s.get("compared", 0)) for s in shadows)
+    agreed = sum(int(s.get("agreed", 0)) for s in shadows)
+    floor = float(cfg["min_shadow_agreement"])
+    if compared < int(cfg["min_predictions"]):
+        results.append(
+            _insufficient(
+                "shadow_agreement", threshold=floor, cfg=cfg, detail=f"{compared} compared"
+            )
+        )
+    else:
+        results.append(
+            GateResult(
+                name="shadow_agreement",
+                value=agreed / compared,
+                threshold=floor,
+                passed=agreed / compared >= floor,
+                samples=compared,
+            )
+        )
+    return results
+
+
+def drift_gate(session: Session, scope: Scope, cfg: dict[str, Any]) -> GateResult:
+    r = scope.rollout
+    alerts = session.exec(
+        select(Alert).where(
+            Alert.kind == "drift",
+            Alert.model == r.model,
+            Alert.version == r.version,
+            col(Alert.resolved_at).is_(None),
+            Alert.at >= scope.since,
+        )
+    ).all()
+    limit = int(cfg["max_drift_alerts"])
+    return GateResult(
+        name="drift",
+        value=float(len(alerts)),
+        threshold=float(limit),
+        passed=len(alerts) <= limit,
+        samples=len(alerts),
+        detail=", ".join(sorted({a.scope for a in alerts}))[:200],
+    )
+
+
+def evaluate(session: Session, scope: Scope, cfg: dict[str, Any]) -> list[GateResult]:
+    """Every gate for ``scope``; the phase passes when all results have ``passed``."""
+    return [
+        install_failure_rate(scope.devices, cfg),
+        *telemetry_gates(session, scope, cfg),
+        *quality_gates(session, scope, cfg),
+        drift_gate(session, scope, cfg),
+    ]

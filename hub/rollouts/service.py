@@ -1,0 +1,298 @@
+"""Rollout operations as plain keyword-only functions (the API, CLI and triggers call these).
+
+They only write intent to the database; the controller (``hub.rollouts.controller``) acts on
+it at its next tick. See docs/ROLLOUTS.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from hub import registry
+from hub.errors import Conflict, InvalidInput, NotFound
+from hub.rollouts.gates import merged_gates
+from hub.rollouts.phases import parse_phases
+from hub.rollouts.selectors import parse_selector
+from hub.tables import Bundle
+from hub.tables.rollouts import DeviceState, Rollout, RolloutDevice, RolloutEvent, RolloutState
+
+ACTIVE = {RolloutState.RUNNING, RolloutState.AWAITING_APPROVAL, RolloutState.PAUSED}
+FINAL = {RolloutState.COMPLETED, RolloutState.ROLLED_BACK, RolloutState.CANCELLED}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; every time we store is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def log_event(
+    session: Session,
+    rollout: Rollout,
+    kind: str,
+    detail: str = "",
+    *,
+    device_id: str = "",
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        RolloutEvent(
+            rollout_id=rollout.id,
+            kind=kind,
+            phase=rollout.phase,
+            device_id=device_id,
+            detail=detail,
+            data=data or {},
+        )
+    )
+
+
+def _bundle_for(session: Session, *, model: str, version: str) -> tuple[str, int]:
+    mv = registry.get_version(session, ref=f"{model}@{version}")
+    found = registry.bundles_of(session, model_version=mv)
+    if not found:
+        raise InvalidInput(
+            f"{model}@{mv.version} has no bundle; package it first: "
+            f"edgeloop package {model}@{mv.version}"
+        )
+    return found[-1].digest, found[-1].size
+
+
+def create_rollout(
+    session: Session,
+    *,
+    model: str,
+    version: str,
+    selector: str,
+    phases: str | Sequence[str | int] = "1,10%,50%,100%",
+    bundle_digest: str | None = None,
+    bundle_size: int | None = None,
+    gates: dict[str, Any] | None = None,
+    on_failure: str = "rollback",
+    bake_s: float = 60.0,
+    min_reporting: int = 1,
+    device_timeout_s: float = 600.0,
+    probation_s: int | None = None,
+    approval_phases: Sequence[int] = (),
+    join_phase: str = "last",
+    max_commands_per_s: float | None = None,
+    max_concurrent_downloads: int | None = None,
+    created_by: str = "",
+) -> Rollout:
+    """Validate and store a rollout in state ``running``; the controller starts it."""
+    parse_selector(selector)
+    specs = parse_phases(phases)
+    if on_failure not in {"pause", "rollback"}:
+        raise InvalidInput(f"on_failure must be 'pause' or 'rollback', not {on_failure!r}")
+    if join_phase not in {"last", "current"}:
+        raise InvalidInput(f"join_phase must be 'last' or 'current', not {join_phase!r}")
+    bad = [i for i in approval_phases if not 0 <= i < len(specs)]
+    if bad:
+        raise InvalidInput(f"approval phases {bad} are not phase indexes 0..{len(specs) - 1}")
+    if min_reporting < 0 or bake_s < 0 or device_timeout_s <= 0:
+        raise InvalidInput("bake_s and min_reporting must be >= 0, device_timeout_s > 0")
+    if bundle_digest is None:
+        if version in {"latest"} or not version.isdigit():
+            version = str(registry.get_version(session, ref=f"{model}@{version}").version)
+        bundle_digest, size = _bundle_for(session, model=model, version=version)
+        bundle_size = bundle_size or size
+    elif bundle_size is None:
+        known = session.exec(select(Bundle).where(Bundle.digest == bundle_digest)).first()
+        if known is None:
+            raise InvalidInput(f"bundle {bundle_digest} is not registered; give bundle_size")
+        bundle_size = known.size
+    rollout = Rollout(
+        id=f"ro-{uuid.uuid4().hex[:12]}",
+        model=model,
+        version=str(version),
+        bundle_digest=bundle_digest,
+        bundle_size=int(bundle_size or 0),
+        selector=selector,
+        phases=[{"spec": str(s), "approval": i in approval_phases} for i, s in enumerate(specs)],
+        gates=merged_gates(gates),
+        on_failure=on_failure,
+        bake_s=bake_s,
+        min_reporting=min_reporting,
+        device_timeout_s=device_timeout_s,
+        probation_s=probation_s,
+        join_phase=join_phase,
+        max_commands_per_s=max_commands_per_s,
+        max_concurrent_downloads=max_concurrent_downloads,
+        state=RolloutState.RUNNING,
+        created_by=created_by,
+    )
+    session.add(rollout)
+    log_event(session, rollout, "created", f"{model}@{version} to {selector!r} in {phases}")
+    session.flush()
+    return rollout
+
+
+def get_rollout(session: Session, *, rollout_id: str) -> Rollout:
+    found = session.get(Rollout, rollout_id)
+    if found is None:
+        raise NotFound(f"no rollout {rollout_id!r} (list them with: edgeloop rollout list)")
+    return found
+
+
+def list_rollouts(session: Session, *, state: str | None = None) -> Sequence[Rollout]:
+    query = select(Rollout).order_by(col(Rollout.created_at).desc())
+    if state:
+        query = query.where(Rollout.state == state)
+    return session.exec(query).all()
+
+
+def devices_of(session: Session, *, rollout_id: str) -> Sequence[RolloutDevice]:
+    return session.exec(
+        select(RolloutDevice)
+        .where(RolloutDevice.rollout_id == rollout_id)
+        .order_by(col(RolloutDevice.phase), col(RolloutDevice.device_id))
+    ).all()
+
+
+def _transition(
+    session: Session,
+    *,
+    rollout_id: str,
+    allowed: set[RolloutState],
+    to: str,
+    kind: str,
+    reason: str,
+) -> Rollout:
+    rollout = get_rollout(session, rollout_id=rollout_id)
+    if rollout.state not in allowed:
+        raise Conflict(
+            f"rollout {rollout_id} is {rollout.state}; {kind} needs one of {sorted(allowed)}"
+        )
+    rollout.state, rollout.reason, rollout.updated_at = to, reason, now()
+    if to in FINAL:
+        rollout.finished_at = now()
+    log_event(session, rollout, kind, reason)
+    session.add(rollout)
+    session.flush()
+    return rollout
+
+
+def pause(session: Session, *, rollout_id: str, reason: str = "operator") -> Rollout:
+    allowed = {RolloutState.RUNNING, RolloutState.AWAITING_APPROVAL}
+    return _transition(
+        session,
+        rollout_id=rollout_id,
+        allowed=allowed,
+        to=RolloutState.PAUSED,
+        kind="paused",
+        reason=reason,
+    )
+
+
+def resume(session: Session, *, rollout_id: str, reason: str = "operator") -> Rollout:
+    return _transition(
+        session,
+        rollout_id=rollout_id,
+        allowed={RolloutState.PAUSED},
+        to=RolloutState.RUNNING,
+        kind="resumed",
+        reason=reason,
+    )
+
+
+def cancel(session: Session, *, rollout_id: str, reason: str = "operator") -> Rollout:
+    rollout = _transition(
+        session,
+        rollout_id=rollout_id,
+        allowed=ACTIVE,
+        to=RolloutState.CANCELLED,
+        kind="cancelled",
+        reason=reason,
+    )
+    for d in devices_of(session, rollout_id=rollout_id):
+        if d.state == DeviceState.PENDING:
+            d.state, d.reason = DeviceState.SKIPPED, "rollout cancelled"
+            session.add(d)
+    session.flush()
+    return rollout
+
+
+def rollback(session: Session, *, rollout_id: str, reason: str = "operator") -> Rollout:
+    allowed = ACTIVE | {RolloutState.COMPLETED, RolloutState.CANCELLED}
+    return _transition(
+        session,
+        rollout_id=rollout_id,
+        allowed=allowed,
+        to=RolloutState.ROLLING_BACK,
+        kind="rollback_requested",
+        reason=reason,
+    )
+
+
+def advance(session: Session, *, rollout_id: str, reason: str = "operator") -> Rollout:
+    """Start the next phase now, without waiting for bake time or gates."""
+    rollout = get_rollout(session, rollout_id=rollout_id)
+    if rollout.state not in ACTIVE:
+        raise Conflict(f"rollout {rollout_id} is {rollout.state}; only an active one advances")
+    if rollout.phase >= len(rollout.phases) - 1:
+        raise Conflict(f"rollout {rollout_id} is in its last phase already")
+    results = dict(rollout.phase_results)
+    entry = dict(results.get(str(rollout.phase), {}))
+    entry.update(state="advanced", at=now().isoformat(), reason=reason)
+    results[str(rollout.phase)] = entry
+    rollout.phase_results = results
+    rollout.phase += 1
+    rollout.phase_started_at = rollout.phase_commanded_at = None
+    if rollout.state == RolloutState.AWAITING_APPROVAL:
+        rollout.state = RolloutState.RUNNING
+    rollout.updated_at = now()
+    log_event(session, rollout, "advanced", reason)
+    session.add(rollout)
+    session.flush()
+    return rollout
+
+
+def approve(session: Session, *, rollout_id: str, reason: str = "operator") -> Rollout:
+    rollout = get_rollout(session, rollout_id=rollout_id)
+    if rollout.state != RolloutState.AWAITING_APPROVAL:
+        raise Conflict(f"rollout {rollout_id} is {rollout.state}, not awaiting approval")
+    rollout.approved_phase = rollout.phase
+    rollout.state, rollout.updated_at = RolloutState.RUNNING, now()
+    log_event(session, rollout, "approved", reason)
+    session.add(rollout)
+    session.flush()
+    return rollout
+
+
+def retry_failed(session: Session, *, rollout_id: str) -> Rollout:
+    """Failed or timed-out devices get a fresh command (a new intent, so a new id)."""
+    rollout = get_rollout(session, rollout_id=rollout_id)
+    retry = {DeviceState.FAILED, DeviceState.TIMED_OUT}
+    if rollout.state == RolloutState.ROLLING_BACK or rollout.state == RolloutState.ROLLED_BACK:
+        retry = {DeviceState.ROLLBACK_FAILED}
+    elif rollout.state not in ACTIVE | {RolloutState.COMPLETED}:
+        raise Conflict(f"rollout {rollout_id} is {rollout.state}; nothing to retry")
+    count = 0
+    for d in devices_of(session, rollout_id=rollout_id):
+        if d.state not in retry:
+            continue
+        if d.state == DeviceState.ROLLBACK_FAILED:
+            d.rollback_command_id, d.rollback_published_at = "", None
+            d.state = DeviceState.ACTIVATED  # the controller sends a new Rollback
+        else:
+            d.command_id, d.published_at, d.commanded_at = "", None, None
+            d.state = DeviceState.PENDING
+        d.reason = "retry requested"
+        session.add(d)
+        count += 1
+    if rollout.state == RolloutState.ROLLED_BACK and count:
+        rollout.state, rollout.finished_at = RolloutState.ROLLING_BACK, None
+    log_event(session, rollout, "retry", f"{count} devices")
+    session.add(rollout)
+    session.flush()
+    return rollout

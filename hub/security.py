@@ -1,0 +1,132 @@
+"""The hub's security runtime: enrol and revoke devices, then keep the broker in step.
+
+:class:`Security` is built once per hub process (``hub serve`` gives it the embedded
+broker's address and the bound gRPC port; the admin API builds one from the settings when
+it runs alone, e.g. the CLI on ``--data-dir``). Both the gRPC ``DeviceService`` and the
+admin API enrol through it, so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from sqlalchemy.engine import Engine
+
+from hub.broker import EmbeddedBroker
+from hub.broker_auth import BrokerAuth
+from hub.db import session_scope
+from hub.enrollment import (
+    DeviceEndpoints,
+    EnrollResult,
+    enroll_device,
+    revoke_device,
+    strip_credentials,
+)
+from hub.keys import bundle_public_key
+from hub.settings import HubSettings, SettingsError
+
+log = logging.getLogger(__name__)
+
+
+def device_endpoints(
+    settings: HubSettings, *, mqtt_url: str | None = None, grpc_port: int | None = None
+) -> DeviceEndpoints:
+    """Broker and ArtifactService addresses for devices (``EDGELOOP_DEVICE_*`` win)."""
+    broker = (
+        settings.device_mqtt_url
+        or mqtt_url
+        or settings.mqtt_url
+        or f"mqtt://127.0.0.1:{settings.embedded_mqtt_port}"
+    )
+    artifact = settings.device_grpc_endpoint or (
+        f"{settings.grpc_host}:{grpc_port if grpc_port is not None else settings.grpc_port}"
+    )
+    return DeviceEndpoints(
+        mqtt_url=strip_credentials(broker),
+        artifact_endpoint=artifact,
+        hub_public_key=bundle_public_key(settings),
+    )
+
+
+class Security:
+    """Enrolment + revocation with the broker's files regenerated (debounced) after each."""
+
+    def __init__(
+        self,
+        *,
+        settings: HubSettings,
+        engine: Engine,
+        endpoints: Callable[[], DeviceEndpoints] | None = None,
+        broker_auth: BrokerAuth | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.broker_auth = broker_auth or BrokerAuth(settings=settings, engine=engine)
+        self._endpoints = endpoints or (lambda: device_endpoints(settings))
+
+    def enroll(
+        self,
+        *,
+        device_id: str,
+        token: str | None,
+        capabilities: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        group: str | None = None,
+        wait: bool = False,
+    ) -> EnrollResult:
+        """Enrol; with ``wait`` return only once the broker accepts the new login."""
+        with session_scope(self.engine) as session:
+            result = enroll_device(
+                session,
+                device_id=device_id,
+                token=token,
+                capabilities=capabilities or {},
+                tags=tags or {},
+                settings=self._endpoints(),
+                group=group,
+            )
+        self.broker_auth.request_sync()
+        if wait:
+            self.broker_auth.flush()
+        return result
+
+    def revoke(self, *, device_id: str) -> None:
+        """Remove the login and reload the broker now: the device is disconnected."""
+        with session_scope(self.engine) as session:
+            revoke_device(session, device_id=device_id)
+        self.broker_auth.sync_now()
+
+    def close(self) -> None:
+        self.broker_auth.close()
+
+
+def start_embedded_broker(settings: HubSettings, *, broker_auth: BrokerAuth) -> EmbeddedBroker:
+    """Start the broker ``hub serve`` owns, with per-device logins unless turned off.
+
+    Mosquitto gets the generated password + ACL files. amqtt cannot enforce per-device
+    topic rules here: production mode refuses it; dev mode runs it anonymous with a loud
+    warning.
+    """
+    broker = EmbeddedBroker(
+        data_dir=settings.data_dir, port=settings.embedded_mqtt_port, kind=settings.embedded_broker
+    )
+    if settings.broker_auth and broker.kind_in_use == "mosquitto":
+        broker = EmbeddedBroker(
+            data_dir=settings.data_dir,
+            port=settings.embedded_mqtt_port,
+            kind="mosquitto",
+            auth=broker_auth.files(),
+        )
+    elif settings.broker_auth:
+        if settings.mode == "production":
+            raise SettingsError(
+                "production mode needs broker access control, which the amqtt fallback cannot "
+                "enforce: install mosquitto, or set EDGELOOP_MQTT_URL to a secured broker"
+            )
+        log.warning(
+            "SECURITY: the embedded amqtt broker runs WITHOUT authentication or ACLs (dev "
+            "mode only): any client may read and write every topic; install mosquitto"
+        )
+    broker.start()
+    return broker

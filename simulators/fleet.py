@@ -1,0 +1,409 @@
+"""A fleet of real edge agents on one machine, driven by a scenario.
+
+    async with Fleet(size=20, root=tmp, mqtt_url=broker.url, public_key=key_file,
+                     scenario=scenario) as fleet:
+        await fleet.deploy(bundle, endpoint=host.endpoint)
+        await asyncio.sleep(30)
+        await fleet.drain()
+        produced = fleet.expected_seqs()     # device -> stream -> last seq
+
+Everything runs in the caller's asyncio loop: no thread per device. Each device has its own
+identity (device id, MQTT session, optional username/password), its own disk state under
+``root/devices/<id>`` (slots, queue) and a sensor stream; identical bundles share one
+runtime session (``edge_agent._runtime``). Devices in a ``flaky`` group reach the broker
+through a :class:`~simulators.netfaults.FaultProxy`; the scenario's faults, churn, joins
+and leaves run on a schedule from the fleet's start, and each is recorded in ``timeline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import aiomqtt
+import numpy as np
+
+from edge_agent.settings import AgentSettings
+from proto.topics import Topics
+from simulators._plan import (
+    assign_drifts,
+    assign_groups,
+    device_ids,
+    held_out_classes,
+    prefer_for,
+)
+from simulators.bundles import HostedBundle, deploy_command
+from simulators.device import SimDevice
+from simulators.netfaults import FaultProxy
+from simulators.scenario import FaultSpec, Scenario
+from simulators.sensors import DataSource, Drift, SensorStream
+
+log = logging.getLogger("edgeloop.sim.fleet")
+
+Credentials = Callable[[str], tuple[str, str] | None]
+
+
+class BrokerControl(Protocol):
+    """What a ``broker_restart`` fault needs (``hub.broker.EmbeddedBroker`` has it)."""
+
+    def stop(self) -> None: ...
+
+    def start(self) -> None: ...
+
+
+class Fleet:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        mqtt_url: str,
+        public_key: Path,
+        scenario: Scenario | None = None,
+        size: int | None = None,
+        source: DataSource | None = None,
+        credentials: Credentials | None = None,
+        broker: BrokerControl | None = None,
+        agent_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.scenario = scenario or Scenario()
+        if size is not None:
+            self.scenario = self.scenario.with_devices(size)
+        self.root = Path(root)
+        self.mqtt_url = mqtt_url
+        self.public_key = Path(public_key)
+        self.topics = Topics(prefix="edgeloop/v1", fleet=self.scenario.fleet.name)
+        self._credentials = credentials
+        self._broker = broker
+        self._options = dict(agent_options or {})
+        self._source = source
+        self._rng = np.random.default_rng(self.scenario.seed)
+        self.devices: dict[str, SimDevice] = {}
+        self.late: list[str] = []  # devices that join during the run
+        self.proxies: dict[str, FaultProxy] = {}
+        self.timeline: list[dict[str, Any]] = []
+        self.start_failures = 0
+        self._t0 = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deployed: tuple[HostedBundle, str] | None = None
+
+    # lifecycle ----------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+    def record(self, kind: str, **details: Any) -> None:
+        self.timeline.append({"at_s": round(self.elapsed(), 3), "kind": kind, **details})
+
+    async def __aenter__(self) -> Fleet:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._t0 = time.monotonic()
+        await self._start_proxies()
+        self._build_devices()
+        initial = [d for d in self.devices.values() if d.device_id not in self.late]
+        await self._start_devices(initial)
+        self.record("started", devices=len(initial))
+        self._tasks = [asyncio.create_task(self._schedule())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(
+            *(d.stop() for d in self.devices.values() if d.running), return_exceptions=True
+        )
+        for proxy in self.proxies.values():
+            await proxy.close()
+        self.record("stopped")
+
+    async def _start_proxies(self) -> None:
+        parsed = urlparse(self.mqtt_url)
+        upstream = (parsed.hostname or "127.0.0.1", parsed.port or 1883)
+        for group in self.scenario.groups:
+            if group.network == "flaky":
+                proxy = FaultProxy(upstream=upstream)
+                await proxy.start()
+                self.proxies[group.name] = proxy
+
+    def _build_devices(self) -> None:
+        sc = self.scenario
+        source = self._source or DataSource.load(sc.data.source)
+        total = sc.fleet.devices + sc.churn.join
+        ids = device_ids(sc, total)
+        groups = assign_groups(sc, total)
+        drifts = assign_drifts(sc, groups, self._rng)
+        held_out = held_out_classes(sc)
+        for index, (device_id, group, drift) in enumerate(zip(ids, groups, drifts, strict=True)):
+            rng = np.random.default_rng([sc.seed, index])
+            stream = SensorStream(
+                source=source, rng=rng, drifts=[Drift(spec=d) for d in drift], held_out=held_out
+            )
+            self.devices[device_id] = SimDevice(
+                settings=self._settings(device_id, group.name),
+                group=group,
+                stream=stream,
+                rate_hz=sc.data.rate_hz,
+                batch=sc.data.batch,
+                feedback=sc.feedback,
+                elapsed=self.elapsed,
+                rng=rng,
+                drifted=bool(drift),
+            )
+        self.late = ids[sc.fleet.devices :]
+
+    def _settings(self, device_id: str, group_name: str) -> AgentSettings:
+        fleet = self.scenario.fleet
+        group = next((g for g in self.scenario.groups if g.name == group_name), None)
+        proxy = self.proxies.get(group_name)
+        values: dict[str, Any] = {
+            "device_id": device_id,
+            "data_dir": self.root / "devices",
+            "mqtt_url": proxy.url if proxy is not None else self.mqtt_url,
+            "public_key": self.public_key,
+            "fleet": fleet.name,
+            "telemetry_window_s": fleet.telemetry_window_s,
+            "telemetry_tick_s": fleet.telemetry_tick_s,
+            "keepalive_s": fleet.keepalive_s,
+            "mqtt_protocol": fleet.mqtt_protocol,
+            "reconnect_initial_s": 0.5,
+            "reconnect_max_s": 5.0,
+            "capabilities": {"group": group_name, **(group.tags if group else {})},
+        }
+        if group is not None:
+            values["prefer"] = prefer_for(group)
+        creds = self._credentials(device_id) if self._credentials else None
+        if creds is not None:
+            values["mqtt_username"], values["mqtt_password"] = creds
+        return AgentSettings(**(values | self._options))
+
+    async def _start_devices(self, devices: Iterable[SimDevice]) -> None:
+        stagger = self.scenario.fleet.stagger_s
+
+        async def one(device: SimDevice) -> None:
+            try:
+                await device.start()
+            except Exception:  # one device that cannot start never stops the fleet
+                self.start_failures += 1
+                log.exception("device %s did not start", device.device_id)
+
+        starts = []
+        for device in devices:
+            starts.append(asyncio.create_task(one(device)))
+            if stagger:
+                await asyncio.sleep(stagger)
+        await asyncio.gather(*starts)
+
+    # commands -----------------------------------------------------------------------------
+
+    def _control(self) -> aiomqtt.Client:
+        parsed = urlparse(self.mqtt_url)
+        creds = self._credentials("sim-control") if self._credentials else None
+        return aiomqtt.Client(
+            parsed.hostname or "127.0.0.1",
+            parsed.port or 1883,
+            identifier=f"sim-control-{uuid.uuid4().hex[:8]}",
+            username=creds[0] if creds else None,
+            password=creds[1] if creds else None,
+        )
+
+    async def deploy(
+        self,
+        bundle: HostedBundle,
+        *,
+        endpoint: str,
+        devices: Iterable[str] | None = None,
+        probation_s: int = 0,
+    ) -> dict[str, str]:
+        """Publish a ``Deploy`` to each device (by default every device that has started;
+        late joiners get the last default deployment when they join) like the hub does;
+        returns device -> command id."""
+        if devices is None:
+            self._deployed = (bundle, endpoint)
+            targets = [i for i in self.devices if i not in self.late]
+        else:
+            targets = list(devices)
+        sent: dict[str, str] = {}
+        async with self._control() as client:
+            for device_id in targets:
+                command = deploy_command(
+                    device_id, bundle=bundle, endpoint=endpoint, probation_s=probation_s
+                )
+                await client.publish(
+                    self.topics.command(device_id), command.SerializeToString(), qos=1
+                )
+                sent[device_id] = command.command_id
+        self.record("deploy", digest=bundle.digest, devices=len(sent))
+        return sent
+
+    async def deploy_scenario(
+        self, good: HostedBundle, *, endpoint: str, bad: HostedBundle | None = None
+    ) -> dict[str, str]:
+        """The good bundle to every device, except ``bad_bundles.fraction`` of them get ``bad``."""
+        self._deployed = (good, endpoint)
+        ids = [i for i in self.devices if i not in self.late]
+        take = round(self.scenario.bad_bundles.fraction * len(ids)) if bad else 0
+        chosen = set(self._rng.permutation(ids)[:take].tolist())
+        sent = await self.deploy(
+            good, endpoint=endpoint, devices=[i for i in ids if i not in chosen]
+        )
+        if bad is not None and chosen:
+            sent |= await self.deploy(bad, endpoint=endpoint, devices=sorted(chosen))
+        return sent
+
+    # what the devices produced ----------------------------------------------------------------
+
+    def expected_seqs(self) -> dict[str, dict[str, int]]:
+        """Per device and stream, the last sequence number produced (1..n were produced)."""
+        return {d.device_id: d.last_seqs() for d in self.devices.values()}
+
+    def pending(self) -> dict[str, int]:
+        return {d.device_id: d.pending() for d in self.devices.values() if d.running}
+
+    def dropped(self) -> dict[str, int]:
+        return {d.device_id: d.dropped() for d in self.devices.values()}
+
+    def counters(self) -> dict[str, int]:
+        devices = self.devices.values()
+        return {
+            "devices": sum(1 for d in devices if d.running),
+            "predictions": sum(d.counters.predictions for d in devices),
+            "records": sum(d.counters.records for d in devices),
+            "predict_errors": sum(d.counters.predict_errors for d in devices),
+            "labels": sum(d.counters.labels for d in devices),
+            "restarts": sum(d.counters.restarts for d in devices),
+            "start_failures": self.start_failures,
+        }
+
+    def connected(self) -> int:
+        return sum(1 for d in self.devices.values() if d.connected)
+
+    def serving(self) -> int:
+        return sum(1 for d in self.devices.values() if d.serving)
+
+    async def quiesce(self) -> None:
+        """Stop every sensor, and wait until the labels already scheduled are handed over."""
+        for device in self.devices.values():
+            device.paused = True
+        await asyncio.sleep(self.scenario.feedback.delay_s + 0.05)
+
+    async def drain(self, *, within: float = 30.0) -> bool:
+        """Close every open window and label batch, then wait until all queues are empty."""
+        for device in self.devices.values():
+            if device.agent is not None:
+                device.agent.flush()
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if not any(self.pending().values()):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    # the schedule -----------------------------------------------------------------------------
+
+    async def restart(self, device_id: str, *, down_s: float = 0.0) -> None:
+        self.record("restart", device=device_id)
+        await self.devices[device_id].restart(down_s=down_s)
+
+    async def _schedule(self) -> None:
+        sc = self.scenario
+        jobs: list[tuple[float, Callable[[], Coroutine[Any, Any, None]]]] = []
+        jobs += [(f.at_s, functools.partial(self._fault, f)) for f in sc.faults]
+        jobs += [(d.start_s, functools.partial(self._drift_started, d.kind)) for d in sc.drift]
+        if sc.churn.leave_fraction:
+            jobs.append((sc.churn.leave_at_s, self._leave))
+        if self.late:
+            jobs.append((sc.churn.join_at_s, self._join))
+        running: list[asyncio.Task[Any]] = []
+        if sc.churn.interval_s:
+            running.append(asyncio.create_task(self._churn()))
+        try:
+            for at, job in sorted(jobs, key=lambda j: j[0]):
+                await asyncio.sleep(max(0.0, at - self.elapsed()))
+                running.append(asyncio.create_task(job()))
+            await asyncio.gather(*running)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _drift_started(self, kind: str) -> None:
+        drifted = [d.device_id for d in self.devices.values() if d.drifted]
+        self.record("drift", drift=kind, devices=len(drifted))
+
+    async def _fault(self, fault: FaultSpec) -> None:
+        if fault.kind == "broker_restart":
+            if self._broker is None:
+                self.record("fault_skipped", fault=fault.kind, reason="no broker control")
+                return
+            self.record("broker_down")
+            await asyncio.to_thread(self._broker.stop)
+            await asyncio.sleep(fault.duration_s)
+            await asyncio.to_thread(self._broker.start)
+            self.record("broker_up")
+            return
+        proxy = self.proxies[str(fault.group)]
+        if fault.kind == "disconnect":
+            self.record("disconnect", group=fault.group, cut=proxy.disconnect())
+            return
+        self.record("partition", group=fault.group, cut=proxy.partition())
+        await asyncio.sleep(fault.duration_s)
+        proxy.heal()
+        self.record("heal", group=fault.group)
+
+    async def _churn(self) -> None:
+        churn = self.scenario.churn
+        while True:
+            await asyncio.sleep(churn.interval_s)
+            up = [d for d in self.devices.values() if d.running and not d.left]
+            take = max(1, round(churn.fraction * len(up))) if up else 0
+            chosen = [up[i] for i in self._rng.permutation(len(up))[:take].tolist()]
+            self.record("churn", devices=[d.device_id for d in chosen])
+            results = await asyncio.gather(
+                *(d.restart(down_s=churn.down_s) for d in chosen), return_exceptions=True
+            )
+            for device, result in zip(chosen, results, strict=True):
+                if isinstance(result, Exception):
+                    log.error("restarting %s failed: %s", device.device_id, result)
+
+    async def _leave(self) -> None:
+        up = [d for d in self.devices.values() if d.running]
+        take = round(self.scenario.churn.leave_fraction * len(up))
+        leaving = [up[i] for i in self._rng.permutation(len(up))[:take].tolist()]
+        for device in leaving:
+            device.left = True
+        await asyncio.gather(*(d.stop() for d in leaving), return_exceptions=True)
+        self.record("leave", devices=[d.device_id for d in leaving])
+
+    async def _join(self) -> None:
+        joining = [self.devices[i] for i in self.late]
+        await self._start_devices(joining)
+        self.record("join", devices=[d.device_id for d in joining])
+        if self._deployed is not None:
+            await wait_until(lambda: all(d.connected for d in joining), within=30)
+            bundle, endpoint = self._deployed
+            await self.deploy(bundle, endpoint=endpoint, devices=[d.device_id for d in joining])
+
+
+async def wait_until(condition: Callable[[], bool], *, within: float, step: float = 0.1) -> bool:
+    """Poll ``condition`` until true or ``within`` seconds pass; returns whether it held."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(step)
+    return True

@@ -1,0 +1,134 @@
+"""``/api/v1/monitor/*`` on both databases, ``edgeloop monitor ...`` on a data dir, and alerts
+published on MQTT (real Mosquitto)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from hub.broker import EmbeddedBroker
+from hub.cli import main
+from hub.db import create_all, make_engine
+from hub.monitoring import MonitorConfig, MqttAlertPublisher, alerts_topic, evaluate
+from hub.settings import HubSettings
+from tests.monitoring.fleetdata import Fleet
+from tests.monitoring.tiny_detector import tiny_factory
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from starlette.testclient import TestClient
+
+DEVICES = {"cam-1": "north", "cam-2": "south"}
+
+
+def seed(url: str) -> Fleet:
+    engine = make_engine(url)
+    create_all(engine)
+    fleet = Fleet(engine=engine).register()
+    fleet.telemetry(devices=DEVICES, windows=4, per_window=50, shift=1.5)
+    fleet.labels(device="cam-1", n=100, accuracy=0.9)
+    return fleet
+
+
+def test_monitor_api(tmp_path: Path, database_url: str) -> None:
+    settings = HubSettings(data_dir=tmp_path, database_url=database_url, admin_token="t" * 40)
+    from hub.api import create_app
+
+    fleet = seed(database_url)
+    with TestClient(create_app(settings), headers={"Authorization": "Bearer " + "t" * 40}) as c:
+        assert c.get("/api/v1/monitor/alerts").json() == []
+        ran = c.post("/api/v1/monitor/evaluate")
+        assert ran.status_code == 200, ran.text
+        report = ran.json()
+        assert report["versions"] == ["sensor-clf@1"] and report["rows"] == 8
+        assert report["labels"] == 100 and report["errors"] == 0
+        assert {a["kind"] for a in report["alerts_opened"]} == {"drift"}
+        status = c.get("/api/v1/monitor/status").json()
+        (version,) = status["versions"]
+        assert (version["model"], version["version"]) == ("sensor-clf", "1")
+        assert version["windows"] == 8 and version["predictions"] == 400
+        assert version["devices"] == 2
+        assert version["live_accuracy"]["n"] == 100
+        assert version["live_accuracy"]["accuracy"] == pytest.approx(0.9)
+        assert version["evaluated_accuracy"] == pytest.approx(0.95)
+        assert version["open_alerts"] and status["open_alerts"] == len(version["open_alerts"])
+        score = version["scores"][0]
+        assert {"detector", "score", "threshold", "p_value", "fired", "at"} <= set(score)
+        assert score["scope"] == "version:sensor-clf@1"
+        listed = c.get("/api/v1/monitor/alerts", params={"kind": "drift", "open_only": True})
+        assert {a["scope"] for a in listed.json()} >= {"device:cam-1", "version:sensor-clf@1"}
+        assert c.get("/api/v1/monitor/alerts", params={"kind": "degradation"}).json() == []
+        assert c.get("/api/v1/monitor/alerts", params={"model": "other"}).json() == []
+        bad = c.get("/api/v1/monitor/alerts", params={"kind": "weird"})
+        assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"
+        assert c.post("/api/v1/monitor/evaluate").json()["alerts_opened"] == []
+        assert TestClient(create_app(settings)).get("/api/v1/monitor/status").status_code == 401
+    fleet.engine.dispose()
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    code = main(list(args))
+    return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_monitor_cli_json_contract(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dd = ("--data-dir", str(tmp_path))
+    seed(f"sqlite:///{tmp_path / 'hub.db'}")
+    code, empty = cli(capsys, *dd, "monitor", "alerts", "--json")
+    assert code == 0 and empty == {"alerts": []}
+    code, report = cli(capsys, *dd, "monitor", "evaluate", "--json")
+    assert code == 0 and report["rows"] == 8 and report["alerts_opened"]
+    code, listed = cli(capsys, *dd, "monitor", "alerts", "--open", "--json")
+    assert code == 0 and listed["alerts"]
+    for alert in listed["alerts"]:
+        assert {"kind", "scope", "score", "threshold", "at"} <= set(alert)
+        assert alert["kind"] == "drift" and alert["score"] > alert["threshold"]
+    code, status = cli(capsys, *dd, "monitor", "status", "--json")
+    assert code == 0 and status["versions"][0]["predictions"] == 400
+    code, error = cli(capsys, *dd, "monitor", "alerts", "--kind", "nope", "--json")
+    assert code != 0 and error["code"] == "invalid_input"
+
+
+def test_alerts_are_published_on_mqtt(tmp_path: Path, mosquitto: EmbeddedBroker) -> None:
+    fleet_name = f"mon-{uuid.uuid4().hex[:8]}"
+    topic = alerts_topic(prefix="edgeloop/v1", fleet=fleet_name)
+    assert topic == f"edgeloop/v1/{fleet_name}/hub/alerts"
+    received: queue.Queue[bytes] = queue.Queue()
+    subscribed = queue.Queue[int]()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{fleet_name}")
+    sub.on_message = lambda _c, _u, msg: received.put(bytes(msg.payload))
+    sub.on_subscribe = lambda *_a: subscribed.put(1)
+    sub.on_connect = lambda client, *_a: client.subscribe(topic, qos=1)
+    sub.connect("127.0.0.1", int(mosquitto.url.rsplit(":", 1)[1]))
+    sub.loop_start()
+    publisher = MqttAlertPublisher(url=mosquitto.url, topic=topic, client_id=f"pub-{fleet_name}")
+    try:
+        subscribed.get(timeout=10)
+        assert publisher.wait_connected(10)
+        url = f"sqlite:///{tmp_path / 'hub.db'}"
+        seed(url)
+        from hub.monitoring import DetectorCache
+
+        report = evaluate(
+            make_engine(url),
+            config=MonitorConfig(false_alarm_rate=0.001),
+            publisher=publisher,
+            cache=DetectorCache(factory=tiny_factory),
+        )
+        assert report.opened
+        messages = [json.loads(received.get(timeout=10)) for _ in report.opened]
+        assert {m["event"] for m in messages} == {"opened"}
+        assert {m["id"] for m in messages} == {a.id for a in report.opened}
+        assert {"kind", "scope", "score", "threshold", "at", "detector"} <= set(messages[0])
+    finally:
+        publisher.close()
+        sub.loop_stop()
+        sub.disconnect()
