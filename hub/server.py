@@ -87,10 +87,15 @@ def _serve(settings: HubSettings) -> None:
 
             engine = make_engine(settings.resolved_database_url)
             create_all(engine)
+            from hub.keys import bundle_signing_key
+            from hub.triggers import PackageAndCanary
+
             triggers = TriggerLoop(
                 engine=engine,
                 store=open_store(settings.resolved_artifact_url),
                 interval_s=settings.trigger_interval_s,
+                # a retrained version is packaged and canaried when its policy says so
+                followup=PackageAndCanary(signing_key=bundle_signing_key(settings)),
             )
             triggers.start()
             stack.callback(triggers.stop)

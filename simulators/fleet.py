@@ -265,6 +265,26 @@ class Fleet:
             sent |= await self.deploy(bad, endpoint=endpoint, devices=sorted(chosen))
         return sent
 
+    def assignments(self) -> dict[str, str]:
+        """Device id -> group name, as :meth:`start` will build them (known before it, so a
+        caller can enrol each device with its group's token first)."""
+        sc = self.scenario
+        total = sc.fleet.devices + sc.churn.join
+        return {
+            i: g.name for i, g in zip(device_ids(sc, total), assign_groups(sc, total), strict=True)
+        }
+
+    def begin_drift(self) -> float:
+        """Start every device's scenario drifts now, whatever their ``start_s``; returns the
+        fleet time of the onset (a demo starts drift once its rollout is done)."""
+        at = self.elapsed()
+        for device in self.devices.values():
+            device.stream.drifts = [
+                Drift(spec=d.spec.model_copy(update={"start_s": at})) for d in device.stream.drifts
+            ]
+        self.record("drift", devices=sum(1 for d in self.devices.values() if d.drifted))
+        return at
+
     # what the devices produced ----------------------------------------------------------------
 
     def expected_seqs(self) -> dict[str, dict[str, int]]:

@@ -117,6 +117,34 @@ def serve(
     run_server(settings)
 
 
+@app.command("demo")
+def demo(
+    data_dir: Annotated[
+        Path, typer.Option("--demo-dir", help="where the demo's hub keeps its data")
+    ] = Path(".edgeloop/demo"),
+    devices: Annotated[int, typer.Option(min=2, help="simulated devices")] = 50,
+    mqtt_url: Annotated[
+        str | None, typer.Option(help="external broker (default: the hub starts one)")
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="external database (default: SQLite)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The whole loop on one machine: train, package, roll out, drift, detect, retrain, canary."""
+    from hub.demo import DemoOptions, run_demo
+
+    summary = run_demo(
+        DemoOptions(
+            data_dir=data_dir.resolve(),
+            devices=devices,
+            mqtt_url=mqtt_url,
+            database_url=database_url,
+        )
+    )
+    emit(summary, as_json=as_json)
+
+
 @app.command("version")
 def version(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Print the edgeloop version."""

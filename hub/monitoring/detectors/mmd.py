@@ -23,6 +23,9 @@ def _sq_dists(a: FloatArray, b: FloatArray) -> FloatArray:
     return np.asarray(np.maximum(d, 0.0))
 
 
+MIN_SAMPLES = 20
+
+
 class MMDDetector:
     """Unbiased MMD² (Gaussian kernel, median-heuristic bandwidth on standardised inputs)
     between a window's reservoir and the reference rows.
@@ -131,7 +134,7 @@ class MMDDetector:
         if len(y) > self._max_window:
             rng = np.random.default_rng([self._seed, len(y)])
             y = y[rng.choice(len(y), self._max_window, replace=False)]
-        if len(y) < 2:
+        if len(y) < MIN_SAMPLES:  # too few for a verdict; each small size costs a calibration
             return
         self._k = len(y)
         self._score = self._statistic((y - self._mean) / self._std)

@@ -23,6 +23,29 @@ import numpy.typing as npt
 from hub.monitoring.detectors._base import FloatArray, Window
 from hub.monitoring.detectors._calibration import NullTable, n_boot_for
 
+DEFAULT_EVALUATION_RECORDS = 200
+
+
+def reference_error(accuracy: float, accuracy_count: int | None) -> float:
+    """The error rate a live stream is tested against.
+
+    The evaluated accuracy is itself an estimate from ``accuracy_count`` test records (200
+    assumed when unknown), so the null hypothesis is its Jeffreys 97.5% upper bound on the
+    error rate: a perfect-looking evaluation (100% of 278 digits) must not turn the first few
+    live errors into an alarm. Real degradations (tens of points) are far above it.
+
+    >>> round(reference_error(1.0, 278), 4)
+    0.009
+    >>> reference_error(0.9, 10_000) > 0.1
+    True
+    """
+    from scipy.stats import beta
+
+    n = accuracy_count or DEFAULT_EVALUATION_RECORDS
+    k = min(max((1.0 - accuracy) * n, 0.0), float(n))
+    return float(beta.ppf(0.975, k + 0.5, n - k + 0.5))
+
+
 __all__ = ["CUSUMDetector", "PageHinkleyDetector"]
 
 BoolArray = npt.NDArray[np.bool_]
@@ -48,9 +71,8 @@ class _Sequential:
     ) -> None:
         if not 0.0 <= accuracy <= 1.0:
             raise ValueError(f"accuracy must be in [0, 1], not {accuracy}")
-        errors = 1.0 - accuracy
         floor = 0.5 / (accuracy_count + 1) if accuracy_count else 1e-3
-        self.error_rate = min(max(errors, floor), 1.0 - floor)
+        self.error_rate = min(max(reference_error(accuracy, accuracy_count), floor), 1.0 - floor)
         self._n_boot = n_boot or n_boot_for(false_alarm_rate)
         self._table = NullTable(
             simulate=self._simulate,
@@ -92,7 +114,10 @@ class _Sequential:
             raise ValueError(f"{self.name}: correct must be booleans")
         x = (~c.astype(bool)).astype(np.float64)[None, :]
         self._m = c.size
-        thr = self._table.threshold(c.size)
+        # One threshold for any batching: calibrated for a run length of ``window_size /
+        # false_alarm_rate`` records. Keying it by batch size would recalibrate (a costly
+        # simulation) for every distinct number of labels an evaluation happens to bring.
+        thr = self._table.threshold(self._table.window_size)
         path, states = self._paths(x, self._state)
         above = np.flatnonzero(path[0] > thr)
         if above.size:  # alarm: restart after the crossing record
@@ -117,8 +142,8 @@ class _Sequential:
 
     @property
     def threshold(self) -> float:
-        """Calibrated for the last window's labelled count (``window_size`` before any)."""
-        return self._table.threshold(self._m)
+        """Calibrated once, for ``window_size`` records per window (any batching)."""
+        return self._table.threshold(self._table.window_size)
 
     @property
     def p_value(self) -> float | None:
@@ -161,7 +186,7 @@ class CUSUMDetector(_Sequential):
         n_boot: int | None = None,
         min_rise: float = 0.05,
     ) -> None:
-        e0 = min(max(1.0 - accuracy, 1e-3), 0.99)
+        e0 = min(max(reference_error(accuracy, accuracy_count), 1e-3), 0.99)
         e1 = min(max(2 * e0, e0 + min_rise), 0.999)
         self._w_err, self._w_ok = math.log(e1 / e0), math.log((1 - e1) / (1 - e0))
         super().__init__(
@@ -217,7 +242,7 @@ class PageHinkleyDetector(_Sequential):
     ) -> None:
         """``delta``: the tolerated rise of the error rate (default half the reference error
         rate, at least 0.025: the statistic then forgets within tens of records)."""
-        e0 = 1.0 - accuracy
+        e0 = reference_error(accuracy, accuracy_count)
         self._delta = delta if delta is not None else max(0.5 * e0, 0.025)
         self._prior = float(prior_weight)
         super().__init__(

@@ -1,0 +1,3 @@
+from hub.demo import main
+
+main()
