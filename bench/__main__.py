@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["artifacts", "packaging", "inference", "train", "ingest", "scale", "drift"]
+BENCHMARKS = ["artifacts", "packaging", "inference", "train", "ingest", "scale", "rollout", "drift"]
 
 
 def main(argv: list[str]) -> int:

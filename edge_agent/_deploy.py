@@ -55,6 +55,36 @@ class CommandLog:
         os.replace(tmp, self._path)
 
 
+FINAL_KINDS = {K.EVENT_KIND_HEALTHY, K.EVENT_KIND_FAILED, K.EVENT_KIND_ROLLED_BACK}
+
+
+class InflightDeploy:
+    """The deploy command being carried out, on disk until its final event: an agent killed
+    mid-deploy (download, install, self-test, probation) finishes it after the restart
+    instead of leaving the hub waiting on a command it has already acknowledged."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def begin(self, command: pb.Command) -> None:
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_bytes(command.SerializeToString())
+        os.replace(tmp, self._path)
+
+    def get(self) -> pb.Command | None:
+        command = pb.Command()
+        try:
+            command.ParseFromString(self._path.read_bytes())
+        except (OSError, ValueError, RuntimeError):  # none, or damaged: nothing to resume
+            return None
+        return command if command.command_id and command.HasField("deploy") else None
+
+    def finish(self, command_id: str) -> None:
+        current = self.get()
+        if current is None or current.command_id == command_id:
+            self._path.unlink(missing_ok=True)
+
+
 class Deployer:
     """Carries out commands against the slots; one deployment at a time."""
 
@@ -73,8 +103,10 @@ class Deployer:
         serve: Callable[[LoadedModel], None],
         shadow: Callable[[LoadedModel | None, float], None],
         errors_and_count: Callable[[], tuple[int, int]],
+        ca_file: Path | None = None,
     ) -> None:
         self._device_id = device_id
+        self._ca_file = ca_file  # the hub's CA: downloads over TLS
         self._slots = slots
         self._public_key = public_key
         self._work = work_dir
@@ -88,6 +120,7 @@ class Deployer:
         self._errors_and_count = errors_and_count
         self._lock = asyncio.Lock()
         self._log = CommandLog(work_dir / "commands.json")
+        self._inflight = InflightDeploy(work_dir / "inflight_command.pb")
         self._probation: asyncio.Task[None] | None = None
         self.last_command_id = ""
 
@@ -110,6 +143,8 @@ class Deployer:
         self._emit_event(event)
         if kind != K.EVENT_KIND_DOWNLOADING:
             self._log.record(command.command_id, kind)
+        if kind in FINAL_KINDS:
+            self._inflight.finish(command.command_id)
 
     # dispatch -----------------------------------------------------------------------------
 
@@ -143,8 +178,8 @@ class Deployer:
         def progress(done: int, total: int) -> None:
             fraction = done / total if total else 1.0
             reached = {m for m in marks if fraction >= m}
-            for mark in sorted(reached):
-                self._emit(command, K.EVENT_KIND_DOWNLOADING, progress=mark)
+            if reached:  # marks one chunk crosses together are one event (the highest)
+                self._emit(command, K.EVENT_KIND_DOWNLOADING, progress=max(reached))
             marks.difference_update(reached)
 
         self._emit(command, K.EVENT_KIND_DOWNLOADING, progress=0.0)
@@ -154,12 +189,14 @@ class Deployer:
             dest_dir=self._work / "downloads",
             expected_size=target.bundle_size or None,
             on_progress=progress,
+            ca_file=self._ca_file,
         )
         self._emit(command, K.EVENT_KIND_DOWNLOADED, progress=1.0)
         return path
 
     async def _deploy(self, command: pb.Command) -> None:
         target = command.deploy
+        self._inflight.begin(command)
         self._emit(command, K.EVENT_KIND_RECEIVED)
         active = self._slots.active()
         if active is not None and active.digest == target.bundle_digest:
@@ -235,11 +272,25 @@ class Deployer:
         self._emit(command, K.EVENT_KIND_HEALTHY)
 
     async def rollback_after_crash(self) -> None:
-        """At start: the active model was still on probation when the agent died."""
-        command = pb.Command(command_id=f"local-{uuid.uuid4().hex}", device_id=self._device_id)
+        """At start: the active model was still on probation when the agent died. The
+        rollback answers the interrupted deploy's own command when it is known."""
+        command = self._inflight.get() or pb.Command(
+            command_id=f"local-{uuid.uuid4().hex}", device_id=self._device_id
+        )
         await self._rollback(
             command, reason="the agent restarted during probation", fail_current=True
         )
+
+    async def resume_interrupted(self) -> None:
+        """At start (after any probation rollback): carry out a deploy the agent was killed
+        in the middle of, with the same command id (the download resumes from its offset)."""
+        command = self._inflight.get()
+        if command is None:
+            return
+        log.warning("resuming deploy %s interrupted by a restart", command.command_id)
+        self.last_command_id = command.command_id
+        async with self._lock:
+            await self._deploy(command)
 
     async def _rollback(
         self, command: pb.Command, *, reason: str, fail_current: bool = False

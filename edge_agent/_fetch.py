@@ -26,6 +26,7 @@ from typing import BinaryIO
 import grpc
 import grpc.aio
 
+from edge_agent._tls import aio_channel
 from model_packager.bundle import file_digest
 from proto import services_pb2, services_pb2_grpc
 
@@ -203,8 +204,9 @@ async def _attempt(
     chunk_size: int,
     timeout_s: float,
     on_progress: Callable[[int, int], None] | None,
+    ca_file: Path | None = None,
 ) -> Path:
-    async with grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS) as channel:
+    async with aio_channel(endpoint, ca_file=ca_file, options=_CHANNEL_OPTIONS) as channel:
         stub = services_pb2_grpc.ArtifactServiceStub(channel)
         info = await stub.Stat(services_pb2.StatRequest(digest=digest), timeout=timeout_s)
         total = int(info.size)
@@ -257,8 +259,11 @@ async def download_bundle(
     timeout_s: float = 60.0,
     retries: int = 5,
     backoff: Backoff | None = None,
+    ca_file: Path | None = None,
 ) -> Path:
     """Download artifact ``digest`` from ``endpoint`` (``host:port``) into ``dest_dir``.
+
+    ``ca_file``: the hub's CA certificate; the channel is then TLS (``edge_agent._tls``).
 
     Returns ``dest_dir/<hex>.bundle`` whose SHA-256 matches ``digest`` (at once when it
     is already there). ``timeout_s`` bounds ``Stat`` and each wait for the next chunk (a
@@ -298,6 +303,7 @@ async def download_bundle(
                     chunk_size=chunk_size,
                     timeout_s=timeout_s,
                     on_progress=on_progress,
+                    ca_file=ca_file,
                 )
             except grpc.aio.AioRpcError as exc:
                 _raise_if_final(exc, digest=digest, endpoint=endpoint, attempt=attempt)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import math
 import statistics
 import threading
@@ -26,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from edge_agent._manifests import parsed_manifest
 from model_packager.preprocess import Preprocess
 
 __all__ = [
@@ -265,7 +265,7 @@ def load_slot(
     :class:`ModelLoadError` (:class:`NoUsableVariant` when nothing fits this device)."""
     slot_dir = Path(slot_dir)
     try:
-        manifest = json.loads((slot_dir / "manifest.json").read_bytes())
+        manifest = parsed_manifest((slot_dir / "manifest.json").read_bytes())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{slot_dir}: cannot read manifest.json: {exc}") from exc
     if not isinstance(manifest, dict):

@@ -27,6 +27,7 @@ from edge_agent._feedback import FeedbackBuffer
 from edge_agent._http import LocalApi
 from edge_agent._predictor import Prediction, Predictor, ShadowReport
 from edge_agent._queue import OutboundQueue
+from edge_agent._recent import RecentPredictions
 from edge_agent._runtime import LoadedModel, load_slot
 from edge_agent._session import MqttSession
 from edge_agent._slots import SlotInfo, SlotStore
@@ -40,6 +41,7 @@ log = logging.getLogger("edgeloop.agent")
 
 AGENT_VERSION = "0.1.0"
 PENDING_LIMIT = 100_000  # calls waiting for the telemetry tick
+PREDICTIONS_HELD = 10_000  # recent predictions whose output feedback labels can carry
 _SLOT_STATUS = {
     "ready": pb.SLOT_STATUS_READY,
     "serving": pb.SLOT_STATUS_SERVING,
@@ -69,6 +71,8 @@ class Agent:
         # behind, the oldest calls are left out of telemetry (never out of serving)
         self._pending: deque[tuple[Any, ...]] = deque(maxlen=PENDING_LIMIT)
         self._feedback = FeedbackBuffer(device_id=settings.device_id)
+        self._recent = RecentPredictions(capacity=PREDICTIONS_HELD)
+        self.unremembered = 0
         self._model: LoadedModel | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -93,6 +97,7 @@ class Agent:
             serve=self._serve,
             shadow=self._set_shadow,
             errors_and_count=lambda: (self.predictor.errors, self.predictor.count),
+            ca_file=settings.ca_file,
         )
         self.predictor.set_sink(self._pending)
         self.predict = self.predictor.predict  # type: ignore[method-assign]
@@ -126,6 +131,7 @@ class Agent:
         self._tasks = [
             asyncio.create_task(self.session.run(self._stop)),
             asyncio.create_task(self._tick()),
+            asyncio.create_task(self.deployer.resume_interrupted()),  # a deploy cut by a kill
         ]
 
     async def stop(self) -> None:
@@ -153,15 +159,27 @@ class Agent:
     def feedback(
         self, *, prediction_id: str, label: int | None = None, value: float | None = None
     ) -> None:
-        """Ground truth for an earlier prediction; forwarded to the hub on its own topic."""
+        """Ground truth for an earlier prediction; forwarded to the hub on its own topic.
+
+        While the agent still holds the prediction (the last ``PREDICTIONS_HELD``), the label
+        carries what was predicted and by which model version; else the serving model's."""
+        self._aggregate_pending()  # the prediction may still wait for the telemetry tick
+        held = self._recent.get(prediction_id)
         model = self._model
         with self._lock:
+            if held is not None:
+                name, version = held.model, held.version
+            else:
+                name = str(model.manifest.get("name", "")) if model else ""
+                version = str(model.manifest.get("version", "")) if model else ""
             self._feedback.add(
                 prediction_id=prediction_id,
                 label=label,
                 value=value,
-                model=model.manifest.get("name", "") if model else "",
-                version=str(model.manifest.get("version", "")) if model else "",
+                model=name,
+                version=version,
+                predicted_label=held.label if held is not None else None,
+                predicted_value=held.value if held is not None else None,
             )
 
     # commands and state -------------------------------------------------------------------
@@ -251,10 +269,13 @@ class Agent:
     # telemetry ----------------------------------------------------------------------------
 
     def _aggregate_pending(self) -> None:
-        calls = []
-        while self._pending:
-            calls.append(self._pending.popleft())
+        """Drain the calls the predictor handed over: remember what they predicted (for
+        feedback), and record the current model's calls in the telemetry window."""
         with self._lock:
+            calls = []
+            while self._pending:
+                calls.append(self._pending.popleft())
+            self._remember(calls)
             window, current = self._window, self._model
             same = [c for c in calls if c[0] is current]
             if window is None or not same or current is None:
@@ -271,6 +292,28 @@ class Agent:
                 ),
                 prediction_ids=[i for c in same for i in c[5]],
             )
+
+    def _remember(self, calls: list[tuple[Any, ...]]) -> None:
+        """One batched ``remember`` per model among ``calls`` (cheap per call)."""
+        by_model: dict[int, list[tuple[Any, ...]]] = {}
+        for call in calls:
+            by_model.setdefault(id(call[0]), []).append(call)
+        for group in by_model.values():
+            model: LoadedModel = group[0][0]
+            try:
+                ids = [i for c in group for i in c[5]]
+                outputs = np.concatenate([c[3].reshape(len(c[5]), -1) for c in group])
+                self._recent.remember(
+                    ids=ids,
+                    outputs=outputs,
+                    model=str(model.manifest.get("name", "")),
+                    version=str(model.manifest.get("version", "")),
+                    classes=model.task != "reconstruction",
+                )
+            except Exception:  # one odd output must not stop telemetry
+                self.unremembered += len(group)
+                if self.unremembered <= 3:
+                    log.exception("could not remember a prediction's output")
 
     def _observe_shadow(self, report: ShadowReport) -> None:
         shadow = report.shadow.manifest

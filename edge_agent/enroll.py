@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from edge_agent._tls import sync_channel
 from proto import services_pb2, services_pb2_grpc
 
 ENROLLMENT_FILE = "enrollment.json"
@@ -71,15 +72,21 @@ def enroll(
     capabilities: dict[str, str] | None = None,
     tags: dict[str, str] | None = None,
     timeout_s: float = 30.0,
+    ca_file: Path | None = None,
 ) -> Enrollment:
-    """Call ``DeviceService.Enroll`` on ``grpc_target`` (host:port) and store the result."""
+    """Call ``DeviceService.Enroll`` on ``grpc_target`` (host:port) and store the result.
+
+    ``ca_file`` (the hub's CA certificate): enrol over TLS, verifying the hub, and keep
+    the path in ``enrollment.json`` so that ``agent run`` uses TLS too.
+    """
     request = services_pb2.EnrollRequest(
         device_id=device_id,
         enrollment_token=token,
         capabilities=capabilities or {},
         tags=tags or {},
     )
-    with grpc.insecure_channel(grpc_target) as channel:
+    ca_path = Path(ca_file).expanduser().resolve() if ca_file is not None else None
+    with sync_channel(grpc_target, ca_file=ca_path) as channel:
         stub = services_pb2_grpc.DeviceServiceStub(channel)
         try:
             reply: services_pb2.EnrollResponse = stub.Enroll(request, timeout=timeout_s)
@@ -99,6 +106,7 @@ def enroll(
         "mqtt_url": reply.mqtt_url,
         "artifact_endpoint": reply.artifact_endpoint,
         "public_key": str(key_file),
+        "ca_file": str(ca_path) if ca_path is not None else None,
     }
     enrollment_file = folder / ENROLLMENT_FILE
     _write_private(enrollment_file, json.dumps(record, indent=2) + "\n")

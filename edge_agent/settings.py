@@ -30,6 +30,10 @@ class AgentSettings(BaseSettings):
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
     mqtt_protocol: Literal["3.1.1", "5"] = "3.1.1"
+    ca_file: Path | None = Field(
+        default=None,
+        description="the hub's CA certificate: TLS for mqtts:// and for gRPC (downloads)",
+    )
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
     fleet: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
     topic_prefix: str = "edgeloop/v1"
@@ -67,7 +71,7 @@ class AgentSettings(BaseSettings):
             return data
         if not isinstance(stored, dict):
             return data
-        keys = ("mqtt_url", "mqtt_username", "mqtt_password", "public_key")
+        keys = ("mqtt_url", "mqtt_username", "mqtt_password", "public_key", "ca_file")
         return {**{k: stored[k] for k in keys if stored.get(k)}, **data}
 
     @field_validator("data_dir")
@@ -79,9 +83,10 @@ class AgentSettings(BaseSettings):
     @classmethod
     def _check_mqtt(cls, value: str) -> str:
         parsed = urlparse(value)
-        if parsed.scheme not in {"mqtt", "tcp"} or not parsed.hostname:
+        if parsed.scheme not in {"mqtt", "tcp", "mqtts", "ssl"} or not parsed.hostname:
             raise AgentSettingsError(
-                f"EDGELOOP_AGENT_MQTT_URL {value!r} is not a broker address; use mqtt://host:1883"
+                f"EDGELOOP_AGENT_MQTT_URL {value!r} is not a broker address; use "
+                "mqtt://host:1883 or mqtts://host:8883 (with EDGELOOP_AGENT_CA_FILE)"
             )
         return value
 
@@ -94,6 +99,8 @@ class AgentSettings(BaseSettings):
             )
         if not self.public_key.exists():
             raise AgentSettingsError(f"public key file {self.public_key} does not exist")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise AgentSettingsError(f"CA file {self.ca_file} (EDGELOOP_AGENT_CA_FILE) not found")
         return self
 
     @property
@@ -102,7 +109,8 @@ class AgentSettings(BaseSettings):
 
     @property
     def mqtt_port(self) -> int:
-        return urlparse(self.mqtt_url).port or 1883
+        parsed = urlparse(self.mqtt_url)
+        return parsed.port or (8883 if parsed.scheme in {"mqtts", "ssl"} else 1883)
 
     @property
     def device_dir(self) -> Path:

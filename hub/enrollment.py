@@ -82,7 +82,8 @@ def _aware(moment: datetime) -> datetime:
 
 def strip_credentials(url: str) -> str:
     parsed = urlparse(url)
-    return urlunparse(parsed._replace(netloc=parsed.netloc.rsplit("@", 1)[-1]))
+    # (the query may name the hub's own CA path, meaningless on a device)
+    return urlunparse(parsed._replace(netloc=parsed.netloc.rsplit("@", 1)[-1], query=""))
 
 
 # Tokens --------------------------------------------------------------------------------

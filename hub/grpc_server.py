@@ -12,12 +12,15 @@ import logging
 import re
 from collections.abc import Iterator
 from concurrent import futures
-from typing import BinaryIO, NoReturn
+from typing import TYPE_CHECKING, BinaryIO, NoReturn
 
 import grpc
 
 from hub.artifacts import ArtifactNotFound, ArtifactStore
 from proto import services_pb2, services_pb2_grpc
+
+if TYPE_CHECKING:
+    from hub.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +132,14 @@ def start_grpc_server(
     port: int,
     max_workers: int = 16,
     devices: services_pb2_grpc.DeviceServiceServicer | None = None,
+    tls: TlsFiles | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start the hub's gRPC server; return it and the bound port (``port=0``: a free one).
 
     ``devices`` (``hub.grpc_devices.DeviceServicer``) serves enrolment beside the artifacts.
     Each running ``Download`` holds one of the ``max_workers`` threads; further calls
-    queue. Stop it with ``server.stop(grace)``.
+    queue. Stop it with ``server.stop(grace)``. With ``tls`` the port speaks TLS only
+    (``grpc.ssl_server_credentials``); plaintext clients fail the handshake.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edgeloop-grpc"),
@@ -146,11 +151,15 @@ def start_grpc_server(
         services_pb2_grpc.add_DeviceServiceServicer_to_server(devices, server)
     address = _address(host, port)
     try:
-        bound = server.add_insecure_port(address)
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, tls.grpc_server_credentials())
     except RuntimeError as exc:
         raise OSError(f"gRPC server cannot listen on {address}: {exc}") from exc
     if bound == 0:
         raise OSError(f"gRPC server cannot listen on {address}")
     server.start()
-    log.info("gRPC server listening on %s", _address(host, bound))
+    scheme = "TLS" if tls is not None else "plaintext"
+    log.info("gRPC server listening on %s (%s)", _address(host, bound), scheme)
     return server, bound

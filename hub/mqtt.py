@@ -9,12 +9,20 @@ the broker (the broker's ACL gives the hub's user every device topic).
 ('10.0.0.5', 1884, 'hub', 's3cret')
 >>> MqttTarget.from_url("mqtt://127.0.0.1").port
 1883
+
+``mqtts://`` (default port 8883) connects over TLS and verifies the broker against the CA
+file named by the ``ca_file`` query parameter (else the system's trust store):
+
+>>> t = MqttTarget.from_url("mqtts://127.0.0.1?ca_file=/etc/edgeloop/ca.pem")
+>>> (t.port, t.tls, t.ca_file)
+(8883, True, '/etc/edgeloop/ca.pem')
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote, urlparse
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
 
 from hub.errors import InvalidInput
 
@@ -25,23 +33,40 @@ class MqttTarget:
     port: int = 1883
     username: str | None = None
     password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> MqttTarget:
         parsed = urlparse(url)
-        if parsed.scheme not in {"mqtt", "tcp"} or not parsed.hostname:
+        if parsed.scheme not in {"mqtt", "tcp", "mqtts", "ssl"} or not parsed.hostname:
             raise InvalidInput(
                 f"{_redact(url)!r} is not a broker address; use mqtt://[user:password@]host:port"
+                " or mqtts://[user:password@]host:port?ca_file=/path/ca.pem"
             )
+        tls = parsed.scheme in {"mqtts", "ssl"}
+        ca_file = parse_qs(parsed.query).get("ca_file", [None])[-1]
         return cls(
             host=parsed.hostname,
-            port=parsed.port or 1883,
+            port=parsed.port or (8883 if tls else 1883),
             username=unquote(parsed.username) if parsed.username else None,
             password=unquote(parsed.password) if parsed.password else None,
+            tls=tls,
+            ca_file=ca_file,
         )
 
+    def configure(self, client: Any) -> None:
+        """Give a paho ``Client`` this target's login and, for ``mqtts``, TLS with the CA."""
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        if self.tls:
+            client.tls_set(ca_certs=self.ca_file)  # verifies the certificate and host name
+
     def __repr__(self) -> str:  # never print the password
-        return f"MqttTarget(host={self.host!r}, port={self.port}, username={self.username!r})"
+        return (
+            f"MqttTarget(host={self.host!r}, port={self.port}, username={self.username!r}, "
+            f"tls={self.tls})"
+        )
 
 
 def _redact(url: str) -> str:

@@ -108,8 +108,12 @@ def start_embedded_broker(settings: HubSettings, *, broker_auth: BrokerAuth) -> 
     topic rules here: production mode refuses it; dev mode runs it anonymous with a loud
     warning.
     """
+    tls = settings.tls_files()  # TLS listener when configured (Mosquitto only)
     broker = EmbeddedBroker(
-        data_dir=settings.data_dir, port=settings.embedded_mqtt_port, kind=settings.embedded_broker
+        data_dir=settings.data_dir,
+        port=settings.embedded_mqtt_port,
+        kind=settings.embedded_broker,
+        tls=tls,
     )
     if settings.broker_auth and broker.kind_in_use == "mosquitto":
         broker = EmbeddedBroker(
@@ -117,6 +121,7 @@ def start_embedded_broker(settings: HubSettings, *, broker_auth: BrokerAuth) -> 
             port=settings.embedded_mqtt_port,
             kind="mosquitto",
             auth=broker_auth.files(),
+            tls=tls,
         )
     elif settings.broker_auth:
         if settings.mode == "production":

@@ -72,6 +72,7 @@ def _serve(settings: HubSettings) -> None:
             host=settings.grpc_host,
             port=settings.grpc_port,
             devices=DeviceServicer(security=security),
+            tls=settings.tls_files(),
         )
         stack.callback(grpc_server.stop, 2.0)
         from hub.ingest.serve import start_hub_worker

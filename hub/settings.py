@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from hub.tls import TlsFiles
 
 DEFAULT_DATA_DIR = Path("~/.edgeloop")
 MIN_TOKEN_LENGTH = 32
@@ -50,6 +53,16 @@ class HubSettings(BaseSettings):
     )
     device_grpc_endpoint: str | None = Field(
         default=None, description="host:port of ArtifactService given to enrolling devices"
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="TLS for the embedded broker and gRPC: server certificate (PEM)"
+    )
+    tls_key_file: Path | None = Field(default=None, description="its private key (PEM)")
+    tls_ca_file: Path | None = Field(
+        default=None, description="the CA devices verify the hub with; default: tls_cert_file"
+    )
+    tls_self_signed: bool = Field(
+        default=False, description="TLS with a CA + certificate generated into data_dir/tls"
     )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
@@ -121,6 +134,15 @@ class HubSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _tls_pair(self) -> HubSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise SettingsError("TLS needs both EDGELOOP_TLS_CERT_FILE and EDGELOOP_TLS_KEY_FILE")
+        for path in (self.tls_cert_file, self.tls_key_file, self.tls_ca_file):
+            if path is not None and not path.is_file():
+                raise SettingsError(f"TLS file {path} does not exist")
+        return self
+
+    @model_validator(mode="after")
     def _production_is_safe(self) -> HubSettings:
         if self.mode != "production":
             return self
@@ -146,6 +168,17 @@ class HubSettings(BaseSettings):
     @property
     def resolved_artifact_url(self) -> str:
         return self.artifact_url or (self.data_dir / "artifacts").as_uri()
+
+    def tls_files(self) -> TlsFiles | None:
+        """The broker's and gRPC server's certificate files; None: plaintext (the default)."""
+        from hub.tls import TlsFiles, generate_self_signed
+
+        if self.tls_cert_file is not None and self.tls_key_file is not None:
+            ca = self.tls_ca_file or self.tls_cert_file
+            return TlsFiles(cert_file=self.tls_cert_file, key_file=self.tls_key_file, ca_file=ca)
+        if self.tls_self_signed:
+            return generate_self_signed(self.data_dir / "tls")
+        return None
 
     def resolved_admin_token(self) -> str:
         """The admin token; in dev mode one is generated once and kept in the data dir (0600)."""

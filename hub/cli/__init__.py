@@ -101,6 +101,12 @@ def serve(
     mqtt_url: Annotated[
         str | None, typer.Option(help="external broker; unset: start an embedded one")
     ] = None,
+    tls_self_signed: Annotated[
+        bool | None,
+        typer.Option(
+            "--tls-self-signed", help="TLS for broker + gRPC with a generated CA (DATA_DIR/tls)"
+        ),
+    ] = None,
 ) -> None:
     """Serve the admin API (docs at /docs), gRPC artifacts and the embedded broker."""
     from hub.server import serve as run_server
@@ -113,6 +119,7 @@ def serve(
         api_port=port,
         grpc_port=grpc_port,
         mqtt_url=mqtt_url,
+        tls_self_signed=tls_self_signed,
     )
     run_server(settings)
 

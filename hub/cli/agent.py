@@ -79,6 +79,9 @@ def enroll(
         list[str] | None, typer.Option("--capability", help="key=value, repeatable")
     ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value, repeatable")] = None,
+    ca_file: Annotated[
+        Path | None, typer.Option("--ca-file", help="the hub's CA certificate: enrol over TLS")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Enrol with the hub: store MQTT login + hub public key for `agent run` (0600 files)."""
@@ -94,6 +97,7 @@ def enroll(
             data_dir=data_dir,
             capabilities=parse_pairs(capability, what="capability"),
             tags=parse_pairs(tag, what="tag"),
+            ca_file=ca_file,
         )
     except EnrollError as exc:
         raise CliError(str(exc), code=exc.code) from exc

@@ -24,6 +24,15 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return name, version
 
 
+def _fraction(text: str, flag: str) -> float:
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{flag} {text!r}: give a percentage (10%) or a fraction"
+        ) from None
+
+
 @app.command("create")
 def create(
     ctx: typer.Context,
@@ -44,10 +53,32 @@ def create(
     bundle_digest: Annotated[str | None, typer.Option(help="default: the version's bundle")] = None,
     max_commands_per_s: Annotated[float | None, typer.Option(help="rate limit")] = None,
     max_concurrent_downloads: Annotated[int | None, typer.Option(help="rate limit")] = None,
+    shadow: Annotated[
+        str | None,
+        typer.Option(help="shadow phase first, on this share of the devices: 10% or 0.1"),
+    ] = None,
+    min_agreement: Annotated[
+        float, typer.Option(help="shadow agreement the candidate needs")
+    ] = 0.9,
+    shadow_sample: Annotated[
+        float, typer.Option(help="share of requests a shadowing device also runs")
+    ] = 1.0,
+    shadow_bake_s: Annotated[float, typer.Option(help="seconds to shadow")] = 60.0,
+    promote_alias: Annotated[
+        str, typer.Option(help="alias moved to the version when it completes ('' = none)")
+    ] = "production",
     as_json: JsonFlag = False,
 ) -> None:
     """Start a rollout of MODEL@VERSION to the devices SELECTOR matches."""
     name, version = _split_ref(model)
+    shadow_cfg = None
+    if shadow is not None:
+        shadow_cfg = {
+            "fraction_of_devices": _fraction(shadow, "--shadow"),
+            "sample_fraction": shadow_sample,
+            "bake_s": shadow_bake_s,
+            "min_agreement": min_agreement,
+        }
     try:
         gate_cfg = json.loads(gates) if gates else None
     except json.JSONDecodeError as exc:
@@ -67,6 +98,8 @@ def create(
         "bundle_digest": bundle_digest,
         "max_commands_per_s": max_commands_per_s,
         "max_concurrent_downloads": max_concurrent_downloads,
+        "shadow": shadow_cfg,
+        "promote_alias": promote_alias,
     }
     with connect(target(ctx)) as client:
         emit(client.post("/rollouts", json=body), as_json=as_json, columns=SHOW)

@@ -27,8 +27,8 @@ SITES = ("berlin", "paris")
 
 
 def demo_scenario(*, devices: int, drift_fraction: float, seed: int = 0) -> Scenario:
-    """Two sites; a share of the devices gets a brightness drift (a sensor's gain going up)
-    when the demo says so; half of the predictions get a label back a second later."""
+    """Two sites; a share of the devices gets a rotation drift (cameras knocked askew) when
+    the demo says so; half of the predictions get a label back a second later."""
     return Scenario(
         name="demo",
         seed=seed,
@@ -44,9 +44,7 @@ def demo_scenario(*, devices: int, drift_fraction: float, seed: int = 0) -> Scen
             GroupSpec(name=site, fraction=1 / len(SITES), tags={"site": site}) for site in SITES
         ],
         data=DataSpec(rate_hz=2.0, batch=4),
-        drift=[
-            DriftSpec(kind="brightness", intensity=0.35, fraction=drift_fraction, start_s=NEVER)
-        ],
+        drift=[DriftSpec(kind="rotation", intensity=0.25, fraction=drift_fraction, start_s=NEVER)],
         feedback=FeedbackSpec(coverage=0.5, delay_s=1.0),
     )
 
@@ -109,6 +107,6 @@ def enrolled_fleet(hub: HubProcess, *, root: Path, scenario: Scenario) -> Enroll
             if d in enrollments
             else None
         ),
-        agent_options={"reservoir_size": 6, "probation_s": 2.0},
+        agent_options={"reservoir_size": 10, "probation_s": 2.0},
     )
     return EnrolledFleet(fleet=fleet, enrollments=enrollments, groups=groups)

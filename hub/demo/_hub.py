@@ -44,6 +44,7 @@ class HubProcess:
     mqtt_url: str | None = None  # external broker; None: the hub starts its own
     database_url: str | None = None  # external database; None: SQLite in data_dir
     url: str = ""
+    token: str = ""
     health: dict[str, Any] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = None
     _api: httpx.Client | None = None
@@ -86,10 +87,10 @@ class HubProcess:
         else:
             self.stop()
             raise DemoError(f"the hub did not start in {within:.0f} s; see {self.log_file}")
-        token = (self.data_dir / "admin_token").read_text().strip()
+        self.token = (self.data_dir / "admin_token").read_text().strip()
         self._api = httpx.Client(
             base_url=f"{self.url}/api/v1",
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {self.token}"},
             timeout=600,
         )
 

@@ -82,11 +82,16 @@ class Measurements:
         series: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
         for (version, b), hits in sorted(buckets.items(), key=lambda kv: kv[0][1]):
             series[version].append(((b + 0.5) * BUCKET_S, 100.0 * sum(hits) / len(hits), len(hits)))
-        drift: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for score in sorted(scores, key=lambda x: x.at):
-            t = (_aware(score.at) - wall_t0) / timedelta(seconds=1)
+        # one point per evaluation and detector: the largest score/threshold of its windows
+        peaks: dict[tuple[str, float], float] = {}
+        for score in scores:
+            t = round((_aware(score.at) - wall_t0) / timedelta(seconds=1), 1)
             ratio = score.score / score.threshold if score.threshold else 0.0
-            drift[f"v{score.version} {score.detector}"].append((t, ratio))
+            key = (f"v{score.version} {score.detector}", t)
+            peaks[key] = max(peaks.get(key, 0.0), ratio)
+        drift: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for (name, t), ratio in sorted(peaks.items(), key=lambda kv: kv[0][1]):
+            drift[name].append((t, max(ratio, 0.01)))
         return cls(
             accuracy_before=accuracy("rollout1_end", "drift_onset"),
             accuracy_during=accuracy("drift_onset", "canary_start"),

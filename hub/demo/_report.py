@@ -77,8 +77,8 @@ def _plots(out: Path, *, measured: Measurements, timeline: Timeline) -> dict[str
     _marks(ax, timeline)
     ax.set(
         xlabel="seconds",
-        ylabel="score / threshold",
-        yscale="symlog",
+        ylabel="score / threshold (max per evaluation)",
+        yscale="log",
         title="Drift scores (model version scope)",
     )
     ax.legend(fontsize=7)
@@ -94,6 +94,8 @@ def write_report(
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(out, measured=measured, timeline=timeline)
+    if (out / "dashboard-rollout.png").exists():
+        plots["dashboard: the canary rollout"] = out / "dashboard-rollout.png"
     images = "".join(
         f'<h2>{html.escape(name)}</h2><img alt="{name}" src="data:image/png;base64,'
         f'{base64.b64encode(path.read_bytes()).decode()}">'

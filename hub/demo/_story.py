@@ -15,6 +15,7 @@ from hub.demo._fleet import EnrolledFleet, demo_scenario, enrolled_fleet
 from hub.demo._hub import DemoError, HubProcess
 from hub.demo._measure import Measurements
 from hub.demo._report import write_report
+from hub.demo._screens import rollout_screenshot
 
 MODEL = "digits-cnn"
 WINDOW_S = 2.0  # the fleet's telemetry window
@@ -31,6 +32,7 @@ class DemoOptions:
     baseline_s: float = 15.0  # accuracy before drift is measured this long
     after_s: float = 15.0  # ... and after the canary completes
     timeout_s: float = 600.0  # for each wait
+    epochs: int | None = None  # None: the spec's default (a short test run uses fewer)
 
 
 @dataclass
@@ -63,6 +65,12 @@ async def _wait(
     raise DemoError(f"gave up after {timeout_s:.0f} s waiting for {what}")
 
 
+def _value(value: object) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 async def _follow_rollout(
     hub: HubProcess, rollout_id: str, *, timeline: Timeline, total: int, timeout_s: float
 ) -> dict[str, Any]:
@@ -83,9 +91,7 @@ async def _follow_rollout(
                 if key not in seen_phases and phase["state"] in {"passed", "failed"}:
                     seen_phases.add(key)
                     gates = ", ".join(
-                        f"{g['name']} {g.get('value')}"
-                        + (" (no data)" if g.get("insufficient") else "")
-                        for g in phase.get("gates", [])
+                        f"{g['name']} {_value(g.get('value'))}" for g in phase.get("gates", [])
                     )
                     bar.console.print(
                         f"  phase {phase['index'] + 1} ({phase['size']}): {phase['state']}"
@@ -99,6 +105,7 @@ async def _follow_rollout(
 
 
 async def _story(hub: HubProcess, options: DemoOptions, timeline: Timeline) -> dict[str, Any]:
+    params = {"epochs": options.epochs} if options.epochs else {}
     first = await asyncio.to_thread(
         hub.post, "/datasets/digits/versions", {"source": "sklearn:digits"}
     )
@@ -108,7 +115,9 @@ async def _story(hub: HubProcess, options: DemoOptions, timeline: Timeline) -> d
     )
     with progress(f"2. training {MODEL} on {first['ref']}"):
         trained = await asyncio.to_thread(
-            hub.post, "/training-runs", {"spec": MODEL, "dataset": first["ref"]}
+            hub.post,
+            "/training-runs",
+            {"spec": MODEL, "dataset": first["ref"], "params": params},
         )
     say(
         f"[bold]2. trained[/] {trained['model']}@{trained['version']}: test accuracy "
@@ -127,6 +136,7 @@ async def _story(hub: HubProcess, options: DemoOptions, timeline: Timeline) -> d
         {
             "spec": MODEL,
             "dataset": "digits",
+            "params": params,
             "on_new_data": False,
             "on_new_code": False,
             "field_data": True,
@@ -137,8 +147,13 @@ async def _story(hub: HubProcess, options: DemoOptions, timeline: Timeline) -> d
                 "phases": "10%,100%",
                 "bake_s": 6,
                 "min_reporting": 2,
-                # the drift is the incident being answered: judge the canary on accuracy
-                "gates": {"max_drift_alerts": 1_000_000, "min_labels": 15},
+                # the drift is the incident being answered: judge the canary on accuracy,
+                # against the old model's accuracy under the same drift (the last 40 s)
+                "gates": {
+                    "max_drift_alerts": 1_000_000,
+                    "min_labels": 15,
+                    "baseline_lookback_s": 40,
+                },
             },
         },
     )
@@ -182,7 +197,7 @@ async def _story(hub: HubProcess, options: DemoOptions, timeline: Timeline) -> d
         timeline.mark("drift_onset")
         fleet.begin_drift()
         drifted = sum(1 for d in fleet.devices.values() if d.drifted)
-        say(f"[bold]7. drift[/] {drifted} devices' sensors brighten (gain fault) from now")
+        say(f"[bold]7. drift[/] {drifted} devices' cameras get knocked askew (22° rotation) now")
         alert = await _wait(
             "a drift or degradation alert",
             lambda: hub.get("/monitor/alerts", model=MODEL),
@@ -218,6 +233,15 @@ async def _story(hub: HubProcess, options: DemoOptions, timeline: Timeline) -> d
         say(f"[bold]10. canary[/] {canary['state']} ({canary.get('reason') or 'all gates passed'})")
         await asyncio.sleep(options.after_s)
         timeline.mark("end")
+        shot = await asyncio.to_thread(
+            rollout_screenshot,
+            hub_url=hub.url,
+            token=hub.token,
+            rollout_id=str(event["rollout_id"]),
+            out=options.data_dir / "report" / "dashboard-rollout.png",
+        )
+        if shot is not None:
+            say(f"   dashboard: {hub.url}/ui/rollouts/{event['rollout_id']} (screenshot {shot})")
         counters = fleet.counters()
     return {
         "devices": options.devices,

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Table, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from hub.db import json_fragment
 from hub.ingest._decode import Item
 from hub.ingest._sql import table
 from hub.tables.devices import Device
@@ -37,6 +38,27 @@ _T = {
     "sample": table(FieldSample),
     "device": table(Device),
 }
+
+
+_WINDOW_JSON = ("latency", "output_counts", "confidence", "features", "shadow")
+_SAMPLE_JSON = ("values", "shape")
+
+
+def pack(item: Item) -> Item:
+    """Serialise the JSON columns of ``item``'s rows now (in place; returns ``item``).
+
+    A pending message then holds a few strings instead of dozens of small dicts and lists:
+    they die young instead of reaching the old GC generation and triggering full
+    collections, and the commit writes them without encoding them again.
+    """
+    window = item.window
+    if window is not None:
+        for key in _WINDOW_JSON:
+            window[key] = json_fragment(window[key])
+        for sample in item.samples:
+            for key in _SAMPLE_JSON:
+                sample[key] = json_fragment(sample[key])
+    return item
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +114,7 @@ def _write(
             else:
                 events[item.event_id] = item
         else:
-            key = (item.device_id, str(item.kind), item.seq)
+            key = (item.device_id, item.kind.value, item.seq)
             if key in seq_items:
                 duplicates += 1
             else:
@@ -136,12 +158,17 @@ def _write_data(
     windows: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
     labels: list[dict[str, Any]] = []
-    for item in items:
-        if item.window is not None:
-            group = groups.get(item.device_id, "default")
-            windows.append({**item.window, "group": group, "received_at": now})
-            samples.extend({**s, "received_at": now} for s in item.samples)
-        labels.extend({**label, "received_at": now} for label in item.labels)
+    for item in items:  # the rows are completed in place (setting the same keys on a retry)
+        if (window := item.window) is not None:
+            window["group"] = groups.get(item.device_id, "default")
+            window["received_at"] = now
+            windows.append(window)
+            for sample in item.samples:
+                sample["received_at"] = now
+            samples.extend(item.samples)
+        for label in item.labels:
+            label["received_at"] = now
+        labels.extend(item.labels)
     for name, rows in (("window", windows), ("sample", samples), ("label", labels)):
         if rows:
             conn.execute(_table(name).insert(), rows)

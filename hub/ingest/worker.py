@@ -27,13 +27,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from hub.ingest._decode import STORE_ERROR, UNKNOWN_DEVICE, Item, Rejected, decode
 from hub.ingest._devices import DeviceCache
 from hub.ingest._stats import IngestStats, RateLimitedLog
-from hub.ingest._store import write_batch
+from hub.ingest._store import pack, write_batch
 from hub.mqtt import MqttTarget
 from proto.topics import TopicKind, Topics
 
 log = logging.getLogger("edgeloop.ingest")
 SHARED_KINDS = (TopicKind.EVENTS, TopicKind.TELEMETRY, TopicKind.FEEDBACK)
 RETENTION_EVERY_S = 3600.0
+READ_BURST = 64
 
 
 class IngestWorker:
@@ -133,8 +134,7 @@ class IngestWorker:
             clean_session=None if self._v5 else False,
             manual_ack=True,
         )
-        if self._target.username:
-            client.username_pw_set(self._target.username, self._target.password)
+        self._target.configure(client)  # login, and TLS for mqtts://
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
@@ -184,6 +184,7 @@ class IngestWorker:
                     payload=bytes(message.payload),
                     max_bytes=self._max_bytes,
                 )
+                pack(item)
                 if not self._accept_unknown and not self._devices.known(item.device_id):
                     raise Rejected(UNKNOWN_DEVICE, f"device {item.device_id!r} is not registered")
             except Rejected as rejected:
@@ -277,6 +278,10 @@ class IngestWorker:
                         self._client.connect(self._target.host, self._target.port, keepalive=30)
                     connected_once = True
                 rc = self._client.loop(timeout=min(0.05, self._interval))
+                if rc == mqtt.MQTT_ERR_SUCCESS:
+                    # Read what else is buffered without a select() per message (paho's loop
+                    # reads one packet); stops at the first would-block.
+                    rc = self._client.loop_read(max_packets=READ_BURST)
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     self._stop.wait(delay)
                     delay = min(delay * 2, 5.0)

@@ -13,12 +13,15 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlmodel import Session
 
 from hub.monitoring._reference import VersionReference, load_reference
 from hub.monitoring.accuracy import AccuracyCusum
+
+if TYPE_CHECKING:
+    from hub.artifacts import ArtifactStore
 
 log = logging.getLogger("edgeloop.monitor")
 
@@ -87,8 +90,11 @@ def build_for_reference(ref: VersionReference, settings: DetectorSettings) -> li
 class DetectorCache:
     """References and detectors of one hub database; ``lock`` serialises evaluations."""
 
-    def __init__(self, *, factory: DetectorFactory | None = None) -> None:
+    def __init__(
+        self, *, factory: DetectorFactory | None = None, store: ArtifactStore | None = None
+    ) -> None:
         self._factory = factory or build_for_reference
+        self.store = store  # bundles' raw reference rows (MMD) come from here
         self.lock = threading.RLock()
         self._refs: dict[tuple[str, str, str], VersionReference | None] = {}
         self._templates: dict[tuple[Any, ...], list[Detector]] = {}
@@ -100,7 +106,11 @@ class DetectorCache:
         key = (model, version, bundle_digest)
         if key not in self._refs or self._refs[key] is None:  # a bundle may be registered later
             self._refs[key] = load_reference(
-                session, model=model, version=version, bundle_digest=bundle_digest
+                session,
+                model=model,
+                version=version,
+                bundle_digest=bundle_digest,
+                store=self.store,
             )
         return self._refs[key]
 
@@ -149,7 +159,15 @@ _CACHES: dict[str, DetectorCache] = {}
 _CACHES_GUARD = threading.Lock()
 
 
-def cache_for(url: str) -> DetectorCache:
-    """The process-wide cache of one database (API and loop share it, and its lock)."""
+def cache_for(url: str, *, store: ArtifactStore | None = None) -> DetectorCache:
+    """The process-wide cache of one database (API and loop share it, and its lock); the
+    first ``store`` given is where it reads bundles' reference samples."""
     with _CACHES_GUARD:
-        return _CACHES.setdefault(url, DetectorCache())
+        cache = _CACHES.setdefault(url, DetectorCache())
+        if cache.store is None and store is not None:
+            cache.store = store
+            # references (and their detectors) built without samples: build them again
+            cache._refs.clear()
+            cache._templates.clear()
+            cache._scoped.clear()
+        return cache

@@ -13,6 +13,7 @@ from hub.monitoring._cache import DetectorCache, DetectorSettings
 from hub.monitoring._cursors import head, scope_rows
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._report import MonitorReport
+from hub.monitoring._samples import span_of, window_samples
 from hub.monitoring._windows import BadRow, Partial, row_counts, scopes_of
 from hub.tables.fleet import TelemetryWindowRow
 from hub.tables.monitoring import MonitorCursor
@@ -70,9 +71,10 @@ def evaluate_drift(
             partial = partials.get(scope)
             if partial is None:
                 partial = Partial.from_json(cursors[scope].pending if scope in cursors else {})
-            partial.add(int(row.id or 0), counts)
+            partial.add(int(row.id or 0), counts, device_id=row.device_id, span=span_of(row))
             if partial.n >= settings.window_size:
                 _run_window(
+                    session,
                     partial,
                     ref=ref,
                     scope=scope,
@@ -97,6 +99,7 @@ def evaluate_drift(
 
 
 def _run_window(
+    session: Session,
     partial: Partial,
     *,
     ref: VersionReference,
@@ -109,6 +112,11 @@ def _run_window(
     from hub.monitoring.detectors._base import Window
 
     kwargs = partial.window_kwargs(ref)
+    if ref.samples is not None:  # raw reference rows: feed the window's raw inputs too
+        dims = int(ref.samples.shape[1])
+        samples = window_samples(session, partial, model=ref.model, version=ref.version, dims=dims)
+        if samples is not None:
+            kwargs["samples"] = samples
     window = Window(**kwargs)
     available = set(kwargs) | {"n"}
     report.windows += 1

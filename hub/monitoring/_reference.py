@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import io
+import logging
+import zipfile
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, select
 
 from hub.monitoring.accuracy import evaluated_accuracy
 from hub.tables.registry import Bundle, ModelVersion
+
+if TYPE_CHECKING:
+    from hub.artifacts import ArtifactStore
+
+log = logging.getLogger("edgeloop.monitor")
+SAMPLES_FILE, SAMPLES_KEY = "samples.npz", "reference"  # what hub.packaging ships
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,10 +42,44 @@ class VersionReference:
 
 
 def load_reference(
-    session: Session, *, model: str, version: str, bundle_digest: str = ""
+    session: Session,
+    *,
+    model: str,
+    version: str,
+    bundle_digest: str = "",
+    store: ArtifactStore | None = None,
 ) -> VersionReference | None:
     """The bundle ``bundle_digest`` if registered for ``model@version``, else its newest bundle;
-    None when the version is unknown or no bundle of it carries a reference profile."""
+    None when the version is unknown or no bundle of it carries a reference profile. With the
+    artifact ``store``, ``samples`` are the raw reference rows the bundle ships (for MMD)."""
+    found = _load(session, model=model, version=version, bundle_digest=bundle_digest)
+    if found is None or store is None:
+        return found
+    return replace(found, samples=reference_samples(store, found.bundle_digest))
+
+
+def reference_samples(store: ArtifactStore, digest: str) -> Any:
+    """``samples.npz["reference"]`` of the bundle ``digest`` as ``(n, d)`` float64, or None
+    (no such file in the store, an older bundle without it, or unreadable: logged)."""
+    import numpy as np
+
+    try:
+        with store.open(digest) as raw, zipfile.ZipFile(raw) as bundle:
+            if SAMPLES_FILE not in bundle.namelist():
+                return None
+            arrays = np.load(io.BytesIO(bundle.read(SAMPLES_FILE)), allow_pickle=False)
+            if SAMPLES_KEY not in arrays:
+                return None
+            rows = np.asarray(arrays[SAMPLES_KEY], dtype=np.float64)
+    except Exception as exc:  # a missing or broken artifact: the other detectors still run
+        log.warning("no reference samples from bundle %s: %s", digest, exc)
+        return None
+    return rows.reshape(len(rows), -1) if len(rows) else None
+
+
+def _load(
+    session: Session, *, model: str, version: str, bundle_digest: str
+) -> VersionReference | None:
     if not version.isdigit():
         return None
     query = (

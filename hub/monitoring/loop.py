@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Engine
 
 from hub.monitoring._report import MonitorReport
 from hub.monitoring.service import AlertPublisher, MonitorConfig, evaluate
 from hub.tables.monitoring import Alert
+
+if TYPE_CHECKING:
+    from hub.artifacts import ArtifactStore
 
 log = logging.getLogger("edgeloop.monitor")
 
@@ -30,8 +34,9 @@ class MonitorLoop:
         config: MonitorConfig | None = None,
         publisher: AlertPublisher | None = None,
         on_alert: Callable[[Alert], None] | None = None,
+        store: ArtifactStore | None = None,
     ) -> None:
-        self._engine, self._interval = engine, interval_s
+        self._engine, self._interval, self._store = engine, interval_s, store
         self._config, self._publisher, self._on_alert = config, publisher, on_alert
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgeloop-monitor", daemon=True)
@@ -54,6 +59,7 @@ class MonitorLoop:
                     config=self._config,
                     publisher=self._publisher,
                     on_alert=self._on_alert,
+                    store=self._store,
                 )
             except Exception:  # a database hiccup: try again next tick
                 log.exception("monitoring evaluation failed")

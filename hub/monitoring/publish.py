@@ -29,8 +29,7 @@ class MqttAlertPublisher:
         target = MqttTarget.from_url(url)
         self.topic = topic
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        if target.username:
-            self._client.username_pw_set(target.username, target.password)
+        target.configure(self._client)  # login, and TLS for mqtts://
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._connected = threading.Event()
         self._client.on_connect = lambda *_a, **_k: self._connected.set()

@@ -9,6 +9,7 @@ from hub.settings import HubSettings
 
 def start_monitor(settings: HubSettings, *, mqtt_url: str | None) -> Callable[[], None]:
     """Start a :class:`MonitorLoop` (publishing alerts when a broker is known); returns stop."""
+    from hub.artifacts import open_store
     from hub.db import create_all, make_engine
     from hub.monitoring.loop import MonitorLoop
     from hub.monitoring.publish import MqttAlertPublisher, alerts_topic
@@ -26,6 +27,7 @@ def start_monitor(settings: HubSettings, *, mqtt_url: str | None) -> Callable[[]
         interval_s=settings.monitor_interval_s,
         config=MonitorConfig.from_settings(settings),
         publisher=publisher,
+        store=open_store(settings.resolved_artifact_url),
     )
     loop.start()
 

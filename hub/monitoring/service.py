@@ -32,6 +32,7 @@ from hub.tables.fleet import FeedbackLabelRow, TelemetryWindowRow
 from hub.tables.monitoring import Alert, MonitorCursor
 
 if TYPE_CHECKING:
+    from hub.artifacts import ArtifactStore
     from hub.settings import HubSettings
 
 log = logging.getLogger("edgeloop.monitor")
@@ -78,10 +79,12 @@ def evaluate(
     on_alert: Callable[[Alert], None] | None = None,
     publisher: AlertPublisher | None = None,
     cache: DetectorCache | None = None,
+    store: ArtifactStore | None = None,
 ) -> MonitorReport:
-    """Evaluate everything new since the last call (see the module docstring)."""
+    """Evaluate everything new since the last call (see the module docstring). ``store``:
+    the artifact store, for the raw reference rows bundles ship (the MMD detector)."""
     config = config or MonitorConfig()
-    cache = cache or cache_for(str(engine.url))
+    cache = cache or cache_for(str(engine.url), store=store)
     report = MonitorReport(at=now or utcnow())
     with cache.lock:
         with Session(engine) as s:
@@ -132,7 +135,9 @@ def _evaluate_batch(
     report: MonitorReport,
 ) -> bool:
     """One transaction; True when a stream filled its batch (more rows may wait)."""
-    with session_scope(engine) as s:
+    # Nothing is written until the final flush: the detectors' work (calibration can take
+    # seconds) must not hold SQLite's write lock, or ingest and training wait on it.
+    with session_scope(engine) as s, s.no_autoflush:
         book = AlertBook(
             s, model=model, version=version, now=report.at, resolve_after=config.resolve_after
         )

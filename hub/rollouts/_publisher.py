@@ -34,8 +34,7 @@ class CommandPublisher:
             client_id=client_id or f"edgeloop-rollouts-{uuid.uuid4().hex[:8]}",
             clean_session=True,
         )
-        if self._target.username:
-            self._client.username_pw_set(self._target.username, self._target.password)
+        self._target.configure(self._client)  # login, and TLS for mqtts://
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)

@@ -22,19 +22,20 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from hub.db import session_scope
-from hub.rollouts import _sync
+from hub.rollouts import _shadow, _sync
+from hub.rollouts._outbox import publish_staged
 from hub.rollouts._publisher import CommandPublisher, PublishError
 from hub.rollouts._sync import DOWNLOADING, IN_FLIGHT, REPORTED, S
 from hub.rollouts.gates import Scope, evaluate, install_failure_rate, merged_gates
 from hub.rollouts.phases import Candidate, choose, parse_phases, site_of
-from hub.rollouts.service import aware, log_event, now
+from hub.rollouts.service import aware, log_event, now, promote
 from hub.tables import Device
-from hub.tables.rollouts import Rollout, RolloutDevice, RolloutState
+from hub.tables.rollouts import Rollout, RolloutDevice, RolloutShadow, RolloutState
 from proto.topics import Topics
 
 log = logging.getLogger("edgeloop.rollouts")
 R = RolloutState
-RECONCILED = {R.RUNNING, R.AWAITING_APPROVAL, R.PAUSED, R.ROLLING_BACK}
+RECONCILED = {R.SHADOWING, R.RUNNING, R.AWAITING_APPROVAL, R.PAUSED, R.ROLLING_BACK}
 MAX_ROLLBACK_ATTEMPTS = 3
 
 
@@ -102,10 +103,22 @@ class RolloutController:
                 .where(col(Rollout.state).in_([s.value for s in RECONCILED]))
                 .order_by(col(Rollout.created_at))
             ).all()
-        for rollout_id in ids:
+            # shadow stops of rollouts that ended (not reconciled): publish, follow the answers
+            stops = session.exec(
+                select(RolloutShadow.rollout_id)
+                .where(
+                    RolloutShadow.stop_command_id != "",
+                    col(RolloutShadow.state).not_in([s.value for s in _shadow.SETTLED]),
+                )
+                .distinct()
+            ).all()
+        for rollout_id in [*ids, *sorted(set(stops) - set(ids))]:
             try:
                 with session_scope(self.engine) as session:
-                    self._reconcile(session, rollout_id)
+                    if rollout_id in ids:
+                        self._reconcile(session, rollout_id)
+                    elif (ended := session.get(Rollout, rollout_id)) is not None:
+                        _shadow.sync(session, ended)
                 self._publish(rollout_id)
             except PublishError as exc:
                 log.warning("rollout %s: commands wait for the broker: %s", rollout_id, exc)
@@ -128,12 +141,17 @@ class RolloutController:
         )
         _sync.sync_events(session, rollout, rows)
         self._time_out(session, rollout, rows)
+        if rollout.shadow and not _shadow.pending(rollout):
+            _shadow.sync(session, rollout)  # the answers to the stops
         if rollout.state == R.ROLLING_BACK:
             self._roll_back(session, rollout, rows)
             return
         devices = {d.id: d for d in _sync.matching_devices(session, rollout)}
         rows += _sync.add_members(session, rollout, rows, list(devices.values()))
         if rollout.state == R.PAUSED:
+            return
+        if _shadow.pending(rollout):
+            _shadow.drive(session, rollout, devices)
             return
         self._drive(session, rollout, rows, devices)
 
@@ -299,6 +317,7 @@ class RolloutController:
             rollout.state, rollout.finished_at = R.COMPLETED, now()
             rollout.reason = "every phase passed its gates"
             log_event(session, rollout, "completed", rollout.reason)
+            promote(session, rollout)
         else:
             rollout.phase += 1
             rollout.phase_started_at = rollout.phase_commanded_at = None
@@ -367,34 +386,8 @@ class RolloutController:
     # publishing ---------------------------------------------------------------------------
 
     def _publish(self, rollout_id: str) -> None:
-        """Publish staged commands (deploys before rollbacks), then mark them published."""
-        with Session(self.engine) as session:
-            rollout = session.get(Rollout, rollout_id)
-            rows = session.exec(
-                select(RolloutDevice).where(
-                    RolloutDevice.rollout_id == rollout_id,
-                    (col(RolloutDevice.published_at).is_(None) & (RolloutDevice.command_id != ""))
-                    | (
-                        col(RolloutDevice.rollback_published_at).is_(None)
-                        & (RolloutDevice.rollback_command_id != "")
-                    ),
-                )
-            ).all()
-        if rollout is None or not rows:
-            return
-        for row in rows:
-            if row.command_id and row.published_at is None:
-                self.publisher.publish(_sync.deploy_command(rollout, row, endpoint=self.endpoint))
-                self._mark(row, "published_at")
-            if row.rollback_command_id and row.rollback_published_at is None:
-                self.publisher.publish(_sync.rollback_command(rollout, row))
-                self._mark(row, "rollback_published_at")
-            self.published += 1
-
-    def _mark(self, row: RolloutDevice, field: str) -> None:
-        key = "command_id" if field == "published_at" else "rollback_command_id"
-        with session_scope(self.engine) as session:
-            fresh = session.get(RolloutDevice, (row.rollout_id, row.device_id))
-            if fresh is not None and getattr(fresh, key) == getattr(row, key):
-                setattr(fresh, field, now())
-                session.add(fresh)
+        """Publish staged commands (shadow starts and stops, then deploys, then rollbacks),
+        then mark them published (``_outbox``)."""
+        self.published += publish_staged(
+            self.engine, rollout_id, publisher=self.publisher, endpoint=self.endpoint
+        )

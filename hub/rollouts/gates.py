@@ -289,7 +289,8 @@ def quality_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list[G
     ]
     compared = sum(int(s.get("compared", 0)) for s in shadows)
     agreed = sum(int(s.get("agreed", 0)) for s in shadows)
-    floor = float(cfg["min_shadow_agreement"])
+    # a rollout with a shadow phase judged agreement there: the same floor applies later
+    floor = float((r.shadow or {}).get("min_agreement", cfg["min_shadow_agreement"]))
     if compared < int(cfg["min_predictions"]):
         results.append(
             _insufficient(

@@ -21,7 +21,12 @@ from hub.rollouts.selectors import parse_selector
 from hub.tables import Bundle
 from hub.tables.rollouts import DeviceState, Rollout, RolloutDevice, RolloutEvent, RolloutState
 
-ACTIVE = {RolloutState.RUNNING, RolloutState.AWAITING_APPROVAL, RolloutState.PAUSED}
+ACTIVE = {
+    RolloutState.SHADOWING,
+    RolloutState.RUNNING,
+    RolloutState.AWAITING_APPROVAL,
+    RolloutState.PAUSED,
+}
 FINAL = {RolloutState.COMPLETED, RolloutState.ROLLED_BACK, RolloutState.CANCELLED}
 
 
@@ -87,10 +92,20 @@ def create_rollout(
     join_phase: str = "last",
     max_commands_per_s: float | None = None,
     max_concurrent_downloads: int | None = None,
+    shadow: dict[str, Any] | None = None,
+    promote_alias: str = "production",
     created_by: str = "",
 ) -> Rollout:
-    """Validate and store a rollout in state ``running``; the controller starts it."""
+    """Validate and store a rollout in state ``running`` (``shadowing`` with a shadow phase);
+    the controller starts it."""
+    from hub.rollouts._shadow import parse_shadow
+
     parse_selector(selector)
+    shadow_cfg = parse_shadow(shadow)
+    if promote_alias and (
+        not registry.ALIAS.match(promote_alias) or promote_alias in registry.RESERVED_ALIASES
+    ):
+        raise InvalidInput(f"promote_alias {promote_alias!r} is not a valid alias ('' = none)")
     specs = parse_phases(phases)
     if on_failure not in {"pause", "rollback"}:
         raise InvalidInput(f"on_failure must be 'pause' or 'rollback', not {on_failure!r}")
@@ -128,7 +143,9 @@ def create_rollout(
         join_phase=join_phase,
         max_commands_per_s=max_commands_per_s,
         max_concurrent_downloads=max_concurrent_downloads,
-        state=RolloutState.RUNNING,
+        shadow=shadow_cfg,
+        promote_alias=promote_alias,
+        state=RolloutState.SHADOWING if shadow_cfg else RolloutState.RUNNING,
         created_by=created_by,
     )
     session.add(rollout)
@@ -183,7 +200,7 @@ def _transition(
 
 
 def pause(session: Session, *, rollout_id: str, reason: str = "operator") -> Rollout:
-    allowed = {RolloutState.RUNNING, RolloutState.AWAITING_APPROVAL}
+    allowed = {RolloutState.SHADOWING, RolloutState.RUNNING, RolloutState.AWAITING_APPROVAL}
     return _transition(
         session,
         rollout_id=rollout_id,
@@ -218,13 +235,21 @@ def cancel(session: Session, *, rollout_id: str, reason: str = "operator") -> Ro
         if d.state == DeviceState.PENDING:
             d.state, d.reason = DeviceState.SKIPPED, "rollout cancelled"
             session.add(d)
+    _end_shadow(session, rollout, state="cancelled", reason=reason)
     session.flush()
     return rollout
 
 
+def _end_shadow(session: Session, rollout: Rollout, *, state: str, reason: str) -> None:
+    from hub.rollouts import _shadow
+
+    if _shadow.pending(rollout):
+        _shadow.finish(session, rollout, state=state, reason=reason)
+
+
 def rollback(session: Session, *, rollout_id: str, reason: str = "operator") -> Rollout:
     allowed = ACTIVE | {RolloutState.COMPLETED, RolloutState.CANCELLED}
-    return _transition(
+    rollout = _transition(
         session,
         rollout_id=rollout_id,
         allowed=allowed,
@@ -232,13 +257,25 @@ def rollback(session: Session, *, rollout_id: str, reason: str = "operator") -> 
         kind="rollback_requested",
         reason=reason,
     )
+    _end_shadow(session, rollout, state="cancelled", reason=reason)
+    session.flush()
+    return rollout
 
 
 def advance(session: Session, *, rollout_id: str, reason: str = "operator") -> Rollout:
-    """Start the next phase now, without waiting for bake time or gates."""
+    """Start the next phase now (phase 0 from the shadow phase), without waiting for bake
+    time or gates."""
+    from hub.rollouts import _shadow
+
     rollout = get_rollout(session, rollout_id=rollout_id)
     if rollout.state not in ACTIVE:
         raise Conflict(f"rollout {rollout_id} is {rollout.state}; only an active one advances")
+    if _shadow.pending(rollout):
+        _shadow.finish(session, rollout, state="advanced", reason=reason)
+        rollout.state, rollout.reason, rollout.updated_at = RolloutState.RUNNING, reason, now()
+        log_event(session, rollout, "advanced", reason)
+        session.flush()
+        return rollout
     if rollout.phase >= len(rollout.phases) - 1:
         raise Conflict(f"rollout {rollout_id} is in its last phase already")
     results = dict(rollout.phase_results)
@@ -296,3 +333,27 @@ def retry_failed(session: Session, *, rollout_id: str) -> Rollout:
     session.add(rollout)
     session.flush()
     return rollout
+
+
+def promote(session: Session, rollout: Rollout) -> None:
+    """Point the rollout's ``promote_alias`` at its version (``registry.set_alias``, which
+    records the move in the alias history); the outcome is a rollout event. A version the
+    registry does not know (a bundle given by digest) is an event too, never an error."""
+    alias = rollout.promote_alias
+    if not alias:
+        return
+    try:
+        with session.begin_nested():
+            registry.set_alias(
+                session, model_name=rollout.model, alias=alias, version=int(rollout.version)
+            )
+    except (ValueError, NotFound, InvalidInput) as exc:
+        log_event(session, rollout, "promotion_failed", f"{alias}: {exc}", data={"alias": alias})
+        return
+    log_event(
+        session,
+        rollout,
+        "promoted",
+        f"{rollout.model}@{alias} -> version {rollout.version}",
+        data={"alias": alias, "version": rollout.version},
+    )

@@ -25,6 +25,8 @@ def _phase_state(rollout: Rollout, index: int) -> str:
         return "passed"
     if rollout.state == RolloutState.COMPLETED:
         return "passed"
+    if rollout.state == RolloutState.SHADOWING:
+        return "pending"
     if rollout.state == RolloutState.AWAITING_APPROVAL:
         return "awaiting_approval"
     if rollout.state == RolloutState.RUNNING:
@@ -63,6 +65,8 @@ def summary(rollout: Rollout) -> dict[str, Any]:
 
 
 def rollout_view(session: Session, rollout: Rollout, *, events: int = 50) -> dict[str, Any]:
+    from hub.rollouts._shadow import view as shadow_view
+
     rows = devices_of(session, rollout_id=rollout.id)
     phases = []
     for index, phase in enumerate(rollout.phases):
@@ -91,6 +95,8 @@ def rollout_view(session: Session, rollout: Rollout, *, events: int = 50) -> dic
         "min_reporting": rollout.min_reporting,
         "device_timeout_s": rollout.device_timeout_s,
         "gate_config": rollout.gates,
+        "promote_alias": rollout.promote_alias,
+        "shadow": shadow_view(session, rollout),
         "phases": phases,
         "devices": [_device(d) for d in rows],
         "device_states": dict(Counter(str(d.state) for d in rows)),

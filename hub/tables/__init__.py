@@ -25,7 +25,7 @@ from hub.tables.registry import (
     RunPublic,
     TrainingRun,
 )
-from hub.tables.rollouts import Rollout, RolloutDevice, RolloutEvent
+from hub.tables.rollouts import Rollout, RolloutDevice, RolloutEvent, RolloutShadow
 from hub.tables.rollups import TelemetryRollup
 from hub.tables.security import (
     ApiToken,
@@ -74,6 +74,7 @@ __all__ = [
     "Rollout",
     "RolloutDevice",
     "RolloutEvent",
+    "RolloutShadow",
     "RunArtifact",
     "RunCreate",
     "RunMetric",

@@ -18,6 +18,7 @@ from hub.tables._common import json_field, utcnow
 
 
 class RolloutState(StrEnum):
+    SHADOWING = "shadowing"  # pre-rollout shadow phase: the candidate runs beside, serves nothing
     RUNNING = "running"
     AWAITING_APPROVAL = "awaiting_approval"
     PAUSED = "paused"
@@ -63,6 +64,13 @@ class Rollout(SQLModel, table=True):
     join_phase: str = Field(default="last", max_length=16, description="last | current")
     max_commands_per_s: float | None = None
     max_concurrent_downloads: int | None = None
+    # pre-rollout shadow phase ({} = none): fraction_of_devices, sample_fraction, bake_s,
+    # min_agreement; shadow_done once it passed, failed or was advanced past
+    shadow: dict[str, Any] = json_field()
+    shadow_started_at: datetime | None = None
+    shadow_answered_at: datetime | None = None  # every shadow device answered or timed out
+    shadow_done: bool = False
+    promote_alias: str = Field(default="production", max_length=64, description="'' = none")
     state: str = Field(default=RolloutState.RUNNING, index=True, max_length=32)
     phase: int = 0
     phase_started_at: datetime | None = None
@@ -113,3 +121,34 @@ class RolloutEvent(SQLModel, table=True):
     detail: str = ""
     data: dict[str, Any] = json_field()
     at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class ShadowState(StrEnum):
+    COMMANDED = "commanded"
+    RECEIVED = "received"
+    DOWNLOADING = "downloading"
+    VERIFIED = "verified"
+    SHADOWING = "shadowing"  # the candidate runs beside the active model
+    FAILED = "failed"  # it did not load; the device serves as before
+    TIMED_OUT = "timed_out"
+    STOPPED = "stopped"  # a Shadow stop=true was acknowledged
+
+
+class RolloutShadow(SQLModel, table=True):
+    """One device of a rollout's pre-rollout shadow sample: the ``Shadow`` command that starts
+    the candidate beside the active model, and the one that stops it (ids stored before
+    publishing, like deploy commands)."""
+
+    __tablename__ = "rollout_shadow"
+
+    rollout_id: str = Field(primary_key=True, foreign_key="rollout.id", max_length=64)
+    device_id: str = Field(primary_key=True, max_length=128)
+    state: str = Field(default=ShadowState.COMMANDED, max_length=32)
+    command_id: str = Field(default="", index=True, max_length=64)
+    issued_at_ms: int = 0
+    commanded_at: datetime | None = None
+    published_at: datetime | None = None
+    stop_command_id: str = Field(default="", index=True, max_length=64)
+    stop_issued_at_ms: int = 0
+    stop_published_at: datetime | None = None
+    reason: str = ""

@@ -17,7 +17,7 @@ log = logging.getLogger("edgeloop.ui")
 # action -> (states it is offered in, confirmation question)
 ACTIONS: dict[str, tuple[frozenset[str], str]] = {
     "pause": (
-        frozenset({RolloutState.RUNNING, RolloutState.AWAITING_APPROVAL}),
+        frozenset({RolloutState.SHADOWING, RolloutState.RUNNING, RolloutState.AWAITING_APPROVAL}),
         "Pause this rollout? No new commands go out until it is resumed.",
     ),
     "resume": (frozenset({RolloutState.PAUSED}), "Resume this rollout?"),

@@ -83,15 +83,9 @@ def test_worse_label_accuracy_fails_its_gate_and_rolls_back(
                 assert DIGITS.labels is not None
                 x, y = DIGITS.features[i % 500 : i % 500 + 4], DIGITS.labels[i % 500 : i % 500 + 4]
                 pred = agent.predict(x)
-                model = agent._model
-                for pid, label, out in zip(pred.ids, y, pred.outputs.argmax(axis=1), strict=True):
-                    agent._feedback.add(
-                        prediction_id=pid,
-                        label=int(label),
-                        predicted_label=int(out),
-                        model="digits-mlp",
-                        version=str(model.manifest["version"]) if model else "",
-                    )
+                for pid, label in zip(pred.ids, y, strict=True):
+                    # the agent fills in what it predicted, with which version
+                    agent.feedback(prediction_id=pid, label=int(label))
                 i += 4
             await asyncio.sleep(0.05)
 

@@ -56,5 +56,5 @@ def evaluate_now(ctx: ContextDep) -> dict[str, Any]:
     """Evaluate the telemetry and labels that arrived since the last evaluation, now."""
     from hub.monitoring import MonitorConfig, evaluate
 
-    report = evaluate(ctx.engine, config=MonitorConfig.from_settings(ctx.settings))
+    report = evaluate(ctx.engine, config=MonitorConfig.from_settings(ctx.settings), store=ctx.store)
     return report.to_json()

@@ -31,6 +31,14 @@ class RolloutCreate(BaseModel):
     join_phase: str = "last"
     max_commands_per_s: float | None = None
     max_concurrent_downloads: int | None = None
+    shadow: dict[str, float] | None = Field(
+        default=None,
+        description="pre-rollout shadow phase: fraction_of_devices, sample_fraction, bake_s, "
+        "min_agreement (null: none)",
+    )
+    promote_alias: str = Field(
+        default="production", description="alias moved to the version on completion ('' none)"
+    )
 
 
 class Reason(BaseModel):
