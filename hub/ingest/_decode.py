@@ -124,9 +124,20 @@ def _check_device(payload_device: str, topic_device: str) -> None:
         )
 
 
+INT64_MAX = 2**63 - 1  # the database's BIGINT
+
+
 def _check_seq(seq: int) -> None:
     if seq == 0:
         raise Rejected(SEQ_ZERO, "seq 0 is invalid (sequences start at 1)")
+    if seq > INT64_MAX:
+        raise Rejected(MALFORMED, f"seq {seq} does not fit a signed 64-bit integer")
+
+
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        if value > INT64_MAX:
+            raise Rejected(MALFORMED, f"{name} {value} does not fit a signed 64-bit integer")
 
 
 def parse_topic(topics: Topics, topic: str) -> tuple[str, TopicKind]:
@@ -163,6 +174,7 @@ def _telemetry(payload: bytes, device_id: str) -> Item:
     _parse(w, payload, TopicKind.TELEMETRY)
     _check_device(w.device_id, device_id)
     _check_seq(w.seq)
+    _check_counts(count=w.count, errors=w.errors, dropped_windows=w.dropped_windows)
     model, version = w.model, w.version
     samples = [
         {

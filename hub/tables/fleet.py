@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from hub.tables._common import json_field, utcnow
+from hub.tables._common import bigint_field, json_field, utcnow
 
 
 class IngestSeq(SQLModel, table=True):
@@ -25,7 +25,7 @@ class IngestSeq(SQLModel, table=True):
 
     device_id: str = Field(primary_key=True, max_length=128)
     stream: str = Field(primary_key=True, max_length=16, description="telemetry | feedback")
-    seq: int = Field(primary_key=True)
+    seq: int = bigint_field(primary_key=True)
     received_at: datetime = Field(default_factory=utcnow)
 
 
@@ -58,22 +58,22 @@ class TelemetryWindowRow(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: str = Field(index=True, max_length=128)
-    seq: int
+    seq: int = bigint_field()
     group: str = Field(default="default", index=True, max_length=128)
     model: str = Field(default="", index=True, max_length=128)
     version: str = Field(default="", index=True, max_length=64)
     bundle_digest: str = Field(default="", max_length=80)
     window_start: datetime = Field(index=True)
     window_end: datetime
-    count: int = 0
-    errors: int = 0
+    count: int = bigint_field()
+    errors: int = bigint_field()
     latency: dict[str, Any] = json_field()
     output_counts: list[int] = json_field(default_factory=list)
     confidence: dict[str, Any] = json_field()
     features: list[dict[str, Any]] = json_field(default_factory=list)
     shadow: dict[str, Any] = json_field()
     num_samples: int = 0
-    dropped_windows: int = 0
+    dropped_windows: int = bigint_field()
     received_at: datetime = Field(default_factory=utcnow, index=True)
 
 
@@ -84,7 +84,7 @@ class FeedbackLabelRow(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: str = Field(index=True, max_length=128)
-    seq: int = Field(description="the Feedback message's seq")
+    seq: int = bigint_field()  # the Feedback message's seq
     prediction_id: str = Field(index=True, max_length=64)
     label: int | None = None
     value: float | None = None

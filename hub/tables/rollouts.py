@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlmodel import Field, SQLModel
 
-from hub.tables._common import json_field, utcnow
+from hub.tables._common import bigint_field, json_field, utcnow
 
 
 class RolloutState(StrEnum):
@@ -52,7 +52,7 @@ class Rollout(SQLModel, table=True):
     model: str = Field(index=True, max_length=128)
     version: str = Field(max_length=64)
     bundle_digest: str = Field(max_length=80)
-    bundle_size: int
+    bundle_size: int = bigint_field()
     selector: str
     phases: list[dict[str, Any]] = json_field(default_factory=list)  # {"spec", "approval"}
     gates: dict[str, Any] = json_field()
@@ -93,7 +93,7 @@ class RolloutDevice(SQLModel, table=True):
     late: bool = Field(default=False, description="matched the selector after the start")
     state: str = Field(default=DeviceState.PENDING, index=True, max_length=32)
     command_id: str = Field(default="", index=True, max_length=64)
-    issued_at_ms: int = 0
+    issued_at_ms: int = bigint_field()
     published_at: datetime | None = None
     commanded_at: datetime | None = None
     attempts: int = 0
@@ -101,7 +101,7 @@ class RolloutDevice(SQLModel, table=True):
     previous_version: str = Field(default="", max_length=64)
     previous_digest: str = Field(default="", max_length=80)
     rollback_command_id: str = Field(default="", index=True, max_length=64)
-    rollback_issued_at_ms: int = 0
+    rollback_issued_at_ms: int = bigint_field()
     rollback_published_at: datetime | None = None
     rollback_attempts: int = 0
     reason: str = ""
@@ -145,10 +145,10 @@ class RolloutShadow(SQLModel, table=True):
     device_id: str = Field(primary_key=True, max_length=128)
     state: str = Field(default=ShadowState.COMMANDED, max_length=32)
     command_id: str = Field(default="", index=True, max_length=64)
-    issued_at_ms: int = 0
+    issued_at_ms: int = bigint_field()
     commanded_at: datetime | None = None
     published_at: datetime | None = None
     stop_command_id: str = Field(default="", index=True, max_length=64)
-    stop_issued_at_ms: int = 0
+    stop_issued_at_ms: int = bigint_field()
     stop_published_at: datetime | None = None
     reason: str = ""
