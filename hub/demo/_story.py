@@ -153,6 +153,8 @@ async def _story(hub: HubProcess, options: DemoOptions, timeline: Timeline) -> d
                     "max_drift_alerts": 1_000_000,
                     "min_labels": 15,
                     "baseline_lookback_s": 40,
+                    # 50 simulated devices share 2 cores with the hub: latency is noisy here
+                    "max_latency_p95_increase": 3.0,
                 },
             },
         },

@@ -231,19 +231,25 @@ def telemetry_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list
 
 
 def _accuracy(
-    session: Session, *, model: str, versions: set[str], since: datetime
+    session: Session,
+    *,
+    model: str,
+    versions: set[str],
+    since: datetime,
+    devices: set[str] | None = None,
 ) -> tuple[float | None, int]:
     if not versions:
         return None, 0
-    rows = session.exec(
-        select(FeedbackLabelRow.label, FeedbackLabelRow.predicted_label).where(
-            FeedbackLabelRow.model == model,
-            col(FeedbackLabelRow.version).in_(versions),
-            FeedbackLabelRow.at >= since,
-            col(FeedbackLabelRow.label).is_not(None),
-            col(FeedbackLabelRow.predicted_label).is_not(None),
-        )
-    ).all()
+    query = select(FeedbackLabelRow.label, FeedbackLabelRow.predicted_label).where(
+        FeedbackLabelRow.model == model,
+        col(FeedbackLabelRow.version).in_(versions),
+        FeedbackLabelRow.at >= since,
+        col(FeedbackLabelRow.label).is_not(None),
+        col(FeedbackLabelRow.predicted_label).is_not(None),
+    )
+    if devices is not None:
+        query = query.where(col(FeedbackLabelRow.device_id).in_(devices))
+    rows = session.exec(query).all()
     if not rows:
         return None, 0
     return sum(label == pred for label, pred in rows) / len(rows), len(rows)
@@ -255,7 +261,15 @@ def quality_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list[G
     drop = float(cfg["max_accuracy_drop"])
     acc_c, n_c = _accuracy(session, model=r.model, versions={r.version}, since=scope.since)
     lookback = scope.now - timedelta(seconds=float(cfg["baseline_lookback_s"]))
-    acc_b, n_b = _accuracy(session, model=r.model, versions=scope.previous_versions, since=lookback)
+    # the baseline is the previous version on the *same devices*: a canary on a few devices
+    # must not be judged against a fleet whose data (and drift) differs from theirs
+    acc_b, n_b = _accuracy(
+        session,
+        model=r.model,
+        versions=scope.previous_versions,
+        since=lookback,
+        devices=scope.device_ids,
+    )
     results: list[GateResult] = []
     if acc_c is None or acc_b is None or n_c < min_labels or n_b < min_labels:
         results.append(

@@ -174,7 +174,13 @@ def test_gates_on_stored_rows(engine) -> None:  # type: ignore[no-untyped-def]
                 _window("d0", "2", count=100, errors=10, lat=[0, 10, 10, 80, 0], seq=1),
             ]
         )
-        s.add_all(_labels("base", "1", right=45, wrong=5) + _labels("d0", "2", right=30, wrong=20))
+        # the accuracy baseline is the previous version on the rollout's own devices (d1):
+        # a device outside the rollout ("base", much worse) does not count
+        s.add_all(
+            _labels("d1", "1", right=45, wrong=5)
+            + _labels("base", "1", right=5, wrong=45)
+            + _labels("d0", "2", right=30, wrong=20)
+        )
         s.add(
             Alert(kind="drift", scope="version:m@2", model="m", version="2", score=3, threshold=1)
         )
