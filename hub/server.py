@@ -79,7 +79,9 @@ def _serve(settings: HubSettings) -> None:
 
         # amqtt has no $share: a single worker on plain filters there.
         ingest = start_hub_worker(
-            settings, mqtt_url=hub_mqtt, shared=broker_kind != "embedded-amqtt"
+            settings,
+            mqtt_url=hub_mqtt,
+            shared=settings.ingest_shared and broker_kind != "embedded-amqtt",
         )
         stack.callback(ingest.stop)
         if settings.trigger_interval_s > 0:

@@ -92,6 +92,13 @@ class HubSettings(BaseSettings):
     )
     monitor_min_labels: int = Field(default=50, gt=0, description="labels before accuracy tests")
     ingest_batch_size: int = Field(default=200, gt=0, description="messages per ingest commit")
+    ingest_shared: bool = Field(
+        default=False,
+        description="subscribe through $share/hub/... so several ingest workers split the load. "
+        "Off by default: Mosquitto 2.0.11 queues nothing for an offline shared subscription, so "
+        "windows sent while the hub reconnects after a broker restart are lost "
+        "(tests/faults/README.md); a plain persistent subscription gets them all",
+    )
     ingest_batch_interval_s: float = Field(
         default=0.2, gt=0, description="commit a partial ingest batch after this long"
     )

@@ -8,8 +8,9 @@ from hub.settings import HubSettings
 
 
 def start_hub_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> IngestWorker:
-    """Start the hub's in-process worker. ``shared=False`` means amqtt: plain filters and
-    MQTT 3.1.1 (amqtt has neither ``$share`` nor MQTT 5).
+    """Start the hub's in-process worker. ``shared=False``: plain persistent subscriptions
+    over MQTT 3.1.1 (the default, and the only choice on amqtt, which has neither ``$share``
+    nor MQTT 5); ``shared=True`` (``EDGELOOP_INGEST_SHARED``): ``$share`` over MQTT 5.
 
     It also runs the telemetry roll-up hourly when ``telemetry_retention_s`` > 0.
     """
