@@ -47,7 +47,7 @@ class IngestWorker:
         mqtt_url: str,
         fleet: str = "default",
         topic_prefix: str = "edgeloop/v1",
-        shared: bool = True,
+        shared: bool = False,
         client_id: str = "edgeloop-hub-ingest",
         batch_size: int = 200,
         batch_interval_s: float = 0.2,

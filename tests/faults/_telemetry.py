@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.engine import Engine
 
 from edge_agent.agent import Agent
@@ -51,6 +51,13 @@ async def serve_v1(obs: Observer, agent: Agent, hub: FaultHub) -> None:
     assert (await obs.until_done(device, cid, within=60))[-1] == K.EVENT_KIND_HEALTHY
 
 
+def table(model: Any) -> Table:
+    """A SQLModel class's table (typed)."""
+    t = model.__table__
+    assert isinstance(t, Table)
+    return t
+
+
 def register(engine: Engine, *devices: str) -> None:
     with session_scope(engine) as s:
         for d in devices:
@@ -66,12 +73,16 @@ class Stored:
 
 
 def stored(engine: Engine, device: str) -> Stored:
-    t = TelemetryWindowRow.__table__
+    t = table(TelemetryWindowRow)
     with engine.connect() as conn:
-        seqs = sorted(int(r[0]) for r in conn.execute(select(t.c.seq).where(t.c.device_id == device)))
+        seqs = sorted(
+            int(r[0]) for r in conn.execute(select(t.c.seq).where(t.c.device_id == device))
+        )
         total, dropped = conn.execute(
-            select(func.coalesce(func.sum(t.c.count), 0), func.coalesce(func.sum(t.c.dropped_windows), 0))
-            .where(t.c.device_id == device)
+            select(
+                func.coalesce(func.sum(t.c.count), 0),
+                func.coalesce(func.sum(t.c.dropped_windows), 0),
+            ).where(t.c.device_id == device)
         ).one()
     report = [g for g in gaps(engine, device) if g.stream == "telemetry"]
     missing = sum(g.missing_count for g in report)

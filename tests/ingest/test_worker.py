@@ -172,7 +172,11 @@ def test_two_workers_split_a_shared_subscription(engine: Engine, mosquitto: Embe
     devices = [f"d{i}" for i in range(4)]
     h.register(engine, *devices)
     per_device = 60
-    with _worker(engine, mosquitto, topics) as a, _worker(engine, mosquitto, topics) as b:
+    shared = {"shared": True}
+    with (
+        _worker(engine, mosquitto, topics, **shared) as a,
+        _worker(engine, mosquitto, topics, **shared) as b,
+    ):
         with h.publisher(mosquitto.port) as publish:
             for seq in range(1, per_device + 1):
                 for device in devices:
