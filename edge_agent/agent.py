@@ -103,6 +103,9 @@ class Agent:
         self.predict = self.predictor.predict  # type: ignore[method-assign]
         self.predictor.add_shadow_observer(self._observe_shadow)
         self.malformed_commands = 0
+        # windows that closed but could not be queued (a full disk): reported in the next
+        # window's dropped_windows, like the queue's own evictions
+        self.unqueued_windows = 0
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -348,10 +351,17 @@ class Agent:
 
                 def telemetry(seq: int) -> bytes:
                     closed.seq = seq
-                    closed.dropped_windows = self.queue.take_dropped("telemetry")
+                    closed.dropped_windows = (
+                        self.queue.take_dropped("telemetry") + self.unqueued_windows
+                    )
                     return closed.SerializeToString()
 
-                self.queue.append(stream="telemetry", payload_for=telemetry)
+                try:
+                    self.queue.append(stream="telemetry", payload_for=telemetry)
+                except Exception:
+                    self.unqueued_windows += 1  # this window is lost: say so in the next one
+                    raise
+                self.unqueued_windows = 0
                 self.session.wake()
             if not self._feedback.empty() and (force or self._feedback.due()):
                 labels = self._feedback.close(seq=1)
