@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS items (
     seq INTEGER NOT NULL,
     payload BLOB NOT NULL,
     created_at REAL NOT NULL,
+    carries INTEGER NOT NULL DEFAULT 0,  -- earlier drops this item reports (take_dropped)
     UNIQUE (stream, seq)
 );
 CREATE TABLE IF NOT EXISTS streams (
@@ -112,6 +113,7 @@ class OutboundQueue:
         self._clock = clock
         self._lock = threading.RLock()
         self._in_append = False
+        self._taken = 0  # drops take_dropped handed to the item being appended
         self._total = 0
         self._conn = self._open()
 
@@ -126,6 +128,9 @@ class OutboundQueue:
             if row is None or row[0] != "ok":
                 raise sqlite3.DatabaseError(f"quick_check failed: {row[0] if row else None}")
             conn.executescript(_SCHEMA)
+            columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(items)").fetchall()}
+            if "carries" not in columns:  # a queue file from before the column existed
+                conn.execute("ALTER TABLE items ADD COLUMN carries INTEGER NOT NULL DEFAULT 0")
             total = conn.execute(
                 "SELECT COALESCE(SUM(length(payload)), 0) + ? * COUNT(*) FROM items",
                 (ITEM_OVERHEAD,),
@@ -228,15 +233,16 @@ class OutboundQueue:
             total_before = self._total
             try:
                 with self._transaction() as conn:
-                    self._in_append = True
+                    self._in_append, self._taken = True, 0
                     seq = self._next_seq(conn, stream)
                     payload = bytes(payload_for(seq))
                     size = len(payload) + ITEM_OVERHEAD
                     self._evict(conn, stream=stream, need=self._total + size - self.max_bytes)
                     created_at = self._clock()
                     cursor = conn.execute(
-                        "INSERT INTO items (stream, seq, payload, created_at) VALUES (?, ?, ?, ?)",
-                        (stream, seq, payload, created_at),
+                        "INSERT INTO items (stream, seq, payload, created_at, carries)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (stream, seq, payload, created_at, self._taken),
                     )
                     conn.execute("UPDATE streams SET last_seq = ? WHERE stream = ?", (seq, stream))
                     self._total += size
@@ -267,28 +273,32 @@ class OutboundQueue:
         else:
             victims = self.droppable
         for victim in victims:
-            dropped = 0
+            dropped = carried = 0
             while need > 0:
                 rows = conn.execute(
-                    "SELECT id, length(payload) FROM items WHERE stream = ? ORDER BY seq LIMIT ?",
+                    "SELECT id, length(payload), carries FROM items WHERE stream = ?"
+                    " ORDER BY seq LIMIT ?",
                     (victim, _EVICT_BATCH),
                 ).fetchall()
                 if not rows:
                     break
                 chosen = []
-                for item_id, length in rows:
+                for item_id, length, carries in rows:
                     if need <= 0:
                         break
                     chosen.append((item_id,))
+                    carried += int(carries)
                     need -= length + ITEM_OVERHEAD
                     self._total -= length + ITEM_OVERHEAD
                 conn.executemany("DELETE FROM items WHERE id = ?", chosen)
                 dropped += len(chosen)
             if dropped:
+                # an evicted item may itself have been the one reporting earlier drops: its
+                # count goes back to "unreported", so the next item reports them all
                 conn.execute(
                     "UPDATE streams SET dropped = dropped + ?, unreported = unreported + ?"
                     " WHERE stream = ?",
-                    (dropped, dropped, victim),
+                    (dropped, dropped + carried, victim),
                 )
                 log.warning("outbound queue over budget: dropped %d %s item(s)", dropped, victim)
             if need <= 0:
@@ -352,6 +362,18 @@ class OutboundQueue:
 
         return self._guard(run)
 
+    def unreported(self, stream: str) -> int:
+        """Evictions from ``stream`` that no stored or sent item reports yet (the next one
+        will); does not reset anything."""
+
+        def run() -> int:
+            row = self._conn.execute(
+                "SELECT unreported FROM streams WHERE stream = ?", (stream,)
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return self._guard(run)
+
     def take_dropped(self, stream: str) -> int:
         """Evictions from ``stream`` not reported yet; resets the count (persisted)."""
 
@@ -366,7 +388,9 @@ class OutboundQueue:
 
         def run() -> int:
             if self._in_append:  # inside payload_for: commit with the item that reports it
-                return read_and_reset(self._conn)
+                taken = read_and_reset(self._conn)
+                self._taken += taken
+                return taken
             with self._transaction() as conn:
                 return read_and_reset(conn)
 

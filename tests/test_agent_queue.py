@@ -257,3 +257,27 @@ def test_corruption_found_while_running_restarts_the_queue(tmp_path: Path) -> No
         assert queue.append(stream="feedback", payload_for=lambda s: b"f").seq == 4
         assert queue.dropped("feedback") == 3 and queue.take_dropped("feedback") == 3
     assert len(list(tmp_path.glob("q.db.corrupt-*[0-9]"))) == 1
+
+
+def test_a_queue_file_from_before_the_carries_column_opens_and_keeps_its_items(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL,"
+            " seq INTEGER NOT NULL, payload BLOB NOT NULL, created_at REAL NOT NULL,"
+            " UNIQUE (stream, seq));"
+            "CREATE TABLE streams (stream TEXT PRIMARY KEY, last_seq INTEGER NOT NULL DEFAULT 0,"
+            " dropped INTEGER NOT NULL DEFAULT 0, unreported INTEGER NOT NULL DEFAULT 0);"
+            "INSERT INTO items (stream, seq, payload, created_at)"
+            " VALUES ('telemetry', 1, x'01', 0);"
+            "INSERT INTO streams (stream, last_seq) VALUES ('telemetry', 1);"
+        )
+    with OutboundQueue(path, max_bytes=200) as queue:
+        assert [i.seq for i in queue.peek()] == [1]
+        queue.append(stream="telemetry", payload_for=lambda seq: b"x" * 100)  # evicts seq 1
+        assert queue.dropped("telemetry") == 1 and queue.unreported("telemetry") == 1
+        assert queue.take_dropped("telemetry") == 1
