@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from sqlmodel import Session, col, select
 
 from hub.tables.monitoring import MonitorCursor
+
+RowT = TypeVar("RowT", bound=Any)
 
 HEAD = "*"
 
@@ -40,3 +44,27 @@ def scope_rows(
         )
     ).all()
     return {r.scope: r for r in rows}
+
+
+def next_batch(
+    session: Session, *, table: type[RowT], stream: str, model: str, version: str, limit: int
+) -> list[RowT]:
+    """Up to ``limit`` rows of ``table`` for ``model@version`` past the version's read cursor,
+    oldest first; the cursor moves past them (committed with the caller's transaction)."""
+    cursor = head(session, stream=stream, model=model, version=version)
+    rows = list(
+        session.exec(
+            select(table)
+            .where(
+                table.model == model,
+                table.version == version,
+                col(table.id) > cursor.last_id,
+            )
+            .order_by(col(table.id))
+            .limit(limit)
+        ).all()
+    )
+    if rows:
+        cursor.last_id = max(int(r.id or 0) for r in rows)
+        session.add(cursor)
+    return rows

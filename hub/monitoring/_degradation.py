@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from hub.monitoring._alerts import AlertBook, Finding
 from hub.monitoring._cache import DetectorCache, DetectorSettings
-from hub.monitoring._cursors import head, scope_rows
+from hub.monitoring._cursors import next_batch, scope_rows
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._report import MonitorReport
 from hub.monitoring._windows import scopes_of
@@ -43,21 +43,16 @@ def evaluate_degradation(
     batch_rows: int,
 ) -> int:
     """Evaluate up to ``batch_rows`` new labels of ``model@version``; returns how many were read."""
-    cursor = head(session, stream=STREAM, model=model, version=version)
-    labels = session.exec(
-        select(FeedbackLabelRow)
-        .where(
-            FeedbackLabelRow.model == model,
-            FeedbackLabelRow.version == version,
-            col(FeedbackLabelRow.id) > cursor.last_id,
-        )
-        .order_by(col(FeedbackLabelRow.id))
-        .limit(batch_rows)
-    ).all()
+    labels = next_batch(
+        session,
+        table=FeedbackLabelRow,
+        stream=STREAM,
+        model=model,
+        version=version,
+        limit=batch_rows,
+    )
     if not labels:
         return 0
-    cursor.last_id = max(int(r.id or 0) for r in labels)
-    session.add(cursor)
     usable = [r for r in labels if r.label is not None and r.predicted_label is not None]
     if len(usable) < len(labels):
         report.skip("labels without a class label or prediction", len(labels) - len(usable))

@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from hub.monitoring._alerts import AlertBook, Finding
 from hub.monitoring._cache import DetectorCache, DetectorSettings
-from hub.monitoring._cursors import head, scope_rows
+from hub.monitoring._cursors import next_batch, scope_rows
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._report import MonitorReport
 from hub.monitoring._samples import span_of, window_samples
@@ -34,21 +34,16 @@ def evaluate_drift(
     batch_rows: int,
 ) -> int:
     """Evaluate up to ``batch_rows`` new rows of ``model@version``; returns how many were read."""
-    cursor = head(session, stream=STREAM, model=model, version=version)
-    rows = session.exec(
-        select(TelemetryWindowRow)
-        .where(
-            TelemetryWindowRow.model == model,
-            TelemetryWindowRow.version == version,
-            col(TelemetryWindowRow.id) > cursor.last_id,
-        )
-        .order_by(col(TelemetryWindowRow.id))
-        .limit(batch_rows)
-    ).all()
+    rows = next_batch(
+        session,
+        table=TelemetryWindowRow,
+        stream=STREAM,
+        model=model,
+        version=version,
+        limit=batch_rows,
+    )
     if not rows:
         return 0
-    cursor.last_id = max(int(r.id or 0) for r in rows)
-    session.add(cursor)
     ref = cache.reference(
         session, model=model, version=version, bundle_digest=rows[-1].bundle_digest
     )
