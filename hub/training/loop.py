@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     threads: int | None = 1  # CPU threads; None leaves torch's default
+    # On CUDA, "bf16" trains under bf16 autocast (faster for wide models, weights stay fp32);
+    # "fp32" does not. The CPU always trains in fp32.
+    precision: Literal["bf16", "fp32"] = "bf16"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,8 +72,12 @@ def predict(
     return np.concatenate(outputs).astype(np.float32)
 
 
-def _batches(n: int, size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    order = torch.randperm(n, generator=generator)
+def _batches(
+    n: int, size: int, generator: torch.Generator, *, device: torch.device
+) -> Iterator[torch.Tensor]:
+    # The permutation is drawn on the CPU (same order on every device for a seed) and moved
+    # once per epoch: one host-to-device copy, not one per batch.
+    order = torch.randperm(n, generator=generator).to(device)
     for start in range(0, n, size):
         yield order[start : start + size]
 
@@ -122,14 +129,16 @@ def fit(
     y_all = torch.from_numpy(np.array(train_y)).to(device) if train_y is not None else None
     autocast = (
         torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
+        if device.type == "cuda" and config.precision == "bf16"
         else contextlib.nullcontext()
     )
     for epoch in range(start_epoch, config.epochs):
         model.train()
-        total, count = 0.0, 0
-        for index in _batches(len(x_all), config.batch_size, generator):
-            index = index.to(device)
+        # The loss is summed on the device and read once per epoch: reading it per batch
+        # would wait for the GPU after every step.
+        total = torch.zeros((), device=device, dtype=torch.float32)
+        count = 0
+        for index in _batches(len(x_all), config.batch_size, generator, device=device):
             x = x_all[index]
             y = y_all[index] if y_all is not None else None
             optimizer.zero_grad(set_to_none=True)
@@ -137,13 +146,13 @@ def fit(
                 loss = spec.loss(model(x), x, y)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(index)
+            total += loss.detach().float() * len(index)
             count += len(index)
         scheduler.step()
         outputs = predict(model, val_x, device=device)
         result = EpochResult(
             epoch=epoch + 1,
-            train_loss=total / max(count, 1),
+            train_loss=float(total) / max(count, 1),
             val_metrics=spec.evaluate(outputs=outputs, inputs=val_x, targets=val_y),
         )
         history.append(result)
