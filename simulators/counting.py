@@ -45,17 +45,19 @@ def tally(
     received: Mapping[tuple[str, str], Counter[int | str]],
     pending: Mapping[str, int] | None = None,
     dropped: Mapping[str, int] | None = None,
+    streams_checked: tuple[str, ...] = STREAMS,
 ) -> Tally:
     """``expected``: device -> stream -> last seq produced; ``received``: (device, stream) ->
     how often each seq (events: event id) arrived. Telemetry and feedback are checked number
-    by number (a gap is a loss); events, whose payload has no seq, are counted."""
+    by number (a gap is a loss); events, whose payload has no seq, are counted.
+    ``streams_checked`` narrows the comparison (the hub's ingest stores only the seq streams)."""
     pending, dropped = pending or {}, dropped or {}
     streams: dict[str, dict[str, int]] = {
-        s: {"sent": 0, "received": 0, "lost": 0, "duplicated": 0} for s in STREAMS
+        s: {"sent": 0, "received": 0, "lost": 0, "duplicated": 0} for s in streams_checked
     }
     for device, seqs in expected.items():
         slack = pending.get(device, 0) + dropped.get(device, 0)
-        for stream in STREAMS:
+        for stream in streams_checked:
             last = int(seqs.get(stream, 0))
             got = received.get((device, stream), Counter())
             row = streams[stream]
@@ -182,3 +184,18 @@ class StreamCounter:
             log.warning("uncountable message on %s: %s", topic, exc)
             return
         self.received[(device, str(kind))][key] += 1
+
+
+def stored_seqs(streams: list[Mapping[str, object]]) -> dict[tuple[str, str], Counter[int | str]]:
+    """The hub's ``GET /ingest/stats`` ``streams`` rows (max_seq, missing ranges) as the
+    ``received`` argument of :func:`tally`: each stored seq once (the hub dedupes)."""
+    out: dict[tuple[str, str], Counter[int | str]] = {}
+    for row in streams:
+        top = int(str(row["max_seq"]))
+        missing: set[int] = set()
+        for first, last in row.get("missing", []) or []:  # type: ignore[attr-defined]
+            missing.update(range(int(first), int(last) + 1))
+        out[(str(row["device_id"]), str(row["stream"]))] = Counter(
+            q for q in range(1, top + 1) if q not in missing
+        )
+    return out

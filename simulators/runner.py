@@ -21,13 +21,15 @@ from urllib.parse import urlparse
 
 from proto import messages_pb2 as pb
 from simulators.bundles import BundleHost, HostedBundle
-from simulators.counting import StreamCounter, tally
+from simulators.counting import SEQ_STREAMS, StreamCounter, Tally, stored_seqs, tally
 from simulators.fleet import BrokerControl, Credentials, Fleet, wait_until
 from simulators.scenario import Scenario
 
 log = logging.getLogger("edgeloop.sim")
 
 Register = Callable[[str, str, dict[str, str]], None]
+# The hub's view: GET /ingest/stats -> {"worker": {...} | None, "streams": [...]}
+HubStats = Callable[[], dict[str, Any]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +43,7 @@ class RunOptions:
     signing_key: Any = None  # for 'unhealthy' bad bundles
     credentials: Credentials | None = None
     register: Register | None = None  # called per device (hub registration)
+    hub_stats: HubStats | None = None  # with a hub: count lost/duplicated at its ingest too
     agent_options: dict[str, Any] | None = None
 
 
@@ -131,6 +134,7 @@ async def _run(
         )
         counters = fleet.counters()
         serving, connected = fleet.serving(), fleet.connected()
+        at_hub = await _hub_tally(options.hub_stats, fleet) if options.hub_stats else None
     kinds = Counter(
         pb.EventKind.Name(e.kind).removeprefix("EVENT_KIND_").lower()
         for events in counter.events.values()
@@ -153,6 +157,43 @@ async def _run(
         "deployment_events": dict(sorted(kinds.items())),
         **{k: v for k, v in counters.items() if k != "devices"},
         "events": fleet.timeline,
+        **({"hub": at_hub} if at_hub is not None else {}),
+    }
+
+
+async def _hub_tally(hub_stats: HubStats, fleet: Fleet) -> dict[str, Any]:
+    """Lost and duplicated as the hub's ingest saw them (telemetry and feedback: what it
+    stores): waits up to 30 s for the hub to store what the devices delivered."""
+    expected = fleet.expected_seqs()
+    pending, dropped = fleet.pending(), fleet.dropped()
+    ours = set(expected)
+
+    def read() -> tuple[Tally, dict[str, Any]]:
+        stats = hub_stats()
+        rows = [r for r in stats.get("streams", []) if r.get("device_id") in ours]
+        result = tally(
+            expected=expected,
+            received=stored_seqs(rows),
+            pending=pending,
+            dropped=dropped,
+            streams_checked=SEQ_STREAMS,
+        )
+        return result, stats
+
+    result, stats = await asyncio.to_thread(read)
+    for _ in range(30):
+        if result.lost == 0:
+            break
+        await asyncio.sleep(1.0)
+        result, stats = await asyncio.to_thread(read)
+    worker = stats.get("worker") or {}
+    return {
+        "messages_sent": result.sent,
+        "messages_stored": result.received,
+        "messages_lost": result.lost,
+        # the hub stores each (device, stream, seq) once; redeliveries it discarded:
+        "duplicates_discarded": worker.get("duplicates"),
+        "by_stream": result.by_stream,
     }
 
 

@@ -57,6 +57,7 @@ def run(
         bundle=bundle,
         public_key=public_key,
         register=register,
+        hub_stats=_hub_stats(ctx),
     )
     stderr.print(f"simulating {spec.fleet.devices} device(s) for {duration:g} s ({spec.name})")
     try:
@@ -64,6 +65,20 @@ def run(
     except ValueError as exc:
         raise CliError(str(exc), code="invalid_input") from exc
     emit(report, as_json=as_json)
+
+
+def _hub_stats(ctx: typer.Context) -> Any:
+    """With ``--hub``, the hub's ingest view, so the report counts loss at the hub too."""
+    where = target(ctx)
+    if not where.hub_url:
+        return None
+
+    def stats() -> dict[str, Any]:
+        with connect(where) as client:
+            body: dict[str, Any] = client.get("/ingest/stats")
+            return body
+
+    return stats
 
 
 def _registrar(ctx: typer.Context) -> Any:
