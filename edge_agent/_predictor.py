@@ -12,19 +12,27 @@ float32 statistics, bit-identical to ``Preprocess.apply``), an argmax, ids and o
 from __future__ import annotations
 
 import logging
-import math
 import random
 import secrets
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent._prediction import (
+    NoModelLoaded,
+    Prediction,
+    PredictionError,
+    PredictorStats,
+    ShadowObserver,
+    ShadowReport,
+    reconstruction_error,
+)
 from edge_agent._runtime import LoadedModel
 
 __all__ = [
@@ -45,107 +53,6 @@ _subtract, _divide = np.subtract, np.divide
 
 # (raw batch, model inputs, outputs, latency_ms, ids, model): the telemetry hook.
 Observer = Callable[[np.ndarray, np.ndarray, np.ndarray, float, list[str], LoadedModel], None]
-
-
-class PredictionError(RuntimeError):
-    """The runtime failed on a batch (counted in :attr:`PredictorStats.errors`)."""
-
-
-class NoModelLoaded(RuntimeError):
-    """No model is active yet (the HTTP endpoint answers 503)."""
-
-
-class Prediction:
-    """One call's result. ``labels`` (classifiers: the argmax label per record) is computed
-    when first read, off the hot path; ``scores``: reconstruction error per record."""
-
-    __slots__ = (
-        "_labels",
-        "_names",
-        "ids",
-        "latency_ms",
-        "model",
-        "outputs",
-        "scores",
-        "variant",
-        "version",
-    )
-
-    def __init__(
-        self,
-        ids: list[str],
-        outputs: np.ndarray,
-        names: tuple[str, ...] | None,
-        scores: np.ndarray | None,
-        latency_ms: float,
-        model: str,
-        version: str,
-        variant: str = "",
-    ) -> None:
-        self.ids, self.outputs, self._names, self.scores = ids, outputs, names, scores
-        self.latency_ms, self.model, self.version, self.variant = (
-            latency_ms,
-            model,
-            version,
-            variant,
-        )
-        self._labels: list[str] | None = None
-
-    @property
-    def labels(self) -> list[str] | None:
-        if self._labels is None and self._names is not None:
-            names, n = self._names, len(self.ids)
-            self._labels = [names[i] for i in self.outputs.reshape(n, -1).argmax(axis=1).tolist()]
-        return self._labels
-
-    def __repr__(self) -> str:
-        return (
-            f"Prediction(ids={self.ids!r}, model={self.model}@{self.version}, "
-            f"latency_ms={self.latency_ms:.3f})"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ShadowReport:
-    """One shadowed call: how many records were compared and how many agreed.
-
-    A shadow that fails is reported too: ``compared`` 0, ``errors`` the records, ``error``
-    the reason (a candidate that crashes must count against it).
-    """
-
-    ids: list[str]
-    compared: int
-    agreed: int
-    errors: int
-    latency_delta_ms: float  # shadow latency minus the active one (0.0 when it failed)
-    method: str  # "argmax", "anomaly_flag" or "max_abs_diff<=ATOL"
-    active: LoadedModel = field(repr=False)
-    shadow: LoadedModel = field(repr=False)
-    error: str = ""
-
-    @property
-    def agreement(self) -> float:
-        return self.agreed / self.compared if self.compared else math.nan
-
-
-ShadowObserver = Callable[[ShadowReport], None]
-
-
-@dataclass(frozen=True, slots=True)
-class PredictorStats:
-    calls: int
-    records: int
-    errors: int
-    observer_errors: int
-    shadow_runs: int
-    shadow_errors: int
-
-
-def reconstruction_error(outputs: np.ndarray, inputs: np.ndarray) -> npt.NDArray[np.float64]:
-    """Per-record mean squared error (as the reference profile computes it)."""
-    n = len(outputs)
-    diff = outputs.reshape(n, -1).astype(np.float64) - inputs.reshape(n, -1)
-    return np.asarray(np.mean(diff * diff, axis=1))
 
 
 class _Compiled:
