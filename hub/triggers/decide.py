@@ -10,7 +10,6 @@ from sqlmodel import Session, col, select
 
 from hub.datasets import service as datasets
 from hub.errors import NotFound
-from hub.specs import SpecNotFound, get_spec
 from hub.tables import DatasetVersion
 from hub.tables.fleet import FeedbackLabelRow, FieldSample
 from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, TriggerStatus
@@ -54,6 +53,8 @@ def evaluate(session: Session, policy: TrainingPolicy, *, now: datetime) -> Deci
     last = aware(policy.last_run_at) if policy.last_run_at else None
     if last is not None and now < last + timedelta(seconds=policy.debounce_s):
         return None
+    from hub.specs import SpecNotFound, get_spec  # torch: only when a policy is checked
+
     try:
         version = datasets.get_version(session, ref=f"{policy.dataset}@latest")
         code = get_spec(policy.spec).code_version()

@@ -9,7 +9,6 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from hub.errors import InvalidInput, NotFound
-from hub.specs import SpecNotFound, get_spec
 from hub.tables.triggers import TrainingPolicy, TriggerEvent
 
 CANARY_KEYS = frozenset(
@@ -65,6 +64,8 @@ def set_policy(
         )
     if canary_settings and not canary_settings.get("selector"):
         raise InvalidInput("a canary needs a selector (e.g. 'all' or 'group=canary')")
+    from hub.specs import SpecNotFound, get_spec  # torch: only when a policy is set
+
     try:
         get_spec(spec).params(params)
     except (SpecNotFound, ValueError) as exc:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.engine import Engine
 from sqlmodel import select
@@ -25,15 +25,16 @@ from hub.artifacts import ArtifactStore
 from hub.datasets import service as datasets
 from hub.db import session_scope
 from hub.errors import Conflict, NotFound
-from hub.specs import get_spec
 from hub.tables._common import utcnow
 from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, TriggerStatus
-from hub.training.service import TrainOutcome, train
 from hub.triggers.decide import TRAINABLE, Decision, evaluate, not_trainable, running
 from hub.triggers.field_data import import_field_data
 from hub.triggers.followup import Followup, FollowupResult
 from hub.triggers.incidents import consume
 from hub.triggers.policies import aware, get_policy
+
+if TYPE_CHECKING:  # torch: imported when a run starts, not with the hub
+    from hub.training.service import TrainOutcome
 
 
 class Runner(Protocol):
@@ -63,7 +64,7 @@ def run_triggers(
     store: ArtifactStore,
     *,
     now: datetime | None = None,
-    runner: Runner = train,
+    runner: Runner | None = None,
     followup: Followup | None = None,
 ) -> list[TriggerEvent]:
     """Evaluate every policy and start the runs that are due; returns the new events."""
@@ -85,7 +86,7 @@ def trigger_now(
     model_name: str,
     reason: str,
     now: datetime | None = None,
-    runner: Runner = train,
+    runner: Runner | None = None,
     followup: Followup | None = None,
 ) -> TriggerEvent:
     """Train ``model_name`` now, ignoring debounce; refused while one of its runs is going."""
@@ -106,13 +107,19 @@ def trigger_now(
     return event
 
 
+def _code_version(spec: str) -> str:
+    from hub.specs import get_spec
+
+    return get_spec(spec).code_version()
+
+
 def _run_one(
     engine: Engine,
     store: ArtifactStore,
     *,
     model_name: str,
     now: datetime,
-    runner: Runner,
+    runner: Runner | None,
     followup: Followup | None,
     on_demand: str | None = None,
 ) -> TriggerEvent | None:
@@ -125,6 +132,10 @@ def _run_one(
         event = _start(engine, store, model_name=model_name, now=now, on_demand=on_demand)
         if event is None or event.status == TriggerStatus.SKIPPED:
             return event
+        if runner is None:
+            from hub.training.service import train
+
+            runner = train
         return _train(engine, store, event=event, now=now, runner=runner, followup=followup)
     finally:
         lock.release()
@@ -160,7 +171,7 @@ def _start(
                 kind=TriggerKind.ON_DEMAND,
                 reason=on_demand,
                 version=version,
-                code_version=get_spec(policy.spec).code_version(),
+                code_version=_code_version(policy.spec),
             )
         else:
             decision = evaluate(s, policy, now=now)

@@ -13,9 +13,9 @@ from pydantic import BaseModel, Field
 
 from hub.api.deps import ContextDep
 from hub.keys import bundle_signing_key
-from hub.packaging import PackageOptions, outcome_json, package
-from hub.training.service import outcome_json as train_json
-from hub.training.service import train
+
+# hub.training and hub.packaging pull torch and onnx (seconds of import): imported in the
+# handlers, so `hub serve` and the API start without them.
 
 router = APIRouter(tags=["training"])
 
@@ -39,6 +39,9 @@ class PackageRequest(BaseModel):
 
 @router.post("/training-runs", status_code=201)
 def train_model(body: TrainRequest, ctx: ContextDep) -> dict[str, Any]:
+    from hub.training.service import outcome_json as train_json
+    from hub.training.service import train
+
     outcome = train(
         ctx.engine,
         ctx.store,
@@ -57,6 +60,8 @@ def train_model(body: TrainRequest, ctx: ContextDep) -> dict[str, Any]:
 def package_version(
     name: str, selector: str, body: PackageRequest, ctx: ContextDep
 ) -> dict[str, Any]:
+    from hub.packaging import PackageOptions, outcome_json, package
+
     options = PackageOptions(
         formats=tuple(body.formats) if body.formats else ("onnx", "tflite"),
         formats_explicit=body.formats is not None,
