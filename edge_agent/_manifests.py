@@ -17,6 +17,7 @@ _HELD = 16  # distinct manifests kept (a process rarely holds more than a few bu
 _LOCK = threading.Lock()
 _BY_DIGEST: OrderedDict[str, dict[str, Any]] = OrderedDict()
 _BY_BYTES: OrderedDict[bytes, Any] = OrderedDict()
+_ENCODED: OrderedDict[int, tuple[Any, str]] = OrderedDict()  # id -> (the dict, its JSON)
 
 
 def shared_manifest(digest: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -45,3 +46,21 @@ def parsed_manifest(raw: bytes) -> Any:
         while len(_BY_BYTES) > _HELD:
             _BY_BYTES.popitem(last=False)
     return manifest
+
+
+def encoded_manifest(manifest: dict[str, Any]) -> str:
+    """``manifest`` as compact JSON with sorted keys, encoded once per manifest *object*
+    (the shared, read-only dicts above: a slot's status changes rewrite its slot.json, and
+    re-encoding an unchanged ~14 KB manifest each time was most of that cost)."""
+    key = id(manifest)
+    with _LOCK:
+        held = _ENCODED.get(key)
+        if held is not None and held[0] is manifest:
+            _ENCODED.move_to_end(key)
+            return held[1]
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    with _LOCK:
+        _ENCODED[key] = (manifest, text)  # the reference keeps the id from being reused
+        while len(_ENCODED) > _HELD:
+            _ENCODED.popitem(last=False)
+    return text

@@ -19,50 +19,37 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from edge_agent._manifests import shared_manifest
+from edge_agent._slotmeta import (
+    META_NAME,
+    STATUSES,
+    SlotInfo,
+    file_problem,
+    fresh_meta,
+    parse_slot,
+    usable,
+    write_json,
+)
 from model_packager._format import fsync_dir
-from model_packager.bundle import PublicKeyLike, VerifiedBundle, file_digest, open_bundle
+from model_packager.bundle import PublicKeyLike, open_bundle
 
 log = logging.getLogger(__name__)
 
 __all__ = ["META_NAME", "SLOT_NAMES", "STATUSES", "SlotError", "SlotInfo", "SlotStore"]
 
 SLOT_NAMES = ("a", "b")
-#: ``ready``: installed, not serving; ``probation``/``serving``: active; ``failed``: never
-#: activated again (only replaced by a new install).
-STATUSES = frozenset({"ready", "serving", "probation", "failed"})
-META_NAME = "slot.json"
 _LINK_TARGET = {f"slots/{name}": name for name in SLOT_NAMES}
 
 
 class SlotError(Exception):
     """A slot operation that cannot be done (unknown slot, empty or failed slot, ...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SlotInfo:
-    """One installed slot, as recorded in its ``slot.json``."""
-
-    name: str
-    path: Path
-    model: str
-    version: int | str
-    digest: str  # sha256 of the bundle file it was installed from
-    status: str
-    installed_at: int  # Unix epoch milliseconds
-    manifest: dict[str, Any]
 
 
 def _other(name: str) -> str:
@@ -72,76 +59,6 @@ def _other(name: str) -> str:
 def _check_name(name: str) -> None:
     if name not in SLOT_NAMES:
         raise SlotError(f"unknown slot {name!r}; slots are {', '.join(SLOT_NAMES)}")
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Replace ``path`` atomically with ``data`` (temp file, fsync, rename, fsync dir)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            # compact: the C encoder (indent= takes the pure-Python one, ~4x slower)
-            fh.write(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def _parse(name: str, path: Path) -> SlotInfo | None:
-    """The slot at ``path`` from its ``slot.json``; ``None`` if missing or malformed."""
-    try:
-        meta = json.loads((path / META_NAME).read_bytes())
-        fields = ("model", "version", "digest", "status", "installed_at", "manifest")
-        info = SlotInfo(name, path, *(meta[field] for field in fields))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if isinstance(info.digest, str) and isinstance(info.manifest, dict):
-        info = dataclasses.replace(info, manifest=shared_manifest(info.digest, info.manifest))
-    files = info.manifest.get("files") if isinstance(info.manifest, dict) else None
-    texts_ok = isinstance(info.model, str) and isinstance(info.digest, str)
-    numbers_ok = isinstance(info.version, int | str) and isinstance(info.installed_at, int)
-    ok = texts_ok and numbers_ok and isinstance(files, dict) and info.status in STATUSES
-    return info if ok else None
-
-
-def _usable(info: SlotInfo | None, digest: str) -> bool:
-    """``info`` holds bundle ``digest``, not failed, with intact files."""
-    if info is None or info.digest != digest or info.status == "failed":
-        return False
-    return _problem(info, deep=True) is None
-
-
-def _meta(bundle: VerifiedBundle) -> dict[str, Any]:
-    """The ``slot.json`` of a fresh install of ``bundle``."""
-    return {
-        "model": bundle.name,
-        "version": bundle.version,
-        "digest": bundle.digest,
-        "status": "ready",
-        "installed_at": int(time.time() * 1000),
-        "manifest": bundle.manifest,
-    }
-
-
-def _problem(info: SlotInfo, *, deep: bool) -> str | None:
-    """Why the slot's files do not match its manifest (``None``: they do).
-
-    ``deep`` also checks every file's SHA-256; otherwise only presence and sizes.
-    """
-    for file_name, entry in sorted(info.manifest["files"].items()):
-        path = info.path / file_name
-        try:
-            if not path.is_file() or path.is_symlink():
-                return f"{file_name} is missing"
-            if path.stat().st_size != entry["size"]:
-                return f"{file_name} has the wrong size"
-            if deep and file_digest(path) != entry["digest"]:
-                return f"{file_name} does not match its digest"
-        except (OSError, KeyError, TypeError) as exc:
-            return f"{file_name} cannot be checked: {exc}"
-    return None
 
 
 class SlotStore:
@@ -197,7 +114,7 @@ class SlotStore:
         cached = self._parsed.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
-        info = _parse(name, path)
+        info = parse_slot(name, path)
         self._parsed[name] = (key, info)
         return info
 
@@ -217,7 +134,7 @@ class SlotStore:
         if (name := self._active_name()) is None:
             return None
         info = self.slot(_other(name))
-        return info if info is not None and _problem(info, deep=False) is None else None
+        return info if info is not None and file_problem(info, deep=False) is None else None
 
     def _target(self, digest: str) -> tuple[str, SlotInfo | None]:
         """The slot to install into, and the slot already holding ``digest`` if any."""
@@ -226,10 +143,10 @@ class SlotStore:
         if current is None:  # nothing active yet: an empty slot, else the older install
             ages = {n: info.installed_at if info else -1 for n, info in held.items()}
             target = min(SLOT_NAMES, key=ages.__getitem__)
-            same = [info for info in held.values() if _usable(info, digest)]
+            same = [info for info in held.values() if usable(info, digest)]
             return target, same[0] if same else None
         target = _other(current)
-        if _usable(held[target], digest):
+        if usable(held[target], digest):
             return target, held[target]
         active, fallback = held[current], held[target]
         on_probation = active is not None and active.status == "probation"
@@ -264,7 +181,7 @@ class SlotStore:
             try:
                 bundle.extract_to(incoming)
                 self._step("extracted")
-                _write_json(incoming / META_NAME, _meta(bundle))
+                write_json(incoming / META_NAME, fresh_meta(bundle))
                 (incoming / "manifest.json").write_bytes(bundle.manifest_bytes)  # as signed
                 self._step("prepared")
                 if dest.exists() or dest.is_symlink():
@@ -291,9 +208,17 @@ class SlotStore:
     def _set_status(self, info: SlotInfo, status: str) -> SlotInfo:
         if info.status == status:
             return info
-        meta = json.loads((info.path / META_NAME).read_bytes())
-        meta["status"] = status
-        _write_json(info.path / META_NAME, meta)
+        # ``info`` is what the file says (parsed under its stat identity): written back with
+        # the new status, not read and parsed again
+        meta = {
+            "model": info.model,
+            "version": info.version,
+            "digest": info.digest,
+            "status": status,
+            "installed_at": info.installed_at,
+            "manifest": info.manifest,
+        }
+        write_json(info.path / META_NAME, meta)
         updated = dataclasses.replace(info, status=status)
         self._remember(updated)
         return updated
@@ -322,7 +247,7 @@ class SlotStore:
             raise SlotError(f"slot {name} holds no install")
         if info.status == "failed":
             raise SlotError(f"slot {name} ({info.model} {info.version}) is marked failed")
-        if (problem := _problem(info, deep=True)) is not None:
+        if (problem := file_problem(info, deep=True)) is not None:
             raise SlotError(f"slot {name} is damaged: {problem}")
         current = self._active_name()
         info = self._set_status(info, status)
@@ -409,7 +334,7 @@ class SlotStore:
 
     def _repair_active(self, current: str) -> str | None:
         info = self.slot(current)
-        problem = f"no readable {META_NAME}" if info is None else _problem(info, deep=True)
+        problem = f"no readable {META_NAME}" if info is None else file_problem(info, deep=True)
         if problem is None:
             return current
         log.error("recover: active slot %s is damaged: %s", current, problem)
@@ -417,7 +342,11 @@ class SlotStore:
             with contextlib.suppress(OSError, ValueError):
                 self._set_status(info, "failed")
         other = self.slot(_other(current))
-        if other is not None and other.status != "failed" and _problem(other, deep=True) is None:
+        if (
+            other is not None
+            and other.status != "failed"
+            and file_problem(other, deep=True) is None
+        ):
             self._set_status(other, "serving")
             self._switch(other.name)
             log.warning("recover: switched to slot %s (%s)", other.name, other.version)

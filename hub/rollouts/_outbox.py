@@ -1,6 +1,10 @@
 """Publishing a rollout's staged commands after the commit that staged them: QoS 1, wait for
 the PUBACK, then mark the row published. A crash in between republishes the same command id
-(agents dedupe). Shadow starts and stops first, then deploys, then rollbacks."""
+(agents dedupe). Shadow starts and stops first, then deploys, then rollbacks.
+
+Deploys and rollbacks go out as one batch: every command is handed to the broker at once,
+the PUBACKs are awaited together, and the acknowledged rows are marked in one transaction
+(one round trip and one commit per tick, not one of each per device)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from hub.rollouts import _shadow, _sync
 from hub.rollouts._publisher import CommandPublisher
 from hub.rollouts.service import now
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutShadow
+from proto import messages_pb2 as pb
 
 
 def publish_staged(
@@ -33,15 +38,18 @@ def publish_staged(
         ).all()
     if rollout is None or not rows:
         return count
-    for row in rows:
+    staged: list[tuple[RolloutDevice, str, pb.Command]] = []
+    for row in rows:  # a row's deploy goes before its rollback
         if row.command_id and row.published_at is None:
-            publisher.publish(_sync.deploy_command(rollout, row, endpoint=endpoint))
-            _mark(engine, row, "published_at")
+            command = _sync.deploy_command(rollout, row, endpoint=endpoint)
+            staged.append((row, "published_at", command))
         if row.rollback_command_id and row.rollback_published_at is None:
-            publisher.publish(_sync.rollback_command(rollout, row))
-            _mark(engine, row, "rollback_published_at")
-        count += 1
-    return count
+            staged.append((row, "rollback_published_at", _sync.rollback_command(rollout, row)))
+    acked, error = publisher.publish_many([command for _, _, command in staged])
+    _mark(engine, [(row, field) for row, field, _ in staged[:acked]])
+    if error is not None:
+        raise error
+    return count + len({(row.rollout_id, row.device_id) for row, _, _ in staged[:acked]})
 
 
 def _publish_shadows(
@@ -74,10 +82,29 @@ def _publish_shadows(
     return count
 
 
-def _mark(engine: Engine, row: RolloutDevice, field: str) -> None:
-    key = "command_id" if field == "published_at" else "rollback_command_id"
+def _mark(engine: Engine, published: list[tuple[RolloutDevice, str]]) -> None:
+    """Set ``field`` on each row, in one transaction, where the row still holds the command
+    id that was published (a row re-staged meanwhile keeps its new command unpublished)."""
+    if not published:
+        return
+    at = now()
+    keys = sorted({(row.rollout_id, row.device_id) for row, _ in published})
     with session_scope(engine) as session:
-        fresh = session.get(RolloutDevice, (row.rollout_id, row.device_id))
-        if fresh is not None and getattr(fresh, key) == getattr(row, key):
-            setattr(fresh, field, now())
-            session.add(fresh)
+        fresh: dict[tuple[str, str], RolloutDevice] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            for rollout_id in {r for r, _ in chunk}:
+                ids = [d for r, d in chunk if r == rollout_id]
+                for found in session.exec(
+                    select(RolloutDevice).where(
+                        RolloutDevice.rollout_id == rollout_id,
+                        col(RolloutDevice.device_id).in_(ids),
+                    )
+                ):
+                    fresh[(found.rollout_id, found.device_id)] = found
+        for row, field in published:
+            key = "command_id" if field == "published_at" else "rollback_command_id"
+            current = fresh.get((row.rollout_id, row.device_id))
+            if current is not None and getattr(current, key) == getattr(row, key):
+                setattr(current, field, at)
+                session.add(current)

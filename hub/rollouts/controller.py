@@ -37,6 +37,11 @@ log = logging.getLogger("edgeloop.rollouts")
 R = RolloutState
 RECONCILED = {R.SHADOWING, R.RUNNING, R.AWAITING_APPROVAL, R.PAUSED, R.ROLLING_BACK}
 MAX_ROLLBACK_ATTEMPTS = 3
+#: A device seen (any message) this long after its command was published, without having
+#: answered it, gets the command again even when its state does not show a reconnect.
+NUDGE_GRACE_S = 30.0
+#: A tick slower than this is logged (the controller lagging behind device events).
+SLOW_TICK_S = 5.0
 
 
 class RolloutController:
@@ -90,7 +95,14 @@ class RolloutController:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.tick()
+            started = time.monotonic()
+            try:
+                self.tick()
+            except Exception:  # e.g. the database briefly unavailable: the next tick retries
+                self.errors += 1
+                log.exception("rollout controller tick failed (will retry)")
+            if (took := time.monotonic() - started) > SLOW_TICK_S:
+                log.warning("rollout controller tick took %.1f s", took)
             self._stop.wait(self.tick_s)
 
     # one pass -----------------------------------------------------------------------------
@@ -141,6 +153,8 @@ class RolloutController:
         )
         _sync.sync_events(session, rollout, rows)
         self._time_out(session, rollout, rows)
+        if (session.dirty or session.new) and not self._commit_progress(session, rollout):
+            return
         if rollout.shadow and not _shadow.pending(rollout):
             _shadow.sync(session, rollout)  # the answers to the stops
         if rollout.state == R.ROLLING_BACK:
@@ -154,6 +168,15 @@ class RolloutController:
             _shadow.drive(session, rollout, devices)
             return
         self._drive(session, rollout, rows, devices)
+
+    def _commit_progress(self, session: Session, rollout: Rollout) -> bool:
+        """Commit the device rows moved by their events before the slower part of the tick
+        (gates over telemetry): readers and the ingest see them at once, and SQLite's write
+        lock is not held while the gates read. Then lock the rollout row again (PostgreSQL)
+        and go on only while it is still reconciled (an operator may have ended it)."""
+        session.commit()
+        session.refresh(rollout, with_for_update=True)
+        return rollout.state in RECONCILED
 
     def _time_out(self, session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) -> None:
         limit = now() - timedelta(seconds=rollout.device_timeout_s)
@@ -233,13 +256,24 @@ class RolloutController:
     ) -> None:
         """A device that came online after its command was published but never answered
         (it had no broker session yet, so nothing was queued for it): publish the same
-        command again (same id; agents dedupe)."""
+        command again (same id; agents dedupe).
+
+        "Came online after": seen after the publish, and its retained state (sent when it
+        connects) is newer than the command. A device that is merely busy keeps sending
+        telemetry before it gets to the command; it is not nudged until
+        :data:`NUDGE_GRACE_S` after the publish (also the fallback for a device whose clock
+        is behind the hub's)."""
+        grace = timedelta(seconds=NUDGE_GRACE_S)
         for d in rows:
-            device = devices.get(d.device_id)
-            published, seen = aware(d.published_at), aware(device.last_seen_at if device else None)
-            if d.state != S.COMMANDED or device is None or not device.online:
+            if d.state != S.COMMANDED:
                 continue
-            if published is not None and seen is not None and seen > published:
+            device = devices.get(d.device_id)
+            if device is None or not device.online:
+                continue
+            published, seen = aware(d.published_at), aware(device.last_seen_at)
+            if published is None or seen is None or seen <= published:
+                continue
+            if _state_ms(device.state or {}) >= d.issued_at_ms or seen > published + grace:
                 d.published_at = None
                 session.add(d)
 
@@ -391,3 +425,12 @@ class RolloutController:
         self.published += publish_staged(
             self.engine, rollout_id, publisher=self.publisher, endpoint=self.endpoint
         )
+
+
+def _state_ms(state: dict[str, object]) -> int:
+    """The device clock's ``updated_at`` (unix ms) of a stored ``AgentState`` (0: none)."""
+    value = state.get("updatedAt", state.get("updated_at", 0))
+    try:
+        return int(value)  # type: ignore[call-overload]  # protobuf JSON: int64 as a string
+    except (TypeError, ValueError):
+        return 0

@@ -17,7 +17,7 @@ Inputs are what the ingest stores (``hub.tables.fleet``) and monitoring's ``Aler
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -99,7 +99,7 @@ def install_failure_rate(devices: Sequence[RolloutDevice], cfg: dict[str, Any]) 
     )
 
 
-def p95(histograms: Iterable[dict[str, Any]]) -> float | None:
+def p95(histograms: Iterable[Mapping[str, Any]]) -> float | None:
     """The 95th percentile over histograms (each ``{"edges", "counts"}``), bin upper edges."""
     points: list[tuple[float, int]] = []
     for hist in histograms:
@@ -120,19 +120,38 @@ def p95(histograms: Iterable[dict[str, Any]]) -> float | None:
     return sorted(points)[-1][0]  # pragma: no cover - the loop always returns
 
 
+@dataclass(frozen=True, slots=True)
+class _Telemetry:
+    """What the telemetry gates need of a set of windows: totals and latency histograms."""
+
+    count: int = 0
+    errors: int = 0
+    latency: tuple[Mapping[str, Any], ...] = ()
+
+
 def _windows(
     session: Session, *, model: str, versions: set[str], devices: set[str] | None, since: datetime
-) -> Sequence[TelemetryWindowRow]:
+) -> _Telemetry:
+    """Only the columns the gates read: a window's other JSON columns (feature sketches,
+    confidence, output counts) are most of its bytes, and decoding them for thousands of
+    windows held the controller's transaction open for tens of seconds."""
     if not versions:
-        return []
-    query = select(TelemetryWindowRow).where(
+        return _Telemetry()
+    query = select(
+        TelemetryWindowRow.count, TelemetryWindowRow.errors, TelemetryWindowRow.latency
+    ).where(
         TelemetryWindowRow.model == model,
         col(TelemetryWindowRow.version).in_(versions),
         TelemetryWindowRow.window_end >= since,
     )
     if devices is not None:
         query = query.where(col(TelemetryWindowRow.device_id).in_(devices))
-    return session.exec(query).all()
+    rows = session.exec(query).all()
+    return _Telemetry(
+        count=sum(int(c or 0) for c, _, _ in rows),
+        errors=sum(int(e or 0) for _, e, _ in rows),
+        latency=tuple(h for _, _, h in rows if h),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,8 +188,8 @@ def telemetry_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list
     base = _windows(
         session, model=r.model, versions=scope.previous_versions, devices=None, since=lookback
     )
-    n_c, e_c = sum(w.count for w in cand), sum(w.errors for w in cand)
-    n_b, e_b = sum(w.count for w in base), sum(w.errors for w in base)
+    n_c, e_c = cand.count, cand.errors
+    n_b, e_b = base.count, base.errors
     min_n = int(cfg["min_predictions"])
     results: list[GateResult] = []
     if n_c < min_n:
@@ -203,8 +222,8 @@ def telemetry_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list
             + ("" if rate_b is not None else "; no baseline, absolute ceiling"),
         )
     )
-    lat_c = p95(w.latency for w in cand)
-    lat_b = p95(w.latency for w in base) if n_b >= min_n else None
+    lat_c = p95(cand.latency)
+    lat_b = p95(base.latency) if n_b >= min_n else None
     if lat_c is None or lat_b is None:
         results.append(
             _insufficient(
@@ -293,13 +312,13 @@ def quality_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list[G
             )
         )
     shadows = [
-        w.shadow
-        for w in session.exec(
-            select(TelemetryWindowRow).where(
+        shadow
+        for shadow in session.exec(
+            select(TelemetryWindowRow.shadow).where(
                 TelemetryWindowRow.model == r.model, TelemetryWindowRow.window_end >= scope.since
             )
         ).all()
-        if w.shadow and str(w.shadow.get("version", "")) == r.version
+        if shadow and str(shadow.get("version", "")) == r.version
     ]
     compared = sum(int(s.get("compared", 0)) for s in shadows)
     agreed = sum(int(s.get("agreed", 0)) for s in shadows)

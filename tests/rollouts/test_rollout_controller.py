@@ -1,0 +1,263 @@
+"""The controller's tick against a real database with a recording publisher (no broker):
+events move device rows, commands go out in one batch, busy devices are not re-commanded,
+and a failing tick does not stop the controller thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from hub.db import create_all, drop_all, make_engine, session_scope
+from hub.rollouts import controller as controller_mod
+from hub.rollouts import service
+from hub.rollouts._publisher import PublishError
+from hub.rollouts.controller import RolloutController
+from hub.tables import DeploymentEventRow, Device
+from hub.tables.rollouts import RolloutDevice
+from proto import messages_pb2 as pb
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+class RecordingPublisher:
+    """Stands in for :class:`CommandPublisher`: acknowledges the first ``ack`` commands."""
+
+    def __init__(self) -> None:
+        self.sent: list[pb.Command] = []
+        self.batches = 0
+        self.ack: int | None = None
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def publish_many(self, commands: Sequence[pb.Command]) -> tuple[int, PublishError | None]:
+        self.batches += 1
+        n = len(commands) if self.ack is None else min(self.ack, len(commands))
+        self.sent.extend(commands[:n])
+        return n, None if n == len(commands) else PublishError("no PUBACK (test)")
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    eng = make_engine(database_url)
+    create_all(eng)
+    yield eng
+    drop_all(eng)
+    eng.dispose()
+
+
+def _setup(engine: Engine, n: int, *, state_ms: int = 0) -> tuple[str, RecordingPublisher]:
+    with session_scope(engine) as s:
+        for i in range(n):
+            s.add(
+                Device(
+                    id=f"d{i:02d}",
+                    group="default",
+                    tags={},
+                    online=True,
+                    state={"online": True, "updatedAt": str(state_ms)},
+                    last_seen_at=datetime.now(UTC) - timedelta(seconds=5),
+                )
+            )
+    with session_scope(engine) as s:
+        rollout = service.create_rollout(
+            s,
+            model="m",
+            version="2",
+            bundle_digest=DIGEST,
+            bundle_size=10,
+            selector="all",
+            phases="100%",
+            bake_s=0,
+            probation_s=0,
+            max_commands_per_s=100000,
+        )
+        rollout_id = str(rollout.id)
+    return rollout_id, RecordingPublisher()
+
+
+def _controller(engine: Engine, publisher: RecordingPublisher) -> RolloutController:
+    return RolloutController(
+        engine=engine,
+        mqtt_url="mqtt://127.0.0.1:1",
+        artifact_endpoint="127.0.0.1:1",
+        max_commands_per_s=100000,
+        publisher=publisher,  # type: ignore[arg-type]
+    )
+
+
+def _rows(engine: Engine, rollout_id: str) -> dict[str, RolloutDevice]:
+    with session_scope(engine) as s:
+        return {d.device_id: d for d in service.devices_of(s, rollout_id=rollout_id)}
+
+
+def _event(engine: Engine, row: RolloutDevice, kind: str) -> None:
+    with session_scope(engine) as s:
+        s.add(
+            DeploymentEventRow(
+                event_id=uuid.uuid4().hex,
+                device_id=row.device_id,
+                command_id=row.command_id,
+                rollout_id=row.rollout_id,
+                kind=kind,
+                at=datetime.now(UTC),
+            )
+        )
+
+
+def _seen(engine: Engine, device_id: str, *, state_ms: int | None = None) -> None:
+    with session_scope(engine) as s:
+        device = s.get(Device, device_id)
+        assert device is not None
+        device.last_seen_at = datetime.now(UTC)
+        if state_ms is not None:
+            device.state = {"online": True, "updatedAt": str(state_ms)}
+        s.add(device)
+
+
+def test_events_move_rows_and_commands_go_out_in_one_batch(engine: Engine) -> None:
+    rollout_id, publisher = _setup(engine, 12)
+    ctl = _controller(engine, publisher)
+    ctl.tick()  # start the phase, stage and publish every device
+    assert publisher.batches == 1 and len(publisher.sent) == 12
+    rows = _rows(engine, rollout_id)
+    assert all(d.state == "commanded" and d.published_at is not None for d in rows.values())
+    # events arrive in any interleaving; a row takes the furthest one, also when an earlier
+    # kind is stored after it
+    for i, row in enumerate(rows.values()):
+        _event(engine, row, "downloading")
+        if i % 3:
+            _event(engine, row, "healthy")
+            _event(engine, row, "downloading")
+    ctl.tick()
+    states = {d.device_id: d.state for d in _rows(engine, rollout_id).values()}
+    assert sum(s == "healthy" for s in states.values()) == 8
+    assert sum(s == "downloading" for s in states.values()) == 4
+    for i, row in enumerate(rows.values()):
+        if not i % 3:
+            _event(engine, row, "healthy")
+    ctl.tick()
+    assert {d.state for d in _rows(engine, rollout_id).values()} == {"healthy"}
+    with session_scope(engine) as s:
+        assert service.get_rollout(s, rollout_id=rollout_id).state == "completed"
+    assert len(publisher.sent) == 12  # nothing was sent twice
+
+
+def test_only_acknowledged_commands_are_marked_published(engine: Engine) -> None:
+    rollout_id, publisher = _setup(engine, 5)
+    publisher.ack = 2
+    ctl = _controller(engine, publisher)
+    ctl.tick()
+    rows = _rows(engine, rollout_id)
+    assert sum(d.published_at is not None for d in rows.values()) == 2
+    publisher.ack = None
+    ctl.tick()  # the rest go out with the same command ids
+    rows = _rows(engine, rollout_id)
+    assert all(d.published_at is not None for d in rows.values())
+    assert sorted(c.command_id for c in publisher.sent) == sorted(
+        d.command_id for d in rows.values()
+    )
+
+
+def test_a_busy_device_is_not_re_commanded_but_a_reconnected_one_is(engine: Engine) -> None:
+    rollout_id, publisher = _setup(engine, 2, state_ms=1)
+    ctl = _controller(engine, publisher)
+    ctl.tick()
+    assert len(publisher.sent) == 2
+    time.sleep(0.01)
+    # d00 keeps sending telemetry (seen after the publish) but has not got to the command
+    # yet: its state is older than the command. d01 reconnected: a fresh retained state.
+    _seen(engine, "d00")
+    _seen(engine, "d01", state_ms=int(time.time() * 1000) + 1)
+    ctl.tick()
+    assert [c.device_id for c in publisher.sent[2:]] == ["d01"]
+    rows = _rows(engine, rollout_id)
+    assert publisher.sent[2].command_id == rows["d01"].command_id  # the same command again
+    # long after the publish, a device seen but silent gets it again as well
+    with session_scope(engine) as s:
+        row = s.get(RolloutDevice, (rollout_id, "d00"))
+        assert row is not None
+        row.published_at = datetime.now(UTC) - timedelta(seconds=controller_mod.NUDGE_GRACE_S + 5)
+        s.add(row)
+    _seen(engine, "d00")
+    ctl.tick()
+    assert [c.device_id for c in publisher.sent[3:]] == ["d00"]
+
+
+def test_a_failing_tick_does_not_stop_the_controller(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick that raises (the database briefly locked or gone) used to end the controller
+    thread for good: device rows stopped following their events while ingest went on."""
+    rollout_id, publisher = _setup(engine, 3)
+    ctl = _controller(engine, publisher)
+    ctl.tick_s = 0.02
+    real_tick, calls = ctl.tick, []
+    ticked = threading.Event()
+
+    def flaky_tick() -> None:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise RuntimeError("database is locked (test)")
+        real_tick()
+        ticked.set()
+
+    monkeypatch.setattr(ctl, "tick", flaky_tick)
+    with ctl:
+        assert ticked.wait(10)
+        rows = _rows(engine, rollout_id)
+        for row in rows.values():
+            _event(engine, row, "healthy")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if {d.state for d in _rows(engine, rollout_id).values()} == {"healthy"}:
+                break
+            time.sleep(0.05)
+    assert {d.state for d in _rows(engine, rollout_id).values()} == {"healthy"}
+    assert ctl.errors >= 2
+
+
+def test_device_rows_follow_their_events_while_the_gates_are_evaluated(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lag bug: the tick that moved the last devices to healthy also evaluated the
+    gates (tens of seconds over thousands of telemetry windows) in the same transaction, so
+    those rows stayed ``downloading`` for everyone else (and SQLite's ingest waited on the
+    write lock) until the gates were done. Rows are now committed before the gates run."""
+    rollout_id, publisher = _setup(engine, 4)
+    ctl = _controller(engine, publisher)
+    ctl.tick()
+    for row in _rows(engine, rollout_id).values():
+        _event(engine, row, "downloading")
+    ctl.tick()
+    assert {d.state for d in _rows(engine, rollout_id).values()} == {"downloading"}
+    for row in _rows(engine, rollout_id).values():
+        _event(engine, row, "healthy")
+    in_gates, release = threading.Event(), threading.Event()
+    real_evaluate = controller_mod.evaluate
+
+    def slow_evaluate(*args, **kwargs):  # type: ignore[no-untyped-def]
+        in_gates.set()
+        assert release.wait(20)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(controller_mod, "evaluate", slow_evaluate)
+    tick = threading.Thread(target=ctl.tick)
+    tick.start()
+    try:
+        assert in_gates.wait(20)
+        # the gates are being evaluated: the rows are already healthy for everyone
+        assert {d.state for d in _rows(engine, rollout_id).values()} == {"healthy"}
+        _event(engine, next(iter(_rows(engine, rollout_id).values())), "healthy")  # ingest
+    finally:
+        release.set()
+        tick.join(20)
+    with session_scope(engine) as s:
+        assert service.get_rollout(s, rollout_id=rollout_id).state == "completed"
