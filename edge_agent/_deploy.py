@@ -1,4 +1,4 @@
-"""What the agent does with commands: deploy, rollback, shadow, config.
+"""What the agent does with commands: deploy, rollback, shadow, config, rotate_key.
 
 Every step is reported as a ``DeploymentEvent`` through the durable queue. A deploy fetches
 the bundle (resumable), verifies digest and signature before anything lands in a slot,
@@ -24,6 +24,7 @@ from typing import Any
 from edge_agent._fetch import DownloadError, download_bundle
 from edge_agent._runtime import LoadedModel, ModelLoadError, health_check, load_slot
 from edge_agent._slots import SlotError, SlotStore
+from edge_agent._trust import RotationRefused, TrustedKey
 from model_packager.bundle import BundleError, open_bundle
 from proto import messages_pb2 as pb
 
@@ -93,7 +94,7 @@ class Deployer:
         *,
         device_id: str,
         slots: SlotStore,
-        public_key: Any,
+        trust: TrustedKey,
         work_dir: Path,
         prefer: tuple[str, ...],
         threads: int,
@@ -108,7 +109,7 @@ class Deployer:
         self._device_id = device_id
         self._ca_file = ca_file  # the hub's CA: downloads over TLS
         self._slots = slots
-        self._public_key = public_key
+        self._trust = trust  # the bundle key: read at each use, a rotation changes it
         self._work = work_dir
         self._prefer = prefer
         self._threads = threads
@@ -167,6 +168,8 @@ class Deployer:
                 await self._rollback(command, reason=command.rollback.reason or "requested")
             elif body == "shadow":
                 await self._start_shadow(command)
+            elif body == "rotate_key":
+                self._rotate_key(command)
             else:
                 self._emit(command, K.EVENT_KIND_RECEIVED)
 
@@ -207,7 +210,9 @@ class Deployer:
             self._slots.mark(active.name, "serving")
         try:
             path = await self._fetch(command, target)
-            slot = await asyncio.to_thread(self._slots.install, path, public_key=self._public_key)
+            slot = await asyncio.to_thread(
+                self._slots.install, path, public_key=self._trust.public_key
+            )
             path.unlink(missing_ok=True)  # the verified files live in the slot now
         except (DownloadError, BundleError, SlotError, OSError) as exc:
             self._emit(command, K.EVENT_KIND_FAILED, reason=f"{type(exc).__name__}: {exc}")
@@ -312,6 +317,27 @@ class Deployer:
             command, K.EVENT_KIND_ROLLED_BACK, reason=reason, model=slot.model, version=slot.version
         )
 
+    # key rotation -------------------------------------------------------------------------
+
+    def _rotate_key(self, command: pb.Command) -> None:
+        """Trust the new bundle key when the command is signed by the trusted one (see
+        edge_agent._trust); HEALTHY when done or already done, FAILED with why if not."""
+        self._emit(command, K.EVENT_KIND_RECEIVED)
+        try:
+            changed = self._trust.rotate(command)
+        except RotationRefused as exc:
+            log.warning("refused key rotation %s: %s", command.command_id, exc)
+            self._emit(command, K.EVENT_KIND_FAILED, reason=f"key rotation refused: {exc}")
+            return
+        except OSError as exc:  # the new key could not be stored: keep the old one
+            self._emit(command, K.EVENT_KIND_FAILED, reason=f"key rotation not stored: {exc}")
+            return
+        self._emit(
+            command,
+            K.EVENT_KIND_HEALTHY,
+            reason=f"{'now trusting' if changed else 'already trusting'} {self._trust.key_id}",
+        )
+
     # shadow -------------------------------------------------------------------------------
 
     async def _start_shadow(self, command: pb.Command) -> None:
@@ -324,7 +350,7 @@ class Deployer:
         try:
             path = await self._fetch(command, target)
             directory = self._work / "shadow" / target.bundle_digest.removeprefix("sha256:")
-            bundle = open_bundle(path, public_key=self._public_key)
+            bundle = open_bundle(path, public_key=self._trust.public_key)
             await asyncio.to_thread(bundle.extract_to, directory)
             (directory / "manifest.json").write_bytes(bundle.manifest_bytes)
             loaded = await asyncio.to_thread(

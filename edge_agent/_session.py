@@ -5,6 +5,12 @@ expiry), QoS 1 everywhere, last will marking the device offline on its retained 
 topic. Reconnects with jittered, capped exponential backoff. Everything the device must
 deliver goes through the durable outbound queue and leaves it only after the broker's
 PUBACK, so a broker away for hours or an agent restart loses nothing.
+
+With ``delivery = "hub_ack"`` telemetry, feedback and deployment events leave it only when
+the hub's ``DeliveryAck`` (``devices/<id>/ack``) covers their seq: after the PUBACK an item
+is "sent, awaiting the hub" and is sent again after ``hub_ack_timeout_s`` and on every
+reconnect, so what a broker crash loses after its PUBACK still reaches the hub (which drops
+repeats by seq, events by event_id).
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -24,6 +31,7 @@ from edge_agent._fetch import Backoff
 from edge_agent._queue import OutboundQueue, QueuedItem
 from edge_agent._tls import mqtt_tls_params
 from edge_agent.settings import AgentSettings
+from proto import messages_pb2 as pb
 from proto.topics import Topics
 
 log = logging.getLogger("edgeloop.agent.mqtt")
@@ -38,6 +46,9 @@ class SessionStats:
     disconnects: int = 0
     published: int = 0
     commands: int = 0
+    resent: int = 0  # items published again (no hub ack in time, or a reconnect)
+    hub_acks: int = 0  # DeliveryAck messages received
+    hub_acked: int = 0  # queued items those acks removed
     last_error: str = ""
     connected: bool = field(default=False)
 
@@ -61,6 +72,10 @@ class MqttSession:
         self._state = state
         self._wake = asyncio.Event()
         self._state_dirty = asyncio.Event()
+        self._hub_ack = settings.delivery == "hub_ack"
+        self._ack_topic = topics.ack(settings.device_id)
+        self._connected_at = 0.0  # wall clock: items sent before it are due again
+        self._commands: asyncio.Queue[bytes] = asyncio.Queue()  # made anew by run()
         self.stats = SessionStats()
         self._topic_for = {
             "events": topics.events(settings.device_id),
@@ -74,6 +89,18 @@ class MqttSession:
 
     def state_changed(self) -> None:
         self._state_dirty.set()
+
+    def delivery_stats(self) -> dict[str, object]:
+        """Counters for the local health endpoint and tests."""
+        return {
+            "delivery": self._settings.delivery,
+            "queued": len(self._queue),
+            "awaiting_hub_ack": self._queue.awaiting() if self._hub_ack else 0,
+            "published": self.stats.published,
+            "resent": self.stats.resent,
+            "hub_acks": self.stats.hub_acks,
+            "hub_acked": self.stats.hub_acked,
+        }
 
     def _client(self) -> aiomqtt.Client:
         s = self._settings
@@ -89,7 +116,12 @@ class MqttSession:
             "will": will,
             "keepalive": s.keepalive_s,
             "timeout": 10.0,
-            "tls_params": mqtt_tls_params(s.mqtt_url, ca_file=s.ca_file),
+            "tls_params": mqtt_tls_params(
+                s.mqtt_url,
+                ca_file=s.ca_file,
+                client_cert=s.client_cert_file,
+                client_key=s.client_key_file,
+            ),
         }
         if s.mqtt_protocol == "5":
             props = Properties(PacketTypes.CONNECT)
@@ -112,6 +144,20 @@ class MqttSession:
             initial=self._settings.reconnect_initial_s, cap=self._settings.reconnect_max_s
         )
         delays = backoff.delays()
+        # Commands run in a task of their own that outlives connections: a deploy under way
+        # when the broker goes away goes on (it used to be cancelled with the receive task,
+        # after its command was acked, so it never finished: stuck at e.g. VERIFIED).
+        self._commands = asyncio.Queue()  # of this run's event loop
+        handler = asyncio.create_task(self._handle_commands(), name="agent-commands")
+        try:
+            await self._stay_connected(stop, backoff, delays)
+        finally:
+            handler.cancel()
+            await asyncio.gather(handler, return_exceptions=True)
+
+    async def _stay_connected(
+        self, stop: asyncio.Event, backoff: Backoff, delays: Iterator[float]
+    ) -> None:
         while not stop.is_set():
             try:
                 async with self._client() as client:
@@ -136,7 +182,10 @@ class MqttSession:
     async def _connected(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         no_delay(client)
         device = self._settings.device_id
+        self._connected_at = time.time()
         await client.subscribe(self._topics.command(device), qos=1)
+        if self._hub_ack:
+            await client.subscribe(self._ack_topic, qos=1)
         await self._publish_state(client, online=True)
         tasks = [
             asyncio.create_task(self._receive(client)),
@@ -169,19 +218,50 @@ class MqttSession:
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            self.stats.commands += 1
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
-                log.warning("ignoring a non-binary command payload on %s", message.topic)
+                log.warning("ignoring a non-binary payload on %s", message.topic)
                 continue
+            if message.topic.value == self._ack_topic:
+                self._on_hub_ack(bytes(payload))
+                continue
+            self.stats.commands += 1
+            self._commands.put_nowait(bytes(payload))
+
+    async def _handle_commands(self) -> None:
+        """One command at a time, in arrival order, across reconnects."""
+        while True:
+            payload = await self._commands.get()
             try:
-                await self._on_command(bytes(payload))
+                await self._on_command(payload)
             except Exception:  # one bad command never stops the session
                 log.exception("command handler failed")
 
+    def _on_hub_ack(self, payload: bytes) -> None:
+        ack = pb.DeliveryAck()
+        try:
+            ack.ParseFromString(payload)
+        except Exception:  # DecodeError, bad UTF-8: nothing to act on
+            log.warning("ignoring a malformed delivery ack (%d bytes)", len(payload))
+            return
+        if ack.device_id != self._settings.device_id:
+            log.warning("ignoring a delivery ack for %r", ack.device_id)
+            return
+        self.stats.hub_acks += 1
+        for r in ack.ranges:
+            if r.stream in STREAMS and 0 < r.first <= r.last:
+                self.stats.hub_acked += self._queue.ack_seqs(r.stream, r.first, r.last)
+
+    def _due(self) -> list[QueuedItem]:
+        if not self._hub_ack:
+            return self._queue.peek(limit=DRAIN_BATCH)
+        timeout = self._settings.hub_ack_timeout_s
+        before = max(self._connected_at, time.time() - timeout)
+        return self._queue.peek(limit=DRAIN_BATCH, sent_before=before)
+
     async def _drain(self, client: aiomqtt.Client) -> None:
         while True:
-            items = self._queue.peek(limit=DRAIN_BATCH)
+            items = self._due()
             if not items:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -197,8 +277,13 @@ class MqttSession:
             self._queue.ack(item.id)
             return
         await client.publish(topic, item.payload, qos=1)  # returns after the broker's PUBACK
-        self._queue.ack(item.id)
+        if self._hub_ack:
+            self._queue.mark_sent(item.id)  # stays until the hub's DeliveryAck covers it
+        else:
+            self._queue.ack(item.id)
         self.stats.published += 1
+        if item.sent_at is not None:
+            self.stats.resent += 1
 
 
 def no_delay(client: aiomqtt.Client) -> None:

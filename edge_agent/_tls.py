@@ -3,7 +3,9 @@
 ``ca_file`` is the hub's CA certificate (``EDGELOOP_AGENT_CA_FILE``, or ``--ca-file`` at
 enrolment). Given one, gRPC channels are secure and verify the hub's certificate against
 it; without one they are plaintext, as before. ``mqtts://`` URLs connect over TLS
-(verified against ``ca_file``, else the system's trust store).
+(verified against ``ca_file``, else the system's trust store), presenting the device's
+client certificate when it has one (a hub with ``EDGELOOP_MQTT_CLIENT_CERTS``; the key is
+made here by :func:`new_client_key`, the hub signs only its CSR).
 """
 
 from __future__ import annotations
@@ -44,10 +46,41 @@ def mqtt_uses_tls(url: str) -> bool:
     return urlparse(url).scheme in TLS_SCHEMES
 
 
-def mqtt_tls_params(url: str, *, ca_file: Path | None) -> Any:
-    """``aiomqtt.TLSParameters`` for an ``mqtts://`` URL, else None."""
+def mqtt_tls_params(
+    url: str,
+    *,
+    ca_file: Path | None,
+    client_cert: Path | None = None,
+    client_key: Path | None = None,
+) -> Any:
+    """``aiomqtt.TLSParameters`` for an ``mqtts://`` URL (client cert if given), else None."""
     if not mqtt_uses_tls(url):
         return None
     import aiomqtt
 
-    return aiomqtt.TLSParameters(ca_certs=str(ca_file) if ca_file is not None else None)
+    return aiomqtt.TLSParameters(
+        ca_certs=str(ca_file) if ca_file is not None else None,
+        certfile=str(client_cert) if client_cert is not None else None,
+        keyfile=str(client_key) if client_key is not None else None,
+    )
+
+
+def new_client_key(common_name: str) -> tuple[bytes, bytes]:
+    """A new EC P-256 private key (PKCS#8 PEM) and a CSR for it (PEM), for mTLS."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)

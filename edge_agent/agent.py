@@ -32,8 +32,8 @@ from edge_agent._runtime import LoadedModel, load_slot
 from edge_agent._session import MqttSession
 from edge_agent._slots import SlotInfo, SlotStore
 from edge_agent._telemetry import WindowAggregator
+from edge_agent._trust import TrustedKey
 from edge_agent.settings import AgentSettings
-from model_packager.signing import load_public_key
 from proto import messages_pb2 as pb
 from proto.topics import Topics
 
@@ -59,7 +59,10 @@ class Agent:
         self.device_dir.mkdir(parents=True, exist_ok=True)
         self.topics = Topics(prefix=settings.topic_prefix, fleet=settings.fleet)
         assert settings.public_key is not None  # the settings refuse to exist without one
-        self._public_key = load_public_key(settings.public_key)
+        # the bundle key: the configured one, or the one a RotateKey replaced it with
+        self.trust = TrustedKey(
+            configured=settings.public_key, device_dir=self.device_dir, device_id=settings.device_id
+        )
         self.queue = OutboundQueue(
             self.device_dir / "outbound.db", max_bytes=settings.queue_max_bytes
         )
@@ -87,7 +90,7 @@ class Agent:
         self.deployer = Deployer(
             device_id=settings.device_id,
             slots=self.slots,
-            public_key=self._public_key,
+            trust=self.trust,
             work_dir=self.device_dir,
             prefer=tuple(settings.prefer),
             threads=settings.threads,
@@ -128,7 +131,10 @@ class Agent:
                 await self.deployer.rollback_after_crash()
         if self.settings.http_port is not None:
             self._api = LocalApi(
-                predictor=self.predictor, on_feedback=self.feedback, port=self.settings.http_port
+                predictor=self.predictor,
+                on_feedback=self.feedback,
+                port=self.settings.http_port,
+                status=lambda: {"delivery": self.session.delivery_stats()},
             )
             self._api.start()
         self._tasks = [
@@ -226,6 +232,7 @@ class Agent:
             updated_at=int(time.time() * 1000),
             last_command_id=self.deployer.last_command_id,
             capabilities=self.settings.capabilities,
+            bundle_key_id=self.trust.key_id,
         )
         return state.SerializeToString()
 
@@ -333,8 +340,11 @@ class Agent:
                 )
 
     def _enqueue_event(self, event: pb.DeploymentEvent) -> None:
-        payload = event.SerializeToString()
-        self.queue.append(stream="events", payload_for=lambda _seq: payload)
+        def payload_for(seq: int) -> bytes:
+            event.seq = seq  # what the hub's DeliveryAck names
+            return event.SerializeToString()
+
+        self.queue.append(stream="events", payload_for=payload_for)
         self.session.wake()
 
     def flush(self) -> None:

@@ -3,6 +3,9 @@
 ``enroll()`` trades an enrolment token for the device's MQTT login, the hub's bundle
 public key and the endpoints, and writes them into the agent's folder for that device
 (``<data dir>/<device id>/``): ``enrollment.json`` and ``hub.pub`` (hex), both 0600.
+The device also makes its own private key and sends a CSR; when the hub requires client
+certificates (mTLS) it returns a certificate, kept with the key as ``client.pem`` +
+``client.key`` (0600, the key never leaves the device), else the key is discarded.
 :class:`~edge_agent.settings.AgentSettings` reads them when present, so ``agent run``
 needs only ``--device-id`` afterwards. Light on purpose: grpc and the generated stubs.
 """
@@ -17,11 +20,12 @@ from typing import Any
 
 import grpc
 
-from edge_agent._tls import sync_channel
+from edge_agent._tls import new_client_key, sync_channel
 from proto import services_pb2, services_pb2_grpc
 
 ENROLLMENT_FILE = "enrollment.json"
 PUBLIC_KEY_FILE = "hub.pub"
+CLIENT_CERT_FILE, CLIENT_KEY_FILE, CLIENT_CA_FILE = "client.pem", "client.key", "client-ca.pem"
 
 
 class EnrollError(RuntimeError):
@@ -41,6 +45,7 @@ class Enrollment:
     artifact_endpoint: str
     public_key_file: Path
     enrollment_file: Path
+    client_cert_file: Path | None = None
 
     def summary(self) -> dict[str, Any]:
         """What may be printed: everything but the password."""
@@ -51,6 +56,7 @@ class Enrollment:
             "artifact_endpoint": self.artifact_endpoint,
             "public_key": str(self.public_key_file),
             "enrollment_file": str(self.enrollment_file),
+            "client_certificate": str(self.client_cert_file) if self.client_cert_file else None,
         }
 
 
@@ -79,11 +85,13 @@ def enroll(
     ``ca_file`` (the hub's CA certificate): enrol over TLS, verifying the hub, and keep
     the path in ``enrollment.json`` so that ``agent run`` uses TLS too.
     """
+    client_key, client_csr = new_client_key(device_id)
     request = services_pb2.EnrollRequest(
         device_id=device_id,
         enrollment_token=token,
         capabilities=capabilities or {},
         tags=tags or {},
+        client_csr=client_csr,
     )
     ca_path = Path(ca_file).expanduser().resolve() if ca_file is not None else None
     with sync_channel(grpc_target, ca_file=ca_path) as channel:
@@ -99,6 +107,12 @@ def enroll(
     folder = Path(data_dir).expanduser().resolve() / reply.device_id
     key_file = folder / PUBLIC_KEY_FILE
     _write_private(key_file, reply.hub_public_key.hex() + "\n")
+    cert_file = key_path = None
+    if reply.client_certificate:  # the hub wants mTLS: keep our key and its certificate
+        cert_file, key_path = folder / CLIENT_CERT_FILE, folder / CLIENT_KEY_FILE
+        _write_private(key_path, client_key.decode())
+        _write_private(cert_file, reply.client_certificate.decode())
+        _write_private(folder / CLIENT_CA_FILE, reply.client_ca.decode())
     record = {
         "device_id": reply.device_id,
         "mqtt_username": reply.mqtt_username,
@@ -107,6 +121,9 @@ def enroll(
         "artifact_endpoint": reply.artifact_endpoint,
         "public_key": str(key_file),
         "ca_file": str(ca_path) if ca_path is not None else None,
+        "delivery": "hub_ack",  # an enrolling hub acks what it stores (docs/PROTOCOL.md)
+        "client_cert_file": str(cert_file) if cert_file else None,
+        "client_key_file": str(key_path) if key_path else None,
     }
     enrollment_file = folder / ENROLLMENT_FILE
     _write_private(enrollment_file, json.dumps(record, indent=2) + "\n")
@@ -118,6 +135,7 @@ def enroll(
         artifact_endpoint=reply.artifact_endpoint,
         public_key_file=key_file,
         enrollment_file=enrollment_file,
+        client_cert_file=cert_file,
     )
 
 

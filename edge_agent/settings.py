@@ -34,6 +34,10 @@ class AgentSettings(BaseSettings):
         default=None,
         description="the hub's CA certificate: TLS for mqtts:// and for gRPC (downloads)",
     )
+    client_cert_file: Path | None = Field(
+        default=None, description="MQTT client certificate (PEM) when the hub requires one"
+    )
+    client_key_file: Path | None = Field(default=None, description="its private key (PEM)")
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
     fleet: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
     topic_prefix: str = "edgeloop/v1"
@@ -51,6 +55,14 @@ class AgentSettings(BaseSettings):
     probation_s: float = Field(default=30.0, ge=0)
     probation_max_error_rate: float = Field(default=0.05, ge=0, le=1)
     queue_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    delivery: Literal["broker_ack", "hub_ack"] = Field(
+        default="broker_ack",
+        description="when a queued telemetry/feedback item may go: at the broker's PUBACK, or "
+        "when the hub's DeliveryAck covers it (needs a hub that acks; enrolment sets hub_ack)",
+    )
+    hub_ack_timeout_s: float = Field(
+        default=30.0, gt=0, description="hub_ack: send an item again when no ack came in time"
+    )
     http_port: int | None = Field(default=None, ge=0, le=65535, description="None: no local API")
     reconnect_initial_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
@@ -71,7 +83,16 @@ class AgentSettings(BaseSettings):
             return data
         if not isinstance(stored, dict):
             return data
-        keys = ("mqtt_url", "mqtt_username", "mqtt_password", "public_key", "ca_file")
+        keys = (
+            "mqtt_url",
+            "mqtt_username",
+            "mqtt_password",
+            "public_key",
+            "ca_file",
+            "client_cert_file",
+            "client_key_file",
+            "delivery",
+        )
         return {**{k: stored[k] for k in keys if stored.get(k)}, **data}
 
     @field_validator("data_dir")
@@ -101,6 +122,14 @@ class AgentSettings(BaseSettings):
             raise AgentSettingsError(f"public key file {self.public_key} does not exist")
         if self.ca_file is not None and not self.ca_file.is_file():
             raise AgentSettingsError(f"CA file {self.ca_file} (EDGELOOP_AGENT_CA_FILE) not found")
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise AgentSettingsError(
+                "a client certificate needs both EDGELOOP_AGENT_CLIENT_CERT_FILE and "
+                "EDGELOOP_AGENT_CLIENT_KEY_FILE"
+            )
+        for path in (self.client_cert_file, self.client_key_file):
+            if path is not None and not path.is_file():
+                raise AgentSettingsError(f"client certificate file {path} not found")
         return self
 
     @property

@@ -16,6 +16,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse, urlunparse
 
 from sqlalchemy import update
@@ -23,10 +24,19 @@ from sqlmodel import Session, col, select
 
 from hub.broker_auth import HUB_MQTT_USER, hash_password, new_password
 from hub.errors import Forbidden, InvalidInput, NotFound, Unauthorized
-from hub.tables import Device, DeviceCredential, EnrollmentToken, EnrollmentTokenCreate
+from hub.tables import (
+    Device,
+    DeviceCertificate,
+    DeviceCredential,
+    EnrollmentToken,
+    EnrollmentTokenCreate,
+)
 from hub.tables._common import utcnow
 from hub.tables.devices import DEVICE_ID_PATTERN
 from proto.topics import validate_device_id
+
+if TYPE_CHECKING:
+    from hub.client_certs import DeviceCA, Issued
 
 TOKEN_PREFIX = "elt_"
 
@@ -56,6 +66,8 @@ class EnrollResult:
     artifact_endpoint: str
     created: bool
     rotated: bool
+    client_certificate: bytes = b""
+    client_ca: bytes = b""
 
     def public(self) -> dict[str, object]:
         """The API/CLI answer (the password is in it: it is shown this once)."""
@@ -225,15 +237,52 @@ def enroll_device(
     )
 
 
+def _revoke_certificates(session: Session, *, device_id: str) -> int:
+    """Mark every live client certificate of the device revoked (the CRL lists them)."""
+    revoked = session.execute(
+        update(DeviceCertificate)
+        .where(col(DeviceCertificate.device_id) == device_id)
+        .where(col(DeviceCertificate.revoked_at).is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return int(revoked.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def issue_client_certificate(
+    session: Session, *, ca: DeviceCA, device_id: str, csr_pem: bytes, days: float
+) -> Issued:
+    """Sign the device's CSR (CN = ``device_id``); its earlier certificates are revoked.
+
+    Raises InvalidInput for a CSR the hub will not sign. Call after :func:`enroll_device`
+    in the same session.
+    """
+    from hub.client_certs import CsrRejected
+
+    try:
+        issued = ca.issue(csr_pem, common_name=device_id, days=days)
+    except CsrRejected as exc:
+        raise InvalidInput(str(exc)) from None
+    _revoke_certificates(session, device_id=device_id)
+    session.add(
+        DeviceCertificate(
+            serial=format(issued.serial, "x"), device_id=device_id, not_after=issued.not_after
+        )
+    )
+    session.flush()
+    return issued
+
+
 def revoke_device(session: Session, *, device_id: str) -> DeviceCredential:
-    """Remove the device's broker login (the row stays, marked revoked); sync the broker next."""
+    """Remove the device's broker login (the row stays, marked revoked) and revoke its
+    client certificates; sync the broker next."""
     credential = session.get(DeviceCredential, device_id)
     if credential is None:
         raise NotFound(f"device {device_id!r} has no credentials (was it ever enrolled?)")
     if credential.revoked_at is None:
         credential.revoked_at = utcnow()
         session.add(credential)
-        session.flush()
+    _revoke_certificates(session, device_id=device_id)
+    session.flush()
     return credential
 
 

@@ -1,7 +1,9 @@
 """``DeviceService.Enroll`` over gRPC: a device trades an enrolment token for credentials.
 
 Errors: ``INVALID_ARGUMENT`` (bad device id, missing token), ``UNAUTHENTICATED`` (unknown
-token), ``PERMISSION_DENIED`` (token expired, used up or revoked). The answer comes once the
+token), ``PERMISSION_DENIED`` (token expired, used up or revoked). With client
+certificates on, the request's CSR is signed and the certificate returned (a missing or
+unacceptable CSR is ``INVALID_ARGUMENT``). The answer comes once the
 broker accepts the new login, so the device can connect right away. Tokens and passwords
 are never logged.
 """
@@ -36,6 +38,7 @@ class DeviceServicer(services_pb2_grpc.DeviceServiceServicer):
                 capabilities=dict(request.capabilities),
                 tags=dict(request.tags),
                 wait=True,
+                client_csr=request.client_csr or None,
             )
         except InvalidInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
@@ -53,4 +56,6 @@ class DeviceServicer(services_pb2_grpc.DeviceServiceServicer):
             hub_public_key=result.hub_public_key,
             mqtt_url=result.mqtt_url,
             artifact_endpoint=result.artifact_endpoint,
+            client_certificate=result.client_certificate,
+            client_ca=result.client_ca,
         )

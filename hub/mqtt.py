@@ -16,6 +16,9 @@ file named by the ``ca_file`` query parameter (else the system's trust store):
 >>> t = MqttTarget.from_url("mqtts://127.0.0.1?ca_file=/etc/edgeloop/ca.pem")
 >>> (t.port, t.tls, t.ca_file)
 (8883, True, '/etc/edgeloop/ca.pem')
+
+``cert_file`` and ``key_file`` parameters add a client certificate (mTLS, the hub's own
+when ``EDGELOOP_MQTT_CLIENT_CERTS`` is on).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class MqttTarget:
     password: str | None = None
     tls: bool = False
     ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> MqttTarget:
@@ -45,7 +50,8 @@ class MqttTarget:
                 " or mqtts://[user:password@]host:port?ca_file=/path/ca.pem"
             )
         tls = parsed.scheme in {"mqtts", "ssl"}
-        ca_file = parse_qs(parsed.query).get("ca_file", [None])[-1]
+        query = parse_qs(parsed.query)
+        ca_file = query.get("ca_file", [None])[-1]
         return cls(
             host=parsed.hostname,
             port=parsed.port or (8883 if tls else 1883),
@@ -53,6 +59,8 @@ class MqttTarget:
             password=unquote(parsed.password) if parsed.password else None,
             tls=tls,
             ca_file=ca_file,
+            cert_file=query.get("cert_file", [None])[-1],
+            key_file=query.get("key_file", [None])[-1],
         )
 
     def configure(self, client: Any) -> None:
@@ -60,7 +68,8 @@ class MqttTarget:
         if self.username:
             client.username_pw_set(self.username, self.password)
         if self.tls:
-            client.tls_set(ca_certs=self.ca_file)  # verifies the certificate and host name
+            # verifies the broker's certificate and host name; presents ours if we have one
+            client.tls_set(ca_certs=self.ca_file, certfile=self.cert_file, keyfile=self.key_file)
 
     def __repr__(self) -> str:  # never print the password
         return (

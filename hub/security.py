@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from sqlalchemy.engine import Engine
 
 from hub.broker import EmbeddedBroker
 from hub.broker_auth import BrokerAuth
+from hub.client_certs import DeviceCA
 from hub.db import session_scope
 from hub.enrollment import (
     DeviceEndpoints,
     EnrollResult,
     enroll_device,
+    issue_client_certificate,
     revoke_device,
     strip_credentials,
 )
+from hub.errors import InvalidInput
 from hub.keys import bundle_public_key
 from hub.settings import HubSettings, SettingsError
 
@@ -64,6 +68,7 @@ class Security:
         self.engine = engine
         self.broker_auth = broker_auth or BrokerAuth(settings=settings, engine=engine)
         self._endpoints = endpoints or (lambda: device_endpoints(settings))
+        self._ca: DeviceCA | None = None
 
     def enroll(
         self,
@@ -74,8 +79,19 @@ class Security:
         tags: Mapping[str, str] | None = None,
         group: str | None = None,
         wait: bool = False,
+        client_csr: bytes | None = None,
     ) -> EnrollResult:
-        """Enrol; with ``wait`` return only once the broker accepts the new login."""
+        """Enrol; with ``wait`` return only once the broker accepts the new login.
+
+        With client certificates on (``mqtt_client_certs``) ``client_csr`` is required and
+        the result carries the signed certificate; otherwise it is ignored.
+        """
+        certs = self.settings.mqtt_client_certs
+        if certs and not client_csr:
+            raise InvalidInput(
+                "this hub's broker takes client certificates only: enrol from the device "
+                "with `edgeloop agent enroll` (it sends a certificate signing request)"
+            )
         with session_scope(self.engine) as session:
             result = enroll_device(
                 session,
@@ -86,10 +102,25 @@ class Security:
                 settings=self._endpoints(),
                 group=group,
             )
+            if certs and client_csr:
+                ca = self._device_ca()
+                issued = issue_client_certificate(
+                    session,
+                    ca=ca,
+                    device_id=result.device_id,
+                    csr_pem=client_csr,
+                    days=self.settings.mqtt_client_cert_days,
+                )
+                result = replace(result, client_certificate=issued.pem, client_ca=ca.ca_pem)
         self.broker_auth.request_sync()
         if wait:
             self.broker_auth.flush()
         return result
+
+    def _device_ca(self) -> DeviceCA:
+        if self._ca is None:
+            self._ca = DeviceCA.for_data_dir(self.settings.data_dir)
+        return self._ca
 
     def revoke(self, *, device_id: str) -> None:
         """Remove the login and reload the broker now: the device is disconnected."""

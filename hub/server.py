@@ -45,6 +45,21 @@ def serve(settings: HubSettings) -> None:
         log.info("hub stopped (%s)", stop)
 
 
+def _start_key_rotation(settings: HubSettings, *, engine: Any, mqtt_url: str) -> Any:
+    """The thread that tells devices behind on the bundle key to rotate (hub.key_rotation)."""
+    from hub.key_rotation import KeyRotationSender
+    from hub.rollouts._publisher import CommandPublisher
+    from proto.topics import Topics
+
+    publisher = CommandPublisher(
+        mqtt_url=mqtt_url, topics=Topics(prefix=settings.topic_prefix, fleet=settings.fleet)
+    )
+    sender = KeyRotationSender(engine=engine, data_dir=settings.data_dir, publisher=publisher)
+    publisher.start()
+    sender.start(on_stop=publisher.stop)
+    return sender
+
+
 def _serve(settings: HubSettings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -98,7 +113,7 @@ def _serve(settings: HubSettings) -> None:
                 store=open_store(settings.resolved_artifact_url),
                 interval_s=settings.trigger_interval_s,
                 # a retrained version is packaged and canaried when its policy says so
-                followup=PackageAndCanary(signing_key=bundle_signing_key(settings)),
+                followup=PackageAndCanary(signing_key=lambda: bundle_signing_key(settings)),
             )
             triggers.start()
             stack.callback(triggers.stop)
@@ -117,6 +132,8 @@ def _serve(settings: HubSettings) -> None:
             )
             rollouts.start()
             stack.callback(rollouts.stop)
+        key_rotation = _start_key_rotation(settings, engine=security_engine, mqtt_url=hub_mqtt)
+        stack.callback(key_rotation.stop)
         if settings.monitor_interval_s > 0:
             from hub.monitoring.serve import start_monitor
 
@@ -131,6 +148,7 @@ def _serve(settings: HubSettings) -> None:
         app = create_app(settings, extra_health=health)
         app.state.ingest = ingest  # GET /api/v1/ingest/stats reports its counters
         app.state.security = security
+        app.state.key_rotation = key_rotation
         app.state.hub_mqtt_url = hub_mqtt  # never logged: it carries the hub's password
         log.info(
             "hub on http://%s:%s (docs at /docs), gRPC %s:%s, MQTT %s (%s), data in %s",

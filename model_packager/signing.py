@@ -36,10 +36,13 @@ __all__ = [
     "load_public_key",
     "public_key_bytes",
     "public_key_pem",
+    "rotation_message",
+    "store_private_key",
 ]
 
 RAW_KEY_BYTES = 32
 MAX_KEY_FILE_BYTES = 64 * 1024
+ROTATION_DOMAIN = b"edgeloop.rotate-key/1"
 
 
 class KeyMaterialError(ValueError):
@@ -114,16 +117,12 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
-    """Load the key at ``path``, or create it there (0600, atomically) when there is none.
-
-    Two processes racing to create the key end up with the same one: the file appears
-    with a hard link, which never replaces a key another process already wrote.
-    """
-    if path.exists():
-        return load_private_key(path)
+def store_private_key(path: Path, key: Ed25519PrivateKey, *, replace: bool = False) -> bool:
+    """Write ``key`` to ``path`` as PEM PKCS#8 (0600, in a 0700 folder), atomically: a temp
+    file, fsynced, then linked (``replace=False``: never over an existing file; returns
+    False when one is there) or renamed over ``path`` (``replace=True``); then the folder
+    is fsynced."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = generate_private_key()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -136,15 +135,34 @@ def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
             fh.write(pem)
             fh.flush()
             os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return load_private_key(path)  # another process created it first: use theirs
-        except OSError:  # no hard links on this file system
+        if replace:
             os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links on this file system
+                if path.exists():
+                    return False
+                os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+    return True
+
+
+def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
+    """Load the key at ``path``, or create it there (0600, atomically) when there is none.
+
+    Two processes racing to create the key end up with the same one: the file appears
+    with a hard link, which never replaces a key another process already wrote.
+    """
+    if path.exists():
+        return load_private_key(path)
+    key = generate_private_key()
+    if not store_private_key(path, key):
+        return load_private_key(path)  # another process created it first: use theirs
     return key
 
 
@@ -193,3 +211,22 @@ def load_public_key(data: bytes | Path) -> Ed25519PublicKey:
     if isinstance(data, Path):
         return _parse_public(_read_key_file(data, private=False), source=f"key file {data}")
     return _parse_public(bytes(data), source="the public key bytes")
+
+
+def rotation_message(*, command_id: str, device_id: str, issued_at: int, new_key: bytes) -> bytes:
+    """The bytes a ``RotateKey`` command's signature covers.
+
+    ``edgeloop.rotate-key/1``, then command id, device id, ``issued_at`` (decimal unix ms)
+    and the new raw 32-byte key, each as a 4-byte big-endian length and its bytes: one
+    encoding per input, so a signature binds exactly this device, command and key.
+    """
+    if len(new_key) != RAW_KEY_BYTES:
+        raise KeyMaterialError(f"a raw Ed25519 public key is 32 bytes, got {len(new_key)}")
+    parts = (
+        ROTATION_DOMAIN,
+        command_id.encode(),
+        device_id.encode(),
+        str(int(issued_at)).encode(),
+        bytes(new_key),
+    )
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)

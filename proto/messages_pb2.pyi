@@ -48,7 +48,7 @@ EVENT_KIND_FAILED: EventKind
 EVENT_KIND_ROLLED_BACK: EventKind
 
 class Command(_message.Message):
-    __slots__ = ("command_id", "device_id", "issued_at", "deploy", "rollback", "shadow", "config")
+    __slots__ = ("command_id", "device_id", "issued_at", "deploy", "rollback", "shadow", "config", "rotate_key")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class Command(_message.Message):
     ROLLBACK_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_KEY_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     device_id: str
     issued_at: int
@@ -63,7 +64,8 @@ class Command(_message.Message):
     rollback: Rollback
     shadow: Shadow
     config: Config
-    def __init__(self, command_id: _Optional[str] = ..., device_id: _Optional[str] = ..., issued_at: _Optional[int] = ..., deploy: _Optional[_Union[Deploy, _Mapping]] = ..., rollback: _Optional[_Union[Rollback, _Mapping]] = ..., shadow: _Optional[_Union[Shadow, _Mapping]] = ..., config: _Optional[_Union[Config, _Mapping]] = ...) -> None: ...
+    rotate_key: RotateKey
+    def __init__(self, command_id: _Optional[str] = ..., device_id: _Optional[str] = ..., issued_at: _Optional[int] = ..., deploy: _Optional[_Union[Deploy, _Mapping]] = ..., rollback: _Optional[_Union[Rollback, _Mapping]] = ..., shadow: _Optional[_Union[Shadow, _Mapping]] = ..., config: _Optional[_Union[Config, _Mapping]] = ..., rotate_key: _Optional[_Union[RotateKey, _Mapping]] = ...) -> None: ...
 
 class Deploy(_message.Message):
     __slots__ = ("rollout_id", "model", "version", "bundle_digest", "bundle_size", "artifact_endpoint", "probation_seconds")
@@ -126,6 +128,18 @@ class Config(_message.Message):
     settings: _containers.ScalarMap[str, str]
     def __init__(self, settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class RotateKey(_message.Message):
+    __slots__ = ("new_public_key", "new_key_id", "signer_key_id", "signature")
+    NEW_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    NEW_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    new_public_key: bytes
+    new_key_id: str
+    signer_key_id: str
+    signature: bytes
+    def __init__(self, new_public_key: _Optional[bytes] = ..., new_key_id: _Optional[str] = ..., signer_key_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
 class SlotState(_message.Message):
     __slots__ = ("model", "version", "bundle_digest", "status")
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -139,7 +153,7 @@ class SlotState(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., bundle_digest: _Optional[str] = ..., status: _Optional[_Union[SlotStatus, str]] = ...) -> None: ...
 
 class AgentState(_message.Message):
-    __slots__ = ("device_id", "online", "agent_version", "active", "standby", "runtime", "free_disk_bytes", "updated_at", "last_command_id", "capabilities")
+    __slots__ = ("device_id", "online", "agent_version", "active", "standby", "runtime", "free_disk_bytes", "updated_at", "last_command_id", "capabilities", "bundle_key_id")
     class CapabilitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +171,7 @@ class AgentState(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     online: bool
     agent_version: str
@@ -167,10 +182,11 @@ class AgentState(_message.Message):
     updated_at: int
     last_command_id: str
     capabilities: _containers.ScalarMap[str, str]
-    def __init__(self, device_id: _Optional[str] = ..., online: _Optional[bool] = ..., agent_version: _Optional[str] = ..., active: _Optional[_Union[SlotState, _Mapping]] = ..., standby: _Optional[_Union[SlotState, _Mapping]] = ..., runtime: _Optional[str] = ..., free_disk_bytes: _Optional[int] = ..., updated_at: _Optional[int] = ..., last_command_id: _Optional[str] = ..., capabilities: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    bundle_key_id: str
+    def __init__(self, device_id: _Optional[str] = ..., online: _Optional[bool] = ..., agent_version: _Optional[str] = ..., active: _Optional[_Union[SlotState, _Mapping]] = ..., standby: _Optional[_Union[SlotState, _Mapping]] = ..., runtime: _Optional[str] = ..., free_disk_bytes: _Optional[int] = ..., updated_at: _Optional[int] = ..., last_command_id: _Optional[str] = ..., capabilities: _Optional[_Mapping[str, str]] = ..., bundle_key_id: _Optional[str] = ...) -> None: ...
 
 class DeploymentEvent(_message.Message):
-    __slots__ = ("event_id", "device_id", "command_id", "rollout_id", "kind", "progress", "reason", "model", "version", "at")
+    __slots__ = ("event_id", "device_id", "command_id", "rollout_id", "kind", "progress", "reason", "model", "version", "at", "seq")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +197,7 @@ class DeploymentEvent(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     device_id: str
     command_id: str
@@ -191,7 +208,8 @@ class DeploymentEvent(_message.Message):
     model: str
     version: str
     at: int
-    def __init__(self, event_id: _Optional[str] = ..., device_id: _Optional[str] = ..., command_id: _Optional[str] = ..., rollout_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., progress: _Optional[float] = ..., reason: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., at: _Optional[int] = ...) -> None: ...
+    seq: int
+    def __init__(self, event_id: _Optional[str] = ..., device_id: _Optional[str] = ..., command_id: _Optional[str] = ..., rollout_id: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., progress: _Optional[float] = ..., reason: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., at: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class Histogram(_message.Message):
     __slots__ = ("edges", "counts")
@@ -320,3 +338,23 @@ class Feedback(_message.Message):
     seq: int
     labels: _containers.RepeatedCompositeFieldContainer[Label]
     def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ...) -> None: ...
+
+class SeqRange(_message.Message):
+    __slots__ = ("stream", "first", "last")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    stream: str
+    first: int
+    last: int
+    def __init__(self, stream: _Optional[str] = ..., first: _Optional[int] = ..., last: _Optional[int] = ...) -> None: ...
+
+class DeliveryAck(_message.Message):
+    __slots__ = ("device_id", "ranges", "sent_at")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    ranges: _containers.RepeatedCompositeFieldContainer[SeqRange]
+    sent_at: int
+    def __init__(self, device_id: _Optional[str] = ..., ranges: _Optional[_Iterable[_Union[SeqRange, _Mapping]]] = ..., sent_at: _Optional[int] = ...) -> None: ...

@@ -43,7 +43,7 @@ class ArtifactInfo(_message.Message):
     def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("device_id", "enrollment_token", "capabilities", "tags")
+    __slots__ = ("device_id", "enrollment_token", "capabilities", "tags", "client_csr")
     class CapabilitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -62,24 +62,30 @@ class EnrollRequest(_message.Message):
     ENROLLMENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CSR_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     enrollment_token: str
     capabilities: _containers.ScalarMap[str, str]
     tags: _containers.ScalarMap[str, str]
-    def __init__(self, device_id: _Optional[str] = ..., enrollment_token: _Optional[str] = ..., capabilities: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    client_csr: bytes
+    def __init__(self, device_id: _Optional[str] = ..., enrollment_token: _Optional[str] = ..., capabilities: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Mapping[str, str]] = ..., client_csr: _Optional[bytes] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
-    __slots__ = ("device_id", "mqtt_username", "mqtt_password", "hub_public_key", "mqtt_url", "artifact_endpoint")
+    __slots__ = ("device_id", "mqtt_username", "mqtt_password", "hub_public_key", "mqtt_url", "artifact_endpoint", "client_certificate", "client_ca")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     MQTT_USERNAME_FIELD_NUMBER: _ClassVar[int]
     MQTT_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     HUB_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     MQTT_URL_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CA_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     mqtt_username: str
     mqtt_password: str
     hub_public_key: bytes
     mqtt_url: str
     artifact_endpoint: str
-    def __init__(self, device_id: _Optional[str] = ..., mqtt_username: _Optional[str] = ..., mqtt_password: _Optional[str] = ..., hub_public_key: _Optional[bytes] = ..., mqtt_url: _Optional[str] = ..., artifact_endpoint: _Optional[str] = ...) -> None: ...
+    client_certificate: bytes
+    client_ca: bytes
+    def __init__(self, device_id: _Optional[str] = ..., mqtt_username: _Optional[str] = ..., mqtt_password: _Optional[str] = ..., hub_public_key: _Optional[bytes] = ..., mqtt_url: _Optional[str] = ..., artifact_endpoint: _Optional[str] = ..., client_certificate: _Optional[bytes] = ..., client_ca: _Optional[bytes] = ...) -> None: ...

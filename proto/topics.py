@@ -23,6 +23,7 @@ class TopicKind(StrEnum):
     EVENTS = "events"
     TELEMETRY = "telemetry"
     FEEDBACK = "feedback"
+    ACK = "ack"  # hub -> device: DeliveryAck
 
 
 def validate_device_id(device_id: str) -> str:
@@ -79,6 +80,9 @@ class Topics:
 
     def feedback(self, device_id: str) -> str:
         return self.device(device_id, TopicKind.FEEDBACK)
+
+    def ack(self, device_id: str) -> str:
+        return self.device(device_id, TopicKind.ACK)
 
     def wildcard(self, kind: TopicKind | str) -> str:
         """Filter matching ``kind`` for every device (a plain, unshared subscription)."""

@@ -14,6 +14,7 @@ from hub.api import errors
 from hub.api.deps import ContextDep, HubContext, require_admin
 from hub.api.routes import bundles, datasets, devices, models, runs, training
 from hub.api.routes import ingest as ingest_routes
+from hub.api.routes import keys as key_routes
 from hub.api.routes import monitor as monitor_routes
 from hub.api.routes import rollouts as rollout_routes
 from hub.api.routes import security as security_routes
@@ -78,6 +79,7 @@ def create_app(
         trigger_routes.router,
         rollout_routes.router,
         security_routes.router,
+        key_routes.router,
     ):
         app.include_router(router, prefix=API_PREFIX, dependencies=guarded)
     return app

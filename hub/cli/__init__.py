@@ -21,6 +21,7 @@ from hub.cli import (
     datasets,
     devices,
     ingest,
+    keys,
     model_code,
     models,
     monitor,
@@ -60,6 +61,7 @@ app.add_typer(monitor.app, name="monitor")
 app.add_typer(ingest.app, name="ingest")
 app.add_typer(rollouts.app, name="rollout")
 app.add_typer(sim.app, name="sim")
+app.add_typer(keys.app, name="keys")
 app.command("train")(training.train)
 app.command("package")(training.package)
 app.command("tune")(tuning.tune)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from hub.cli._client import Target
 from hub.cli._common import JsonFlag
 from hub.cli._output import emit, emit_error, stderr
-from hub.keys import bundle_signing_key_path
+from hub.keys import bundle_signing_key_path, retired_key, retired_key_ids
 from hub.settings import SettingsError, load_settings
 from model_packager.bundle import verify_bundle
 from model_packager.signing import (
@@ -92,6 +92,14 @@ def verify(
         emit_error(message=exc.message, code=exc.code, as_json=as_json)
         raise typer.Exit(code=2) from None
     result = verify_bundle(file, public_key=key)
+    retired = False
+    if not result.valid and public_key is None:
+        # signed before a key rotation? the hub keeps its retired keys (hub.keys)
+        for old in _retired_public_keys(ctx):
+            again = verify_bundle(file, public_key=old)
+            if again.valid:
+                result, key, retired = again, old, True
+                break
     manifest: dict[str, Any] = result.manifest or {}
     emit(
         {
@@ -101,15 +109,34 @@ def verify(
             "name": manifest.get("name"),
             "version": manifest.get("version"),
             "key_id": key_id(key),
+            "retired_key": retired,
             "files": sorted(manifest.get("files", {})),
         },
         as_json=as_json,
         columns=SUMMARY,
     )
+    if retired and not as_json:
+        stderr.print(
+            "note: signed by a retired key; devices that rotated refuse it: re-package it",
+            highlight=False,
+        )
     if not result.valid:
         if not as_json:
             stderr.print(f"[bold red]invalid bundle[/]: {result.reason}", highlight=False)
         raise typer.Exit(code=1)
+
+
+def _retired_public_keys(ctx: typer.Context) -> list[Ed25519PublicKey]:
+    try:
+        data_dir = _data_dir(ctx)
+    except _NoKey:
+        return []
+    keys = []
+    for kid in reversed(retired_key_ids(data_dir)):  # the most recently retired first
+        private = retired_key(data_dir, kid)
+        if private is not None:
+            keys.append(private.public_key())
+    return keys
 
 
 @app.command("public-key")

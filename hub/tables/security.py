@@ -66,6 +66,22 @@ class DeviceCredential(SQLModel, table=True):
     revoked_at: datetime | None = None
 
 
+class DeviceCertificate(SQLModel, table=True):
+    """A client certificate the device CA signed (``EDGELOOP_MQTT_CLIENT_CERTS``).
+
+    Revoked rows (device revoked, or the device re-enrolled with a new key) are what the
+    CRL lists; ``serial`` is the certificate's serial number in hex.
+    """
+
+    __tablename__ = "device_certificate"
+
+    serial: str = Field(primary_key=True, max_length=64)
+    device_id: str = Field(index=True, max_length=128)
+    issued_at: datetime = Field(default_factory=utcnow)
+    not_after: datetime
+    revoked_at: datetime | None = None
+
+
 class TokenScope(StrEnum):
     READ = "read"
     ADMIN = "admin"

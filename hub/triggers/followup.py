@@ -7,7 +7,7 @@ the trigger code needs neither keys nor the rollout controller.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,9 +40,12 @@ class Followup(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class PackageAndCanary:
-    """Package ``model@version`` (int8 ONNX, TFLite when installed) and roll it out."""
+    """Package ``model@version`` (int8 ONNX, TFLite when installed) and roll it out.
 
-    signing_key: Ed25519PrivateKey
+    ``signing_key``: the key, or a function returning the current one (a long-running hub
+    passes one, so that bundles packaged after a key rotation carry the new key)."""
+
+    signing_key: Ed25519PrivateKey | Callable[[], Ed25519PrivateKey]
 
     def __call__(
         self,
@@ -58,9 +61,10 @@ class PackageAndCanary:
         from hub.rollouts import service as rollouts
 
         formats = canary.get("formats")
+        key = self.signing_key() if callable(self.signing_key) else self.signing_key
         options = PackageOptions(formats=tuple(formats)) if formats else PackageOptions()
         packaged = package(
-            engine, store, ref=f"{model}@{version}", signing_key=self.signing_key, options=options
+            engine, store, ref=f"{model}@{version}", signing_key=key, options=options
         )
         settings = {k: v for k, v in canary.items() if k not in {"selector", "phases", "formats"}}
         with session_scope(engine) as s:

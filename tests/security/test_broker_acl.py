@@ -134,3 +134,23 @@ def test_password_hash_is_mosquittos_format() -> None:
     hashed = hash_password("s3cret")
     assert hashed.startswith("$7$101$") and verify_password("s3cret", hashed)
     assert not verify_password("s3cre", hashed) and not verify_password("x", "garbage")
+
+
+def test_device_reads_only_its_own_delivery_acks(
+    fleet: tuple[SecuredHub, Client, Client, Client],
+) -> None:
+    secured, a, b, hub = fleet
+    t = secured.topics
+    a.subscribe(t.ack("dev-b"))  # granted, but "read" is enforced on delivery
+    assert not a.subscribe(t.ack("dev-a"))[0].is_failure
+    assert not b.subscribe(t.ack("dev-b"))[0].is_failure
+    hub.publish(t.ack("dev-b"), b"b's ack")  # the hub user writes every ack topic
+    hub.publish(t.ack("dev-a"), b"a's ack")  # the marker
+    assert a.next_message() == (t.ack("dev-a"), b"a's ack")
+    assert a.inbox.empty(), "device a read device b's delivery ack"
+    assert b.next_message() == (t.ack("dev-b"), b"b's ack")
+    a.publish(t.ack("dev-b"), b"forged")  # devices never write acks, not even their own
+    b.publish(t.ack("dev-b"), b"forged")
+    hub.publish(t.ack("dev-b"), b"marker")
+    assert b.next_message() == (t.ack("dev-b"), b"marker")
+    assert b.inbox.empty()
