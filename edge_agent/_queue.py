@@ -18,6 +18,14 @@ counted per stream in ``dropped()`` (lifetime) and in a "not yet reported" count
 ``TelemetryWindow.dropped_windows``. Called from inside ``payload_for``, ``take_dropped``
 joins the append's transaction, so the reset and the message that reports it commit together.
 
+**Hub acks.** With ``delivery = "hub_ack"`` the session does not delete an item at the
+broker's PUBACK: :meth:`OutboundQueue.mark_sent` stamps ``sent_at`` (persisted) and the item
+stays until :meth:`OutboundQueue.ack_seqs` removes it for the hub's ``DeliveryAck``.
+``peek(sent_before=T)`` returns the items never sent or sent before ``T`` (due again). Items
+awaiting an ack count against the budget and are evicted first, oldest first, but not
+counted as drops: the broker had them, so the hub most probably stored them (``gaps``
+shows it when not).
+
 **Corruption.** A file SQLite cannot open, or that fails ``PRAGMA quick_check``, is moved
 aside as ``<path>.corrupt-<unix ms>`` (with its WAL) and a fresh queue is started; the same
 happens when an operation hits ``SQLITE_CORRUPT``/``SQLITE_NOTADB`` later. The stream
@@ -42,35 +50,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from edge_agent._queue_schema import ITEM_OVERHEAD, prepare
+
 __all__ = ["DEFAULT_DROPPABLE", "DEFAULT_MAX_BYTES", "ITEM_OVERHEAD", "OutboundQueue", "QueuedItem"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_DROPPABLE: tuple[str, ...] = ("telemetry", "feedback")
-ITEM_OVERHEAD = 64  # bytes charged per item on top of its payload (row and index overhead)
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
 _EVICT_BATCH = 256
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so a late ack cannot hit a new item
-    stream TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    carries INTEGER NOT NULL DEFAULT 0,  -- earlier drops this item reports (take_dropped)
-    UNIQUE (stream, seq)
-);
-CREATE TABLE IF NOT EXISTS streams (
-    stream TEXT PRIMARY KEY,
-    last_seq INTEGER NOT NULL DEFAULT 0,
-    dropped INTEGER NOT NULL DEFAULT 0,
-    unreported INTEGER NOT NULL DEFAULT 0
-);
--- seq_floor: set when a corrupt file's counters were lost; new streams start above it
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
 
 T = TypeVar("T")
 
@@ -84,6 +73,7 @@ class QueuedItem:
     seq: int
     payload: bytes
     created_at: float
+    sent_at: float | None = None  # when the broker PUBACKed it (hub_ack delivery only)
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
@@ -121,24 +111,11 @@ class OutboundQueue:
     def _connect(self, target: str) -> sqlite3.Connection:
         conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=30)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA journal_size_limit=4194304")
-            row = conn.execute("PRAGMA quick_check").fetchone()
-            if row is None or row[0] != "ok":
-                raise sqlite3.DatabaseError(f"quick_check failed: {row[0] if row else None}")
-            conn.executescript(_SCHEMA)
-            columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(items)").fetchall()}
-            if "carries" not in columns:  # a queue file from before the column existed
-                conn.execute("ALTER TABLE items ADD COLUMN carries INTEGER NOT NULL DEFAULT 0")
-            total = conn.execute(
-                "SELECT COALESCE(SUM(length(payload)), 0) + ? * COUNT(*) FROM items",
-                (ITEM_OVERHEAD,),
-            ).fetchone()[0]
+            total = prepare(conn)
         except BaseException:
             conn.close()
             raise
-        self._total = int(total)
+        self._total = total
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -275,23 +252,24 @@ class OutboundQueue:
         for victim in victims:
             dropped = carried = 0
             while need > 0:
-                rows = conn.execute(
-                    "SELECT id, length(payload), carries FROM items WHERE stream = ?"
-                    " ORDER BY seq LIMIT ?",
+                rows = conn.execute(  # sent (awaiting a hub ack) first: no loss to report
+                    "SELECT id, length(payload), carries, sent_at IS NOT NULL FROM items"
+                    " WHERE stream = ? ORDER BY sent_at IS NULL, seq LIMIT ?",
                     (victim, _EVICT_BATCH),
                 ).fetchall()
                 if not rows:
                     break
                 chosen = []
-                for item_id, length, carries in rows:
+                for item_id, length, carries, sent in rows:
                     if need <= 0:
                         break
                     chosen.append((item_id,))
-                    carried += int(carries)
+                    if not sent:  # a sent item's report most probably reached the hub
+                        carried += int(carries)
+                        dropped += 1
                     need -= length + ITEM_OVERHEAD
                     self._total -= length + ITEM_OVERHEAD
                 conn.executemany("DELETE FROM items WHERE id = ?", chosen)
-                dropped += len(chosen)
             if dropped:
                 # an evicted item may itself have been the one reporting earlier drops: its
                 # count goes back to "unreported", so the next item reports them all
@@ -304,17 +282,64 @@ class OutboundQueue:
             if need <= 0:
                 return
 
-    def peek(self, *, limit: int = 100) -> list[QueuedItem]:
-        """Up to ``limit`` stored items, oldest first (they stay queued until acked)."""
+    def peek(self, *, limit: int = 100, sent_before: float | None = None) -> list[QueuedItem]:
+        """Up to ``limit`` stored items, oldest first (they stay queued until acked).
+
+        ``sent_before``: only items never sent or sent before that time (and, should the
+        clock have gone back, those stamped over an hour ahead)."""
 
         def run() -> list[QueuedItem]:
-            rows = self._conn.execute(
-                "SELECT id, stream, seq, payload, created_at FROM items ORDER BY id LIMIT ?",
-                (limit,),
-            ).fetchall()
-            return [QueuedItem(int(i), s, int(q), bytes(p), float(c)) for i, s, q, p, c in rows]
+            columns = "SELECT id, stream, seq, payload, created_at, sent_at FROM items"
+            args: tuple[float, ...]
+            if sent_before is None:
+                query, args = f"{columns} ORDER BY id LIMIT ?", (limit,)
+            else:
+                query = (
+                    f"{columns} WHERE sent_at IS NULL OR sent_at < ? OR sent_at > ?"
+                    " ORDER BY id LIMIT ?"
+                )
+                args = (sent_before, self._clock() + 3600.0, limit)
+            return [
+                QueuedItem(int(i), s, int(q), bytes(p), float(c), None if t is None else float(t))
+                for i, s, q, p, c, t in self._conn.execute(query, args).fetchall()
+            ]
 
         return self._guard(run)
+
+    def mark_sent(self, item_id: int) -> None:
+        """The broker has the item (hub_ack delivery): keep it, stamped, until the hub acks."""
+
+        def run() -> None:
+            with self._transaction() as conn:
+                conn.execute("UPDATE items SET sent_at = ? WHERE id = ?", (self._clock(), item_id))
+
+        self._guard(run)
+
+    def ack_seqs(self, stream: str, first: int, last: int) -> int:
+        """Delete the stream's items with ``first <= seq <= last`` (the hub handled them,
+        sent or not); returns how many there were."""
+
+        def run() -> int:
+            with self._transaction() as conn:
+                rows = conn.execute(
+                    "DELETE FROM items WHERE stream = ? AND seq BETWEEN ? AND ?"
+                    " RETURNING length(payload)",
+                    (stream, first, last),
+                ).fetchall()
+            self._total -= sum(int(r[0]) + ITEM_OVERHEAD for r in rows)
+            return len(rows)
+
+        return self._guard(run)
+
+    def awaiting(self) -> int:
+        """Items the broker has (PUBACKed) that wait for the hub's ack."""
+        return self._guard(
+            lambda: int(
+                self._conn.execute(
+                    "SELECT COUNT(*) FROM items WHERE sent_at IS NOT NULL"
+                ).fetchone()[0]
+            )
+        )
 
     def ack(self, item_id: int) -> None:
         """Delete a delivered item; acking an unknown or already acked id does nothing."""

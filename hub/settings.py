@@ -64,6 +64,14 @@ class HubSettings(BaseSettings):
     tls_self_signed: bool = Field(
         default=False, description="TLS with a CA + certificate generated into data_dir/tls"
     )
+    mqtt_client_certs: bool = Field(
+        default=False,
+        description="embedded broker: devices log in with a client certificate (CN = device id) "
+        "from the hub's device CA instead of a password; needs TLS (hub/client_certs.py)",
+    )
+    mqtt_client_cert_days: float = Field(
+        default=90, gt=0, description="validity of device client certificates (re-enrol to renew)"
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
     grpc_host: str = "127.0.0.1"
@@ -106,6 +114,11 @@ class HubSettings(BaseSettings):
     ingest_accept_unknown_devices: bool = Field(
         default=False, description="store messages from devices not in the registry"
     )
+    ingest_decode_process: bool = Field(
+        default=False,
+        description="decode and store ingested messages in a child process, so receiving and "
+        "storing run on two cores (same guarantees; not with in-memory SQLite)",
+    )
     telemetry_retention_s: float = Field(
         default=7 * 24 * 3600.0, ge=0, description="raw telemetry windows kept; 0: forever"
     )
@@ -147,6 +160,11 @@ class HubSettings(BaseSettings):
         for path in (self.tls_cert_file, self.tls_key_file, self.tls_ca_file):
             if path is not None and not path.is_file():
                 raise SettingsError(f"TLS file {path} does not exist")
+        if self.mqtt_client_certs and not (self.tls_cert_file or self.tls_self_signed):
+            raise SettingsError(
+                "EDGELOOP_MQTT_CLIENT_CERTS needs TLS: set EDGELOOP_TLS_SELF_SIGNED=1 or "
+                "EDGELOOP_TLS_CERT_FILE + EDGELOOP_TLS_KEY_FILE"
+            )
         return self
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from proto import messages_pb2 as pb
+from simulators._plan import assign_groups, device_ids
 from simulators.bundles import BundleHost, HostedBundle
 from simulators.counting import SEQ_STREAMS, StreamCounter, Tally, stored_seqs, tally
 from simulators.fleet import BrokerControl, Credentials, Fleet, wait_until
@@ -105,6 +106,14 @@ async def _run(
         broker=control,
         agent_options=options.agent_options,
     )
+    if options.register is not None:
+        # before any device starts: a hub drops (and, with delivery acks, acks) what an
+        # unknown device sends, so a late registration would lose the first windows
+        total = scenario.fleet.devices + scenario.churn.join
+        for device_id, group in zip(
+            device_ids(scenario, total), assign_groups(scenario, total), strict=True
+        ):
+            await asyncio.to_thread(options.register, device_id, group.name, dict(group.tags))
     async with (
         StreamCounter(
             host=parsed.hostname or "127.0.0.1", port=parsed.port or 1883, topics=fleet.topics
@@ -112,9 +121,6 @@ async def _run(
         fleet,
     ):
         ids = list(fleet.devices)
-        if options.register is not None:
-            for device in fleet.devices.values():
-                options.register(device.device_id, device.group.name, dict(device.group.tags))
         started = [i for i in ids if i not in fleet.late]
         online = await wait_until(lambda: counter.online_count(started) == len(started), within=60)
         fleet.record("online", devices=counter.online_count(started), all=online)

@@ -281,3 +281,63 @@ def test_a_queue_file_from_before_the_carries_column_opens_and_keeps_its_items(
         queue.append(stream="telemetry", payload_for=lambda seq: b"x" * 100)  # evicts seq 1
         assert queue.dropped("telemetry") == 1 and queue.unreported("telemetry") == 1
         assert queue.take_dropped("telemetry") == 1
+    with OutboundQueue(path) as queue:  # and sent_at (hub acks) came after carries
+        queue.mark_sent(queue.peek()[0].id)
+        assert queue.awaiting() == 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sent_items_wait_for_the_hub_ack_and_are_due_again_after_the_timeout(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    path = tmp_path / "q.db"
+    with OutboundQueue(path, clock=clock) as queue:
+        items = [
+            queue.append(stream="telemetry", payload_for=lambda seq: f"t{seq}".encode())
+            for _ in range(4)
+        ]
+        queue.append(stream="feedback", payload_for=lambda seq: b"f")
+        for item in items:
+            queue.mark_sent(item.id)
+        assert queue.awaiting() == 4 and len(queue) == 5
+        # only what was never sent (or sent before the cut-off) is due
+        assert [i.stream for i in queue.peek(sent_before=clock.now)] == ["feedback"]
+        clock.now += 30
+        due = queue.peek(sent_before=clock.now - 10)
+        assert [i.seq for i in due if i.stream == "telemetry"] == [1, 2, 3, 4]
+        assert all(i.sent_at == 1000.0 for i in due if i.stream == "telemetry")
+        clock.now -= 7200  # the clock went back: a stamp far ahead is due, not stuck
+        assert len(queue.peek(sent_before=0.0)) == 5
+        clock.now += 7200
+        assert queue.ack_seqs("telemetry", 2, 3) == 2
+        assert queue.ack_seqs("telemetry", 2, 3) == 0  # a repeated ack does nothing
+        assert seqs(queue, "telemetry") == [1, 4] and queue.awaiting() == 2
+        before = queue.size_bytes()
+    with OutboundQueue(path, clock=clock) as queue:  # sent_at is persisted
+        assert queue.awaiting() == 2 and queue.size_bytes() == before
+        assert queue.ack_seqs("feedback", 1, 1) == 1  # an ack also covers an unsent item
+
+
+def test_items_awaiting_the_hub_count_against_the_budget_and_go_first_uncounted(
+    tmp_path: Path,
+) -> None:
+    size = 100 + ITEM_OVERHEAD
+    with OutboundQueue(tmp_path / "q.db", max_bytes=4 * size) as queue:
+        items = [
+            queue.append(stream="telemetry", payload_for=lambda seq: b"x" * 100) for _ in range(4)
+        ]
+        queue.mark_sent(items[2].id)  # the broker has seq 3
+        queue.append(stream="telemetry", payload_for=lambda seq: b"x" * 100)  # over budget
+        assert seqs(queue, "telemetry") == [1, 2, 4, 5]  # the sent one went first
+        assert queue.dropped("telemetry") == 0  # and it is no loss to report
+        queue.append(stream="telemetry", payload_for=lambda seq: b"x" * 100)
+        assert seqs(queue, "telemetry") == [2, 4, 5, 6]
+        assert queue.dropped("telemetry") == 1 and queue.take_dropped("telemetry") == 1

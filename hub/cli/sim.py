@@ -58,6 +58,8 @@ def run(
         public_key=public_key,
         register=register,
         hub_stats=_hub_stats(ctx),
+        # a real hub acks what it stores: devices keep each message until it has it
+        agent_options={"delivery": "hub_ack"} if register is not None else None,
     )
     stderr.print(f"simulating {spec.fleet.devices} device(s) for {duration:g} s ({spec.name})")
     try:

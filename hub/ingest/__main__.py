@@ -33,6 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-payload-bytes", type=int, default=1_048_576)
     p.add_argument("--accept-unknown-devices", action="store_true")
     p.add_argument("--stats-file", type=Path, default=None)
+    p.add_argument(
+        "--decode-process",
+        action="store_true",
+        help="decode and store in a child process (a second core; same guarantees)",
+    )
+    p.add_argument(
+        "--ack-interval-s", type=float, default=0.5, help="DeliveryAck per device; 0: none"
+    )
     return p
 
 
@@ -65,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_interval_s=args.batch_interval_s,
         max_payload_bytes=args.max_payload_bytes,
         accept_unknown_devices=args.accept_unknown_devices,
+        ack_interval_s=args.ack_interval_s or None,
+        decode_process=args.decode_process,
     )
     worker.start()
     last: dict[str, object] = {}

@@ -27,6 +27,8 @@ class IngestStats:
     store_retries: int = 0
     connects: int = 0
     connected: bool = False
+    acks_published: int = 0  # DeliveryAck messages sent to devices (hub.ingest._acks)
+    decode_restarts: int = 0  # decode process (decode_process=True) restarted after dying
 
     @property
     def rejected_total(self) -> int:

@@ -12,7 +12,9 @@ def start_hub_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> I
     over MQTT 3.1.1 (the default, and the only choice on amqtt, which has neither ``$share``
     nor MQTT 5); ``shared=True`` (``EDGELOOP_INGEST_SHARED``): ``$share`` over MQTT 5.
 
-    It also runs the telemetry roll-up hourly when ``telemetry_retention_s`` > 0.
+    It also runs the telemetry roll-up hourly when ``telemetry_retention_s`` > 0, and decodes
+    and stores in a child process when ``ingest_decode_process``
+    (``EDGELOOP_INGEST_DECODE_PROCESS``).
     """
     engine = make_engine(settings.resolved_database_url)
     create_all(engine)
@@ -28,6 +30,7 @@ def start_hub_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> I
         accept_unknown_devices=settings.ingest_accept_unknown_devices,
         retention_s=settings.telemetry_retention_s or None,
         mqtt_protocol="5" if shared else "3.1.1",
+        decode_process=settings.ingest_decode_process,
     )
     worker.start()
     return worker

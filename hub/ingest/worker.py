@@ -6,6 +6,15 @@ collected; the batch is committed when it holds ``batch_size`` messages or is
 ``batch_interval_s`` old, and only then is every message of it acknowledged. A crash before
 the commit leaves the messages un-acked: the broker redelivers them to the session (or to
 another worker of the shared subscription) and the dedupe keys drop what was stored twice.
+
+After each commit the worker also tells devices what it has handled (stored, duplicate or
+rejected for good): a coalesced ``DeliveryAck`` per device on ``devices/<id>/ack``, at most
+one per ``ack_interval_s`` (``hub.ingest._acks``), so agents with ``delivery = "hub_ack"``
+keep an item until the hub has it, not only until the broker has it.
+
+With ``decode_process=True`` the receive thread only collects the messages; decoding and
+storing run in a child process (``hub.ingest._split``) with the same code and guarantees,
+on a second core.
 """
 
 from __future__ import annotations
@@ -22,12 +31,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError
 
-from hub.ingest._decode import STORE_ERROR, UNKNOWN_DEVICE, Item, Rejected, decode
+from hub.ingest._acks import AckKey, AckPublisher
+from hub.ingest._batch import Decoder, retry_delay, store_items
+from hub.ingest._decode import Item
 from hub.ingest._devices import DeviceCache
+from hub.ingest._split import ChildConfig, DecodeProcess, database_url
 from hub.ingest._stats import IngestStats, RateLimitedLog
-from hub.ingest._store import pack, write_batch
 from hub.mqtt import MqttTarget
 from proto.topics import TopicKind, Topics
 
@@ -35,6 +46,7 @@ log = logging.getLogger("edgeloop.ingest")
 SHARED_KINDS = (TopicKind.EVENTS, TopicKind.TELEMETRY, TopicKind.FEEDBACK)
 RETENTION_EVERY_S = 3600.0
 READ_BURST = 64
+MAX_IN_FLIGHT = 6  # batches handed to the decode process and not yet committed
 
 
 class IngestWorker:
@@ -56,6 +68,8 @@ class IngestWorker:
         session_expiry_s: int = 7 * 24 * 3600,
         retention_s: float | None = None,
         mqtt_protocol: Literal["5", "3.1.1"] = "5",
+        ack_interval_s: float | None = 0.5,
+        decode_process: bool = False,
     ) -> None:
         if batch_size < 1 or batch_interval_s <= 0:
             raise ValueError("batch_size must be >= 1 and batch_interval_s > 0")
@@ -67,8 +81,20 @@ class IngestWorker:
         self._devices = DeviceCache(engine=engine)
         self._stats = IngestStats()
         self._warn = RateLimitedLog(log)
+        self._decoder = Decoder(
+            topics=self._topics,
+            max_bytes=max_payload_bytes,
+            devices=self._devices,
+            accept_unknown=accept_unknown_devices,
+            keys=bool(ack_interval_s),
+            reject=self._reject,
+        )
         self._lock = threading.RLock()
         self._items: list[Item] = []
+        self._handled: list[AckKey] = []  # the batch's (device, stream, seq), for the acks
+        self._acker = (
+            AckPublisher(self._topics, interval_s=ack_interval_s) if ack_interval_s else None
+        )
         self._acks: list[tuple[int, int, int]] = []  # (mid, qos, connection generation)
         self._batch_started = 0.0
         self._retry_at = 0.0
@@ -76,6 +102,18 @@ class IngestWorker:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"ingest-{client_id}", daemon=True)
+        self._raw: list[tuple[str, bytes]] = []  # decode process: the batch's messages
+        self._split: DecodeProcess | None = None
+        if decode_process:  # started now (a second or two), so start() only connects
+            config = ChildConfig(
+                database_url=database_url(engine),
+                topic_prefix=topic_prefix,
+                fleet=fleet,
+                max_payload_bytes=max_payload_bytes,
+                accept_unknown_devices=accept_unknown_devices,
+                log_level=log.getEffectiveLevel(),
+            )
+            self._split = DecodeProcess(config)
         self._client = self._make_client(client_id, session_expiry_s)
 
     # Public -------------------------------------------------------------------------------
@@ -102,6 +140,13 @@ class IngestWorker:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._split is not None:
+            self._split.close()
+
+    @property
+    def decode_process(self) -> DecodeProcess | None:
+        """The child that decodes and stores (``decode_process=True``), else None."""
+        return self._split
 
     def flush(self) -> None:
         """Commit (and then ack) every message received so far."""
@@ -112,6 +157,9 @@ class IngestWorker:
         with self._lock:
             snapshot = self._stats.copy()
             snapshot.pending = len(self._acks)
+            if self._split is not None:
+                snapshot.pending += self._split.in_flight_messages
+            snapshot.acks_published = self._acker.published if self._acker else 0
             return snapshot
 
     def __enter__(self) -> Self:
@@ -143,7 +191,11 @@ class IngestWorker:
         self._connect_props.SessionExpiryInterval = session_expiry_s
         # Without it Mosquitto caps un-acked deliveries at max_inflight_messages (e.g. 100),
         # and a batch larger than that could only ever fill up by the interval.
-        self._connect_props.ReceiveMaximum = min(65535, max(1024, 2 * self._batch_size))
+        # With a decode process, several batches are in flight at once.
+        if self._split is None:
+            self._connect_props.ReceiveMaximum = min(65535, max(1024, 2 * self._batch_size))
+        else:
+            self._connect_props.ReceiveMaximum = min(65535, max(2048, 8 * self._batch_size))
         return client
 
     def _on_connect(
@@ -177,22 +229,10 @@ class IngestWorker:
             if not self._acks:
                 self._batch_started = time.monotonic()
             self._acks.append((message.mid, message.qos, self._generation))
-            try:
-                item = decode(
-                    topics=self._topics,
-                    topic=message.topic,
-                    payload=bytes(message.payload),
-                    max_bytes=self._max_bytes,
-                )
-                pack(item)
-                if not self._accept_unknown and not self._devices.known(item.device_id):
-                    raise Rejected(UNKNOWN_DEVICE, f"device {item.device_id!r} is not registered")
-            except Rejected as rejected:
-                self._reject(rejected.reason, f"{message.topic}: {rejected.detail}")
-            except Exception as exc:  # never let one message stop the loop
-                self._reject(STORE_ERROR, f"{message.topic}: {type(exc).__name__}: {exc}")
+            if self._split is not None:
+                self._raw.append((message.topic, bytes(message.payload)))
             else:
-                self._items.append(item)
+                self._decoder.add(message.topic, bytes(message.payload), self._items, self._handled)
             if len(self._acks) >= self._batch_size:
                 self._commit(force=False)
 
@@ -204,16 +244,23 @@ class IngestWorker:
 
     def _commit(self, *, force: bool) -> None:
         """Store the batch, then ack it; on a database outage keep it and retry later."""
+        if self._split is not None:
+            self._submit(force=force)
+            return
         if not self._acks or (not force and time.monotonic() < self._retry_at):
             return
-        items, now = self._items, datetime.now(UTC)
         try:
-            stored, duplicates = self._write(items, now)
+            stored, duplicates = store_items(
+                self._engine,
+                self._items,
+                groups=self._devices.groups,
+                now=datetime.now(UTC),
+                create_unknown=self._accept_unknown,
+                reject=self._reject,
+            )
         except OperationalError as exc:  # database unreachable / locked: keep, back off
             self._stats.store_retries += 1
-            self._retry_at = time.monotonic() + min(
-                5.0, 0.1 * 2 ** min(self._stats.store_retries, 6)
-            )
+            self._retry_at = time.monotonic() + retry_delay(self._stats.store_retries)
             self._warn.warning("db", "ingest cannot store a batch (will retry): %s", exc)
             return
         self._stats.stored += stored
@@ -224,39 +271,45 @@ class IngestWorker:
             # After a reconnect old packet ids mean nothing: the broker redelivers those.
             if qos > 0 and generation == self._generation:
                 self._client.ack(mid, qos)
-        self._items, self._acks = [], []
+        if self._acker is not None:
+            self._acker.add(self._handled)
+        self._items, self._acks, self._handled = [], [], []
 
-    def _write(self, items: list[Item], now: datetime) -> tuple[int, int]:
-        groups = self._devices.groups
-        try:
-            r = write_batch(
-                self._engine, items, groups=groups, now=now, create_unknown=self._accept_unknown
-            )
-            return r.stored, r.duplicates
-        except OperationalError:
-            raise
-        except SQLAlchemyError as exc:  # one bad row: store the others one by one
-            log.warning(
-                "ingest batch failed (%s); storing its %d messages one by one", exc, len(items)
-            )
-        stored = duplicates = 0
-        for item in items:
-            try:
-                r = write_batch(
-                    self._engine,
-                    [item],
-                    groups=groups,
-                    now=now,
-                    create_unknown=self._accept_unknown,
-                )
-                stored, duplicates = stored + r.stored, duplicates + r.duplicates
-            except IntegrityError:  # a concurrent worker stored the same key first
-                duplicates += 1
-            except OperationalError:
-                raise
-            except SQLAlchemyError as exc:
-                self._reject(STORE_ERROR, f"{item.kind} from {item.device_id}: {exc}")
-        return stored, duplicates
+    def _submit(self, *, force: bool) -> None:
+        """Decode process: hand it the batch (unless ``MAX_IN_FLIGHT`` are in flight: the
+        batch grows until one is committed); ``force``: also wait for every result."""
+        assert self._split is not None
+        if self._acks and (force or self._split.in_flight_batches < MAX_IN_FLIGHT):
+            self._split.submit(self._raw, self._acks)
+            self._raw, self._acks = [], []
+        self._collect(wait_for=0 if force else None)
+
+    def _pump(self) -> None:
+        """Decode process: submit a full or old batch, count and ack what was committed."""
+        if self._acks and (
+            len(self._acks) >= self._batch_size
+            or time.monotonic() - self._batch_started >= self._interval
+        ):
+            self._submit(force=False)
+        else:
+            self._collect(wait_for=None)
+
+    def _collect(self, *, wait_for: int | None, timeout: float = 30.0) -> None:
+        """Count the decode process's committed batches, then ack their messages."""
+        assert self._split is not None
+        for result, acks in self._split.results(wait_for=wait_for, timeout=timeout):
+            self._stats.stored += result.stored
+            self._stats.duplicates += result.duplicates
+            for reason, count in result.rejected.items():
+                self._stats.rejected[reason] = self._stats.rejected.get(reason, 0) + count
+            self._stats.batches += 1
+            self._stats.store_retries += result.retries
+            for mid, qos, generation in acks:
+                if qos > 0 and generation == self._generation:
+                    self._client.ack(mid, qos)
+            if self._acker is not None:
+                self._acker.add(result.handled)
+        self._stats.decode_restarts = self._split.restarts
 
     # Thread -------------------------------------------------------------------------------
 
@@ -293,8 +346,11 @@ class IngestWorker:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
             with self._lock:
-                if self._acks and time.monotonic() - self._batch_started >= self._interval:
+                if self._split is not None:
+                    self._pump()
+                elif self._acks and time.monotonic() - self._batch_started >= self._interval:
                     self._commit(force=False)
+                self._publish_acks(force=False)
             if self._retention_s and time.monotonic() >= next_retention:
                 next_retention = time.monotonic() + RETENTION_EVERY_S
                 self._run_retention(self._retention_s)
@@ -310,9 +366,24 @@ class IngestWorker:
         except Exception:  # a database hiccup: try again next time
             log.exception("telemetry roll-up failed")
 
+    def _publish_acks(self, *, force: bool) -> None:
+        if self._acker is None:
+            return
+        try:
+            self._acker.publish_due(self._client, force=force)
+        except Exception:  # acks are an optimisation of resends: never stop ingest for them
+            log.exception("publishing delivery acks failed")
+
     def _shutdown(self) -> None:
         with self._lock:
-            self._commit(force=True)
+            if self._split is not None:  # drain: submit, wait for every commit, ack
+                if self._acks:
+                    self._split.submit(self._raw, self._acks)
+                    self._raw, self._acks = [], []
+                self._collect(wait_for=0, timeout=8.0)
+            else:
+                self._commit(force=True)
+            self._publish_acks(force=True)
         if self._client.is_connected():
             self._client.loop(timeout=0.1)  # send the acks
             self._client.disconnect()

@@ -1,19 +1,20 @@
 """Fault: the broker (a private Mosquitto) SIGKILLed and restarted while an agent sends
 telemetry to a running ingest worker, and while a rollout commands devices.
 
-What the design guarantees, and what is asserted: the agent deletes a window from its
-durable queue only on PUBACK, and the ingest worker acks a message only after its batch is
-committed, so a window is either in the hub DB or still on its way; the hub dedupes by
-(device, seq). Every window the agent numbered is stored exactly once: no missing seq
-(``hub.ingest.gaps``), no seq twice, the predictions' counts add up. The one window the
-design cannot cover: a PUBACKed message Mosquitto held for the ingest session but had not
-yet delivered or autosaved (``autosave_interval`` 1 s) dies with the broker. On loopback the
-ingest session has it in memory within milliseconds, so the test does not observe it; the
-README says so.
+What the design guarantees, and what is asserted: the agent (``delivery = "hub_ack"``)
+deletes a window from its durable queue only when the hub's ``DeliveryAck`` covers it, and
+the ingest worker acks only after its batch is committed, so a window is either in the hub
+DB or still in the agent's queue, sent again after ``hub_ack_timeout_s`` and on reconnect;
+the hub dedupes by (device, seq). Every window the agent numbered is stored exactly once: no
+missing seq (``hub.ingest.gaps``), no seq twice, the predictions' counts add up. That holds
+also for what the broker PUBACKed and then lost: state newer than its autosave, or windows a
+restored ``$share`` subscription did not queue while the worker was away (Mosquitto 2.0.11);
+with broker-ack delivery those were lost (the earlier xfails, tests/faults/README.md).
 
 During a rollout: the controller's command waits in the broker (QoS 1, persistent session)
-or is sent again under the same id; the rollout completes and every device has exactly one
-command id.
+or is sent again under the same id; a deploy under way when the broker dies goes on (the
+agent's command handler outlives the connection) and its events reach the hub on the hub-ack
+path; the rollout completes and every device has exactly one command id.
 """
 
 from __future__ import annotations
@@ -35,28 +36,9 @@ from tests.rollouts.fleet import fleet_of
 DEVICE = "bk-1"
 
 
-XFAIL_SHARED = pytest.mark.xfail(
-    strict=False,  # a race: passes when the ingest worker reconnects before any agent sends
-    reason="Mosquitto 2.0.11: after a restart (graceful or SIGKILL) a persistent session's "
-    "$share subscription restored from the persistence file queues nothing while its client "
-    "is offline; windows an agent publishes before the ingest worker is back are PUBACKed "
-    "and lost (tests/faults/README.md)",
-)
-XFAIL_UNSAVED = pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: after a SIGKILL with broker state newer than the last autosave the "
-    "restored ingest session (plain subscriptions) sometimes gets no telemetry published "
-    "after the restart; root cause not pinned (tests/faults/README.md)",
-)
-
-
 @pytest.mark.parametrize(
     ("shared", "saved"),
-    [
-        (False, True),
-        pytest.param(True, True, marks=XFAIL_SHARED),
-        pytest.param(False, False, marks=XFAIL_UNSAVED),
-    ],
+    [(False, True), (True, True), (False, False)],
     ids=["plain-saved", "shared-saved", "plain-unsaved"],
 )
 def test_broker_sigkill_during_telemetry_stores_every_window_once(
@@ -78,7 +60,14 @@ def test_broker_sigkill_during_telemetry_stores_every_window_once(
         batch_interval_s=0.05,
         shared=shared,
     )
-    settings = agent_settings(device_id=DEVICE, broker=mosquitto_fresh, hub=fault_hub, tmp=tmp_path)
+    settings = agent_settings(
+        device_id=DEVICE,
+        broker=mosquitto_fresh,
+        hub=fault_hub,
+        tmp=tmp_path,
+        delivery="hub_ack",
+        hub_ack_timeout_s=2.0,
+    )
     agent = Agent(settings=settings)
     predictions = 0
 
@@ -113,6 +102,8 @@ def test_broker_sigkill_during_telemetry_stores_every_window_once(
     with ingest:
         asyncio.run(main())
         produced = agent.queue.last_seqs()["telemetry"]
+        # every window (and deployment event) left the queue on the hub's ack
+        assert agent.session.stats.hub_acked == sum(agent.queue.last_seqs().values())
 
         def all_stored() -> bool:
             ingest.flush()
@@ -132,12 +123,6 @@ def test_broker_sigkill_during_telemetry_stores_every_window_once(
     assert stats.rejected_total == 0, stats
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent, as XFAIL_UNSAVED: after a SIGKILL newer than the broker's autosave "
-    "the restored ingest session sometimes receives nothing more, so the canary's later "
-    "events never arrive and the phase waits device_timeout_s (tests/faults/README.md)",
-)
 def test_broker_sigkill_during_rollout_completes_one_command_per_device(
     fault_hub: FaultHub, mosquitto_fresh: EmbeddedBroker, tmp_path: Path
 ) -> None:

@@ -97,6 +97,8 @@ class Fleet:
             reconnect_max_s=0.5,
             telemetry_tick_s=0.1,
             telemetry_window_s=0.5,
+            delivery="hub_ack",  # fleet_of runs the hub's ingest worker, which acks
+            hub_ack_timeout_s=2.0,
         )
 
     async def start(self, device_id: str) -> Agent:
