@@ -114,6 +114,12 @@ class HubSettings(BaseSettings):
     ingest_accept_unknown_devices: bool = Field(
         default=False, description="store messages from devices not in the registry"
     )
+    ingest_ack_interval_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="DeliveryAck to each device at most this often (agents with "
+        "delivery=hub_ack keep data until acked); 0: no acks",
+    )
     ingest_decode_process: bool = Field(
         default=False,
         description="decode and store ingested messages in a child process, so receiving and "

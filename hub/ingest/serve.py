@@ -31,6 +31,7 @@ def start_hub_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> I
         retention_s=settings.telemetry_retention_s or None,
         mqtt_protocol="5" if shared else "3.1.1",
         decode_process=settings.ingest_decode_process,
+        ack_interval_s=settings.ingest_ack_interval_s or None,
     )
     worker.start()
     return worker
