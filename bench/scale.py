@@ -1,11 +1,19 @@
-"""Scale: how many simulated devices (real agents, one process) this machine holds with
-telemetry flowing, and their CPU, memory and file descriptors per device.
+"""Scale: how many simulated devices (real agents) this machine holds with telemetry
+flowing, and their CPU, memory and file descriptors per device.
 
-Baseline, same run: bare aiomqtt clients holding the same number of connections and
-publishing one QoS 1 message per telemetry window each. Ratio: CPU per agent / CPU per bare
-client. Target: the fleet holds 1,000 devices (>= 95% serving, >= 90% of the expected
-telemetry windows arriving). Sizes: ``EDGELOOP_SCALE_SIZES`` (default ``1000``; e.g.
-``1000,2000,4000``).
+The fleet is a :class:`~simulators._shards.ShardedFleet`: ``EDGELOOP_SCALE_PROCESSES``
+worker processes (default: enough that each holds <= 2,500 devices; one process's
+20,000-file limit caps it near 4,500 agents) over one scenario, each device predicting
+``EDGELOOP_SCALE_RATE_HZ`` times a second (default 1) and sending a telemetry window every
+10 s. CPU, RSS and fds are summed over the worker processes (``/proc``; RSS includes each
+worker's interpreter and runtime); the counting subscriber runs in this process and is
+reported apart (``counter_cpu_share``), as is the broker.
+
+Baseline, same run: bare aiomqtt clients (one process, this one) holding the same number of
+connections and publishing one QoS 1 message per telemetry window each. Ratio: CPU per
+agent / CPU per bare client. Target: the fleet holds 1,000 devices (>= 95% serving, >= 90%
+of the expected telemetry windows arriving). Sizes: ``EDGELOOP_SCALE_SIZES`` (default
+``1000``; e.g. ``2000,5000,10000``); the run stops at the first size that does not hold.
 Device state lives on ``/dev/shm`` when it exists (the agents' SQLite queues fsync).
 """
 
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import resource
 import tempfile
@@ -25,18 +34,37 @@ import aiomqtt
 from bench._result import BenchResult
 from hub.broker import EmbeddedBroker
 from proto.topics import Topics
+from simulators._shards import ShardedFleet
 from simulators.bundles import BundleHost, HostedBundle
 from simulators.counting import StreamCounter
-from simulators.fleet import Fleet, wait_until
+from simulators.fleet import wait_until
 from simulators.scenario import parse_scenario
 
 WINDOW_S = 10.0
 MEASURE_S = 20.0
 TARGET = 1000
+PER_PROCESS = 2500
 
 
 def _sizes() -> list[int]:
     return [int(s) for s in os.environ.get("EDGELOOP_SCALE_SIZES", "1000").split(",")]
+
+
+def _processes(n: int) -> int:
+    fixed = os.environ.get("EDGELOOP_SCALE_PROCESSES")
+    return int(fixed) if fixed else max(1, math.ceil(n / PER_PROCESS))
+
+
+def _rate_hz() -> float:
+    return float(os.environ.get("EDGELOOP_SCALE_RATE_HZ", "1"))
+
+
+def _raise_fd_limit() -> int:
+    """The soft open-file limit up to the hard one (workers inherit it); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _build_bundle(root: Path) -> tuple[bytes, Path]:
@@ -70,8 +98,31 @@ def _rss(pid: int | str = "self") -> int:
     return 0
 
 
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _fds(pid: int | str = "self") -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+class _PidMeter:
+    """CPU share (CPU seconds per wall second) of some processes since it was made."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.cpu, self.wall = self._cpu(), time.monotonic()
+
+    def _cpu(self) -> float:
+        return sum(_cpu_s(p) for p in self.pids)
+
+    def cpu_share(self) -> float:
+        return (self._cpu() - self.cpu) / max(time.monotonic() - self.wall, 1e-9)
 
 
 class _Meter:
@@ -125,9 +176,16 @@ async def _bare(n: int, port: int) -> dict[str, float]:
     }
 
 
+def _telemetry(counter: StreamCounter) -> int:
+    return sum(
+        sum(c.values()) for (_, stream), c in counter.received.items() if stream == "telemetry"
+    )
+
+
 async def _fleet(
     n: int, broker: EmbeddedBroker, host: BundleHost, good: HostedBundle, key: Path, root: Path
 ) -> Any:
+    rate, processes = _rate_hz(), _processes(n)
     scenario = parse_scenario(
         f"""
         name = "scale"
@@ -138,38 +196,50 @@ async def _fleet(
         telemetry_window_s = {WINDOW_S}
         keepalive_s = 120
         [data]
-        rate_hz = 1
+        rate_hz = {rate}
         """
     )
-    base_rss, base_fds = _rss(), _fds()
     topics = Topics(prefix="edgeloop/v1", fleet=f"scale{n}")
     started = time.monotonic()
     async with (
         StreamCounter(host="127.0.0.1", port=broker.port, topics=topics) as counter,
-        Fleet(
-            root=root / f"fleet{n}", mqtt_url=broker.url, public_key=key, scenario=scenario
+        ShardedFleet(
+            processes=processes,
+            root=root / f"fleet{n}",
+            mqtt_url=broker.url,
+            public_key=key,
+            scenario=scenario,
         ) as fleet,
     ):
-        ids = list(fleet.devices)
+        ids = await fleet.device_ids()
         online = await wait_until(lambda: counter.online_count(ids) == n, within=120)
         start_s = time.monotonic() - started
         await fleet.deploy(good, endpoint=host.endpoint)
-        await wait_until(lambda: fleet.serving() >= n, within=180)
+        await fleet.wait_for("serving", n, within=max(180.0, n * 0.03), step=1.0)
         deploy_s = time.monotonic() - started - start_s
         await asyncio.sleep(WINDOW_S)  # the first windows close
-        before = counter.total
-        meter = _Meter()
+        before = _telemetry(counter)
+        workers = _PidMeter(fleet.pids)
+        here = _Meter()
+        mosquitto = _PidMeter([broker.pid]) if broker.pid else None
         await asyncio.sleep(MEASURE_S)
-        windows = counter.total - before
-        cpu = meter.cpu_share()
-        rss, fds = _rss() - base_rss, _fds() - base_fds
+        windows = _telemetry(counter) - before
+        cpu, counter_cpu = workers.cpu_share(), here.cpu_share()
+        broker_cpu = mosquitto.cpu_share() if mosquitto else 0.0
+        rss = sum(_rss(p) for p in fleet.pids)
+        fds = sum(_fds(p) for p in fleet.pids)
         broker_rss = _rss(broker.pid) if broker.pid else 0
         expected = n * MEASURE_S / WINDOW_S
-        serving = fleet.serving()
-        counts = fleet.counters()
+        counts = await fleet.counters()
+        on_now = counter.online_count(ids)
+    serving = counts["serving"]
     return {
         "devices": n,
+        "processes": processes,
+        "rate_hz": rate,
         "all_online": online,
+        "online": on_now,
+        "connected": counts["connected"],
         "serving": serving,
         "start_s": round(start_s, 1),
         "deploy_s": round(deploy_s, 1),
@@ -179,7 +249,10 @@ async def _fleet(
         "predictions": counts["predictions"],
         "cpu_share": round(cpu, 3),
         "cpu_ms_per_device_s": round(1000 * cpu / n, 4),
-        "rss_kib_per_device": round(rss / n / 1024, 1),
+        "counter_cpu_share": round(counter_cpu, 3),
+        "broker_cpu_share": round(broker_cpu, 3),
+        "rss_kib_per_device": round(rss / n / 1024, 1),  # with each worker's fixed RSS
+        "workers_rss_mib": round(rss / 2**20, 1),
         "fds_per_device": round(fds / n, 2),
         "broker_rss_mib": round(broker_rss / 2**20, 1),
         "held": serving >= 0.95 * n and windows >= 0.9 * expected,
@@ -188,9 +261,15 @@ async def _fleet(
 
 async def _main(root: Path, state: Path) -> dict[str, Any]:
     raw, key = await asyncio.to_thread(_build_bundle, root)
+    fd_limit = _raise_fd_limit()  # before the broker starts: it inherits the limit
     broker = EmbeddedBroker(kind="mosquitto", port=0, data_dir=root / "broker")
     broker.start()
-    results: dict[str, Any] = {"sizes": {}, "state_dir": str(state)}
+    results: dict[str, Any] = {
+        "sizes": {},
+        "state_dir": str(state),
+        "fd_limit": fd_limit,
+        "cpus": os.cpu_count(),
+    }
     try:
         with BundleHost(root=root / "served") as host:
             good = host.add_bytes(raw)

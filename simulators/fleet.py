@@ -73,6 +73,7 @@ class Fleet:
         credentials: Credentials | None = None,
         broker: BrokerControl | None = None,
         agent_options: Mapping[str, Any] | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.scenario = scenario or Scenario()
         if size is not None:
@@ -85,6 +86,11 @@ class Fleet:
         self._broker = broker
         self._options = dict(agent_options or {})
         self._source = source
+        # (index, count): build only the devices whose position % count == index; ids,
+        # groups, drifts and sensor seeds stay those of the whole fleet (simulators._shards)
+        self.shard = shard or (0, 1)
+        if not 0 <= self.shard[0] < self.shard[1]:
+            raise ValueError(f"shard {shard}: want (index, count) with 0 <= index < count")
         self._rng = np.random.default_rng(self.scenario.seed)
         self.devices: dict[str, SimDevice] = {}
         self.late: list[str] = []  # devices that join during the run
@@ -148,7 +154,10 @@ class Fleet:
         groups = assign_groups(sc, total)
         drifts = assign_drifts(sc, groups, self._rng)
         held_out = held_out_classes(sc)
+        mine, count = self.shard
         for index, (device_id, group, drift) in enumerate(zip(ids, groups, drifts, strict=True)):
+            if index % count != mine:
+                continue
             rng = np.random.default_rng([sc.seed, index])
             stream = SensorStream(
                 source=source, rng=rng, drifts=[Drift(spec=d) for d in drift], held_out=held_out
@@ -164,7 +173,7 @@ class Fleet:
                 rng=rng,
                 drifted=bool(drift),
             )
-        self.late = ids[sc.fleet.devices :]
+        self.late = [i for i in ids[sc.fleet.devices :] if i in self.devices]
 
     def _settings(self, device_id: str, group_name: str) -> AgentSettings:
         fleet = self.scenario.fleet
