@@ -46,6 +46,8 @@ from simulators.scenario import FaultSpec, Scenario
 from simulators.sensors import DataSource, Drift, SensorStream
 
 log = logging.getLogger("edgeloop.sim.fleet")
+#: Deploy commands published together (and allowed in flight) by the control client.
+DEPLOY_CHUNK = 200
 
 Credentials = Callable[[str], tuple[str, str] | None]
 
@@ -228,6 +230,7 @@ class Fleet:
             identifier=f"sim-control-{uuid.uuid4().hex[:8]}",
             username=creds[0] if creds else None,
             password=creds[1] if creds else None,
+            max_inflight_messages=DEPLOY_CHUNK,
         )
 
     async def deploy(
@@ -247,15 +250,22 @@ class Fleet:
         else:
             targets = list(devices)
         sent: dict[str, str] = {}
+        commands = [
+            (i, deploy_command(i, bundle=bundle, endpoint=endpoint, probation_s=probation_s))
+            for i in targets
+        ]
         async with self._control() as client:
-            for device_id in targets:
-                command = deploy_command(
-                    device_id, bundle=bundle, endpoint=endpoint, probation_s=probation_s
+            # in chunks, each awaited together: one PUBACK at a time would wait a whole pass
+            # of a busy event loop per device (thousands of agents share it)
+            for start in range(0, len(commands), DEPLOY_CHUNK):
+                chunk = commands[start : start + DEPLOY_CHUNK]
+                await asyncio.gather(
+                    *(
+                        client.publish(self.topics.command(i), c.SerializeToString(), qos=1)
+                        for i, c in chunk
+                    )
                 )
-                await client.publish(
-                    self.topics.command(device_id), command.SerializeToString(), qos=1
-                )
-                sent[device_id] = command.command_id
+                sent.update((i, c.command_id) for i, c in chunk)
         self.record("deploy", digest=bundle.digest, devices=len(sent))
         return sent
 
