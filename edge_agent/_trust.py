@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
-from model_packager._format import fsync_dir
+from model_packager._format import write_private
 from model_packager.signing import (
     Ed25519PublicKey,
     KeyMaterialError,
@@ -146,11 +145,4 @@ class TrustedKey:
         return True
 
     def _store(self, record: dict[str, Any]) -> None:
-        tmp = self._path.with_name(f".{self._path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._path)
-        fsync_dir(self._path.parent)
+        write_private(self._path, json.dumps(record, sort_keys=True) + "\n")

@@ -13,7 +13,6 @@ needs only ``--device-id`` afterwards. Light on purpose: grpc and the generated 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import grpc
 
 from edge_agent._tls import new_client_key, sync_channel
+from model_packager._format import write_private
 from proto import services_pb2, services_pb2_grpc
 
 ENROLLMENT_FILE = "enrollment.json"
@@ -60,15 +60,6 @@ class Enrollment:
         }
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def enroll(
     *,
     grpc_target: str,
@@ -106,13 +97,13 @@ def enroll(
             ) from None
     folder = Path(data_dir).expanduser().resolve() / reply.device_id
     key_file = folder / PUBLIC_KEY_FILE
-    _write_private(key_file, reply.hub_public_key.hex() + "\n")
+    write_private(key_file, reply.hub_public_key.hex() + "\n")
     cert_file = key_path = None
     if reply.client_certificate:  # the hub wants mTLS: keep our key and its certificate
         cert_file, key_path = folder / CLIENT_CERT_FILE, folder / CLIENT_KEY_FILE
-        _write_private(key_path, client_key.decode())
-        _write_private(cert_file, reply.client_certificate.decode())
-        _write_private(folder / CLIENT_CA_FILE, reply.client_ca.decode())
+        write_private(key_path, client_key.decode())
+        write_private(cert_file, reply.client_certificate.decode())
+        write_private(folder / CLIENT_CA_FILE, reply.client_ca.decode())
     record = {
         "device_id": reply.device_id,
         "mqtt_username": reply.mqtt_username,
@@ -126,7 +117,7 @@ def enroll(
         "client_key_file": str(key_path) if key_path else None,
     }
     enrollment_file = folder / ENROLLMENT_FILE
-    _write_private(enrollment_file, json.dumps(record, indent=2) + "\n")
+    write_private(enrollment_file, json.dumps(record, indent=2) + "\n")
     return Enrollment(
         device_id=reply.device_id,
         mqtt_username=reply.mqtt_username,

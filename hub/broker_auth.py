@@ -41,6 +41,7 @@ from hub._debounce import Debouncer
 from hub.broker import BrokerAuthFiles
 from hub.settings import HubSettings
 from hub.tables import DeviceCertificate, DeviceCredential
+from model_packager._format import write_private
 from proto.topics import TopicKind, Topics
 
 log = logging.getLogger(__name__)
@@ -76,23 +77,13 @@ def new_password() -> str:
     return secrets.token_urlsafe(24)
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write atomically with mode 0600 (the folder is created 0700)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def hub_mqtt_password(settings: HubSettings) -> str:
     """The hub user's broker password, generated once into the data dir (0600)."""
     path = settings.data_dir / HUB_PASSWORD_FILE
     if path.exists():
         return path.read_text().strip()
     password = new_password()
-    _write_private(path, password + "\n")
+    write_private(path, password + "\n")
     return password
 
 
@@ -213,7 +204,7 @@ class BrokerAuth:
                 else []
             )
         hub_hash = self._hub_hash()
-        _write_private(
+        write_private(
             self.password_file, render_password_file(hub_password_hash=hub_hash, devices=devices)
         )
         if certs:
@@ -223,7 +214,7 @@ class BrokerAuth:
                 (int(row.serial, 16), row.revoked_at) for row in revoked if row.revoked_at
             )
         acl = render_acl(self._topics, devices=list(devices) if certs else None)
-        _write_private(self.acl_file, acl)
+        write_private(self.acl_file, acl)
         return len(devices)
 
     def _hub_hash(self) -> str:
@@ -233,7 +224,7 @@ class BrokerAuth:
         if cache.exists() and verify_password(password, cached := cache.read_text().strip()):
             return cached
         hashed = hash_password(password)
-        _write_private(cache, hashed + "\n")
+        write_private(cache, hashed + "\n")
         return hashed
 
     def sync_now(self) -> None:

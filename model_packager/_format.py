@@ -310,3 +310,18 @@ def parse_local_header(header: bytes) -> tuple[int, int]:
     if fields[0] != LOCAL_SIG:
         raise BundleCorrupt("bad local file header signature")
     return fields[9], fields[10]
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically and durably, mode 0600 (a missing folder is
+    created 0700): temp file, fsync, rename, fsync of the folder. For secrets and state that
+    must survive a power cut (enrolment, broker passwd/ACL, a device's trusted key)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
