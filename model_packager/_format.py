@@ -19,6 +19,7 @@ import os
 import re
 import stat
 import struct
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,13 +316,19 @@ def parse_local_header(header: bytes) -> tuple[int, int]:
 def write_private(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` atomically and durably, mode 0600 (a missing folder is
     created 0700): temp file, fsync, rename, fsync of the folder. For secrets and state that
-    must survive a power cut (enrolment, broker passwd/ACL, a device's trusted key)."""
+    must survive a power cut (enrolment, broker passwd/ACL, a device's trusted key).
+    Concurrent writers (threads or processes) each get their own temp file; the last rename
+    wins and nobody sees a half-written file."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name.lstrip('.')}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w") as fh:  # mkstemp creates the file 0600
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
