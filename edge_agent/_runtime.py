@@ -5,7 +5,8 @@ float32 outputs. :class:`OnnxRuntime` wraps an onnxruntime CPU session, :class:`
 the LiteRT interpreter (:class:`model_packager.litert.TFLiteRunner`, fixed batch: rows go
 through in chunks). :func:`load_slot` reads an installed slot (``manifest.json`` plus the
 payload files), picks a variant with :func:`choose_variant` and loads it;
-:func:`health_check` runs the bundle's self-test records and times batch-1 inference.
+:func:`health_check` (``edge_agent._runtime_health``, re-exported here) runs the bundle's
+self-test records and times batch-1 inference.
 Nothing here imports torch, onnx or the hub.
 """
 
@@ -13,10 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import math
-import statistics
 import threading
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,10 +24,12 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from edge_agent._manifests import parsed_manifest
+from edge_agent._runtime_health import LATENCY_RUNS, HealthReport, health_check
 from model_packager.preprocess import Preprocess
 
 __all__ = [
     "DEFAULT_PREFER",
+    "LATENCY_RUNS",
     "HealthReport",
     "LiteRTRuntime",
     "LoadedModel",
@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 DEFAULT_PREFER: tuple[str, ...] = ("onnx:int8", "onnx:fp32", "tflite:int8", "tflite:fp32")
-LATENCY_RUNS = 20
 # The modules each format needs; TFLite takes ai-edge-litert or, failing that, tflite-runtime.
 _RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
     "onnx": ("onnxruntime",),
@@ -296,99 +295,6 @@ def load_slot(
         preprocess=preprocess,
         labels=tuple(str(label) for label in labels) if labels else None,
         task=task,
-    )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HealthReport:
-    """``max_abs_diff`` and ``latency_ms`` are NaN where the check stopped before them."""
-
-    ok: bool
-    reason: str
-    max_abs_diff: float = math.nan
-    latency_ms: float = math.nan
-
-
-def _tolerance(model: LoadedModel) -> float:
-    spec = model.manifest.get("self_test") or {}
-    atol = float(spec.get("atol", 1e-3))
-    if model.variant.get("precision") == "int8":  # the int8 kernels differ between CPUs
-        return float(spec.get("int8_atol", atol))
-    return atol
-
-
-def _batch1_latency_ms(model: LoadedModel, record: np.ndarray, runs: int) -> float:
-    run, apply = model.runtime.run, model.preprocess.apply
-    run(apply(record))  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run(apply(record))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
-
-
-def health_check(
-    model: LoadedModel, *, check_latency: bool = True, runs: int = LATENCY_RUNS
-) -> HealthReport:
-    """Self-test outputs within the manifest's tolerance and batch-1 latency (median of
-    ``runs``, preprocess included) under ``latency_budget_ms``. Never raises."""
-    try:
-        return _health_check(model, check_latency=check_latency, runs=runs)
-    except Exception as exc:  # e.g. a manifest with a malformed tolerance or budget
-        return HealthReport(ok=False, reason=f"health check failed: {type(exc).__name__}: {exc}")
-
-
-def _health_check(model: LoadedModel, *, check_latency: bool, runs: int) -> HealthReport:
-    try:
-        spec = model.manifest.get("self_test") or {}
-        samples = model.slot_dir / str(spec.get("file", "samples.npz"))
-        key = f"expected:{model.variant_file}"
-        with np.load(samples, allow_pickle=False) as npz:
-            if key not in npz.files:
-                return HealthReport(ok=False, reason=f"{samples.name} has no {key!r} array")
-            raw = np.asarray(npz[str(spec.get("inputs", "self_test"))])
-            expected = np.asarray(npz[key], dtype=np.float32)
-        outputs = np.asarray(model.runtime.run(model.preprocess.apply(raw)))
-    except Exception as exc:
-        return HealthReport(ok=False, reason=f"self-test could not run {model.variant_file}: {exc}")
-    if outputs.shape != expected.shape:
-        return HealthReport(
-            ok=False,
-            reason=f"self-test outputs have shape {list(outputs.shape)}, "
-            f"expected {list(expected.shape)}",
-        )
-    if not np.all(np.isfinite(outputs)):
-        return HealthReport(ok=False, reason="self-test outputs are not all finite")
-    diff = float(np.max(np.abs(outputs.astype(np.float64) - expected))) if expected.size else 0.0
-    atol = _tolerance(model)
-    if not diff <= atol:
-        return HealthReport(
-            ok=False,
-            reason=f"self-test outputs differ from the bundle's by {diff:.3g}, over the "
-            f"tolerance {atol:g} ({model.variant_file})",
-            max_abs_diff=diff,
-        )
-    if not check_latency or not len(raw):
-        return HealthReport(ok=True, reason="ok: self-test within tolerance", max_abs_diff=diff)
-    try:
-        latency = _batch1_latency_ms(model, raw[:1], runs)
-    except Exception as exc:
-        return HealthReport(ok=False, reason=f"latency check failed: {exc}", max_abs_diff=diff)
-    budget = float(model.manifest.get("latency_budget_ms", math.inf))
-    if not latency <= budget:
-        return HealthReport(
-            ok=False,
-            reason=f"batch-1 latency {latency:.3g} ms is over the latency budget {budget:g} ms",
-            max_abs_diff=diff,
-            latency_ms=latency,
-        )
-    return HealthReport(
-        ok=True,
-        reason=f"ok: self-test within tolerance {atol:g}, batch-1 latency {latency:.3g} ms "
-        f"(budget {budget:g} ms)",
-        max_abs_diff=diff,
-        latency_ms=latency,
     )
 
 

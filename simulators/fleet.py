@@ -12,17 +12,16 @@ identity (device id, MQTT session, optional username/password), its own disk sta
 ``root/devices/<id>`` (slots, queue) and a sensor stream; identical bundles share one
 runtime session (``edge_agent._runtime``). Devices in a ``flaky`` group reach the broker
 through a :class:`~simulators.netfaults.FaultProxy`; the scenario's faults, churn, joins
-and leaves run on a schedule from the fleet's start, and each is recorded in ``timeline``.
+and leaves run on a schedule from the fleet's start (``simulators._schedule``), and each is
+recorded in ``timeline``; deploy commands go out through ``simulators._deploy``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -32,6 +31,7 @@ import numpy as np
 
 from edge_agent.settings import AgentSettings
 from proto.topics import Topics
+from simulators._deploy import DEPLOY_CHUNK, Credentials, control_client, publish_commands
 from simulators._plan import (
     assign_drifts,
     assign_groups,
@@ -39,17 +39,16 @@ from simulators._plan import (
     held_out_classes,
     prefer_for,
 )
+from simulators._schedule import run_schedule, wait_until
 from simulators.bundles import HostedBundle, deploy_command
 from simulators.device import SimDevice
 from simulators.netfaults import FaultProxy
-from simulators.scenario import FaultSpec, Scenario
+from simulators.scenario import Scenario
 from simulators.sensors import DataSource, Drift, SensorStream
 
-log = logging.getLogger("edgeloop.sim.fleet")
-#: Deploy commands published together (and allowed in flight) by the control client.
-DEPLOY_CHUNK = 200
+__all__ = ["DEPLOY_CHUNK", "BrokerControl", "Credentials", "Fleet", "wait_until"]
 
-Credentials = Callable[[str], tuple[str, str] | None]
+log = logging.getLogger("edgeloop.sim.fleet")
 
 
 class BrokerControl(Protocol):
@@ -126,7 +125,7 @@ class Fleet:
         initial = [d for d in self.devices.values() if d.device_id not in self.late]
         await self._start_devices(initial)
         self.record("started", devices=len(initial))
-        self._tasks = [asyncio.create_task(self._schedule())]
+        self._tasks = [asyncio.create_task(run_schedule(self))]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -222,16 +221,7 @@ class Fleet:
     # commands -----------------------------------------------------------------------------
 
     def _control(self) -> aiomqtt.Client:
-        parsed = urlparse(self.mqtt_url)
-        creds = self._credentials("sim-control") if self._credentials else None
-        return aiomqtt.Client(
-            parsed.hostname or "127.0.0.1",
-            parsed.port or 1883,
-            identifier=f"sim-control-{uuid.uuid4().hex[:8]}",
-            username=creds[0] if creds else None,
-            password=creds[1] if creds else None,
-            max_inflight_messages=DEPLOY_CHUNK,
-        )
+        return control_client(self.mqtt_url, self._credentials)
 
     async def deploy(
         self,
@@ -249,23 +239,12 @@ class Fleet:
             targets = [i for i in self.devices if i not in self.late]
         else:
             targets = list(devices)
-        sent: dict[str, str] = {}
         commands = [
             (i, deploy_command(i, bundle=bundle, endpoint=endpoint, probation_s=probation_s))
             for i in targets
         ]
         async with self._control() as client:
-            # in chunks, each awaited together: one PUBACK at a time would wait a whole pass
-            # of a busy event loop per device (thousands of agents share it)
-            for start in range(0, len(commands), DEPLOY_CHUNK):
-                chunk = commands[start : start + DEPLOY_CHUNK]
-                await asyncio.gather(
-                    *(
-                        client.publish(self.topics.command(i), c.SerializeToString(), qos=1)
-                        for i, c in chunk
-                    )
-                )
-                sent.update((i, c.command_id) for i, c in chunk)
+            sent = await publish_commands(client, self.topics, commands)
         self.record("deploy", digest=bundle.digest, devices=len(sent))
         return sent
 
@@ -357,92 +336,3 @@ class Fleet:
     async def restart(self, device_id: str, *, down_s: float = 0.0) -> None:
         self.record("restart", device=device_id)
         await self.devices[device_id].restart(down_s=down_s)
-
-    async def _schedule(self) -> None:
-        sc = self.scenario
-        jobs: list[tuple[float, Callable[[], Coroutine[Any, Any, None]]]] = []
-        jobs += [(f.at_s, functools.partial(self._fault, f)) for f in sc.faults]
-        jobs += [(d.start_s, functools.partial(self._drift_started, d.kind)) for d in sc.drift]
-        if sc.churn.leave_fraction:
-            jobs.append((sc.churn.leave_at_s, self._leave))
-        if self.late:
-            jobs.append((sc.churn.join_at_s, self._join))
-        running: list[asyncio.Task[Any]] = []
-        if sc.churn.interval_s:
-            running.append(asyncio.create_task(self._churn()))
-        try:
-            for at, job in sorted(jobs, key=lambda j: j[0]):
-                await asyncio.sleep(max(0.0, at - self.elapsed()))
-                running.append(asyncio.create_task(job()))
-            await asyncio.gather(*running)
-        finally:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-
-    async def _drift_started(self, kind: str) -> None:
-        drifted = [d.device_id for d in self.devices.values() if d.drifted]
-        self.record("drift", drift=kind, devices=len(drifted))
-
-    async def _fault(self, fault: FaultSpec) -> None:
-        if fault.kind == "broker_restart":
-            if self._broker is None:
-                self.record("fault_skipped", fault=fault.kind, reason="no broker control")
-                return
-            self.record("broker_down")
-            await asyncio.to_thread(self._broker.stop)
-            await asyncio.sleep(fault.duration_s)
-            await asyncio.to_thread(self._broker.start)
-            self.record("broker_up")
-            return
-        proxy = self.proxies[str(fault.group)]
-        if fault.kind == "disconnect":
-            self.record("disconnect", group=fault.group, cut=proxy.disconnect())
-            return
-        self.record("partition", group=fault.group, cut=proxy.partition())
-        await asyncio.sleep(fault.duration_s)
-        proxy.heal()
-        self.record("heal", group=fault.group)
-
-    async def _churn(self) -> None:
-        churn = self.scenario.churn
-        while True:
-            await asyncio.sleep(churn.interval_s)
-            up = [d for d in self.devices.values() if d.running and not d.left]
-            take = max(1, round(churn.fraction * len(up))) if up else 0
-            chosen = [up[i] for i in self._rng.permutation(len(up))[:take].tolist()]
-            self.record("churn", devices=[d.device_id for d in chosen])
-            results = await asyncio.gather(
-                *(d.restart(down_s=churn.down_s) for d in chosen), return_exceptions=True
-            )
-            for device, result in zip(chosen, results, strict=True):
-                if isinstance(result, Exception):
-                    log.error("restarting %s failed: %s", device.device_id, result)
-
-    async def _leave(self) -> None:
-        up = [d for d in self.devices.values() if d.running]
-        take = round(self.scenario.churn.leave_fraction * len(up))
-        leaving = [up[i] for i in self._rng.permutation(len(up))[:take].tolist()]
-        for device in leaving:
-            device.left = True
-        await asyncio.gather(*(d.stop() for d in leaving), return_exceptions=True)
-        self.record("leave", devices=[d.device_id for d in leaving])
-
-    async def _join(self) -> None:
-        joining = [self.devices[i] for i in self.late]
-        await self._start_devices(joining)
-        self.record("join", devices=[d.device_id for d in joining])
-        if self._deployed is not None:
-            await wait_until(lambda: all(d.connected for d in joining), within=30)
-            bundle, endpoint = self._deployed
-            await self.deploy(bundle, endpoint=endpoint, devices=[d.device_id for d in joining])
-
-
-async def wait_until(condition: Callable[[], bool], *, within: float, step: float = 0.1) -> bool:
-    """Poll ``condition`` until true or ``within`` seconds pass; returns whether it held."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(step)
-    return True
