@@ -34,6 +34,10 @@ REMEMBERED_COMMANDS = 256
 K = pb.EventKind
 
 
+FINAL_KINDS = {K.EVENT_KIND_HEALTHY, K.EVENT_KIND_FAILED, K.EVENT_KIND_ROLLED_BACK}
+PERSISTED_KINDS = FINAL_KINDS | {K.EVENT_KIND_RECEIVED, K.EVENT_KIND_ACTIVATED}
+
+
 class CommandLog:
     """The last command ids the agent acted on, with the last event kind of each (persisted)."""
 
@@ -47,16 +51,21 @@ class CommandLog:
         return self._seen.get(command_id)
 
     def record(self, command_id: str, kind: int) -> None:
+        """Remember ``kind`` as the command's last event; on disk only for the kinds that
+        decide what a repeat after a restart is answered with (received, activated, final):
+        the steps between are redone by the interrupted-deploy resume anyway."""
+        known = command_id in self._seen
         self._seen[command_id] = kind
         self._seen.move_to_end(command_id)
         while len(self._seen) > REMEMBERED_COMMANDS:
             self._seen.popitem(last=False)
+        if known and kind not in PERSISTED_KINDS:
+            return
         tmp = self._path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._seen))
         os.replace(tmp, self._path)
 
 
-FINAL_KINDS = {K.EVENT_KIND_HEALTHY, K.EVENT_KIND_FAILED, K.EVENT_KIND_ROLLED_BACK}
 
 
 class InflightDeploy:
@@ -179,6 +188,8 @@ class Deployer:
         marks = {0.25, 0.5, 0.75}
 
         def progress(done: int, total: int) -> None:
+            if total and done >= total:  # the last chunk: DOWNLOADED says it, not a mark
+                marks.clear()
             fraction = done / total if total else 1.0
             reached = {m for m in marks if fraction >= m}
             if reached:  # marks one chunk crosses together are one event (the highest)

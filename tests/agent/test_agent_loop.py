@@ -108,6 +108,13 @@ def test_deploy_verify_activate_repeat_and_rollback(
                 K.EVENT_KIND_HEALTHY,
             ], kinds
             assert K.EVENT_KIND_DOWNLOADING in kinds
+            # a bundle that arrives in one chunk: "started" only, no 25/50/75 % marks
+            downloading = [
+                e.progress
+                for e in obs.events["dev-1"]
+                if e.command_id == cid and e.kind == K.EVENT_KIND_DOWNLOADING
+            ]
+            assert bundles.sizes[bundles.v1] < 256 * 1024 and downloading == [0.0], downloading
             await obs.wait(lambda: obs.states["dev-1"].active.bundle_digest == bundles.v1, within=5)
             first = agent.predict(DIGITS[:3])
             assert len(first.ids) == 3 and len(set(first.ids)) == 3 and first.labels is not None
