@@ -22,20 +22,16 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 from urllib.parse import quote
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from hub._broker_net import BrokerError, claim_port, port_free, wait_for_connack, wait_for_mqtt
 
 if TYPE_CHECKING:
     from hub._amqtt import AmqttThread as _Amqtt
@@ -44,10 +40,14 @@ if TYPE_CHECKING:
 BrokerKind = Literal["auto", "mosquitto", "amqtt"]
 _SBIN_DIRS = os.pathsep.join(["/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin"])
 _RUNNING: set[EmbeddedBroker] = set()
-
-
-class BrokerError(RuntimeError):
-    """The embedded broker could not be started or reached; the message says why."""
+__all__ = [
+    "BrokerAuthFiles",
+    "BrokerError",
+    "BrokerKind",
+    "EmbeddedBroker",
+    "find_mosquitto",
+    "wait_for_mqtt",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,111 +70,6 @@ class BrokerAuthFiles:
 def find_mosquitto() -> str | None:
     """The mosquitto binary: on PATH, or in the sbin folders Debian/Homebrew use."""
     return shutil.which("mosquitto") or shutil.which("mosquitto", path=_SBIN_DIRS)
-
-
-def wait_for_mqtt(
-    host: str,
-    port: int,
-    timeout: float = 10.0,
-    *,
-    auth: tuple[str, str] | None = None,
-    tls_ca: Path | None = None,
-    client_cert: tuple[Path, Path] | None = None,
-) -> None:
-    """Return once ``host:port`` answers an MQTT 3.1.1 CONNECT with a CONNACK; else raise.
-
-    ``tls_ca``: connect over TLS and verify the broker's certificate against this CA file;
-    ``client_cert``: (cert, key) files to present.
-    """
-    _wait_for_connack(
-        host, port, timeout=timeout, auth=auth, tls_ca=tls_ca, client_cert=client_cert
-    )
-
-
-def _probe(
-    host: str,
-    port: int,
-    timeout: float,
-    auth: tuple[str, str] | None,
-    tls_ca: Path | None,
-    client_cert: tuple[Path, Path] | None = None,
-) -> str | None:
-    """One CONNECT attempt (as ``auth`` = user, password if given): None when accepted."""
-    client_id = f"edgeloop-probe-{uuid.uuid4().hex[:12]}"
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    if auth is not None:
-        client.username_pw_set(*auth)
-    if tls_ca is not None:
-        cert, key = client_cert if client_cert is not None else (None, None)
-        client.tls_set(
-            ca_certs=str(tls_ca),
-            certfile=str(cert) if cert else None,
-            keyfile=str(key) if key else None,
-        )
-    client.connect_timeout = timeout
-    codes: list[Any] = []
-    client.on_connect = lambda _c, _u, _f, code, _p: codes.append(code)
-    deadline, lost = time.monotonic() + timeout, False
-    try:
-        client.connect(host, port, keepalive=10)
-        while not codes and not lost and time.monotonic() < deadline:
-            lost = client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS
-    except OSError as exc:
-        return str(exc) or type(exc).__name__
-    finally:
-        with contextlib.suppress(Exception):
-            client.disconnect()
-            client.loop(timeout=0.01)
-    if not codes:
-        return "connection closed before CONNACK" if lost else "no CONNACK in time"
-    return f"CONNACK refused: {codes[0]}" if codes[0].is_failure else None
-
-
-def _wait_for_connack(
-    host: str,
-    port: int,
-    *,
-    timeout: float,
-    failed: Callable[[], str | None] | None = None,
-    auth: tuple[str, str] | None = None,
-    tls_ca: Path | None = None,
-    client_cert: tuple[Path, Path] | None = None,
-) -> None:
-    """Retry CONNECT until accepted; ``failed()`` returning text aborts early (a dead child)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        if failed is not None and (why := failed()):
-            raise BrokerError(why)
-        wait = max(0.2, min(deadline - time.monotonic(), 2.0))
-        reason = _probe(host, port, wait, auth, tls_ca, client_cert)
-        if reason is None:
-            return
-        if time.monotonic() + delay >= deadline:
-            raise BrokerError(f"no MQTT broker answered on {host}:{port} in {timeout:g}s: {reason}")
-        time.sleep(delay)  # backoff between attempts, bounded by the deadline
-        delay = min(delay * 2, 0.2)
-
-
-def _claim_port(host: str, port: int) -> int:
-    """``port`` if nothing listens there (0: a free one), else a clear BrokerError."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the brokers do
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise BrokerError(
-                f"cannot start the embedded MQTT broker on {host}:{port}: {exc.strerror}; set "
-                "EDGELOOP_EMBEDDED_MQTT_PORT to a free port (0 picks one) or point "
-                "EDGELOOP_MQTT_URL at the broker that is running there"
-            ) from exc
-        return int(sock.getsockname()[1])
-
-
-def _port_free(host: str, port: int) -> bool:
-    with contextlib.suppress(BrokerError):
-        return _claim_port(host, port) == port
-    return False
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
@@ -258,13 +153,13 @@ class EmbeddedBroker:
             picked = self._port == 0
             launch = self._start_mosquitto if self.kind_in_use == "mosquitto" else self._start_amqtt
             for attempt in range(3):  # a picked port may get taken before use: pick again
-                self._port = _claim_port(self._host, 0 if picked else self._port)
+                self._port = claim_port(self._host, 0 if picked else self._port)
                 try:
                     launch()
                     break
                 except BrokerError:
                     self._stop_quietly()
-                    if not picked or attempt == 2 or _port_free(self._host, self._port):
+                    if not picked or attempt == 2 or port_free(self._host, self._port):
                         raise
             _RUNNING.add(self)
 
@@ -363,7 +258,7 @@ class EmbeddedBroker:
                 preexec_fn=_die_with_parent if in_main and sys.platform == "linux" else None,
             )
         try:
-            _wait_for_connack(
+            wait_for_connack(
                 self._host,
                 self._port,
                 timeout=self._start_timeout,
@@ -402,7 +297,7 @@ class EmbeddedBroker:
             raise BrokerError("TLS needs the Mosquitto broker (amqtt is demo only, no TLS)")
         self._amqtt = AmqttThread(host=self._host, port=self._port)
         self._amqtt.start(self._start_timeout)
-        _wait_for_connack(self._host, self._port, timeout=self._start_timeout)
+        wait_for_connack(self._host, self._port, timeout=self._start_timeout)
 
     def _stop_quietly(self) -> None:
         with contextlib.suppress(Exception):

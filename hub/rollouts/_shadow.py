@@ -22,10 +22,11 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from hub.errors import InvalidInput
+from hub.rollouts._rows import Member
 from hub.rollouts.gates import GateResult, merged_gates
 from hub.rollouts.phases import Candidate, order, site_of
 from hub.rollouts.service import aware, log_event, now
-from hub.tables import DeploymentEventRow, Device, TelemetryWindowRow
+from hub.tables import DeploymentEventRow, TelemetryWindowRow
 from hub.tables.rollouts import Rollout, RolloutShadow, RolloutState, ShadowState
 from proto import messages_pb2 as pb
 
@@ -105,7 +106,7 @@ def finish(session: Session, rollout: Rollout, *, state: str, reason: str) -> No
     session.add(rollout)
 
 
-def drive(session: Session, rollout: Rollout, devices: dict[str, Device]) -> None:
+def drive(session: Session, rollout: Rollout, devices: dict[str, Member]) -> None:
     """One controller step of a rollout whose shadow phase is not done."""
     cfg = parse_shadow(rollout.shadow)
     if rollout.state != R.SHADOWING:
@@ -149,7 +150,7 @@ def drive(session: Session, rollout: Rollout, devices: dict[str, Device]) -> Non
 
 
 def _start(
-    session: Session, rollout: Rollout, devices: dict[str, Device], cfg: dict[str, float]
+    session: Session, rollout: Rollout, devices: dict[str, Member], cfg: dict[str, float]
 ) -> None:
     pool = [
         Candidate(device_id=d.id, site=site_of(d.group, d.tags or {}), online=d.online)

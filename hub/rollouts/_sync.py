@@ -3,15 +3,15 @@ and the commands a device row stands for (rebuilt identically after a restart)."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
 
-from hub.rollouts.selectors import parse_selector
+from hub.rollouts._rows import Member
 from hub.rollouts.service import log_event
-from hub.tables import DeploymentEventRow, Device
+from hub.tables import DeploymentEventRow
 from hub.tables.rollouts import DeviceState, Rollout, RolloutDevice
 from proto import messages_pb2 as pb
 
@@ -53,13 +53,19 @@ def active_slot(state: dict[str, Any]) -> tuple[str, str, str]:
     return str(active.get("model", "")), str(active.get("version", "")), str(digest)
 
 
-def _events(session: Session, command_ids: Sequence[str]) -> list[DeploymentEventRow]:
-    found: list[DeploymentEventRow] = []
+def _events(session: Session, command_ids: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(command id, kind, reason) of the events sent for these commands, in arrival order
+    (the columns only: a tick re-reads the events of every device in flight)."""
+    found: list[tuple[str, str, str]] = []
     for i in range(0, len(command_ids), 500):
         chunk = command_ids[i : i + 500]
         found.extend(
             session.exec(
-                select(DeploymentEventRow)
+                select(
+                    DeploymentEventRow.command_id,
+                    DeploymentEventRow.kind,
+                    DeploymentEventRow.reason,
+                )
                 .where(col(DeploymentEventRow.command_id).in_(chunk))
                 .order_by(col(DeploymentEventRow.id))
             ).all()
@@ -82,26 +88,26 @@ def sync_events(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice
     if not watch_deploy and not watch_rollback:
         return 0
     changed: set[str] = set()
-    for event in _events(session, [*watch_deploy, *watch_rollback]):
-        if (d := watch_rollback.get(event.command_id)) is not None:
+    for command_id, kind, reason in _events(session, [*watch_deploy, *watch_rollback]):
+        if (d := watch_rollback.get(command_id)) is not None:
             if d.state != S.ROLLING_BACK:
                 continue
-            if event.kind == "rolled_back":
-                d.state, d.reason = S.ROLLED_BACK, event.reason
-            elif event.kind == "failed":
-                d.state, d.reason = S.ROLLBACK_FAILED, event.reason
+            if kind == "rolled_back":
+                d.state, d.reason = S.ROLLED_BACK, reason
+            elif kind == "failed":
+                d.state, d.reason = S.ROLLBACK_FAILED, reason
             else:
                 continue
-        elif (d := watch_deploy.get(event.command_id)) is not None:
-            new = _EVENT_STATE.get(event.kind)
+        elif (d := watch_deploy.get(command_id)) is not None:
+            new = _EVENT_STATE.get(kind)
             if new is None:
                 continue
             late_answer = d.state == S.TIMED_OUT and new in REPORTED
             if DEPLOY_RANK[new] <= DEPLOY_RANK.get(S(d.state), 0) and not late_answer:
                 continue
             d.state = new
-            if new == S.FAILED or event.reason:
-                d.reason = event.reason
+            if new == S.FAILED or reason:
+                d.reason = reason
         else:  # pragma: no cover - the query asked only for these ids
             continue
         changed.add(d.device_id)
@@ -113,20 +119,12 @@ def sync_events(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice
     return len(changed)
 
 
-def matching_devices(session: Session, rollout: Rollout) -> list[Device]:
-    selector = parse_selector(rollout.selector)
-    devices = session.exec(select(Device).order_by(col(Device.id))).all()
-    return [
-        d for d in devices if selector.matches(device_id=d.id, group=d.group, tags=d.tags or {})
-    ]
-
-
 def add_members(
-    session: Session, rollout: Rollout, rows: list[RolloutDevice], devices: Sequence[Device]
+    session: Session, rollout: Rollout, known: Collection[str], devices: Sequence[Member]
 ) -> list[RolloutDevice]:
-    """Rows for devices that match but have none: at the start unassigned, later late joiners
-    (they join the last phase, or the current one with ``join_phase='current'``)."""
-    known = {d.device_id for d in rows}
+    """Rows for devices that match but have none (``known``: the devices with a row): at the
+    start unassigned, later late joiners (they join the last phase, or the current one with
+    ``join_phase='current'``)."""
     started = rollout.phase_started_at is not None or rollout.phase > 0
     last = len(rollout.phases) - 1
     added = []

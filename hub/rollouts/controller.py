@@ -14,32 +14,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from hub.db import session_scope
-from hub.rollouts import _shadow, _sync
+from hub.rollouts import _progress, _rows, _shadow, _sync
 from hub.rollouts._outbox import publish_staged
+from hub.rollouts._progress import MAX_ROLLBACK_ATTEMPTS, NUDGE_GRACE_S, Tokens
 from hub.rollouts._publisher import CommandPublisher, PublishError
-from hub.rollouts._sync import DOWNLOADING, IN_FLIGHT, REPORTED, S
+from hub.rollouts._rows import Member, Settled
+from hub.rollouts._sync import IN_FLIGHT, REPORTED, S
 from hub.rollouts.gates import Scope, evaluate, install_failure_rate, merged_gates
-from hub.rollouts.phases import Candidate, choose, parse_phases, site_of
 from hub.rollouts.service import aware, log_event, now, promote
-from hub.tables import Device
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutShadow, RolloutState
 from proto.topics import Topics
 
 log = logging.getLogger("edgeloop.rollouts")
 R = RolloutState
 RECONCILED = {R.SHADOWING, R.RUNNING, R.AWAITING_APPROVAL, R.PAUSED, R.ROLLING_BACK}
-MAX_ROLLBACK_ATTEMPTS = 3
-#: A device seen (any message) this long after its command was published, without having
-#: answered it, gets the command again even when its state does not show a reconnect.
-NUDGE_GRACE_S = 30.0
+__all__ = ["MAX_ROLLBACK_ATTEMPTS", "NUDGE_GRACE_S", "RECONCILED", "RolloutController"]
 #: A tick slower than this is logged (the controller lagging behind device events).
 SLOW_TICK_S = 5.0
 
@@ -66,8 +61,7 @@ class RolloutController:
         self.publisher = publisher or CommandPublisher(
             mqtt_url=mqtt_url, topics=Topics(prefix=topic_prefix, fleet=fleet)
         )
-        self._tokens = max(max_commands_per_s, 1.0)
-        self._refilled = time.monotonic()
+        self._tokens = Tokens.full(max_commands_per_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
@@ -138,36 +132,30 @@ class RolloutController:
                 self.errors += 1
                 log.exception("rollout %s: reconcile failed (will retry)", rollout_id)
 
-    def _refill(self) -> None:
-        t = time.monotonic()
-        cap = max(self.max_commands_per_s, 1.0)
-        self._tokens = min(cap, self._tokens + (t - self._refilled) * self.max_commands_per_s)
-        self._refilled = t
-
     def _reconcile(self, session: Session, rollout_id: str) -> None:
         rollout = session.exec(
             select(Rollout).where(Rollout.id == rollout_id).with_for_update()
         ).one()
-        rows = list(
-            session.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id)).all()
-        )
+        # only the rows a tick can change are ORM rows; settled ones are plain columns
+        rows, settled = _rows.live_rows(session, rollout_id)
         _sync.sync_events(session, rollout, rows)
-        self._time_out(session, rollout, rows)
+        _progress.time_out(session, rollout, rows)
         if (session.dirty or session.new) and not self._commit_progress(session, rollout):
             return
         if rollout.shadow and not _shadow.pending(rollout):
             _shadow.sync(session, rollout)  # the answers to the stops
         if rollout.state == R.ROLLING_BACK:
-            self._roll_back(session, rollout, rows)
+            _progress.roll_back(session, rollout, _rows.all_rows(session, rollout_id))
             return
-        devices = {d.id: d for d in _sync.matching_devices(session, rollout)}
-        rows += _sync.add_members(session, rollout, rows, list(devices.values()))
+        devices = {d.id: d for d in _rows.matching_devices(session, rollout)}
+        known = {d.device_id for d in rows} | {d.device_id for d in settled}
+        rows += _sync.add_members(session, rollout, known, list(devices.values()))
         if rollout.state == R.PAUSED:
             return
         if _shadow.pending(rollout):
             _shadow.drive(session, rollout, devices)
             return
-        self._drive(session, rollout, rows, devices)
+        self._drive(session, rollout, rows, settled, devices)
 
     def _commit_progress(self, session: Session, rollout: Rollout) -> bool:
         """Commit the device rows moved by their events before the slower part of the tick
@@ -178,18 +166,6 @@ class RolloutController:
         session.refresh(rollout, with_for_update=True)
         return rollout.state in RECONCILED
 
-    def _time_out(self, session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) -> None:
-        limit = now() - timedelta(seconds=rollout.device_timeout_s)
-        for d in rows:
-            at = aware(d.commanded_at)
-            if d.state in IN_FLIGHT and d.published_at is not None and at and at < limit:
-                d.state, d.reason = (
-                    S.TIMED_OUT,
-                    f"no final answer in {rollout.device_timeout_s:g} s",
-                )
-                session.add(d)
-                log_event(session, rollout, "device_timed_out", d.reason, device_id=d.device_id)
-
     # running ------------------------------------------------------------------------------
 
     def _drive(
@@ -197,7 +173,8 @@ class RolloutController:
         session: Session,
         rollout: Rollout,
         rows: list[RolloutDevice],
-        devices: dict[str, Device],
+        settled: list[Settled],
+        devices: dict[str, Member],
     ) -> None:
         phase = rollout.phase
         if rollout.phases[phase].get("approval") and rollout.approved_phase < phase:
@@ -207,10 +184,20 @@ class RolloutController:
                 session.add(rollout)
             return
         if rollout.phase_started_at is None:
-            self._start_phase(session, rollout, rows, devices)
-        mine = [d for d in rows if 0 <= d.phase <= phase]
-        self._nudge(session, rows, devices)
-        self._stage(session, rollout, rows, devices)
+            _progress.start_phase(session, rollout, rows, settled, devices)
+        every: list[RolloutDevice | Settled] = [*rows, *settled]
+        mine = [d for d in every if 0 <= d.phase <= phase]
+        _progress.nudge(session, rows, devices)
+        _progress.stage(
+            session,
+            rollout,
+            rows,
+            devices,
+            tokens=self._tokens,
+            max_commands_per_s=self.max_commands_per_s,
+            max_concurrent_downloads=self.max_concurrent_downloads,
+            tick_s=self.tick_s,
+        )
         if rollout.phase_commanded_at is None and not any(
             d.state == S.PENDING or (d.command_id and d.published_at is None) for d in mine
         ):
@@ -218,106 +205,9 @@ class RolloutController:
             session.add(rollout)
         self._decide(session, rollout, mine)
 
-    def _start_phase(
-        self,
-        session: Session,
-        rollout: Rollout,
-        rows: list[RolloutDevice],
-        devices: dict[str, Device],
+    def _decide(
+        self, session: Session, rollout: Rollout, mine: list[RolloutDevice | Settled]
     ) -> None:
-        phase, last = rollout.phase, len(rollout.phases) - 1
-        spec = parse_phases([p["spec"] for p in rollout.phases])[phase]
-        pool = [
-            Candidate(
-                device_id=d.device_id,
-                site=site_of(devices[d.device_id].group, devices[d.device_id].tags or {}),
-                online=devices[d.device_id].online,
-            )
-            for d in rows
-            if d.phase == -1 and d.device_id in devices
-        ]
-        assigned = sum(0 <= d.phase <= phase for d in rows)
-        total = sum(d.device_id in devices or d.phase >= 0 for d in rows)
-        chosen = set(
-            choose(rollout_id=rollout.id, spec=spec, total=total, assigned=assigned, pool=pool)
-        )
-        for d in rows:
-            if d.phase == -1 and (d.device_id in chosen or phase == last):
-                d.phase = phase
-                session.add(d)
-        rollout.phase_started_at, rollout.state = now(), R.RUNNING
-        rollout.reason = f"phase {phase} started"
-        rollout.updated_at = now()
-        session.add(rollout)
-        log_event(session, rollout, "phase_started", f"phase {phase} ({spec}): {len(chosen)} new")
-
-    def _nudge(
-        self, session: Session, rows: Sequence[RolloutDevice], devices: dict[str, Device]
-    ) -> None:
-        """A device that came online after its command was published but never answered
-        (it had no broker session yet, so nothing was queued for it): publish the same
-        command again (same id; agents dedupe).
-
-        "Came online after": seen after the publish, and its retained state (sent when it
-        connects) is newer than the command. A device that is merely busy keeps sending
-        telemetry before it gets to the command; it is not nudged until
-        :data:`NUDGE_GRACE_S` after the publish (also the fallback for a device whose clock
-        is behind the hub's)."""
-        grace = timedelta(seconds=NUDGE_GRACE_S)
-        for d in rows:
-            if d.state != S.COMMANDED:
-                continue
-            device = devices.get(d.device_id)
-            if device is None or not device.online:
-                continue
-            published, seen = aware(d.published_at), aware(device.last_seen_at)
-            if published is None or seen is None or seen <= published:
-                continue
-            if _state_ms(device.state or {}) >= d.issued_at_ms or seen > published + grace:
-                d.published_at = None
-                session.add(d)
-
-    def _stage(
-        self,
-        session: Session,
-        rollout: Rollout,
-        rows: Sequence[RolloutDevice],
-        devices: dict[str, Device],
-    ) -> None:
-        """Give pending devices of started phases a command id (rate limits apply)."""
-        self._refill()
-        limit = min(
-            rollout.max_concurrent_downloads or self.max_concurrent_downloads,
-            self.max_concurrent_downloads,
-        )
-        rate_cap = rollout.max_commands_per_s
-        busy = sum(d.state in DOWNLOADING for d in rows)
-        staged = 0
-        for d in sorted(rows, key=lambda r: (r.phase, r.device_id)):
-            if d.state != S.PENDING or not 0 <= d.phase <= rollout.phase:
-                continue
-            device = devices.get(d.device_id)
-            if device is None:
-                d.state, d.reason = S.SKIPPED, "no longer matches the selector or was removed"
-                session.add(d)
-                continue
-            if (
-                busy >= limit
-                or self._tokens < 1
-                or (rate_cap is not None and staged >= max(1, int(rate_cap * self.tick_s)))
-            ):
-                break
-            model, version, digest = _sync.active_slot(device.state or {})
-            d.previous_model, d.previous_version, d.previous_digest = model, version, digest
-            d.command_id, d.issued_at_ms = uuid.uuid4().hex, _sync.ms(now())
-            d.commanded_at, d.state, d.attempts = now(), S.COMMANDED, d.attempts + 1
-            d.updated_at = now()
-            session.add(d)
-            self._tokens -= 1
-            busy += 1
-            staged += 1
-
-    def _decide(self, session: Session, rollout: Rollout, mine: list[RolloutDevice]) -> None:
         cfg = merged_gates(rollout.gates)
         reported = sum(d.state in REPORTED for d in mine)
         early = install_failure_rate(mine, cfg)
@@ -381,42 +271,6 @@ class RolloutController:
         session.add(rollout)
         log_event(session, rollout, "gates_failed", rollout.reason, data={"gates": gates})
 
-    # rolling back -------------------------------------------------------------------------
-
-    def _roll_back(self, session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) -> None:
-        waiting = False
-        for d in rows:
-            if d.state == S.PENDING:
-                d.state, d.reason = S.SKIPPED, "rollout rolled back before this device's phase"
-            elif d.state in IN_FLIGHT - {S.ACTIVATED}:
-                waiting = True  # let the deploy finish (or time out) first: a failed one needs
-                continue  # no rollback, and the rollback must come after the deploy
-            elif d.state in {S.ACTIVATED, S.HEALTHY, S.TIMED_OUT} or (
-                d.state == S.ROLLBACK_FAILED and d.rollback_attempts < MAX_ROLLBACK_ATTEMPTS
-            ):
-                d.rollback_command_id = uuid.uuid4().hex
-                d.rollback_issued_at_ms, d.rollback_published_at = _sync.ms(now()), None
-                d.rollback_attempts += 1
-                d.state = S.ROLLING_BACK
-            elif d.state == S.ROLLING_BACK:
-                waiting = True
-                continue
-            else:
-                continue
-            d.updated_at = now()
-            session.add(d)
-            waiting = waiting or d.state == S.ROLLING_BACK
-        if waiting:
-            return
-        stuck = [d.device_id for d in rows if d.state == S.ROLLBACK_FAILED]
-        rollout.state, rollout.finished_at, rollout.updated_at = R.ROLLED_BACK, now(), now()
-        if stuck:
-            rollout.reason += (
-                f"; rollback failed on {len(stuck)} device(s): {', '.join(stuck[:10])}"
-            )
-        log_event(session, rollout, "rolled_back", rollout.reason, data={"failed": stuck})
-        session.add(rollout)
-
     # publishing ---------------------------------------------------------------------------
 
     def _publish(self, rollout_id: str) -> None:
@@ -425,12 +279,3 @@ class RolloutController:
         self.published += publish_staged(
             self.engine, rollout_id, publisher=self.publisher, endpoint=self.endpoint
         )
-
-
-def _state_ms(state: dict[str, object]) -> int:
-    """The device clock's ``updated_at`` (unix ms) of a stored ``AgentState`` (0: none)."""
-    value = state.get("updatedAt", state.get("updated_at", 0))
-    try:
-        return int(value)  # type: ignore[call-overload]  # protobuf JSON: int64 as a string
-    except (TypeError, ValueError):
-        return 0

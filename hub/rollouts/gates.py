@@ -20,12 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlmodel import Session, col, select
 
 from hub.tables import Alert, FeedbackLabelRow, TelemetryWindowRow
-from hub.tables.rollouts import DeviceState, Rollout, RolloutDevice
+from hub.tables.rollouts import DeviceState, Rollout
 
 DEFAULT_GATES: dict[str, Any] = {
     "max_install_failure_rate": 0.0,
@@ -57,6 +57,20 @@ class GateResult:
         return asdict(self)
 
 
+class DeviceRow(Protocol):
+    """What the gates read of a rollout's device row (a ``RolloutDevice`` or the
+    controller's lighter view of a settled one)."""
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def previous_model(self) -> str: ...
+    @property
+    def previous_version(self) -> str: ...
+
+
 def merged_gates(overrides: dict[str, Any] | None) -> dict[str, Any]:
     unknown = set(overrides or {}) - set(DEFAULT_GATES)
     if unknown:
@@ -80,7 +94,7 @@ def _insufficient(name: str, *, threshold: float, cfg: dict[str, Any], detail: s
     )
 
 
-def install_failure_rate(devices: Sequence[RolloutDevice], cfg: dict[str, Any]) -> GateResult:
+def install_failure_rate(devices: Sequence[DeviceRow], cfg: dict[str, Any]) -> GateResult:
     threshold = float(cfg["max_install_failure_rate"])
     failed = sum(d.state == DeviceState.FAILED for d in devices)
     healthy = sum(d.state == DeviceState.HEALTHY for d in devices)
@@ -159,7 +173,7 @@ class Scope:
     """What the gates look at: the candidate, the devices, and the previous versions."""
 
     rollout: Rollout
-    devices: Sequence[RolloutDevice]
+    devices: Sequence[DeviceRow]
     since: datetime
     now: datetime
 

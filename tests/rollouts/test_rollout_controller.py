@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from hub.db import create_all, drop_all, make_engine, session_scope
@@ -261,3 +262,49 @@ def test_device_rows_follow_their_events_while_the_gates_are_evaluated(
         tick.join(20)
     with session_scope(engine) as s:
         assert service.get_rollout(s, rollout_id=rollout_id).state == "completed"
+
+
+def test_a_tick_loads_only_the_rows_it_can_change(engine: Engine) -> None:
+    """A tick used to load every device row and every device (with its state JSON) as ORM
+    objects, so its cost grew with the devices already done. Settled rows are now read as
+    plain columns and device states only for the devices that need them; the settled rows
+    still count in the gates and are still rolled back."""
+    rollout_id, publisher = _setup(engine, 6)
+    ctl = _controller(engine, publisher)
+    ctl.tick()
+    rows = sorted(_rows(engine, rollout_id).values(), key=lambda r: r.device_id)
+    for row in rows[:4]:
+        _event(engine, row, "healthy")
+    ctl.tick()
+    assert [r.state for r in _rows(engine, rollout_id).values()].count("healthy") == 4
+    loaded: list[str] = []
+    devices: list[str] = []
+
+    def on_row(target: RolloutDevice, _context: object) -> None:
+        loaded.append(target.device_id)
+
+    def on_device(target: Device, _context: object) -> None:
+        devices.append(target.id)
+
+    event.listen(RolloutDevice, "load", on_row)
+    event.listen(Device, "load", on_device)
+    try:
+        ctl.tick()
+    finally:
+        event.remove(RolloutDevice, "load", on_row)
+        event.remove(Device, "load", on_device)
+    assert sorted(loaded) == [r.device_id for r in rows[4:]]  # the two still in flight
+    assert devices == []
+    # one failure among six reports: the settled rows count in the gate ...
+    _event(engine, rows[4], "failed")
+    _event(engine, rows[5], "healthy")
+    ctl.tick()
+    with session_scope(engine) as s:
+        rollout = service.get_rollout(s, rollout_id=rollout_id)
+        assert rollout.state == "rolling_back"
+        gate = rollout.phase_results["0"]["gates"][0]
+    assert gate["name"] == "install_failure_rate" and gate["detail"] == "1 failed, 5 healthy"
+    # ... and every healthy device, settled or not, gets a rollback
+    ctl.tick()
+    rolled = sorted(c.device_id for c in publisher.sent if c.HasField("rollback"))
+    assert rolled == sorted(r.device_id for r in rows if r.device_id != rows[4].device_id)
