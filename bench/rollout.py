@@ -5,13 +5,14 @@ default 100 concurrent downloads) to reach
 Hub side in its own process (``bench._rollout_hub``: the gRPC ``ArtifactService`` plus the
 rollout controller and the ingest, on SQLite); a private Mosquitto; a
 :class:`simulators.fleet.Fleet` of ``EDGELOOP_ROLLOUT_DEVICES`` (default 1000) real agents in
-this process, their state on ``/dev/shm``. Lower bound = bundle bytes x devices / loopback
+``EDGELOOP_ROLLOUT_PROCESSES`` worker processes (a :class:`simulators._shards.ShardedFleet`,
+default: one per core), their state on ``/dev/shm``. Lower bound = bundle bytes x devices / loopback
 gRPC transfer rate (the bundle downloaded repeatedly from the same server, one after the
 other and 32 at once; the faster rate is used) + devices x one MQTT publish -> receive round
 trip (QoS 1, median of 200). Ratio = rollout time / lower bound; target <= 2.
 
 A second figure, reported beside the ratio and never in its place: the same bound with the
-devices' own deploy CPU in it. The fleet process's CPU time during the rollout, less what
+devices' own deploy CPU in it. The fleet processes' CPU time during the rollout, less what
 it burns at rest (telemetry, keepalives: measured over a quiet window just before), is
 the deploy work of ``n`` agents; ``lower_bound_with_device_cpu_s`` = max(lower bound,
 that CPU time / the machine's cores). ``hub_cpu_s`` is the hub process's CPU time over the
@@ -46,7 +47,7 @@ from hub.db import make_engine, session_scope
 from hub.tables import Device
 from proto import services_pb2, services_pb2_grpc
 from simulators._plan import device_ids
-from simulators.fleet import Fleet, wait_until
+from simulators._shards import ShardedFleet
 from simulators.scenario import Scenario, parse_scenario
 
 TARGET = 2.0
@@ -62,6 +63,11 @@ GRACE_S = 10.0
 
 def _devices() -> int:
     return int(os.environ.get("EDGELOOP_ROLLOUT_DEVICES", "1000"))
+
+
+def _processes() -> int:
+    """Fleet worker processes: one per core unless ``EDGELOOP_ROLLOUT_PROCESSES`` says."""
+    return max(int(os.environ.get("EDGELOOP_ROLLOUT_PROCESSES", os.cpu_count() or 1)), 1)
 
 
 # lower bound --------------------------------------------------------------------------------
@@ -232,7 +238,7 @@ def _create_rollout(engine: Any, *, digest: str, size: int) -> str:
         return str(rollout.id)
 
 
-async def _measure(root: Path, state: Path, n: int) -> dict[str, Any]:
+async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str, Any]:
     from bench.scale import _build_bundle
 
     raw, key = await asyncio.to_thread(_build_bundle, root)
@@ -251,15 +257,24 @@ async def _measure(root: Path, state: Path, n: int) -> dict[str, Any]:
             rtt = await mqtt_round_trip(broker.port)
             rate = max(rates.values())
             bound = size * n / rate + n * rtt
-            async with Fleet(
-                root=state, mqtt_url=broker.url, public_key=key, scenario=scenario
+            async with ShardedFleet(
+                processes=processes,
+                root=state,
+                mqtt_url=broker.url,
+                public_key=key,
+                scenario=scenario,
             ) as fleet:
-                await wait_until(lambda: fleet.connected() >= n, within=120)
+
+                def fleet_cpu_s() -> float:
+                    return time.process_time() + sum(_cpu_s(pid) for pid in fleet.pids)
+
+                if await fleet.wait_for("connected", n, within=120) < n:
+                    raise RuntimeError(f"not all {n} simulated devices connected in 120 s")
                 await asyncio.sleep(1.0)  # retained states reach the hub
-                quiet, quiet_cpu = time.perf_counter(), time.process_time()
+                quiet, quiet_cpu = time.perf_counter(), fleet_cpu_s()
                 await asyncio.sleep(2.0)  # the fleet's CPU at rest: telemetry, keepalives
-                idle_cpu_per_s = (time.process_time() - quiet_cpu) / (time.perf_counter() - quiet)
-                started, fleet_cpu0 = time.perf_counter(), time.process_time()
+                idle_cpu_per_s = (fleet_cpu_s() - quiet_cpu) / (time.perf_counter() - quiet)
+                started, fleet_cpu0 = time.perf_counter(), fleet_cpu_s()
                 hub_cpu0 = _cpu_s(hub_pid)
                 rollout_id = await asyncio.to_thread(
                     _create_rollout, engine, digest=digest, size=size
@@ -267,7 +282,7 @@ async def _measure(root: Path, state: Path, n: int) -> dict[str, Any]:
                 serving_s = reported_s = None
                 status, states = "running", dict[str, int]()
                 while (now := time.perf_counter() - started) < DEADLINE_S:
-                    if serving_s is None and fleet.serving() >= n:
+                    if serving_s is None and (await fleet.counters())["serving"] >= n:
                         serving_s = now
                     status, states = await asyncio.to_thread(_progress, engine, rollout_id)
                     if states.get("healthy", 0) >= n or status not in {"running", "shadowing"}:
@@ -279,7 +294,7 @@ async def _measure(root: Path, state: Path, n: int) -> dict[str, Any]:
                         break  # every device said healthy; the controller has not caught up
                     await asyncio.sleep(0.05)
                 elapsed = time.perf_counter() - started
-                fleet_cpu = time.process_time() - fleet_cpu0
+                fleet_cpu = fleet_cpu_s() - fleet_cpu0
                 hub_cpu = _cpu_s(hub_pid) - hub_cpu0
                 # every row healthy; the rollout itself completes once the last phase's
                 # gates have been evaluated (reported, not part of the ratio)
@@ -297,6 +312,7 @@ async def _measure(root: Path, state: Path, n: int) -> dict[str, Any]:
     with_cpu = max(bound, deploy_cpu / cores)
     return {
         "devices": n,
+        "fleet_processes": processes,
         "bundle_bytes": size,
         "transfer_MBps_sequential": round(rates["sequential_Bps"] / 1e6, 1),
         "transfer_MBps_concurrent": round(rates["concurrent_Bps"] / 1e6, 1),
@@ -336,7 +352,7 @@ def run() -> BenchResult:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tempfile.mkdtemp(dir=shm or tmp, prefix="edgeloop-rollout-"))
         try:
-            details = asyncio.run(_measure(Path(tmp), state, n))
+            details = asyncio.run(_measure(Path(tmp), state, n, _processes()))
         finally:
             shutil.rmtree(state, ignore_errors=True)
     ratio = _measured_s(details) / details["lower_bound_s"]

@@ -19,6 +19,7 @@ recorded in ``timeline``; deploy commands go out through ``simulators._deploy``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -124,6 +125,10 @@ class Fleet:
         self._build_devices()
         initial = [d for d in self.devices.values() if d.device_id not in self.late]
         await self._start_devices(initial)
+        # thousands of agents are millions of long-lived objects: without this every
+        # full collection walks them all (a few ms each, many times a second under load)
+        gc.collect()
+        gc.freeze()
         self.record("started", devices=len(initial))
         self._tasks = [asyncio.create_task(run_schedule(self))]
 
