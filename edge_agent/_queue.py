@@ -7,14 +7,11 @@ the stream's next ``seq``, builds the payload with it and stores both in one tra
 never skipped (a ``payload_for`` that raises rolls the allocation back).
 
 **Disk budget.** ``size_bytes()`` is the sum of the payload sizes plus
-:data:`ITEM_OVERHEAD` per item. When an append would go over ``max_bytes`` the queue evicts
-the oldest items of the streams in ``droppable``, in that order (default: telemetry first,
-then feedback). An item only evicts streams listed before its own or its own stream (so
-telemetry never evicts feedback); streams not in ``droppable`` (deployment events) are never
-evicted but may evict everything droppable. The new item is always stored, so the queue
-goes over budget when what it may evict does not free enough room. Every evicted item is
-counted per stream in ``dropped()`` (lifetime) and in a "not yet reported" counter that
-:meth:`OutboundQueue.take_dropped` returns and resets, for the next
+:data:`ITEM_OVERHEAD` per item. An append that would go over ``max_bytes`` evicts the oldest
+items of the streams in ``droppable`` (default: telemetry first, then feedback; never
+deployment events); rules in :mod:`edge_agent._queue_budget`. The new item is always stored.
+Evictions are counted per stream in ``dropped()`` (lifetime) and in a "not yet reported"
+counter that :meth:`OutboundQueue.take_dropped` returns and resets, for the next
 ``TelemetryWindow.dropped_windows``. Called from inside ``payload_for``, ``take_dropped``
 joins the append's transaction, so the reset and the message that reports it commit together.
 
@@ -50,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from edge_agent._queue_schema import ITEM_OVERHEAD, prepare
+from edge_agent._queue_budget import evict, victims_for
+from edge_agent._queue_schema import ITEM_OVERHEAD, prepare, salvage_counters
 
 __all__ = ["DEFAULT_DROPPABLE", "DEFAULT_MAX_BYTES", "ITEM_OVERHEAD", "OutboundQueue", "QueuedItem"]
 
@@ -59,7 +57,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_DROPPABLE: tuple[str, ...] = ("telemetry", "feedback")
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
-_EVICT_BATCH = 256
 
 T = TypeVar("T")
 
@@ -126,7 +123,7 @@ class OutboundQueue:
             return self._start_fresh(exc)
 
     def _start_fresh(self, exc: BaseException) -> sqlite3.Connection:
-        counters = self._salvage_counters()
+        counters = salvage_counters(getattr(self, "_conn", None), self.path)
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time() * 1000)}")
         log.error("outbound queue %s is unusable (%s); moved aside to %s", self.path, exc, aside)
         try:
@@ -154,27 +151,6 @@ class OutboundQueue:
             )
             log.warning("salvaged sequence counters for %d stream(s)", len(counters))
         return conn
-
-    def _salvage_counters(self) -> list[tuple[str, int, int, int]] | None:
-        old: sqlite3.Connection | None = getattr(self, "_conn", None)
-        try:
-            conn = old or sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1)
-            try:
-                rows = conn.execute(
-                    "SELECT stream, last_seq, dropped, unreported FROM streams"
-                ).fetchall()
-                lost: dict[str, int] = {}  # undelivered items left behind count as dropped
-                with suppress(sqlite3.Error):
-                    query = "SELECT stream, COUNT(*) FROM items GROUP BY stream"
-                    lost = {str(s): int(n) for s, n in conn.execute(query).fetchall()}
-            finally:
-                conn.close()
-            return [
-                (str(s), int(q), int(d) + lost.get(s, 0), int(u) + lost.get(s, 0))
-                for s, q, d, u in rows
-            ]
-        except (sqlite3.Error, ValueError, TypeError):
-            return None
 
     def _guard(self, operation: Callable[[], T]) -> T:
         """Run ``operation`` under the lock; on corruption start fresh and retry once."""
@@ -214,7 +190,11 @@ class OutboundQueue:
                     seq = self._next_seq(conn, stream)
                     payload = bytes(payload_for(seq))
                     size = len(payload) + ITEM_OVERHEAD
-                    self._evict(conn, stream=stream, need=self._total + size - self.max_bytes)
+                    self._total -= evict(
+                        conn,
+                        victims=victims_for(stream, self.droppable),
+                        need=self._total + size - self.max_bytes,
+                    )
                     created_at = self._clock()
                     cursor = conn.execute(
                         "INSERT INTO items (stream, seq, payload, created_at, carries)"
@@ -241,46 +221,6 @@ class OutboundQueue:
         start = int(floor[0]) if floor else 0
         conn.execute("INSERT INTO streams (stream, last_seq) VALUES (?, ?)", (stream, start))
         return start + 1
-
-    def _evict(self, conn: sqlite3.Connection, *, stream: str, need: int) -> None:
-        if need <= 0:
-            return
-        if stream in self.droppable:
-            victims = self.droppable[: self.droppable.index(stream) + 1]
-        else:
-            victims = self.droppable
-        for victim in victims:
-            dropped = carried = 0
-            while need > 0:
-                rows = conn.execute(  # sent (awaiting a hub ack) first: no loss to report
-                    "SELECT id, length(payload), carries, sent_at IS NOT NULL FROM items"
-                    " WHERE stream = ? ORDER BY sent_at IS NULL, seq LIMIT ?",
-                    (victim, _EVICT_BATCH),
-                ).fetchall()
-                if not rows:
-                    break
-                chosen = []
-                for item_id, length, carries, sent in rows:
-                    if need <= 0:
-                        break
-                    chosen.append((item_id,))
-                    if not sent:  # a sent item's report most probably reached the hub
-                        carried += int(carries)
-                        dropped += 1
-                    need -= length + ITEM_OVERHEAD
-                    self._total -= length + ITEM_OVERHEAD
-                conn.executemany("DELETE FROM items WHERE id = ?", chosen)
-            if dropped:
-                # an evicted item may itself have been the one reporting earlier drops: its
-                # count goes back to "unreported", so the next item reports them all
-                conn.execute(
-                    "UPDATE streams SET dropped = dropped + ?, unreported = unreported + ?"
-                    " WHERE stream = ?",
-                    (dropped, dropped + carried, victim),
-                )
-                log.warning("outbound queue over budget: dropped %d %s item(s)", dropped, victim)
-            if need <= 0:
-                return
 
     def peek(self, *, limit: int = 100, sent_before: float | None = None) -> list[QueuedItem]:
         """Up to ``limit`` stored items, oldest first (they stay queued until acked).

@@ -4,6 +4,8 @@ settings every connection gets. :class:`edge_agent._queue.OutboundQueue` owns th
 from __future__ import annotations
 
 import sqlite3
+from contextlib import suppress
+from pathlib import Path
 
 ITEM_OVERHEAD = 64  # bytes charged per item on top of its payload (row and index overhead)
 
@@ -53,3 +55,29 @@ def prepare(conn: sqlite3.Connection) -> int:
         "SELECT COALESCE(SUM(length(payload)), 0) + ? * COUNT(*) FROM items", (ITEM_OVERHEAD,)
     ).fetchone()[0]
     return int(total)
+
+
+def salvage_counters(
+    conn: sqlite3.Connection | None, path: Path
+) -> list[tuple[str, int, int, int]] | None:
+    """From a damaged queue (``conn``, else ``path`` opened read-only, closed either way):
+    per stream ``(stream, last_seq, dropped, unreported)``, the items still stored counted as
+    dropped; ``None`` when even that cannot be read."""
+    try:
+        conn = conn or sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        try:
+            rows = conn.execute(
+                "SELECT stream, last_seq, dropped, unreported FROM streams"
+            ).fetchall()
+            lost: dict[str, int] = {}  # undelivered items left behind count as dropped
+            with suppress(sqlite3.Error):
+                query = "SELECT stream, COUNT(*) FROM items GROUP BY stream"
+                lost = {str(s): int(n) for s, n in conn.execute(query).fetchall()}
+        finally:
+            conn.close()
+        return [
+            (str(s), int(q), int(d) + lost.get(s, 0), int(u) + lost.get(s, 0))
+            for s, q, d, u in rows
+        ]
+    except (sqlite3.Error, ValueError, TypeError):
+        return None
