@@ -5,7 +5,8 @@ The fleet is a :class:`~simulators._shards.ShardedFleet`: ``EDGELOOP_SCALE_PROCE
 worker processes (default: enough that each holds <= 2,500 devices; one process's
 20,000-file limit caps it near 4,500 agents) over one scenario, each device predicting
 ``EDGELOOP_SCALE_RATE_HZ`` times a second (default 1) and sending a telemetry window every
-10 s. CPU, RSS and fds are summed over the worker processes (``/proc``; RSS includes each
+10 s, after a deploy in waves of ``EDGELOOP_SCALE_DEPLOY_WAVE`` devices (default 1,000, as a
+rollout bounds concurrent downloads). CPU, RSS and fds are summed over the worker processes (``/proc``; RSS includes each
 worker's interpreter and runtime); the counting subscriber runs in this process and is
 reported apart (``counter_cpu_share``), as is the broker.
 
@@ -182,6 +183,19 @@ def _telemetry(counter: StreamCounter) -> int:
     )
 
 
+async def _deploy_in_waves(
+    fleet: ShardedFleet, ids: list[str], good: HostedBundle, *, endpoint: str
+) -> None:
+    """The bundle to every device, ``EDGELOOP_SCALE_DEPLOY_WAVE`` devices at a time (default
+    1,000), each wave serving (or 120 s passed) before the next: the bounded concurrency a
+    hub rollout has (10,000 agents downloading at once from one artifact server time out)."""
+    wave = int(os.environ.get("EDGELOOP_SCALE_DEPLOY_WAVE", "1000"))
+    for start in range(0, len(ids), wave):
+        await fleet.deploy(good, endpoint=endpoint, devices=ids[start : start + wave])
+        done = min(start + wave, len(ids))
+        await fleet.wait_for("serving", done, within=max(120.0, wave * 0.03), step=0.5)
+
+
 async def _fleet(
     n: int, broker: EmbeddedBroker, host: BundleHost, good: HostedBundle, key: Path, root: Path
 ) -> Any:
@@ -214,8 +228,7 @@ async def _fleet(
         ids = await fleet.device_ids()
         online = await wait_until(lambda: counter.online_count(ids) == n, within=120)
         start_s = time.monotonic() - started
-        await fleet.deploy(good, endpoint=host.endpoint)
-        await fleet.wait_for("serving", n, within=max(180.0, n * 0.03), step=1.0)
+        await _deploy_in_waves(fleet, ids, good, endpoint=host.endpoint)
         deploy_s = time.monotonic() - started - start_s
         await asyncio.sleep(WINDOW_S)  # the first windows close
         before = _telemetry(counter)

@@ -22,7 +22,7 @@ import contextlib
 import multiprocessing as mp
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -155,12 +155,19 @@ class ShardedFleet:
         return out
 
     async def deploy(
-        self, bundle: HostedBundle, *, endpoint: str, probation_s: int = 0
+        self,
+        bundle: HostedBundle,
+        *,
+        endpoint: str,
+        devices: Iterable[str] | None = None,
+        probation_s: int = 0,
     ) -> dict[str, str]:
-        """A ``Deploy`` to every started device (each worker publishes to its own)."""
+        """A ``Deploy`` to every started device, or to ``devices`` (each worker publishes
+        to its own)."""
+        wanted = None if devices is None else sorted(set(devices))
         sent: dict[str, str] = {}
         for part in await self._ask(
-            "deploy", bundle=bundle, endpoint=endpoint, probation_s=probation_s
+            "deploy", bundle=bundle, endpoint=endpoint, devices=wanted, probation_s=probation_s
         ):
             sent |= part
         return sent
@@ -275,8 +282,12 @@ async def _serve(conn: Connection, config: _WorkerConfig) -> None:
 
 async def _answer(fleet: Fleet, op: str, args: dict[str, Any]) -> Any:
     if op == "deploy":
+        wanted = args["devices"]
         return await fleet.deploy(
-            args["bundle"], endpoint=args["endpoint"], probation_s=args["probation_s"]
+            args["bundle"],
+            endpoint=args["endpoint"],
+            devices=None if wanted is None else [i for i in wanted if i in fleet.devices],
+            probation_s=args["probation_s"],
         )
     if op == "counters":
         return {**fleet.counters(), "connected": fleet.connected(), "serving": fleet.serving()}

@@ -1,5 +1,6 @@
 """One scenario's fleet over two worker processes: the same devices a single-process fleet
-builds, all online, all serving a deployed bundle, telemetry arriving from both workers."""
+builds, all online, all serving a bundle deployed in two waves, telemetry arriving from both
+workers."""
 
 from __future__ import annotations
 
@@ -91,7 +92,15 @@ def test_a_sharded_fleet_end_to_end(
             assert await wait_until(lambda: counter.online_count(ids) == 20, within=60)
             assert (await fleet.counters())["connected"] == 20
 
-            sent = await fleet.deploy(sim_hub.good, endpoint=sim_hub.host.endpoint)
+            # a wave of 5 devices (from both workers), then the rest: each gets one command
+            first = sorted(ids)[:5]
+            sent = await fleet.deploy(sim_hub.good, endpoint=sim_hub.host.endpoint, devices=first)
+            assert sorted(sent) == first
+            assert await fleet.wait_for("serving", 5, within=60) == 5
+            await asyncio.sleep(0.5)
+            assert (await fleet.counters())["serving"] == 5  # nobody outside the wave
+            rest = [i for i in ids if i not in first]
+            sent |= await fleet.deploy(sim_hub.good, endpoint=sim_hub.host.endpoint, devices=rest)
             assert sorted(sent) == sorted(ids)
             assert await fleet.wait_for("serving", 20, within=60) == 20
 
