@@ -6,9 +6,9 @@ worker processes (default: enough that each holds <= 2,500 devices; one process'
 20,000-file limit caps it near 4,500 agents) over one scenario, each device predicting
 ``EDGELOOP_SCALE_RATE_HZ`` times a second (default 1) and sending a telemetry window every
 10 s, after a deploy in waves of ``EDGELOOP_SCALE_DEPLOY_WAVE`` devices (default 1,000, as a
-rollout bounds concurrent downloads). CPU, RSS and fds are summed over the worker processes (``/proc``; RSS includes each
-worker's interpreter and runtime); the counting subscriber runs in this process and is
-reported apart (``counter_cpu_share``), as is the broker.
+rollout bounds concurrent downloads). CPU, RSS and fds are summed over the worker processes
+(``/proc``; RSS includes each worker's interpreter and runtime); the counting subscriber
+runs in this process and is reported apart (``counter_cpu_share``), as is the broker.
 
 Baseline, same run: bare aiomqtt clients (one process, this one) holding the same number of
 connections and publishing one QoS 1 message per telemetry window each. Ratio: CPU per

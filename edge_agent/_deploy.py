@@ -66,8 +66,6 @@ class CommandLog:
         os.replace(tmp, self._path)
 
 
-
-
 class InflightDeploy:
     """The deploy command being carried out, on disk until its final event: an agent killed
     mid-deploy (download, install, self-test, probation) finishes it after the restart
