@@ -9,19 +9,24 @@ read is refused. Agents get the public half as raw 32 bytes
 ``keys/retired/<16 hex of its key id>.pem``: the hub still needs it to sign the
 ``RotateKey`` command that tells a device (which trusts only the old key) to trust the new
 one (see :mod:`hub.key_rotation`). Everything signed after a rotation is signed with the
-new key, and new enrolments get the new key.
+new key, and new enrolments get the new key. :class:`BundleSignerCheck` refuses to roll out
+a bundle signed with any other key than the current one (devices that rotated refuse it).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hub.artifacts import ArtifactNotFound, ArtifactStore
+from hub.errors import BundleRejected, Conflict
 from hub.settings import HubSettings
+from model_packager.bundle import BundleError, signer_key_id
 from model_packager.signing import (
     KeyMaterialError,
     generate_private_key,
@@ -104,3 +109,51 @@ def rotate_bundle_key(data_dir: Path) -> Rotation:
     finally:
         os.close(lock_fd)  # releases the lock
     return Rotation(old_key_id=old_id, new_key_id=key_id(new), new_public_key=public_key_bytes(new))
+
+
+@dataclass(frozen=True, kw_only=True)
+class BundleSignerCheck:
+    """Refuses a bundle that is not signed with the hub's current key (signed before a
+    rotation, or elsewhere): every device that rotated would refuse it. A bundle missing
+    from ``store`` is not judged here."""
+
+    store: ArtifactStore
+    current_key_id: str
+    retired_key_ids: Sequence[str] = ()
+
+    @classmethod
+    def of_hub(cls, store: ArtifactStore, data_dir: Path) -> BundleSignerCheck:
+        current = key_id(load_or_create_private_key(bundle_signing_key_path(data_dir)))
+        return cls(store=store, current_key_id=current, retired_key_ids=retired_key_ids(data_dir))
+
+    def require_current(self, *, digest: str, ref: str) -> None:
+        """Raise :class:`Conflict` (409) unless bundle ``digest`` (of ``ref``, MODEL@VERSION)
+        names the current key; :class:`BundleRejected` when it is no signed bundle."""
+        try:
+            with self.store.open(digest) as fh:
+                signer = signer_key_id(fh)
+        except ArtifactNotFound:
+            return
+        except BundleError as exc:
+            raise BundleRejected(
+                f"bundle {digest} is not a signed edgeloop bundle ({exc}); devices refuse it — "
+                f"re-package it: edgeloop package {ref}"
+            ) from None
+        if signer == self.current_key_id:
+            return
+        retired = signer in self.retired_key_ids
+        why = (
+            " which was retired on rotation; devices that rotated refuse it"
+            if retired
+            else f", not with this hub's key {self.current_key_id}; devices refuse it"
+        )
+        raise Conflict(
+            f"bundle {digest} is signed with key {signer}{why} — "
+            f"re-package it: edgeloop package {ref}",
+            details={
+                "bundle_digest": digest,
+                "key_id": signer,
+                "current_key_id": self.current_key_id,
+                "retired_key": retired,
+            },
+        )

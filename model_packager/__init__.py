@@ -22,6 +22,7 @@ from model_packager.bundle import (
     canonical_json,
     file_digest,
     open_bundle,
+    signer_key_id,
     verify_bundle,
     write_bundle,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "open_bundle",
     "public_key_bytes",
     "public_key_pem",
+    "signer_key_id",
     "verify_bundle",
     "write_bundle",
 ]

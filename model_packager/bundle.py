@@ -20,7 +20,8 @@ a bundle can change without the bundle being refused.
 before it returns a :class:`VerifiedBundle` (the zip structure, exactly the listed members,
 safe names, size limits, the signature against the hub's key, every digest and the
 canonical encoding); its :meth:`VerifiedBundle.extract_to` is how an agent installs a
-bundle into a model slot. :func:`verify_bundle` reports instead of raising. Failures raise
+bundle into a model slot. :func:`verify_bundle` reports instead of raising, and
+:func:`signer_key_id` only reads (unverified) which key a bundle names. Failures raise
 :class:`BundleCorrupt`, :class:`BundleSignatureError` or :class:`BundleFormatError` (all
 :class:`BundleError`). Nothing here imports torch or onnx: edge agents use it.
 """
@@ -75,6 +76,7 @@ __all__ = [
     "canonical_json",
     "file_digest",
     "open_bundle",
+    "signer_key_id",
     "verify_bundle",
     "write_bundle",
 ]
@@ -117,6 +119,37 @@ def verify_bundle(
         return VerifyResult(valid=False, reason=str(exc), manifest=None, digest=digest)
     reason = f"ok: signed by {bundle.key_id}; {len(bundle.files)} file(s) verified"
     return VerifyResult(valid=True, reason=reason, manifest=bundle.manifest, digest=bundle.digest)
+
+
+def signer_key_id(fh: BinaryIO) -> str:
+    """The ``key_id`` that a bundle's ``signature.json`` names, read WITHOUT verifying it.
+
+    A hint for picking a key (a hub refusing to roll out a bundle signed before a key
+    rotation, say), never a reason to trust: only :func:`open_bundle` checks the signature.
+    ``fh``: the bundle, seekable. Raises :class:`BundleError` when no key id can be read.
+    """
+    size = fh.seek(0, os.SEEK_END)
+    fh.seek(max(0, size - fmt.END.size))
+    end = fmt.parse_end_record(fh.read(fmt.END.size), file_size=size, starts_like_zip=True)
+    if end.cd_size > fmt.MAX_CENTRAL_DIRECTORY_BYTES:
+        raise BundleFormatError(f"the central directory is {end.cd_size} bytes: too large")
+    fh.seek(end.cd_offset)
+    records = fmt.parse_central_directory(fh.read(end.cd_size), count=end.count)
+    found = [r for r in records if r.name == SIGNATURE_NAME.encode("ascii")]
+    if not found:
+        raise BundleSignatureError("no signature.json: the bundle is unsigned")
+    if found[0].size > fmt.MAX_SIGNATURE_BYTES:
+        raise BundleSignatureError(f"signature.json is over {fmt.MAX_SIGNATURE_BYTES} bytes")
+    fh.seek(found[0].offset)
+    name_len, extra_len = fmt.parse_local_header(fh.read(fmt.LOCAL.size))
+    fh.seek(found[0].offset + fmt.LOCAL.size + name_len + extra_len)
+    try:
+        signer = json.loads(fh.read(found[0].size))["key_id"]
+    except (ValueError, KeyError, TypeError):
+        signer = None
+    if not isinstance(signer, str):
+        raise BundleSignatureError("signature.json names no key_id")
+    return signer
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, select
 
@@ -20,6 +20,9 @@ from hub.rollouts.phases import parse_phases
 from hub.rollouts.selectors import parse_selector
 from hub.tables import Bundle
 from hub.tables.rollouts import DeviceState, Rollout, RolloutDevice, RolloutEvent, RolloutState
+
+if TYPE_CHECKING:
+    from hub.keys import BundleSignerCheck
 
 ACTIVE = {
     RolloutState.SHADOWING,
@@ -95,9 +98,11 @@ def create_rollout(
     shadow: dict[str, Any] | None = None,
     promote_alias: str = "production",
     created_by: str = "",
+    signer_check: BundleSignerCheck | None = None,
 ) -> Rollout:
     """Validate and store a rollout in state ``running`` (``shadowing`` with a shadow phase);
-    the controller starts it."""
+    the controller starts it. ``signer_check`` (the API and triggers pass one) refuses a
+    bundle signed with another key than the hub's current one (409)."""
     from hub.rollouts._shadow import parse_shadow
 
     parse_selector(selector)
@@ -126,6 +131,8 @@ def create_rollout(
         if known is None:
             raise InvalidInput(f"bundle {bundle_digest} is not registered; give bundle_size")
         bundle_size = known.size
+    if signer_check is not None:
+        signer_check.require_current(digest=bundle_digest, ref=f"{model}@{version}")
     rollout = Rollout(
         id=f"ro-{uuid.uuid4().hex[:12]}",
         model=model,

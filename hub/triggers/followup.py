@@ -57,16 +57,20 @@ class PackageAndCanary:
         canary: Mapping[str, Any],
     ) -> FollowupResult:
         from hub.db import session_scope
+        from hub.keys import BundleSignerCheck
         from hub.packaging import PackageOptions, package
         from hub.rollouts import service as rollouts
+        from model_packager.signing import key_id
 
         formats = canary.get("formats")
-        key = self.signing_key() if callable(self.signing_key) else self.signing_key
+        key = self._key()
         options = PackageOptions(formats=tuple(formats)) if formats else PackageOptions()
         packaged = package(
             engine, store, ref=f"{model}@{version}", signing_key=key, options=options
         )
         settings = {k: v for k, v in canary.items() if k not in {"selector", "phases", "formats"}}
+        # the key may have been rotated while packaging: then the canary is refused (409)
+        check = BundleSignerCheck(store=store, current_key_id=key_id(self._key()))
         with session_scope(engine) as s:
             rollout = rollouts.create_rollout(
                 s,
@@ -74,6 +78,7 @@ class PackageAndCanary:
                 version=str(version),
                 selector=str(canary["selector"]),
                 phases=str(canary.get("phases") or DEFAULT_CANARY_PHASES),
+                signer_check=check,
                 **settings,
             )
             rollout_id = str(rollout.id)
@@ -82,3 +87,6 @@ class PackageAndCanary:
             rollout_id=rollout_id,
             summary=f"packaged {packaged.bundle.digest[:19]}, canary rollout {rollout_id}",
         )
+
+    def _key(self) -> Ed25519PrivateKey:
+        return self.signing_key() if callable(self.signing_key) else self.signing_key

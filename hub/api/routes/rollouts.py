@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from hub.api.deps import SessionDep
+from hub.api.deps import ContextDep, SessionDep
+from hub.keys import BundleSignerCheck
 from hub.rollouts import service
 from hub.rollouts.views import rollout_view, summary
 
@@ -46,8 +47,10 @@ class Reason(BaseModel):
 
 
 @router.post("", status_code=201)
-def create(body: RolloutCreate, session: SessionDep) -> dict[str, Any]:
-    rollout = service.create_rollout(session, **body.model_dump())
+def create(body: RolloutCreate, session: SessionDep, context: ContextDep) -> dict[str, Any]:
+    """409 when the bundle is not signed with the hub's current key (re-package it)."""
+    check = BundleSignerCheck.of_hub(context.store, context.settings.data_dir)
+    rollout = service.create_rollout(session, **body.model_dump(), signer_check=check)
     return rollout_view(session, rollout)
 
 
