@@ -281,6 +281,14 @@ class OutboundQueue:
             )
         )
 
+    def oldest_sent_at(self) -> float | None:
+        """When the longest-waiting item the broker has (awaiting the hub's ack) was sent."""
+        return self._guard(
+            lambda: self._conn.execute(
+                "SELECT MIN(sent_at) FROM items WHERE sent_at IS NOT NULL"
+            ).fetchone()[0]
+        )
+
     def ack(self, item_id: int) -> None:
         """Delete a delivered item; acking an unknown or already acked id does nothing."""
 

@@ -37,6 +37,9 @@ from proto.topics import Topics
 log = logging.getLogger("edgeloop.agent.mqtt")
 
 DRAIN_BATCH = 20
+# An idle queue is looked at again after this long even without a wake-up (a safety net:
+# every append wakes the drain, and resends are timed to the oldest item awaiting an ack).
+IDLE_RECHECK_S = 30.0
 STREAMS = ("events", "telemetry", "feedback")
 
 
@@ -71,6 +74,7 @@ class MqttSession:
         self._on_command = on_command
         self._state = state
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # run()'s, for wake() from threads
         self._state_dirty = asyncio.Event()
         self._hub_ack = settings.delivery == "hub_ack"
         self._ack_topic = topics.ack(settings.device_id)
@@ -84,8 +88,16 @@ class MqttSession:
         }
 
     def wake(self) -> None:
-        """Something new is queued."""
-        self._wake.set()
+        """Something new is queued (callable from any thread)."""
+        loop = self._loop
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop or loop.is_closed():
+            self._wake.set()
+        else:  # an asyncio.Event is not thread-safe: set it from its own loop
+            loop.call_soon_threadsafe(self._wake.set)
 
     def state_changed(self) -> None:
         self._state_dirty.set()
@@ -148,6 +160,7 @@ class MqttSession:
         # when the broker goes away goes on (it used to be cancelled with the receive task,
         # after its command was acked, so it never finished: stuck at e.g. VERIFIED).
         self._commands = asyncio.Queue()  # of this run's event loop
+        self._loop = asyncio.get_running_loop()
         handler = asyncio.create_task(self._handle_commands(), name="agent-commands")
         try:
             await self._stay_connected(stop, backoff, delays)
@@ -259,13 +272,24 @@ class MqttSession:
         before = max(self._connected_at, time.time() - timeout)
         return self._queue.peek(limit=DRAIN_BATCH, sent_before=before)
 
+    def _idle_wait_s(self) -> float:
+        """How long an empty drain may sleep: until the oldest item awaiting the hub's ack is
+        due again (hub_ack), else :data:`IDLE_RECHECK_S`; an append wakes it sooner."""
+        if not self._hub_ack:
+            return IDLE_RECHECK_S
+        oldest = self._queue.oldest_sent_at()
+        if oldest is None:
+            return IDLE_RECHECK_S
+        due_in = oldest + self._settings.hub_ack_timeout_s - time.time()
+        return min(max(due_in, 0.05), IDLE_RECHECK_S)
+
     async def _drain(self, client: aiomqtt.Client) -> None:
         while True:
+            self._wake.clear()  # before looking: an append from now on wakes the next wait
             items = self._due()
             if not items:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
+                    async with asyncio.timeout(self._idle_wait_s()):
                         await self._wake.wait()
                 continue
             await asyncio.gather(*(self._send(client, item) for item in items))
