@@ -112,9 +112,15 @@ class Deployer:
         shadow: Callable[[LoadedModel | None, float], None],
         errors_and_count: Callable[[], tuple[int, int]],
         ca_file: Path | None = None,
+        client_cert_file: Path | None = None,
+        client_key_file: Path | None = None,
     ) -> None:
         self._device_id = device_id
         self._ca_file = ca_file  # the hub's CA: downloads over TLS
+        # the device's client certificate: presented on downloads (hubs with client certs)
+        self._client_cert = (
+            (client_cert_file, client_key_file) if client_cert_file and client_key_file else None
+        )
         self._slots = slots
         self._trust = trust  # the bundle key: read at each use, a rotation changes it
         self._work = work_dir
@@ -202,6 +208,7 @@ class Deployer:
             expected_size=target.bundle_size or None,
             on_progress=progress,
             ca_file=self._ca_file,
+            client_cert=self._client_cert,
         )
         self._emit(command, K.EVENT_KIND_DOWNLOADED, progress=1.0)
         return path

@@ -205,8 +205,13 @@ async def _attempt(
     timeout_s: float,
     on_progress: Callable[[int, int], None] | None,
     ca_file: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
 ) -> Path:
-    async with aio_channel(endpoint, ca_file=ca_file, options=_CHANNEL_OPTIONS) as channel:
+    cert, key = client_cert or (None, None)
+    channel = aio_channel(
+        endpoint, ca_file=ca_file, options=_CHANNEL_OPTIONS, client_cert=cert, client_key=key
+    )
+    async with channel:
         stub = services_pb2_grpc.ArtifactServiceStub(channel)
         info = await stub.Stat(services_pb2.StatRequest(digest=digest), timeout=timeout_s)
         total = int(info.size)
@@ -260,10 +265,13 @@ async def download_bundle(
     retries: int = 5,
     backoff: Backoff | None = None,
     ca_file: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
 ) -> Path:
     """Download artifact ``digest`` from ``endpoint`` (``host:port``) into ``dest_dir``.
 
     ``ca_file``: the hub's CA certificate; the channel is then TLS (``edge_agent._tls``).
+    ``client_cert``: the device's (certificate, key) PEM files, presented over TLS (read at
+    each attempt); a hub with client certificates serves bundles only to those.
 
     Returns ``dest_dir/<hex>.bundle`` whose SHA-256 matches ``digest`` (at once when it
     is already there). ``timeout_s`` bounds ``Stat`` and each wait for the next chunk (a
@@ -304,6 +312,7 @@ async def download_bundle(
                     timeout_s=timeout_s,
                     on_progress=on_progress,
                     ca_file=ca_file,
+                    client_cert=client_cert,
                 )
             except grpc.aio.AioRpcError as exc:
                 _raise_if_final(exc, digest=digest, endpoint=endpoint, attempt=attempt)
@@ -338,6 +347,8 @@ def _raise_if_final(exc: grpc.aio.AioRpcError, *, digest: str, endpoint: str, at
     reasons = {
         grpc.StatusCode.NOT_FOUND: "not_found",
         grpc.StatusCode.INVALID_ARGUMENT: "invalid_argument",
+        grpc.StatusCode.UNAUTHENTICATED: "unauthenticated",  # no client certificate
+        grpc.StatusCode.PERMISSION_DENIED: "permission_denied",  # e.g. a revoked one
     }
     raise DownloadError(
         f"download of {digest} from {endpoint}: {code.name}: {exc.details()}",

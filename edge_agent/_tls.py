@@ -5,7 +5,8 @@ enrolment). Given one, gRPC channels are secure and verify the hub's certificate
 it; without one they are plaintext, as before. ``mqtts://`` URLs connect over TLS
 (verified against ``ca_file``, else the system's trust store), presenting the device's
 client certificate when it has one (a hub with ``EDGELOOP_MQTT_CLIENT_CERTS``; the key is
-made here by :func:`new_client_key`, the hub signs only its CSR).
+made here by :func:`new_client_key`, the hub signs only its CSR). Bundle downloads present
+it too (such a hub serves bundles only to device certificates, ``hub.grpc_auth``).
 """
 
 from __future__ import annotations
@@ -21,18 +22,41 @@ import grpc.aio
 TLS_SCHEMES = frozenset({"mqtts", "ssl"})
 
 
-def channel_credentials(ca_file: Path) -> grpc.ChannelCredentials:
-    """Credentials that trust only the certificates ``ca_file`` signs."""
-    return grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
+def channel_credentials(
+    ca_file: Path, *, client_cert: Path | None = None, client_key: Path | None = None
+) -> grpc.ChannelCredentials:
+    """Credentials that trust only the certificates ``ca_file`` signs.
+
+    With ``client_cert`` + ``client_key`` (PEM files, read now) the channel presents the
+    device's client certificate, as a hub with client certificates requires for downloads.
+    """
+    if (client_cert is None) != (client_key is None):
+        raise ValueError("a client certificate needs both client_cert and client_key")
+    pair: dict[str, bytes] = {}
+    if client_cert is not None and client_key is not None:
+        pair = {
+            "certificate_chain": Path(client_cert).read_bytes(),
+            "private_key": Path(client_key).read_bytes(),
+        }
+    return grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes(), **pair)
 
 
 def aio_channel(
-    endpoint: str, *, ca_file: Path | None, options: Sequence[tuple[str, Any]] = ()
+    endpoint: str,
+    *,
+    ca_file: Path | None,
+    options: Sequence[tuple[str, Any]] = (),
+    client_cert: Path | None = None,
+    client_key: Path | None = None,
 ) -> grpc.aio.Channel:
-    """An asyncio channel to ``endpoint``: TLS with ``ca_file``, else plaintext."""
+    """An asyncio channel to ``endpoint``: TLS with ``ca_file``, else plaintext.
+
+    ``client_cert`` + ``client_key``: presented over TLS (ignored without ``ca_file``).
+    """
     if ca_file is None:
         return grpc.aio.insecure_channel(endpoint, options=options)
-    return grpc.aio.secure_channel(endpoint, channel_credentials(ca_file), options=options)
+    credentials = channel_credentials(ca_file, client_cert=client_cert, client_key=client_key)
+    return grpc.aio.secure_channel(endpoint, credentials, options=options)
 
 
 def sync_channel(endpoint: str, *, ca_file: Path | None) -> grpc.Channel:

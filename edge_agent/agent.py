@@ -101,6 +101,8 @@ class Agent:
             shadow=self._set_shadow,
             errors_and_count=lambda: (self.predictor.errors, self.predictor.count),
             ca_file=settings.ca_file,
+            client_cert_file=settings.client_cert_file,
+            client_key_file=settings.client_key_file,
         )
         self.predictor.set_sink(self._pending)
         self.predict = self.predictor.predict  # type: ignore[method-assign]

@@ -93,6 +93,7 @@ class EmbeddedBroker:
         stop_timeout: float = 10.0,
         auth: BrokerAuthFiles | None = None,
         tls: TlsFiles | None = None,
+        internal_port: int = 0,
     ) -> None:
         self._dir = Path(data_dir) / "broker"
         self._auth = auth
@@ -103,6 +104,7 @@ class EmbeddedBroker:
         self.persistence_file = self._dir / "mosquitto.db"
         self._host = host
         self._port = port
+        self._internal_port = internal_port  # 0: picked on the first start, then kept
         self._max_queued = max_queued_messages
         self._max_inflight = max_inflight_messages
         self._autosave = autosave_interval
@@ -135,6 +137,28 @@ class EmbeddedBroker:
         return f"mqtt://{self._host}:{self._port}"
 
     @property
+    def internal_port(self) -> int:
+        """The hub's loopback listener's port (0 until picked; see :attr:`internal_url`)."""
+        return self._internal_port if self.has_internal_listener else self._port
+
+    @property
+    def has_internal_listener(self) -> bool:
+        """Mosquitto with logins: devices on :attr:`url`, the hub's clients on loopback."""
+        return self.kind_in_use == "mosquitto" and self._auth is not None
+
+    @property
+    def internal_url(self) -> str:
+        """Where the hub's own clients connect: ``mqtt://127.0.0.1:PORT`` (no TLS on loopback).
+
+        The device listener ties the client id to the login (``use_username_as_clientid``),
+        which the hub's several clients sharing one login cannot live with; this one does not.
+        Without logins (or on amqtt) it is :attr:`url`.
+        """
+        if not self.has_internal_listener:
+            return self.url
+        return f"mqtt://127.0.0.1:{self._internal_port}"
+
+    @property
     def pid(self) -> int | None:
         """The Mosquitto child's pid (None for amqtt, which runs in-process)."""
         return self._proc.pid if self._proc is not None else None
@@ -150,18 +174,35 @@ class EmbeddedBroker:
             if self.is_running():
                 return
             self._stop_quietly()  # reap a crashed child
-            picked = self._port == 0
+            picked, internal_picked = self._port == 0, self._internal_port == 0
             launch = self._start_mosquitto if self.kind_in_use == "mosquitto" else self._start_amqtt
             for attempt in range(3):  # a picked port may get taken before use: pick again
                 self._port = claim_port(self._host, 0 if picked else self._port)
+                if self.has_internal_listener:
+                    self._internal_port = self._claim_internal(internal_picked)
                 try:
                     launch()
                     break
                 except BrokerError:
                     self._stop_quietly()
-                    if not picked or attempt == 2 or port_free(self._host, self._port):
+                    taken = (picked and not port_free(self._host, self._port)) or (
+                        internal_picked and not port_free("127.0.0.1", self._internal_port)
+                    )
+                    if attempt == 2 or not taken:
                         raise
             _RUNNING.add(self)
+
+    def _claim_internal(self, picked: bool) -> int:
+        """The hub's loopback port: the one given (or kept), else a free one not ours."""
+        while True:
+            try:
+                port = claim_port("127.0.0.1", 0 if picked else self._internal_port)
+            except BrokerError as exc:
+                raise BrokerError(
+                    f"{exc} (the hub's internal MQTT port: EDGELOOP_EMBEDDED_MQTT_INTERNAL_PORT)"
+                ) from None
+            if not picked or port != self._port:
+                return port
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully (Mosquitto saves its persistence), killing after a timeout."""
@@ -227,6 +268,7 @@ class EmbeddedBroker:
             max_inflight=self._max_inflight,
             auth=self._auth,
             tls=self._tls,
+            internal_port=self._internal_port if self.has_internal_listener else None,
         ).render()
 
     def reload(self) -> bool:
@@ -267,6 +309,14 @@ class EmbeddedBroker:
                 tls_ca=self._tls.ca_file if self._tls else None,
                 client_cert=self._auth.probe_cert if self._auth else None,
             )
+            if self.has_internal_listener and self._auth is not None:
+                wait_for_connack(  # the hub's own listener: its login, no TLS
+                    "127.0.0.1",
+                    self._internal_port,
+                    timeout=self._start_timeout,
+                    failed=self._child_failed,
+                    auth=self._auth.probe,
+                )
         except BrokerError as exc:
             raise BrokerError(f"mosquitto did not start: {exc}\n{self._log_tail()}") from None
         if why := self._child_failed():  # someone else answered on our port

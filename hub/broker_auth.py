@@ -47,6 +47,9 @@ from proto.topics import TopicKind, Topics
 log = logging.getLogger(__name__)
 
 HUB_MQTT_USER = "edgeloop-hub"
+#: The hub's MQTT client ids (ingest, rollouts, monitor, probe) and its user start so; no
+#: device may be enrolled under such an id (hub.enrollment).
+HUB_CLIENT_ID_PREFIX = "edgeloop-"
 HUB_PASSWORD_FILE = Path("keys") / "mqtt_hub_password"
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
 DEVICE_PUBLISHES = (TopicKind.STATE, TopicKind.EVENTS, TopicKind.TELEMETRY, TopicKind.FEEDBACK)
@@ -96,8 +99,10 @@ def hub_mqtt_url(settings: HubSettings, *, broker_url: str | None = None) -> str
     """The URL the hub's own MQTT clients use, with the hub user's credentials when needed.
 
     ``broker_url`` is the running embedded broker's address (its port may have been picked
-    at start); an external ``EDGELOOP_MQTT_URL`` is returned as configured (put the user
-    and password in it).
+    at start): ``hub serve`` passes ``EmbeddedBroker.internal_url``, the loopback listener
+    where the hub's clients may share one login (the device listener ties client id to
+    login). An external ``EDGELOOP_MQTT_URL`` is returned as configured (put the user and
+    password in it). The hub's client certificate is added for an ``mqtts://`` base only.
     """
     if settings.mqtt_url is not None:
         return settings.mqtt_url
@@ -108,7 +113,7 @@ def hub_mqtt_url(settings: HubSettings, *, broker_url: str | None = None) -> str
     netloc = parsed.netloc.rsplit("@", 1)[-1]
     user, password = quote(HUB_MQTT_USER, safe=""), quote(hub_mqtt_password(settings), safe="")
     query = parsed.query
-    if settings.mqtt_client_certs:  # the hub's own client certificate (CN = its user)
+    if settings.mqtt_client_certs and parsed.scheme in {"mqtts", "ssl"}:  # CN = its user
         from hub.client_certs import DeviceCA
 
         cert, key = DeviceCA.for_data_dir(settings.data_dir).hub_certificate(HUB_MQTT_USER)

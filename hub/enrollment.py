@@ -22,7 +22,7 @@ from urllib.parse import urlparse, urlunparse
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from hub.broker_auth import HUB_MQTT_USER, hash_password, new_password
+from hub.broker_auth import HUB_CLIENT_ID_PREFIX, hash_password, new_password
 from hub.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from hub.tables import (
     Device,
@@ -176,8 +176,13 @@ def _check_device_id(device_id: str) -> None:
         raise InvalidInput(
             f"device id {device_id!r} must match {DEVICE_ID_PATTERN} (letters, digits, _.:-)"
         )
-    if device_id == HUB_MQTT_USER:
-        raise InvalidInput(f"device id {device_id!r} is reserved for the hub's own broker user")
+    # the hub's own MQTT client ids start so (edgeloop-hub-ingest, ...): as a device's login
+    # (= its client id on the device listener) such an id could take over their sessions
+    if device_id.startswith(HUB_CLIENT_ID_PREFIX):
+        raise InvalidInput(
+            f"device id {device_id!r} is reserved: ids starting with {HUB_CLIENT_ID_PREFIX!r} "
+            "belong to the hub's own broker user and MQTT clients"
+        )
 
 
 def enroll_device(

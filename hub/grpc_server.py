@@ -3,7 +3,9 @@
 ``Download`` streams an artifact from a byte offset, so an agent whose transfer broke
 calls again with the number of bytes it already has. Every chunk carries its offset,
 the artifact's total size and digest; the client verifies the assembled digest.
-``DeviceService`` (enrolment, ``hub.grpc_devices``) is served when passed in.
+``DeviceService`` (enrolment, ``hub.grpc_devices``) is served when passed in. With device
+client certificates on (:mod:`hub.grpc_auth`) a second port requires one, and artifact
+calls without one are refused.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import logging
 import re
 from collections.abc import Iterator
 from concurrent import futures
-from typing import TYPE_CHECKING, BinaryIO, NoReturn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import grpc
 
 from hub.artifacts import ArtifactNotFound, ArtifactStore
+from hub.grpc_auth import DeviceCertAuth, DeviceCertInterceptor
 from proto import services_pb2, services_pb2_grpc
 
 if TYPE_CHECKING:
@@ -125,6 +129,24 @@ def _address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+@dataclass(frozen=True)
+class GrpcListening:
+    """A started gRPC server and its ports.
+
+    ``mtls_port``: the listener that requires a device client certificate (client
+    certificates on, :mod:`hub.grpc_auth`); None otherwise.
+    """
+
+    server: grpc.Server
+    port: int
+    mtls_port: int | None = None
+
+    @property
+    def artifact_port(self) -> int:
+        """The port devices download bundles from."""
+        return self.mtls_port if self.mtls_port is not None else self.port
+
+
 def start_grpc_server(
     *,
     store: ArtifactStore,
@@ -133,33 +155,84 @@ def start_grpc_server(
     max_workers: int = 16,
     devices: services_pb2_grpc.DeviceServiceServicer | None = None,
     tls: TlsFiles | None = None,
+    device_certs: DeviceCertAuth | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start the hub's gRPC server; return it and the bound port (``port=0``: a free one).
+
+    The arguments are :func:`serve_grpc`'s; this returns only the open port.
+    """
+    listening = serve_grpc(
+        store=store,
+        host=host,
+        port=port,
+        max_workers=max_workers,
+        devices=devices,
+        tls=tls,
+        device_certs=device_certs,
+    )
+    return listening.server, listening.port
+
+
+def serve_grpc(
+    *,
+    store: ArtifactStore,
+    host: str,
+    port: int,
+    max_workers: int = 16,
+    devices: services_pb2_grpc.DeviceServiceServicer | None = None,
+    tls: TlsFiles | None = None,
+    device_certs: DeviceCertAuth | None = None,
+) -> GrpcListening:
+    """Start the hub's gRPC server on ``port`` (0: a free one).
 
     ``devices`` (``hub.grpc_devices.DeviceServicer``) serves enrolment beside the artifacts.
     Each running ``Download`` holds one of the ``max_workers`` threads; further calls
     queue. Stop it with ``server.stop(grace)``. With ``tls`` the port speaks TLS only
-    (``grpc.ssl_server_credentials``); plaintext clients fail the handshake.
+    (``grpc.ssl_server_credentials``); plaintext clients fail the handshake. With
+    ``device_certs`` (needs ``tls``) a second port, ``device_certs.port``, requires a
+    device client certificate, and every method but enrolment needs one (on both ports).
     """
+    if device_certs is not None and tls is None:
+        raise ValueError("device client certificates on gRPC need TLS")
+    interceptors: list[grpc.ServerInterceptor[Any, Any]] = []
+    if device_certs is not None:
+        interceptors.append(DeviceCertInterceptor(device_certs.authorize))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edgeloop-grpc"),
+        interceptors=interceptors,
         # Fail on a port already in use instead of silently sharing it.
         options=[("grpc.so_reuseport", 0)],
     )
     services_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(store=store), server)
     if devices is not None:
         services_pb2_grpc.add_DeviceServiceServicer_to_server(devices, server)
+    bound = _listen(server, host, port, None if tls is None else tls.grpc_server_credentials())
+    mtls_port = None
+    if device_certs is not None and tls is not None:
+        creds = device_certs.server_credentials(tls)
+        mtls_port = _listen(server, host, device_certs.port, creds)
+    server.start()
+    scheme = "TLS" if tls is not None else "plaintext"
+    log.info("gRPC server listening on %s (%s)", _address(host, bound), scheme)
+    if mtls_port is not None:
+        log.info(
+            "gRPC artifacts on %s (TLS, device client certificate required)",
+            _address(host, mtls_port),
+        )
+    return GrpcListening(server=server, port=bound, mtls_port=mtls_port)
+
+
+def _listen(
+    server: grpc.Server, host: str, port: int, credentials: grpc.ServerCredentials | None
+) -> int:
     address = _address(host, port)
     try:
-        if tls is None:
+        if credentials is None:
             bound = server.add_insecure_port(address)
         else:
-            bound = server.add_secure_port(address, tls.grpc_server_credentials())
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise OSError(f"gRPC server cannot listen on {address}: {exc}") from exc
     if bound == 0:
         raise OSError(f"gRPC server cannot listen on {address}")
-    server.start()
-    scheme = "TLS" if tls is not None else "plaintext"
-    log.info("gRPC server listening on %s (%s)", _address(host, bound), scheme)
-    return server, bound
+    return bound

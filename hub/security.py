@@ -36,16 +36,20 @@ log = logging.getLogger(__name__)
 def device_endpoints(
     settings: HubSettings, *, mqtt_url: str | None = None, grpc_port: int | None = None
 ) -> DeviceEndpoints:
-    """Broker and ArtifactService addresses for devices (``EDGELOOP_DEVICE_*`` win)."""
+    """Broker and ArtifactService addresses for devices (``EDGELOOP_DEVICE_*`` win).
+
+    ``grpc_port``: the port devices download from; by default ``grpc_mtls_port`` with
+    client certificates on (``hub.grpc_auth``), else ``grpc_port``.
+    """
     broker = (
         settings.device_mqtt_url
         or mqtt_url
         or settings.mqtt_url
         or f"mqtt://127.0.0.1:{settings.embedded_mqtt_port}"
     )
-    artifact = settings.device_grpc_endpoint or (
-        f"{settings.grpc_host}:{grpc_port if grpc_port is not None else settings.grpc_port}"
-    )
+    if grpc_port is None:
+        grpc_port = settings.grpc_mtls_port if settings.mqtt_client_certs else settings.grpc_port
+    artifact = settings.device_grpc_endpoint or f"{settings.grpc_host}:{grpc_port}"
     return DeviceEndpoints(
         mqtt_url=strip_credentials(broker),
         artifact_endpoint=artifact,
@@ -153,6 +157,7 @@ def start_embedded_broker(settings: HubSettings, *, broker_auth: BrokerAuth) -> 
             kind="mosquitto",
             auth=broker_auth.files(),
             tls=tls,
+            internal_port=settings.embedded_mqtt_internal_port,
         )
     elif settings.broker_auth:
         if settings.mode == "production":

@@ -17,8 +17,9 @@ from hub import db as hub_db
 from hub.api import create_app
 from hub.artifacts import open_store
 from hub.broker_auth import BrokerAuth, hub_mqtt_url
+from hub.grpc_auth import DeviceCertAuth
 from hub.grpc_devices import DeviceServicer
-from hub.grpc_server import start_grpc_server
+from hub.grpc_server import serve_grpc
 from hub.security import Security, device_endpoints, start_embedded_broker
 from hub.settings import HubSettings
 
@@ -60,6 +61,16 @@ def _start_key_rotation(settings: HubSettings, *, engine: Any, mqtt_url: str) ->
     return sender
 
 
+def _device_certs(settings: HubSettings, engine: Any) -> DeviceCertAuth | None:
+    """With client certificates on, bundle downloads need one too (``hub.grpc_auth``)."""
+    if not settings.mqtt_client_certs:
+        return None
+    from hub.client_certs import DeviceCA
+
+    ca = DeviceCA.for_data_dir(settings.data_dir)
+    return DeviceCertAuth(ca_file=ca.ca_file, engine=engine, port=settings.grpc_mtls_port)
+
+
 def _serve(settings: HubSettings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -68,28 +79,33 @@ def _serve(settings: HubSettings) -> None:
         stack.callback(security_engine.dispose)
         broker_auth = BrokerAuth(settings=settings, engine=security_engine)
         stack.callback(broker_auth.close)
-        mqtt_url = settings.mqtt_url
+        mqtt_url = hub_broker = settings.mqtt_url
         broker_kind = "external"
         if mqtt_url is None:
             broker = start_embedded_broker(settings, broker_auth=broker_auth)
             stack.callback(broker.stop)
             mqtt_url, broker_kind = broker.url, f"embedded-{broker.kind_in_use}"
+            hub_broker = broker.internal_url  # the hub's loopback listener (hub/broker.py)
         # The hub's own MQTT clients connect with this (the hub user's login when secured).
-        hub_mqtt = hub_mqtt_url(settings, broker_url=mqtt_url)
+        hub_mqtt = hub_mqtt_url(settings, broker_url=hub_broker)
         security = Security(
             settings=settings,
             engine=security_engine,
             broker_auth=broker_auth,
-            endpoints=lambda: device_endpoints(settings, mqtt_url=mqtt_url, grpc_port=grpc_port),
+            endpoints=lambda: device_endpoints(
+                settings, mqtt_url=mqtt_url, grpc_port=rpc.artifact_port
+            ),
         )
-        grpc_server, grpc_port = start_grpc_server(
+        rpc = serve_grpc(
             store=open_store(settings.resolved_artifact_url),
             host=settings.grpc_host,
             port=settings.grpc_port,
             devices=DeviceServicer(security=security),
             tls=settings.tls_files(),
+            device_certs=_device_certs(settings, security_engine),
         )
-        stack.callback(grpc_server.stop, 2.0)
+        stack.callback(rpc.server.stop, 2.0)
+        grpc_port = rpc.port
         from hub.ingest.serve import start_hub_worker
 
         # amqtt has no $share: a single worker on plain filters there.
@@ -123,7 +139,7 @@ def _serve(settings: HubSettings) -> None:
             rollouts = RolloutController(
                 engine=security_engine,
                 mqtt_url=hub_mqtt,
-                artifact_endpoint=f"{settings.grpc_host}:{grpc_port}",
+                artifact_endpoint=f"{settings.grpc_host}:{rpc.artifact_port}",
                 fleet=settings.fleet,
                 topic_prefix=settings.topic_prefix,
                 tick_s=settings.rollout_tick_s,
@@ -143,6 +159,7 @@ def _serve(settings: HubSettings) -> None:
             return {
                 "mqtt": {"url": mqtt_url, "broker": broker_kind},
                 "grpc": f"{settings.grpc_host}:{grpc_port}",
+                "grpc_artifacts": f"{settings.grpc_host}:{rpc.artifact_port}",
             }
 
         app = create_app(settings, extra_health=health)

@@ -44,6 +44,13 @@ class HubSettings(BaseSettings):
     )
     embedded_broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
     embedded_mqtt_port: int = Field(default=1884, ge=0, le=65535)
+    embedded_mqtt_internal_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="embedded Mosquitto with logins: the hub's own listener on 127.0.0.1 "
+        "(0: a free one); the device port binds client id to login (hub/broker.py)",
+    )
     broker_auth: bool = Field(
         default=True,
         description="embedded broker: per-device logins + ACL (hub/broker_auth.py); off: anonymous",
@@ -76,6 +83,13 @@ class HubSettings(BaseSettings):
     api_port: int = Field(default=8000, ge=0, le=65535)
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    grpc_mtls_port: int = Field(
+        default=50052,
+        ge=0,
+        le=65535,
+        description="with mqtt_client_certs: the gRPC port that requires a device client "
+        "certificate; bundle downloads go there, grpc_port stays open for enrolment",
+    )
     fleet: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
     topic_prefix: str = "edgeloop/v1"
     admin_token: SecretStr | None = None

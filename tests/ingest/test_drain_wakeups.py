@@ -41,9 +41,10 @@ def test_an_unacked_item_is_resent_when_its_ack_timeout_passes(
     topics = h.fleet_topics()  # no ingest worker: no ack ever comes
 
     async def scenario() -> None:
-        async with device(
-            mosquitto, topics, tmp_path, delivery="hub_ack", timeout_s=0.5
-        ) as (session, queue):
+        async with device(mosquitto, topics, tmp_path, delivery="hub_ack", timeout_s=0.5) as (
+            session,
+            queue,
+        ):
             send(session, queue, 1)
             await until(lambda: session.stats.published == 1, within=WITHIN, what="sent")
             assert queue.oldest_sent_at() is not None

@@ -110,6 +110,7 @@ class Hub:
     data: Path
     url: str
     grpc_port: int
+    mtls_port: int
 
 
 MODES = {"password": False, "client-certs": True}
@@ -126,13 +127,15 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Hub]]:
     try:
         for mode, client_certs in MODES.items():
             data = Path(shutil.copytree(root / "prepared", root / mode))
-            api, grpc_port, mqtt_port = (_free_port() for _ in range(3))
+            api, grpc_port, mqtt_port, mtls_port = (_free_port() for _ in range(4))
             env = {
                 "EDGELOOP_DATA_DIR": str(data),
                 "EDGELOOP_EMBEDDED_MQTT_PORT": str(mqtt_port),
                 "EDGELOOP_EMBEDDED_BROKER": "mosquitto",
                 "EDGELOOP_TLS_SELF_SIGNED": "1",
                 "EDGELOOP_MQTT_CLIENT_CERTS": "1" if client_certs else "0",
+                # (client certificates: bundle downloads on this port, hub.grpc_auth)
+                "EDGELOOP_GRPC_MTLS_PORT": str(mtls_port),
                 "EDGELOOP_ROLLOUT_TICK_S": "0.2",
                 "EDGELOOP_TRIGGER_INTERVAL_S": "0",
                 "EDGELOOP_MONITOR_INTERVAL_S": "0",
@@ -143,6 +146,7 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Hub]]:
                 data=data,
                 url=f"http://127.0.0.1:{api}",
                 grpc_port=grpc_port,
+                mtls_port=mtls_port,
             )
         yield started
     finally:
@@ -202,6 +206,9 @@ def test_enrolled_agent_process_deploys_and_reports(
     summary = json.loads(enrolled.stdout.strip().splitlines()[-1])
     assert summary["mqtt_url"].startswith("mqtts://")
     assert (summary["client_certificate"] is not None) == client_certs
+    # with client certificates, bundles come from the port that requires one
+    artifact_port = the_hub.mtls_port if client_certs else grpc_port
+    assert summary["artifact_endpoint"] == f"127.0.0.1:{artifact_port}", summary
     stored = json.loads((agent_dir / DEVICE / "enrollment.json").read_text())
     assert bool(stored.get("client_cert_file")) == client_certs
 
