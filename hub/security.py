@@ -47,14 +47,22 @@ def device_endpoints(
         or settings.mqtt_url
         or f"mqtt://127.0.0.1:{settings.embedded_mqtt_port}"
     )
-    if grpc_port is None:
-        grpc_port = settings.grpc_mtls_port if settings.mqtt_client_certs else settings.grpc_port
-    artifact = settings.device_grpc_endpoint or f"{settings.grpc_host}:{grpc_port}"
     return DeviceEndpoints(
         mqtt_url=strip_credentials(broker),
-        artifact_endpoint=artifact,
+        artifact_endpoint=device_artifact_endpoint(settings, grpc_port=grpc_port),
         hub_public_key=bundle_public_key(settings),
     )
+
+
+def device_artifact_endpoint(settings: HubSettings, *, grpc_port: int | None = None) -> str:
+    """The ArtifactService address devices download from, in enrolment answers and in every
+    deploy command: ``EDGELOOP_DEVICE_GRPC_ENDPOINT`` when set, else ``grpc_host`` and the
+    download port (``grpc_port`` here, else the settings')."""
+    if settings.device_grpc_endpoint:
+        return settings.device_grpc_endpoint
+    if grpc_port is None:
+        grpc_port = settings.grpc_mtls_port if settings.mqtt_client_certs else settings.grpc_port
+    return f"{settings.grpc_host}:{grpc_port}"
 
 
 class Security:

@@ -20,7 +20,12 @@ from hub.broker_auth import BrokerAuth, hub_mqtt_url
 from hub.grpc_auth import DeviceCertAuth
 from hub.grpc_devices import DeviceServicer
 from hub.grpc_server import serve_grpc
-from hub.security import Security, device_endpoints, start_embedded_broker
+from hub.security import (
+    Security,
+    device_artifact_endpoint,
+    device_endpoints,
+    start_embedded_broker,
+)
 from hub.settings import HubSettings
 
 log = logging.getLogger("edgeloop.hub")
@@ -139,7 +144,7 @@ def _serve(settings: HubSettings) -> None:
             rollouts = RolloutController(
                 engine=security_engine,
                 mqtt_url=hub_mqtt,
-                artifact_endpoint=f"{settings.grpc_host}:{rpc.artifact_port}",
+                artifact_endpoint=device_artifact_endpoint(settings, grpc_port=rpc.artifact_port),
                 fleet=settings.fleet,
                 topic_prefix=settings.topic_prefix,
                 tick_s=settings.rollout_tick_s,
