@@ -100,6 +100,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="API address")] = None,
     port: Annotated[int | None, typer.Option(help="API port (default 8000)")] = None,
     grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051)")] = None,
+    grpc_mtls_port: Annotated[
+        int | None,
+        typer.Option(help="with client certificates: the download port (default 50052)"),
+    ] = None,
     mqtt_url: Annotated[
         str | None, typer.Option(help="external broker; unset: start an embedded one")
     ] = None,
@@ -120,6 +124,7 @@ def serve(
         api_host=host,
         api_port=port,
         grpc_port=grpc_port,
+        grpc_mtls_port=grpc_mtls_port,
         mqtt_url=mqtt_url,
         tls_self_signed=tls_self_signed,
     )

@@ -134,13 +134,13 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Hub]]:
                 "EDGELOOP_EMBEDDED_BROKER": "mosquitto",
                 "EDGELOOP_TLS_SELF_SIGNED": "1",
                 "EDGELOOP_MQTT_CLIENT_CERTS": "1" if client_certs else "0",
-                # (client certificates: bundle downloads on this port, hub.grpc_auth)
-                "EDGELOOP_GRPC_MTLS_PORT": str(mtls_port),
                 "EDGELOOP_ROLLOUT_TICK_S": "0.2",
                 "EDGELOOP_TRIGGER_INTERVAL_S": "0",
                 "EDGELOOP_MONITOR_INTERVAL_S": "0",
             }
             args = ["hub", "serve", "--port", str(api), "--grpc-port", str(grpc_port)]
+            # (client certificates: bundle downloads on this port, hub.grpc_auth)
+            args += ["--grpc-mtls-port", str(mtls_port)]
             started[mode] = Hub(
                 proc=procs.start(f"hub-{mode}", args, env),
                 data=data,
