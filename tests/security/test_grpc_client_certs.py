@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,8 @@ from edge_agent._fetch import DownloadError, download_bundle
 from edge_agent._tls import channel_credentials, new_client_key
 from edge_agent.enroll import Enrollment, enroll
 from hub.artifacts import FileArtifactStore
-from hub.broker import EmbeddedBroker
-from hub.broker_auth import BrokerAuth
 from hub.client_certs import DeviceCA
-from hub.db import create_all, make_engine, session_scope
+from hub.db import make_engine, session_scope
 from hub.enrollment import create_enrollment_token
 from hub.grpc_auth import DeviceCertAuth
 from hub.grpc_devices import DeviceServicer
@@ -37,7 +34,7 @@ from hub.settings import HubSettings
 from hub.tables import EnrollmentTokenCreate
 from hub.tls import TlsFiles, generate_self_signed
 from proto import services_pb2, services_pb2_grpc
-from tests.fixtures.brokers import require_mosquitto
+from tests.security._secured import secured_broker
 
 WAIT_S = 10.0  # an upper bound for things that normally take milliseconds, never a measurement
 BLOB = bytes(range(256)) * 4096  # 1 MiB: several chunks
@@ -98,59 +95,44 @@ class CertHub:
 
 @pytest.fixture
 def cert_hub(tmp_path: Path) -> Iterator[CertHub]:
-    require_mosquitto()  # enrolment answers once the broker accepts the new login
-    settings = HubSettings(
-        data_dir=tmp_path / "hub",
-        fleet=f"f{uuid.uuid4().hex[:8]}",
-        tls_self_signed=True,
-        mqtt_client_certs=True,
-    )
-    tls = settings.tls_files()
-    assert tls is not None
-    engine = make_engine(settings.resolved_database_url)
-    create_all(engine)
-    auth = BrokerAuth(settings=settings, engine=engine, debounce_s=0.05)
-    broker = EmbeddedBroker(
-        kind="mosquitto", port=0, data_dir=settings.data_dir, auth=auth.files(), tls=tls
-    )
-    broker.start()
-    ports: list[int] = []
-    security = Security(
-        settings=settings,
-        engine=engine,
-        broker_auth=auth,
-        endpoints=lambda: device_endpoints(settings, mqtt_url=broker.url, grpc_port=ports[0]),
-    )
-    store = FileArtifactStore(root=tmp_path / "artifacts")
-    digest = store.put_bytes(BLOB).digest
-    assert digest == "sha256:" + hashlib.sha256(BLOB).hexdigest()
-    rpc = serve_grpc(
-        store=store,
-        host="127.0.0.1",
-        port=0,
-        devices=DeviceServicer(security=security),
-        tls=tls,
-        device_certs=DeviceCertAuth(
-            ca_file=DeviceCA.for_data_dir(settings.data_dir).ca_file, engine=engine
-        ),
-    )
-    assert rpc.mtls_port is not None and rpc.artifact_port == rpc.mtls_port != rpc.port
-    ports.append(rpc.artifact_port)
-    try:
-        yield CertHub(
+    with secured_broker(tmp_path, client_certs=True) as sb:
+        settings, tls, engine, broker = sb.settings, sb.tls, sb.engine, sb.broker
+        auth = sb.auth
+        ports: list[int] = []
+        security = Security(
             settings=settings,
-            security=security,
-            tls=tls,
-            open_target=f"127.0.0.1:{rpc.port}",
-            device_target=f"127.0.0.1:{rpc.mtls_port}",
-            digest=digest,
             engine=engine,
+            broker_auth=auth,
+            endpoints=lambda: device_endpoints(settings, mqtt_url=broker.url, grpc_port=ports[0]),
         )
-    finally:
-        rpc.server.stop(None)
-        security.close()
-        broker.stop()
-        engine.dispose()
+        store = FileArtifactStore(root=tmp_path / "artifacts")
+        digest = store.put_bytes(BLOB).digest
+        assert digest == "sha256:" + hashlib.sha256(BLOB).hexdigest()
+        rpc = serve_grpc(
+            store=store,
+            host="127.0.0.1",
+            port=0,
+            devices=DeviceServicer(security=security),
+            tls=tls,
+            device_certs=DeviceCertAuth(
+                ca_file=DeviceCA.for_data_dir(settings.data_dir).ca_file, engine=engine
+            ),
+        )
+        assert rpc.mtls_port is not None and rpc.artifact_port == rpc.mtls_port != rpc.port
+        ports.append(rpc.artifact_port)
+        try:
+            yield CertHub(
+                settings=settings,
+                security=security,
+                tls=tls,
+                open_target=f"127.0.0.1:{rpc.port}",
+                device_target=f"127.0.0.1:{rpc.mtls_port}",
+                digest=digest,
+                engine=engine,
+            )
+        finally:
+            rpc.server.stop(None)
+            security.close()
 
 
 def test_enrolled_device_downloads_with_its_certificate(cert_hub: CertHub, tmp_path: Path) -> None:

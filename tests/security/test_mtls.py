@@ -29,9 +29,9 @@ from edge_agent.enroll import enroll
 from edge_agent.settings import AgentSettings
 from hub.artifacts import FileArtifactStore
 from hub.broker import EmbeddedBroker
-from hub.broker_auth import BrokerAuth, hub_mqtt_url
+from hub.broker_auth import hub_mqtt_url
 from hub.client_certs import DeviceCA
-from hub.db import create_all, make_engine, session_scope
+from hub.db import session_scope
 from hub.enrollment import create_enrollment_token
 from hub.errors import InvalidInput
 from hub.grpc_devices import DeviceServicer
@@ -42,7 +42,7 @@ from hub.settings import HubSettings
 from hub.tables import EnrollmentTokenCreate
 from hub.tls import TlsFiles
 from proto.topics import Topics
-from tests.fixtures.brokers import require_mosquitto
+from tests.security._secured import secured_broker
 
 WAIT_S = 10.0  # an upper bound for things that normally take milliseconds, never a measurement
 QUIET_S = 0.5  # how long "nothing arrives" is watched for
@@ -66,47 +66,36 @@ class MtlsHub:
 
 @pytest.fixture
 def mtls_hub(tmp_path: Path) -> Iterator[MtlsHub]:
-    require_mosquitto()
-    settings = HubSettings(
-        data_dir=tmp_path / "hub",
-        fleet=f"f{uuid.uuid4().hex[:8]}",
-        tls_self_signed=True,
-        mqtt_client_certs=True,
-    )
-    tls = settings.tls_files()
-    assert tls is not None
-    engine = make_engine(settings.resolved_database_url)
-    create_all(engine)
-    auth = BrokerAuth(settings=settings, engine=engine, debounce_s=0.05)
-    broker = EmbeddedBroker(
-        kind="mosquitto", port=0, data_dir=settings.data_dir, auth=auth.files(), tls=tls
-    )
-    broker.start()  # (its start-up probe already needs the hub's client certificate)
-    security = Security(
-        settings=settings,
-        engine=engine,
-        broker_auth=auth,
-        endpoints=lambda: device_endpoints(settings, mqtt_url=broker.url, grpc_port=0),
-    )
-    store = FileArtifactStore(root=tmp_path / "artifacts")
-    server, port = start_grpc_server(
-        store=store, host="127.0.0.1", port=0, devices=DeviceServicer(security=security), tls=tls
-    )
-    try:
-        yield MtlsHub(
+    with secured_broker(tmp_path, client_certs=True) as sb:
+        settings, tls, engine, broker = sb.settings, sb.tls, sb.engine, sb.broker
+        auth = sb.auth
+        security = Security(
             settings=settings,
-            security=security,
-            broker=broker,
-            tls=tls,
-            grpc_target=f"127.0.0.1:{port}",
-            topics=Topics(prefix=settings.topic_prefix, fleet=settings.fleet),
             engine=engine,
+            broker_auth=auth,
+            endpoints=lambda: device_endpoints(settings, mqtt_url=broker.url, grpc_port=0),
         )
-    finally:
-        server.stop(None)
-        security.close()
-        broker.stop()
-        engine.dispose()
+        store = FileArtifactStore(root=tmp_path / "artifacts")
+        server, port = start_grpc_server(
+            store=store,
+            host="127.0.0.1",
+            port=0,
+            devices=DeviceServicer(security=security),
+            tls=tls,
+        )
+        try:
+            yield MtlsHub(
+                settings=settings,
+                security=security,
+                broker=broker,
+                tls=tls,
+                grpc_target=f"127.0.0.1:{port}",
+                topics=Topics(prefix=settings.topic_prefix, fleet=settings.fleet),
+                engine=engine,
+            )
+        finally:
+            server.stop(None)
+            security.close()
 
 
 @dataclass

@@ -24,8 +24,8 @@ from edge_agent.enroll import EnrollError, enroll
 from edge_agent.settings import AgentSettings
 from hub.artifacts import FileArtifactStore
 from hub.broker import BrokerError, EmbeddedBroker, wait_for_mqtt
-from hub.broker_auth import HUB_MQTT_USER, BrokerAuth, hub_mqtt_password, hub_mqtt_url
-from hub.db import create_all, make_engine, session_scope
+from hub.broker_auth import HUB_MQTT_USER, hub_mqtt_password, hub_mqtt_url
+from hub.db import session_scope
 from hub.enrollment import create_enrollment_token
 from hub.grpc_devices import DeviceServicer
 from hub.grpc_server import start_grpc_server
@@ -35,7 +35,7 @@ from hub.settings import HubSettings
 from hub.tables import EnrollmentTokenCreate
 from hub.tls import TlsFiles, generate_self_signed
 from proto.topics import Topics
-from tests.fixtures.brokers import require_mosquitto
+from tests.security._secured import secured_broker
 
 WAIT_S = 10.0  # an upper bound for things that normally take milliseconds, never a measurement
 
@@ -60,45 +60,37 @@ def wrong_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def tls_hub(tmp_path: Path) -> Iterator[TlsHub]:
-    require_mosquitto()
-    settings = HubSettings(
-        data_dir=tmp_path / "hub", fleet=f"f{uuid.uuid4().hex[:8]}", tls_self_signed=True
-    )
-    tls = settings.tls_files()
-    assert tls is not None
-    engine = make_engine(settings.resolved_database_url)
-    create_all(engine)
-    auth = BrokerAuth(settings=settings, engine=engine, debounce_s=0.05)
-    broker = EmbeddedBroker(
-        kind="mosquitto", port=0, data_dir=settings.data_dir, auth=auth.files(), tls=tls
-    )
-    broker.start()
-    store = FileArtifactStore(root=tmp_path / "artifacts")
-    security = Security(
-        settings=settings,
-        engine=engine,
-        broker_auth=auth,
-        endpoints=lambda: device_endpoints(settings, mqtt_url=broker.url, grpc_port=0),
-    )
-    server, port = start_grpc_server(
-        store=store, host="127.0.0.1", port=0, devices=DeviceServicer(security=security), tls=tls
-    )
-    try:
-        yield TlsHub(
+    with secured_broker(tmp_path, client_certs=False) as sb:
+        settings, tls, engine, broker = sb.settings, sb.tls, sb.engine, sb.broker
+        auth = sb.auth
+        store = FileArtifactStore(root=tmp_path / "artifacts")
+        security = Security(
             settings=settings,
             engine=engine,
-            security=security,
-            broker=broker,
-            tls=tls,
-            grpc_target=f"127.0.0.1:{port}",
-            topics=Topics(prefix=settings.topic_prefix, fleet=settings.fleet),
-            store=store,
+            broker_auth=auth,
+            endpoints=lambda: device_endpoints(settings, mqtt_url=broker.url, grpc_port=0),
         )
-    finally:
-        server.stop(None)
-        security.close()
-        broker.stop()
-        engine.dispose()
+        server, port = start_grpc_server(
+            store=store,
+            host="127.0.0.1",
+            port=0,
+            devices=DeviceServicer(security=security),
+            tls=tls,
+        )
+        try:
+            yield TlsHub(
+                settings=settings,
+                engine=engine,
+                security=security,
+                broker=broker,
+                tls=tls,
+                grpc_target=f"127.0.0.1:{port}",
+                topics=Topics(prefix=settings.topic_prefix, fleet=settings.fleet),
+                store=store,
+            )
+        finally:
+            server.stop(None)
+            security.close()
 
 
 def _hub_client(url: str) -> tuple[mqtt.Client, queue.Queue[tuple[str, bytes]]]:
