@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,9 @@ class Deployer:
         self._inflight = InflightDeploy(work_dir / "inflight_command.pb")
         self._probation: asyncio.Task[None] | None = None
         self.last_command_id = ""
+        #: what this device refused or had to retry, by reason: ``repeated_command``, a foreign
+        #: device id, and every failed download attempt (:func:`edge_agent._fetch.download_bundle`)
+        self.rejected: Counter[str] = Counter()
 
     # events -------------------------------------------------------------------------------
 
@@ -165,9 +168,11 @@ class Deployer:
     async def handle(self, command: pb.Command) -> None:
         if command.device_id and command.device_id != self._device_id:
             log.warning("ignoring command %s for device %s", command.command_id, command.device_id)
+            self.rejected["foreign_device_command"] += 1
             return
         last = self._log.last(command.command_id)
         if last is not None:  # a redelivery or a retry: acknowledge, do not act again
+            self.rejected["repeated_command"] += 1
             self._emit(command, last, reason="repeated command; already handled")
             return
         self.last_command_id = command.command_id
@@ -209,6 +214,7 @@ class Deployer:
             on_progress=progress,
             ca_file=self._ca_file,
             client_cert=self._client_cert,
+            rejected=self.rejected,
         )
         self._emit(command, K.EVENT_KIND_DOWNLOADED, progress=1.0)
         return path

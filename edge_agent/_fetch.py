@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,11 @@ class Backoff:
 
 
 class _Retry(Exception):
-    """An attempt failed in a way that calling again may fix."""
+    """An attempt failed in a way that calling again may fix; ``reason`` is its counter key."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _check_disk(directory: Path, needed: int) -> None:
@@ -175,15 +180,26 @@ async def _stream(
                 async with asyncio.timeout(timeout_s):
                     chunk = await call.read()
             except TimeoutError:
-                raise _Retry(f"no data for {timeout_s:g} s at byte {position}") from None
+                raise _Retry(
+                    f"no data for {timeout_s:g} s at byte {position}", reason="stalled"
+                ) from None
             if chunk is _EOF:
-                raise _Retry(f"stream ended at byte {position} of {total}")
+                raise _Retry(f"stream ended at byte {position} of {total}", reason="truncated")
             if chunk.total_size != total or (chunk.digest and chunk.digest != digest):
-                raise _Retry(f"chunk for {chunk.digest} ({chunk.total_size} bytes) at {position}")
+                raise _Retry(
+                    f"chunk for {chunk.digest} ({chunk.total_size} bytes) at {position}",
+                    reason="foreign_chunk",
+                )
             if chunk.offset != position:
-                raise _Retry(f"chunk at offset {chunk.offset} but the file holds {position}")
+                raise _Retry(
+                    f"chunk at offset {chunk.offset} but the file holds {position}",
+                    reason="wrong_offset",
+                )
             if not chunk.data or position + len(chunk.data) > total:
-                raise _Retry(f"chunk of {len(chunk.data)} bytes at {position} of {total}")
+                raise _Retry(
+                    f"chunk of {len(chunk.data)} bytes at {position} of {total}",
+                    reason="bad_chunk_size",
+                )
             fh.write(chunk.data)
             fh.flush()
             position += len(chunk.data)
@@ -266,6 +282,7 @@ async def download_bundle(
     backoff: Backoff | None = None,
     ca_file: Path | None = None,
     client_cert: tuple[Path, Path] | None = None,
+    rejected: Counter[str] | None = None,
 ) -> Path:
     """Download artifact ``digest`` from ``endpoint`` (``host:port``) into ``dest_dir``.
 
@@ -279,65 +296,77 @@ async def download_bundle(
     timeouts are retried up to ``retries`` times, resuming from the bytes on disk;
     ``on_progress(bytes_on_disk, total)`` is called after each chunk. Raises
     :class:`DownloadError`; cancelling the task leaves the partial file for next time.
+
+    ``rejected`` (optional) counts every failed attempt by reason: ``stalled``,
+    ``truncated`` (the stream ended early), ``foreign_chunk``, ``wrong_offset``,
+    ``bad_chunk_size`` (garbled streams), ``rpc_<code>`` (e.g. ``rpc_unavailable``) and,
+    for the final error, its :attr:`DownloadError.reason` (e.g. ``digest_mismatch``).
     """
-    match = _DIGEST.fullmatch(digest)
-    if match is None:
-        raise DownloadError(
-            f"digest {digest!r} is not 'sha256:' + 64 lowercase hex", reason="invalid_digest"
-        )
-    if chunk_size <= 0 or timeout_s <= 0 or retries < 0:
-        raise ValueError("chunk_size and timeout_s must be > 0 and retries >= 0")
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    final = dest_dir / f"{match.group(1)}.bundle"
-    partial = dest_dir / f"{match.group(1)}.partial"
-    if (done := await asyncio.to_thread(_existing, final, digest)) is not None:
-        return done
-    delays = (backoff or Backoff()).delays()
-    with partial.open("ab") as fh:
-        _lock(fh, partial)
-        if expected_size is not None:
-            _check_disk(dest_dir, max(0, expected_size - os.fstat(fh.fileno()).st_size))
-        attempt = 0
-        while True:
-            try:
-                return await _attempt(
-                    endpoint=endpoint,
-                    digest=digest,
-                    fh=fh,
-                    partial=partial,
-                    final=final,
-                    expected_size=expected_size,
-                    chunk_size=chunk_size,
-                    timeout_s=timeout_s,
-                    on_progress=on_progress,
-                    ca_file=ca_file,
-                    client_cert=client_cert,
-                )
-            except grpc.aio.AioRpcError as exc:
-                _raise_if_final(exc, digest=digest, endpoint=endpoint, attempt=attempt)
-                problem = f"{exc.code().name}: {exc.details()}"
-                if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
-                    fh.truncate(0)
-            except _Retry as exc:
-                problem = str(exc)
-            if attempt >= retries:
-                raise DownloadError(
-                    f"download of {digest} from {endpoint} failed after {attempt + 1} "
-                    f"attempt(s): {problem}",
-                    reason="retries_exhausted",
-                )
-            attempt += 1
-            delay = next(delays)
-            log.warning(
-                "download of %s: %s; retry %d/%d in %.2f s",
-                digest,
-                problem,
-                attempt,
-                retries,
-                delay,
+    counts: Counter[str] = Counter() if rejected is None else rejected
+    try:
+        match = _DIGEST.fullmatch(digest)
+        if match is None:
+            raise DownloadError(
+                f"digest {digest!r} is not 'sha256:' + 64 lowercase hex", reason="invalid_digest"
             )
-            await asyncio.sleep(delay)
+        if chunk_size <= 0 or timeout_s <= 0 or retries < 0:
+            raise ValueError("chunk_size and timeout_s must be > 0 and retries >= 0")
+        dest_dir = Path(dest_dir)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        final = dest_dir / f"{match.group(1)}.bundle"
+        partial = dest_dir / f"{match.group(1)}.partial"
+        if (done := await asyncio.to_thread(_existing, final, digest)) is not None:
+            return done
+        delays = (backoff or Backoff()).delays()
+        with partial.open("ab") as fh:
+            _lock(fh, partial)
+            if expected_size is not None:
+                _check_disk(dest_dir, max(0, expected_size - os.fstat(fh.fileno()).st_size))
+            attempt = 0
+            while True:
+                try:
+                    return await _attempt(
+                        endpoint=endpoint,
+                        digest=digest,
+                        fh=fh,
+                        partial=partial,
+                        final=final,
+                        expected_size=expected_size,
+                        chunk_size=chunk_size,
+                        timeout_s=timeout_s,
+                        on_progress=on_progress,
+                        ca_file=ca_file,
+                        client_cert=client_cert,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    _raise_if_final(exc, digest=digest, endpoint=endpoint, attempt=attempt)
+                    problem = f"{exc.code().name}: {exc.details()}"
+                    counts[f"rpc_{exc.code().name.lower()}"] += 1
+                    if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
+                        fh.truncate(0)
+                except _Retry as exc:
+                    problem = str(exc)
+                    counts[exc.reason] += 1
+                if attempt >= retries:
+                    raise DownloadError(
+                        f"download of {digest} from {endpoint} failed after {attempt + 1} "
+                        f"attempt(s): {problem}",
+                        reason="retries_exhausted",
+                    )
+                attempt += 1
+                delay = next(delays)
+                log.warning(
+                    "download of %s: %s; retry %d/%d in %.2f s",
+                    digest,
+                    problem,
+                    attempt,
+                    retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+    except DownloadError as exc:
+        counts[exc.reason] += 1
+        raise
 
 
 def _raise_if_final(exc: grpc.aio.AioRpcError, *, digest: str, endpoint: str, attempt: int) -> None:

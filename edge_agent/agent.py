@@ -136,7 +136,10 @@ class Agent:
                 predictor=self.predictor,
                 on_feedback=self.feedback,
                 port=self.settings.http_port,
-                status=lambda: {"delivery": self.session.delivery_stats()},
+                status=lambda: {
+                    "delivery": self.session.delivery_stats(),
+                    "rejected": self.rejected(),
+                },
             )
             self._api.start()
         self._tasks = [
@@ -209,6 +212,10 @@ class Agent:
             return
         await self.deployer.handle(command)
         self.session.state_changed()
+
+    def rejected(self) -> dict[str, int]:
+        """Refused or retried input by reason (health endpoint); see ``Deployer.rejected``."""
+        return {"malformed_commands": self.malformed_commands, **self.deployer.rejected}
 
     def _slot_state(self, slot: SlotInfo | None) -> pb.SlotState:
         if slot is None:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ FAST = Backoff(initial=0.01, factor=2.0, cap=0.05, jitter=0.5)
 UNKNOWN = "sha256:" + "0" * 64
 
 Fault = Callable[
-    [int, services_pb2.DownloadChunk, grpc.ServicerContext], services_pb2.DownloadChunk
+    [int, services_pb2.DownloadChunk, grpc.ServicerContext], services_pb2.DownloadChunk | None
 ]
 
 
@@ -59,7 +60,10 @@ class RecordingServicer(ArtifactServicer):
         self.offsets.append(request.offset)
         fault = self.faults.pop(0) if self.faults else None
         for index, chunk in enumerate(super().Download(request, context)):
-            yield fault(index, chunk, context) if fault else chunk
+            out = fault(index, chunk, context) if fault else chunk
+            if out is None:  # the fault ends the stream here (status OK)
+                return
+            yield out
 
 
 def break_after(n: int) -> Fault:
@@ -232,6 +236,61 @@ def test_a_chunk_at_the_wrong_offset_is_dropped_and_the_stream_resumed(
     dest = tmp_path / "dl"
     assert_complete(fetch(hub, dest), dest)
     assert hub.servicer.offsets == [0, 4 * CHUNK]
+
+
+def end_after(n: int) -> Fault:
+    """The stream ends cleanly (status OK) after ``n`` chunks: a truncated transfer."""
+
+    def fault(index: int, chunk: Any, context: grpc.ServicerContext) -> Any:
+        return None if index == n else chunk
+
+    return fault
+
+
+def garbled(kind: str, n: int) -> Fault:
+    def fault(index: int, chunk: Any, context: grpc.ServicerContext) -> Any:
+        if index != n:
+            return chunk
+        if kind == "foreign_chunk":
+            return services_pb2.DownloadChunk(
+                offset=chunk.offset, data=chunk.data, total_size=chunk.total_size + 1
+            )
+        # "bad_chunk_size": an empty chunk
+        return services_pb2.DownloadChunk(offset=chunk.offset, total_size=chunk.total_size)
+
+    return fault
+
+
+def test_truncated_and_garbled_streams_are_rejected_counted_and_resumed(
+    hub: Hub, tmp_path: Path
+) -> None:
+    hub.servicer.faults = [
+        bad_offset_at(2),
+        garbled("foreign_chunk", 1),
+        garbled("bad_chunk_size", 1),
+        end_after(2),
+        break_after(1),
+    ]
+    dest, rejected = tmp_path / "dl", Counter[str]()
+    assert_complete(fetch(hub, dest, rejected=rejected, retries=6), dest)
+    assert rejected == {
+        "wrong_offset": 1,
+        "foreign_chunk": 1,
+        "bad_chunk_size": 1,
+        "truncated": 1,
+        "rpc_unavailable": 1,
+    }
+    # each attempt resumed from what was on disk; nothing garbled was written
+    assert hub.servicer.offsets == [0, 2 * CHUNK, 3 * CHUNK, 4 * CHUNK, 6 * CHUNK, 7 * CHUNK]
+
+
+def test_the_final_error_is_counted_too(hub: Hub, tmp_path: Path) -> None:
+    hub.servicer.faults = [break_after(1), break_after(1)]
+    rejected = Counter[str]()
+    with pytest.raises(DownloadError) as info:
+        fetch(hub, tmp_path / "dl", rejected=rejected, retries=1)
+    assert info.value.reason == "retries_exhausted"
+    assert rejected == {"rpc_unavailable": 2, "retries_exhausted": 1}
 
 
 def test_a_stalled_stream_times_out_and_resumes(hub: Hub, tmp_path: Path) -> None:

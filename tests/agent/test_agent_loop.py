@@ -125,6 +125,7 @@ def test_deploy_verify_activate_repeat_and_rollback(
             await obs.wait(lambda: len(obs.events["dev-1"]) > before, within=5)
             repeat = obs.events["dev-1"][-1]
             assert repeat.kind == K.EVENT_KIND_HEALTHY and "repeated" in repeat.reason
+            assert agent.rejected()["repeated_command"] == 1
 
             cid2 = await obs.deploy(
                 "dev-1", digest=bundles.v2, size=bundles.sizes[bundles.v2], endpoint=endpoint
@@ -194,6 +195,7 @@ def test_bad_bundles_never_activate(
                 "edgeloop/v1/default/devices/dev-1/cmd", b"\xff\x00garbage", qos=1
             )
             await obs.wait(lambda: agent.malformed_commands >= 1, within=5)
+            assert agent.rejected()["malformed_commands"] == 1
             assert agent.predict(DIGITS[:1]).outputs.shape == (1, 10)
 
     asyncio.run(scenario())

@@ -259,6 +259,7 @@ def test_enrolled_agent_process_deploys_and_reports(
 
     active = _until("the rolled-out bundle active on the device", on_device, logs)
     assert active["model"] == "digits-mlp" and str(active["version"]) == "1", active
+    assert active["rejected"]["malformed_commands"] == 0, active  # counters on the endpoint
 
     def rollout_done() -> dict[str, Any] | None:
         view = client.get(f"/rollouts/{rollout_id}").json()
