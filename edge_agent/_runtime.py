@@ -187,7 +187,12 @@ def choose_variant(
     that the manifest lists and whose runtime is importable (``available_runtimes``, default
     :func:`detect_runtimes`, is a set of formats); :class:`NoUsableVariant` otherwise."""
     runnable = detect_runtimes() if available_runtimes is None else available_runtimes
-    variants: list[dict[str, Any]] = list(manifest.get("variants") or [])
+    listed_variants = manifest.get("variants") or []
+    variants: list[dict[str, Any]] = [
+        v
+        for v in (listed_variants if isinstance(listed_variants, list) else [])
+        if isinstance(v, dict)
+    ]
     for entry in prefer:
         fmt, precision = _parse_prefer(entry)
         if fmt not in runnable:
@@ -274,6 +279,8 @@ def load_slot(
         preprocess = Preprocess.model_validate(manifest["input"]["preprocess"])
         task = str(manifest.get("task", "classification"))
         labels = (manifest.get("output") or {}).get("labels")
+        if labels is not None and not isinstance(labels, list):
+            raise ModelLoadError(f"{slot_dir}: output.labels is not a list")
         path = slot_dir / str(variant["file"])
         if verify_files:
             _check_digest(slot_dir, manifest, path.name)

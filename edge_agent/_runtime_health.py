@@ -79,6 +79,11 @@ def _health_check(model: LoadedModel, *, check_latency: bool, runs: int) -> Heal
         )
     if not np.all(np.isfinite(outputs)):
         return HealthReport(ok=False, reason="self-test outputs are not all finite")
+    width = outputs.shape[-1] if outputs.ndim >= 2 else 1
+    if model.task == "classification" and model.labels and len(model.labels) != width:
+        return HealthReport(
+            ok=False, reason=f"the manifest names {len(model.labels)} labels for {width} outputs"
+        )
     diff = float(np.max(np.abs(outputs.astype(np.float64) - expected))) if expected.size else 0.0
     atol = _tolerance(model)
     if not diff <= atol:

@@ -164,6 +164,9 @@ def test_bad_slots_fail_the_check_without_raising(
     report = health_check(dataclasses.replace(loaded, runtime=Exploding()))
     assert not report.ok and "kaboom" in report.reason
 
+    three_labels = health_check(dataclasses.replace(loaded, labels=("a", "b", "c")))
+    assert not three_labels.ok and "3 labels for 10 outputs" in three_labels.reason
+
     malformed = {**loaded.manifest, "latency_budget_ms": "soon"}
     report = health_check(dataclasses.replace(loaded, manifest=malformed))
     assert not report.ok and "health check failed" in report.reason
