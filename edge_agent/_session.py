@@ -41,6 +41,7 @@ DRAIN_BATCH = 20
 # every append wakes the drain, and resends are timed to the oldest item awaiting an ack).
 IDLE_RECHECK_S = 30.0
 STREAMS = ("events", "telemetry", "feedback")
+_MAX_SEQ = 2**63 - 1  # SQLite INTEGER: a larger seq cannot name a queued item
 
 
 @dataclass
@@ -52,6 +53,8 @@ class SessionStats:
     resent: int = 0  # items published again (no hub ack in time, or a reconnect)
     hub_acks: int = 0  # DeliveryAck messages received
     hub_acked: int = 0  # queued items those acks removed
+    malformed_acks: int = 0  # DeliveryAck payloads that did not parse or named nothing valid
+    errors: int = 0  # unexpected errors that ended a connection (it reconnects)
     last_error: str = ""
     connected: bool = field(default=False)
 
@@ -112,6 +115,7 @@ class MqttSession:
             "resent": self.stats.resent,
             "hub_acks": self.stats.hub_acks,
             "hub_acked": self.stats.hub_acked,
+            "malformed_acks": self.stats.malformed_acks,
         }
 
     def _client(self) -> aiomqtt.Client:
@@ -182,6 +186,10 @@ class MqttSession:
             except aiomqtt.MqttError as exc:
                 self.stats.last_error = str(exc)
                 log.warning("MQTT connection lost or refused: %s", exc)
+            except Exception as exc:  # a bug or a full disk: never end the session for good
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("MQTT session error; reconnecting")
             finally:
                 if self.stats.connected:
                     self.stats.disconnects += 1
@@ -255,15 +263,22 @@ class MqttSession:
         try:
             ack.ParseFromString(payload)
         except Exception:  # DecodeError, bad UTF-8: nothing to act on
+            self.stats.malformed_acks += 1
             log.warning("ignoring a malformed delivery ack (%d bytes)", len(payload))
             return
         if ack.device_id != self._settings.device_id:
+            self.stats.malformed_acks += 1
             log.warning("ignoring a delivery ack for %r", ack.device_id)
             return
+        valid = [r for r in ack.ranges if r.stream in STREAMS and 0 < r.first <= r.last <= _MAX_SEQ]
+        if len(valid) != len(ack.ranges):
+            self.stats.malformed_acks += 1
+            log.warning(
+                "ignoring %d invalid range(s) of a delivery ack", len(ack.ranges) - len(valid)
+            )
         self.stats.hub_acks += 1
-        for r in ack.ranges:
-            if r.stream in STREAMS and 0 < r.first <= r.last:
-                self.stats.hub_acked += self._queue.ack_seqs(r.stream, r.first, r.last)
+        for r in valid:
+            self.stats.hub_acked += self._queue.ack_seqs(r.stream, r.first, r.last)
 
     def _due(self) -> list[QueuedItem]:
         if not self._hub_ack:

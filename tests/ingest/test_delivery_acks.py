@@ -11,8 +11,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from sqlalchemy.engine import Engine
 
 from edge_agent._queue import OutboundQueue
 from edge_agent._session import MqttSession
-from edge_agent.settings import AgentSettings
 from hub.broker import EmbeddedBroker
 from hub.db import create_all, make_engine
 from hub.ingest import IngestWorker
@@ -31,8 +29,7 @@ from hub.tables import TelemetryWindowRow
 from proto import messages_pb2 as pb
 from proto.topics import Topics
 from tests.ingest import helpers as h
-
-DEVICE = "ack-1"
+from tests.ingest._device import DEVICE, device, until
 
 
 @pytest.fixture
@@ -48,56 +45,6 @@ def stored_seqs(engine: Engine) -> list[int]:
     t = TelemetryWindowRow.__table__  # type: ignore[attr-defined]
     with engine.connect() as conn:
         return sorted(int(r[0]) for r in conn.execute(select(t.c.seq)))
-
-
-async def until(check: Callable[[], bool], *, within: float = 20.0, what: str) -> None:
-    """Poll ``check`` (an upper bound for safety, never a measurement)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-@asynccontextmanager
-async def device(
-    broker: EmbeddedBroker, topics: Topics, tmp: Path, *, delivery: str, timeout_s: float = 30.0
-) -> AsyncIterator[tuple[MqttSession, OutboundQueue]]:
-    """The agent's MQTT session and queue, without the rest of the agent."""
-    key = tmp / "hub.pub"
-    key.write_text("00" * 32)
-    settings = AgentSettings(
-        device_id=DEVICE,
-        data_dir=tmp / "agent",
-        mqtt_url=broker.url,
-        public_key=key,
-        fleet=topics.fleet,
-        delivery=delivery,
-        hub_ack_timeout_s=timeout_s,
-        reconnect_initial_s=0.1,
-        reconnect_max_s=0.5,
-    )
-    queue = OutboundQueue(tmp / "outbound.db")
-
-    async def on_command(_payload: bytes) -> None:
-        return None
-
-    session = MqttSession(
-        settings=settings,
-        topics=topics,
-        queue=queue,
-        on_command=on_command,
-        state=lambda online: pb.AgentState(device_id=DEVICE, online=online).SerializeToString(),
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(session.run(stop))
-    try:
-        await until(lambda: session.stats.connected, what="the device connected")
-        yield session, queue
-    finally:
-        stop.set()
-        await task
-        queue.close()
 
 
 def send(session: MqttSession, queue: OutboundQueue, n: int, **window: Any) -> None:
