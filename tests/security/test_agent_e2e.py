@@ -10,13 +10,10 @@ password logins, once with client certificates (``EDGELOOP_MQTT_CLIENT_CERTS``).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,83 +22,10 @@ import httpx
 import pytest
 
 from tests.fixtures.brokers import require_mosquitto
+from tests.fixtures.hub_procs import Procs, prepare_hub, until
 from tests.test_hub_serve import _free_port
 
-WAIT_S = 30.0  # upper bound for each step below (a deploy on a loaded CI box), not a measurement
 DEVICE = "e2e-dev-1"
-
-
-def _until(what: str, probe: Callable[[], Any], log: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if found := probe():
-            return found
-        time.sleep(0.2)  # polling real processes, bounded by the deadline
-    pytest.fail(f"{what}: not within {WAIT_S:g}s\n{log()}")
-
-
-def _prepare_hub(data_dir: Path) -> None:
-    """Train and package digits-mlp@1 into the hub's own registry, signed with its key."""
-    from hub.artifacts import FileArtifactStore
-    from hub.datasets import service as datasets
-    from hub.db import create_all, make_engine, session_scope
-    from hub.keys import bundle_signing_key
-    from hub.packaging import PackageOptions, package
-    from hub.settings import HubSettings
-    from hub.training.service import train
-
-    settings = HubSettings(data_dir=data_dir)
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        create_all(engine)
-        store = FileArtifactStore(root=data_dir / "artifacts")
-        with session_scope(engine) as s:
-            datasets.import_dataset(s, store, name="digits", source="sklearn:digits")
-        train(engine, store, spec_name="digits-mlp", dataset="digits@1", params={"epochs": 1})
-        package(
-            engine,
-            store,
-            ref="digits-mlp@1",
-            signing_key=bundle_signing_key(settings),
-            options=PackageOptions(formats=("onnx",), calibration_size=64),
-        )
-    finally:
-        engine.dispose()
-
-
-class Procs:
-    """Child processes with their logs; stopped (SIGTERM, then SIGKILL) at teardown."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.running: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = self.folder / f"{name}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hub.cli", *args],
-            env={**os.environ, **env},
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        self.running.append((proc, log))
-        return proc
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {log.name} ---\n{log.read_text()[-3000:]}" for _p, log in self.running
-        )
-
-    def stop_all(self) -> None:
-        for proc, _log in reversed(self.running):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, _log in reversed(self.running):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @dataclass
@@ -121,7 +45,7 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Hub]]:
     """One ``hub serve`` per mode, started together (each takes seconds to come up)."""
     require_mosquitto()
     root = tmp_path_factory.mktemp("e2e-hubs")
-    _prepare_hub(root / "prepared")  # train + package once, copy per hub
+    prepare_hub(root / "prepared")  # train + package once, copy per hub
     procs = Procs(root)
     started: dict[str, Hub] = {}
     try:
@@ -184,7 +108,7 @@ def test_enrolled_agent_process_deploys_and_reports(
             return None
         return answer.json() if answer.status_code == 200 else None
 
-    health = _until("hub /healthz", healthy, logs)
+    health = until("hub /healthz", healthy, logs)
     assert health["mqtt"]["url"].startswith("mqtts://"), health
     admin = {"Authorization": f"Bearer {(data / 'admin_token').read_text().strip()}"}
     client = httpx.Client(base_url=f"{url}/api/v1", headers=admin, timeout=10)
@@ -230,7 +154,7 @@ def test_enrolled_agent_process_deploys_and_reports(
         found = client.get(f"/devices/{DEVICE}")
         return found.json() if found.status_code == 200 and found.json()["online"] else None
 
-    online = _until("the agent online in the hub's registry", device, logs)
+    online = until("the agent online in the hub's registry", device, logs)
     assert online["group"] == "e2e" and online["capabilities"].get("runtime") == "onnx"
 
     made = client.post(
@@ -257,7 +181,7 @@ def test_enrolled_agent_process_deploys_and_reports(
             return None
         return answer if answer.get("status") == "ok" else None
 
-    active = _until("the rolled-out bundle active on the device", on_device, logs)
+    active = until("the rolled-out bundle active on the device", on_device, logs)
     assert active["model"] == "digits-mlp" and str(active["version"]) == "1", active
     assert active["rejected"]["malformed_commands"] == 0, active  # counters on the endpoint
 
@@ -265,7 +189,7 @@ def test_enrolled_agent_process_deploys_and_reports(
         view = client.get(f"/rollouts/{rollout_id}").json()
         return view if view["state"] in {"completed", "succeeded", "done"} else None
 
-    _until("the rollout completed (device reported healthy)", rollout_done, logs)
+    until("the rollout completed (device reported healthy)", rollout_done, logs)
 
     predicted = httpx.post(
         f"http://127.0.0.1:{http_port}/v1/predict",
@@ -279,5 +203,5 @@ def test_enrolled_agent_process_deploys_and_reports(
         streams = [s for s in stats["streams"] if s.get("stream") == "telemetry"]
         return stats if streams and stats["devices"] == 1 else None
 
-    stats = _until("the device's telemetry stored by the hub", telemetry, logs)
+    stats = until("the device's telemetry stored by the hub", telemetry, logs)
     assert stats["missing"] == 0, stats
