@@ -67,6 +67,12 @@ class _Compiled:
         # The same float32 statistics Preprocess.apply builds on every call.
         self.mean = np.asarray(pre.mean, dtype=np.float64).astype(np.float32)
         self.scale = np.asarray(pre.scale, dtype=np.float64).astype(np.float32)
+        # x - 0 == x bit for bit: a zero mean that does not broadcast x to another shape is
+        # skipped on the hot path (one ufunc call, ~0.4 us of a ~25 us int8 CNN call)
+        batch_one = (1, *pre.input_shape)
+        self.zero_mean = not self.mean.any() and (
+            np.broadcast_shapes(self.mean.shape, batch_one) == batch_one
+        )
         self.labels = model.labels if model.task == "classification" else None
         self.reconstruction = model.task == "reconstruction"
         self.threshold = model.anomaly_threshold
@@ -224,7 +230,8 @@ class Predictor:
                 raise ValueError(f"raw records must be real numbers, got dtype {x.dtype}")
             x = x.astype(_F32, copy=False)
         # active.transform(x), inlined: this is the hot path
-        inputs = _divide(_subtract(x.reshape(active.reshape), active.mean), active.scale)
+        x_in = x.reshape(active.reshape)
+        inputs = _divide(x_in if active.zero_mean else _subtract(x_in, active.mean), active.scale)
         scores: np.ndarray | None = None
         try:
             outputs = active.run(inputs)

@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -72,8 +73,7 @@ class RecentPredictions:
             return
         items = self._items
         with self._lock:
-            for pid, label, value in zip(ids, labels, values, strict=True):
-                items[pid] = (model, version, label, value)
+            items.update(zip(ids, zip(repeat(model), repeat(version), labels, values), strict=True))
             for _ in range(len(items) - self.capacity):
                 items.popitem(last=False)
 

@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from edge_agent._recent import RecentPredictions
 from edge_agent._runtime import LoadedModel, load_slot
 from edge_agent._session import MqttSession
 from edge_agent._slots import SlotInfo, SlotStore
-from edge_agent._telemetry import WindowAggregator
+from edge_agent._telemetry import WindowAggregator, stack_records
 from edge_agent._trust import TrustedKey
 from edge_agent.settings import AgentSettings
 from proto import messages_pb2 as pb
@@ -289,39 +290,51 @@ class Agent:
 
     def _aggregate_pending(self) -> None:
         """Drain the calls the predictor handed over: remember what they predicted (for
-        feedback), and record the current model's calls in the telemetry window."""
+        feedback), and record the current model's calls in the telemetry window. Runs in the
+        tick thread but holds the GIL: whole-batch numpy work, no per-call array calls."""
         with self._lock:
-            calls = []
-            while self._pending:
-                calls.append(self._pending.popleft())
+            pending = self._pending
+            calls = [pending.popleft() for _ in range(len(pending))]  # appends may go on
             self._remember(calls)
             window, current = self._window, self._model
             same = [c for c in calls if c[0] is current]
             if window is None or not same or current is None:
                 return
             raw_dims = len(current.preprocess.raw_shape)
+            sizes = np.fromiter((len(c[5]) for c in same), dtype=np.int64, count=len(same))
             window.record(
-                raw=np.concatenate(
-                    [c[1].reshape(len(c[5]), *c[1].shape[-raw_dims:]) for c in same]
-                ),
+                raw=stack_records([c[1] for c in same], record_dims=raw_dims, sizes=sizes),
                 model_inputs=np.concatenate([c[2] for c in same]),
                 outputs=np.concatenate([c[3] for c in same]),
-                latency_ms=np.concatenate(
-                    [np.full(len(c[5]), c[4] / max(len(c[5]), 1)) for c in same]
+                latency_ms=np.repeat(
+                    np.fromiter((c[4] for c in same), dtype=np.float64, count=len(same))
+                    / np.maximum(sizes, 1),
+                    sizes,
                 ),
                 prediction_ids=[i for c in same for i in c[5]],
             )
 
     def _remember(self, calls: list[tuple[Any, ...]]) -> None:
         """One batched ``remember`` per model among ``calls`` (cheap per call)."""
-        by_model: dict[int, list[tuple[Any, ...]]] = {}
-        for call in calls:
-            by_model.setdefault(id(call[0]), []).append(call)
-        for group in by_model.values():
+        if not calls:
+            return
+        first = calls[0][0]
+        groups: Iterable[list[tuple[Any, ...]]] = [calls]
+        if not all(c[0] is first for c in calls):  # a model switch inside one tick
+            by_model: dict[int, list[tuple[Any, ...]]] = {}
+            for call in calls:
+                by_model.setdefault(id(call[0]), []).append(call)
+            groups = by_model.values()
+        for group in groups:
             model: LoadedModel = group[0][0]
             try:
                 ids = [i for c in group for i in c[5]]
-                outputs = np.concatenate([c[3].reshape(len(c[5]), -1) for c in group])
+                outs = [c[3] for c in group]
+                outputs = (
+                    np.concatenate(outs)  # [n, k] each: already one row per prediction
+                    if all(o.ndim == 2 for o in outs)
+                    else np.concatenate([c[3].reshape(len(c[5]), -1) for c in group])
+                )
                 self._recent.remember(
                     ids=ids,
                     outputs=outputs,

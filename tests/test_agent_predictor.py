@@ -59,6 +59,20 @@ def _reconstruction(
     )
 
 
+@pytest.mark.parametrize("mean", [0.0, -0.0, 0.5, [0.0] * 64, [0.0] * 63 + [1.0]])
+def test_the_transform_is_bit_identical_with_and_without_a_zero_mean(
+    model: LoadedModel, raw: np.ndarray, mean: Any
+) -> None:
+    """A zero mean is skipped on the hot path: it must not change a single bit."""
+    pre = model.preprocess.model_copy(update={"mean": mean, "scale": 3.0})
+    changed = dataclasses.replace(model, preprocess=pre)
+    got = Predictor(model=changed, device_id="d", boot_id="b").predict(raw)
+    np.testing.assert_array_equal(got.outputs, model.runtime.run(pre.apply(raw)))
+    negative_zero = -np.zeros_like(raw)
+    out = Predictor(model=changed, device_id="d", boot_id="b").predict(negative_zero)
+    np.testing.assert_array_equal(out.outputs, model.runtime.run(pre.apply(negative_zero)))
+
+
 def test_single_record_and_batch_agree(model: LoadedModel, raw: np.ndarray) -> None:
     predictor = Predictor(model=model, device_id="dev-1", boot_id="b0")
     batch = predictor.predict(raw)
