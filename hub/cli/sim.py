@@ -6,6 +6,7 @@ Imports the simulator lazily (it pulls the agent, numpy and the gRPC server).
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,7 +37,8 @@ def run(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run a fleet for DURATION seconds; report messages sent / lost / duplicated."""
+    """Run a fleet for DURATION seconds; report messages sent / lost / duplicated (with
+    --hub: also at the hub's ingest, and the hub's rollouts, detections and retraining)."""
     from simulators.runner import RunOptions, run_simulation
     from simulators.scenario import Scenario, ScenarioError, load_scenario
 
@@ -62,10 +64,17 @@ def run(
         agent_options={"delivery": "hub_ack"} if register is not None else None,
     )
     stderr.print(f"simulating {spec.fleet.devices} device(s) for {duration:g} s ({spec.name})")
+    started = datetime.now(UTC)
     try:
         report: dict[str, Any] = asyncio.run(run_simulation(options))
     except ValueError as exc:
         raise CliError(str(exc), code="invalid_input") from exc
+    where = target(ctx)
+    if where.hub_url:  # what the hub made of it: rollouts, detections, retraining
+        from hub.cli._sim_story import hub_story
+
+        with connect(where) as client:
+            report.setdefault("hub", {}).update(hub_story(client.get, since=started))
     emit(report, as_json=as_json)
 
 
