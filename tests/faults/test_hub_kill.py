@@ -87,9 +87,7 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         running.stop_all()
 
 
-def test_hub_sigkill_during_a_rollout_phase_and_during_ingest(
-    procs: Procs, tmp_path: Path
-) -> None:
+def test_hub_sigkill_during_a_rollout_phase_and_during_ingest(procs: Procs, tmp_path: Path) -> None:
     require_mosquitto()
     data = tmp_path / "hub"
     prepare_hub(data)
