@@ -11,10 +11,8 @@ agents answered is counted once in the telemetry the hub stored: no window lost,
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -31,7 +29,7 @@ from hub.settings import HubSettings
 from hub.tables import DeploymentEventRow
 from tests.faults._telemetry import stored, table
 from tests.fixtures.brokers import require_mosquitto
-from tests.fixtures.hub_procs import Procs, prepare_hub, until
+from tests.fixtures.hub_procs import Procs, enroll, prepare_hub, until
 from tests.test_hub_serve import _free_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -140,16 +138,13 @@ def test_hub_sigkill_during_a_rollout_phase_and_during_ingest(procs: Procs, tmp_
     agents = {}
     for device in DEVICES:
         agent_dir = tmp_path / "agents" / device
-        enrolled = subprocess.run(
-            [
-                sys.executable, "-m", "hub.cli", "agent", "enroll",
-                "--grpc", f"127.0.0.1:{grpc_port}", "--token", token.json()["token"],
-                "--device-id", device, "--agent-dir", str(agent_dir), "--json",
-            ],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert enrolled.returncode == 0, enrolled.stdout + enrolled.stderr
-        assert json.loads(enrolled.stdout.strip().splitlines()[-1])["device_id"] == device
+        summary = enroll(
+            grpc=f"127.0.0.1:{grpc_port}",
+            token=token.json()["token"],
+            device_id=device,
+            agent_dir=agent_dir,
+        )
+        assert summary["device_id"] == device
         agents[device] = procs.start(
             f"agent-{device}",
             ["agent", "run", "--device-id", device, "--agent-dir", str(agent_dir),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import httpx
 import pytest
 
 from tests.fixtures.brokers import require_mosquitto
-from tests.fixtures.hub_procs import Procs, prepare_hub, until
+from tests.fixtures.hub_procs import Procs, enroll, prepare_hub, until
 from tests.test_hub_serve import _free_port
 
 DEVICE = "e2e-dev-1"
@@ -117,17 +116,13 @@ def test_enrolled_agent_process_deploys_and_reports(
 
     agent_dir = tmp_path / "agent"
     ca_file = data / "tls" / "ca.pem"
-    enrolled = subprocess.run(
-        [
-            sys.executable, "-m", "hub.cli", "agent", "enroll",
-            "--grpc", f"127.0.0.1:{grpc_port}", "--token", token.json()["token"],
-            "--device-id", DEVICE, "--agent-dir", str(agent_dir), "--ca-file", str(ca_file),
-            "--capability", "runtime=onnx", "--json",
-        ],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert enrolled.returncode == 0, enrolled.stdout + enrolled.stderr
-    summary = json.loads(enrolled.stdout.strip().splitlines()[-1])
+    summary = enroll(
+        grpc=f"127.0.0.1:{grpc_port}",
+        token=token.json()["token"],
+        device_id=DEVICE,
+        agent_dir=agent_dir,
+        extra=("--ca-file", str(ca_file), "--capability", "runtime=onnx"),
+    )
     assert summary["mqtt_url"].startswith("mqtts://")
     assert (summary["client_certificate"] is not None) == client_certs
     # with client certificates, bundles come from the port that requires one
