@@ -126,7 +126,9 @@ class Predictor:
         """Hand every call to ``sink`` as ``(model, raw, inputs, outputs, latency_ms, ids)``
         (a bounded deque the consumer drains): the telemetry path that costs the request
         least. ``raw`` is copied when it is the caller's own array; a single record may come
-        without its batch axis (reshape to ``(len(ids), *raw_shape)``)."""
+        without its batch axis (reshape to ``(len(ids), *raw_shape)``). ``inputs`` (the
+        model's input) only for reconstruction models, else ``None``: nothing else reads it,
+        and freeing it with the call keeps the allocator's blocks warm."""
         self._sink = sink
 
     # -- the model ------------------------------------------------------------------------
@@ -256,7 +258,14 @@ class Predictor:
             # raw as given (one record may lack the batch axis); copied when it is the
             # caller's own array, which it may reuse
             sink.append(
-                (active.model, x if x is not raw else x.copy(), inputs, outputs, latency_ms, ids)
+                (
+                    active.model,
+                    x if x is not raw else x.copy(),
+                    inputs if active.reconstruction else None,
+                    outputs,
+                    latency_ms,
+                    ids,
+                )
             )
         if observers or shadow is not None:
             if n == 1 and len(shape) == len(active.raw_shape):

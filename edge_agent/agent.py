@@ -304,7 +304,11 @@ class Agent:
             sizes = np.fromiter((len(c[5]) for c in same), dtype=np.int64, count=len(same))
             window.record(
                 raw=stack_records([c[1] for c in same], record_dims=raw_dims, sizes=sizes),
-                model_inputs=np.concatenate([c[2] for c in same]),
+                model_inputs=(
+                    np.concatenate([c[2] for c in same])
+                    if current.task == "reconstruction"
+                    else None
+                ),
                 outputs=np.concatenate([c[3] for c in same]),
                 latency_ms=np.repeat(
                     np.fromiter((c[4] for c in same), dtype=np.float64, count=len(same))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -254,3 +255,51 @@ def test_reconstruction_scores_and_shadow_agreement(model: LoadedModel, raw: np.
         ("anomaly_flag", 0),
         ("max_abs_diff<=0.01", 4),
     ]
+
+
+@pytest.mark.parametrize("task", ["classification", "reconstruction"])
+def test_the_agent_windows_what_it_predicted(
+    model: LoadedModel, raw: np.ndarray, tmp_path: Path, task: str
+) -> None:
+    """The hand-off to the telemetry tick: a classifier's window counts its classes; a
+    reconstruction model's (whose model inputs travel with each call) its scores."""
+    from edge_agent.agent import Agent
+    from edge_agent.settings import AgentSettings
+    from proto import messages_pb2 as pb
+
+    key = tmp_path / "hub.pub"
+    key.write_text("00" * 32)
+    agent = Agent(
+        settings=AgentSettings(
+            device_id="d",
+            data_dir=tmp_path / "agent",
+            mqtt_url="mqtt://127.0.0.1:9",
+            public_key=key,
+        )
+    )
+    served = model
+    if task == "reconstruction":  # outputs = inputs + 0.25: every score is 0.25**2
+        served = _reconstruction(model, 0.25)
+        score = {"edges": [0.01, 0.1, 1.0], "counts": [1, 1, 1, 1]}
+        profile = {
+            **model.manifest["reference_profile"],
+            "output": {"kind": "score", "score": score, "score_quantiles": {"p99": 0.5}},
+        }
+        served = dataclasses.replace(
+            served, manifest={**served.manifest, "reference_profile": profile}
+        )
+    agent._serve(served)  # what a deploy does once the slot is verified
+    for i in range(5):
+        agent.predict(raw[i])  # single records, the local API's shape
+    agent.predict(raw[5:8])  # and a batch
+    agent.flush()
+    windows = [pb.TelemetryWindow.FromString(i.payload) for i in agent.queue.peek()]
+    windows = [w for w in windows if w.count]
+    assert [w.count for w in windows] == [8]
+    assert sum(windows[0].output_counts) == 8
+    if task == "classification":
+        expected = np.bincount(served.runtime.run(served.preprocess.apply(raw[:8])).argmax(1))
+        assert list(windows[0].output_counts[: len(expected)]) == list(expected)
+    else:  # 0.0625 lies between the edges 0.01 and 0.1
+        assert list(windows[0].output_counts) == [0, 8, 0, 0]
+    agent.queue.close()

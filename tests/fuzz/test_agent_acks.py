@@ -110,3 +110,44 @@ def test_agent_session_survives_fuzzed_delivery_acks(
             assert session.stats.errors == 0
 
     asyncio.run(scenario())
+
+
+def test_an_unexpected_error_in_the_session_reconnects_instead_of_ending_it(
+    mosquitto: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """A bug (here: the ack handler raising once) costs a reconnect, never the session."""
+    topics = h.fleet_topics()
+
+    async def scenario() -> None:
+        async with (
+            device(mosquitto, topics, tmp_path, delivery="hub_ack") as (session, queue),
+            aiomqtt.Client("127.0.0.1", mosquitto.port, identifier=f"hub-{tmp_path.name}") as hub,
+        ):
+            handle = session._on_hub_ack
+            calls = {"n": 0}
+
+            def failing_once(payload: bytes) -> None:
+                calls["n"] += 1
+                if calls["n"] == 1:
+                    raise RuntimeError("injected: a bug in the ack handler")
+                handle(payload)
+
+            session._on_hub_ack = failing_once  # type: ignore[method-assign]
+            queue.append(stream="telemetry", payload_for=lambda seq: h.window(DEVICE, seq))
+            session.wake()
+            await until(lambda: session.stats.published == 1, what="the window published")
+            ack = pb.DeliveryAck(
+                device_id=DEVICE, ranges=[pb.SeqRange(stream="telemetry", first=1, last=1)]
+            )
+            await hub.publish(topics.ack(DEVICE), ack.SerializeToString(), qos=1)
+            await until(lambda: session.stats.errors == 1, what="the error counted")
+            await until(
+                lambda: session.stats.connected and session.stats.connects == 2,
+                what="the session connected again",
+            )
+            assert "injected" in session.stats.last_error
+            # the session works: a new ack after the reconnect removes the window
+            await hub.publish(topics.ack(DEVICE), ack.SerializeToString(), qos=1)
+            await until(lambda: len(queue) == 0, what="the window acked after the reconnect")
+
+    asyncio.run(scenario())
