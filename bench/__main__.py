@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+from bench._result import RESULTS
+from bench._summary import write_summary
+
 BENCHMARKS = ["artifacts", "packaging", "inference", "train", "ingest", "scale", "rollout", "drift"]
 
 
@@ -18,6 +21,7 @@ def main(argv: list[str]) -> int:
         result = importlib.import_module(f"bench.{name}").run()
         path = result.write()
         print(f"{result.line()}  -> {path}")
+    print(f"summary of every result so far -> {write_summary(RESULTS, order=BENCHMARKS)}")
     return 0
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,16 @@ class BenchResult:
     met: bool
     details: dict[str, Any] = field(default_factory=dict)
 
-    def write(self) -> Path:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"{self.name}.json"
-        body = {**asdict(self), "machine": platform.machine(), "python": platform.python_version()}
+    def write(self, directory: Path = RESULTS) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{self.name}.json"
+        body = {
+            **asdict(self),
+            "machine": platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         path.write_text(json.dumps(body, indent=2) + "\n")
         return path
 
