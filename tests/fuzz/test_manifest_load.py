@@ -92,7 +92,7 @@ def _check(slot: Path, manifest: Any, verify_files: bool) -> None:
 
 
 @settings(
-    max_examples=300,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

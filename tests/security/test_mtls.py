@@ -286,6 +286,7 @@ def test_revoked_and_re_enrolled_certificates_are_cut_off(
     for src, dst in zip(cert_b, old_b, strict=True):
         dst.write_bytes(src.read_bytes())
     cert_b = _enrol(mtls_hub, "dev-b", agent_dir)  # re-enrolment: a new key and certificate
+    cert_c = _enrol(mtls_hub, "dev-c", agent_dir)  # revoked after dev-a: the reload probe
     hub = _hub_conn(mtls_hub)
     a = _connect(mtls_hub, client_id="dev-a", cert=cert_a)
     try:
@@ -294,16 +295,21 @@ def test_revoked_and_re_enrolled_certificates_are_cut_off(
         _refused(mtls_hub, client_id="dev-b", cert=old_b)  # the replaced certificate
 
         mtls_hub.security.revoke(device_id="dev-a")  # CRL + ACL rewritten, SIGHUP
-        # A new connection with the revoked certificate fails the TLS handshake (CRL), once
-        # Mosquitto has handled the SIGHUP (asynchronously: retry until then).
+        mtls_hub.security.revoke(device_id="dev-c")
+        # Mosquitto handles the SIGHUP asynchronously: poll with dev-c's certificate until it
+        # is refused (then the CRL that also lists dev-a's is loaded). Not with dev-a's own:
+        # the broker names a certificate's connections after its CN, so a probe accepted
+        # before the reload would take over (and close) the connection ``a`` under test.
         deadline = time.monotonic() + WAIT_S
         while True:
             try:
-                _connect(mtls_hub, client_id="dev-a-2", cert=cert_a).close()
+                _connect(mtls_hub, client_id="dev-c", cert=cert_c).close()
             except (ConnectionRefusedError, OSError):
                 break
             assert time.monotonic() < deadline, "the revoked certificate is still accepted"
             time.sleep(0.05)  # polling for the reload, bounded by the deadline
+        # A new connection with the revoked certificate fails the TLS handshake (CRL).
+        _refused(mtls_hub, client_id="dev-a-2", cert=cert_a)
         # The connection still open can do nothing: its publishes and commands are dropped.
         a.publish(t.telemetry("dev-a"), b"after revocation")
         hub.publish(t.command("dev-a"), b"cmd after revocation")

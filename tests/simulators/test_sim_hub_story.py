@@ -77,7 +77,7 @@ def test_sim_run_reports_the_hubs_rollout_timeline(
         code = main(
             [
                 "--hub", url, "--token", token, "sim", "run", "--scenario", str(scenario),
-                "--duration", "12", "--mqtt-url", mosquitto_fresh.url,
+                "--duration", "8", "--mqtt-url", mosquitto_fresh.url,
                 "--public-key", str(key_file), "--json",
             ]
         )  # fmt: skip
