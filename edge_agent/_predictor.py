@@ -81,7 +81,7 @@ class _Compiled:
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Bit-identical to ``Preprocess.apply`` (the same float32 operations)."""
         x = x.astype(_F32, copy=False).reshape(self.reshape)
-        return _divide(_subtract(x, self.mean), self.scale)
+        return _divide(x if self.zero_mean else _subtract(x, self.mean), self.scale)
 
     def shape_error(self, shape: tuple[int, ...]) -> str:
         dims = ", ".join(map(str, self.raw_shape))
