@@ -32,8 +32,10 @@ class FeedbackBuffer:
         predicted_label: int | None = None,
         predicted_value: float | None = None,
         at: float | None = None,
+        source: str = "",
     ) -> None:
-        """Ground truth for ``prediction_id``: a class ``label`` or a target ``value``."""
+        """Ground truth for ``prediction_id``: a class ``label`` or a target ``value``;
+        ``source`` names the record the input came from, when known (``Label.source``)."""
         if (label is None) == (value is None):
             raise ValueError("give exactly one of label and value")
         if not prediction_id:
@@ -44,6 +46,7 @@ class FeedbackBuffer:
             at=ms(now if at is None else at),
             model=model,
             version=version,
+            source=source,
         )
         if label is not None:
             item.label = int(label)

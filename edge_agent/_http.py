@@ -3,8 +3,9 @@
 * ``POST /v1/predict`` ``{"inputs": [...]}`` (one raw record or a batch, nested lists) ->
   ``{"ids", "outputs", "labels", "scores", "model", "version", "variant", "latency_ms"}``
 * ``POST /v1/feedback`` ``{"prediction_id": ..., "label": index or name}`` or
-  ``{"prediction_id": ..., "value": number}`` -> 202; calls ``on_feedback(prediction_id=,
-  label=, value=)`` (label names are mapped to class indexes with the active model's labels)
+  ``{"prediction_id": ..., "value": number}`` -> 202, each with an optional ``"source"`` (the
+  record the input came from); calls ``on_feedback(prediction_id=, label=, value=,
+  source=)`` (label names are mapped to class indexes with the active model's labels)
 * ``GET /v1/health`` -> ``{"status": "ok" | "no_model", "model", "version", ...}``
 
 Errors are ``{"error": message, "code": code}`` like the hub's: 400 for bad JSON, shapes or
@@ -41,7 +42,9 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 class FeedbackHandler(Protocol):
     """Receives ground truth for an earlier prediction (the agent forwards it to the hub)."""
 
-    def __call__(self, *, prediction_id: str, label: int | None, value: float | None) -> None: ...
+    def __call__(
+        self, *, prediction_id: str, label: int | None, value: float | None, source: str = ""
+    ) -> None: ...
 
 
 class _ApiError(Exception):
@@ -193,8 +196,11 @@ class LocalApi:
             if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
                 raise _ApiError(400, "invalid_input", "value must be a finite number")
             value = float(raw)
+        source = body.get("source", "")
+        if not isinstance(source, str) or len(source) > 128:
+            raise _ApiError(400, "invalid_input", "source must be a string of at most 128 chars")
         try:
-            self.on_feedback(prediction_id=pid, label=label, value=value)
+            self.on_feedback(prediction_id=pid, label=label, value=value, source=source)
         except ValueError as exc:
             raise _ApiError(400, "invalid_input", str(exc)) from exc
         return 202, {"accepted": True, "prediction_id": pid}

@@ -172,12 +172,20 @@ class Agent:
         return self.predictor.predict(raw)  # rebound in __init__ to skip this frame
 
     def feedback(
-        self, *, prediction_id: str, label: int | None = None, value: float | None = None
+        self,
+        *,
+        prediction_id: str,
+        label: int | None = None,
+        value: float | None = None,
+        source: str = "",
     ) -> None:
         """Ground truth for an earlier prediction; forwarded to the hub on its own topic.
 
         While the agent still holds the prediction (the last ``PREDICTIONS_HELD``), the label
-        carries what was predicted and by which model version; else the serving model's."""
+        carries what was predicted and by which model version; else the serving model's.
+        ``source`` names the record the input was drawn from, when the caller knows it (records
+        of one source share a dataset split at the hub: no model is scored on its training
+        sources)."""
         self._aggregate_pending()  # the prediction may still wait for the telemetry tick
         held = self._recent.get(prediction_id)
         model = self._model
@@ -195,6 +203,7 @@ class Agent:
                 version=version,
                 predicted_label=held.label if held is not None else None,
                 predicted_value=held.value if held is not None else None,
+                source=source,
             )
 
     # commands and state -------------------------------------------------------------------

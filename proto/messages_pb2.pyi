@@ -310,7 +310,7 @@ class TelemetryWindow(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., bundle_digest: _Optional[str] = ..., window_start: _Optional[int] = ..., window_end: _Optional[int] = ..., count: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[Histogram, _Mapping]] = ..., output_counts: _Optional[_Iterable[int]] = ..., confidence: _Optional[_Union[Histogram, _Mapping]] = ..., features: _Optional[_Iterable[_Union[FeatureSketch, _Mapping]]] = ..., shadow: _Optional[_Union[ShadowStats, _Mapping]] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., dropped_windows: _Optional[int] = ...) -> None: ...
 
 class Label(_message.Message):
-    __slots__ = ("prediction_id", "label", "value", "at", "model", "version", "predicted_label", "predicted_value")
+    __slots__ = ("prediction_id", "label", "value", "at", "model", "version", "predicted_label", "predicted_value", "source")
     PREDICTION_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -319,6 +319,7 @@ class Label(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_LABEL_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_VALUE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     prediction_id: str
     label: int
     value: float
@@ -327,7 +328,8 @@ class Label(_message.Message):
     version: str
     predicted_label: int
     predicted_value: float
-    def __init__(self, prediction_id: _Optional[str] = ..., label: _Optional[int] = ..., value: _Optional[float] = ..., at: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., predicted_label: _Optional[int] = ..., predicted_value: _Optional[float] = ...) -> None: ...
+    source: str
+    def __init__(self, prediction_id: _Optional[str] = ..., label: _Optional[int] = ..., value: _Optional[float] = ..., at: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., predicted_label: _Optional[int] = ..., predicted_value: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
 
 class Feedback(_message.Message):
     __slots__ = ("device_id", "seq", "labels")

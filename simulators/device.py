@@ -156,7 +156,8 @@ class SimDevice:
         if model is None:
             self.counters.no_model += 1
             return
-        x, y = self.stream.read(self.batch, elapsed_s=self._elapsed())
+        reading = self.stream.draw(self.batch, elapsed_s=self._elapsed())
+        x, y = reading.features, reading.labels
         raw_shape = tuple(model.preprocess.raw_shape)
         if x.shape[1:] != raw_shape and x[0].size == math.prod(raw_shape):
             x = x.reshape(len(x), *raw_shape)  # flat records for an image model, or back
@@ -176,16 +177,20 @@ class SimDevice:
         if y is None or coverage <= 0:
             return
         chosen = self._rng.random(len(prediction.ids)) < coverage
-        for pid, label, take in zip(prediction.ids, y.tolist(), chosen.tolist(), strict=True):
+        sources = [""] * len(y) if reading.sources is None else reading.sources.tolist()
+        for pid, label, source, take in zip(
+            prediction.ids, y.tolist(), sources, chosen.tolist(), strict=True
+        ):
             if take:
-                loop.call_later(self.feedback_spec.delay_s, self._label, pid, int(label))
+                delay = self.feedback_spec.delay_s
+                loop.call_later(delay, self._label, pid, int(label), source)
 
-    def _label(self, prediction_id: str, label: int) -> None:
+    def _label(self, prediction_id: str, label: int, source: str = "") -> None:
         agent = self.agent
         if agent is None:  # the device is down: its operator's label is lost with it
             return
         try:
-            agent.feedback(prediction_id=prediction_id, label=label)
+            agent.feedback(prediction_id=prediction_id, label=label, source=source)
             self.counters.labels += 1
         except Exception as exc:
             log.warning("%s: feedback refused: %s", self.device_id, exc)

@@ -16,7 +16,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DriftKind = Literal[
-    "noise", "rotation", "contrast", "brightness", "knockout", "label_shift", "unseen_class"
+    "noise",
+    "rotation",
+    "contrast",
+    "brightness",
+    "knockout",
+    "scale",
+    "label_shift",
+    "unseen_class",
 ]
 FaultKind = Literal["disconnect", "partition", "broker_restart"]
 BadBundleKind = Literal["tampered", "unhealthy", "foreign"]

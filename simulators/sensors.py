@@ -8,9 +8,10 @@ applies the :class:`Drift` s that are active for it (``start_s`` after the fleet
 Drift kinds (``intensity`` in [0, 1]): ``noise`` (gaussian, std = intensity x feature
 range), ``rotation`` (image records: up to 90 degrees x intensity), ``contrast`` (towards
 the mean by intensity), ``brightness`` (+ intensity x range), ``knockout`` (that share of
-features set to the minimum), ``label_shift`` (that share of draws from ``classes``),
-``unseen_class`` (that share of draws from ``classes`` held out until the drift starts, or
-inverted records when no classes are named).
+features set to the minimum), ``scale`` (image records: zoomed in about the centre by
+1 + intensity, as if the camera moved closer), ``label_shift`` (that share of draws from
+``classes``), ``unseen_class`` (that share of draws from ``classes`` held out until the drift
+starts, or inverted records when no classes are named).
 """
 
 from __future__ import annotations
@@ -33,16 +34,27 @@ class DataSource:
     labels: npt.NDArray[np.int64] | None
     low: float
     high: float
+    # each record's id in the dataset it came from (``digits-00042``): labels name it as their
+    # source, so the hub splits field records by source and never scores a model on its own
+    ids: npt.NDArray[np.str_] | None = None
 
     @classmethod
-    def from_arrays(cls, features: npt.ArrayLike, labels: npt.ArrayLike | None) -> DataSource:
+    def from_arrays(
+        cls,
+        features: npt.ArrayLike,
+        labels: npt.ArrayLike | None,
+        ids: npt.ArrayLike | None = None,
+    ) -> DataSource:
         x = np.ascontiguousarray(features, dtype=np.float32)
         if x.ndim < 2 or len(x) == 0:
             raise ValueError(f"a data source needs [N, ...] records, got shape {x.shape}")
         y = None if labels is None else np.asarray(labels, dtype=np.int64)
         if y is not None and len(y) != len(x):
             raise ValueError(f"{len(y)} labels for {len(x)} records")
-        return cls(features=x, labels=y, low=float(x.min()), high=float(x.max()))
+        names = None if ids is None else np.asarray(ids, dtype=np.str_)
+        if names is not None and len(names) != len(x):
+            raise ValueError(f"{len(names)} ids for {len(x)} records")
+        return cls(features=x, labels=y, low=float(x.min()), high=float(x.max()), ids=names)
 
     @classmethod
     def load(cls, source: str) -> DataSource:
@@ -51,14 +63,15 @@ class DataSource:
             from sklearn.datasets import load_digits
 
             digits = load_digits()
-            return cls.from_arrays(digits.images, digits.target)
+            ids = [f"digits-{i:05d}" for i in range(len(digits.target))]  # hub's built-in ids
+            return cls.from_arrays(digits.images, digits.target, ids)
         path = Path(source.removeprefix("npz:"))
         if not path.exists():
             raise ValueError(f"data source {source!r}: no such file (or use 'sklearn:digits')")
         from hub.datasets.records import RecordSet
 
         records = RecordSet.from_npz_bytes(path.read_bytes())
-        return cls.from_arrays(records.features, records.labels)
+        return cls.from_arrays(records.features, records.labels, records.ids)
 
     @property
     def record_shape(self) -> tuple[int, ...]:
@@ -95,6 +108,24 @@ def rotate(x: F32, *, degrees: float, fill: float, shape: tuple[int, ...]) -> F3
     return out.reshape(x.shape)
 
 
+def zoom(x: F32, *, factor: float, fill: float, shape: tuple[int, ...]) -> F32:
+    """Zoom image records (flat square or ``[..., H, W]``) about their centre by ``factor``
+    (> 1: closer), nearest neighbour; records that are not images are returned unchanged."""
+    hw = _image_side(shape)
+    if hw is None or factor <= 0:
+        return x
+    h, w = hw
+    images = x.reshape(len(x), -1, h, w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    src_y = np.rint(cy + (yy - cy) / factor).astype(int)
+    src_x = np.rint(cx + (xx - cx) / factor).astype(int)
+    inside = (src_y >= 0) & (src_y < h) & (src_x >= 0) & (src_x < w)
+    out = np.full_like(images, fill)
+    out[..., inside] = images[..., src_y[inside], src_x[inside]]
+    return out.reshape(x.shape)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Drift:
     """A drift on one device: a transform of records (and of draws) from ``start_s`` on."""
@@ -117,6 +148,8 @@ class Drift:
             x = x + k * span
         elif kind == "knockout":
             x = np.where(rng.random(x.shape) < k, lo, x)
+        elif kind == "scale":
+            x = zoom(x, factor=1.0 + k, fill=lo, shape=source.record_shape)
         else:
             return x
         return np.clip(x, lo, hi).astype(np.float32)
@@ -151,6 +184,11 @@ class SensorStream:
         return self.rng.choice(pool, size=n)
 
     def read(self, n: int, *, elapsed_s: float) -> tuple[F32, npt.NDArray[np.int64] | None]:
+        reading = self.draw(n, elapsed_s=elapsed_s)
+        return reading.features, reading.labels
+
+    def draw(self, n: int, *, elapsed_s: float) -> Reading:
+        """``n`` records with their labels and the ids of the source records they came from."""
         active = [d for d in self.drifts if d.active(elapsed_s)]
         index = self.rng.choice(self._seen, size=n)
         inverted = np.zeros(n, dtype=bool)
@@ -171,4 +209,14 @@ class SensorStream:
         for drift in active:
             x = drift.transform(x, source=self.source, rng=self.rng)
         labels = None if self.source.labels is None else self.source.labels[index]
-        return x, labels
+        sources = None if self.source.ids is None else self.source.ids[index]
+        return Reading(features=x, labels=labels, sources=sources)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reading:
+    """What one sensor read produced: records, their labels, their source records' ids."""
+
+    features: F32
+    labels: npt.NDArray[np.int64] | None
+    sources: npt.NDArray[np.str_] | None

@@ -21,10 +21,15 @@ class Feedback:
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, *, prediction_id: str, label: int | None, value: float | None) -> None:
+    def __call__(
+        self, *, prediction_id: str, label: int | None, value: float | None, source: str = ""
+    ) -> None:
         if prediction_id == "unknown":
             raise ValueError("no such prediction")
-        self.calls.append({"prediction_id": prediction_id, "label": label, "value": value})
+        call = {"prediction_id": prediction_id, "label": label, "value": value}
+        if source:
+            call["source"] = source
+        self.calls.append(call)
 
 
 @pytest.fixture(scope="module")
@@ -112,16 +117,21 @@ def test_feedback_reaches_the_callback(api: LocalApi) -> None:
     assert call(api, "POST", "/v1/feedback", {"prediction_id": "p-1", "label": "7"})[0] == 202
     assert call(api, "POST", "/v1/feedback", {"prediction_id": "p-2", "label": 3})[0] == 202
     assert call(api, "POST", "/v1/feedback", {"prediction_id": "p-3", "value": 0.5})[0] == 202
+    body = {"prediction_id": "p-4", "label": 1, "source": "digits-0042"}
+    assert call(api, "POST", "/v1/feedback", body)[0] == 202
     assert feedback.calls == [
         {"prediction_id": "p-1", "label": 7, "value": None},
         {"prediction_id": "p-2", "label": 3, "value": None},
         {"prediction_id": "p-3", "label": None, "value": 0.5},
+        {"prediction_id": "p-4", "label": 1, "value": None, "source": "digits-0042"},
     ]
     bad = [
         {"label": 1},
         {"prediction_id": "p", "label": 1, "value": 2.0},
         {"prediction_id": "p"},
         {"prediction_id": "p", "label": "cat"},
+        {"prediction_id": "p", "label": 1, "source": 7},
+        {"prediction_id": "p", "label": 1, "source": "x" * 129},
         {"prediction_id": "p", "value": "high"},
         {"prediction_id": "unknown", "label": 1},
     ]

@@ -16,6 +16,7 @@ from hub.datasets import (
     assign_splits,
     check_fractions,
     split_counts,
+    split_key,
     split_of,
     split_records,
 )
@@ -28,7 +29,8 @@ fraction_sets = st.lists(st.integers(1, 20), min_size=1, max_size=5).map(
 
 def reference_rule(record_id: str, fractions: dict[str, float], salt: str) -> str:
     """The rule as documented, written out independently."""
-    digest = hashlib.sha256(f"{salt}\x00{record_id}".encode()).digest()
+    key = record_id.split("#")[-1] if "#" in record_id and record_id.split("#")[-1] else record_id
+    digest = hashlib.sha256(f"{salt}\x00{key}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
     total = 0.0
     for name, fraction in fractions.items():
@@ -142,3 +144,27 @@ def test_fractions_within_tolerance_are_accepted() -> None:
     assert check_fractions({"all": 1}) == {"all": 1.0}
     with pytest.raises(ValueError, match="sum to 1"):
         check_fractions({"a": 0.5, "b": 0.5 + 1e-6})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    source=record_ids.filter(lambda s: "#" not in s),
+    copies=st.lists(record_ids, min_size=1, max_size=8, unique=True),
+    fractions=fraction_sets,
+    salt=st.text(max_size=10),
+)
+def test_records_of_one_source_share_its_split(
+    source: str, copies: list[str], fractions: dict[str, float], salt: str
+) -> None:
+    """A field record naming its source after '#' lands where the source itself lands, so a
+    source is never in one version's train split and another's test split."""
+    ids = [f"field:{c}#{source}" for c in copies]
+    assert {split_key(i) for i in ids} == {source}
+    own = split_of(source, fractions=fractions, salt=salt)
+    assert set(assign_splits(ids, fractions=fractions, salt=salt).tolist()) == {own}
+
+
+def test_an_id_without_a_source_is_its_own_key() -> None:
+    assert split_key("digits-00001") == "digits-00001"
+    assert split_key("trailing#") == "trailing#"
+    assert split_key("a#b#c") == "c"

@@ -16,9 +16,11 @@ from hub.datasets.sources import (
 )
 from hub.datasets.splits import (
     DEFAULT_FRACTIONS,
+    SOURCE_MARK,
     assign_splits,
     check_fractions,
     split_counts,
+    split_key,
     split_of,
     split_records,
 )
@@ -33,6 +35,7 @@ from hub.datasets.validation import (
 __all__ = [
     "BUILTIN_SOURCES",
     "DEFAULT_FRACTIONS",
+    "SOURCE_MARK",
     "CheckResult",
     "DatasetSchema",
     "RecordDiff",
@@ -49,6 +52,7 @@ __all__ = [
     "records_from_frame",
     "register_source",
     "split_counts",
+    "split_key",
     "split_of",
     "split_records",
     "validate_records",

@@ -1,8 +1,13 @@
-"""Train/val/test splits that never move a record: each id's split is a hash of (salt, id).
+"""Train/val/test splits that never move a record: each record's split is a hash of (salt, key).
 
-``u = int.from_bytes(sha256(f"{salt}\\x00{id}")[:8], "big") / 2**64``; the split is the first
+``u = int.from_bytes(sha256(f"{salt}\\x00{key}")[:8], "big") / 2**64``; the split is the first
 name (in the mapping's order) whose cumulative fraction exceeds ``u``. A record's split depends
-on nothing but its id and the salt, so it keeps its split when the pool grows or shrinks.
+on nothing but its key and the salt, so it keeps its split when the pool grows or shrinks.
+
+The key is the record id, or the *source* the id names after its last ``#``
+(``field:cam-1:p-42#digits-00042``): records drawn from one source (the same digit seen by many
+cameras, the same machine recorded twice) share a split, so no model is trained on a source
+that its validation or test split also holds.
 """
 
 from __future__ import annotations
@@ -52,8 +57,18 @@ def _bounds(fractions: Mapping[str, float]) -> tuple[list[str], list[float]]:
     return names, cumulative
 
 
+SOURCE_MARK = "#"
+
+
+def split_key(record_id: str) -> str:
+    """What decides a record's split: the source named after the id's last ``#``, else the id."""
+    _, mark, source = record_id.rpartition(SOURCE_MARK)
+    return source if mark and source else record_id
+
+
 def _unit(record_id: str, salt: str) -> float:
-    digest = hashlib.sha256(f"{salt}\x00{record_id}".encode()).digest()
+    key = split_key(record_id)
+    digest = hashlib.sha256(f"{salt}\x00{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

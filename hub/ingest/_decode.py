@@ -30,6 +30,7 @@ SEQ_ZERO = "seq_zero"
 DEVICE_MISMATCH = "device_mismatch"
 UNKNOWN_DEVICE = "unknown_device"
 STORE_ERROR = "store_error"
+SOURCE_MAX = 128  # feedback_label.source
 REASONS = (
     MALFORMED,
     WRONG_TOPIC,
@@ -252,6 +253,7 @@ def _feedback(payload: bytes, device_id: str) -> Item:
             ),
             "model": label.model,
             "version": label.version,
+            "source": label.source[:SOURCE_MAX] or None,
             "at": ms_to_datetime(label.at),
         }
         for label in f.labels

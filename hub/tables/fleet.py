@@ -92,6 +92,9 @@ class FeedbackLabelRow(SQLModel, table=True):
     predicted_value: float | None = None
     model: str = Field(default="", index=True, max_length=128)
     version: str = Field(default="", index=True, max_length=64)
+    # the record the input was drawn from, when the device knows it (Label.source): field
+    # records of one source share a dataset split, and no model is scored on its own sources
+    source: str | None = Field(default=None, max_length=128)
     at: datetime
     received_at: datetime = Field(default_factory=utcnow, index=True)
 
