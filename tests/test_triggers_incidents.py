@@ -17,6 +17,7 @@ from hub.artifacts import ArtifactStore, FileArtifactStore
 from hub.datasets import service as datasets
 from hub.db import create_all, make_engine, session_scope
 from hub.tables import Alert, FeedbackLabelRow, FieldSample, ModelVersion, TrainingRun
+from hub.tables.devices import Device
 from hub.training.service import TrainOutcome
 from hub.triggers import FollowupResult, TriggerKind, TriggerStatus, list_events
 from tests.test_triggers import FakeRunner
@@ -41,6 +42,7 @@ def hub(tmp_path: Path, database_url: str) -> Iterator[tuple[Engine, FileArtifac
             on_new_data=False,
             on_new_code=False,
             min_field_records=40,
+            min_incident_records=0,
             debounce_s=0,
         )
     yield engine, store
@@ -48,15 +50,22 @@ def hub(tmp_path: Path, database_url: str) -> Iterator[tuple[Engine, FileArtifac
 
 
 def field_data(
-    engine: Engine, store: ArtifactStore, *, n: int, device: str = "cam-1", shift: float = 0.0
+    engine: Engine,
+    store: ArtifactStore,
+    *,
+    n: int,
+    device: str = "cam-1",
+    shift: float = 0.0,
+    start: datetime = T0,
 ) -> None:
-    """``n`` reservoir samples from digits (shifted by ``shift``), each with a label."""
+    """``n`` reservoir samples from digits (shifted by ``shift``), each with a label, taken
+    from ``start`` on."""
     with session_scope(engine) as s:
         base = datasets.load_records(s, store, version=datasets.get_version(s, ref="digits@1"))
         rng = np.random.default_rng(n)
         for i in rng.choice(len(base), n, replace=False).tolist():
             pid = f"{device}-p{i}"
-            at = T0 + timedelta(seconds=i)
+            at = start + timedelta(seconds=i)
             values = (base.features[i].ravel() + shift).tolist()
             s.add(
                 FieldSample(
@@ -198,7 +207,7 @@ def test_a_registered_version_goes_to_the_followup_with_the_canary_settings(
     with session_scope(engine) as s:
         triggers.set_policy(
             s, model_name=MODEL, spec="digits-mlp", dataset="digits", on_new_data=False,
-            on_new_code=False, debounce_s=0, min_field_records=10,
+            on_new_code=False, debounce_s=0, min_field_records=10, min_incident_records=0,
             canary={"selector": "group=canary", "phases": "1,100%"},
         )  # fmt: skip
     field_data(engine, store, n=20)
@@ -212,3 +221,30 @@ def test_a_registered_version_goes_to_the_followup_with_the_canary_settings(
     assert events[0].rollout_id == "r-1" and events[0].model_version == "7"
     with session_scope(engine) as s:
         assert list_events(s, model_name=MODEL)[-1].rollout_id == "r-1"
+
+
+def test_an_incident_run_waits_for_the_new_regime_and_learns_only_it(
+    hub: tuple[Engine, FileArtifactStore],
+) -> None:
+    """``min_incident_records``: labelled samples from the alerted group's devices, taken after
+    the first alert, before the run; the run's field data are those taken since the alert."""
+    engine, store = hub
+    with session_scope(engine) as s:
+        s.add_all([Device(id="cam-1", group="north"), Device(id="cam-2", group="south")])
+        policy = triggers.get_policy(s, model_name=MODEL)
+        policy.min_incident_records = 50
+        s.add(policy)
+    field_data(engine, store, n=200, device="cam-1", start=T0 - timedelta(hours=1))  # before
+    alert(engine, scope="group:north")
+    field_data(engine, store, n=100, device="cam-2", start=T0)  # after, but another group
+    field_data(engine, store, n=30, device="cam-1", start=T0)  # after, but too few yet
+    runner = FakeRunner()
+    assert triggers.run_triggers(engine, store, now=T0, runner=runner) == []
+    field_data(engine, store, n=60, device="cam-1", start=T0 + timedelta(minutes=5))
+    events = triggers.run_triggers(engine, store, now=T0, runner=runner)
+    assert [e.status for e in events] == [TriggerStatus.FINISHED]
+    with session_scope(engine) as s:
+        v2 = datasets.get_version(s, ref="digits@2")
+        devices = v2.lineage["field"]["devices"]
+    # only what was taken since the alert: cam-1's 30 + 60 (ids may repeat), cam-2's 100
+    assert devices["cam-2"] == 100 and 30 < devices["cam-1"] <= 90, devices

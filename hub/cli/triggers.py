@@ -29,6 +29,13 @@ def policy(
         bool, typer.Option(help="merge labelled field samples into the dataset before such runs")
     ] = True,
     min_field_records: Annotated[int, typer.Option(help="labelled field samples needed")] = 50,
+    min_incident_records: Annotated[
+        int,
+        typer.Option(
+            help="labelled field samples from the incident's scopes since its first alert, "
+            "needed before a drift/degradation run"
+        ),
+    ] = 1000,
     canary: Annotated[
         str | None,
         typer.Option(help="selector: package each retrained version and roll it out as a canary"),
@@ -53,6 +60,7 @@ def policy(
         "on_degradation": degradation,
         "field_data": field_data,
         "min_field_records": min_field_records,
+        "min_incident_records": min_incident_records,
         "canary": {"selector": canary, "phases": canary_phases} if canary else {},
         "debounce_s": debounce,
     }

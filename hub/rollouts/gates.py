@@ -10,7 +10,8 @@ Inputs are what the ingest stores (``hub.tables.fleet``) and monitoring's ``Aler
 - ``error_rate``: on-device errors / predictions of the candidate, against the previous
   version(s) the rollout's devices ran (over the fleet, last ``baseline_lookback_s``);
 - ``latency_p95``: from the merged latency histograms, candidate vs previous;
-- ``accuracy``: label feedback (label == predicted label), candidate vs previous;
+- ``accuracy``: label feedback (label == predicted label), candidate vs previous, leaving out
+  labels whose source record is in the training split of either (``TrainedSplits``);
 - ``shadow_agreement``: agreed / compared of windows that shadowed the candidate;
 - ``drift``: open drift alerts for the candidate version.
 """
@@ -24,7 +25,9 @@ from typing import Any, Protocol
 
 from sqlmodel import Session, col, select
 
-from hub.tables import Alert, FeedbackLabelRow, TelemetryWindowRow
+from hub.datasets.splits import split_of
+from hub.tables import Alert, DatasetVersion, FeedbackLabelRow, TelemetryWindowRow
+from hub.tables.registry import ModelVersion, TrainingRun
 from hub.tables.rollouts import DeviceState, Rollout
 
 DEFAULT_GATES: dict[str, Any] = {
@@ -263,6 +266,37 @@ def telemetry_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list
     return results
 
 
+@dataclass(frozen=True)
+class TrainedSplits:
+    """The training splits of some model versions, by the stable split rule: a labelled input
+    whose source record falls in one of them was (or could have been) trained on, so the
+    accuracy gate never scores it (``Label.source``; inputs without a source are scored)."""
+
+    splits: tuple[tuple[str, tuple[tuple[str, float], ...]], ...]  # (dataset name, fractions)
+
+    @classmethod
+    def of(cls, session: Session, *, model: str, versions: Iterable[str]) -> TrainedSplits:
+        numbers = [int(v) for v in versions if str(v).isdigit()]
+        if not numbers:
+            return cls(())
+        found = session.exec(
+            select(DatasetVersion.name, DatasetVersion.split_fractions)
+            .join(TrainingRun, col(TrainingRun.dataset_version_id) == col(DatasetVersion.id))
+            .join(ModelVersion, col(ModelVersion.run_id) == col(TrainingRun.id))
+            .where(ModelVersion.model_name == model, col(ModelVersion.version).in_(numbers))
+        ).all()
+        return cls(tuple(sorted({(n, tuple(dict(f).items())) for n, f in found})))
+
+    def __or__(self, other: TrainedSplits) -> TrainedSplits:
+        return TrainedSplits(tuple(sorted(set(self.splits) | set(other.splits))))
+
+    def trained(self, source: str | None) -> bool:
+        return bool(source) and any(
+            split_of(str(source), fractions=dict(fractions), salt=name) == "train"
+            for name, fractions in self.splits
+        )
+
+
 def _accuracy(
     session: Session,
     *,
@@ -270,10 +304,13 @@ def _accuracy(
     versions: set[str],
     since: datetime,
     devices: set[str] | None = None,
+    trained: TrainedSplits | None = None,
 ) -> tuple[float | None, int]:
     if not versions:
         return None, 0
-    query = select(FeedbackLabelRow.label, FeedbackLabelRow.predicted_label).where(
+    query = select(
+        FeedbackLabelRow.label, FeedbackLabelRow.predicted_label, FeedbackLabelRow.source
+    ).where(
         FeedbackLabelRow.model == model,
         col(FeedbackLabelRow.version).in_(versions),
         FeedbackLabelRow.at >= since,
@@ -282,7 +319,11 @@ def _accuracy(
     )
     if devices is not None:
         query = query.where(col(FeedbackLabelRow.device_id).in_(devices))
-    rows = session.exec(query).all()
+    rows = [
+        (label, pred)
+        for label, pred, source in session.exec(query).all()
+        if trained is None or not trained.trained(source)
+    ]
     if not rows:
         return None, 0
     return sum(label == pred for label, pred in rows) / len(rows), len(rows)
@@ -292,7 +333,14 @@ def quality_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list[G
     r = scope.rollout
     min_labels = int(cfg["min_labels"])
     drop = float(cfg["max_accuracy_drop"])
-    acc_c, n_c = _accuracy(session, model=r.model, versions={r.version}, since=scope.since)
+    # candidate and baseline are scored on the same kind of inputs: none from a source in the
+    # training split of either (no model is judged on what it was trained on)
+    trained = TrainedSplits.of(
+        session, model=r.model, versions={r.version, *scope.previous_versions}
+    )
+    acc_c, n_c = _accuracy(
+        session, model=r.model, versions={r.version}, since=scope.since, trained=trained
+    )
     lookback = scope.now - timedelta(seconds=float(cfg["baseline_lookback_s"]))
     # the baseline is the previous version on the *same devices*: a canary on a few devices
     # must not be judged against a fleet whose data (and drift) differs from theirs
@@ -302,6 +350,7 @@ def quality_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list[G
         versions=scope.previous_versions,
         since=lookback,
         devices=scope.device_ids,
+        trained=trained,
     )
     results: list[GateResult] = []
     if acc_c is None or acc_b is None or n_c < min_labels or n_b < min_labels:

@@ -52,6 +52,11 @@ class TrainingPolicy(SQLModel, table=True):
         "dataset version",
     )
     min_field_records: int = Field(default=50, description="labelled field samples needed")
+    min_incident_records: int = Field(
+        default=1000,
+        description="labelled field samples from the incident's scopes, taken after its first "
+        "alert, needed before a drift/degradation run (the retrain learns the new regime)",
+    )
     canary: dict[str, Any] = json_field()  # {} = none; else rollout settings (selector, phases..)
     handled_versions: list[str] = json_field(default_factory=list)  # incidents already retrained
     last_dataset_version_id: int | None = None

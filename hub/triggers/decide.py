@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 from hub.datasets import service as datasets
 from hub.errors import NotFound
 from hub.tables import DatasetVersion
+from hub.tables.devices import Device
 from hub.tables.fleet import FeedbackLabelRow, FieldSample
 from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, TriggerStatus
 from hub.triggers.incidents import Incident, pending_incident
@@ -45,6 +46,50 @@ def labelled_field_count(session: Session, *, model: str) -> int:
     return int(count)
 
 
+def incident_devices(session: Session, *, incident: Incident) -> set[str] | None:
+    """The devices the incident's device and group alerts are about (the narrowest scopes that
+    fired); None for every device, when only version scopes fired."""
+    devices: set[str] = set()
+    groups: set[str] = set()
+    for alert in incident.alerts:
+        kind, _, name = alert.scope.partition(":")
+        if kind == "device":
+            devices.add(name)
+        elif kind == "group":
+            groups.add(name)
+    if not devices and not groups:
+        return None
+    if groups:
+        devices |= set(
+            session.exec(select(Device.id).where(col(Device.group).in_(sorted(groups)))).all()
+        )
+    return devices
+
+
+def incident_field_count(session: Session, *, model: str, incident: Incident) -> int:
+    """Labelled field samples of ``model`` from the incident's devices, taken after its first
+    alert opened: how much of the new regime a retrain would learn from."""
+    first = incident.started_at
+    query = (
+        select(func.count())
+        .select_from(FieldSample)
+        .join(
+            FeedbackLabelRow,
+            (col(FeedbackLabelRow.prediction_id) == col(FieldSample.prediction_id))
+            & (col(FeedbackLabelRow.device_id) == col(FieldSample.device_id)),
+        )
+        .where(
+            FieldSample.model == model,
+            col(FeedbackLabelRow.label).is_not(None),
+            col(FieldSample.at) >= first,
+        )
+    )
+    devices = incident_devices(session, incident=incident)
+    if devices is not None:
+        query = query.where(col(FieldSample.device_id).in_(sorted(devices)))
+    return int(session.exec(query).one())
+
+
 def evaluate(session: Session, policy: TrainingPolicy, *, now: datetime) -> Decision | None:
     """The one trigger due for ``policy`` now, if any. Priority: degradation > drift >
     new code > new data > schedule; nothing within ``debounce_s`` of the last run."""
@@ -68,6 +113,10 @@ def evaluate(session: Session, policy: TrainingPolicy, *, now: datetime) -> Deci
             have = labelled_field_count(session, model=policy.model_name)
             if have < policy.min_field_records:
                 return None  # wait for labelled field data; the alert stays pending
+            if policy.min_incident_records > 0:
+                fresh = incident_field_count(session, model=policy.model_name, incident=incident)
+                if fresh < policy.min_incident_records:
+                    return None  # wait for the new regime's labels; the alert stays pending
         kind, reason = incident.kind, incident.reason()
     elif policy.on_new_code and code != policy.last_code_version:
         kind = TriggerKind.NEW_CODE

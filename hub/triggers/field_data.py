@@ -1,9 +1,11 @@
 """Field data: reservoir samples that devices sent, with the labels that came back for them,
 merged into a new version of a dataset (validated like any other version).
 
-A field record's id is ``field:<device>:<prediction id>``, so the same sample is never added
-twice and its origin stays readable; the version's lineage says which devices, model versions
-and time range the records came from.
+A field record's id is ``field:<device>:<prediction id>``, followed by ``#<source>`` when the
+label named the record the input was drawn from (the record then takes its source's split, see
+``hub.datasets.splits``), so the same sample is never added twice and its origin stays
+readable; the version's lineage says which devices, model versions and time range the records
+came from.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from sqlmodel import Session, col, select
@@ -19,6 +22,7 @@ from sqlmodel import Session, col, select
 from hub.artifacts import ArtifactStore
 from hub.datasets import service as datasets
 from hub.datasets.records import RecordSet
+from hub.datasets.splits import SOURCE_MARK
 from hub.datasets.validation import ValidationReport
 from hub.errors import InvalidInput
 from hub.tables import DatasetVersion
@@ -40,11 +44,17 @@ class FieldImport:
 
 
 def labelled_field_records(
-    session: Session, *, model: str, like: RecordSet, limit: int = 20_000
+    session: Session,
+    *,
+    model: str,
+    like: RecordSet,
+    limit: int = 20_000,
+    since: datetime | None = None,
 ) -> tuple[RecordSet | None, dict[str, object], int]:
-    """The newest ``limit`` field samples of ``model`` that have a label, as records shaped
-    and named like ``like``; also their provenance and how many samples did not fit."""
-    rows = session.exec(
+    """The newest ``limit`` field samples of ``model`` that have a label (taken at or after
+    ``since`` when given), as records shaped and named like ``like``; also their provenance
+    and how many samples did not fit."""
+    query = (
         select(FieldSample, FeedbackLabelRow)
         .join(
             FeedbackLabelRow,
@@ -52,9 +62,10 @@ def labelled_field_records(
             & (col(FeedbackLabelRow.device_id) == col(FieldSample.device_id)),
         )
         .where(FieldSample.model == model, col(FeedbackLabelRow.label).is_not(None))
-        .order_by(col(FieldSample.id).desc())
-        .limit(limit)
-    ).all()
+    )
+    if since is not None:
+        query = query.where(col(FieldSample.at) >= since)
+    rows = session.exec(query.order_by(col(FieldSample.id).desc()).limit(limit)).all()
     shape = like.feature_shape
     width = math.prod(shape)
     ids: list[str] = []
@@ -67,6 +78,8 @@ def labelled_field_records(
     skipped = 0
     for sample, label in rows:
         rid = f"field:{sample.device_id}:{sample.prediction_id}"
+        if label.source:  # the split follows the source record (hub.datasets.splits)
+            rid += f"{SOURCE_MARK}{label.source}"
         if rid in seen:
             continue
         if len(sample.values) != width or label.label is None or label.label < 0:
@@ -106,8 +119,10 @@ def import_field_data(
     model: str,
     min_records: int = 1,
     shift_expected: str | None = None,
+    since: datetime | None = None,
 ) -> FieldImport | None:
-    """Append ``model``'s labelled field samples to ``dataset`` as its next version.
+    """Append ``model``'s labelled field samples (taken at or after ``since``, when given) to
+    ``dataset`` as its next version.
 
     Returns None while fewer than ``min_records`` labelled samples exist. With
     ``shift_expected`` (a reason, e.g. the drift alert being answered), a version that fails
@@ -116,7 +131,9 @@ def import_field_data(
     """
     parent = datasets.get_version(session, ref=f"{dataset}@latest")
     like = datasets.load_records(session, store, version=parent)
-    records, provenance, skipped = labelled_field_records(session, model=model, like=like)
+    records, provenance, skipped = labelled_field_records(
+        session, model=model, like=like, since=since
+    )
     if records is None or len(records) < min_records:
         return None
     try:

@@ -11,6 +11,7 @@ new. A new version that drifts in its turn is a new incident.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlmodel import Session, col, select
 
@@ -22,6 +23,12 @@ from hub.tables.triggers import TrainingPolicy, TriggerKind
 class Incident:
     kind: TriggerKind
     alerts: list[Alert]
+
+    @property
+    def started_at(self) -> datetime:
+        """When the incident's first alert was raised (timezone-aware)."""
+        first = min(a.at for a in self.alerts)
+        return first if first.tzinfo is not None else first.replace(tzinfo=UTC)
 
     @property
     def versions(self) -> list[str]:

@@ -187,6 +187,8 @@ def _start(
                 model=model_name,
                 min_records=policy.min_field_records,
                 shift_expected=decision.incident.reason(),
+                # the regime the incident is about: what the field sent since it was raised
+                since=decision.incident.started_at,
             )
             if found is None:
                 return None

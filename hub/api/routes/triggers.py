@@ -33,6 +33,12 @@ class PolicyIn(BaseModel):
     on_degradation: bool = True
     field_data: bool = True
     min_field_records: int = Field(default=50, ge=1)
+    min_incident_records: int = Field(
+        default=1000,
+        ge=0,
+        description="labelled field samples from the incident's scopes since its first alert, "
+        "needed before a drift/degradation run",
+    )
     canary: dict[str, Any] = Field(
         default_factory=dict,
         description="rollout settings for an automatic canary of each retrained version "
