@@ -20,7 +20,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import func
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 
 from hub import registry, tracking
 from hub.artifacts import ArtifactStore
@@ -30,6 +33,8 @@ from hub.db import session_scope
 from hub.errors import InvalidInput
 from hub.specs import ModelSpec
 from hub.tables import Bundle
+from hub.tables.devices import Device
+from hub.tables.fleet import FieldSample
 from hub.training.artifact import load_model
 from model_packager import bundle as bundle_format
 from model_packager import tflite
@@ -52,6 +57,42 @@ from model_packager.variants import measure_variant
 FORMATS = ("onnx", "tflite")
 SELF_TEST_SIZE = 16
 REFERENCE_SAMPLE_SIZE = 300
+FLEET_SCOPE = "fleet"
+FIELD_REFERENCE_PER_DEVICE = 60  # each device's newest field inputs
+FIELD_REFERENCE_MIN_ROWS = 200  # fewer: the scope falls back to its parent's reference
+
+
+def recent_field_inputs(
+    session: Session, *, model: str, per_device: int
+) -> dict[str, npt.NDArray[np.float32]]:
+    """The newest ``per_device`` field inputs (telemetry reservoir samples) of each device
+    that served ``model``, flattened: per ``group:<name>`` and for the whole fleet
+    (``"fleet"``, every device alike). What a retrained model is monitored against: the field
+    as it is now, not the dataset's history (which still holds the pre-drift regime)."""
+    newest = (
+        select(
+            FieldSample.device_id,
+            FieldSample.values,
+            func.row_number()
+            .over(partition_by=FieldSample.device_id, order_by=col(FieldSample.id).desc())
+            .label("rank"),
+        )
+        .where(FieldSample.model == model)
+        .subquery()
+    )
+    rows = session.execute(
+        sa_select(newest.c.device_id, newest.c["values"], col(Device.group))
+        .join(Device, col(Device.id) == newest.c.device_id, isouter=True)
+        .where(newest.c.rank <= per_device)
+    ).all()
+    width = max((len(v) for _, v, _ in rows if isinstance(v, list)), default=0)
+    by_scope: dict[str, list[list[float]]] = {}
+    for _, values, group in rows:
+        if not isinstance(values, list) or len(values) != width:
+            continue
+        by_scope.setdefault(FLEET_SCOPE, []).append(values)
+        by_scope.setdefault(f"group:{group or 'default'}", []).append(values)
+    return {k: np.asarray(v, dtype=np.float32) for k, v in by_scope.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +155,12 @@ def package(
             "spec": run.spec,
         }
         version_id = version.id
+        # a model trained on field data is monitored against what the field sends now
+        field_inputs = (
+            recent_field_inputs(s, model=version.model_name, per_device=FIELD_REFERENCE_PER_DEVICE)
+            if isinstance(dataset.lineage, dict) and dataset.lineage.get("field")
+            else {}
+        )
 
     trained = load_model(blob)
     spec, model, pre = trained.spec, trained.model, trained.preprocess
@@ -189,18 +236,46 @@ def package(
                 f"enable with: {tflite.INSTALL_HINT}"
             )
 
-    step("profiling the reference split and writing the signed bundle")
+    fleet_rows = field_inputs.get(FLEET_SCOPE)
+    if fleet_rows is not None and len(fleet_rows) >= FIELD_REFERENCE_MIN_ROWS:
+        step("profiling the field's newest inputs (the model was trained on field data)")
+        ref_raw, ref_split = fleet_rows.reshape(len(fleet_rows), *train.feature_shape), "field"
+    else:
+        step("profiling the reference split and writing the signed bundle")
+        ref_raw, ref_split = reference.features, "val"
+    x_ref = pre.apply(ref_raw)
     ref_out = evaluate_onnx(onnx_fp32, inputs=x_ref)
     profile = build_profile(
-        raw_inputs=reference.features,
+        raw_inputs=ref_raw,
         model_inputs=x_ref,
         outputs=ref_out,
         task=spec.task,
         feature_names=reference.feature_names,
-        split="val",
+        split=ref_split,
     )
+    scope_profiles: dict[str, dict[str, Any]] = {}
+    scope_samples: dict[str, npt.NDArray[np.float32]] = {}
+    for scope, rows in sorted(field_inputs.items()):
+        if scope == FLEET_SCOPE or len(rows) < FIELD_REFERENCE_MIN_ROWS:
+            continue
+        raw = rows.reshape(len(rows), *train.feature_shape)
+        x_scope = pre.apply(raw)
+        key = f"reference:{scope}"
+        scope_profiles[scope] = {
+            "profile": build_profile(
+                raw_inputs=raw,
+                model_inputs=x_scope,
+                outputs=evaluate_onnx(onnx_fp32, inputs=x_scope),
+                task=spec.task,
+                feature_names=reference.feature_names,
+                split="field",
+                like=profile,
+            ).model_dump(mode="json"),
+            "samples": key,
+        }
+        scope_samples[key] = raw[_sample(len(raw), REFERENCE_SAMPLE_SIZE, seed=opts.seed)]
     self_test = test.features[:SELF_TEST_SIZE]
-    sample = reference.features[_sample(len(reference), REFERENCE_SAMPLE_SIZE, seed=opts.seed)]
+    sample = ref_raw[_sample(len(ref_raw), REFERENCE_SAMPLE_SIZE, seed=opts.seed)]
     files["samples.npz"] = _samples_npz(
         self_test=self_test,
         expected={
@@ -208,6 +283,7 @@ def package(
             for v in variants
         },
         reference=sample,
+        extra=scope_samples,
     )
     manifest = {
         "name": model_ref.split("@")[0],
@@ -249,6 +325,8 @@ def package(
         "self_test": {"file": "samples.npz", "inputs": "self_test", "atol": 1e-3, "int8_atol": 0.5},
         "latency_budget_ms": max(50.0, 20 * max(v["latency_ms_b1"] for v in variants)),
         "reference_profile": profile.model_dump(mode="json"),
+        # per group where the field's newest data support one (hub-side monitoring only)
+        "scope_profiles": scope_profiles,
         "lineage": lineage,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -320,10 +398,12 @@ def _samples_npz(
     self_test: npt.NDArray[np.float32],
     expected: dict[str, npt.NDArray[np.float32]],
     reference: npt.NDArray[np.float32],
+    extra: dict[str, npt.NDArray[np.float32]] | None = None,
 ) -> bytes:
-    """Self-test inputs (raw) with each variant's expected outputs, and a reference sample."""
+    """Self-test inputs (raw) with each variant's expected outputs, and a reference sample
+    (plus one per monitored scope that has its own reference)."""
     buffer = io.BytesIO()
-    arrays = {"self_test": self_test, "reference": reference}
+    arrays = {"self_test": self_test, "reference": reference, **(extra or {})}
     arrays.update({f"expected:{name}": out for name, out in expected.items()})
     np.savez(buffer, allow_pickle=False, **arrays)
     return buffer.getvalue()

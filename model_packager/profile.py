@@ -104,15 +104,24 @@ def build_profile(
     feature_names: list[str] | tuple[str, ...],
     split: str,
     bins: int = 10,
+    like: ReferenceProfile | None = None,
 ) -> ReferenceProfile:
-    """The profile of ``raw_inputs`` (as a device sees them) and the model's ``outputs``."""
+    """The profile of ``raw_inputs`` (as a device sees them) and the model's ``outputs``.
+
+    ``like``: bin with that profile's edges (features, and the score histogram of a
+    reconstruction model) instead of this data's quantiles, so windows binned for ``like`` (as
+    devices bin their telemetry) can be compared with this profile too."""
     flat = raw_inputs.reshape(len(raw_inputs), -1).astype(np.float64)
     if flat.shape[1] != len(feature_names):
         raise ValueError(f"{flat.shape[1]} features but {len(feature_names)} feature names")
     features = []
     for index, name in enumerate(feature_names):
         column = flat[:, index]
-        edges = quantile_edges(column, bins=bins)
+        edges = (
+            list(like.features[index].edges)
+            if like is not None
+            else quantile_edges(column, bins=bins)
+        )
         features.append(
             FeatureProfile(
                 name=name,
@@ -137,7 +146,11 @@ def build_profile(
         )
     else:
         score = reconstruction_error(outputs, model_inputs)
-        edges = quantile_edges(score, bins=bins)
+        edges = (
+            list(like.output.score.edges)
+            if like is not None and like.output.score is not None
+            else quantile_edges(score, bins=bins)
+        )
         output = OutputProfile(
             kind="score",
             score=Histogram(edges=edges, counts=histogram(score, edges).tolist()),

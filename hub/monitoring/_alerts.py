@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from hub.tables._common import utcnow
 from hub.tables.monitoring import Alert, MonitorScore
 
 AlertKey = tuple[str, str, str]  # kind, scope, detector
@@ -89,7 +90,8 @@ class AlertBook:
                     score=score,
                     threshold=threshold,
                     p_value=p_value,
-                    at=self.now,
+                    # when this evaluation raised it (a long pass must not date it earlier)
+                    at=utcnow(),
                     detail={**finding.detail, "n": finding.n, "clean_evaluations": 0},
                 )
                 self._session.add(alert)

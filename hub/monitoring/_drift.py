@@ -71,7 +71,7 @@ def evaluate_drift(
                 _run_window(
                     session,
                     partial,
-                    ref=ref,
+                    ref=ref.for_scope(scope, group=row.group),
                     scope=scope,
                     settings=settings,
                     cache=cache,

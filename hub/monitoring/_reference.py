@@ -35,10 +35,24 @@ class VersionReference:
     classes: int = 0
     score_bins: int = 0
     samples: Any = None  # raw reference inputs [n, d] for multivariate tests, when loaded
+    # "" for the version's reference; else the scope this one describes (``group:<name>``)
+    scope: str = ""
+    samples_key: str = SAMPLES_KEY
+    # per scope with its own reference (a model trained on field data: each group's newest
+    # field inputs, binned with this profile's edges); other scopes use this one
+    scopes: dict[str, VersionReference] = field(default_factory=dict)
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return self.model, self.version, self.bundle_digest
+    def key(self) -> tuple[str, str, str, str]:
+        return self.model, self.version, self.bundle_digest, self.scope
+
+    def for_scope(self, scope: str, *, group: str = "") -> VersionReference:
+        """The reference a monitoring scope is compared with: its own, a device's group's,
+        else the version's."""
+        found = self.scopes.get(scope)
+        if found is None and scope.startswith("device:") and group:
+            found = self.scopes.get(f"group:{group}")
+        return found or self
 
 
 def load_reference(
@@ -55,12 +69,20 @@ def load_reference(
     found = _load(session, model=model, version=version, bundle_digest=bundle_digest)
     if found is None or store is None:
         return found
-    return replace(found, samples=reference_samples(store, found.bundle_digest))
+    digest = found.bundle_digest
+    return replace(
+        found,
+        samples=reference_samples(store, digest),
+        scopes={
+            scope: replace(child, samples=reference_samples(store, digest, key=child.samples_key))
+            for scope, child in found.scopes.items()
+        },
+    )
 
 
-def reference_samples(store: ArtifactStore, digest: str) -> Any:
-    """``samples.npz["reference"]`` of the bundle ``digest`` as ``(n, d)`` float64, or None
-    (no such file in the store, an older bundle without it, or unreadable: logged)."""
+def reference_samples(store: ArtifactStore, digest: str, *, key: str = SAMPLES_KEY) -> Any:
+    """``samples.npz[key]`` of the bundle ``digest`` as ``(n, d)`` float64, or None (no such
+    file in the store, an older bundle without it, or unreadable: logged)."""
     import numpy as np
 
     try:
@@ -68,9 +90,9 @@ def reference_samples(store: ArtifactStore, digest: str) -> Any:
             if SAMPLES_FILE not in bundle.namelist():
                 return None
             arrays = np.load(io.BytesIO(bundle.read(SAMPLES_FILE)), allow_pickle=False)
-            if SAMPLES_KEY not in arrays:
+            if key not in arrays:
                 return None
-            rows = np.asarray(arrays[SAMPLES_KEY], dtype=np.float64)
+            rows = np.asarray(arrays[key], dtype=np.float64)
     except Exception as exc:  # a missing or broken artifact: the other detectors still run
         log.warning("no reference samples from bundle %s: %s", digest, exc)
         return None
@@ -93,7 +115,19 @@ def _load(
     for bundle, mv in rows:
         profile = bundle.manifest.get("reference_profile")
         if isinstance(profile, dict) and profile.get("features") is not None:
-            return _reference(model, version, bundle, mv, profile)
+            found = _reference(model, version, bundle, mv, profile)
+            scopes = bundle.manifest.get("scope_profiles")
+            children = {}
+            for scope, entry in (scopes if isinstance(scopes, dict) else {}).items():
+                child = entry.get("profile") if isinstance(entry, dict) else None
+                if not isinstance(child, dict) or child.get("features") is None:
+                    continue
+                children[str(scope)] = replace(
+                    _reference(model, version, bundle, mv, child),
+                    scope=str(scope),
+                    samples_key=str(entry.get("samples") or ""),
+                )
+            return replace(found, scopes=children)
     return None
 
 
