@@ -137,6 +137,11 @@ def demo(
         Path, typer.Option("--demo-dir", help="where the demo's hub keeps its data")
     ] = Path(".edgeloop/demo"),
     devices: Annotated[int, typer.Option(min=2, help="simulated devices")] = 50,
+    drift: Annotated[
+        str,
+        typer.Option(help="the drift injected: rotation, noise, contrast, knockout or scale"),
+    ] = "rotation",
+    seed: Annotated[int, typer.Option(help="the fleet's and the oracle's seed")] = 0,
     mqtt_url: Annotated[
         str | None, typer.Option(help="external broker (default: the hub starts one)")
     ] = None,
@@ -152,6 +157,8 @@ def demo(
         DemoOptions(
             data_dir=data_dir.resolve(),
             devices=devices,
+            drift=drift,
+            seed=seed,
             mqtt_url=mqtt_url,
             database_url=database_url,
         )

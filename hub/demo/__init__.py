@@ -14,15 +14,19 @@ import argparse
 import json
 from pathlib import Path
 
-from hub.demo._story import DemoOptions, run_demo
+from hub.demo._story import DRIFT_INTENSITY, DemoOptions, run_demo
 
-__all__ = ["DemoOptions", "main", "run_demo"]
+__all__ = ["DRIFT_INTENSITY", "DemoOptions", "main", "run_demo"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data-dir", type=Path, default=Path(".edgeloop/demo"))
     parser.add_argument("--devices", type=int, default=50)
+    parser.add_argument(
+        "--drift", choices=sorted(DRIFT_INTENSITY), default="rotation", help="the drift injected"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the fleet's and the oracle's seed")
     parser.add_argument("--mqtt-url", default=None, help="external broker (default: embedded)")
     parser.add_argument("--database-url", default=None, help="external database (default: SQLite)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -31,6 +35,8 @@ def main() -> None:
         DemoOptions(
             data_dir=args.data_dir.resolve(),
             devices=args.devices,
+            drift=args.drift,
+            seed=args.seed,
             mqtt_url=args.mqtt_url,
             database_url=args.database_url,
         )

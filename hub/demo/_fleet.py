@@ -5,11 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edge_agent.enroll import Enrollment, enroll
 from hub.datasets.sources import load_source
-from hub.datasets.splits import assign_splits
 from hub.demo._hub import HubProcess
 from simulators.fleet import Fleet
 from simulators.scenario import (
@@ -23,12 +20,20 @@ from simulators.scenario import (
 from simulators.sensors import DataSource
 
 NEVER = 1e9  # drift waits for Fleet.begin_drift()
-SITES = ("berlin", "paris")
+SITES = ("berlin", "paris", "lyon")  # the drift hits the first
 
 
-def demo_scenario(*, devices: int, drift_fraction: float, seed: int = 0) -> Scenario:
-    """Two sites; a share of the devices gets a rotation drift (cameras knocked askew) when
-    the demo says so; half of the predictions get a label back a second later."""
+def demo_scenario(
+    *,
+    devices: int,
+    drift_fraction: float,
+    kind: str = "rotation",
+    intensity: float = 0.25,
+    seed: int = 0,
+) -> Scenario:
+    """Three sites; every camera at the first (``drift_fraction`` of the fleet) drifts when the
+    demo says so; half of the predictions get a label back a second later."""
+    rest = (1.0 - drift_fraction) / (len(SITES) - 1)
     return Scenario(
         name="demo",
         seed=seed,
@@ -41,24 +46,29 @@ def demo_scenario(*, devices: int, drift_fraction: float, seed: int = 0) -> Scen
             stagger_s=0.02,
         ),
         groups=[
-            GroupSpec(name=site, fraction=1 / len(SITES), tags={"site": site}) for site in SITES
+            GroupSpec(name=site, fraction=drift_fraction if i == 0 else rest, tags={"site": site})
+            for i, site in enumerate(SITES)
         ],
         data=DataSpec(rate_hz=2.0, batch=4),
-        drift=[DriftSpec(kind="rotation", intensity=0.25, fraction=drift_fraction, start_s=NEVER)],
+        drift=[
+            DriftSpec(
+                kind=kind,
+                intensity=intensity,
+                fraction=1.0,
+                start_s=NEVER,
+                group=SITES[0],
+            )
+        ],
         feedback=FeedbackSpec(coverage=0.5, delay_s=1.0),
     )
 
 
-def held_out_source(*, dataset: str = "digits") -> DataSource:
-    """What the devices' sensors see: the digits the model was *not* trained on (the val and
-    test splits, by the same stable hash rule the hub uses)."""
+def world_source() -> DataSource:
+    """What the devices' cameras see: every digit, each with its record id as its source. The
+    figures score only the digits in no training split of any model of the run (labels carry
+    their source; field records share their source's split)."""
     records = load_source("sklearn:digits")
-    split = assign_splits(
-        records.ids, fractions={"train": 0.7, "val": 0.15, "test": 0.15}, salt=dataset
-    )
-    keep = np.asarray(split) != "train"
-    labels = records.labels[keep] if records.labels is not None else None
-    return DataSource.from_arrays(records.features[keep], labels)
+    return DataSource.from_arrays(records.features, records.labels, records.ids)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,7 +111,7 @@ def enrolled_fleet(hub: HubProcess, *, root: Path, scenario: Scenario) -> Enroll
         mqtt_url=first.mqtt_url,
         public_key=first.public_key_file,
         scenario=scenario,
-        source=held_out_source(),
+        source=world_source(),
         credentials=lambda d: (
             (enrollments[d].mqtt_username, enrollments[d].mqtt_password)
             if d in enrollments

@@ -1,20 +1,29 @@
-"""What the demo measured, read back from the hub's database after the run."""
+"""What the loop did, read back from the hub's database and artifact store after the run.
+
+Everything a figure needs comes from what the hub stored (labels with their source records,
+alerts, telemetry windows, the registered versions' training splits); the figures themselves
+are computed by :mod:`hub.demo.metrics`, as docs/LOOP_METRICS.md defines them.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import Any
 
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from hub.artifacts import open_store
+from hub.datasets import service as datasets
+from hub.datasets.splits import split_key
 from hub.db import make_engine
+from hub.demo.metrics import AlertRow, LabelRow, WindowRow
 from hub.tables import FeedbackLabelRow
-from hub.tables.monitoring import MonitorScore
-
-if TYPE_CHECKING:
-    from hub.demo._story import Timeline
+from hub.tables.fleet import TelemetryWindowRow
+from hub.tables.monitoring import Alert, MonitorScore
+from hub.tables.registry import ModelVersion, TrainingRun
 
 BUCKET_S = 5.0
 
@@ -24,34 +33,57 @@ def _aware(value: datetime) -> datetime:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Measurements:
-    accuracy_before: float | None
-    accuracy_during: float | None
-    accuracy_after: float | None
-    # per served version: [(seconds since the demo began, accuracy, labels)] in BUCKET_S steps
+class RunRecord:
+    """The run's raw material, on the demo's clock (seconds since its timeline began)."""
+
+    labels: list[LabelRow]
+    alerts: list[AlertRow]
+    windows: list[WindowRow]
+    trained: dict[str, frozenset[str]]  # model version -> split keys of its training split
+    served: dict[str, set[str]]  # model version -> devices whose telemetry it served
+    # per served version: [(seconds, accuracy %, labels)] in BUCKET_S steps (scoreable rows)
     accuracy_series: dict[str, list[tuple[float, float, int]]] = field(default_factory=dict)
-    # per "version/detector": [(seconds, score / threshold)] at version scope
+    # per "version detector": [(seconds, score / threshold)] at version scope
     drift_series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
-    labels: int = 0
+
+    @property
+    def trained_anywhere(self) -> frozenset[str]:
+        """Split keys in the training split of any model version of the run."""
+        return frozenset().union(*self.trained.values()) if self.trained else frozenset()
 
     @classmethod
     def collect(
-        cls, *, database_url: str, model: str, timeline: Timeline, wall_t0: datetime
-    ) -> Measurements:
+        cls, *, database_url: str, artifact_url: str, model: str, wall_t0: datetime
+    ) -> RunRecord:
+        def t(at: datetime) -> float:
+            return (_aware(at) - wall_t0).total_seconds()
+
         engine = make_engine(database_url)
+        store = open_store(artifact_url)
         try:
             with Session(engine) as s:
-                labels = s.exec(
-                    select(
-                        FeedbackLabelRow.at,
-                        FeedbackLabelRow.version,
-                        FeedbackLabelRow.label,
-                        FeedbackLabelRow.predicted_label,
+                labels = s.execute(
+                    sa_select(
+                        col(FeedbackLabelRow.at),
+                        col(FeedbackLabelRow.device_id),
+                        col(FeedbackLabelRow.version),
+                        col(FeedbackLabelRow.label),
+                        col(FeedbackLabelRow.predicted_label),
+                        col(FeedbackLabelRow.source),
                     ).where(
-                        FeedbackLabelRow.model == model,
+                        col(FeedbackLabelRow.model) == model,
                         col(FeedbackLabelRow.label).is_not(None),
                         col(FeedbackLabelRow.predicted_label).is_not(None),
                     )
+                ).all()
+                alerts = s.exec(select(Alert).where(Alert.model == model)).all()
+                windows = s.exec(
+                    select(
+                        TelemetryWindowRow.device_id,
+                        TelemetryWindowRow.version,
+                        TelemetryWindowRow.window_end,
+                        TelemetryWindowRow.received_at,
+                    ).where(TelemetryWindowRow.model == model)
                 ).all()
                 scores = s.exec(
                     select(MonitorScore).where(
@@ -60,51 +92,66 @@ class Measurements:
                         col(MonitorScore.scope).startswith("version:"),
                     )
                 ).all()
+                trained: dict[str, frozenset[str]] = {}
+                versions = s.exec(
+                    select(ModelVersion, TrainingRun)
+                    .join(TrainingRun, col(ModelVersion.run_id) == col(TrainingRun.id))
+                    .where(ModelVersion.model_name == model)
+                ).all()
+                for mv, run in versions:
+                    dv = datasets.get_by_id(s, version_id=run.dataset_version_id)
+                    train = datasets.load_split(s, store, version=dv, split="train")
+                    trained[str(mv.version)] = frozenset(split_key(i) for i in train.ids.tolist())
         finally:
             engine.dispose()
         rows = [
-            ((_aware(at) - wall_t0).total_seconds(), str(v), int(y) == int(p))
-            for at, v, y, p in labels
+            LabelRow(t=t(at), device=d, version=str(v), correct=int(y) == int(p), source=src)
+            for at, d, v, y, p, src in labels
             if y is not None and p is not None
         ]
-        marks = timeline.marks
+        served: dict[str, set[str]] = defaultdict(set)
+        window_rows = []
+        for device, version, end, received in windows:
+            served[str(version)].add(device)
+            window_rows.append(WindowRow(device=device, end=t(end), received=t(received)))
+        record = cls(
+            labels=rows,
+            alerts=[
+                AlertRow(
+                    id=int(a.id or 0),
+                    t=t(a.at),
+                    kind=a.kind,
+                    scope=a.scope,
+                    detector=a.detector,
+                    version=a.version,
+                )
+                for a in alerts
+            ],
+            windows=window_rows,
+            trained=trained,
+            served=dict(served),
+        )
+        return record._with_series(scores=scores, wall_t0=wall_t0)
 
-        def accuracy(start: str, end: str) -> float | None:
-            lo, hi = marks.get(start), marks.get(end)
-            if lo is None or hi is None:
-                return None
-            hits = [ok for t, _, ok in rows if lo <= t < hi]
-            return round(100.0 * sum(hits) / len(hits), 2) if hits else None
-
+    def _with_series(self, *, scores: Any, wall_t0: datetime) -> RunRecord:
+        trained = self.trained_anywhere
         buckets: dict[tuple[str, int], list[bool]] = defaultdict(list)
-        for t, version, ok in rows:
-            buckets[(version, int(t // BUCKET_S))].append(ok)
+        for r in self.labels:
+            if r.source and r.source not in trained:
+                buckets[(r.version, int(r.t // BUCKET_S))].append(r.correct)
         series: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
         for (version, b), hits in sorted(buckets.items(), key=lambda kv: kv[0][1]):
             series[version].append(((b + 0.5) * BUCKET_S, 100.0 * sum(hits) / len(hits), len(hits)))
         # one point per evaluation and detector: the largest score/threshold of its windows
         peaks: dict[tuple[str, float], float] = {}
         for score in scores:
-            t = round((_aware(score.at) - wall_t0) / timedelta(seconds=1), 1)
+            when = round((_aware(score.at) - wall_t0).total_seconds(), 1)
             ratio = score.score / score.threshold if score.threshold else 0.0
-            key = (f"v{score.version} {score.detector}", t)
+            key = (f"v{score.version} {score.detector}", when)
             peaks[key] = max(peaks.get(key, 0.0), ratio)
         drift: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        for (name, t), ratio in sorted(peaks.items(), key=lambda kv: kv[0][1]):
-            drift[name].append((t, max(ratio, 0.01)))
-        return cls(
-            accuracy_before=accuracy("rollout1_end", "drift_onset"),
-            accuracy_during=accuracy("drift_onset", "canary_start"),
-            accuracy_after=accuracy("canary_end", "end"),
-            accuracy_series=dict(series),
-            drift_series=dict(drift),
-            labels=len(rows),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "accuracy_before": self.accuracy_before,
-            "accuracy_during_drift": self.accuracy_during,
-            "accuracy_after": self.accuracy_after,
-            "labels": self.labels,
-        }
+        for (name, when), ratio in sorted(peaks.items(), key=lambda kv: kv[0][1]):
+            drift[name].append((when, max(ratio, 0.01)))
+        self.accuracy_series.update(series)
+        self.drift_series.update(drift)
+        return self

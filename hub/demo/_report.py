@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hub.demo._measure import Measurements
+    from hub.demo._measure import RunRecord
     from hub.demo._story import Timeline
 
 MARKS = {
@@ -38,7 +38,7 @@ def _marks(ax: Any, timeline: Timeline) -> None:
             )
 
 
-def _plots(out: Path, *, measured: Measurements, timeline: Timeline) -> dict[str, Path]:
+def _plots(out: Path, *, measured: RunRecord, timeline: Timeline) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,7 +90,7 @@ def _plots(out: Path, *, measured: Measurements, timeline: Timeline) -> dict[str
 
 
 def write_report(
-    out: Path, *, summary: dict[str, Any], measured: Measurements, timeline: Timeline
+    out: Path, *, summary: dict[str, Any], measured: RunRecord, timeline: Timeline
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(out, measured=measured, timeline=timeline)
