@@ -81,3 +81,11 @@ class FeedbackBuffer:
         with self._lock:
             labels, self._labels = self._labels, []
         return pb.Feedback(device_id=self.device_id, seq=seq, labels=labels)
+
+    def restore(self, feedback: pb.Feedback) -> None:
+        """Put a closed batch's labels back in front (it could not be queued: a full disk),
+        to go out with the next batch; its age restarts, so the retry waits ``max_age_s``."""
+        with self._lock:
+            if not self._labels:
+                self._oldest = self._clock()
+            self._labels[:0] = list(feedback.labels)

@@ -415,7 +415,11 @@ class Agent:
                     labels.seq = seq
                     return labels.SerializeToString()
 
-                self.queue.append(stream="feedback", payload_for=feedback)
+                try:
+                    self.queue.append(stream="feedback", payload_for=feedback)
+                except Exception:  # accepted labels are never dropped: retry them later
+                    self._feedback.restore(labels)
+                    raise
                 self.session.wake()
 
     async def _tick(self) -> None:

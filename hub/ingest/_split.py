@@ -11,7 +11,8 @@ Batches go to the child in order over a pipe and come back in order. Each stays 
 (SIGKILL, OOM) the next poll notices, reads what it reported before dying, starts a new one
 and sends it the rest again, in order: nothing un-acked is lost, and a batch the dead child
 committed but could not report comes back as duplicates (the dedupe keys), never as rows
-stored twice. A database outage is retried in the child with the worker's back-off.
+stored twice. A database outage (in the device check or the store) is never a rejection:
+the child keeps the batch and retries it with the worker's back-off (``hub.ingest._batch``).
 
 ``spawn`` re-imports the parent's main module in the child: a script that creates such a
 worker needs the usual ``if __name__ == "__main__":`` guard (``hub serve`` and
@@ -34,10 +35,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 
 from hub.ingest._acks import AckKey
-from hub.ingest._batch import Decoder, retry_delay, store_items
+from hub.ingest._batch import DatabaseUnavailable, Decoder, retry_delay, store_items
 from hub.ingest._decode import Item
 from hub.ingest._devices import DeviceCache
 from hub.ingest._stats import RateLimitedLog
@@ -62,6 +62,7 @@ class ChildConfig:
     fleet: str
     max_payload_bytes: int
     accept_unknown_devices: bool
+    device_refresh_s: float = 10.0
     log_level: int = logging.WARNING
 
 
@@ -109,7 +110,7 @@ def _child_main(conn: Connection, config: ChildConfig) -> None:
         from proto.topics import Topics
 
         engine = make_engine(config.database_url)
-        devices = DeviceCache(engine=engine)
+        devices = DeviceCache(engine=engine, refresh_s=config.device_refresh_s)
         topics = Topics(prefix=config.topic_prefix, fleet=config.fleet)
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -145,27 +146,27 @@ def _child_main(conn: Connection, config: ChildConfig) -> None:
         rejected.clear()
         items: list[Item] = []
         handled: list[AckKey] = []
-        for topic, payload in messages:
-            decoder.add(topic, payload, items, handled)
-        decoded, retries = dict(rejected), 0
-        while True:
-            rejected.clear()
-            rejected.update(decoded)  # (a retried attempt counts its store errors anew)
+        pending = deque(messages)
+        retries = 0
+        while True:  # a database outage is never a rejection: wait, then go on where it was
             try:
-                stored, duplicates = store_items(
+                decoder.add_all(pending, items, handled)
+                result = store_items(
                     engine,
                     items,
                     groups=devices.groups,
                     now=datetime.now(UTC),
                     create_unknown=config.accept_unknown_devices,
-                    reject=reject,
                 )
                 break
-            except OperationalError as exc:  # database unreachable / locked: back off
+            except DatabaseUnavailable as exc:
                 retries += 1
                 warn.warning("db", "ingest cannot store a batch (will retry): %s", exc)
                 time.sleep(retry_delay(retries))
-        conn.send((batch_id, BatchResult(stored, duplicates, dict(rejected), handled, retries)))
+        for reason, detail in result.rejected:
+            reject(reason, detail)
+        report = BatchResult(result.stored, result.duplicates, dict(rejected), handled, retries)
+        conn.send((batch_id, report))
     engine.dispose()
 
 

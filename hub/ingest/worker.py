@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -31,10 +32,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 
 from hub.ingest._acks import AckKey, AckPublisher
-from hub.ingest._batch import Decoder, retry_delay, store_items
+from hub.ingest._batch import DatabaseUnavailable, Decoder, Message, retry_delay, store_items
 from hub.ingest._decode import Item
 from hub.ingest._devices import DeviceCache
 from hub.ingest._split import ChildConfig, DecodeProcess, database_url
@@ -50,7 +50,11 @@ MAX_IN_FLIGHT = 6  # batches handed to the decode process and not yet committed
 
 
 class IngestWorker:
-    """Subscribes to a fleet's device topics and stores what arrives; see the module doc."""
+    """Subscribes to a fleet's device topics and stores what arrives; see the module doc.
+
+    ``device_refresh_s``: how often the registry of devices is reloaded for the device check
+    (a deleted device is still accepted for up to that long).
+    """
 
     def __init__(
         self,
@@ -70,6 +74,7 @@ class IngestWorker:
         mqtt_protocol: Literal["5", "3.1.1"] = "5",
         ack_interval_s: float | None = 0.5,
         decode_process: bool = False,
+        device_refresh_s: float = 10.0,
     ) -> None:
         if batch_size < 1 or batch_interval_s <= 0:
             raise ValueError("batch_size must be >= 1 and batch_interval_s > 0")
@@ -78,7 +83,7 @@ class IngestWorker:
         self._shared, self._batch_size, self._interval = shared, batch_size, batch_interval_s
         self._max_bytes, self._accept_unknown = max_payload_bytes, accept_unknown_devices
         self._retention_s, self._v5 = retention_s, mqtt_protocol == "5"
-        self._devices = DeviceCache(engine=engine)
+        self._devices = DeviceCache(engine=engine, refresh_s=device_refresh_s)
         self._stats = IngestStats()
         self._warn = RateLimitedLog(log)
         self._decoder = Decoder(
@@ -92,12 +97,16 @@ class IngestWorker:
         self._lock = threading.RLock()
         self._items: list[Item] = []
         self._handled: list[AckKey] = []  # the batch's (device, stream, seq), for the acks
+        # messages received while the device check could not reach the database: decoded
+        # at the commit (after the back-off), in order, before the batch is stored
+        self._undecoded: deque[Message] = deque()
         self._acker = (
             AckPublisher(self._topics, interval_s=ack_interval_s) if ack_interval_s else None
         )
         self._acks: list[tuple[int, int, int]] = []  # (mid, qos, connection generation)
         self._batch_started = 0.0
         self._retry_at = 0.0
+        self._outages = 0  # database failures since the last commit (the back-off)
         self._generation = 0
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -111,6 +120,7 @@ class IngestWorker:
                 fleet=fleet,
                 max_payload_bytes=max_payload_bytes,
                 accept_unknown_devices=accept_unknown_devices,
+                device_refresh_s=device_refresh_s,
                 log_level=log.getEffectiveLevel(),
             )
             self._split = DecodeProcess(config)
@@ -231,8 +241,16 @@ class IngestWorker:
             self._acks.append((message.mid, message.qos, self._generation))
             if self._split is not None:
                 self._raw.append((message.topic, bytes(message.payload)))
+            elif self._undecoded:  # the database is unavailable: wait with the others
+                self._undecoded.append((message.topic, bytes(message.payload)))
             else:
-                self._decoder.add(message.topic, bytes(message.payload), self._items, self._handled)
+                try:
+                    self._decoder.add(
+                        message.topic, bytes(message.payload), self._items, self._handled
+                    )
+                except DatabaseUnavailable as exc:  # never a rejection: decode it later
+                    self._undecoded.append((message.topic, bytes(message.payload)))
+                    self._database_unavailable(exc)
             if len(self._acks) >= self._batch_size:
                 self._commit(force=False)
 
@@ -250,23 +268,24 @@ class IngestWorker:
         if not self._acks or (not force and time.monotonic() < self._retry_at):
             return
         try:
-            stored, duplicates = store_items(
+            self._decoder.add_all(self._undecoded, self._items, self._handled)
+            result = store_items(
                 self._engine,
                 self._items,
                 groups=self._devices.groups,
                 now=datetime.now(UTC),
                 create_unknown=self._accept_unknown,
-                reject=self._reject,
             )
-        except OperationalError as exc:  # database unreachable / locked: keep, back off
-            self._stats.store_retries += 1
-            self._retry_at = time.monotonic() + retry_delay(self._stats.store_retries)
-            self._warn.warning("db", "ingest cannot store a batch (will retry): %s", exc)
+        except DatabaseUnavailable as exc:  # keep everything, ack nothing, back off
+            self._database_unavailable(exc)
             return
-        self._stats.stored += stored
-        self._stats.duplicates += duplicates
+        for reason, detail in result.rejected:
+            self._reject(reason, detail)
+        self._stats.stored += result.stored
+        self._stats.duplicates += result.duplicates
         self._stats.batches += 1
         self._retry_at = 0.0
+        self._outages = 0
         for mid, qos, generation in self._acks:
             # After a reconnect old packet ids mean nothing: the broker redelivers those.
             if qos > 0 and generation == self._generation:
@@ -274,6 +293,12 @@ class IngestWorker:
         if self._acker is not None:
             self._acker.add(self._handled)
         self._items, self._acks, self._handled = [], [], []
+
+    def _database_unavailable(self, exc: DatabaseUnavailable) -> None:
+        self._stats.store_retries += 1
+        self._outages += 1
+        self._retry_at = time.monotonic() + retry_delay(self._outages)
+        self._warn.warning("db", "ingest cannot store a batch (will retry): %s", exc)
 
     def _submit(self, *, force: bool) -> None:
         """Decode process: hand it the batch (unless ``MAX_IN_FLIGHT`` are in flight: the

@@ -4,7 +4,7 @@ the first deploy) while the broker is away. Needs root (``mount``); skipped othe
 Expected: the agent keeps serving predictions and keeps running; once there is space and a
 broker again, telemetry flows, and the loss is reported: a window that closes but cannot be
 queued is counted (``Agent.unqueued_windows``) into the next queued window's
-``dropped_windows``.
+``dropped_windows``; feedback labels accepted meanwhile are kept and sent (issue #22).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,9 +66,18 @@ def test_full_disk_keeps_the_agent_serving(
             mosquitto_fresh.stop()
             _fill(small_disk)
             for i in range(200):  # ~40 windows onto a full disk
-                assert agent.predict(DIGITS[i % 100 : i % 100 + 1]).version
+                prediction = agent.predict(DIGITS[i % 100 : i % 100 + 1])
+                assert prediction.version
+                if i < 5:
+                    labelled.extend(prediction.ids)
                 await asyncio.sleep(0.005)
             await asyncio.sleep(0.3)
+            for i, prediction_id in enumerate(labelled):  # accepted while the disk is full
+                agent.feedback(prediction_id=prediction_id, label=i % 10)
+            for _ in range(2):  # the 2nd reaches the feedback batch (no window is open)
+                with contextlib.suppress(OSError, sqlite3.Error):
+                    agent.flush()
+            assert not agent._feedback.empty()  # not dropped: kept for the next batch
             (small_disk / "filler.bin").unlink()  # space again
             mosquitto_fresh.start()
             agent.predict(DIGITS[:1])
@@ -76,9 +86,13 @@ def test_full_disk_keeps_the_agent_serving(
                 wait_for, lambda: len(agent.queue) == 0, within=30, what="the queue drains"
             )
             await obs.wait(lambda: bool(obs.telemetry["df-1"]), within=10)
+            await obs.wait(lambda: bool(obs.feedback["df-1"]), within=10)
             windows.extend(obs.telemetry["df-1"])
+            labels.extend(x.prediction_id for f in obs.feedback["df-1"] for x in f.labels)
 
     windows: list[pb.TelemetryWindow] = []
+    labelled: list[str] = []
+    labels: list[str] = []
 
     async def main() -> None:
         async with agent:
@@ -91,3 +105,5 @@ def test_full_disk_keeps_the_agent_serving(
     # first window queued afterwards carries their number in dropped_windows
     assert sum(w.dropped_windows for w in windows) > 0, seqs
     assert agent.unqueued_windows == 0
+    # labels the agent accepted while its disk was full are sent once there is space again
+    assert labels == labelled
