@@ -88,14 +88,7 @@ def train_oracle(
         train_y=spec.targets(shifted_train),
         val_x=preprocess.apply(val.features),
         val_y=spec.targets(val),
-        config=TrainConfig(
-            epochs=int(merged["epochs"]),
-            batch_size=int(merged["batch_size"]),
-            lr=float(merged["lr"]),
-            weight_decay=float(merged.get("weight_decay", 0.0)),
-            seed=seed,
-            device="cpu",
-        ),
+        config=TrainConfig.from_params(merged, seed=seed, device="cpu"),
     )
     if world.ids is None or world.labels is None:
         raise ValueError("the oracle is scored on labelled source records with ids")

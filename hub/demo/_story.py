@@ -42,6 +42,7 @@ DRIFT_STORY = {
     "scale": "cameras get moved closer (1.3x zoom)",
 }
 AFTER_S = 60.0  # accuracy after promotion is measured over this fixed span
+LATENCY_TOLERANCE = 3.0  # the canary's p95 latency may grow 3x (default 0.5): see deviations()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,6 +171,15 @@ def deviations(options: DemoOptions) -> list[dict[str, str]]:
     )
     found.append(
         {
+            "setting": "canary gate max_latency_p95_increase",
+            "value": str(LATENCY_TOLERANCE),
+            "reason": "the simulated devices share this machine's cores with the hub, the "
+            "retraining and the packaging: a canary's p95 over a 6 s bake measures that "
+            "contention (measured: 1.1-5x), not the model; real devices own their CPU",
+        }
+    )
+    found.append(
+        {
             "setting": "policy on_new_data / on_new_code",
             "value": "false / false",
             "reason": "the story retrains on the drift incident only (field data would otherwise "
@@ -237,8 +247,13 @@ async def _story(hub: HubProcess, options: DemoOptions, timeline: Timeline) -> d
                 if options.min_incident_records is not None
                 else {}
             ),
-            # every other policy setting and every gate: the defaults
-            "canary": {"selector": "all", "phases": "10%,100%", "bake_s": 6},
+            # every other policy setting and every gate: the defaults, but one (deviations())
+            "canary": {
+                "selector": "all",
+                "phases": "10%,100%",
+                "bake_s": 6,
+                "gates": {"max_latency_p95_increase": LATENCY_TOLERANCE},
+            },
         },
     )
     say("[bold]4. policy[/] retrain on drift or degradation, with field data; canary the result")

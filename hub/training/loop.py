@@ -10,7 +10,7 @@ import contextlib
 import io
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +35,20 @@ class TrainConfig:
     # On CUDA, "bf16" trains under bf16 autocast (faster for wide models, weights stay fp32);
     # "fp32" does not. The CPU always trains in fp32.
     precision: Literal["bf16", "fp32"] = "bf16"
+
+    @classmethod
+    def from_params(
+        cls, params: Mapping[str, Any], *, seed: int = 0, device: str = "auto"
+    ) -> TrainConfig:
+        """A spec's merged parameters (``epochs``, ``batch_size``, ``lr``, ``weight_decay``)."""
+        return cls(
+            epochs=int(params["epochs"]),
+            batch_size=int(params["batch_size"]),
+            lr=float(params["lr"]),
+            weight_decay=float(params.get("weight_decay", 0.0)),
+            seed=seed,
+            device=device,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

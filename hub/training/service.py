@@ -90,14 +90,7 @@ def train(
         num_outputs = spec.num_outputs(splits["train"])
         seed_everything(seed)
         model = spec.build(params=merged, num_outputs=num_outputs)
-        config = TrainConfig(
-            epochs=int(merged["epochs"]),
-            batch_size=int(merged["batch_size"]),
-            lr=float(merged["lr"]),
-            weight_decay=float(merged.get("weight_decay", 0.0)),
-            seed=seed,
-            device=device,
-        )
+        config = TrainConfig.from_params(merged, seed=seed, device=device)
 
         def log_epoch(result: EpochResult) -> None:
             with session_scope(engine) as s:

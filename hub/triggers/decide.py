@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -31,9 +32,9 @@ class Decision:
     incident: Incident | None = None
 
 
-def labelled_field_count(session: Session, *, model: str) -> int:
-    """Field samples of ``model`` for which a label came back."""
-    count = session.exec(
+def _labelled_count(model: str) -> Any:
+    """``count(*)`` of ``model``'s field samples for which a label came back."""
+    return (
         select(func.count())
         .select_from(FieldSample)
         .join(
@@ -42,8 +43,12 @@ def labelled_field_count(session: Session, *, model: str) -> int:
             & (col(FeedbackLabelRow.device_id) == col(FieldSample.device_id)),
         )
         .where(FieldSample.model == model, col(FeedbackLabelRow.label).is_not(None))
-    ).one()
-    return int(count)
+    )
+
+
+def labelled_field_count(session: Session, *, model: str) -> int:
+    """Field samples of ``model`` for which a label came back."""
+    return int(session.exec(_labelled_count(model)).one())
 
 
 def incident_devices(session: Session, *, incident: Incident) -> set[str] | None:
@@ -69,21 +74,7 @@ def incident_devices(session: Session, *, incident: Incident) -> set[str] | None
 def incident_field_count(session: Session, *, model: str, incident: Incident) -> int:
     """Labelled field samples of ``model`` from the incident's devices, taken after its first
     alert opened: how much of the new regime a retrain would learn from."""
-    first = incident.started_at
-    query = (
-        select(func.count())
-        .select_from(FieldSample)
-        .join(
-            FeedbackLabelRow,
-            (col(FeedbackLabelRow.prediction_id) == col(FieldSample.prediction_id))
-            & (col(FeedbackLabelRow.device_id) == col(FieldSample.device_id)),
-        )
-        .where(
-            FieldSample.model == model,
-            col(FeedbackLabelRow.label).is_not(None),
-            col(FieldSample.at) >= first,
-        )
-    )
+    query = _labelled_count(model).where(col(FieldSample.at) >= incident.started_at)
     devices = incident_devices(session, incident=incident)
     if devices is not None:
         query = query.where(col(FieldSample.device_id).in_(sorted(devices)))

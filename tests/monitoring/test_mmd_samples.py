@@ -5,17 +5,15 @@ ingest writes them from telemetry reservoirs). Real detectors, SQLite and Postgr
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from hub.artifacts import FileArtifactStore
-from hub.db import create_all, make_engine, session_scope
+from hub.db import session_scope
 from hub.monitoring import DetectorCache, MonitorConfig, evaluate
 from hub.monitoring._reference import reference_samples
 from hub.tables import FieldSample, MonitorScore
@@ -26,14 +24,6 @@ from tests.monitoring.fleetdata import FEATURES, Fleet
 DEVICES = {"cam-1": "north", "cam-2": "south"}
 CONFIG = MonitorConfig(window_size=200, false_alarm_rate=0.01)
 RESERVOIR = 25  # raw samples kept per telemetry window
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def _bundle(store: FileArtifactStore, tmp: Path) -> str:

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from hub.db import create_all, make_engine
 from hub.monitoring import DetectorCache, MonitorConfig, evaluate, open_alerts
 from hub.tables import MonitorScore
 from tests.monitoring.fleetdata import Fleet
 
 DEVICES = {"cam-1": "north", "cam-2": "north", "cam-3": "south"}
 CONFIG = MonitorConfig(window_size=200, false_alarm_rate=0.001)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_reference_then_shift_with_the_real_detectors(engine: Engine) -> None:

@@ -5,14 +5,11 @@ was retrained for them* stops alerting. Real detectors, SQLite and PostgreSQL.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
-import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from hub.db import create_all, make_engine, session_scope
+from hub.db import session_scope
 from hub.monitoring import DetectorCache, MonitorConfig, evaluate
 from hub.tables import Bundle
 from model_packager.profile import ReferenceProfile, build_profile
@@ -21,14 +18,6 @@ from tests.monitoring.fleetdata import FEATURES, Fleet, logits
 DEVICES = {"cam-1": "north", "cam-2": "south", "cam-3": "south"}
 CONFIG = MonitorConfig(window_size=200, false_alarm_rate=0.01)
 SHIFT = 1.0
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def _with_south_reference(fleet: Fleet) -> None:

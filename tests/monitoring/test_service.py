@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from hub.db import create_all, make_engine, session_scope
+from hub.db import session_scope
 from hub.monitoring import (
     DetectorCache,
     MonitorConfig,
@@ -23,14 +21,6 @@ from tests.monitoring.tiny_detector import TinyChi2, tiny_factory
 
 DEVICES = {"cam-1": "north", "cam-2": "north", "cam-3": "south"}
 CONFIG = MonitorConfig(window_size=200, false_alarm_rate=0.001, min_labels=50)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
