@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hub.redact import redact_url
+
 if TYPE_CHECKING:
     from hub.tls import TlsFiles
 
@@ -169,7 +171,8 @@ class HubSettings(BaseSettings):
         parsed = urlparse(value)
         if parsed.scheme not in {"mqtt", "mqtts", "tcp"} or not parsed.hostname:
             raise SettingsError(
-                f"EDGELOOP_MQTT_URL {value!r} is not a broker address; use mqtt://host:1883"
+                f"EDGELOOP_MQTT_URL {redact_url(value)!r} is not a broker address; "
+                "use mqtt://[user:password@]host:1883"
             )
         return value
 

@@ -22,6 +22,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from hub.redact import redact_text
+
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True)
 
@@ -56,6 +58,7 @@ def emit(data: Any, *, as_json: bool, columns: Sequence[str] | None = None, key:
 
 
 def emit_error(*, message: str, code: str, as_json: bool) -> None:
+    message = redact_text(message)  # e.g. a settings error quoting a URL with its password
     if as_json:
         sys.stdout.write(json.dumps({"error": message, "code": code}) + "\n")
         sys.stdout.flush()
