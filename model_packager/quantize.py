@@ -23,10 +23,11 @@ thread, x86 with AVX-512 VNNI; relative MSE of the logits against fp32 on held-o
   AMD EPYC without VNNI was off by 0.13 on outputs of scale 2; on digits-cnn here the fused
   kernels differed from the model's own QDQ arithmetic by up to 0.13 in the logits). With
   |w| <= 64 a pair is at most 255 x 128 = 32640 < 32767: no saturation on any x86, and ARM
-  (sdot/udot, int32 sums) never saturates. Measured on digits-cnn (defaults: 32 channels, 90k parameters; 278 test digits;
-  onnxruntime 1.32, one thread, Xeon with AVX-512 VNNI; the max differences are in logits of
-  range -15..21, the first one dominated by the calibrated output range clipping the largest
-  logit; "kernel" = fused int8 kernels against the same model run unfused, Q/DQ in float):
+  (sdot/udot, int32 sums) never saturates. Measured on digits-cnn (defaults: 32 channels,
+  90k parameters; 278 test digits; onnxruntime 1.32, one thread, Xeon with AVX-512 VNNI;
+  the max differences are in logits of range -15..21, the first one dominated by the
+  calibrated output range clipping the largest logit; "kernel" = fused int8 kernels against
+  the same model run unfused, Q/DQ in float):
 
   ========================  ======  =========  ========  ======  ============  ==========
   variant                   bytes   b1 ms      b64 /s    acc %   max |q-fp32|  max kernel
