@@ -47,8 +47,9 @@ class MqttTarget:
         parsed = urlparse(url)
         if parsed.scheme not in {"mqtt", "tcp", "mqtts", "ssl"} or not parsed.hostname:
             raise InvalidInput(
-                f"{redact_url(url)!r} is not a broker address; use mqtt://[user:password@]host:port"
-                " or mqtts://[user:password@]host:port?ca_file=/path/ca.pem"
+                f"{redact_url(url)!r} is not a broker address; use mqtt://host:port or "
+                "mqtts://host:port?ca_file=/path/ca.pem (a login goes before the host: "
+                "user:password@host)"
             )
         tls = parsed.scheme in {"mqtts", "ssl"}
         query = parse_qs(parsed.query)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -63,7 +64,8 @@ def emit_error(*, message: str, code: str, as_json: bool) -> None:
         sys.stdout.write(json.dumps({"error": message, "code": code}) + "\n")
         sys.stdout.flush()
     else:
-        stderr.print(f"[bold red]error[/] ({code}): {message}", highlight=False)
+        # escaped: brackets in a message (pydantic's [type=...]) are text, not rich markup
+        stderr.print(f"[bold red]error[/] ({code}): {escape(message)}", highlight=False)
 
 
 @contextmanager

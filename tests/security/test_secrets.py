@@ -5,6 +5,9 @@ errors, its log (stdout + stderr, the access log included) and the CLI's start-u
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import re
 import signal
@@ -12,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -29,7 +33,8 @@ from tests.fixtures.brokers import require_mosquitto
 MQTT_SECRET = "mq-Pl@nted-7f3a9c51"
 DB_SECRET = "db-Pl@nted-2be8d604"
 ADMIN_TOKEN = "admin-Planted-0c9e4f7a1d2b3c4d5e6f7a8b"
-SECRETS = [MQTT_SECRET, DB_SECRET, ADMIN_TOKEN]
+SHORT_TOKEN = "short-Planted-5d1e"  # refused by production mode: the error must not quote it
+SECRETS = [MQTT_SECRET, DB_SECRET, ADMIN_TOKEN, SHORT_TOKEN]
 FORMS = [form for s in SECRETS for form in {s, quote(s, safe=""), quote(s)}]
 USER = "ext-hub"
 
@@ -94,14 +99,48 @@ def database_with_password(postgres_url: str) -> str:
     return f"{head}://{user}:{quote(DB_SECRET, safe='')}@{rest}"
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hub.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def _main_output(env: dict[str, str]) -> str:
+    """``edgeloop hub serve`` in-process with ``env`` (a settings error stops it before
+    anything starts): its exit code must be 2; stdout + stderr, lines unwrapped."""
+    from hub.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    level = logging.getLogger().level  # `hub serve` raises the root logger to INFO
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        for key, value in env.items():
+            mp.setenv(key, value)
+        code = main(["hub", "serve"])
+    logging.getLogger().setLevel(level)
+    text = " ".join((out.getvalue() + err.getvalue()).split())  # (rich wraps lines)
+    assert code == 2, text
+    return text
+
+
+def _startup_errors(env: dict[str, str], broker_url: str, database_url: str) -> dict[str, str]:
+    """What the CLI prints for bad settings and what an unreachable database raises."""
+    from hub.db import make_engine
+
+    shown = {}
+    bad_broker = {**env, "EDGELOOP_MQTT_URL": broker_url.replace("mqtt://", "http://")}
+    text = _main_output(bad_broker)
+    assert "is not a broker address" in text and "***" in text, text
+    assert "user:password@host" in text and "input_value" not in text
+    shown["bad EDGELOOP_MQTT_URL"] = text
+    # a model-level check: pydantic would quote every setting (token, URLs) in its message
+    weak = {**env, "EDGELOOP_MODE": "production", "EDGELOOP_ADMIN_TOKEN": SHORT_TOKEN}
+    text = _main_output(weak)
+    assert "needs EDGELOOP_ADMIN_TOKEN of at least" in text and "input_value" not in text, text
+    shown["short admin token"] = text
+    dead = make_engine(re.sub(r"@[^/]+/", "@127.0.0.1:1/", database_url))
+    with pytest.raises(Exception) as failed:
+        dead.connect()
+    dead.dispose()
+    shown["unreachable database"] = "".join(traceback.format_exception(failed.value))
+    return shown
 
 
 def _ui_get_paths() -> list[str]:
@@ -206,18 +245,12 @@ def test_no_secret_in_health_pages_api_logs_or_errors(
             proc.wait()
     text = log.read_text()
     assert "hub on http://" in text and "GET /ui/fleet" in text  # banner and access log
+    assert f"MQTT mqtt://{USER}:***@127.0.0.1:" in text  # the banner names the broker, masked
     assert "token=***" in text  # the sign-in link was logged, masked
     shown["hub log"] = text
 
-    # start-up errors: a bad broker address, an unreachable database
-    bad_url = external_broker.replace("mqtt://", "http://")
-    refused = _cli("hub", "serve", env={**env, "EDGELOOP_MQTT_URL": bad_url})
-    assert refused.returncode == 2 and "***" in refused.stderr, refused.stderr
-    shown["bad EDGELOOP_MQTT_URL"] = refused.stdout + refused.stderr
-    dead_db = re.sub(r"@[^/]+/", "@127.0.0.1:1/", database_with_password)
-    failed = _cli("hub", "serve", env={**env, "EDGELOOP_DATABASE_URL": dead_db})
-    assert failed.returncode != 0
-    shown["unreachable database"] = failed.stdout + failed.stderr
+    # start-up errors (in-process: the same code paths as the CLI, without a second start)
+    shown.update(_startup_errors(env, external_broker, database_with_password))
 
     leaks = {where: _leaks(what) for where, what in shown.items() if _leaks(what)}
     assert not leaks, f"secrets shown: {leaks}"
