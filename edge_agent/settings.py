@@ -22,7 +22,10 @@ class AgentSettingsError(ValueError):
 
 
 class AgentSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EDGELOOP_AGENT_", extra="ignore", frozen=True)
+    # no input in validation errors: a model-level error would quote every setting given
+    model_config = SettingsConfigDict(
+        env_prefix="EDGELOOP_AGENT_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
     data_dir: Path = Path("~/.edgeloop-agent")

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from hub.errors import InvalidInput
+from hub.redact import redact_url
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,8 +47,9 @@ class MqttTarget:
         parsed = urlparse(url)
         if parsed.scheme not in {"mqtt", "tcp", "mqtts", "ssl"} or not parsed.hostname:
             raise InvalidInput(
-                f"{_redact(url)!r} is not a broker address; use mqtt://[user:password@]host:port"
-                " or mqtts://[user:password@]host:port?ca_file=/path/ca.pem"
+                f"{redact_url(url)!r} is not a broker address; use mqtt://host:port or "
+                "mqtts://host:port?ca_file=/path/ca.pem (a login goes before the host: "
+                "user:password@host)"
             )
         tls = parsed.scheme in {"mqtts", "ssl"}
         query = parse_qs(parsed.query)
@@ -76,10 +78,3 @@ class MqttTarget:
             f"MqttTarget(host={self.host!r}, port={self.port}, username={self.username!r}, "
             f"tls={self.tls})"
         )
-
-
-def _redact(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url

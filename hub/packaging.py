@@ -43,6 +43,7 @@ from model_packager.gate import (
     Metric,
     accuracy_metric,
     evaluate_onnx,
+    kernel_deviation,
     quantize_with_gate,
     reconstruction_errors,
     reconstruction_metric_factory,
@@ -52,6 +53,7 @@ from model_packager.litert import TFLiteRunner
 from model_packager.onnx_export import check_parity, export_onnx
 from model_packager.preprocess import Preprocess
 from model_packager.profile import build_profile
+from model_packager.quantize import weight_range
 from model_packager.variants import measure_variant
 
 FORMATS = ("onnx", "tflite")
@@ -307,8 +309,12 @@ def package(
         "quantization": {
             "method": "static",
             "format": "QDQ",
-            "weights": "int8 per-channel",
+            "weights": "int8 per-channel symmetric, 7-bit range (reduce_range)",
             "activations": "int8",
+            # <= 64: no CPU's int8 kernels saturate (model_packager.quantize)
+            "weight_range": weight_range(gate.int8_bytes),
+            # the packaging hub's fused kernels against the model's QDQ arithmetic
+            "kernel_max_abs_diff": round(kernel_deviation(gate.int8_bytes, inputs=x_test[:512]), 6),
             "calibration_samples": len(x_cal),
             "calibration_split": "train",
             "nodes_kept_float": gate.nodes_kept_float,

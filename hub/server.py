@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from hub import db as hub_db
 from hub.api import create_app
@@ -20,6 +21,7 @@ from hub.broker_auth import BrokerAuth, hub_mqtt_url
 from hub.grpc_auth import DeviceCertAuth
 from hub.grpc_devices import DeviceServicer
 from hub.grpc_server import serve_grpc
+from hub.redact import redact_url, redacting_log_config
 from hub.security import (
     Security,
     device_artifact_endpoint,
@@ -162,7 +164,7 @@ def _serve(settings: HubSettings) -> None:
 
         def health() -> dict[str, Any]:
             return {
-                "mqtt": {"url": mqtt_url, "broker": broker_kind},
+                "mqtt": {"url": redact_url(mqtt_url), "broker": broker_kind},
                 "grpc": f"{settings.grpc_host}:{grpc_port}",
                 "grpc_artifacts": f"{settings.grpc_host}:{rpc.artifact_port}",
             }
@@ -178,8 +180,15 @@ def _serve(settings: HubSettings) -> None:
             settings.api_port,
             settings.grpc_host,
             grpc_port,
-            mqtt_url,
+            redact_url(mqtt_url),
             broker_kind,
             settings.data_dir,
         )
-        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
+        uvicorn.run(
+            app,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="info",
+            # the access log would show /ui/login?token=... (hub.redact masks it)
+            log_config=redacting_log_config(LOGGING_CONFIG),
+        )

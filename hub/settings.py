@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hub.redact import redact_url
+
 if TYPE_CHECKING:
     from hub.tls import TlsFiles
 
@@ -29,7 +31,11 @@ class SettingsError(ValueError):
 class HubSettings(BaseSettings):
     """Configuration of one hub process."""
 
-    model_config = SettingsConfigDict(env_prefix="EDGELOOP_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a validation error would otherwise quote the input (the whole
+    # settings dict for a model-level check: the admin token, URLs with passwords)
+    model_config = SettingsConfigDict(
+        env_prefix="EDGELOOP_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     mode: Literal["dev", "production"] = "dev"
     data_dir: Path = DEFAULT_DATA_DIR
@@ -169,7 +175,8 @@ class HubSettings(BaseSettings):
         parsed = urlparse(value)
         if parsed.scheme not in {"mqtt", "mqtts", "tcp"} or not parsed.hostname:
             raise SettingsError(
-                f"EDGELOOP_MQTT_URL {value!r} is not a broker address; use mqtt://host:1883"
+                f"EDGELOOP_MQTT_URL {redact_url(value)!r} is not a broker address; "
+                "use mqtt://host:1883 (a login goes before the host: user:password@host)"
             )
         return value
 

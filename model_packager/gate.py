@@ -39,6 +39,7 @@ __all__ = [
     "Metric",
     "accuracy_metric",
     "evaluate_onnx",
+    "kernel_deviation",
     "quantize_with_gate",
     "reconstruction_errors",
     "reconstruction_metric_factory",
@@ -55,9 +56,18 @@ class Metric(Protocol):
 
 
 def evaluate_onnx(
-    onnx_bytes: bytes, *, inputs: npt.NDArray[np.float32], batch_size: int = 256
+    onnx_bytes: bytes,
+    *,
+    inputs: npt.NDArray[np.float32],
+    batch_size: int = 256,
+    fused: bool = True,
 ) -> npt.NDArray[np.float32]:
-    """The (first) output of the model on ``inputs`` with onnxruntime CPU, in batches."""
+    """The (first) output of the model on ``inputs`` with onnxruntime CPU, in batches.
+
+    ``fused=False`` turns onnxruntime's graph optimisations off: a QDQ model then runs its
+    QuantizeLinear / DequantizeLinear in float around float ops, the model's own arithmetic,
+    the same on every CPU (slow; for checking the fused int8 kernels of this CPU against it).
+    """
     import onnxruntime as ort
 
     if batch_size <= 0:
@@ -65,6 +75,8 @@ def evaluate_onnx(
     x = np.ascontiguousarray(inputs, dtype=np.float32)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not fused:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     parts = [
@@ -74,6 +86,15 @@ def evaluate_onnx(
     if not parts:
         raise ValueError("inputs is empty")
     return np.concatenate(parts)
+
+
+def kernel_deviation(int8_bytes: bytes, *, inputs: npt.NDArray[np.float32]) -> float:
+    """Max |fused int8 kernels of this CPU - the QDQ model's own arithmetic| over ``inputs``:
+    near 0 when the kernels compute what the model says; large when they saturate (u8 x s8
+    ``vpmaddubsw`` on x86 without VNNI with full-range weights, see model_packager.quantize)."""
+    fused = evaluate_onnx(int8_bytes, inputs=inputs)
+    reference = evaluate_onnx(int8_bytes, inputs=inputs, fused=False)
+    return float(np.abs(fused - reference).max())
 
 
 def accuracy_metric(outputs: npt.NDArray[np.float32], targets: np.ndarray | None, /) -> float:

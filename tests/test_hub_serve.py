@@ -92,8 +92,13 @@ def test_zero_config_serve_starts_broker_grpc_and_docs(tmp_path: Path) -> None:
         mqtt_port = int(health["mqtt"]["url"].rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", mqtt_port), timeout=5):
             pass
+        health_text = httpx.get(f"{url}/healthz").text
     finally:
         assert _stop(proc) == 0, log.read_text()
+    # The hub's own broker password (its clients' login) is shown nowhere.
+    hub_password = (tmp_path / "data" / "keys" / "mqtt_hub_password").read_text().strip()
+    assert len(hub_password) >= 16
+    assert hub_password not in health_text and hub_password not in log.read_text()
     # The embedded broker went down with the hub.
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", mqtt_port), timeout=2).close()

@@ -35,6 +35,7 @@ from hub.cli import (
 from hub.cli._client import Target
 from hub.cli._output import emit, emit_error
 from hub.errors import EdgeloopError
+from hub.redact import install_log_redaction
 from hub.settings import SettingsError, load_settings
 
 app = typer.Typer(
@@ -91,6 +92,7 @@ def root(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()  # no password in a URL, no ?token= reaches a log line
     ctx.obj = Target(data_dir=str(data_dir) if data_dir else None, hub_url=hub_url, token=token)
 
 

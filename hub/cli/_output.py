@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,6 +22,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+
+from hub.redact import redact_text
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True)
@@ -56,11 +59,13 @@ def emit(data: Any, *, as_json: bool, columns: Sequence[str] | None = None, key:
 
 
 def emit_error(*, message: str, code: str, as_json: bool) -> None:
+    message = redact_text(message)  # e.g. a settings error quoting a URL with its password
     if as_json:
         sys.stdout.write(json.dumps({"error": message, "code": code}) + "\n")
         sys.stdout.flush()
     else:
-        stderr.print(f"[bold red]error[/] ({code}): {message}", highlight=False)
+        # escaped: brackets in a message (pydantic's [type=...]) are text, not rich markup
+        stderr.print(f"[bold red]error[/] ({code}): {escape(message)}", highlight=False)
 
 
 @contextmanager

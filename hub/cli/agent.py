@@ -15,6 +15,7 @@ import typer
 from hub.cli._common import JsonFlag, parse_pairs
 from hub.cli._output import emit, progress_bar, stderr
 from hub.errors import BundleRejected, InvalidInput
+from hub.redact import redact_url
 
 app = typer.Typer(help="The device agent.", no_args_is_help=True)
 
@@ -59,7 +60,7 @@ def run(
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, lambda: asyncio.ensure_future(agent.stop()))
             stderr.print(
-                f"agent {settings.device_id} on {settings.mqtt_url}"
+                f"agent {settings.device_id} on {redact_url(settings.mqtt_url)}"
                 + (f", local API http://127.0.0.1:{agent.http_port}" if agent.http_port else "")
             )
             await agent.wait_stopped()

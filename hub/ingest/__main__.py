@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hub.db import create_all, make_engine
 from hub.ingest.worker import IngestWorker
+from hub.redact import install_log_redaction
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()
     engine = make_engine(args.database_url)
     create_all(engine)
     stop = threading.Event()

@@ -105,6 +105,9 @@ def _child_main(conn: Connection, config: ChildConfig) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s[decode %(process)d]: %(message)s",
     )
+    from hub.redact import install_log_redaction
+
+    install_log_redaction()
     try:
         from hub.db import make_engine
         from proto.topics import Topics

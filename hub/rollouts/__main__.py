@@ -15,6 +15,7 @@ import threading
 from contextlib import ExitStack
 
 from hub.db import create_all, make_engine
+from hub.redact import install_log_redaction
 from hub.rollouts.controller import RolloutController
 
 log = logging.getLogger("edgeloop.rollouts")
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()
     engine = make_engine(args.database_url)
     create_all(engine)
     stop = threading.Event()
