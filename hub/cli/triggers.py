@@ -29,6 +29,9 @@ def policy(
         bool, typer.Option(help="merge labelled field samples into the dataset before such runs")
     ] = True,
     min_field_records: Annotated[int, typer.Option(help="labelled field samples needed")] = 50,
+    field_device_share: Annotated[
+        float, typer.Option(help="no device keeps more than max(2/N, this) of the field data")
+    ] = 0.1,
     canary: Annotated[
         str | None,
         typer.Option(help="selector: package each retrained version and roll it out as a canary"),
@@ -53,6 +56,7 @@ def policy(
         "on_degradation": degradation,
         "field_data": field_data,
         "min_field_records": min_field_records,
+        "field_device_share": field_device_share,
         "canary": {"selector": canary, "phases": canary_phases} if canary else {},
         "debounce_s": debounce,
     }

@@ -10,7 +10,8 @@ Inputs are what the ingest stores (``hub.tables.fleet``) and monitoring's ``Aler
 - ``error_rate``: on-device errors / predictions of the candidate, against the previous
   version(s) the rollout's devices ran (over the fleet, last ``baseline_lookback_s``);
 - ``latency_p95``: from the merged latency histograms, candidate vs previous;
-- ``accuracy``: label feedback (label == predicted label), candidate vs previous;
+- ``accuracy``: label feedback (label == predicted label), candidate vs previous; labels of
+  devices in label quarantine (``hub.triggers.label_quality``) are left out;
 - ``shadow_agreement``: agreed / compared of windows that shadowed the candidate;
 - ``drift``: open drift alerts for the candidate version.
 """
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 
 from sqlmodel import Session, col, select
 
-from hub.tables import Alert, FeedbackLabelRow, TelemetryWindowRow
+from hub.tables import Alert, FeedbackLabelRow, LabelQuarantine, TelemetryWindowRow
 from hub.tables.rollouts import DeviceState, Rollout
 
 DEFAULT_GATES: dict[str, Any] = {
@@ -282,10 +283,22 @@ def _accuracy(
     )
     if devices is not None:
         query = query.where(col(FeedbackLabelRow.device_id).in_(devices))
+    query = query.where(col(FeedbackLabelRow.device_id).not_in(_quarantined(session, model)))
     rows = session.exec(query).all()
     if not rows:
         return None, 0
     return sum(label == pred for label, pred in rows) / len(rows), len(rows)
+
+
+def _quarantined(session: Session, model: str) -> list[str]:
+    """Devices whose labels for ``model`` are quarantined (``hub.triggers.label_quality``)."""
+    return list(
+        session.exec(
+            select(LabelQuarantine.device_id).where(
+                LabelQuarantine.model == model, col(LabelQuarantine.active).is_(True)
+            )
+        ).all()
+    )
 
 
 def quality_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list[GateResult]:

@@ -12,6 +12,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from sqlmodel import Session, col, select
@@ -23,6 +24,7 @@ from hub.datasets.validation import ValidationReport
 from hub.errors import InvalidInput
 from hub.tables import DatasetVersion
 from hub.tables.fleet import FeedbackLabelRow, FieldSample
+from hub.triggers.label_quality import DEFAULT_DEVICE_SHARE, screen_field_records
 
 log = logging.getLogger("edgeloop.triggers")
 
@@ -41,9 +43,10 @@ class FieldImport:
 
 def labelled_field_records(
     session: Session, *, model: str, like: RecordSet, limit: int = 20_000
-) -> tuple[RecordSet | None, dict[str, object], int]:
+) -> tuple[RecordSet | None, dict[str, object], int, list[tuple[str, datetime]]]:
     """The newest ``limit`` field samples of ``model`` that have a label, as records shaped
-    and named like ``like``; also their provenance and how many samples did not fit."""
+    and named like ``like`` (newest first); also their provenance, how many samples did not
+    fit, and each record's device and time."""
     rows = session.exec(
         select(FieldSample, FeedbackLabelRow)
         .join(
@@ -64,6 +67,7 @@ def labelled_field_records(
     devices: Counter[str] = Counter()
     versions: Counter[str] = Counter()
     times = []
+    owners: list[tuple[str, datetime]] = []
     skipped = 0
     for sample, label in rows:
         rid = f"field:{sample.device_id}:{sample.prediction_id}"
@@ -79,6 +83,7 @@ def labelled_field_records(
         devices[sample.device_id] += 1
         versions[f"{sample.model}@{sample.version}"] += 1
         times.append(sample.at)
+        owners.append((sample.device_id, sample.at))
     provenance: dict[str, object] = {
         "model": model,
         "devices": dict(devices),
@@ -87,7 +92,7 @@ def labelled_field_records(
         "to": max(times).isoformat() if times else None,
     }
     if not ids:
-        return None, provenance, skipped
+        return None, provenance, skipped, owners
     records = RecordSet(
         ids=np.asarray(ids),
         features=np.asarray(features, dtype=np.float32).reshape(len(ids), *shape),
@@ -95,7 +100,7 @@ def labelled_field_records(
         feature_names=like.feature_names,
         label_names=like.label_names,
     )
-    return records, provenance, skipped
+    return records, provenance, skipped, owners
 
 
 def import_field_data(
@@ -106,6 +111,7 @@ def import_field_data(
     model: str,
     min_records: int = 1,
     shift_expected: str | None = None,
+    device_share: float = DEFAULT_DEVICE_SHARE,
 ) -> FieldImport | None:
     """Append ``model``'s labelled field samples to ``dataset`` as its next version.
 
@@ -113,10 +119,19 @@ def import_field_data(
     ``shift_expected`` (a reason, e.g. the drift alert being answered), a version that fails
     only distribution checks is overridden with that reason: drifted field data is *meant* to
     differ from the training data. Schema failures are never overridden.
+
+    Devices whose labels disagree with the fleet's consensus far beyond chance are
+    quarantined and left out, and no device keeps more than ``max(2/N, device_share)`` of the
+    records (:mod:`hub.triggers.label_quality`); the lineage records both.
     """
     parent = datasets.get_version(session, ref=f"{dataset}@latest")
     like = datasets.load_records(session, store, version=parent)
-    records, provenance, skipped = labelled_field_records(session, model=model, like=like)
+    records, provenance, skipped, owners = labelled_field_records(session, model=model, like=like)
+    if records is not None:
+        records, screened = screen_field_records(
+            session, model=model, records=records, owners=owners, share=device_share
+        )
+        provenance = {**provenance, **screened}
     if records is None or len(records) < min_records:
         return None
     try:

@@ -35,6 +35,7 @@ def set_policy(
     on_degradation: bool = True,
     field_data: bool = True,
     min_field_records: int = 50,
+    field_device_share: float = 0.1,
     canary: Mapping[str, Any] | None = None,
     debounce_s: int = 300,
 ) -> TrainingPolicy:
@@ -56,6 +57,8 @@ def set_policy(
         raise InvalidInput("debounce_s must be zero or positive")
     if min_field_records < 1:
         raise InvalidInput("min_field_records must be at least 1")
+    if not 0 < field_device_share <= 1:
+        raise InvalidInput("field_device_share must be in (0, 1]")
     canary_settings = dict(canary or {})
     unknown = set(canary_settings) - CANARY_KEYS
     if unknown:
@@ -78,6 +81,7 @@ def set_policy(
     policy.on_new_data, policy.on_new_code = on_new_data, on_new_code
     policy.on_drift, policy.on_degradation = on_drift, on_degradation
     policy.field_data, policy.min_field_records = field_data, min_field_records
+    policy.field_device_share = field_device_share
     policy.canary = canary_settings
     policy.debounce_s, policy.enabled = debounce_s, True
     session.add(policy)

@@ -187,6 +187,7 @@ def _start(
                 model=model_name,
                 min_records=policy.min_field_records,
                 shift_expected=decision.incident.reason(),
+                device_share=policy.field_device_share,
             )
             if found is None:
                 return None

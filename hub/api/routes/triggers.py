@@ -33,6 +33,12 @@ class PolicyIn(BaseModel):
     on_degradation: bool = True
     field_data: bool = True
     min_field_records: int = Field(default=50, ge=1)
+    field_device_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="no device keeps more than max(2/N, this) of a field-data version",
+    )
     canary: dict[str, Any] = Field(
         default_factory=dict,
         description="rollout settings for an automatic canary of each retrained version "
