@@ -24,7 +24,11 @@ from hub.datasets.validation import ValidationReport
 from hub.errors import InvalidInput
 from hub.tables import DatasetVersion
 from hub.tables.fleet import FeedbackLabelRow, FieldSample
-from hub.triggers.label_quality import DEFAULT_DEVICE_SHARE, screen_field_records
+from hub.triggers.label_quality import (
+    DEFAULT_DEVICE_SHARE,
+    quarantined_records,
+    screen_field_records,
+)
 
 log = logging.getLogger("edgeloop.triggers")
 
@@ -122,21 +126,29 @@ def import_field_data(
 
     Devices whose labels disagree with the fleet's consensus far beyond chance are
     quarantined and left out, and no device keeps more than ``max(2/N, device_share)`` of the
-    records (:mod:`hub.triggers.label_quality`); the lineage records both.
+    field records (:mod:`hub.triggers.label_quality`); the lineage records both. The bound
+    holds for the version, not just for what is new: field records the parent took that are
+    offered again but not kept now (over the cap, or from a device quarantined since; also
+    a quarantined device's older ones) are dropped, and the version is then a snapshot.
     """
     parent = datasets.get_version(session, ref=f"{dataset}@latest")
     like = datasets.load_records(session, store, version=parent)
     records, provenance, skipped, owners = labelled_field_records(session, model=model, like=like)
     if records is not None:
+        offered = records.ids
         records, screened = screen_field_records(
             session, model=model, records=records, owners=owners, share=device_share
         )
         provenance = {**provenance, **screened}
     if records is None or len(records) < min_records:
         return None
+    drop = np.isin(like.ids, offered) & ~np.isin(like.ids, records.ids)
+    drop |= quarantined_records(session, model=model, records=like)
+    provenance["dropped_from_parent"] = int(drop.sum())
+    merged, append = (like.subset(~drop).merge(records), False) if drop.any() else (records, True)
     try:
         version, created = datasets.import_dataset(
-            session, store, name=dataset, source=f"field:{model}", records=records, append=True
+            session, store, name=dataset, source=f"field:{model}", records=merged, append=append
         )
     except InvalidInput:
         log.exception("field data for %s does not fit dataset %s", model, dataset)

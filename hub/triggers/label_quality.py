@@ -52,6 +52,7 @@ from sqlmodel import Session, col, select
 from hub.datasets.records import RecordSet
 from hub.errors import InvalidInput, NotFound
 from hub.tables._common import utcnow
+from hub.tables.fleet import FieldSample
 from hub.tables.quality import LabelQuarantine
 from hub.triggers.policies import aware
 
@@ -197,6 +198,25 @@ def quarantined_devices(session: Session, *, model: str) -> set[str]:
         )
     ).all()
     return set(rows)
+
+
+def quarantined_records(
+    session: Session, *, model: str, records: RecordSet
+) -> npt.NDArray[np.bool_]:
+    """Which of ``records`` (a dataset version's) are field records of a device whose labels
+    for ``model`` are quarantined now: ``field:<device>:<prediction>``, with any ``#...``
+    suffix."""
+    blocked = quarantined_devices(session, model=model)
+    ids = [str(i) for i in records.ids.tolist()]
+    if not blocked or not any(i.startswith("field:") for i in ids):
+        return np.zeros(len(ids), dtype=bool)
+    rows = session.exec(
+        select(FieldSample.device_id, FieldSample.prediction_id).where(
+            FieldSample.model == model, col(FieldSample.device_id).in_(blocked)
+        )
+    ).all()
+    theirs = {f"field:{device}:{prediction}" for device, prediction in rows}
+    return np.asarray([i.split("#", 1)[0] in theirs for i in ids], dtype=bool)
 
 
 def list_quarantine(
