@@ -26,10 +26,11 @@ devices (with two, neither can be told from the other).
 
 **Share cap.** After quarantine, no device keeps more than ``max(2/N, share)`` of the
 version's field records (N = contributing devices; ``share`` from the training policy,
-default 0.1); a device over it keeps its newest records. With few devices the 2/N floor
-keeps a balanced fleet whole (a device loses records only beyond twice its fair share);
-with many, a single device — whose labels may be subtly wrong in a way no test catches —
-moves at most a tenth of the field data.
+default 0.1); a device over it keeps its newest records (``field_data`` also drops the
+parent's field records that are no longer kept, so the bound holds for the whole version).
+With few devices the 2/N floor keeps a balanced fleet whole (a device loses records only
+beyond twice its fair share); with many, a single device — whose labels may be subtly
+wrong in a way no test catches — moves at most a tenth of the field data.
 
 A quarantined device's labels stay out of every field-data version and of the canary's
 accuracy gate (``hub.rollouts.gates``) until an operator lifts it; after a lift the device
