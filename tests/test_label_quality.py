@@ -222,6 +222,7 @@ def test_a_hostile_device_is_quarantined_left_out_and_recorded_in_lineage(
     drift_alert(engine)
     [event] = triggers.run_triggers(engine, store, now=T0, runner=FakeRunner())
     assert event.status == "finished"
+    assert "labels quarantined: evil" in event.detail and "156 records over" in event.detail
     field, ids = field_version(engine, store, "digits@2")
     assert field["quarantined_devices"] == ["evil"]
     assert field["label_check"]["newly_quarantined"] == ["evil"]

@@ -43,6 +43,8 @@ class FieldImport:
     records: int  # labelled field records offered (new and already known)
     skipped: int  # samples whose shape does not fit the dataset
     overridden: bool = False
+    quarantined: tuple[str, ...] = ()  # devices whose labels were left out
+    capped: int = 0  # records left out by the per-device share cap
 
 
 def labelled_field_records(
@@ -134,12 +136,13 @@ def import_field_data(
     parent = datasets.get_version(session, ref=f"{dataset}@latest")
     like = datasets.load_records(session, store, version=parent)
     records, provenance, skipped, owners = labelled_field_records(session, model=model, like=like)
-    if records is not None:
-        offered = records.ids
-        records, screened = screen_field_records(
-            session, model=model, records=records, owners=owners, share=device_share
-        )
-        provenance = {**provenance, **screened}
+    if records is None:
+        return None
+    offered = records.ids
+    screening = screen_field_records(
+        session, model=model, records=records, owners=owners, share=device_share
+    )
+    records, provenance = screening.records, {**provenance, **screening.lineage()}
     if records is None or len(records) < min_records:
         return None
     drop = np.isin(like.ids, offered) & ~np.isin(like.ids, records.ids)
@@ -174,4 +177,6 @@ def import_field_data(
         records=len(records),
         skipped=skipped,
         overridden=overridden,
+        quarantined=tuple(screening.quarantined),
+        capped=sum(screening.capped.values()),
     )

@@ -275,6 +275,33 @@ def _quarantine(session: Session, *, model: str, stats: DeviceLabels) -> LabelQu
     return row
 
 
+@dataclass(frozen=True, kw_only=True)
+class Screening:
+    """What :func:`screen_field_records` kept and why."""
+
+    records: RecordSet | None  # the kept records, newest first; None when nothing is left
+    cap: float  # the largest share of the records one device may have
+    capped: dict[str, int]  # device -> its records left out by the cap
+    quarantined: list[str]  # devices among the offered ones whose labels are quarantined
+    newly_quarantined: list[str]
+    compared: int  # labels judged against a consensus
+    checked: int  # devices with at least one such label
+    kept: dict[str, int]  # device -> its records kept
+
+    def lineage(self) -> dict[str, object]:
+        return {
+            "device_share_cap": round(self.cap, 6),
+            "capped_devices": self.capped,
+            "quarantined_devices": self.quarantined,
+            "label_check": {
+                "compared": self.compared,
+                "devices": self.checked,
+                "newly_quarantined": self.newly_quarantined,
+            },
+            "devices": self.kept,
+        }
+
+
 def screen_field_records(
     session: Session,
     *,
@@ -282,11 +309,10 @@ def screen_field_records(
     records: RecordSet,
     owners: Sequence[tuple[str, datetime]],
     share: float = DEFAULT_DEVICE_SHARE,
-) -> tuple[RecordSet | None, dict[str, object]]:
+) -> Screening:
     """Quarantine devices whose labels disagree far beyond chance, drop quarantined devices'
-    records, cap each device's share; returns what is kept (newest-first order preserved)
-    and the lineage entries (``device_share_cap``, ``capped_devices``,
-    ``quarantined_devices``, ``label_check``)."""
+    records, cap each device's share (``owners``: each record's device and time, newest
+    first); newest-first order is kept."""
     devices = [d for d, _ in owners]
     blocked = quarantined_devices(session, model=model)
     lifted = {
@@ -297,9 +323,8 @@ def screen_field_records(
     voters = np.asarray([d not in blocked for d in devices], dtype=bool)
     voters[np.flatnonzero(voters)[MAX_COMPARED:]] = False  # the newest ones
     index = np.flatnonzero(voters)
-    tested = np.asarray([d not in lifted or aware(at) > lifted[d] for d, at in owners], dtype=bool)[
-        index
-    ]
+    fresh = [d not in lifted or aware(at) > lifted[d] for d, at in owners]
+    tested = np.asarray(fresh, dtype=bool)[index]  # a lifted device: only what came after
     assert records.labels is not None
     stats = consensus_check(
         records.features[index],
@@ -316,17 +341,13 @@ def screen_field_records(
     cap = share_cap(len(set(remaining)), share)
     keep = allowed[cap_shares(remaining, cap=cap)]
     dropped = Counter(remaining) - Counter(devices[i] for i in keep)
-    lineage: dict[str, object] = {
-        "device_share_cap": round(cap, 6),
-        "capped_devices": dict(sorted(dropped.items())),
-        "quarantined_devices": sorted(blocked & set(devices)),
-        "label_check": {
-            "compared": int(sum(s.labels for s in stats.values())),
-            "devices": len(stats),
-            "newly_quarantined": flagged,
-        },
-        "devices": dict(Counter(devices[i] for i in keep)),
-    }
-    if not len(keep):
-        return None, lineage
-    return records.subset(keep), lineage
+    return Screening(
+        records=records.subset(keep) if len(keep) else None,
+        cap=cap,
+        capped=dict(sorted(dropped.items())),
+        quarantined=sorted(blocked & set(devices)),
+        newly_quarantined=flagged,
+        compared=int(sum(s.labels for s in stats.values())),
+        checked=len(stats),
+        kept=dict(Counter(devices[i] for i in keep)),
+    )

@@ -197,6 +197,10 @@ def _start(
             )
             if found.overridden:
                 detail += "; distribution checks overridden (shift expected)"
+            if found.quarantined:
+                detail += f"; labels quarantined: {', '.join(found.quarantined)}"
+            if found.capped:
+                detail += f"; {found.capped} records over a device's share left out"
             if version.validation_status not in TRAINABLE:
                 reason, skip = not_trainable(reason, version), True
         event = TriggerEvent(
