@@ -40,7 +40,7 @@ SHIFT_CHECKS = frozenset({"feature_drift", "label_drift", "value_ranges"})
 class FieldImport:
     version: DatasetVersion
     created: bool
-    records: int  # labelled field records offered (new and already known)
+    records: int  # labelled field records kept (new and already known)
     skipped: int  # samples whose shape does not fit the dataset
     overridden: bool = False
     quarantined: tuple[str, ...] = ()  # devices whose labels were left out
