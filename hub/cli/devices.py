@@ -50,6 +50,40 @@ def show(ctx: typer.Context, device_id: str, as_json: JsonFlag = False) -> None:
         emit(client.get(f"/devices/{device_id}"), as_json=as_json)
 
 
+QUARANTINE_COLUMNS = ["device_id", "model", "rate", "baseline", "labels", "at", "reason"]
+
+
+@app.command("quarantine")
+def quarantine(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="only this model")] = None,
+    lifted: Annotated[bool, typer.Option(help="list lifted quarantines instead")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Devices whose labels are kept out of retraining and canary gates."""
+    params: dict[str, str] = {"lifted": str(lifted).lower()}
+    if model:
+        params["model"] = model
+    with connect(target(ctx)) as client:
+        found = client.get("/devices/quarantine", params=params)
+    emit(found, as_json=as_json, columns=QUARANTINE_COLUMNS, key="quarantine")
+
+
+@app.command("unquarantine")
+def unquarantine(
+    ctx: typer.Context,
+    device_id: str,
+    reason: Annotated[str, typer.Option(help="why its labels can be trusted (kept)")],
+    model: Annotated[str | None, typer.Option(help="only this model's quarantine")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Lift a device's label quarantine."""
+    body = {"reason": reason, "model": model}
+    with connect(target(ctx)) as client:
+        found = client.post(f"/devices/{device_id}/quarantine/lift", json=body)
+    emit(found, as_json=as_json, columns=QUARANTINE_COLUMNS, key="quarantine")
+
+
 @app.command("remove")
 def remove(ctx: typer.Context, device_id: str, as_json: JsonFlag = False) -> None:
     with connect(target(ctx)) as client:

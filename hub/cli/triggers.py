@@ -36,6 +36,9 @@ def policy(
             "needed before a drift/degradation run"
         ),
     ] = 1000,
+    field_device_share: Annotated[
+        float, typer.Option(help="no device keeps more than max(2/N, this) of the field data")
+    ] = 0.1,
     canary: Annotated[
         str | None,
         typer.Option(help="selector: package each retrained version and roll it out as a canary"),
@@ -61,6 +64,7 @@ def policy(
         "field_data": field_data,
         "min_field_records": min_field_records,
         "min_incident_records": min_incident_records,
+        "field_device_share": field_device_share,
         "canary": {"selector": canary, "phases": canary_phases} if canary else {},
         "debounce_s": debounce,
     }

@@ -11,7 +11,8 @@ Inputs are what the ingest stores (``hub.tables.fleet``) and monitoring's ``Aler
   version(s) the rollout's devices ran (over the fleet, last ``baseline_lookback_s``);
 - ``latency_p95``: from the merged latency histograms, candidate vs previous;
 - ``accuracy``: label feedback (label == predicted label), candidate vs previous, leaving out
-  labels whose source record is in the training split of either (``TrainedSplits``);
+  labels whose source record is in the training split of either (``TrainedSplits``) and labels
+  of devices in label quarantine (``hub.triggers.label_quality``);
 - ``shadow_agreement``: agreed / compared of windows that shadowed the candidate;
 - ``drift``: open drift alerts for the candidate version.
 """
@@ -26,7 +27,13 @@ from typing import Any, Protocol
 from sqlmodel import Session, col, select
 
 from hub.datasets.splits import split_of
-from hub.tables import Alert, DatasetVersion, FeedbackLabelRow, TelemetryWindowRow
+from hub.tables import (
+    Alert,
+    DatasetVersion,
+    FeedbackLabelRow,
+    LabelQuarantine,
+    TelemetryWindowRow,
+)
 from hub.tables.registry import ModelVersion, TrainingRun
 from hub.tables.rollouts import DeviceState, Rollout
 
@@ -319,6 +326,7 @@ def _accuracy(
     )
     if devices is not None:
         query = query.where(col(FeedbackLabelRow.device_id).in_(devices))
+    query = query.where(col(FeedbackLabelRow.device_id).not_in(_quarantined(session, model)))
     rows = [
         (label, pred)
         for label, pred, source in session.exec(query).all()
@@ -327,6 +335,17 @@ def _accuracy(
     if not rows:
         return None, 0
     return sum(label == pred for label, pred in rows) / len(rows), len(rows)
+
+
+def _quarantined(session: Session, model: str) -> list[str]:
+    """Devices whose labels for ``model`` are quarantined (``hub.triggers.label_quality``)."""
+    return list(
+        session.exec(
+            select(LabelQuarantine.device_id).where(
+                LabelQuarantine.model == model, col(LabelQuarantine.active).is_(True)
+            )
+        ).all()
+    )
 
 
 def quality_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list[GateResult]:

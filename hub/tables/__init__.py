@@ -10,6 +10,7 @@ from hub.tables.fleet import (
     TelemetryWindowRow,
 )
 from hub.tables.monitoring import Alert, AlertKind, AlertPublic, MonitorCursor, MonitorScore
+from hub.tables.quality import LabelQuarantine, LabelQuarantinePublic
 from hub.tables.registry import (
     AliasMove,
     Bundle,
@@ -66,6 +67,8 @@ __all__ = [
     "FeedbackLabelRow",
     "FieldSample",
     "IngestSeq",
+    "LabelQuarantine",
+    "LabelQuarantinePublic",
     "MetricIn",
     "ModelAlias",
     "ModelVersion",

@@ -57,6 +57,11 @@ class TrainingPolicy(SQLModel, table=True):
         description="labelled field samples from the incident's scopes, taken after its first "
         "alert, needed before a drift/degradation run (the retrain learns the new regime)",
     )
+    field_device_share: float = Field(
+        default=0.1,
+        description="no device keeps more than max(2/N, this) of a field-data version "
+        "(N devices; a capped device keeps its newest records)",
+    )
     canary: dict[str, Any] = json_field()  # {} = none; else rollout settings (selector, phases..)
     handled_versions: list[str] = json_field(default_factory=list)  # incidents already retrained
     last_dataset_version_id: int | None = None

@@ -27,6 +27,11 @@ from hub.datasets.validation import ValidationReport
 from hub.errors import InvalidInput
 from hub.tables import DatasetVersion
 from hub.tables.fleet import FeedbackLabelRow, FieldSample
+from hub.triggers.label_quality import (
+    DEFAULT_DEVICE_SHARE,
+    quarantined_records,
+    screen_field_records,
+)
 
 log = logging.getLogger("edgeloop.triggers")
 
@@ -38,9 +43,11 @@ SHIFT_CHECKS = frozenset({"feature_drift", "label_drift", "value_ranges"})
 class FieldImport:
     version: DatasetVersion
     created: bool
-    records: int  # labelled field records offered (new and already known)
+    records: int  # labelled field records kept (new and already known)
     skipped: int  # samples whose shape does not fit the dataset
     overridden: bool = False
+    quarantined: tuple[str, ...] = ()  # devices whose labels were left out
+    capped: int = 0  # records left out by the per-device share cap
 
 
 def labelled_field_records(
@@ -50,10 +57,10 @@ def labelled_field_records(
     like: RecordSet,
     limit: int = 20_000,
     since: datetime | None = None,
-) -> tuple[RecordSet | None, dict[str, object], int]:
+) -> tuple[RecordSet | None, dict[str, object], int, list[tuple[str, datetime]]]:
     """The newest ``limit`` field samples of ``model`` that have a label (taken at or after
-    ``since`` when given), as records shaped and named like ``like``; also their provenance
-    and how many samples did not fit."""
+    ``since`` when given), as records shaped and named like ``like`` (newest first); also their
+    provenance, how many samples did not fit, and each record's device and time."""
     query = (
         select(FieldSample, FeedbackLabelRow)
         .join(
@@ -75,6 +82,7 @@ def labelled_field_records(
     devices: Counter[str] = Counter()
     versions: Counter[str] = Counter()
     times = []
+    owners: list[tuple[str, datetime]] = []
     skipped = 0
     for sample, label in rows:
         rid = f"field:{sample.device_id}:{sample.prediction_id}"
@@ -92,6 +100,7 @@ def labelled_field_records(
         devices[sample.device_id] += 1
         versions[f"{sample.model}@{sample.version}"] += 1
         times.append(sample.at)
+        owners.append((sample.device_id, sample.at))
     provenance: dict[str, object] = {
         "model": model,
         "devices": dict(devices),
@@ -100,7 +109,7 @@ def labelled_field_records(
         "to": max(times).isoformat() if times else None,
     }
     if not ids:
-        return None, provenance, skipped
+        return None, provenance, skipped, owners
     records = RecordSet(
         ids=np.asarray(ids),
         features=np.asarray(features, dtype=np.float32).reshape(len(ids), *shape),
@@ -108,7 +117,7 @@ def labelled_field_records(
         feature_names=like.feature_names,
         label_names=like.label_names,
     )
-    return records, provenance, skipped
+    return records, provenance, skipped, owners
 
 
 def import_field_data(
@@ -120,6 +129,7 @@ def import_field_data(
     min_records: int = 1,
     shift_expected: str | None = None,
     since: datetime | None = None,
+    device_share: float = DEFAULT_DEVICE_SHARE,
 ) -> FieldImport | None:
     """Append ``model``'s labelled field samples (taken at or after ``since``, when given) to
     ``dataset`` as its next version.
@@ -128,17 +138,35 @@ def import_field_data(
     ``shift_expected`` (a reason, e.g. the drift alert being answered), a version that fails
     only distribution checks is overridden with that reason: drifted field data is *meant* to
     differ from the training data. Schema failures are never overridden.
+
+    Devices whose labels disagree with the fleet's consensus far beyond chance are
+    quarantined and left out, and no device keeps more than ``max(2/N, device_share)`` of the
+    field records (:mod:`hub.triggers.label_quality`); the lineage records both. The bound
+    holds for the version, not just for what is new: field records the parent took that are
+    offered again but not kept now (over the cap, or from a device quarantined since; also
+    a quarantined device's older ones) are dropped, and the version is then a snapshot.
     """
     parent = datasets.get_version(session, ref=f"{dataset}@latest")
     like = datasets.load_records(session, store, version=parent)
-    records, provenance, skipped = labelled_field_records(
+    records, provenance, skipped, owners = labelled_field_records(
         session, model=model, like=like, since=since
     )
+    if records is None:
+        return None
+    offered = records.ids
+    screening = screen_field_records(
+        session, model=model, records=records, owners=owners, share=device_share
+    )
+    records, provenance = screening.records, {**provenance, **screening.lineage()}
     if records is None or len(records) < min_records:
         return None
+    drop = np.isin(like.ids, offered) & ~np.isin(like.ids, records.ids)
+    drop |= quarantined_records(session, model=model, records=like)
+    provenance["dropped_from_parent"] = int(drop.sum())
+    merged, append = (like.subset(~drop).merge(records), False) if drop.any() else (records, True)
     try:
         version, created = datasets.import_dataset(
-            session, store, name=dataset, source=f"field:{model}", records=records, append=True
+            session, store, name=dataset, source=f"field:{model}", records=merged, append=append
         )
     except InvalidInput:
         log.exception("field data for %s does not fit dataset %s", model, dataset)
@@ -164,4 +192,6 @@ def import_field_data(
         records=len(records),
         skipped=skipped,
         overridden=overridden,
+        quarantined=tuple(screening.quarantined),
+        capped=sum(screening.capped.values()),
     )

@@ -36,6 +36,7 @@ def set_policy(
     field_data: bool = True,
     min_field_records: int = 50,
     min_incident_records: int = 1000,
+    field_device_share: float = 0.1,
     canary: Mapping[str, Any] | None = None,
     debounce_s: int = 300,
 ) -> TrainingPolicy:
@@ -59,6 +60,8 @@ def set_policy(
         raise InvalidInput("min_field_records must be at least 1")
     if min_incident_records < 0:
         raise InvalidInput("min_incident_records must be zero or positive")
+    if not 0 < field_device_share <= 1:
+        raise InvalidInput("field_device_share must be in (0, 1]")
     canary_settings = dict(canary or {})
     unknown = set(canary_settings) - CANARY_KEYS
     if unknown:
@@ -82,6 +85,7 @@ def set_policy(
     policy.on_drift, policy.on_degradation = on_drift, on_degradation
     policy.field_data, policy.min_field_records = field_data, min_field_records
     policy.min_incident_records = min_incident_records
+    policy.field_device_share = field_device_share
     policy.canary = canary_settings
     policy.debounce_s, policy.enabled = debounce_s, True
     session.add(policy)

@@ -189,6 +189,7 @@ def _start(
                 shift_expected=decision.incident.reason(),
                 # the regime the incident is about: what the field sent since it was raised
                 since=decision.incident.started_at,
+                device_share=policy.field_device_share,
             )
             if found is None:
                 return None
@@ -198,6 +199,10 @@ def _start(
             )
             if found.overridden:
                 detail += "; distribution checks overridden (shift expected)"
+            if found.quarantined:
+                detail += f"; labels quarantined: {', '.join(found.quarantined)}"
+            if found.capped:
+                detail += f"; {found.capped} records over a device's share left out"
             if version.validation_status not in TRAINABLE:
                 reason, skip = not_trainable(reason, version), True
         event = TriggerEvent(

@@ -1,4 +1,5 @@
-"""Fleet page data: devices with presence, the model each one serves, groups and tags."""
+"""Fleet page data: devices with presence, the model each one serves, groups and tags, and
+which devices' labels are quarantined (``hub.triggers.label_quality``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlmodel import Session
 
 from hub import devices
 from hub.tables import Device
+from hub.triggers import list_quarantine
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +38,8 @@ class DeviceRow:
     runtime: str
     agent_version: str
     last_seen_at: datetime | None
+    quarantined: list[str] = field(default_factory=list)  # models its labels are quarantined for
+    quarantine_reason: str = ""
 
 
 @dataclass(kw_only=True)
@@ -45,6 +49,7 @@ class FleetView:
     online: int
     groups: list[str]
     versions: dict[str, int] = field(default_factory=dict)  # model@version -> devices
+    quarantined: int = 0  # devices with a label quarantine (all of the fleet)
 
 
 def _slot(state: dict[str, Any], name: str) -> tuple[str, str]:
@@ -54,7 +59,7 @@ def _slot(state: dict[str, Any], name: str) -> tuple[str, str]:
     return f"{slot.get('model')}@{slot.get('version', '?')}", str(slot.get("status", ""))
 
 
-def _row(device: Device) -> DeviceRow:
+def _row(device: Device, quarantine: dict[str, list[tuple[str, str]]]) -> DeviceRow:
     state = device.state if isinstance(device.state, dict) else {}
     active, status = _slot(state, "active")
     standby, _ = _slot(state, "standby")
@@ -69,6 +74,8 @@ def _row(device: Device) -> DeviceRow:
         runtime=str(state.get("runtime", "")),
         agent_version=str(state.get("agentVersion", "")),
         last_seen_at=device.last_seen_at,
+        quarantined=[model for model, _ in quarantine.get(device.id, [])],
+        quarantine_reason="; ".join(f"{m}: {r}" for m, r in quarantine.get(device.id, [])),
     )
 
 
@@ -76,7 +83,10 @@ def fleet_view(session: Session, *, flt: FleetFilter) -> FleetView:
     everything = devices.list_devices(session)
     groups = sorted({d.group for d in everything})
     chosen = devices.list_devices(session, group=flt.group or None, tags=flt.tags() or None)
-    rows = [_row(d) for d in chosen]
+    quarantine: dict[str, list[tuple[str, str]]] = {}
+    for q in list_quarantine(session, active=True):
+        quarantine.setdefault(q.device_id, []).append((q.model, q.reason))
+    rows = [_row(d, quarantine) for d in chosen]
     if flt.status in {"online", "offline"}:
         rows = [r for r in rows if r.online == (flt.status == "online")]
     if flt.q:
@@ -91,4 +101,5 @@ def fleet_view(session: Session, *, flt: FleetFilter) -> FleetView:
         online=sum(1 for d in everything if d.online),
         groups=groups,
         versions=dict(sorted(versions.items())),
+        quarantined=len(quarantine),
     )

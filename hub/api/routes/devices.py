@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
 
 from hub import devices
 from hub.api.deps import ContextDep, SessionDep
 from hub.errors import InvalidInput
-from hub.tables import DeviceCreate, DevicePublic, DeviceUpdate
+from hub.tables import DeviceCreate, DevicePublic, DeviceUpdate, LabelQuarantinePublic
+from hub.triggers import lift_quarantine, list_quarantine
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -37,6 +39,28 @@ def list_devices(
 ) -> list[DevicePublic]:
     found = devices.list_devices(session, group=group, tags=_tags(tag))
     return [DevicePublic.model_validate(d) for d in found]
+
+
+class LiftQuarantine(BaseModel):
+    reason: str = Field(min_length=1, description="why the labels can be trusted; kept")
+    model: str | None = Field(default=None, description="only this model's quarantine")
+
+
+@router.get("/quarantine", response_model=list[LabelQuarantinePublic])
+def quarantine(
+    session: SessionDep, model: str | None = None, lifted: bool = False
+) -> list[LabelQuarantinePublic]:
+    """Devices whose labels are kept out of retraining and canary gates (label consensus);
+    ``lifted=true`` lists the lifted ones instead."""
+    rows = list_quarantine(session, model=model, active=not lifted)
+    return [LabelQuarantinePublic.model_validate(r) for r in rows]
+
+
+@router.post("/{device_id}/quarantine/lift", response_model=list[LabelQuarantinePublic])
+def lift(device_id: str, body: LiftQuarantine, session: SessionDep) -> list[LabelQuarantinePublic]:
+    """Trust the device's labels again (tested anew on samples from now on)."""
+    rows = lift_quarantine(session, device_id=device_id, reason=body.reason, model=body.model)
+    return [LabelQuarantinePublic.model_validate(r) for r in rows]
 
 
 @router.get("/{device_id}", response_model=DevicePublic)

@@ -39,6 +39,12 @@ class PolicyIn(BaseModel):
         description="labelled field samples from the incident's scopes since its first alert, "
         "needed before a drift/degradation run",
     )
+    field_device_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="no device keeps more than max(2/N, this) of a field-data version",
+    )
     canary: dict[str, Any] = Field(
         default_factory=dict,
         description="rollout settings for an automatic canary of each retrained version "
