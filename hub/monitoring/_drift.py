@@ -68,16 +68,18 @@ def evaluate_drift(
                 partial = Partial.from_json(cursors[scope].pending if scope in cursors else {})
             partial.add(int(row.id or 0), counts, device_id=row.device_id, span=span_of(row))
             if partial.n >= settings.window_size:
-                _run_window(
-                    session,
-                    partial,
-                    ref=ref.for_scope(scope, group=row.group),
-                    scope=scope,
-                    settings=settings,
-                    cache=cache,
-                    book=book,
-                    report=report,
-                )
+                scope_ref = ref.for_scope(scope, group=row.group)
+                if scope_ref is not None:  # None: a scope this version does not test
+                    _run_window(
+                        session,
+                        partial,
+                        ref=scope_ref,
+                        scope=scope,
+                        settings=settings,
+                        cache=cache,
+                        book=book,
+                        report=report,
+                    )
                 partial = Partial()
             partials[scope] = partial
     for scope, partial in partials.items():

@@ -46,12 +46,16 @@ class VersionReference:
     def key(self) -> tuple[str, str, str, str]:
         return self.model, self.version, self.bundle_digest, self.scope
 
-    def for_scope(self, scope: str, *, group: str = "") -> VersionReference:
+    def for_scope(self, scope: str, *, group: str = "") -> VersionReference | None:
         """The reference a monitoring scope is compared with: its own, a device's group's,
-        else the version's."""
+        else the version's. None for the version scope of a version with group references:
+        its windows mix the groups in whatever shares the rollout has reached (a 10% canary
+        at one site is not the fleet), so the groups and devices are tested instead."""
         found = self.scopes.get(scope)
         if found is None and scope.startswith("device:") and group:
             found = self.scopes.get(f"group:{group}")
+        if found is None and self.scopes and scope.startswith("version:"):
+            return None
         return found or self
 
 
