@@ -138,7 +138,7 @@ def test_feedback_reaches_the_callback(api: LocalApi) -> None:
     for body in bad:
         status, answer = call(api, "POST", "/v1/feedback", body)
         assert status == 400, (body, answer)
-    assert len(feedback.calls) == 3
+    assert len(feedback.calls) == 4
 
 
 def test_health_and_503_without_a_model(api: LocalApi, raw: np.ndarray) -> None:

@@ -154,6 +154,7 @@ def hub(tmp_path: Path, database_url: str) -> Iterator[tuple[Engine, FileArtifac
             on_new_data=False,
             on_new_code=False,
             min_field_records=40,
+            min_incident_records=0,
             debounce_s=0,
         )
     yield engine, store
@@ -404,7 +405,7 @@ def test_a_wrong_label_device_moves_the_retrained_model_by_at_most_half_a_point(
             triggers.set_policy(
                 s, model_name=MODEL, spec="digits-mlp", dataset="digits",
                 params={"epochs": 8, "hidden": 64}, on_new_data=False, on_new_code=False,
-                min_field_records=40, debounce_s=0,
+                min_field_records=40, min_incident_records=0, debounce_s=0,
             )  # fmt: skip
         send(engine, devices)
         drift_alert(engine)
