@@ -400,6 +400,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     finally:
         hub.stop()
     summary = summarize(options, story=story, record=record, timeline=timeline)
+    tell_figures(summary)
     summary["hub"] = hub.url
     summary["report"] = str(
         write_report(
@@ -536,6 +537,34 @@ def summarize(
         "fleet": story["counters"],
     }
     return summary
+
+
+def _pct(cell: dict[str, Any] | None) -> str:
+    if not cell or cell.get("accuracy") is None:
+        return "n/a"
+    lo, hi = cell["ci95"]
+    return f"{cell['accuracy']:.2f}% [{lo:.1f}, {hi:.1f}] n={cell['n']}"
+
+
+def tell_figures(summary: dict[str, Any]) -> None:
+    """The figures in words (docs/LOOP_METRICS.md defines each; --json has them all)."""
+    say("[bold]13. figures[/] (only inputs no model of the run was trained on; 95% intervals)")
+    oracle = (summary.get("oracle_accuracy") or {}).get("accuracy") or {}
+    for cohort, cells in summary["accuracy_by_cohort"].items():
+        say(
+            f"   {cohort:8s} before {_pct(cells.get('before'))} | during "
+            f"{_pct(cells.get('during'))} | after {_pct(cells.get('after'))} | oracle "
+            f"{oracle.get(cohort, 'n/a')}"
+        )
+    first = summary.get("first_alert") or {}
+    say(
+        f"   detection: {summary['detection_s']} s, {summary['detection_windows']} windows per "
+        f"drifted device ({first.get('kind')} {first.get('detector')} on {first.get('scope')}); "
+        f"false alarms {summary['false_alarms']}; canary after {summary['canary_started_after_s']}"
+        f" s; recovered (drifted cohort within 1 pp of the oracle) after "
+        f"{summary['recovered_after_s']} s; drifted after / oracle "
+        f"{summary['drifted_after_vs_oracle']}"
+    )
 
 
 def _wall_t0(timeline: Timeline) -> datetime:
