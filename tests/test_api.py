@@ -51,7 +51,7 @@ def test_every_api_route_needs_the_admin_token(client: TestClient) -> None:
 
 def test_bad_requests_get_4xx_json_never_500(client: TestClient) -> None:
     _error(client.get("/api/v1/datasets/none/versions/1"), 404, "not_found")
-    _error(client.get("/api/v1/datasets/none/versions/abc"), 422, "invalid_input")
+    _error(client.get("/api/v1/datasets/none/versions/abc"), 422, "invalid_request")
     _error(client.post("/api/v1/datasets/x/versions", json={}), 422, "invalid_request")
     _error(client.post("/api/v1/datasets/x/versions", content=b"{not json"), 422, "invalid_request")
     _error(
@@ -70,10 +70,19 @@ def test_bad_requests_get_4xx_json_never_500(client: TestClient) -> None:
     _error(
         client.post("/api/v1/runs", json={"spec": "s", "code_version": "c", "dataset": "x"}),
         422,
-        "invalid_input",
+        "invalid_request",
     )
     _error(client.get("/api/v1/bundles/sha256:00/file"), 404, "not_found")
     _error(client.delete("/api/v1/datasets"), 405, "method_not_allowed")
+    # concrete paths win over templated ones, and Allow names exactly the documented methods
+    wrong = client.put("/api/v1/models/m/aliases/history", json={"version": 1})
+    assert _error(wrong, 405, "method_not_allowed") and wrong.headers["Allow"] == "GET"
+    wrong = client.get("/api/v1/datasets/d/versions/upload")
+    assert _error(wrong, 405, "method_not_allowed") and wrong.headers["Allow"] == "POST"
+    assert client.options("/api/v1/devices").headers["Allow"] == "GET, POST"
+    _error(client.get("/api/v1/devices", params={"grup": "lab"}), 422, "invalid_input")
+    _error(client.post("/api/v1/tokens/99999999999999999999/revoke"), 422, "invalid_request")
+    _error(client.post("/api/v1/enrollment-tokens/9007199254740991/revoke"), 404, "not_found")
 
 
 def test_dataset_import_show_export_and_reimport(client: TestClient) -> None:
@@ -178,7 +187,7 @@ def test_devices_crud_and_filters(client: TestClient) -> None:
     ids = lambda r: [d["id"] for d in r.json()]  # noqa: E731
     assert ids(client.get("/api/v1/devices", params={"tag": "site=berlin"})) == ["dev-0", "dev-1"]
     assert ids(client.get("/api/v1/devices", params={"group": "g2"})) == ["dev-2"]
-    _error(client.get("/api/v1/devices", params={"tag": "nonsense"}), 422, "invalid_input")
+    _error(client.get("/api/v1/devices", params={"tag": "nonsense"}), 422, "invalid_request")
     patched = client.patch("/api/v1/devices/dev-2", json={"tags": {"site": "berlin"}}).json()
     assert patched["tags"] == {"site": "berlin"}
     assert client.delete("/api/v1/devices/dev-1").status_code == 204

@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from pydantic import StringConstraints
 
 from hub import devices
-from hub.api.deps import ContextDep, SessionDep
+from hub.api.deps import ContextDep, DeviceIdPath, SessionDep
 from hub.errors import InvalidInput
 from hub.tables import DeviceCreate, DevicePublic, DeviceUpdate
 
 router = APIRouter(prefix="/devices", tags=["devices"])
+
+TAG_FILTER = r"^[^=]+=.*$"
 
 
 def _tags(pairs: list[str]) -> dict[str, str]:
@@ -32,26 +35,31 @@ def create(body: DeviceCreate, session: SessionDep) -> DevicePublic:
 @router.get("", response_model=list[DevicePublic])
 def list_devices(
     session: SessionDep,
-    group: str | None = None,
-    tag: Annotated[list[str], Query(description="key=value, repeatable (all must match)")] = [],  # noqa: B006
+    group: Annotated[str | None, Query(max_length=128)] = None,
+    tag: Annotated[
+        list[Annotated[str, StringConstraints(pattern=TAG_FILTER)]],
+        Query(description="key=value, repeatable (all must match)"),
+    ] = [],  # noqa: B006
 ) -> list[DevicePublic]:
     found = devices.list_devices(session, group=group, tags=_tags(tag))
     return [DevicePublic.model_validate(d) for d in found]
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
-def show(device_id: str, session: SessionDep) -> DevicePublic:
+def show(device_id: DeviceIdPath, session: SessionDep) -> DevicePublic:
     return DevicePublic.model_validate(devices.get_device(session, device_id=device_id))
 
 
 @router.patch("/{device_id}", response_model=DevicePublic)
-def update(device_id: str, body: DeviceUpdate, session: SessionDep) -> DevicePublic:
+def update(device_id: DeviceIdPath, body: DeviceUpdate, session: SessionDep) -> DevicePublic:
     device = devices.update_device(session, device_id=device_id, update=body)
     return DevicePublic.model_validate(device)
 
 
 @router.delete("/{device_id}", status_code=204)
-def delete(device_id: str, session: SessionDep, request: Request, context: ContextDep) -> None:
+def delete(
+    device_id: DeviceIdPath, session: SessionDep, request: Request, context: ContextDep
+) -> None:
     """Remove the device; its broker login (if enrolled) is revoked with it."""
     from hub.api.routes.security import security
     from hub.enrollment import revoke_if_enrolled
