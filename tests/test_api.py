@@ -82,7 +82,7 @@ def test_bad_requests_get_4xx_json_never_500(client: TestClient) -> None:
     assert client.options("/api/v1/devices").headers["Allow"] == "GET, POST"
     _error(client.get("/api/v1/devices", params={"grup": "lab"}), 422, "invalid_input")
     _error(client.post("/api/v1/tokens/99999999999999999999/revoke"), 422, "invalid_request")
-    _error(client.post("/api/v1/enrollment-tokens/9007199254740991/revoke"), 404, "not_found")
+    _error(client.post("/api/v1/enrollment-tokens/2147483647/revoke"), 404, "not_found")
 
 
 def test_dataset_import_show_export_and_reimport(client: TestClient) -> None:
@@ -192,3 +192,25 @@ def test_devices_crud_and_filters(client: TestClient) -> None:
     assert patched["tags"] == {"site": "berlin"}
     assert client.delete("/api/v1/devices/dev-1").status_code == 204
     _error(client.get("/api/v1/devices/dev-1"), 404, "not_found")
+
+
+def test_inputs_the_database_cannot_hold_are_4xx_on_both_databases(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Found by schemathesis: ids past the column's range (SQLite: OverflowError; PostgreSQL:
+    integer out of range) and NUL in text (PostgreSQL) were 500s."""
+    settings = HubSettings(data_dir=tmp_path, database_url=database_url, admin_token=TOKEN)  # type: ignore[arg-type]
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        for path in (
+            "/api/v1/tokens/251533017807521284853071872/revoke",
+            "/api/v1/enrollment-tokens/2147483648/revoke",
+        ):
+            _error(c.post(path), 422, "invalid_request")
+        _error(c.get("/api/v1/models/m/versions/9999999999"), 422, "invalid_request")
+        _error(c.get("/api/v1/datasets/d/versions/2147483648/models"), 422, "invalid_request")
+        _error(c.put("/api/v1/models/m/aliases/a", json={"version": 2**31}), 422, "invalid_request")
+        nul = c.get("/api/v1/rollouts", params={"state": "a\x00"})
+        if database_url.startswith("postgresql"):
+            _error(nul, 422, "invalid_input")
+        else:
+            assert nul.status_code == 200 and nul.json() == []  # SQLite stores NUL

@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 import hub
 from hub import ui
 from hub.api import errors
-from hub.api.deps import ContextDep, HubContext, reject_unknown_query, require_admin
+from hub.api.deps import ContextDep, HubContext, check_request, require_admin
 from hub.api.public import HealthPublic
 from hub.api.routes import bundles, datasets, devices, models, runs, training
 from hub.api.routes import ingest as ingest_routes
@@ -67,7 +67,7 @@ def create_app(
             **(extra_health() if extra_health else {}),
         }
 
-    guarded = [Depends(require_admin), Depends(reject_unknown_query)]
+    guarded = [Depends(require_admin), Depends(check_request)]
     for router in (
         datasets.router,
         runs.router,
@@ -85,4 +85,5 @@ def create_app(
         app.include_router(
             router, prefix=API_PREFIX, dependencies=guarded, responses=errors.RESPONSES
         )
+
     return app

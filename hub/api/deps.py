@@ -75,11 +75,12 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 # Path parameters: the OpenAPI document states exactly what each accepts (FastAPI enforces the
 # same pattern, so a malformed name is a 422 before any lookup, and never reaches the database).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-VERSION_PATTERN = r"^(latest|[0-9]{1,18})$"
+VERSION_PATTERN = r"^(latest|[0-9]{1,9})$"
 ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
-SELECTOR_PATTERN = r"^(latest|[0-9]{1,18}|[a-z][a-z0-9_-]{0,63})$"
+SELECTOR_PATTERN = r"^(latest|[0-9]{1,9}|[a-z][a-z0-9_-]{0,63})$"
 HEX_ID_PATTERN = r"^[0-9a-f]{32}$"
-MAX_ID = 2**53 - 1  # the largest integer every JSON client reads exactly
+MAX_ID = 2**31 - 1  # row ids, version numbers, counts: PostgreSQL `integer` columns
+MAX_SIZE = 2**53 - 1  # byte sizes (`bigint` columns): the largest integer JSON reads exactly
 
 NamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="letters, digits, _ . -")]
 VersionPath = Annotated[str, Path(pattern=VERSION_PATTERN, description="a number or 'latest'")]
@@ -93,21 +94,23 @@ RowIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="a row id")]
 RolloutIdPath = Annotated[str, Path(pattern=r"^ro-[0-9a-f]{12}$", description="a rollout id")]
 
 
-def reject_unknown_query(request: Request) -> None:
-    """A query parameter the route does not declare is refused (422), not silently ignored: a
-    typo (``?only_gap=true``) would otherwise answer as if no filter had been asked for."""
+def check_request(request: Request) -> None:
+    """What the schema says that FastAPI does not enforce by itself:
+    a query parameter the route does not declare is refused (422), not silently ignored: a
+    typo (``?only_gap=true``) would otherwise answer as if no filter had been asked for.
+    """
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
-    if dependant is None:
-        return
-    known: set[str] = set()
-    pending = [dependant]
-    while pending:
-        current = pending.pop()
-        known.update(p.alias for p in current.query_params)
-        pending.extend(current.dependencies)
-    unknown = sorted(set(request.query_params) - known)
-    if unknown:
-        raise InvalidInput(
-            f"unknown query parameter(s) {unknown}; this endpoint takes {sorted(known) or 'none'}"
-        )
+    if dependant is not None:
+        known: set[str] = set()
+        pending = [dependant]
+        while pending:
+            current = pending.pop()
+            known.update(p.alias for p in current.query_params)
+            pending.extend(current.dependencies)
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            raise InvalidInput(
+                f"unknown query parameter(s) {unknown}; this endpoint takes "
+                f"{sorted(known) or 'none'}"
+            )

@@ -7,10 +7,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -105,6 +107,24 @@ def _artifact_corrupt(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": str(exc), "code": "artifact_corrupt"}, status_code=500)
 
 
+def _nul_refused(exc: BaseException | None) -> bool:
+    """PostgreSQL text cannot hold NUL (SQLite can): the input's fault, not the hub's."""
+    while exc is not None:
+        if "cannot contain NUL" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _database(request: Request, exc: Exception) -> JSONResponse:
+    if _nul_refused(exc):
+        return JSONResponse(
+            {"error": "text must not contain a NUL character (\\u0000)", "code": "invalid_input"},
+            status_code=422,
+        )
+    return _unexpected(request, exc)
+
+
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
@@ -174,4 +194,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(ArtifactNotFound, _artifact_missing)
     app.add_exception_handler(ArtifactCorrupt, _artifact_corrupt)
+    app.add_exception_handler(DBAPIError, _database)
+    app.add_exception_handler(psycopg.DataError, _database)
     app.add_exception_handler(Exception, _unexpected)

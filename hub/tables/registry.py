@@ -5,15 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import StrictFloat, StrictInt, StringConstraints
+from pydantic import StrictFloat, StringConstraints
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from hub.tables._common import json_field, utcnow
+from hub.tables._common import JsonInt, json_field, utcnow
 
 # --- runs -------------------------------------------------------------------------------
 
-DATASET_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}@(latest|[0-9]{1,18})$"
+DATASET_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}@(latest|[0-9]{1,9})$"
 DatasetRef = Annotated[str, StringConstraints(pattern=DATASET_REF_PATTERN)]
 
 
@@ -65,7 +65,7 @@ class RunMetric(SQLModel, table=True):
 class MetricIn(SQLModel):
     key: str = Field(min_length=1, max_length=128)
     value: StrictFloat
-    step: StrictInt = Field(default=0, ge=0, le=2**53 - 1)
+    step: JsonInt = Field(default=0, ge=0, le=2**31 - 1)
 
 
 class RunArtifact(SQLModel, table=True):

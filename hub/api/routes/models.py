@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field
 
 from hub import registry
 from hub.api.deps import (
@@ -17,7 +17,7 @@ from hub.api.deps import (
     StoreDep,
 )
 from hub.api.public import AliasMovePublic, LineagePublic, ModelSummaryPublic
-from hub.tables import ModelVersionPublic
+from hub.tables import JsonInt, ModelVersionPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -31,7 +31,7 @@ class VersionCreate(BaseModel):
 
 
 class AliasSet(BaseModel):
-    version: StrictInt = Field(ge=1, le=MAX_ID)
+    version: JsonInt = Field(ge=1, le=MAX_ID)
 
 
 @router.get("", response_model=list[ModelSummaryPublic])

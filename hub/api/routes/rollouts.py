@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path
-from pydantic import BaseModel, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, Field, StrictFloat
 
 from hub.api.deps import (
     MAX_ID,
+    MAX_SIZE,
     NAME_PATTERN,
     SELECTOR_PATTERN,
     ContextDep,
@@ -19,6 +20,7 @@ from hub.api.public import RolloutPublic, RolloutSummaryPublic
 from hub.keys import BundleSignerCheck
 from hub.rollouts import service
 from hub.rollouts.views import rollout_view, summary
+from hub.tables import JsonInt
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 
@@ -33,17 +35,17 @@ class RolloutCreate(BaseModel):
     selector: str = Field(description="all | id:a,b | group:g | tag expression (site=x and ...)")
     phases: str = Field(default="1,10%,50%,100%", description="cumulative counts or percentages")
     bundle_digest: str | None = Field(default=None, description="default: the version's bundle")
-    bundle_size: StrictInt | None = Field(default=None, ge=0, le=MAX_ID)
+    bundle_size: JsonInt | None = Field(default=None, ge=0, le=MAX_SIZE)
     gates: dict[str, Any] | None = None
     on_failure: Literal["pause", "rollback"] = "rollback"
     bake_s: StrictFloat = Field(default=60.0, ge=0, le=_YEAR_S)
-    min_reporting: StrictInt = Field(default=1, ge=0, le=MAX_ID)
+    min_reporting: JsonInt = Field(default=1, ge=0, le=MAX_ID)
     device_timeout_s: StrictFloat = Field(default=600.0, gt=0, le=_YEAR_S)
-    probation_s: StrictInt | None = Field(default=None, ge=0, le=_YEAR_S)
-    approval_phases: list[Annotated[StrictInt, Field(ge=0, le=1000)]] = Field(default_factory=list)
+    probation_s: JsonInt | None = Field(default=None, ge=0, le=_YEAR_S)
+    approval_phases: list[Annotated[JsonInt, Field(ge=0, le=1000)]] = Field(default_factory=list)
     join_phase: Literal["last", "current"] = "last"
     max_commands_per_s: StrictFloat | None = Field(default=None, gt=0, le=1e6)
-    max_concurrent_downloads: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
+    max_concurrent_downloads: JsonInt | None = Field(default=None, ge=1, le=1_000_000)
     shadow: dict[str, StrictFloat] | None = Field(
         default=None,
         description="pre-rollout shadow phase: fraction_of_devices, sample_fraction, bake_s, "

@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, Field, StrictFloat
 
 from hub.api.deps import NAME_PATTERN, ContextDep, NamePath, SelectorPath
 from hub.api.public import PackageOutcomePublic, TrainOutcomePublic
 from hub.keys import bundle_signing_key
+from hub.tables import JsonInt
 from hub.tables.registry import DATASET_REF_PATTERN
 
 # hub.training and hub.packaging pull torch and onnx (seconds of import): imported in the
@@ -28,12 +29,10 @@ class TrainRequest(BaseModel):
     )
     dataset: str = Field(description="NAME@VERSION or NAME@latest", pattern=DATASET_REF_PATTERN)
     params: dict[str, Any] = Field(default_factory=dict)
-    seed: StrictInt = Field(default=0, ge=0, le=2**32 - 1)
+    seed: JsonInt = Field(default=0, ge=0, le=2**32 - 1)
     model_name: str | None = Field(default=None, pattern=NAME_PATTERN)
     device: str = "auto"
-    nproc: StrictInt = Field(
-        default=1, ge=1, le=64, description="DDP processes (torchrun) when > 1"
-    )
+    nproc: JsonInt = Field(default=1, ge=1, le=64, description="DDP processes (torchrun) when > 1")
 
 
 class PackageRequest(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field, StrictBool, StrictInt
+from pydantic import BaseModel, Field, StrictBool
 
 from hub.api.deps import NAME_PATTERN, ContextDep, NamePath, SessionDep
 from hub.api.public import (
@@ -15,6 +15,7 @@ from hub.api.public import (
     TriggerEventPublic,
 )
 from hub.keys import bundle_signing_key
+from hub.tables import JsonInt
 from hub.tables.triggers import TrainingPolicy, TriggerEvent
 from hub.triggers import (
     PackageAndCanary,
@@ -36,19 +37,19 @@ class PolicyIn(BaseModel):
         description="dataset NAME; runs use its latest version", pattern=NAME_PATTERN
     )
     params: dict[str, Any] = Field(default_factory=dict)
-    schedule_interval_s: StrictInt | None = Field(default=None, gt=0, le=_YEAR_S)
+    schedule_interval_s: JsonInt | None = Field(default=None, gt=0, le=_YEAR_S)
     on_new_data: StrictBool = True
     on_new_code: StrictBool = True
     on_drift: StrictBool = True
     on_degradation: StrictBool = True
     field_data: StrictBool = True
-    min_field_records: StrictInt = Field(default=50, ge=1, le=2**31 - 1)
+    min_field_records: JsonInt = Field(default=50, ge=1, le=2**31 - 1)
     canary: dict[str, Any] = Field(
         default_factory=dict,
         description="rollout settings for an automatic canary of each retrained version "
         "(selector, phases, bake_s, min_reporting, on_failure, formats, gates); {} = none",
     )
-    debounce_s: StrictInt = Field(default=300, ge=0, le=_YEAR_S)
+    debounce_s: JsonInt = Field(default=300, ge=0, le=_YEAR_S)
 
 
 class OnDemand(BaseModel):
