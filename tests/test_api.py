@@ -163,6 +163,13 @@ def test_run_to_registry_to_lineage_over_http(client: TestClient) -> None:
     assert client.post(f"/api/v1/runs/{run['id']}/metrics", json=points).status_code == 204
     put = client.put(f"/api/v1/runs/{run['id']}/artifacts/model", content=b"weights")
     assert put.status_code == 201 and put.json()["digest"] == sha256_digest(b"weights")
+    empty = client.put(f"/api/v1/runs/{run['id']}/artifacts/none", content=b"")
+    _error(empty, 422, "invalid_input")
+    many = [{"key": "acc", "value": 0.5, "step": i} for i in range(10_000)]  # one flush
+    assert client.post(f"/api/v1/runs/{run['id']}/metrics", json=many).status_code == 204
+    assert (
+        len(client.get(f"/api/v1/runs/{run['id']}/metrics", params={"key": "acc"}).json()) == 10_000
+    )
     _error(client.post("/api/v1/models/cnn/versions", json={"run_id": run["id"]}), 409, "conflict")
     client.post(f"/api/v1/runs/{run['id']}/finish", json={"metrics": {"accuracy": 0.98}})
     version = client.post("/api/v1/models/cnn/versions", json={"run_id": run["id"]}).json()

@@ -57,10 +57,7 @@ def log_metrics(
     points: Annotated[list[MetricIn], Body(max_length=10_000)],
     session: SessionDep,
 ) -> None:
-    for point in points:
-        tracking.log_metric(
-            session, run_id=run_id, key=point.key, value=point.value, step=point.step
-        )
+    tracking.log_metrics(session, run_id=run_id, points=((p.key, p.value, p.step) for p in points))
 
 
 @router.get("/{run_id}/metrics", response_model=list[MetricPoint])
@@ -73,7 +70,16 @@ def metrics(run_id: HexIdPath, session: SessionDep, key: str | None = None) -> l
     "/{run_id}/artifacts/{name}",
     status_code=201,
     response_model=ArtifactPublic,
-    openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary", "minLength": 1}
+                }
+            },
+            "required": True,
+        }
+    },
 )
 async def put_artifact(
     run_id: HexIdPath,
@@ -83,9 +89,9 @@ async def put_artifact(
     store: StoreDep,
     ctx: ContextDep,
 ) -> ArtifactPublic:
-    if "content-length" not in request.headers and "transfer-encoding" not in request.headers:
-        raise InvalidInput("the artifact's bytes are the request body; none was sent")
     data = await request.body()
+    if not data:
+        raise InvalidInput("the artifact's bytes are the request body; it was empty")
     if len(data) > ctx.settings.max_upload_bytes:
         raise InvalidInput(f"artifact is larger than {ctx.settings.max_upload_bytes} bytes")
     artifact = tracking.log_artifact(session, store, run_id=run_id, name=name, data=data)
