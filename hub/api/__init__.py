@@ -57,15 +57,15 @@ def create_app(
     ui.install(app)  # the dashboard at /ui (hub/ui)
 
     @app.get("/healthz", tags=["health"], response_model=HealthPublic)
-    def healthz(ctx: ContextDep) -> dict[str, Any]:
+    def healthz(ctx: ContextDep) -> HealthPublic:
         with ctx.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
-        return {
-            "status": "ok",
-            "version": hub.__version__,
-            "database": ctx.engine.dialect.name,
+        return HealthPublic(
+            status="ok",
+            version=hub.__version__,
+            database=ctx.engine.dialect.name,
             **(extra_health() if extra_health else {}),
-        }
+        )
 
     guarded = [Depends(require_admin), Depends(check_request)]
     for router in (

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field, StrictFloat
+from sqlmodel import Session
 
 from hub.api.deps import (
     MAX_ID,
@@ -20,7 +21,7 @@ from hub.api.public import RolloutPublic, RolloutSummaryPublic
 from hub.keys import BundleSignerCheck
 from hub.rollouts import service
 from hub.rollouts.views import rollout_view, summary
-from hub.tables import JsonInt
+from hub.tables import JsonInt, Rollout
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 
@@ -63,21 +64,26 @@ class Reason(BaseModel):
 
 
 @router.post("", status_code=201, response_model=RolloutPublic)
-def create(body: RolloutCreate, session: SessionDep, context: ContextDep) -> dict[str, Any]:
+def create(body: RolloutCreate, session: SessionDep, context: ContextDep) -> RolloutPublic:
     """409 when the bundle is not signed with the hub's current key (re-package it)."""
     check = BundleSignerCheck.of_hub(context.store, context.settings.data_dir)
     rollout = service.create_rollout(session, **body.model_dump(), signer_check=check)
-    return rollout_view(session, rollout)
+    return _view(session, rollout)
 
 
 @router.get("", response_model=list[RolloutSummaryPublic])
-def list_rollouts(session: SessionDep, state: str | None = None) -> list[dict[str, Any]]:
-    return [summary(r) for r in service.list_rollouts(session, state=state)]
+def list_rollouts(session: SessionDep, state: str | None = None) -> list[RolloutSummaryPublic]:
+    found = service.list_rollouts(session, state=state)
+    return [RolloutSummaryPublic.model_validate(summary(r)) for r in found]
 
 
 @router.get("/{rollout_id}", response_model=RolloutPublic)
-def show(rollout_id: RolloutIdPath, session: SessionDep) -> dict[str, Any]:
-    return rollout_view(session, service.get_rollout(session, rollout_id=rollout_id))
+def show(rollout_id: RolloutIdPath, session: SessionDep) -> RolloutPublic:
+    return _view(session, service.get_rollout(session, rollout_id=rollout_id))
+
+
+def _view(session: Session, rollout: Rollout) -> RolloutPublic:
+    return RolloutPublic.model_validate(rollout_view(session, rollout))
 
 
 _ACTIONS = {
@@ -91,8 +97,8 @@ _ACTIONS = {
 
 
 @router.post("/{rollout_id}/retry", response_model=RolloutPublic)
-def retry(rollout_id: RolloutIdPath, session: SessionDep) -> dict[str, Any]:
-    return rollout_view(session, service.retry_failed(session, rollout_id=rollout_id))
+def retry(rollout_id: RolloutIdPath, session: SessionDep) -> RolloutPublic:
+    return _view(session, service.retry_failed(session, rollout_id=rollout_id))
 
 
 Action = Literal["pause", "resume", "advance", "cancel", "rollback", "approve"]
@@ -104,7 +110,7 @@ def act(
     action: Annotated[Action, Path(description="the operator action")],
     session: SessionDep,
     body: Reason | None = None,
-) -> dict[str, Any]:
+) -> RolloutPublic:
     operation = _ACTIONS[action]
     reason = body.reason if body else "operator"
-    return rollout_view(session, operation(session, rollout_id=rollout_id, reason=reason))
+    return _view(session, operation(session, rollout_id=rollout_id, reason=reason))

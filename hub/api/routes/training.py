@@ -43,7 +43,7 @@ class PackageRequest(BaseModel):
 
 
 @router.post("/training-runs", status_code=201, response_model=TrainOutcomePublic)
-def train_model(body: TrainRequest, ctx: ContextDep) -> dict[str, Any]:
+def train_model(body: TrainRequest, ctx: ContextDep) -> TrainOutcomePublic:
     from hub.training.service import outcome_json as train_json
     from hub.training.service import train
 
@@ -58,7 +58,7 @@ def train_model(body: TrainRequest, ctx: ContextDep) -> dict[str, Any]:
         device=body.device,
         nproc=body.nproc,
     )
-    return train_json(outcome)
+    return TrainOutcomePublic.model_validate(train_json(outcome))
 
 
 @router.post(
@@ -68,7 +68,7 @@ def train_model(body: TrainRequest, ctx: ContextDep) -> dict[str, Any]:
 )
 def package_version(
     name: NamePath, selector: SelectorPath, body: PackageRequest, ctx: ContextDep
-) -> dict[str, Any]:
+) -> PackageOutcomePublic:
     from hub.packaging import PackageOptions, outcome_json, package
 
     options = PackageOptions(
@@ -83,4 +83,4 @@ def package_version(
         signing_key=bundle_signing_key(ctx.settings),
         options=options,
     )
-    return outcome_json(outcome)
+    return PackageOutcomePublic.model_validate(outcome_json(outcome))
