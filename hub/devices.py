@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from hub.errors import Conflict, NotFound
@@ -15,7 +16,10 @@ def create_device(session: Session, *, device_in: DeviceCreate) -> Device:
         raise Conflict(f"device {device_in.id!r} already exists")
     device = Device.model_validate(device_in)
     session.add(device)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:  # created by a concurrent request since the check above
+        raise Conflict(f"device {device_in.id!r} already exists") from exc
     return device
 
 

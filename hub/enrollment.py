@@ -23,7 +23,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from hub.broker_auth import HUB_CLIENT_ID_PREFIX, hash_password, new_password
-from hub.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from hub.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from hub.tables import (
     Device,
     DeviceCertificate,
@@ -282,7 +282,9 @@ def revoke_device(session: Session, *, device_id: str) -> DeviceCredential:
     client certificates; sync the broker next."""
     credential = session.get(DeviceCredential, device_id)
     if credential is None:
-        raise NotFound(f"device {device_id!r} has no credentials (was it ever enrolled?)")
+        if session.get(Device, device_id) is None:
+            raise NotFound(f"no device {device_id!r} (list them with: edgeloop device list)")
+        raise Conflict(f"device {device_id!r} has no credentials (was it ever enrolled?)")
     if credential.revoked_at is None:
         credential.revoked_at = utcnow()
         session.add(credential)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -77,6 +77,20 @@ def log_metric(session: Session, *, run_id: str, key: str, value: float, step: i
         raise InvalidInput(f"metric {key!r}: step must be >= 0, got {step}")
     session.add(RunMetric(run_id=run_id, key=key, value=float(value), step=step))
     session.flush()
+
+
+def log_metrics(session: Session, *, run_id: str, points: Iterable[tuple[str, float, int]]) -> int:
+    """Many ``(key, value, step)`` points in one flush (the API takes up to 10,000 a call: one
+    at a time that was ~1 ms each on PostgreSQL). Returns how many were logged."""
+    _running(session, run_id=run_id)
+    rows = []
+    for key, value, step in points:
+        if step < 0:
+            raise InvalidInput(f"metric {key!r}: step must be >= 0, got {step}")
+        rows.append(RunMetric(run_id=run_id, key=key, value=float(value), step=step))
+    session.add_all(rows)
+    session.flush()
+    return len(rows)
 
 
 def metric_history(session: Session, *, run_id: str, key: str | None = None) -> Sequence[RunMetric]:

@@ -51,7 +51,7 @@ def test_every_api_route_needs_the_admin_token(client: TestClient) -> None:
 
 def test_bad_requests_get_4xx_json_never_500(client: TestClient) -> None:
     _error(client.get("/api/v1/datasets/none/versions/1"), 404, "not_found")
-    _error(client.get("/api/v1/datasets/none/versions/abc"), 422, "invalid_input")
+    _error(client.get("/api/v1/datasets/none/versions/abc"), 422, "invalid_request")
     _error(client.post("/api/v1/datasets/x/versions", json={}), 422, "invalid_request")
     _error(client.post("/api/v1/datasets/x/versions", content=b"{not json"), 422, "invalid_request")
     _error(
@@ -70,10 +70,19 @@ def test_bad_requests_get_4xx_json_never_500(client: TestClient) -> None:
     _error(
         client.post("/api/v1/runs", json={"spec": "s", "code_version": "c", "dataset": "x"}),
         422,
-        "invalid_input",
+        "invalid_request",
     )
     _error(client.get("/api/v1/bundles/sha256:00/file"), 404, "not_found")
     _error(client.delete("/api/v1/datasets"), 405, "method_not_allowed")
+    # concrete paths win over templated ones, and Allow names exactly the documented methods
+    wrong = client.put("/api/v1/models/m/aliases/history", json={"version": 1})
+    assert _error(wrong, 405, "method_not_allowed") and wrong.headers["Allow"] == "GET"
+    wrong = client.get("/api/v1/datasets/d/versions/upload")
+    assert _error(wrong, 405, "method_not_allowed") and wrong.headers["Allow"] == "POST"
+    assert client.options("/api/v1/devices").headers["Allow"] == "GET, POST"
+    _error(client.get("/api/v1/devices", params={"grup": "lab"}), 422, "invalid_input")
+    _error(client.post("/api/v1/tokens/99999999999999999999/revoke"), 422, "invalid_request")
+    _error(client.post("/api/v1/enrollment-tokens/2147483647/revoke"), 404, "not_found")
 
 
 def test_dataset_import_show_export_and_reimport(client: TestClient) -> None:
@@ -154,6 +163,13 @@ def test_run_to_registry_to_lineage_over_http(client: TestClient) -> None:
     assert client.post(f"/api/v1/runs/{run['id']}/metrics", json=points).status_code == 204
     put = client.put(f"/api/v1/runs/{run['id']}/artifacts/model", content=b"weights")
     assert put.status_code == 201 and put.json()["digest"] == sha256_digest(b"weights")
+    empty = client.put(f"/api/v1/runs/{run['id']}/artifacts/none", content=b"")
+    _error(empty, 422, "invalid_input")
+    many = [{"key": "acc", "value": 0.5, "step": i} for i in range(10_000)]  # one flush
+    assert client.post(f"/api/v1/runs/{run['id']}/metrics", json=many).status_code == 204
+    assert (
+        len(client.get(f"/api/v1/runs/{run['id']}/metrics", params={"key": "acc"}).json()) == 10_000
+    )
     _error(client.post("/api/v1/models/cnn/versions", json={"run_id": run["id"]}), 409, "conflict")
     client.post(f"/api/v1/runs/{run['id']}/finish", json={"metrics": {"accuracy": 0.98}})
     version = client.post("/api/v1/models/cnn/versions", json={"run_id": run["id"]}).json()
@@ -178,8 +194,30 @@ def test_devices_crud_and_filters(client: TestClient) -> None:
     ids = lambda r: [d["id"] for d in r.json()]  # noqa: E731
     assert ids(client.get("/api/v1/devices", params={"tag": "site=berlin"})) == ["dev-0", "dev-1"]
     assert ids(client.get("/api/v1/devices", params={"group": "g2"})) == ["dev-2"]
-    _error(client.get("/api/v1/devices", params={"tag": "nonsense"}), 422, "invalid_input")
+    _error(client.get("/api/v1/devices", params={"tag": "nonsense"}), 422, "invalid_request")
     patched = client.patch("/api/v1/devices/dev-2", json={"tags": {"site": "berlin"}}).json()
     assert patched["tags"] == {"site": "berlin"}
     assert client.delete("/api/v1/devices/dev-1").status_code == 204
     _error(client.get("/api/v1/devices/dev-1"), 404, "not_found")
+
+
+def test_inputs_the_database_cannot_hold_are_4xx_on_both_databases(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Found by schemathesis: ids past the column's range (SQLite: OverflowError; PostgreSQL:
+    integer out of range) and NUL in text (PostgreSQL) were 500s."""
+    settings = HubSettings(data_dir=tmp_path, database_url=database_url, admin_token=TOKEN)  # type: ignore[arg-type]
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        for path in (
+            "/api/v1/tokens/251533017807521284853071872/revoke",
+            "/api/v1/enrollment-tokens/2147483648/revoke",
+        ):
+            _error(c.post(path), 422, "invalid_request")
+        _error(c.get("/api/v1/models/m/versions/9999999999"), 422, "invalid_request")
+        _error(c.get("/api/v1/datasets/d/versions/2147483648/models"), 422, "invalid_request")
+        _error(c.put("/api/v1/models/m/aliases/a", json={"version": 2**31}), 422, "invalid_request")
+        nul = c.get("/api/v1/rollouts", params={"state": "a\x00"})
+        if database_url.startswith("postgresql"):
+            _error(nul, 422, "invalid_input")
+        else:
+            assert nul.status_code == 200 and nul.json() == []  # SQLite stores NUL

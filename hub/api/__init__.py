@@ -11,7 +11,8 @@ from fastapi import Depends, FastAPI
 import hub
 from hub import ui
 from hub.api import errors
-from hub.api.deps import ContextDep, HubContext, require_admin
+from hub.api.deps import ContextDep, HubContext, check_request, require_admin
+from hub.api.public import HealthPublic
 from hub.api.routes import bundles, datasets, devices, models, runs, training
 from hub.api.routes import ingest as ingest_routes
 from hub.api.routes import keys as key_routes
@@ -55,18 +56,18 @@ def create_app(
     errors.install(app)
     ui.install(app)  # the dashboard at /ui (hub/ui)
 
-    @app.get("/healthz", tags=["health"])
-    def healthz(ctx: ContextDep) -> dict[str, Any]:
+    @app.get("/healthz", tags=["health"], response_model=HealthPublic)
+    def healthz(ctx: ContextDep) -> HealthPublic:
         with ctx.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
-        return {
-            "status": "ok",
-            "version": hub.__version__,
-            "database": ctx.engine.dialect.name,
+        return HealthPublic(
+            status="ok",
+            version=hub.__version__,
+            database=ctx.engine.dialect.name,
             **(extra_health() if extra_health else {}),
-        }
+        )
 
-    guarded = [Depends(require_admin)]
+    guarded = [Depends(require_admin), Depends(check_request)]
     for router in (
         datasets.router,
         runs.router,
@@ -81,5 +82,8 @@ def create_app(
         security_routes.router,
         key_routes.router,
     ):
-        app.include_router(router, prefix=API_PREFIX, dependencies=guarded)
+        app.include_router(
+            router, prefix=API_PREFIX, dependencies=guarded, responses=errors.RESPONSES
+        )
+
     return app

@@ -3,16 +3,55 @@
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub.artifacts import ArtifactCorrupt, ArtifactNotFound
 from hub.errors import EdgeloopError
 
 log = logging.getLogger("edgeloop.api")
+
+
+class ProblemPublic(BaseModel):
+    where: str = Field(description="the request part, e.g. body.source or path.name")
+    problem: str
+
+
+class ErrorPublic(BaseModel):
+    """The one error shape: every 4xx/5xx answer of the API has this body."""
+
+    error: str = Field(description="what went wrong and what to do next")
+    code: str = Field(description="stable machine-readable code, e.g. not_found, invalid_input")
+    details: list[ProblemPublic] | dict[str, Any] | None = Field(
+        default=None, description="invalid_request: one entry per problem; else domain details"
+    )
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorPublic, "description": description}
+
+
+# Declared once for every /api route (create_app passes it to include_router): any route may
+# answer these; success codes and bodies are declared on the route itself.
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("the body could not be parsed"),
+    401: _error("no or an unknown bearer token"),
+    403: _error("the token's scope does not allow this method"),
+    404: _error("the resource (or one it refers to) does not exist"),
+    409: _error("the request conflicts with the current state"),
+    413: _error("the body is larger than the hub accepts"),
+    422: _error("the request is invalid: invalid_request (shape) or a domain code"),
+}
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -68,6 +107,24 @@ def _artifact_corrupt(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": str(exc), "code": "artifact_corrupt"}, status_code=500)
 
 
+def _nul_refused(exc: BaseException | None) -> bool:
+    """PostgreSQL text cannot hold NUL (SQLite can): the input's fault, not the hub's."""
+    while exc is not None:
+        if "cannot contain NUL" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _database(request: Request, exc: Exception) -> JSONResponse:
+    if _nul_refused(exc):
+        return JSONResponse(
+            {"error": "text must not contain a NUL character (\\u0000)", "code": "invalid_input"},
+            status_code=422,
+        )
+    return _unexpected(request, exc)
+
+
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
@@ -75,10 +132,68 @@ def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _PathMethods:
+    pattern: re.Pattern[str]
+    concreteness: tuple[int, ...]
+    methods: frozenset[str]
+
+
+def _documented_paths(app: FastAPI) -> list[_PathMethods]:
+    found = []
+    for template, operations in app.openapi().get("paths", {}).items():
+        parts = template.strip("/").split("/")
+        regex = "/".join("[^/]+" if "{" in part else re.escape(part) for part in parts)
+        found.append(
+            _PathMethods(
+                pattern=re.compile(f"^/{regex}/?$"),
+                concreteness=tuple(int("{" in part) for part in parts),
+                methods=frozenset(m.upper() for m in operations),
+            )
+        )
+    return found
+
+
+class MethodNotAllowed:
+    """405 with an ``Allow`` header naming exactly the methods the OpenAPI document lists for
+    the path, matched as OpenAPI matches paths: a concrete path (``.../aliases/history``)
+    before a templated one (``.../aliases/{alias}``). Without it, ``PUT .../aliases/history``
+    set an alias called ``history``, ``GET .../versions/upload`` looked up a version called
+    ``upload``, and ``Allow`` named the methods of one route only."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._paths: list[_PathMethods] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._paths is None:
+            self._paths = _documented_paths(scope["app"])
+        path = scope["path"]
+        matching = [p for p in self._paths if p.pattern.match(path)]
+        if matching:
+            best = min(p.concreteness for p in matching)
+            allowed = {m for p in matching if p.concreteness == best for m in p.methods}
+            if scope["method"] not in allowed:
+                response = JSONResponse(
+                    {"error": "Method Not Allowed", "code": "method_not_allowed"},
+                    status_code=405,
+                    headers={"Allow": ", ".join(sorted(allowed))},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
+    app.add_middleware(MethodNotAllowed)
     app.add_exception_handler(EdgeloopError, _edgeloop)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(ArtifactNotFound, _artifact_missing)
     app.add_exception_handler(ArtifactCorrupt, _artifact_corrupt)
+    app.add_exception_handler(DBAPIError, _database)
+    app.add_exception_handler(psycopg.DataError, _database)
     app.add_exception_handler(Exception, _unexpected)

@@ -41,18 +41,21 @@ def import_(
     alpha: Annotated[float, typer.Option(help="significance of the distribution checks")] = 0.01,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create the next version of NAME from SOURCE (validated against the previous one)."""
-    file = Path(source)
+    """Create the next version of NAME from SOURCE (validated against the previous one).
+
+    A file (a path, or ``file:PATH``) is read here and its bytes uploaded, with ``--data-dir``
+    as with ``--hub``: the hub never reads paths it is given."""
+    file = Path(source.removeprefix("file://").removeprefix("file:")).expanduser()
     with connect(target(ctx)) as client, progress(f"importing {source} as {name}"):
-        if file.exists():
+        if file.is_file():
             form = {"append": str(append).lower(), "alpha": str(alpha)}
             result = _upload(client, f"/datasets/{name}/versions/upload", file=file, data=form)
-        elif ":" in source:
+        elif ":" in source and not source.startswith("file:"):
             body = {"source": source, "append": append, "alpha": alpha}
             result = client.post(f"/datasets/{name}/versions", json=body)
         else:
             raise CliError(
-                f"{source!r} is neither a file nor a built-in source (e.g. sklearn:digits)",
+                f"{source!r} is neither a file here nor a built-in source (e.g. sklearn:digits)",
                 code="invalid_input",
             )
     if not as_json:

@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 from hub.artifacts import ArtifactStore, sha256_digest
 from hub.datasets.records import RecordSet
 from hub.datasets.sources import load_source
-from hub.datasets.splits import DEFAULT_FRACTIONS, assign_splits, split_counts
+from hub.datasets.splits import DEFAULT_FRACTIONS, assign_splits, check_fractions, split_counts
 from hub.datasets.validation import DatasetSchema, ValidationReport, infer_schema, validate_records
 from hub.errors import Conflict, DatasetInvalid, InvalidInput, NotFound, parse_ref
 from hub.tables import DatasetVersion, DatasetVersionPublic
@@ -128,6 +128,10 @@ def import_dataset(
         DatasetSchema.model_validate(parent.data_schema) if parent else infer_schema(merged)
     )
     use_fractions = dict(fractions or (parent.split_fractions if parent else DEFAULT_FRACTIONS))
+    try:
+        use_fractions = check_fractions(use_fractions)
+    except ValueError as exc:  # a caller's mistake: a clear 422, never a server error
+        raise InvalidInput(str(exc)) from exc
     report = validate_records(merged, schema=use_schema, reference=parent_records, alpha=alpha)
     report.reference_version = parent.ref if parent else None
     blob = merged.to_npz_bytes()

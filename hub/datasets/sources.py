@@ -47,6 +47,18 @@ def known_sources() -> list[str]:
     return sorted(BUILTIN_SOURCES)
 
 
+def load_builtin(name: str) -> RecordSet:
+    """Records of the built-in source ``name``; anything else (a path, ``file:``...) is refused
+    with one message that says nothing about the filesystem (what the API imports from)."""
+    loader = BUILTIN_SOURCES.get(name)
+    if loader is None:
+        raise SourceError(
+            f"source {name!r} is not a built-in source (one of {', '.join(known_sources())}); "
+            "files are uploaded, not read from the hub's disk"
+        )
+    return loader()
+
+
 def _help() -> str:
     return (
         f"use a built-in source ({', '.join(known_sources())}) or the path of a "

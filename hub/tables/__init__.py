@@ -1,5 +1,6 @@
 """SQLModel tables and their API families (Base / Create / Public / table)."""
 
+from hub.tables._common import JsonInt
 from hub.tables.datasets import DatasetVersion, DatasetVersionBase, DatasetVersionPublic
 from hub.tables.devices import Device, DeviceCreate, DevicePublic, DeviceUpdate
 from hub.tables.fleet import (
@@ -67,6 +68,7 @@ __all__ = [
     "FeedbackLabelRow",
     "FieldSample",
     "IngestSeq",
+    "JsonInt",
     "LabelQuarantine",
     "LabelQuarantinePublic",
     "MetricIn",

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BeforeValidator, Strict
 from sqlalchemy import JSON, BigInteger, Column
 from sqlmodel import Field
 
@@ -22,3 +23,11 @@ def bigint_field(*, default: int = 0, primary_key: bool = False) -> Any:
     if primary_key:
         return Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     return Field(default=default, sa_column=Column(BigInteger, nullable=False))
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A JSON integer as JSON Schema defines it: 3 and 3.0, never true, "3" or 3.5.
+JsonInt = Annotated[int, Strict(), BeforeValidator(_integral)]

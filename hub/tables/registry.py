@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import StrictFloat, StringConstraints
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from hub.tables._common import json_field, utcnow
+from hub.tables._common import JsonInt, json_field, utcnow
 
 # --- runs -------------------------------------------------------------------------------
+
+DATASET_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}@(latest|[0-9]{1,9})$"
+DatasetRef = Annotated[str, StringConstraints(pattern=DATASET_REF_PATTERN)]
 
 
 class RunBase(SQLModel):
@@ -21,7 +25,7 @@ class RunBase(SQLModel):
 
 
 class RunCreate(RunBase):
-    dataset: str = Field(description="dataset version as NAME@VERSION")
+    dataset: DatasetRef = Field(description="dataset version as NAME@VERSION")
 
 
 class TrainingRun(RunBase, table=True):
@@ -60,8 +64,8 @@ class RunMetric(SQLModel, table=True):
 
 class MetricIn(SQLModel):
     key: str = Field(min_length=1, max_length=128)
-    value: float
-    step: int = Field(default=0, ge=0)
+    value: StrictFloat
+    step: JsonInt = Field(default=0, ge=0, le=2**31 - 1)
 
 
 class RunArtifact(SQLModel, table=True):

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 
+from pydantic import StringConstraints
 from sqlmodel import Field, SQLModel
 
-from hub.tables._common import json_field, utcnow
+from hub.tables._common import JsonInt, json_field, utcnow
 
 
 class EnrollmentTokenCreate(SQLModel):
     group: str = Field(default="default", max_length=128)
-    tags: dict[str, str] = Field(default_factory=dict)
-    max_uses: int = Field(default=1, ge=1, le=1_000_000)
-    expires_in_s: int = Field(default=24 * 3600, gt=0, description="lifetime in seconds")
+    tags: dict[Annotated[str, StringConstraints(min_length=1)], str] = Field(default_factory=dict)
+    max_uses: JsonInt = Field(default=1, ge=1, le=1_000_000)
+    expires_in_s: JsonInt = Field(
+        default=24 * 3600, gt=0, le=10 * 366 * 24 * 3600, description="lifetime in seconds"
+    )
     name: str = Field(default="", max_length=128, description="a note for operators")
 
 

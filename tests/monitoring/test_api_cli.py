@@ -68,7 +68,7 @@ def test_monitor_api(tmp_path: Path, database_url: str) -> None:
         assert c.get("/api/v1/monitor/alerts", params={"kind": "degradation"}).json() == []
         assert c.get("/api/v1/monitor/alerts", params={"model": "other"}).json() == []
         bad = c.get("/api/v1/monitor/alerts", params={"kind": "weird"})
-        assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"
+        assert bad.status_code == 422 and bad.json()["code"] == "invalid_request"
         assert c.post("/api/v1/monitor/evaluate").json()["alerts_opened"] == []
         assert TestClient(create_app(settings)).get("/api/v1/monitor/status").status_code == 401
     fleet.engine.dispose()
@@ -94,7 +94,7 @@ def test_monitor_cli_json_contract(tmp_path: Path, capsys: pytest.CaptureFixture
     code, status = cli(capsys, *dd, "monitor", "status", "--json")
     assert code == 0 and status["versions"][0]["predictions"] == 400
     code, error = cli(capsys, *dd, "monitor", "alerts", "--kind", "nope", "--json")
-    assert code != 0 and error["code"] == "invalid_input"
+    assert code != 0 and error["code"] == "invalid_request"  # the schema's enum refuses it
 
 
 def test_alerts_are_published_on_mqtt(tmp_path: Path, mosquitto: EmbeddedBroker) -> None:

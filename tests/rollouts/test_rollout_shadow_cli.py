@@ -93,4 +93,4 @@ def test_rollout_cli_shadow_and_promotion_flags(
     code, out = run(
         capsys, tmp_path, "create", "--model", "m@1", "--selector", "all", "--promote-alias", "X"
     )
-    assert code == 1 and out["code"] == "invalid_input"
+    assert code == 1 and out["code"] == "invalid_request"  # the schema's alias pattern

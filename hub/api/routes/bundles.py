@@ -7,7 +7,7 @@ from fastapi.responses import Response
 from sqlmodel import select
 
 from hub import registry
-from hub.api.deps import SessionDep, StoreDep
+from hub.api.deps import NamePath, SelectorPath, SessionDep, StoreDep
 from hub.errors import NotFound
 from hub.tables import Bundle, BundlePublic, ModelVersion
 
@@ -28,7 +28,7 @@ def _find(session: SessionDep, digest: str) -> Bundle:
 
 
 @router.get("/models/{name}/versions/{selector}/bundles", response_model=list[BundlePublic])
-def of_version(name: str, selector: str, session: SessionDep) -> list[BundlePublic]:
+def of_version(name: NamePath, selector: SelectorPath, session: SessionDep) -> list[BundlePublic]:
     version = registry.get_version(session, ref=f"{name}@{selector}")
     return [_public(b, version) for b in registry.bundles_of(session, model_version=version)]
 

@@ -6,38 +6,47 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StringConstraints
 
 from hub import registry
-from hub.api.deps import ContextDep, SessionDep, StoreDep
+from hub.api.deps import NAME_PATTERN, ContextDep, NamePath, SessionDep, StoreDep, VersionPath
+from hub.api.public import DatasetImportPublic, ValidationReportPublic
 from hub.datasets import service
-from hub.datasets.sources import SourceError, load_source
+from hub.datasets.sources import SourceError, known_sources, load_builtin, load_source
 from hub.errors import InvalidInput
 from hub.tables import DatasetVersionPublic, ModelVersionPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+def _builtin_enum(schema: dict[str, Any]) -> None:
+    schema["enum"] = known_sources()  # read when the document is built: plugins registered
+
 
 class DatasetImport(BaseModel):
-    source: str = Field(description="a built-in source such as sklearn:digits")
-    append: bool = Field(default=False, description="merge into the latest version's records")
-    fractions: dict[str, float] | None = Field(default=None, description="split -> fraction")
-    alpha: float = Field(default=service.DEFAULT_ALPHA, gt=0, lt=1)
-
-
-class ImportResult(DatasetVersionPublic):
-    created: bool
+    source: str = Field(
+        description="a built-in source such as sklearn:digits; files are uploaded instead "
+        "(POST /datasets/{name}/versions/upload): the API never reads the hub's disk",
+        json_schema_extra=_builtin_enum,
+    )
+    append: StrictBool = Field(default=False, description="merge into the latest version's records")
+    fractions: dict[Annotated[str, StringConstraints(pattern=r"\S")], Fraction] | None = Field(
+        default=None, min_length=1, description="split -> fraction (they must sum to 1)"
+    )
+    alpha: StrictFloat = Field(default=service.DEFAULT_ALPHA, gt=0, lt=1)
 
 
 class Override(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
 
 
-def _load(source: str) -> Any:
+def _builtin(source: str) -> Any:
     try:
-        return load_source(source)
+        return load_builtin(source)
     except SourceError as exc:
         raise InvalidInput(str(exc)) from exc
 
@@ -53,47 +62,51 @@ async def _load_upload(upload: UploadFile, *, limit: int) -> Any:
                 if size > limit:
                     raise InvalidInput(f"upload is larger than the limit of {limit} bytes")
                 fh.write(block)
-        return _load(str(path))
+        try:
+            return load_source(str(path))
+        except SourceError as exc:
+            raise InvalidInput(str(exc).replace(str(path), upload.filename or "upload")) from exc
 
 
 @router.get("", response_model=list[DatasetVersionPublic])
-def list_datasets(session: SessionDep, name: str | None = None) -> list[DatasetVersionPublic]:
+def list_datasets(
+    session: SessionDep,
+    name: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+) -> list[DatasetVersionPublic]:
     return [service.to_public(session, v) for v in service.list_versions(session, name=name)]
 
 
-@router.post("/{name}/versions", response_model=ImportResult, status_code=201)
+@router.post("/{name}/versions", response_model=DatasetImportPublic, status_code=201)
 def import_builtin(
-    name: str, body: DatasetImport, session: SessionDep, store: StoreDep
-) -> ImportResult:
-    if ":" not in body.source:
-        raise InvalidInput(
-            f"source {body.source!r}: the API imports built-in sources (e.g. sklearn:digits); "
-            "upload files to /datasets/{name}/versions/upload"
-        )
+    name: NamePath, body: DatasetImport, session: SessionDep, store: StoreDep
+) -> DatasetImportPublic:
+    """Import a built-in (registered) source. Anything else (``file:``, a path) is refused
+    with one message that does not depend on what exists on the hub."""
+    records = _builtin(body.source)
     version, created = service.import_dataset(
         session,
         store,
         name=name,
         source=body.source,
-        records=_load(body.source),
+        records=records,
         append=body.append,
         fractions=body.fractions,
         alpha=body.alpha,
     )
     public = service.to_public(session, version)
-    return ImportResult(**public.model_dump(), created=created)
+    return DatasetImportPublic(**public.model_dump(), created=created)
 
 
-@router.post("/{name}/versions/upload", response_model=ImportResult, status_code=201)
+@router.post("/{name}/versions/upload", response_model=DatasetImportPublic, status_code=201)
 async def import_upload(
-    name: str,
+    name: NamePath,
     session: SessionDep,
     store: StoreDep,
     ctx: ContextDep,
     file: Annotated[UploadFile, File(description=".csv, .parquet or .npz")],
     append: Annotated[bool, Form()] = False,
     alpha: Annotated[float, Form(gt=0, lt=1)] = service.DEFAULT_ALPHA,
-) -> ImportResult:
+) -> DatasetImportPublic:
     records = await _load_upload(file, limit=ctx.settings.max_upload_bytes)
     version, created = service.import_dataset(
         session,
@@ -105,28 +118,28 @@ async def import_upload(
         alpha=alpha,
     )
     public = service.to_public(session, version)
-    return ImportResult(**public.model_dump(), created=created)
+    return DatasetImportPublic(**public.model_dump(), created=created)
 
 
-@router.post("/{name}/validate")
+@router.post("/{name}/validate", response_model=ValidationReportPublic)
 async def validate_upload(
-    name: str,
+    name: NamePath,
     session: SessionDep,
     store: StoreDep,
     ctx: ContextDep,
     file: Annotated[UploadFile, File(description=".csv, .parquet or .npz")],
     alpha: Annotated[float, Form(gt=0, lt=1)] = service.DEFAULT_ALPHA,
-) -> dict[str, Any]:
+) -> ValidationReportPublic:
     """Dry run: validate a file as if it were the next version of ``name``; stores nothing."""
     records = await _load_upload(file, limit=ctx.settings.max_upload_bytes)
     report = service.validate_against_latest(
         session, store, name=name, records=records, alpha=alpha
     )
-    return {**report.model_dump(mode="json"), "text": report.render_text()}
+    return ValidationReportPublic(**report.model_dump(), text=report.render_text())
 
 
 @router.get("/{name}/versions/{version}", response_model=DatasetVersionPublic)
-def show(name: str, version: str, session: SessionDep) -> DatasetVersionPublic:
+def show(name: NamePath, version: VersionPath, session: SessionDep) -> DatasetVersionPublic:
     return service.to_public(session, service.get_version(session, ref=f"{name}@{version}"))
 
 
@@ -135,7 +148,7 @@ def show(name: str, version: str, session: SessionDep) -> DatasetVersionPublic:
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def export(name: str, version: str, session: SessionDep, store: StoreDep) -> Response:
+def export(name: NamePath, version: VersionPath, session: SessionDep, store: StoreDep) -> Response:
     """The version's records (.npz) byte-for-byte as stored."""
     found = service.get_version(session, ref=f"{name}@{version}")
     data = store.get_bytes(found.artifact_digest)
@@ -150,13 +163,17 @@ def export(name: str, version: str, session: SessionDep, store: StoreDep) -> Res
 
 
 @router.post("/{name}/versions/{version}/override", response_model=DatasetVersionPublic)
-def override(name: str, version: str, body: Override, session: SessionDep) -> DatasetVersionPublic:
+def override(
+    name: NamePath, version: VersionPath, body: Override, session: SessionDep
+) -> DatasetVersionPublic:
     found = service.override_validation(session, ref=f"{name}@{version}", reason=body.reason)
     return service.to_public(session, found)
 
 
 @router.get("/{name}/versions/{version}/models", response_model=list[ModelVersionPublic])
-def models_trained_on(name: str, version: str, session: SessionDep) -> list[ModelVersionPublic]:
+def models_trained_on(
+    name: NamePath, version: VersionPath, session: SessionDep
+) -> list[ModelVersionPublic]:
     """Reverse lineage: model versions trained on this dataset version."""
     found = registry.versions_from_dataset(session, dataset=f"{name}@{version}")
     return [registry.to_public(session, v) for v in found]

@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from hub import devices
-from hub.api.deps import ContextDep, SessionDep
+from hub.api.deps import ContextDep, DeviceIdPath, SessionDep
 from hub.errors import InvalidInput
 from hub.tables import DeviceCreate, DevicePublic, DeviceUpdate, LabelQuarantinePublic
 from hub.triggers import lift_quarantine, list_quarantine
 
 router = APIRouter(prefix="/devices", tags=["devices"])
+
+TAG_FILTER = r"^[^=]+=.*$"
 
 
 def _tags(pairs: list[str]) -> dict[str, str]:
@@ -34,8 +36,11 @@ def create(body: DeviceCreate, session: SessionDep) -> DevicePublic:
 @router.get("", response_model=list[DevicePublic])
 def list_devices(
     session: SessionDep,
-    group: str | None = None,
-    tag: Annotated[list[str], Query(description="key=value, repeatable (all must match)")] = [],  # noqa: B006
+    group: Annotated[str | None, Query(max_length=128)] = None,
+    tag: Annotated[
+        list[Annotated[str, StringConstraints(pattern=TAG_FILTER)]],
+        Query(description="key=value, repeatable (all must match)"),
+    ] = [],  # noqa: B006
 ) -> list[DevicePublic]:
     found = devices.list_devices(session, group=group, tags=_tags(tag))
     return [DevicePublic.model_validate(d) for d in found]
@@ -57,25 +62,29 @@ def quarantine(
 
 
 @router.post("/{device_id}/quarantine/lift", response_model=list[LabelQuarantinePublic])
-def lift(device_id: str, body: LiftQuarantine, session: SessionDep) -> list[LabelQuarantinePublic]:
+def lift(
+    device_id: DeviceIdPath, body: LiftQuarantine, session: SessionDep
+) -> list[LabelQuarantinePublic]:
     """Trust the device's labels again (tested anew on samples from now on)."""
     rows = lift_quarantine(session, device_id=device_id, reason=body.reason, model=body.model)
     return [LabelQuarantinePublic.model_validate(r) for r in rows]
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
-def show(device_id: str, session: SessionDep) -> DevicePublic:
+def show(device_id: DeviceIdPath, session: SessionDep) -> DevicePublic:
     return DevicePublic.model_validate(devices.get_device(session, device_id=device_id))
 
 
 @router.patch("/{device_id}", response_model=DevicePublic)
-def update(device_id: str, body: DeviceUpdate, session: SessionDep) -> DevicePublic:
+def update(device_id: DeviceIdPath, body: DeviceUpdate, session: SessionDep) -> DevicePublic:
     device = devices.update_device(session, device_id=device_id, update=body)
     return DevicePublic.model_validate(device)
 
 
 @router.delete("/{device_id}", status_code=204)
-def delete(device_id: str, session: SessionDep, request: Request, context: ContextDep) -> None:
+def delete(
+    device_id: DeviceIdPath, session: SessionDep, request: Request, context: ContextDep
+) -> None:
     """Remove the device; its broker login (if enrolled) is revoked with it."""
     from hub.api.routes.security import security
     from hub.enrollment import revoke_if_enrolled

@@ -2,34 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 
 from hub.api.deps import ContextDep
+from hub.api.public import KeyRotationPublic, KeysPublic
 from hub.key_rotation import key_status
 from hub.keys import rotate_bundle_key
 
 router = APIRouter(tags=["keys"])
 
 
-@router.get("/keys")
-def show_keys(context: ContextDep) -> dict[str, Any]:
+@router.get("/keys", response_model=KeysPublic)
+def show_keys(context: ContextDep) -> KeysPublic:
     """The current key id, the retired ones, and the key each device reports trusting."""
-    return key_status(context.engine, context.settings.data_dir)
+    return KeysPublic.model_validate(key_status(context.engine, context.settings.data_dir))
 
 
-@router.post("/keys/rotate")
-def rotate_keys(request: Request, context: ContextDep) -> dict[str, Any]:
+@router.post("/keys/rotate", response_model=KeyRotationPublic)
+def rotate_keys(request: Request, context: ContextDep) -> KeyRotationPublic:
     """A new bundle signing key; the old one is kept (retired) to sign the ``RotateKey``
     commands that ``hub serve`` sends to every device still trusting it."""
     rotation = rotate_bundle_key(context.settings.data_dir)
     sender = getattr(request.app.state, "key_rotation", None)
     if sender is not None:
         sender.nudge()  # send now, not at the next tick
-    return {
-        "key_id": rotation.new_key_id,
-        "retired_key_id": rotation.old_key_id,
-        "public_key": rotation.new_public_key.hex(),
-        "notifying_devices": sender is not None,
-    }
+    return KeyRotationPublic(
+        key_id=rotation.new_key_id,
+        retired_key_id=rotation.old_key_id,
+        public_key=rotation.new_public_key.hex(),
+        notifying_devices=sender is not None,
+    )

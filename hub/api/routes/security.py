@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from pydantic import Field
 from sqlmodel import SQLModel
 
-from hub import api_tokens, enrollment
-from hub.api.deps import ContextDep, SessionDep
+from hub import api_tokens, devices, enrollment
+from hub.api.deps import ContextDep, DeviceIdPath, RowIdPath, SessionDep
+from hub.api.public import (
+    ApiTokenCreatedPublic,
+    CredentialStatusPublic,
+    DeviceRevokedPublic,
+    EnrollmentPublic,
+    EnrollmentTokenCreatedPublic,
+)
 from hub.security import Security
 from hub.tables import (
     ApiTokenCreate,
@@ -36,11 +41,14 @@ def security(request: Request, context: ContextDep) -> Security:
     return found
 
 
-@router.post("/enrollment-tokens", status_code=201)
-def create_enrollment_token(body: EnrollmentTokenCreate, session: SessionDep) -> dict[str, Any]:
+@router.post("/enrollment-tokens", status_code=201, response_model=EnrollmentTokenCreatedPublic)
+def create_enrollment_token(
+    body: EnrollmentTokenCreate, session: SessionDep
+) -> EnrollmentTokenCreatedPublic:
     """A token devices enrol with; the token is in this answer only."""
     row, token = enrollment.create_enrollment_token(session, spec=body)
-    return {**EnrollmentTokenPublic.model_validate(row).model_dump(mode="json"), "token": token}
+    public = EnrollmentTokenPublic.model_validate(row)
+    return EnrollmentTokenCreatedPublic(**public.model_dump(), token=token)
 
 
 @router.get("/enrollment-tokens", response_model=list[EnrollmentTokenPublic])
@@ -50,15 +58,15 @@ def list_enrollment_tokens(session: SessionDep) -> list[EnrollmentTokenPublic]:
 
 
 @router.post("/enrollment-tokens/{token_id}/revoke", response_model=EnrollmentTokenPublic)
-def revoke_enrollment_token(token_id: int, session: SessionDep) -> EnrollmentTokenPublic:
+def revoke_enrollment_token(token_id: RowIdPath, session: SessionDep) -> EnrollmentTokenPublic:
     row = enrollment.revoke_enrollment_token(session, token_id=token_id)
     return EnrollmentTokenPublic.model_validate(row)
 
 
-@router.post("/devices/{device_id}/enroll", status_code=201)
+@router.post("/devices/{device_id}/enroll", status_code=201, response_model=EnrollmentPublic)
 def enroll_device(
-    device_id: str, body: AdminEnroll, request: Request, context: ContextDep
-) -> dict[str, Any]:
+    device_id: DeviceIdPath, body: AdminEnroll, request: Request, context: ContextDep
+) -> EnrollmentPublic:
     """Admin-initiated enrolment: MQTT credentials (password shown once) and endpoints."""
     result = security(request, context).enroll(
         device_id=device_id,
@@ -67,27 +75,35 @@ def enroll_device(
         tags=body.tags,
         group=body.group,
     )
-    return result.public()
+    return EnrollmentPublic.model_validate(result.public())
 
 
-@router.post("/devices/{device_id}/revoke")
-def revoke_device(device_id: str, request: Request, context: ContextDep) -> dict[str, Any]:
+@router.post("/devices/{device_id}/revoke", response_model=DeviceRevokedPublic)
+def revoke_device(
+    device_id: DeviceIdPath, request: Request, context: ContextDep
+) -> DeviceRevokedPublic:
     """Remove the device's broker login and reload the broker (it is disconnected)."""
     security(request, context).revoke(device_id=device_id)
-    return {"device_id": device_id, "revoked": True}
+    return DeviceRevokedPublic(device_id=device_id, revoked=True)
 
 
-@router.get("/devices/{device_id}/credentials")
-def credential_status(device_id: str, session: SessionDep) -> dict[str, object]:
-    """Whether the device holds a live broker login (never the secret)."""
-    return enrollment.credential_status(session, device_id=device_id)
+@router.get(
+    "/devices/{device_id}/credentials",
+    response_model=CredentialStatusPublic,
+    response_model_exclude_unset=True,
+)
+def credential_status(device_id: DeviceIdPath, session: SessionDep) -> CredentialStatusPublic:
+    """Whether the device holds a live broker login (never the secret); 404: no such device."""
+    devices.get_device(session, device_id=device_id)
+    status = enrollment.credential_status(session, device_id=device_id)
+    return CredentialStatusPublic.model_validate(status)
 
 
-@router.post("/tokens", status_code=201)
-def create_api_token(body: ApiTokenCreate, session: SessionDep) -> dict[str, Any]:
+@router.post("/tokens", status_code=201, response_model=ApiTokenCreatedPublic)
+def create_api_token(body: ApiTokenCreate, session: SessionDep) -> ApiTokenCreatedPublic:
     """An API token with scope ``read`` or ``admin``; the token is in this answer only."""
     row, token = api_tokens.create_token(session, spec=body)
-    return {**ApiTokenPublic.model_validate(row).model_dump(mode="json"), "token": token}
+    return ApiTokenCreatedPublic(**ApiTokenPublic.model_validate(row).model_dump(), token=token)
 
 
 @router.get("/tokens", response_model=list[ApiTokenPublic])
@@ -96,5 +112,5 @@ def list_api_tokens(session: SessionDep) -> list[ApiTokenPublic]:
 
 
 @router.post("/tokens/{token_id}/revoke", response_model=ApiTokenPublic)
-def revoke_api_token(token_id: int, session: SessionDep) -> ApiTokenPublic:
+def revoke_api_token(token_id: RowIdPath, session: SessionDep) -> ApiTokenPublic:
     return ApiTokenPublic.model_validate(api_tokens.revoke_token(session, token_id=token_id))

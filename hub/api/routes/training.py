@@ -6,13 +6,16 @@ queue with progress events is the scale-out path once training moves to GPU work
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictFloat
 
-from hub.api.deps import ContextDep
+from hub.api.deps import NAME_PATTERN, ContextDep, NamePath, SelectorPath
+from hub.api.public import PackageOutcomePublic, TrainOutcomePublic
 from hub.keys import bundle_signing_key
+from hub.tables import JsonInt
+from hub.tables.registry import DATASET_REF_PATTERN
 
 # hub.training and hub.packaging pull torch and onnx (seconds of import): imported in the
 # handlers, so `hub serve` and the API start without them.
@@ -24,21 +27,23 @@ class TrainRequest(BaseModel):
     spec: str = Field(
         description="built-in spec (digits-cnn, digits-mlp, vibration-ae) or module:Class"
     )
-    dataset: str = Field(description="NAME@VERSION or NAME@latest")
+    dataset: str = Field(description="NAME@VERSION or NAME@latest", pattern=DATASET_REF_PATTERN)
     params: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
-    model_name: str | None = None
+    seed: JsonInt = Field(default=0, ge=0, le=2**32 - 1)
+    model_name: str | None = Field(default=None, pattern=NAME_PATTERN)
     device: str = "auto"
-    nproc: int = Field(default=1, ge=1, le=64, description="DDP processes (torchrun) when > 1")
+    nproc: JsonInt = Field(default=1, ge=1, le=64, description="DDP processes (torchrun) when > 1")
 
 
 class PackageRequest(BaseModel):
-    formats: list[str] | None = Field(default=None, description="onnx, tflite (default: both)")
-    max_accuracy_drop: float = Field(default=1.0, ge=0, le=100)
+    formats: list[Literal["onnx", "tflite"]] | None = Field(
+        default=None, min_length=1, description="onnx, tflite (default: both)"
+    )
+    max_accuracy_drop: StrictFloat = Field(default=1.0, ge=0, le=100)
 
 
-@router.post("/training-runs", status_code=201)
-def train_model(body: TrainRequest, ctx: ContextDep) -> dict[str, Any]:
+@router.post("/training-runs", status_code=201, response_model=TrainOutcomePublic)
+def train_model(body: TrainRequest, ctx: ContextDep) -> TrainOutcomePublic:
     from hub.training.service import outcome_json as train_json
     from hub.training.service import train
 
@@ -53,13 +58,17 @@ def train_model(body: TrainRequest, ctx: ContextDep) -> dict[str, Any]:
         device=body.device,
         nproc=body.nproc,
     )
-    return train_json(outcome)
+    return TrainOutcomePublic.model_validate(train_json(outcome))
 
 
-@router.post("/models/{name}/versions/{selector}/package", status_code=201)
+@router.post(
+    "/models/{name}/versions/{selector}/package",
+    status_code=201,
+    response_model=PackageOutcomePublic,
+)
 def package_version(
-    name: str, selector: str, body: PackageRequest, ctx: ContextDep
-) -> dict[str, Any]:
+    name: NamePath, selector: SelectorPath, body: PackageRequest, ctx: ContextDep
+) -> PackageOutcomePublic:
     from hub.packaging import PackageOptions, outcome_json, package
 
     options = PackageOptions(
@@ -74,4 +83,4 @@ def package_version(
         signing_key=bundle_signing_key(ctx.settings),
         options=options,
     )
-    return outcome_json(outcome)
+    return PackageOutcomePublic.model_validate(outcome_json(outcome))

@@ -1,0 +1,291 @@
+"""The API's answers that are not a table's ``*Public`` family (those live in :mod:`hub.tables`).
+
+Every route declares one of these (or a table's) as its ``response_model``, so the OpenAPI
+document says what each answer holds. Parts whose keys are open by nature (metrics, params,
+detector scores, gate results) stay ``dict[str, Any]`` inside a typed answer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from hub.datasets.validation import ValidationReport
+from hub.tables import (
+    AlertPublic,
+    ApiTokenPublic,
+    DatasetVersionPublic,
+    EnrollmentTokenPublic,
+    ModelVersionPublic,
+    RunPublic,
+)
+
+__all__ = [
+    "AliasMovePublic",
+    "ApiTokenCreatedPublic",
+    "ArtifactPublic",
+    "BundleRefPublic",
+    "CredentialStatusPublic",
+    "DatasetImportPublic",
+    "DatasetRefPublic",
+    "DeviceKeyPublic",
+    "DeviceRevokedPublic",
+    "EnrollmentPublic",
+    "EnrollmentTokenCreatedPublic",
+    "EvaluationPublic",
+    "HealthPublic",
+    "IngestStatsPublic",
+    "KeyRotationPublic",
+    "KeysPublic",
+    "LineagePublic",
+    "ModelSummaryPublic",
+    "MonitorStatusPublic",
+    "PackageOutcomePublic",
+    "PolicyListPublic",
+    "RolloutPublic",
+    "RolloutSummaryPublic",
+    "TrainOutcomePublic",
+    "TrainingPolicyPublic",
+    "TriggerEventListPublic",
+    "TriggerEventPublic",
+    "ValidationReportPublic",
+]
+
+
+class HealthPublic(BaseModel):
+    """``/healthz``; ``hub serve`` adds its services' states (extra keys)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: str
+    version: str
+    database: str
+
+
+class DatasetImportPublic(DatasetVersionPublic):
+    created: bool
+
+
+class ValidationReportPublic(ValidationReport):
+    text: str
+
+
+class ModelSummaryPublic(BaseModel):
+    name: str
+    description: str
+    created_at: datetime
+    latest_version: int | None
+    aliases: dict[str, int]
+
+
+class AliasMovePublic(BaseModel):
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    at: datetime
+
+
+class BundleRefPublic(BaseModel):
+    digest: str
+    size: int
+    formats: list[str]
+
+
+class DatasetRefPublic(BaseModel):
+    ref: str
+    digest: str
+
+
+class LineagePublic(BaseModel):
+    model_version: ModelVersionPublic
+    run: RunPublic | None
+    dataset_version: DatasetRefPublic | None
+    dataset_ancestry: list[str]
+    code_version: str | None
+    bundles: list[BundleRefPublic]
+
+
+class ArtifactPublic(BaseModel):
+    name: str
+    digest: str
+    size: int
+
+
+class EnrollmentTokenCreatedPublic(EnrollmentTokenPublic):
+    token: str
+
+
+class ApiTokenCreatedPublic(ApiTokenPublic):
+    token: str
+
+
+class EnrollmentPublic(BaseModel):
+    """MQTT credentials (the password is shown this once) and where to connect."""
+
+    device_id: str
+    mqtt_username: str
+    mqtt_password: str
+    hub_public_key: str
+    mqtt_url: str
+    artifact_endpoint: str
+    created: bool
+    rotated: bool
+
+
+class DeviceRevokedPublic(BaseModel):
+    device_id: str
+    revoked: bool
+
+
+class CredentialStatusPublic(BaseModel):
+    """Whether the device holds a live broker login; the times only once it was enrolled."""
+
+    device_id: str
+    enrolled: bool
+    issued_at: datetime | None = None
+    rotations: int | None = None
+    revoked_at: datetime | None = None
+
+
+class DeviceKeyPublic(BaseModel):
+    key_id: str | None
+    status: str
+    online: bool
+
+
+class KeysPublic(BaseModel):
+    key_id: str
+    retired: list[str]
+    devices: dict[str, DeviceKeyPublic]
+    counts: dict[str, int]
+
+
+class KeyRotationPublic(BaseModel):
+    key_id: str
+    retired_key_id: str
+    public_key: str
+    notifying_devices: bool
+
+
+class IngestStatsPublic(BaseModel):
+    worker: dict[str, Any] | None
+    devices: int
+    missing: int
+    dropped_windows: int
+    streams: list[dict[str, Any]]
+
+
+class MonitorStatusPublic(BaseModel):
+    versions: list[dict[str, Any]]
+    open_alerts: int
+
+
+class EvaluationPublic(BaseModel):
+    at: str
+    versions: list[str]
+    rows: int
+    labels: int
+    windows: int
+    scores: int
+    alerts_opened: list[AlertPublic]
+    alerts_resolved: list[AlertPublic]
+    skipped: dict[str, int]
+    errors: int
+
+
+class RolloutSummaryPublic(BaseModel):
+    id: str
+    model: str
+    version: str
+    state: str
+    phase: int
+    selector: str
+    reason: str
+    created_at: str
+    finished_at: str | None
+
+
+class RolloutPublic(RolloutSummaryPublic):
+    bundle_digest: str
+    on_failure: str
+    bake_s: float
+    min_reporting: int
+    device_timeout_s: float
+    gate_config: dict[str, Any]
+    promote_alias: str
+    shadow: dict[str, Any] | None
+    phases: list[dict[str, Any]]
+    devices: list[dict[str, Any]]
+    device_states: dict[str, int]
+    events: list[dict[str, Any]]
+
+
+class TrainOutcomePublic(BaseModel):
+    run_id: str
+    model: str | None
+    version: int | None
+    metrics: dict[str, float]
+    dataset_version: str
+    code_version: str
+    candidate: bool
+    params: dict[str, Any]
+
+
+class PackageOutcomePublic(BaseModel):
+    bundle: str
+    digest: str
+    size_bytes: int
+    model: Any
+    variants: list[dict[str, Any]]
+    quantization: Any
+    notes: list[str]
+
+
+class TrainingPolicyPublic(BaseModel):
+    id: int
+    model_name: str
+    spec: str
+    dataset: str
+    params: dict[str, Any]
+    enabled: bool
+    schedule_interval_s: int | None
+    on_new_data: bool
+    on_new_code: bool
+    debounce_s: int
+    on_drift: bool
+    on_degradation: bool
+    field_data: bool
+    min_field_records: int
+    canary: dict[str, Any]
+    handled_versions: list[str]
+    last_dataset_version_id: int | None
+    last_code_version: str | None
+    last_run_at: datetime | None
+    created_at: datetime
+
+
+class PolicyListPublic(BaseModel):
+    policies: list[TrainingPolicyPublic]
+
+
+class TriggerEventPublic(BaseModel):
+    id: int
+    model_name: str
+    kind: str
+    reason: str
+    at: datetime
+    run_id: str | None
+    status: str
+    detail: str
+    dataset_version_id: int | None
+    code_version: str | None
+    alert_ids: list[int]
+    model_version: str | None
+    bundle_digest: str | None
+    rollout_id: str | None
+
+
+class TriggerEventListPublic(BaseModel):
+    events: list[TriggerEventPublic]
