@@ -153,3 +153,36 @@ def test_train_cli_json_contract(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert key in result
     assert result["model"] == "digits-mlp" and result["dataset_version"] == "digits@1"
     assert result["params"]["epochs"] == 2
+
+
+def test_fine_tuning_starts_from_a_version_and_keeps_its_transform(
+    hub: tuple[Engine, FileArtifactStore],
+) -> None:
+    engine, store = hub
+    base = train(engine, store, spec_name="digits-mlp", dataset="digits@1", params=FAST)
+    assert base.model_version is not None
+    ref = f"digits-mlp@{base.model_version.version}"
+    one = {**FAST, "epochs": 1}
+    tuned = train(
+        engine, store, spec_name="digits-mlp", dataset="digits@1", params=one, init_from=ref
+    )
+    fresh = train(engine, store, spec_name="digits-mlp", dataset="digits@1", params=one)
+    # one epoch from the trained weights keeps what they knew; one epoch from scratch does not
+    assert tuned.metrics["test_accuracy"] > fresh.metrics["test_accuracy"]
+    assert tuned.metrics["test_accuracy"] >= base.metrics["test_accuracy"] - 2.0
+    with session_scope(engine) as s:
+        assert tracking.get_run(s, run_id=tuned.run.id).params["init_from"] == ref
+        digests = [
+            registry.get_version(s, ref=f"digits-mlp@{o.model_version.version}").artifact_digest
+            for o in (base, tuned)
+            if o.model_version is not None
+        ]
+    blobs = [store.get_bytes(d) for d in digests]
+    start, after = (load_model(b) for b in blobs)
+    assert after.preprocess == start.preprocess  # the weights' input transform, not a new one
+    with pytest.raises(InvalidInput, match="cannot fine-tune"):
+        train(engine, store, spec_name="digits-cnn", dataset="digits@1", params={"epochs": 1},
+              init_from=ref)  # fmt: skip
+    with pytest.raises(InvalidInput, match="do not fit"):
+        train(engine, store, spec_name="digits-mlp", dataset="digits@1",
+              params={**one, "hidden": 32}, init_from=ref)  # fmt: skip

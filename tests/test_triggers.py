@@ -46,9 +46,11 @@ class FakeRunner:
         dataset: str,
         params: Mapping[str, Any] | None = None,
         model_name: str | None = None,
+        init_from: str | None = None,
     ) -> TrainOutcome:
         self.calls.append(
             {"spec": spec_name, "dataset": dataset, "params": params, "model": model_name}
+            | ({"init_from": init_from} if init_from else {})
         )
         self.entered.set()
         if self.hold is not None:

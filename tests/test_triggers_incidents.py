@@ -16,7 +16,14 @@ import hub.triggers as triggers
 from hub.artifacts import ArtifactStore, FileArtifactStore
 from hub.datasets import service as datasets
 from hub.db import create_all, make_engine, session_scope
-from hub.tables import Alert, FeedbackLabelRow, FieldSample, ModelVersion, TrainingRun
+from hub.tables import (
+    Alert,
+    FeedbackLabelRow,
+    FieldSample,
+    ModelVersion,
+    RegisteredModel,
+    TrainingRun,
+)
 from hub.tables.devices import Device
 from hub.training.service import TrainOutcome
 from hub.triggers import FollowupResult, TriggerKind, TriggerStatus, list_events
@@ -248,3 +255,32 @@ def test_an_incident_run_waits_for_the_new_regime_and_learns_only_it(
         devices = v2.lineage["field"]["devices"]
     # only what was taken since the alert: cam-1's 30 + 60 (ids may repeat), cam-2's 100
     assert devices["cam-2"] == 100 and 30 < devices["cam-1"] <= 90, devices
+
+
+def test_an_incident_run_fine_tunes_the_drifted_version(
+    hub: tuple[Engine, FileArtifactStore],
+) -> None:
+    engine, store = hub
+    with session_scope(engine) as s:
+        s.add(RegisteredModel(name=MODEL))
+        s.flush()
+        s.add(ModelVersion(model_name=MODEL, version=1, artifact_digest="x", artifact_size=1))
+        policy = triggers.get_policy(s, model_name=MODEL)
+        policy.fine_tune_epochs = 4
+        s.add(policy)
+    field_data(engine, store, n=50)
+    alert(engine)
+    runner = FakeRunner()
+    [event] = triggers.run_triggers(engine, store, now=T0, runner=runner)
+    assert runner.calls[0]["init_from"] == f"{MODEL}@1"
+    assert runner.calls[0]["params"]["epochs"] == 4
+    assert f"fine-tuned from {MODEL}@1 (4 epochs)" in event.detail
+    # a new-data or on-demand run trains afresh
+    with session_scope(engine) as s:
+        triggers.set_policy(
+            s, model_name=MODEL, spec="digits-mlp", dataset="digits", debounce_s=0,
+            on_new_code=False,
+        )  # fmt: skip
+    field_data(engine, store, n=50, device="cam-7", start=T0 + timedelta(minutes=1))
+    triggers.trigger_now(engine, store, model_name=MODEL, reason="test", runner=runner)
+    assert "init_from" not in runner.calls[-1]

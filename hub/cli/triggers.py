@@ -36,6 +36,13 @@ def policy(
             "needed before a drift/degradation run"
         ),
     ] = 1000,
+    fine_tune_epochs: Annotated[
+        int,
+        typer.Option(
+            help="drift/degradation runs fine-tune the drifted version this many epochs "
+            "(0: train afresh)"
+        ),
+    ] = 10,
     field_device_share: Annotated[
         float, typer.Option(help="no device keeps more than max(2/N, this) of the field data")
     ] = 0.1,
@@ -65,6 +72,7 @@ def policy(
         "min_field_records": min_field_records,
         "min_incident_records": min_incident_records,
         "field_device_share": field_device_share,
+        "fine_tune_epochs": fine_tune_epochs,
         "canary": {"selector": canary, "phases": canary_phases} if canary else {},
         "debounce_s": debounce,
     }

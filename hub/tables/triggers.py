@@ -57,6 +57,11 @@ class TrainingPolicy(SQLModel, table=True):
         description="labelled field samples from the incident's scopes, taken after its first "
         "alert, needed before a drift/degradation run (the retrain learns the new regime)",
     )
+    fine_tune_epochs: int = Field(
+        default=10,
+        description="drift/degradation runs start from the drifted version's weights and "
+        "train this many epochs; 0 trains afresh with the spec's epochs",
+    )
     field_device_share: float = Field(
         default=0.1,
         description="no device keeps more than max(2/N, this) of a field-data version "

@@ -21,7 +21,7 @@ from hub.db import session_scope
 from hub.errors import InvalidInput
 from hub.specs import SpecNotFound, get_spec
 from hub.tables import ModelVersion, TrainingRun
-from hub.training.artifact import TrainedModel, dump_model
+from hub.training.artifact import TrainedModel, dump_model, load_model
 from hub.training.loop import (
     EpochResult,
     TrainConfig,
@@ -57,39 +57,67 @@ def train(
     on_epoch: Callable[[EpochResult], None] | None = None,
     checkpoint_dir: Path | None = None,
     nproc: int = 1,
+    init_from: str | None = None,
 ) -> TrainOutcome:
     """Train, evaluate on the test split, register; ``candidate`` alias if good enough.
+
+    ``init_from`` (``MODEL@VERSION`` of the same spec): fine-tune, starting from that
+    version's weights and input transform instead of fresh ones (a retrain after drift keeps
+    what the model knew and learns the new regime in fewer epochs).
 
     ``nproc > 1`` trains with that many DDP processes under ``torchrun`` (one per GPU, or gloo
     on CPU); the run, its metrics and the registered version are the same either way.
     """
     if nproc < 1:
         raise InvalidInput("nproc must be at least 1")
+    if init_from is not None and nproc > 1:
+        raise InvalidInput("fine-tuning (init_from) runs in one process; leave nproc at 1")
     try:
         spec = get_spec(spec_name)
         merged = spec.params(params)
     except (SpecNotFound, ValueError) as exc:
         raise InvalidInput(str(exc)) from exc
+    start: TrainedModel | None = None
     with session_scope(engine) as s:
+        if init_from is not None:
+            previous = registry.get_version(s, ref=init_from)
+            start = load_model(store.get_bytes(previous.artifact_digest))
+            if start.spec.name != spec.name:
+                raise InvalidInput(
+                    f"cannot fine-tune {spec.name} from {init_from}: it is a {start.spec.name}"
+                )
         version = datasets.get_version(s, ref=dataset)
         run = tracking.create_run(
             s,
             spec=spec.name,
             dataset=version.ref,
             code_version=spec.code_version(),
-            params={**merged, "seed": seed, **({"nproc": nproc} if nproc > 1 else {})},
+            params={
+                **merged,
+                "seed": seed,
+                **({"nproc": nproc} if nproc > 1 else {}),
+                **({"init_from": init_from} if init_from else {}),
+            },
         )
         splits = {
             name: datasets.load_split(s, store, version=version, split=name)
             for name in ("train", "val", "test")
         }
     try:
-        preprocess = spec.preprocess(splits["train"])
+        preprocess = start.preprocess if start else spec.preprocess(splits["train"])
         x = {name: preprocess.apply(rs.features) for name, rs in splits.items()}
         y = {name: spec.targets(rs) for name, rs in splits.items()}
         num_outputs = spec.num_outputs(splits["train"])
         seed_everything(seed)
         model = spec.build(params=merged, num_outputs=num_outputs)
+        if start is not None:
+            try:
+                model.load_state_dict(start.model.state_dict())
+            except RuntimeError as exc:  # other layer sizes (params, outputs): say so
+                raise InvalidInput(
+                    f"cannot fine-tune from {init_from}: its weights do not fit this model "
+                    f"({str(exc).splitlines()[0]})"
+                ) from exc
         config = TrainConfig.from_params(merged, seed=seed, device=device)
 
         def log_epoch(result: EpochResult) -> None:

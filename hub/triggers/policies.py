@@ -37,6 +37,7 @@ def set_policy(
     min_field_records: int = 50,
     min_incident_records: int = 1000,
     field_device_share: float = 0.1,
+    fine_tune_epochs: int = 10,
     canary: Mapping[str, Any] | None = None,
     debounce_s: int = 300,
 ) -> TrainingPolicy:
@@ -60,6 +61,8 @@ def set_policy(
         raise InvalidInput("min_field_records must be at least 1")
     if min_incident_records < 0:
         raise InvalidInput("min_incident_records must be zero or positive")
+    if fine_tune_epochs < 0:
+        raise InvalidInput("fine_tune_epochs must be zero (train afresh) or positive")
     if not 0 < field_device_share <= 1:
         raise InvalidInput("field_device_share must be in (0, 1]")
     canary_settings = dict(canary or {})
@@ -86,6 +89,7 @@ def set_policy(
     policy.field_data, policy.min_field_records = field_data, min_field_records
     policy.min_incident_records = min_incident_records
     policy.field_device_share = field_device_share
+    policy.fine_tune_epochs = fine_tune_epochs
     policy.canary = canary_settings
     policy.debounce_s, policy.enabled = debounce_s, True
     session.add(policy)

@@ -19,12 +19,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlmodel import Session, col, select
 
 from hub.artifacts import ArtifactStore
 from hub.datasets import service as datasets
 from hub.db import session_scope
 from hub.errors import Conflict, NotFound
+from hub.tables import Alert, ModelVersion
 from hub.tables._common import utcnow
 from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, TriggerStatus
 from hub.triggers.decide import TRAINABLE, Decision, evaluate, not_trainable, running
@@ -37,6 +38,9 @@ if TYPE_CHECKING:  # torch: imported when a run starts, not with the hub
     from hub.training.service import TrainOutcome
 
 
+INCIDENT_KINDS = frozenset({TriggerKind.DRIFT.value, TriggerKind.DEGRADATION.value})
+
+
 class Runner(Protocol):
     def __call__(
         self,
@@ -47,6 +51,7 @@ class Runner(Protocol):
         dataset: str,
         params: Mapping[str, Any] | None = ...,
         model_name: str | None = ...,
+        init_from: str | None = ...,
     ) -> TrainOutcome: ...
 
 
@@ -226,6 +231,26 @@ def _start(
         return event
 
 
+def _fine_tune_from(session: Session, *, event: TriggerEvent, policy: TrainingPolicy) -> str | None:
+    """The version an incident run starts from: the newest registered version its alerts are
+    about, when the policy fine-tunes (``fine_tune_epochs`` > 0); None trains afresh."""
+    if policy.fine_tune_epochs <= 0 or event.kind not in INCIDENT_KINDS or not event.alert_ids:
+        return None
+    versions = {
+        a.version
+        for a in session.exec(select(Alert).where(col(Alert.id).in_(event.alert_ids))).all()
+    }
+    for number in sorted((int(v) for v in versions if v.isdigit()), reverse=True):
+        found = session.exec(
+            select(ModelVersion).where(
+                ModelVersion.model_name == event.model_name, ModelVersion.version == number
+            )
+        ).first()
+        if found is not None:
+            return f"{event.model_name}@{number}"
+    return None
+
+
 def _train(
     engine: Engine,
     store: ArtifactStore,
@@ -239,9 +264,15 @@ def _train(
         policy = get_policy(s, model_name=event.model_name)
         version = datasets.get_by_id(s, version_id=event.dataset_version_id or 0)
         spec, params, canary = policy.spec, dict(policy.params), dict(policy.canary)
+        start = _fine_tune_from(s, event=event, policy=policy)
     status, run_id, detail = TriggerStatus.FINISHED, None, event.detail
     registered: str | None = None
     after: FollowupResult | None = None
+    extra: dict[str, Any] = {}
+    if start is not None:
+        params["epochs"] = policy.fine_tune_epochs
+        extra["init_from"] = start
+        detail += f"; fine-tuned from {start} ({policy.fine_tune_epochs} epochs)"
     try:
         outcome = runner(
             engine,
@@ -250,6 +281,7 @@ def _train(
             dataset=version.ref,
             params=params,
             model_name=event.model_name,
+            **extra,
         )
         run_id = outcome.run.id
         mv = outcome.model_version

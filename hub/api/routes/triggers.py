@@ -51,6 +51,13 @@ class PolicyIn(BaseModel):
         description="labelled field samples from the incident's scopes since its first alert, "
         "needed before a drift/degradation run",
     )
+    fine_tune_epochs: JsonInt = Field(
+        default=10,
+        ge=0,
+        le=100_000,
+        description="drift/degradation runs start from the drifted version's weights and "
+        "train this many epochs; 0 trains afresh",
+    )
     field_device_share: float = Field(
         default=0.1,
         gt=0,
