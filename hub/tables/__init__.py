@@ -26,7 +26,7 @@ from hub.tables.registry import (
     TrainingRun,
 )
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutEvent, RolloutShadow
-from hub.tables.rollups import TelemetryRollup
+from hub.tables.rollups import LabelRollup, MonitorScoreRollup, TelemetryRollup
 from hub.tables.security import (
     ApiToken,
     ApiTokenCreate,
@@ -66,12 +66,14 @@ __all__ = [
     "FeedbackLabelRow",
     "FieldSample",
     "IngestSeq",
+    "LabelRollup",
     "MetricIn",
     "ModelAlias",
     "ModelVersion",
     "ModelVersionPublic",
     "MonitorCursor",
     "MonitorScore",
+    "MonitorScoreRollup",
     "RegisteredModel",
     "Rollout",
     "RolloutDevice",
