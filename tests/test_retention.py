@@ -434,3 +434,46 @@ def test_run_retention_applies_the_settings(engine: Engine, monkeypatch: Any) ->
 def test_the_kept_field_records_are_what_the_default_retrain_reads() -> None:
     limit = inspect.signature(labelled_field_records).parameters["limit"].default
     assert limit == FIELD_RECORDS_KEPT == 20_000
+
+
+def test_with_the_real_monitoring_only_read_rows_go_and_it_reads_on(engine: Engine) -> None:
+    """Monitoring reads; retention prunes only what it read; the all-time figures read the
+    same; monitoring then reads the rest as if nothing happened."""
+    from hub.monitoring import DetectorCache, MonitorConfig, evaluate
+    from tests.monitoring.fleetdata import Fleet
+    from tests.monitoring.tiny_detector import tiny_factory
+
+    config = MonitorConfig(window_size=200, false_alarm_rate=0.001, min_labels=50)
+    cache = DetectorCache(factory=tiny_factory)
+    fleet = Fleet(engine=engine).register()
+    devices = {"cam-1": "north", "cam-2": "north", "cam-3": "south"}
+    fleet.telemetry(devices=devices, windows=10, per_window=50)
+    fleet.labels(device="cam-1", n=120, accuracy=0.95)
+    first = evaluate(engine, config=config, cache=cache)
+    assert (first.rows, first.labels, first.errors) == (30, 120, 0)
+    fleet.telemetry(devices=devices, windows=4, per_window=50)  # not read yet
+    fleet.labels(device="cam-1", n=60, accuracy=0.5)
+    with Session(engine) as s:
+        scores = s.exec(select(MonitorScore)).all()
+        series = {(r.kind, r.scope, r.detector) for r in scores}
+    with Session(engine) as s:
+        accuracy_before = live_accuracy(s, model="sensor-clf", version="1")
+        drift_before = drift_score(s, model="sensor-clf", version="1")
+
+    later = datetime.now(UTC) + timedelta(days=60)  # every row is past its retention
+    report = run_retention(engine, RetentionPolicy(), now=later)
+    assert report.errors == []
+    assert (report.telemetry_windows, report.labels) == (30, 120)
+    assert _count(engine, TelemetryWindowRow) == 12 and _count(engine, FeedbackLabelRow) == 60
+    # each series' newest score stays
+    assert report.monitor_scores == len(scores) - len(series) > 0
+    assert _count(engine, MonitorScore) == len(series)
+    with Session(engine) as s:
+        accuracy_after = live_accuracy(s, model="sensor-clf", version="1")
+        assert drift_score(s, model="sensor-clf", version="1") == drift_before
+    assert (accuracy_after.n, accuracy_after.correct) == (180, accuracy_before.correct)
+
+    second = evaluate(engine, config=config, cache=cache)
+    assert (second.rows, second.labels, second.errors) == (12, 60, 0)
+    report = run_retention(engine, RetentionPolicy(), now=later)
+    assert (report.telemetry_windows, report.labels) == (12, 60)
