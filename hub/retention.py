@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, delete, func, not_, or_, select
+from sqlalchemy import ColumnElement, Connection, Table, and_, delete, func, or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as sql_select
@@ -233,20 +233,37 @@ def _field_keep_from(conn: Connection, *, kept: int) -> dict[str, int]:
 
 
 def _samples_needed_from(conn: Connection, *, monitored: bool) -> dict[tuple[str, str], datetime]:
-    """Per version, the oldest device time monitoring may still read field samples from."""
-    windows, cursors = _table(TelemetryWindowRow), _table(MonitorCursor)
+    """Per version with field samples, the oldest device time monitoring may still read
+    samples from: the start of its oldest unread telemetry window or pending window."""
+    samples, windows, cursors = (
+        _table(FieldSample),
+        _table(TelemetryWindowRow),
+        _table(MonitorCursor),
+    )
+    heads = {
+        (m, v): last
+        for m, v, last in conn.execute(
+            select(cursors.c.model, cursors.c.version, cursors.c.last_id).where(
+                cursors.c.stream == "telemetry", cursors.c.scope == CURSOR_HEAD
+            )
+        ).all()
+    }
     needed: dict[tuple[str, str], datetime] = {}
 
     def at_least(key: tuple[str, str], at: datetime) -> None:
         at = _aware(at)
         needed[key] = min(needed.get(key, at), at)
 
-    unread = conn.execute(
-        select(windows.c.model, windows.c.version, func.min(windows.c.window_start))
-        .where(not_(read_by_monitoring(windows, stream="telemetry", monitored=monitored)))
-        .group_by(windows.c.model, windows.c.version)
-    ).all()
-    for model, version, start in unread:
+    versions = conn.execute(select(samples.c.model, samples.c.version).distinct()).all()
+    for model, version in versions:
+        last = heads.get((model, version))
+        if last is None and not monitored:
+            continue  # nobody will read this version's windows
+        start = conn.execute(
+            select(func.min(windows.c.window_start)).where(
+                windows.c.model == model, windows.c.version == version, windows.c.id > (last or 0)
+            )
+        ).scalar()
         if start is not None:
             at_least((model, version), start)
     pending = conn.execute(
