@@ -50,7 +50,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, delete, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as sql_select
@@ -525,48 +535,49 @@ def _add_score(acc: dict[str, Any], m: Any) -> None:
 
 
 def _merge_score_hours(conn: Connection, hours: dict[tuple[Any, ...], dict[str, Any]]) -> None:
+    """Add a chunk's hours to ``monitor_score_rollup``: the rows of those hours are read (and
+    locked) in one query, new ones inserted and the others updated in one ``executemany`` each."""
     rollups = _table(MonitorScoreRollup)
     now = datetime.now(UTC)
+    existing = {
+        (*(r._mapping[name] for name in _SERIES), _hour(r.hour)): r._mapping
+        for r in conn.execute(
+            select(rollups)
+            .where(
+                rollups.c.hour.in_({key[-1] for key in hours}),
+                rollups.c.model.in_({key[2] for key in hours}),
+            )
+            .with_for_update()
+        ).all()
+    }
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
     for key, acc in hours.items():
         *series, hour = key
-        scope = and_(
-            *(rollups.c[name] == value for name, value in zip(_SERIES, series, strict=True)),
-            rollups.c.hour == hour,
-        )
-        found = conn.execute(select(rollups).where(scope).with_for_update()).first()
-        if found is None:
-            conn.execute(
-                rollups.insert().values(
-                    **dict(zip(_SERIES, series, strict=True)),
-                    hour=hour,
-                    scores=acc["scores"],
-                    fired=acc["fired"],
-                    n=acc["n"],
-                    score_sum=acc["score_sum"],
-                    score_max=acc["score_max"],
-                    ratio_max=acc["ratio_max"],
-                    threshold=acc["threshold"],
-                    last_row_id=acc["last_row_id"],
-                    updated_at=now,
-                )
-            )
+        values = {
+            "scores": acc["scores"],
+            "fired": acc["fired"],
+            "n": acc["n"],
+            "score_sum": acc["score_sum"],
+            "score_max": acc["score_max"],
+            "ratio_max": acc["ratio_max"],
+            "threshold": acc["threshold"],  # chunks go by id: this one is newer
+            "last_row_id": acc["last_row_id"],
+            "updated_at": now,
+        }
+        cur = existing.get(key)
+        if cur is None:
+            inserts.append({**dict(zip(_SERIES, series, strict=True)), "hour": hour, **values})
             continue
-        cur = found._mapping
-        conn.execute(
-            rollups.update()
-            .where(rollups.c.id == cur["id"])
-            .values(
-                scores=cur["scores"] + acc["scores"],
-                fired=cur["fired"] + acc["fired"],
-                n=cur["n"] + acc["n"],
-                score_sum=cur["score_sum"] + acc["score_sum"],
-                score_max=max(cur["score_max"], acc["score_max"]),
-                ratio_max=max(cur["ratio_max"], acc["ratio_max"]),
-                threshold=acc["threshold"],  # chunks go by id: this one is newer
-                last_row_id=max(cur["last_row_id"], acc["last_row_id"]),
-                updated_at=now,
-            )
-        )
+        for name in ("scores", "fired", "n", "score_sum"):
+            values[name] += cur[name]
+        for name in ("score_max", "ratio_max", "last_row_id"):
+            values[name] = max(values[name], cur[name])
+        updates.append({"_id": cur["id"], **values})
+    if inserts:
+        conn.execute(rollups.insert(), inserts)
+    if updates:
+        conn.execute(rollups.update().where(rollups.c.id == bindparam("_id")), updates)
 
 
 # --- events -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, func, select
 
+from hub import retention
 from hub.db import create_all, make_engine, session_scope
 from hub.ingest.retention import rollup_and_prune
 from hub.monitoring import drift_score, live_accuracy
@@ -127,7 +128,10 @@ def _labels_and_samples(engine: Engine) -> None:
             )
 
 
-def test_labels_roll_up_and_samples_go_but_unread_and_retrain_rows_stay(engine: Engine) -> None:
+def test_labels_roll_up_and_samples_go_but_unread_and_retrain_rows_stay(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "CHUNK", 64)  # hours span chunks: roll-ups get added to
     _labels_and_samples(engine)
     # monitoring read m@1's labels up to id 250 (ids follow insertion: label i has id i+1);
     # it has no cursor for m@2 yet
@@ -286,7 +290,10 @@ def _score(**kw: Any) -> MonitorScore:
     return MonitorScore(**{**base, **kw})
 
 
-def test_monitor_scores_roll_up_per_series_and_hour_keeping_the_newest(engine: Engine) -> None:
+def test_monitor_scores_roll_up_per_series_and_hour_keeping_the_newest(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "CHUNK", 64)  # hours span chunks: roll-ups get added to
     with session_scope(engine) as s:
         for i in range(180):  # 3 hours of a score a minute, two series; one fires
             at = OLD + timedelta(minutes=i)
