@@ -22,7 +22,7 @@ import pytest
 
 from tests.fixtures.brokers import require_mosquitto
 from tests.fixtures.hub_procs import Procs, enroll, prepare_hub, until, until_up
-from tests.test_hub_serve import _free_port
+from tests.fixtures.ports import free_port as _free_port
 
 DEVICE = "e2e-dev-1"
 
