@@ -5,6 +5,7 @@ views (all-time live accuracy, drift score) read the same before and after."""
 from __future__ import annotations
 
 import inspect
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -484,3 +485,43 @@ def test_with_the_real_monitoring_only_read_rows_go_and_it_reads_on(engine: Engi
     assert (second.rows, second.labels, second.errors) == (12, 60, 0)
     report = run_retention(engine, RetentionPolicy(), now=later)
     assert (report.telemetry_windows, report.labels) == (12, 60)
+
+
+def test_the_loop_runs_retention_until_stopped(engine: Engine) -> None:
+    import time
+
+    from hub.retention import RetentionLoop
+
+    with session_scope(engine) as s:
+        s.add(_score(at=OLD))
+        s.add(_score(at=OLD + timedelta(seconds=1)))
+    loop = RetentionLoop(engine=engine, policy=RetentionPolicy(), every_s=0.05, first_after_s=0.01)
+    loop.start()
+    deadline = time.monotonic() + 10  # an upper bound, never a measurement
+    while len(loop.reports) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    loop.stop()
+    assert [r.monitor_scores for r in loop.reports[:2]] == [1, 0]
+    assert all(r.errors == [] for r in loop.reports)
+
+
+def test_hub_serve_starts_retention_only_when_a_table_has_one(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hub.server import _start_retention
+
+    for name in ("TELEMETRY", "FEEDBACK", "MONITOR_SCORE", "EVENT"):
+        monkeypatch.setenv(f"EDGELOOP_{name}_RETENTION_S", "0")
+    off = HubSettings(data_dir=tmp_path)
+    assert not RetentionPolicy.from_settings(off).enabled
+
+    def running() -> bool:
+        return any(t.name == "edgeloop-retention" for t in threading.enumerate())
+
+    _start_retention(off)()  # a no-op stop
+    assert not running()
+    monkeypatch.setenv("EDGELOOP_EVENT_RETENTION_S", "60")
+    stop = _start_retention(HubSettings(data_dir=tmp_path))
+    assert running()
+    stop()
+    assert not running()
