@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -68,6 +69,24 @@ def _start_key_rotation(settings: HubSettings, *, engine: Any, mqtt_url: str) ->
     return sender
 
 
+def _start_retention(settings: HubSettings) -> Callable[[], None]:
+    """The hourly retention thread (hub.retention); returns its stop (a no-op when off)."""
+    from hub.retention import RetentionLoop, RetentionPolicy
+
+    policy = RetentionPolicy.from_settings(settings)
+    if not policy.enabled:
+        return lambda: None
+    engine = hub_db.make_engine(settings.resolved_database_url)
+    loop = RetentionLoop(engine=engine, policy=policy)
+    loop.start()
+
+    def stop() -> None:
+        loop.stop()
+        engine.dispose()
+
+    return stop
+
+
 def _device_certs(settings: HubSettings, engine: Any) -> DeviceCertAuth | None:
     """With client certificates on, bundle downloads need one too (``hub.grpc_auth``)."""
     if not settings.mqtt_client_certs:
@@ -122,6 +141,7 @@ def _serve(settings: HubSettings) -> None:
             shared=settings.ingest_shared and broker_kind != "embedded-amqtt",
         )
         stack.callback(ingest.stop)
+        stack.callback(_start_retention(settings))
         if settings.trigger_interval_s > 0:
             from hub.db import create_all, make_engine
             from hub.triggers.loop import TriggerLoop

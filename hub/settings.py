@@ -148,6 +148,24 @@ class HubSettings(BaseSettings):
     telemetry_retention_s: float = Field(
         default=7 * 24 * 3600.0, ge=0, description="raw telemetry windows kept; 0: forever"
     )
+    feedback_retention_s: float = Field(
+        default=30 * 24 * 3600.0,
+        ge=0,
+        description="feedback labels and field samples kept (labels roll up per version and "
+        "hour; the newest 20,000 labelled samples per model stay for retraining); 0: forever",
+    )
+    monitor_score_retention_s: float = Field(
+        default=14 * 24 * 3600.0,
+        ge=0,
+        description="monitor scores kept (rolled up per series and hour; each series' newest "
+        "stays); 0: forever",
+    )
+    event_retention_s: float = Field(
+        default=90 * 24 * 3600.0,
+        ge=0,
+        description="resolved alerts, deployment events, finished rollouts' events and "
+        "finished trigger events kept; 0: forever",
+    )
 
     @field_validator("data_dir")
     @classmethod

@@ -13,13 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.ports import free_port
 from tests.fixtures.services import missing_service
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+_free_port = free_port  # outside the ephemeral range (tests/fixtures/ports.py)
 
 
 def _serve(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], str, Path]:

@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from hub.db import json_dumps
 from hub.ingest._decode import Item
 from hub.ingest._sql import table
-from hub.tables.devices import Device
+from hub.tables.devices import STATE_RECEIVED_KEY, Device
 from hub.tables.fleet import (
     DeploymentEventRow,
     FeedbackLabelRow,
@@ -333,6 +333,9 @@ def _write_states(
             ).scalar()
             if previous:
                 state = {**previous, "online": False}
+        # the hub's clock, beside the device's updatedAt: the rollout controller tells a state
+        # sent on a reconnect after a command from one sent before, whatever the device clock
+        state[STATE_RECEIVED_KEY] = str(int(now.timestamp() * 1000))
         values = {"online": item.online, "state": state, "last_seen_at": now}
         done = conn.execute(update(device).where(device.c.id == item.device_id).values(**values))
         if done.rowcount == 0 and create_unknown:

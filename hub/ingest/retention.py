@@ -3,8 +3,12 @@
 Each chunk of old windows is added to its ``telemetry_rollup`` rows and deleted **in the
 same transaction**, so a window is counted exactly once: running it twice (or after a
 crash half-way) never double counts, and a late window for an hour already rolled up is
-added to that hour. Run it from one process (``hub serve`` runs it hourly with the ingest
-worker when ``EDGELOOP_TELEMETRY_RETENTION_S`` > 0).
+added to that hour. Run it from one process (``hub serve`` runs it hourly, with the other
+tables' retention in ``hub.retention``, when ``EDGELOOP_TELEMETRY_RETENTION_S`` > 0).
+
+A window that monitoring has not read yet (its id is past the ``monitor_cursor`` of its
+``model@version``) is never pruned, however old; with ``monitored=True`` (monitoring runs)
+neither is any window of a version monitoring has no cursor for yet.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, select
+from sqlalchemy import ColumnElement, Connection, Table, and_, delete, or_, select
 from sqlalchemy.engine import Engine
 
 from hub.ingest._sql import table
 from hub.tables.fleet import TelemetryWindowRow
+from hub.tables.monitoring import CURSOR_HEAD, MonitorCursor
 from hub.tables.rollups import TelemetryRollup
 
 CHUNK = 2000
@@ -69,9 +74,36 @@ def _add_latency(acc: _Acc, latency: dict[str, Any]) -> None:
         acc.latency_mismatched += 1
 
 
-def rollup_and_prune(engine: Engine, *, older_than: datetime) -> RetentionResult:
-    """Fold every window that started before ``older_than`` into hourly roll-ups; delete it."""
+def read_by_monitoring(rows: Table, *, stream: str, monitored: bool) -> ColumnElement[bool]:
+    """A condition on ``rows`` (which has ``id``, ``model``, ``version``): monitoring has read
+    the row, i.e. its id is at or before its version's read cursor for ``stream``. Without a
+    cursor for the version: true unless ``monitored`` (then monitoring will read it later)."""
+    cursor = table(MonitorCursor)
+    last_id = (
+        select(cursor.c.last_id)
+        .where(
+            cursor.c.stream == stream,
+            cursor.c.scope == CURSOR_HEAD,
+            cursor.c.model == rows.c.model,
+            cursor.c.version == rows.c.version,
+        )
+        .scalar_subquery()
+    )
+    read = rows.c.id <= last_id
+    return read if monitored else or_(last_id.is_(None), read)
+
+
+def rollup_and_prune(
+    engine: Engine, *, older_than: datetime, monitored: bool = False
+) -> RetentionResult:
+    """Fold every window that started before ``older_than`` into hourly roll-ups; delete it.
+
+    Windows monitoring still has to read stay (:func:`read_by_monitoring`)."""
     windows, _ = _tables()
+    prunable = and_(
+        windows.c.window_start < older_than,
+        read_by_monitoring(windows, stream="telemetry", monitored=monitored),
+    )
     rolled, hours = 0, set[tuple[str, str, str, datetime]]()
     while True:
         with engine.begin() as conn:
@@ -87,7 +119,7 @@ def rollup_and_prune(engine: Engine, *, older_than: datetime) -> RetentionResult
                     windows.c.latency,
                     windows.c.output_counts,
                 )
-                .where(windows.c.window_start < older_than)
+                .where(prunable)
                 .order_by(windows.c.id)
                 .limit(CHUNK)
             ).all()

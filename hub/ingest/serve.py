@@ -12,9 +12,9 @@ def start_hub_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> I
     over MQTT 3.1.1 (the default, and the only choice on amqtt, which has neither ``$share``
     nor MQTT 5); ``shared=True`` (``EDGELOOP_INGEST_SHARED``): ``$share`` over MQTT 5.
 
-    It also runs the telemetry roll-up hourly when ``telemetry_retention_s`` > 0, and decodes
-    and stores in a child process when ``ingest_decode_process``
-    (``EDGELOOP_INGEST_DECODE_PROCESS``).
+    It decodes and stores in a child process when ``ingest_decode_process``
+    (``EDGELOOP_INGEST_DECODE_PROCESS``). Retention (the telemetry roll-up included) runs in
+    ``hub.retention.RetentionLoop``, which ``hub serve`` starts beside it.
     """
     engine = make_engine(settings.resolved_database_url)
     create_all(engine)
@@ -28,7 +28,6 @@ def start_hub_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> I
         batch_interval_s=settings.ingest_batch_interval_s,
         max_payload_bytes=settings.ingest_max_payload_bytes,
         accept_unknown_devices=settings.ingest_accept_unknown_devices,
-        retention_s=settings.telemetry_retention_s or None,
         mqtt_protocol="5" if shared else "3.1.1",
         decode_process=settings.ingest_decode_process,
         ack_interval_s=settings.ingest_ack_interval_s or None,

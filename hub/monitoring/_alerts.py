@@ -160,13 +160,16 @@ def drift_score(
     session: Session, *, model: str, version: str, since: datetime | None = None
 ) -> float | None:
     """The largest drift ``score / threshold`` of ``model@version`` (any scope, any detector)
-    since ``since``; above 1 means a detector fired. None when nothing was evaluated."""
+    since ``since`` (rolled-up scores: whole hours from ``since``); above 1 means a detector
+    fired. None when nothing was evaluated."""
     query = select(MonitorScore.score, MonitorScore.threshold).where(
         MonitorScore.kind == "drift", MonitorScore.model == model, MonitorScore.version == version
     )
     if since is not None:
         query = query.where(col(MonitorScore.at) >= since)
-    best: float | None = None
+    from hub.retention import rolled_up_drift  # scores that retention rolled up
+
+    best: float | None = rolled_up_drift(session, model=model, version=version, since=since)
     for score, threshold in session.exec(query).all():
         ratio = score / threshold if threshold > 0 else (math.inf if score > 0 else 0.0)
         best = ratio if best is None else max(best, ratio)

@@ -164,7 +164,8 @@ def count_correct(
     since: datetime | None = None,
     device_ids: Sequence[str] | None = None,
 ) -> tuple[int, int]:
-    """(correct, n) over the labels of ``model@version`` received since ``since``."""
+    """(correct, n) over the labels of ``model@version`` received since ``since``; without a
+    device filter, labels that retention rolled up count too (whole hours from ``since``)."""
     hit = case((col(FeedbackLabelRow.label) == col(FeedbackLabelRow.predicted_label), 1), else_=0)
     query = select(func.count(), func.coalesce(func.sum(hit), 0).cast(Integer)).where(
         *_label_filter(model, version)
@@ -174,6 +175,13 @@ def count_correct(
     if device_ids is not None:
         query = query.where(col(FeedbackLabelRow.device_id).in_(list(device_ids)))
     n, correct = session.exec(query).one()
+    if device_ids is None:
+        from hub.retention import rolled_up_correct
+
+        pruned_correct, pruned_n = rolled_up_correct(
+            session, model=model, version=version, since=since
+        )
+        return int(correct or 0) + pruned_correct, int(n or 0) + pruned_n
     return int(correct or 0), int(n or 0)
 
 

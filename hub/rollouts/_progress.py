@@ -17,6 +17,7 @@ from hub.rollouts._rows import Member, Settled, seen_of, states_of
 from hub.rollouts._sync import DOWNLOADING, IN_FLIGHT, S
 from hub.rollouts.phases import Candidate, choose, parse_phases, site_of
 from hub.rollouts.service import aware, log_event, now
+from hub.tables.devices import STATE_RECEIVED_KEY
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutState
 
 R = RolloutState
@@ -99,10 +100,12 @@ def nudge(session: Session, rows: Sequence[RolloutDevice], devices: dict[str, Me
     command again (same id; agents dedupe).
 
     "Came online after": seen after the publish, and its retained state (sent when it
-    connects) is newer than the command. A device that is merely busy keeps sending
-    telemetry before it gets to the command; it is not nudged until
-    :data:`NUDGE_GRACE_S` after the publish (also the fallback for a device whose clock
-    is behind the hub's). Only those within the grace have their state read."""
+    connects, after it subscribed) reached the hub after the command was issued, by the
+    hub's clock (``STATE_RECEIVED_KEY``; the device's own ``updatedAt`` only for a state
+    stored before the hub recorded that, as it may be hours off). A device that is merely
+    busy keeps sending telemetry before it gets to the command; it is not nudged until
+    :data:`NUDGE_GRACE_S` after the publish. Only those within the grace have their state
+    read."""
     grace = timedelta(seconds=NUDGE_GRACE_S)
     waiting = [
         d
@@ -208,8 +211,9 @@ def roll_back(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice])
 
 
 def _state_ms(state: dict[str, object]) -> int:
-    """The device clock's ``updated_at`` (unix ms) of a stored ``AgentState`` (0: none)."""
-    value = state.get("updatedAt", state.get("updated_at", 0))
+    """When a stored ``AgentState`` reached the hub (hub clock, unix ms); for one stored
+    before the hub recorded that, the device clock's ``updated_at`` (0: none)."""
+    value = state.get(STATE_RECEIVED_KEY, state.get("updatedAt", state.get("updated_at", 0)))
     try:
         return int(value)  # type: ignore[call-overload]  # protobuf JSON: int64 as a string
     except (TypeError, ValueError):

@@ -28,7 +28,7 @@ from hub.tables.registry import (
     TrainingRun,
 )
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutEvent, RolloutShadow
-from hub.tables.rollups import TelemetryRollup
+from hub.tables.rollups import LabelRollup, MonitorScoreRollup, TelemetryRollup
 from hub.tables.security import (
     ApiToken,
     ApiTokenCreate,
@@ -71,12 +71,14 @@ __all__ = [
     "JsonInt",
     "LabelQuarantine",
     "LabelQuarantinePublic",
+    "LabelRollup",
     "MetricIn",
     "ModelAlias",
     "ModelVersion",
     "ModelVersionPublic",
     "MonitorCursor",
     "MonitorScore",
+    "MonitorScoreRollup",
     "RegisteredModel",
     "Rollout",
     "RolloutDevice",

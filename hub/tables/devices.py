@@ -29,6 +29,12 @@ class DeviceUpdate(SQLModel):
     tags: dict[str, str] | None = None
 
 
+#: ``Device.state`` is the device's last ``AgentState`` (protobuf JSON) plus this key: when
+#: the hub received it, hub clock, unix ms as a string (the device's own ``updatedAt`` may be
+#: hours off).
+STATE_RECEIVED_KEY = "hubReceivedAtMs"
+
+
 class Device(DeviceBase, table=True):
     __tablename__ = "device"
 

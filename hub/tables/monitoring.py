@@ -66,6 +66,9 @@ class MonitorScore(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow, index=True)
 
 
+CURSOR_HEAD = "*"  # the scope of a (stream, model, version)'s read cursor
+
+
 class MonitorCursor(SQLModel, table=True):
     """Where monitoring stands: per (stream, model, version) the last row read (scope ``*``),
     and per scope the partial window not yet evaluated (``pending``), so that a restart

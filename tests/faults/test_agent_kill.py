@@ -71,8 +71,13 @@ def test_agent_sigkill_during_download_unpack_activation(
                 (hub.big, K.EVENT_KIND_VERIFIED, 0.0),
                 (b.v1, K.EVENT_KIND_ACTIVATED, 60.0),
             ]
-            for digest, kill_on, probation in steps:
+            for planned, kill_on, probation in steps:
                 old = obs.states[DEVICE].active.bundle_digest
+                # Each step may end either way (HEALTHY, or the old model kept): after a
+                # rolled-back step the next step's bundle can be the one served, and
+                # deploying that is answered HEALTHY at once ("already serving"), without the
+                # event to kill on (a 60 s timeout on a loaded box). Deploy one not served.
+                digest = next(d for d in (planned, hub.big, b.v2, b.v1) if d != old)
                 hub.throttle.reset()
                 if kill_on == K.EVENT_KIND_DOWNLOADING:
                     hub.throttle.pause_at = 3 * CHUNK  # > 25 % of the big bundle, then hold

@@ -140,7 +140,7 @@ def test_broker_sigkill_during_rollout_completes_one_command_per_device(
             for d in ids:
                 fleet.register(d)
                 await fleet.start(d)
-            await asyncio.sleep(1.0)  # online states reach the hub
+            await fleet.online(*ids)  # online states reach the hub
             rid = fleet.create(
                 digest=b.v1, version="1", selector="all", phases="1,100%", bake_s=1.0
             )

@@ -50,7 +50,10 @@ def test_clock_skewed_devices_complete_a_rollout(
                             log=tmp_path / f"{device}.log",
                         )
                     )
-                await asyncio.sleep(3.0)  # agents start (a child process each) and go online
+                # agents start (a child process each) and go online; a fixed 3 s sleep here
+                # was too short on a loaded box: the canary's command went out before its
+                # agent had subscribed (see test_rollout_controller's clock-behind test)
+                await fleet.online(*SKEW_S)
                 rid = fleet.create(
                     digest=b.v1,
                     version="1",

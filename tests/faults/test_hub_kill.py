@@ -29,8 +29,8 @@ from hub.settings import HubSettings
 from hub.tables import DeploymentEventRow
 from tests.faults._telemetry import stored, table
 from tests.fixtures.brokers import require_mosquitto
-from tests.fixtures.hub_procs import Procs, enroll, prepare_hub, until
-from tests.test_hub_serve import _free_port
+from tests.fixtures.hub_procs import Procs, enroll, prepare_hub, until, until_up
+from tests.fixtures.ports import free_port as _free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -116,7 +116,7 @@ def test_hub_sigkill_during_a_rollout_phase_and_during_ingest(procs: Procs, tmp_
             except httpx.TransportError:
                 return False
 
-        until("hub /healthz", healthy, procs.logs)
+        until_up("hub /healthz", proc, healthy, procs.logs)
         return proc
 
     def kill_hub(proc: subprocess.Popen[bytes]) -> None:

@@ -32,7 +32,7 @@ def test_device_offline_for_a_phase_times_out_then_catches_up(
             for d in ids:
                 fleet.register(d)
                 await fleet.start(d)
-            await asyncio.sleep(1.0)  # sessions exist, online states reach the hub
+            await fleet.online(*ids)  # sessions exist, online states reach the hub
             await fleet.stop("off-2")  # away for the whole phase
             await asyncio.sleep(0.5)
             rid = fleet.create(

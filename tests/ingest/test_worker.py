@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -81,6 +82,9 @@ def test_every_kind_is_stored(engine: Engine, mosquitto: EmbeddedBroker) -> None
     [device] = _rows(engine, Device)
     assert device.online is True and device.state["active"]["version"] == "3"
     assert device.last_seen_at is not None
+    # the hub's receive time beside the device's own clock (the rollout controller's nudge)
+    seen = device.last_seen_at.replace(tzinfo=device.last_seen_at.tzinfo or UTC)
+    assert int(device.state["hubReceivedAtMs"]) == int(seen.timestamp() * 1000)
 
 
 def test_duplicates_and_out_of_order_replays(engine: Engine, mosquitto: EmbeddedBroker) -> None:

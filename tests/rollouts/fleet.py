@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
+from sqlmodel import col, select
 
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
@@ -156,6 +157,24 @@ class Fleet:
             if tick is not None:
                 tick()
             await asyncio.sleep(0.1)
+
+    async def online(self, *device_ids: str, within: float = 60) -> None:
+        """Until the hub has each device's online state (it subscribed to its commands
+        before sending it, so a command published from now on reaches it or its session).
+        ``within``: an upper bound for a loaded box, never a measurement."""
+        deadline = time.monotonic() + within
+        while True:
+            with session_scope(self.engine) as s:
+                found = s.exec(
+                    select(Device.id).where(col(Device.id).in_(device_ids), col(Device.online))
+                ).all()
+            if set(found) == set(device_ids):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"not online within {within:g}s: {set(device_ids) - set(found)}"
+                )
+            await asyncio.sleep(0.05)
 
     def serving(self, device_id: str) -> str:
         active = self.agents[device_id].slots.active()

@@ -20,6 +20,7 @@ from hub.rollouts import service
 from hub.rollouts._publisher import PublishError
 from hub.rollouts.controller import RolloutController
 from hub.tables import DeploymentEventRow, Device
+from hub.tables.devices import STATE_RECEIVED_KEY
 from hub.tables.rollouts import RolloutDevice
 from proto import messages_pb2 as pb
 
@@ -190,6 +191,32 @@ def test_a_busy_device_is_not_re_commanded_but_a_reconnected_one_is(engine: Engi
     _seen(engine, "d00")
     ctl.tick()
     assert [c.device_id for c in publisher.sent[3:]] == ["d00"]
+
+
+def test_a_device_with_a_clock_hours_behind_that_reconnected_is_re_commanded(
+    engine: Engine,
+) -> None:
+    """Its reconnect state's ``updatedAt`` is 3 h older than the command by its own clock;
+    the hub's receive time (``STATE_RECEIVED_KEY``) says it came after. Before, such a device
+    got the command again only if it was seen 30 s later: an idle one never was, and timed
+    out (the flake of tests/faults/test_clock_skew.py when agents came online late)."""
+    rollout_id, publisher = _setup(engine, 2, state_ms=1)
+    ctl = _controller(engine, publisher)
+    ctl.tick()
+    assert len(publisher.sent) == 2
+    time.sleep(0.01)
+    now_ms = int(time.time() * 1000)
+    behind = str(now_ms - 3 * 3600 * 1000)
+    with session_scope(engine) as s:
+        for device_id, received in (("d00", 1), ("d01", now_ms)):  # d00: busy, old state
+            device = s.get(Device, device_id)
+            assert device is not None
+            device.last_seen_at = datetime.now(UTC)
+            device.state = {"online": True, "updatedAt": behind, STATE_RECEIVED_KEY: str(received)}
+            s.add(device)
+    ctl.tick()
+    assert [c.device_id for c in publisher.sent[2:]] == ["d01"]
+    assert publisher.sent[2].command_id == _rows(engine, rollout_id)["d01"].command_id
 
 
 def test_a_failing_tick_does_not_stop_the_controller(

@@ -30,6 +30,7 @@ from proto.topics import Topics
 from tests.fixtures.brokers import require_mosquitto
 
 WAIT_S = 10.0  # an upper bound for things that normally take milliseconds, never a measurement
+DEBOUNCE_S = 0.05  # BrokerAuth's reload debounce in these tests
 
 
 @dataclass
@@ -54,7 +55,7 @@ def secured(tmp_path: Path) -> Iterator[SecuredHub]:
     settings = HubSettings(data_dir=tmp_path / "hub", fleet=f"f{uuid.uuid4().hex[:8]}")
     engine = make_engine(settings.resolved_database_url)
     create_all(engine)
-    auth = BrokerAuth(settings=settings, engine=engine, debounce_s=0.05)
+    auth = BrokerAuth(settings=settings, engine=engine, debounce_s=DEBOUNCE_S)
     broker = EmbeddedBroker(kind="mosquitto", port=0, data_dir=settings.data_dir, auth=auth.files())
     broker.start()
     security = Security(

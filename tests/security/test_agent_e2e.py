@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from tests.fixtures.brokers import require_mosquitto
-from tests.fixtures.hub_procs import Procs, enroll, prepare_hub, until
-from tests.test_hub_serve import _free_port
+from tests.fixtures.hub_procs import Procs, enroll, prepare_hub, until, until_up
+from tests.fixtures.ports import free_port as _free_port
 
 DEVICE = "e2e-dev-1"
 
@@ -107,7 +107,7 @@ def test_enrolled_agent_process_deploys_and_reports(
             return None
         return answer.json() if answer.status_code == 200 else None
 
-    health = until("hub /healthz", healthy, logs)
+    health = until_up("hub /healthz", hub, healthy, logs)
     assert health["mqtt"]["url"].startswith("mqtts://"), health
     admin = {"Authorization": f"Bearer {(data / 'admin_token').read_text().strip()}"}
     client = httpx.Client(base_url=f"{url}/api/v1", headers=admin, timeout=10)
