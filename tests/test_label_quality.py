@@ -343,7 +343,7 @@ def test_quarantine_in_the_api_dashboard_and_cli(
         missing = client.post(
             "/api/v1/devices/cam-1/quarantine/lift", json={"reason": "x"}, headers=headers
         )
-        assert missing.status_code == 404
+        assert missing.status_code == 409  # the device exists; it is just not quarantined
         assert (
             client.post("/api/v1/devices/evil/quarantine/lift", json={}, headers=headers)
         ).status_code == 422  # a reason is required

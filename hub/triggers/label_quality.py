@@ -51,7 +51,7 @@ from scipy.stats import binom
 from sqlmodel import Session, col, select
 
 from hub.datasets.records import RecordSet
-from hub.errors import InvalidInput, NotFound
+from hub.errors import Conflict, InvalidInput
 from hub.tables._common import utcnow
 from hub.tables.fleet import FieldSample
 from hub.tables.quality import LabelQuarantine
@@ -241,8 +241,8 @@ def lift_quarantine(
     rows = [
         r for r in list_quarantine(session, model=model, active=True) if r.device_id == device_id
     ]
-    if not rows:
-        raise NotFound(
+    if not rows:  # the device may well exist: a state conflict, not a missing resource
+        raise Conflict(
             f"device {device_id!r} has no active label quarantine"
             + (f" for model {model!r}" if model else "")
             + " (list them with: edgeloop device quarantine)"
