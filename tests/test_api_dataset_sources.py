@@ -115,7 +115,10 @@ def test_cli_uploads_files_over_http(
     settings = HubSettings(data_dir=tmp_path / "hub", admin_token=TOKEN)  # type: ignore[arg-type]
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
+    # log_config=None: uvicorn must not point its loggers at this test's captured stderr
+    # (closed when the test ends; a later log line would write to a closed file)
+    config = uvicorn.Config(create_app(settings), log_level="warning", log_config=None)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
