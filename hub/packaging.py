@@ -65,12 +65,14 @@ FIELD_REFERENCE_MIN_ROWS = 200  # fewer: the scope falls back to its parent's re
 
 
 def recent_field_inputs(
-    session: Session, *, model: str, per_device: int
+    session: Session, *, model: str, per_device: int, min_rows: int = 0
 ) -> dict[str, npt.NDArray[np.float32]]:
-    """The newest ``per_device`` field inputs (telemetry reservoir samples) of each device
-    that served ``model``, flattened: per ``group:<name>`` and for the whole fleet
-    (``"fleet"``, every device alike). What a retrained model is monitored against: the field
-    as it is now, not the dataset's history (which still holds the pre-drift regime)."""
+    """The newest field inputs (telemetry reservoir samples) of each device that served
+    ``model``, flattened, per ``group:<name>`` and for the whole fleet (``"fleet"``): each
+    device's newest ``per_device``, or more in a group of few devices, so that the group
+    reaches ``min_rows`` (its devices alike). What a retrained model is monitored against: the
+    field as it is now, not the dataset's history (which still holds the pre-drift regime)."""
+    cap = max(per_device, min_rows)
     newest = (
         select(
             FieldSample.device_id,
@@ -83,17 +85,24 @@ def recent_field_inputs(
         .subquery()
     )
     rows = session.execute(
-        sa_select(newest.c.device_id, newest.c["values"], col(Device.group))
+        sa_select(newest.c.device_id, newest.c["values"], col(Device.group), newest.c.rank)
         .join(Device, col(Device.id) == newest.c.device_id, isouter=True)
-        .where(newest.c.rank <= per_device)
+        .where(newest.c.rank <= cap)
     ).all()
-    width = max((len(v) for _, v, _ in rows if isinstance(v, list)), default=0)
+    width = max((len(v) for _, v, _, _ in rows if isinstance(v, list)), default=0)
+    members: dict[str, set[str]] = {}
+    for device, _, group, _ in rows:
+        members.setdefault(f"group:{group or 'default'}", set()).add(device)
+    take = {  # per device, by group: enough for the group to reach min_rows
+        scope: max(per_device, -(-min_rows // len(devices))) for scope, devices in members.items()
+    }
     by_scope: dict[str, list[list[float]]] = {}
-    for _, values, group in rows:
-        if not isinstance(values, list) or len(values) != width:
+    for _, values, group, rank in rows:
+        scope = f"group:{group or 'default'}"
+        if not isinstance(values, list) or len(values) != width or rank > take[scope]:
             continue
         by_scope.setdefault(FLEET_SCOPE, []).append(values)
-        by_scope.setdefault(f"group:{group or 'default'}", []).append(values)
+        by_scope.setdefault(scope, []).append(values)
     return {k: np.asarray(v, dtype=np.float32) for k, v in by_scope.items()}
 
 
@@ -159,7 +168,12 @@ def package(
         version_id = version.id
         # a model trained on field data is monitored against what the field sends now
         field_inputs = (
-            recent_field_inputs(s, model=version.model_name, per_device=FIELD_REFERENCE_PER_DEVICE)
+            recent_field_inputs(
+                s,
+                model=version.model_name,
+                per_device=FIELD_REFERENCE_PER_DEVICE,
+                min_rows=FIELD_REFERENCE_MIN_ROWS,
+            )
             if isinstance(dataset.lineage, dict) and dataset.lineage.get("field")
             else {}
         )

@@ -22,7 +22,7 @@ from hub.artifacts import ArtifactStore, FileArtifactStore
 from hub.cli import main
 from hub.datasets import service as datasets
 from hub.db import create_all, make_engine, session_scope
-from hub.errors import NotFound
+from hub.errors import Conflict
 from hub.rollouts.gates import DEFAULT_GATES, Scope, quality_gates
 from hub.settings import HubSettings
 from hub.tables import Alert, Device, FeedbackLabelRow, FieldSample, LabelQuarantine
@@ -242,7 +242,7 @@ def test_a_hostile_device_is_quarantined_left_out_and_recorded_in_lineage(
 
     # an operator lifts it: its old labels are trusted, new ones are tested again
     with session_scope(engine) as s:
-        with pytest.raises(NotFound):
+        with pytest.raises(Conflict):  # cam-1 exists, it is just not quarantined
             triggers.lift_quarantine(s, device_id="cam-1", reason="x")
         triggers.lift_quarantine(s, device_id="evil", reason="relabelled by hand")
     send(engine, {"cam-9": ("clean", 40)}, seed=1)

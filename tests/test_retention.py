@@ -158,7 +158,7 @@ def test_labels_roll_up_and_samples_go_but_unread_and_retrain_rows_stay(
         rollups = s.exec(select(LabelRollup).order_by(col(LabelRollup.hour))).all()
         after = live_accuracy(s, model="m", version="1")
         like = _like()
-        records, _, _ = labelled_field_records(s, model="m", like=like, limit=100)
+        records, _, _, _ = labelled_field_records(s, model="m", like=like, limit=100)
     assert sum(r.labels for r in rollups) == 220 and len(rollups) == 4  # 220 minutes
     assert sum(r.scored for r in rollups) == 220
     assert sum(r.correct for r in rollups) == sum(1 for i in range(220) if i % 3)
