@@ -242,7 +242,7 @@ def tune(
             train_y=y["train"],
             val_x=x["val"],
             val_y=y["val"],
-            config=_config(merged, seed=seed, device=device),
+            config=TrainConfig.from_params(merged, seed=seed, device=device),
             on_epoch=report,
         )
         return (last[-1], float(size)) if multi else last[-1]
@@ -307,17 +307,6 @@ def _trial_params(
     if max_epochs is not None and "epochs" in spec.defaults:
         values["epochs"] = max_epochs
     return values
-
-
-def _config(merged: Mapping[str, Any], *, seed: int, device: str) -> TrainConfig:
-    return TrainConfig(
-        epochs=int(merged["epochs"]),
-        batch_size=int(merged["batch_size"]),
-        lr=float(merged["lr"]),
-        weight_decay=float(merged.get("weight_decay", 0.0)),
-        seed=seed,
-        device=device,
-    )
 
 
 def result_json(result: TuneResult) -> dict[str, Any]:
