@@ -294,9 +294,6 @@ class TrainedSplits:
         ).all()
         return cls(tuple(sorted({(n, tuple(dict(f).items())) for n, f in found})))
 
-    def __or__(self, other: TrainedSplits) -> TrainedSplits:
-        return TrainedSplits(tuple(sorted(set(self.splits) | set(other.splits))))
-
     def trained(self, source: str | None) -> bool:
         return bool(source) and any(
             split_of(str(source), fractions=dict(fractions), salt=name) == "train"

@@ -205,3 +205,20 @@ def test_gates_on_stored_rows(engine) -> None:  # type: ignore[no-untyped-def]
     with session_scope(engine) as s:
         gates = {g.name: g for g in evaluate(s, scope, blocking)}
     assert not gates["shadow_agreement"].passed
+
+
+def test_the_accuracy_gate_skips_sources_in_a_training_split() -> None:
+    """A label whose source record lies in the training split of a compared version is not
+    scored (the split rule, salted with the dataset name); unknown sources are scored."""
+    from hub.datasets.splits import DEFAULT_FRACTIONS, split_of
+    from hub.rollouts.gates import TrainedSplits
+
+    trained = TrainedSplits((("digits", tuple(DEFAULT_FRACTIONS.items())),))
+    sources = [f"digits-{i:05d}" for i in range(200)]
+    expected = {
+        s for s in sources if split_of(s, fractions=DEFAULT_FRACTIONS, salt="digits") == "train"
+    }
+    assert {s for s in sources if trained.trained(s)} == expected
+    assert 100 < len(expected) < 180  # about 70% are training sources
+    assert not trained.trained(None) and not trained.trained("")
+    assert not TrainedSplits(()).trained(sources[0])
