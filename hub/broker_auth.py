@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import atexit
 import base64
-import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import secrets
 import signal
+import time
 from pathlib import Path
 from urllib.parse import quote, urlparse, urlunparse
 
@@ -52,6 +52,10 @@ HUB_MQTT_USER = "edgeloop-hub"
 HUB_CLIENT_ID_PREFIX = "edgeloop-"
 HUB_PASSWORD_FILE = Path("keys") / "mqtt_hub_password"
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
+#: What Mosquitto logs (log_type information) when a SIGHUP reaches its main loop, and how
+#: long a reload request waits to see it.
+RELOAD_LINE = b"Reloading config."
+RELOAD_WAIT_S = 5.0
 DEVICE_PUBLISHES = (TopicKind.STATE, TopicKind.EVENTS, TopicKind.TELEMETRY, TopicKind.FEEDBACK)
 
 
@@ -169,6 +173,7 @@ class BrokerAuth:
         self.password_file = folder / "passwd"
         self.acl_file = folder / "acl"
         self.pid_file = folder / "mosquitto.pid"
+        self.log_file = folder / "mosquitto.log"  # (hub.broker.EmbeddedBroker writes both)
         self.reloads = 0
         self._debouncer = Debouncer(self.sync_now, delay_s=debounce_s, name="broker-auth")
         atexit.register(self._debouncer.flush)  # a short-lived CLI process still syncs
@@ -260,7 +265,45 @@ class BrokerAuth:
             return False  # no broker of ours running: it reads the files when it starts
         if b"mosquitto" not in cmdline:  # (Linux; elsewhere the pid file is trusted)
             return False  # a stale pid file whose number now belongs to someone else
-        with contextlib.suppress(ProcessLookupError):
+        offset = _size(self.log_file)
+        try:
             os.kill(pid, signal.SIGHUP)
-            return True
-        return False
+        except ProcessLookupError:
+            return False
+        self._wait_reloaded(offset)
+        return True
+
+    def _wait_reloaded(self, offset: int) -> None:
+        """Return once Mosquitto has logged the reload this SIGHUP asked for.
+
+        Mosquitto handles the signal in its (single-threaded) main loop: it logs
+        ``Reloading config.``, re-reads the files and only then serves sockets again, so
+        every packet a client sends after this returns meets the new logins and ACL. Without
+        the wait a device enrolled a moment ago could connect before its ACL line was
+        loaded and have its first QoS 1 publishes acknowledged and dropped.
+        """
+        deadline = time.monotonic() + RELOAD_WAIT_S
+        delay = 0.002
+        while time.monotonic() < deadline:
+            try:
+                with self.log_file.open("rb") as f:
+                    f.seek(offset)
+                    if RELOAD_LINE in f.read():
+                        return
+            except OSError:
+                break  # no log to read (another broker setup): nothing to wait on
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        log.warning(
+            "mosquitto was signalled to reload its logins but %s shows no reload after "
+            "%.0f s; a device enrolled just now may be refused or dropped until it does",
+            self.log_file,
+            RELOAD_WAIT_S,
+        )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
