@@ -147,7 +147,12 @@ def test_a_reload_returns_only_once_the_broker_has_reloaded(secured: SecuredHub)
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)  # the broker cannot handle the SIGHUP until SIGCONT
     done = threading.Event()
-    worker = threading.Thread(target=lambda: (secured.auth.sync_now(), done.set()))
+
+    def reload() -> None:
+        secured.auth.sync_now()
+        done.set()
+
+    worker = threading.Thread(target=reload)
     try:
         worker.start()
         assert not done.wait(0.5), "the reload returned before the broker had reloaded"
