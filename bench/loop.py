@@ -11,13 +11,14 @@ Environment: ``EDGELOOP_LOOP_DEVICES`` (``50,200``), ``EDGELOOP_LOOP_KINDS``
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench._result import BenchResult
+from bench._result import RESULTS, BenchResult
 
 FIGURES = (
     "accuracy_before",
@@ -73,6 +74,9 @@ def run() -> BenchResult:
     kinds = os.environ.get("EDGELOOP_LOOP_KINDS", "rotation,noise").split(",")
     seeds = range(int(os.environ.get("EDGELOOP_LOOP_SEEDS", "3")))
     runs: list[dict[str, Any]] = []
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    partial = RESULTS / "loop_runs.jsonl"  # each run as it ends: a cut-short bench keeps them
+    partial.write_text("")
     for n in devices:
         for kind in kinds:
             for seed in seeds:
@@ -91,6 +95,8 @@ def run() -> BenchResult:
                 row["canary_state"] = summary.get("canary_state")
                 row["false_alarm_list"] = summary.get("false_alarm_list")
                 runs.append(row)
+                with partial.open("a") as out:
+                    out.write(json.dumps(row, default=str) + "\n")
                 print(
                     f"loop {n} devices {kind} seed {seed}: drifted after "
                     f"{row['drifted_after']} vs oracle {row['oracle_drifted']}, detection "
