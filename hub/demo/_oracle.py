@@ -17,7 +17,7 @@ import numpy as np
 
 from hub.datasets.records import RecordSet
 from hub.datasets.splits import DEFAULT_FRACTIONS, split_records
-from hub.demo.metrics import wilson
+from hub.demo.metrics import clustered_wilson
 from simulators.scenario import DriftSpec
 from simulators.sensors import DataSource, Drift
 
@@ -116,7 +116,9 @@ def train_oracle(
     for cohort, hits in (("drifted", shifted), ("clean", clean)):
         n[cohort] = len(hits)
         accuracy[cohort] = round(100.0 * float(hits.mean()), 2) if len(hits) else None
-        ci[cohort] = wilson(int(hits.sum()), len(hits))
+        # several draws of one source are reads of one record: clustered by source
+        sources = (str(i % max(1, len(x))) for i in range(len(hits)))
+        ci[cohort] = clustered_wilson(zip(sources, hits.tolist(), strict=True))[0]
     d, c = accuracy["drifted"], accuracy["clean"]
     accuracy["fleet"] = (
         None if d is None or c is None else round(drifted_share * d + (1 - drifted_share) * c, 2)

@@ -551,12 +551,16 @@ def _pct(cell: dict[str, Any] | None) -> str:
     if not cell or cell.get("accuracy") is None:
         return "n/a"
     lo, hi = cell["ci95"]
-    return f"{cell['accuracy']:.2f}% [{lo:.1f}, {hi:.1f}] n={cell['n']}"
+    sources = f"/{cell['sources']}" if cell.get("sources") else ""
+    return f"{cell['accuracy']:.2f}% [{lo:.1f}, {hi:.1f}] n={cell['n']}{sources}"
 
 
 def tell_figures(summary: dict[str, Any]) -> None:
     """The figures in words (docs/LOOP_METRICS.md defines each; --json has them all)."""
-    say("[bold]13. figures[/] (only inputs no model of the run was trained on; 95% intervals)")
+    say(
+        "[bold]13. figures[/] (only inputs no model of the run was trained on; 95% intervals "
+        "clustered by source record; n = labelled predictions/distinct sources)"
+    )
     oracle = (summary.get("oracle_accuracy") or {}).get("accuracy") or {}
     for cohort, cells in summary["accuracy_by_cohort"].items():
         say(

@@ -24,8 +24,10 @@ __all__ = [
     "Detection",
     "LabelRow",
     "WindowRow",
+    "clustered_wilson",
     "cohort_accuracy",
     "detection",
+    "effective_n",
     "false_alarms",
     "recovered_after",
     "scope_devices",
@@ -68,8 +70,9 @@ class WindowRow:
     received: float
 
 
-def wilson(correct: int, n: int) -> tuple[float, float] | None:
-    """95% Wilson score interval of a proportion, in percent; None for n = 0."""
+def wilson(correct: float, n: float) -> tuple[float, float] | None:
+    """95% Wilson score interval of a proportion, in percent; None for n = 0 (``n`` may be an
+    effective sample size, ``correct`` the matching share of it)."""
     if n <= 0:
         return None
     p = correct / n
@@ -79,25 +82,68 @@ def wilson(correct: int, n: int) -> tuple[float, float] | None:
     return round(100 * max(0.0, centre - half), 2), round(100 * min(1.0, centre + half), 2)
 
 
+def effective_n(per_source: Sequence[tuple[int, int]]) -> float:
+    """The effective sample size of an accuracy over reads clustered by source record.
+
+    ``per_source``: (correct, reads) of each source. A deterministic model reading one source
+    several times (several devices, a deterministic drift) gives the same answer each time, so
+    the reads are not independent draws: ``n_eff = p(1 - p) / v`` with ``v`` the cluster-robust
+    (ratio-estimator) variance ``sum_s (c_s - p m_s)^2 / n^2``. One read per source gives
+    ``n``; identical reads of each source give the number of sources, which is also what
+    ``p`` in {0, 1} (no variance to measure) falls back to. Never above ``n``.
+    """
+    n = sum(m for _, m in per_source)
+    if n <= 0:
+        return 0.0
+    p = sum(c for c, _ in per_source) / n
+    v = sum((c - p * m) ** 2 for c, m in per_source) / (n * n)
+    if p in (0.0, 1.0):
+        return float(min(n, len(per_source)))
+    if v <= 0.0:  # every source has the cohort's accuracy: no clustering to correct for
+        return float(n)
+    return float(min(n, p * (1 - p) / v))
+
+
+def clustered_wilson(pairs: Iterable[tuple[str, bool]]) -> tuple[tuple[float, float] | None, float]:
+    """95% Wilson interval (percent) of the accuracy of ``(source, correct)`` reads at their
+    :func:`effective_n`, and that effective n."""
+    by_source: dict[str, list[int]] = {}
+    for source, ok in pairs:
+        entry = by_source.setdefault(source, [0, 0])
+        entry[0] += bool(ok)
+        entry[1] += 1
+    groups = [(c, m) for c, m in by_source.values()]
+    n = sum(m for _, m in groups)
+    n_eff = effective_n(groups)
+    if n <= 0:
+        return None, 0.0
+    p = sum(c for c, _ in groups) / n
+    return wilson(p * n_eff, n_eff), n_eff
+
+
 @dataclass(frozen=True, kw_only=True)
 class CohortAccuracy:
-    """Accuracy of one cohort over one period: percent, labelled predictions, 95% interval,
-    and how many distinct source records those predictions were drawn from."""
+    """Accuracy of one cohort over one period: percent, labelled predictions, 95% interval
+    (reads clustered by source record: :func:`clustered_wilson`), how many distinct source
+    records those predictions were drawn from, and the effective sample size."""
 
     accuracy: float | None
     n: int
     ci95: tuple[float, float] | None
     sources: int
+    n_effective: float = 0.0
 
     @classmethod
     def of(cls, rows: Sequence[LabelRow]) -> CohortAccuracy:
         n = len(rows)
         k = sum(r.correct for r in rows)
+        ci, n_eff = clustered_wilson((r.source or "", r.correct) for r in rows)
         return cls(
             accuracy=round(100.0 * k / n, 2) if n else None,
             n=n,
-            ci95=wilson(k, n),
+            ci95=ci,
             sources=len({r.source for r in rows}),
+            n_effective=round(n_eff, 1),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -106,6 +152,7 @@ class CohortAccuracy:
             "n": self.n,
             "ci95": list(self.ci95) if self.ci95 else None,
             "sources": self.sources,
+            "n_effective": self.n_effective,
         }
 
 

@@ -11,8 +11,10 @@ from hub.demo.metrics import (
     AlertRow,
     LabelRow,
     WindowRow,
+    clustered_wilson,
     cohort_accuracy,
     detection,
+    effective_n,
     false_alarms,
     recovered_after,
     scope_devices,
@@ -39,6 +41,24 @@ def test_wilson_interval_matches_the_formula() -> None:
     assert wilson(10, 10) == (72.25, 100.0)
 
 
+def test_reads_of_one_source_are_not_independent_draws() -> None:
+    # 10 sources read 10 times each, every read of a source the same: 10 observations, not 100
+    same = [(f"s{i}", i < 9) for i in range(10) for _ in range(10)]
+    ci, n_eff = clustered_wilson(same)
+    assert n_eff == pytest.approx(10.0) and ci == wilson(9, 10)
+    assert effective_n([(10, 10), (0, 10)]) == pytest.approx(2.0)
+    assert effective_n([(9, 10), (1, 10)]) == pytest.approx(3.125)  # p(1-p) / (32 / 400)
+    # one read per source: the plain interval
+    once = [(f"s{i}", i < 90) for i in range(100)]
+    assert clustered_wilson(once) == (wilson(90, 100), pytest.approx(100.0))
+    # reads that disagree within a source carry more information than identical ones
+    mixed = [(f"s{i}", j < 9) for i in range(10) for j in range(10)]  # 90%, spread evenly
+    assert clustered_wilson(mixed)[1] == 100.0  # no between-source variance: capped at n
+    # all right (no variance to measure): the number of sources
+    assert clustered_wilson([("a", True)] * 5 + [("b", True)] * 5)[1] == 2.0
+    assert clustered_wilson([]) == (None, 0.0)
+
+
 def test_scoreable_drops_trained_sources_and_unknown_ones() -> None:
     rows = [label(1, "a", True, "s1"), label(2, "a", True, "s2"), label(3, "a", True, None)]
     assert [r.source for r in scoreable(rows, trained={"s2"})] == ["s1"]
@@ -47,9 +67,9 @@ def test_scoreable_drops_trained_sources_and_unknown_ones() -> None:
 def test_cohort_accuracy_splits_by_cohort_period_and_version() -> None:
     rows = [
         label(99, "a", True),  # before the period
-        label(100, "a", False),
-        label(101, "b", True),
-        label(102, "c", True),
+        label(100, "a", False, "s1"),
+        label(101, "b", True, "s2"),
+        label(102, "c", True, "s3"),
         label(103, "c", True, v="2"),  # another version
         label(110, "c", False),  # end is exclusive
     ]
@@ -57,7 +77,8 @@ def test_cohort_accuracy_splits_by_cohort_period_and_version() -> None:
     assert (found["drifted"].accuracy, found["drifted"].n) == (50.0, 2)
     assert (found["clean"].accuracy, found["clean"].n) == (100.0, 1)
     assert (found["fleet"].accuracy, found["fleet"].n) == (pytest.approx(66.67), 3)
-    assert found["fleet"].ci95 == wilson(2, 3)
+    assert found["fleet"].ci95 == wilson(2, 3)  # one read per source: plain Wilson
+    assert found["fleet"].n_effective == 3 and found["fleet"].sources == 3
     empty = cohort_accuracy([], drifted=DRIFTED, start=0, end=1)
     assert empty["fleet"].accuracy is None and empty["fleet"].ci95 is None
 
