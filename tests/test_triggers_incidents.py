@@ -222,9 +222,13 @@ def test_a_registered_version_goes_to_the_followup_with_the_canary_settings(
     events = triggers.run_triggers(
         engine, store, now=T0, runner=RegisteringRunner(), followup=followup
     )
-    assert calls == [
-        {"model": MODEL, "version": 7, "canary": {"selector": "group=canary", "phases": "1,100%"}}
-    ]
+    # an incident's canary compares with the previous version since the incident's first alert
+    canary = {
+        "selector": "group=canary",
+        "phases": "1,100%",
+        "gates": {"baseline_since": T0.isoformat()},
+    }
+    assert calls == [{"model": MODEL, "version": 7, "canary": canary}]
     assert events[0].rollout_id == "r-1" and events[0].model_version == "7"
     with session_scope(engine) as s:
         assert list_events(s, model_name=MODEL)[-1].rollout_id == "r-1"

@@ -481,7 +481,9 @@ def summarize(
                 seed=options.seed,
             )
     oracle_drifted = oracle.accuracy["drifted"] if oracle else None
-    recovered = metrics.recovered_after(rows, onset=onset, drifted=drifted, target=oracle_drifted)
+    recovered = metrics.recovered_after(
+        rows, onset=onset, drifted=drifted, target=oracle_drifted, versions={v2} if v2 else set()
+    )
     summary: dict[str, Any] = {
         "devices": story["devices"],
         "drifted_devices": len(drifted),

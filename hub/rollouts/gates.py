@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlmodel import Session, col, select
@@ -48,6 +48,10 @@ DEFAULT_GATES: dict[str, Any] = {
     "min_predictions": 20,
     "min_labels": 20,
     "baseline_lookback_s": 3600.0,
+    # ISO 8601 time the baselines start at, at the latest (None: the lookback alone). A
+    # retrain for a drift incident sets it to the incident's start: the previous version's
+    # accuracy on yesterday's inputs is not what it scores on today's.
+    "baseline_since": None,
     "require_data": [],
 }
 
@@ -82,14 +86,44 @@ class DeviceRow(Protocol):
 
 
 def merged_gates(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    from hub.errors import InvalidInput
+
     unknown = set(overrides or {}) - set(DEFAULT_GATES)
     if unknown:
-        from hub.errors import InvalidInput
-
         raise InvalidInput(
             f"unknown gate settings {sorted(unknown)}; known: {sorted(DEFAULT_GATES)}"
         )
-    return {**DEFAULT_GATES, **(overrides or {})}
+    merged = {**DEFAULT_GATES, **(overrides or {})}
+    if merged["baseline_since"] is not None:
+        try:
+            _parse_since(merged["baseline_since"])
+        except (TypeError, ValueError):
+            raise InvalidInput(
+                "baseline_since must be an ISO 8601 time with a timezone, e.g. "
+                f"2026-12-07T06:30:00+00:00; got {merged['baseline_since']!r}"
+            ) from None
+    return merged
+
+
+def _parse_since(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    at = datetime.fromisoformat(value)
+    if at.tzinfo is None:
+        raise ValueError(value)
+    return at.astimezone(UTC)
+
+
+def baseline_start(now: datetime, cfg: Mapping[str, Any]) -> datetime:
+    """Where the baselines begin: ``baseline_lookback_s`` before ``now``, or the later
+    ``baseline_since`` (in ``now``'s form: naive UTC, as SQLite hands times back, or aware)."""
+    start = now - timedelta(seconds=float(cfg["baseline_lookback_s"]))
+    if cfg.get("baseline_since") is None:
+        return start
+    since = _parse_since(cfg["baseline_since"])
+    if now.tzinfo is None:
+        since = since.replace(tzinfo=None)
+    return max(start, since)
 
 
 def _insufficient(name: str, *, threshold: float, cfg: dict[str, Any], detail: str) -> GateResult:
@@ -208,7 +242,7 @@ def telemetry_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list
     cand = _windows(
         session, model=r.model, versions={r.version}, devices=scope.device_ids, since=scope.since
     )
-    lookback = scope.now - timedelta(seconds=float(cfg["baseline_lookback_s"]))
+    lookback = baseline_start(scope.now, cfg)
     base = _windows(
         session, model=r.model, versions=scope.previous_versions, devices=None, since=lookback
     )
@@ -357,7 +391,7 @@ def quality_gates(session: Session, scope: Scope, cfg: dict[str, Any]) -> list[G
     acc_c, n_c = _accuracy(
         session, model=r.model, versions={r.version}, since=scope.since, trained=trained
     )
-    lookback = scope.now - timedelta(seconds=float(cfg["baseline_lookback_s"]))
+    lookback = baseline_start(scope.now, cfg)
     # the baseline is the previous version on the *same devices*: a canary on a few devices
     # must not be judged against a fleet whose data (and drift) differs from theirs
     acc_b, n_b = _accuracy(

@@ -251,6 +251,26 @@ def _fine_tune_from(session: Session, *, event: TriggerEvent, policy: TrainingPo
     return None
 
 
+def _incident_baseline(
+    session: Session, *, event: TriggerEvent, canary: dict[str, Any]
+) -> dict[str, Any]:
+    """An incident's canary compares the candidate with the previous version *since the
+    incident began* (gate ``baseline_since``): before it, the drifted devices saw other
+    inputs, and the previous version's accuracy on those is not a bar the candidate can be
+    held to on today's (a noise drift's canary was rolled back on 95.9% against a baseline of
+    mostly pre-drift labels). A canary that sets its own ``baseline_since`` keeps it."""
+    if not canary or not event.alert_ids:
+        return canary
+    gates = dict(canary.get("gates") or {})
+    if gates.get("baseline_since") is not None:
+        return canary
+    times = session.exec(select(Alert.at).where(col(Alert.id).in_(event.alert_ids))).all()
+    if not times:
+        return canary
+    gates["baseline_since"] = aware(min(times)).isoformat()
+    return {**canary, "gates": gates}
+
+
 def _train(
     engine: Engine,
     store: ArtifactStore,
@@ -265,6 +285,7 @@ def _train(
         version = datasets.get_by_id(s, version_id=event.dataset_version_id or 0)
         spec, params, canary = policy.spec, dict(policy.params), dict(policy.canary)
         start = _fine_tune_from(s, event=event, policy=policy)
+        canary = _incident_baseline(s, event=event, canary=canary)
     status, run_id, detail = TriggerStatus.FINISHED, None, event.detail
     registered: str | None = None
     after: FollowupResult | None = None

@@ -144,3 +144,22 @@ def test_recovered_after_needs_a_full_rolling_window_within_tolerance() -> None:
     assert recovered_after(rows, onset=ONSET, drifted=DRIFTED, target=None) is None
     assert recovered_after(rows, onset=ONSET, drifted=DRIFTED, target=99.9, min_labels=200) is None
     assert math.isfinite(found)
+    # only the retrained version's predictions count: version 1 is never "recovered"
+    assert (
+        recovered_after(
+            rows, onset=ONSET, drifted=DRIFTED, target=96.0, min_labels=20, versions={"2"}
+        )
+        is None
+    )
+    retrained = [label(200.0 + i, "a", True, v="2") for i in range(20)]
+    assert (
+        recovered_after(
+            rows + retrained,
+            onset=ONSET,
+            drifted=DRIFTED,
+            target=96.0,
+            min_labels=20,
+            versions={"2"},
+        )
+        == 119.0
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -10,7 +11,15 @@ from hypothesis import strategies as st
 
 from hub.db import create_all, drop_all, make_engine, session_scope
 from hub.errors import InvalidInput
-from hub.rollouts.gates import DEFAULT_GATES, Scope, evaluate, p95
+from hub.rollouts.gates import (
+    DEFAULT_GATES,
+    GateResult,
+    Scope,
+    evaluate,
+    merged_gates,
+    p95,
+    quality_gates,
+)
 from hub.rollouts.phases import Candidate, choose, order, parse_phases
 from hub.rollouts.selectors import parse_selector
 from hub.tables import Alert, FeedbackLabelRow, TelemetryWindowRow
@@ -126,13 +135,15 @@ def _window(
     )
 
 
-def _labels(dev: str, version: str, *, right: int, wrong: int) -> list[FeedbackLabelRow]:
-    now = datetime.now(UTC)
+def _labels(
+    dev: str, version: str, *, right: int, wrong: int, at: datetime | None = None, tag: str = ""
+) -> list[FeedbackLabelRow]:
+    now = at or datetime.now(UTC)
     return [
         FeedbackLabelRow(
             device_id=dev,
             seq=1,
-            prediction_id=f"{dev}-{version}-{i}",
+            prediction_id=f"{dev}-{version}-{tag}{i}",
             label=1,
             predicted_label=1 if i < right else 2,
             model="m",
@@ -205,6 +216,42 @@ def test_gates_on_stored_rows(engine) -> None:  # type: ignore[no-untyped-def]
     with session_scope(engine) as s:
         gates = {g.name: g for g in evaluate(s, scope, blocking)}
     assert not gates["shadow_agreement"].passed
+
+
+def test_an_incident_canary_is_compared_with_the_baseline_since_the_incident(engine) -> None:  # type: ignore[no-untyped-def]
+    """Before a drift the device's inputs were others: the previous version's accuracy then
+    is no bar for the candidate now. ``baseline_since`` starts the baseline there."""
+    now = datetime.now(UTC)
+    incident = now - timedelta(minutes=10)
+    with session_scope(engine) as s:
+        rollout = Rollout(
+            id="ro-i", model="m", version="2", bundle_digest="sha256:x", bundle_size=1,
+            selector="all", created_at=now - timedelta(minutes=1),
+        )  # fmt: skip
+        dev = RolloutDevice(
+            rollout_id="ro-i", device_id="d1", phase=0, state="healthy",
+            previous_model="m", previous_version="1",
+        )  # fmt: skip
+        s.add_all([rollout, dev])
+        s.add_all(
+            _labels("d1", "1", right=50, wrong=0, at=now - timedelta(minutes=30), tag="a")
+            + _labels("d1", "1", right=30, wrong=20, at=now - timedelta(minutes=5), tag="b")
+            + _labels("d1", "2", right=31, wrong=19, tag="c")
+        )
+    scope = Scope(rollout=rollout, devices=[dev], since=now - timedelta(minutes=1), now=now)
+
+    def accuracy(cfg: dict[str, Any]) -> GateResult:
+        with session_scope(engine) as s:
+            return next(g for g in quality_gates(s, scope, cfg) if g.name == "accuracy")
+
+    lookback = accuracy(merged_gates({}))  # an hour of baseline: mostly the pre-drift labels
+    assert lookback.baseline == pytest.approx(0.8) and not lookback.passed
+    since = accuracy(merged_gates({"baseline_since": incident.isoformat()}))
+    assert since.baseline == pytest.approx(0.6) and since.passed
+    assert since.value == pytest.approx(0.62)
+    for bad in ("yesterday", "2026-12-07T06:30:00", 5):
+        with pytest.raises(InvalidInput, match="baseline_since"):
+            merged_gates({"baseline_since": bad})
 
 
 def test_the_accuracy_gate_skips_sources_in_a_training_split() -> None:
