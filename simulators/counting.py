@@ -173,7 +173,8 @@ class StreamCounter:
             elif kind == "events":
                 event = pb.DeploymentEvent.FromString(data)
                 key = event.event_id
-                self.events[device].append(event)
+                if key not in self.received[(device, "events")]:  # QoS 1 may deliver twice
+                    self.events[device].append(event)
             elif kind == "state":
                 self.online[device] = pb.AgentState.FromString(data).online
                 return

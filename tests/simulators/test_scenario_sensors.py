@@ -112,3 +112,26 @@ def test_tally_counts_gaps_duplicates_and_pending() -> None:
     result = tally(expected=expected, received=received, pending={"d2": 2})
     assert result.sent == 13 and result.lost == 1 and result.duplicated == 3
     assert result.pending == 2 and result.by_stream["telemetry"]["lost"] == 1
+
+
+def test_the_counter_counts_a_redelivered_deployment_event_once() -> None:
+    """QoS 1 may deliver an event twice (a broker restart, a partition): the report's
+    deployment_events count events, so a repeat of one event_id is a duplicate, not another
+    failure (``sim run``'s "3 tampered bundles failed" once read 4)."""
+    from proto import messages_pb2 as pb
+    from proto.topics import Topics
+    from simulators.counting import StreamCounter
+
+    topics = Topics(prefix="edgeloop", fleet="f")
+    counter = StreamCounter(host="127.0.0.1", port=1, topics=topics)
+    failed = pb.DeploymentEvent(event_id="e1", device_id="d1", kind=pb.EVENT_KIND_FAILED)
+    for _ in range(2):
+        counter.take(topics.events("d1"), failed.SerializeToString())
+    counter.take(
+        topics.events("d1"),
+        pb.DeploymentEvent(
+            event_id="e2", device_id="d1", kind=pb.EVENT_KIND_FAILED
+        ).SerializeToString(),
+    )
+    assert [e.event_id for e in counter.events["d1"]] == ["e1", "e2"]
+    assert counter.received[("d1", "events")] == {"e1": 2, "e2": 1}  # the repeat is counted
