@@ -3,7 +3,8 @@ and noise drift; median and range of every figure docs/LOOP_METRICS.md defines.
 
 Ratio: the median over runs of the drifted cohort's accuracy after promotion / the oracle's
 accuracy on the same inputs (target >= 0.99), met only with 0 false alarms in every run. Each
-run is a real ``hub serve`` and a fleet of real agents; one takes 6-10 minutes on 2 cores.
+run is a real ``hub serve`` and a fleet of real agents; one takes ~5 minutes at 50 devices
+and ~7 at 200 on 2 cores (the 12 runs: ~65 minutes).
 
 Environment: ``EDGELOOP_LOOP_DEVICES`` (``50,200``), ``EDGELOOP_LOOP_KINDS``
 (``rotation,noise``), ``EDGELOOP_LOOP_SEEDS`` (3).
