@@ -31,7 +31,7 @@ from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, Trigg
 from hub.triggers.decide import TRAINABLE, Decision, evaluate, not_trainable, running
 from hub.triggers.field_data import import_field_data
 from hub.triggers.followup import Followup, FollowupResult
-from hub.triggers.incidents import consume
+from hub.triggers.incidents import Incident, consume
 from hub.triggers.policies import aware, get_policy
 
 if TYPE_CHECKING:  # torch: imported when a run starts, not with the hub
@@ -231,16 +231,22 @@ def _start(
         return event
 
 
-def _fine_tune_from(session: Session, *, event: TriggerEvent, policy: TrainingPolicy) -> str | None:
+def _incident_of(session: Session, event: TriggerEvent) -> Incident | None:
+    """The incident a drift or degradation event answers (its consumed alerts), else None."""
+    if event.kind not in INCIDENT_KINDS or not event.alert_ids:
+        return None
+    alerts = list(session.exec(select(Alert).where(col(Alert.id).in_(event.alert_ids))).all())
+    return Incident(kind=TriggerKind(event.kind), alerts=alerts) if alerts else None
+
+
+def _fine_tune_from(
+    session: Session, *, event: TriggerEvent, incident: Incident | None, policy: TrainingPolicy
+) -> str | None:
     """The version an incident run starts from: the newest registered version its alerts are
     about, when the policy fine-tunes (``fine_tune_epochs`` > 0); None trains afresh."""
-    if policy.fine_tune_epochs <= 0 or event.kind not in INCIDENT_KINDS or not event.alert_ids:
+    if policy.fine_tune_epochs <= 0 or incident is None:
         return None
-    versions = {
-        a.version
-        for a in session.exec(select(Alert).where(col(Alert.id).in_(event.alert_ids))).all()
-    }
-    for number in sorted((int(v) for v in versions if v.isdigit()), reverse=True):
+    for number in sorted((int(v) for v in incident.versions if v.isdigit()), reverse=True):
         found = session.exec(
             select(ModelVersion).where(
                 ModelVersion.model_name == event.model_name, ModelVersion.version == number
@@ -251,23 +257,18 @@ def _fine_tune_from(session: Session, *, event: TriggerEvent, policy: TrainingPo
     return None
 
 
-def _incident_baseline(
-    session: Session, *, event: TriggerEvent, canary: dict[str, Any]
-) -> dict[str, Any]:
+def _incident_baseline(incident: Incident | None, canary: dict[str, Any]) -> dict[str, Any]:
     """An incident's canary compares the candidate with the previous version *since the
     incident began* (gate ``baseline_since``): before it, the drifted devices saw other
     inputs, and the previous version's accuracy on those is not a bar the candidate can be
     held to on today's (a noise drift's canary was rolled back on 95.9% against a baseline of
     mostly pre-drift labels). A canary that sets its own ``baseline_since`` keeps it."""
-    if not canary or not event.alert_ids:
+    if not canary or incident is None:
         return canary
     gates = dict(canary.get("gates") or {})
     if gates.get("baseline_since") is not None:
         return canary
-    times = session.exec(select(Alert.at).where(col(Alert.id).in_(event.alert_ids))).all()
-    if not times:
-        return canary
-    gates["baseline_since"] = aware(min(times)).isoformat()
+    gates["baseline_since"] = incident.started_at.isoformat()
     return {**canary, "gates": gates}
 
 
@@ -284,8 +285,9 @@ def _train(
         policy = get_policy(s, model_name=event.model_name)
         version = datasets.get_by_id(s, version_id=event.dataset_version_id or 0)
         spec, params, canary = policy.spec, dict(policy.params), dict(policy.canary)
-        start = _fine_tune_from(s, event=event, policy=policy)
-        canary = _incident_baseline(s, event=event, canary=canary)
+        incident = _incident_of(s, event)  # its alerts, read once
+        start = _fine_tune_from(s, event=event, incident=incident, policy=policy)
+        canary = _incident_baseline(incident, canary)
     status, run_id, detail = TriggerStatus.FINISHED, None, event.detail
     registered: str | None = None
     after: FollowupResult | None = None
