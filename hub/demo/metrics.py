@@ -112,12 +112,11 @@ def clustered_wilson(pairs: Iterable[tuple[str, bool]]) -> tuple[tuple[float, fl
         entry = by_source.setdefault(source, [0, 0])
         entry[0] += bool(ok)
         entry[1] += 1
-    groups = [(c, m) for c, m in by_source.values()]
-    n = sum(m for _, m in groups)
-    n_eff = effective_n(groups)
-    if n <= 0:
+    if not by_source:
         return None, 0.0
-    p = sum(c for c, _ in groups) / n
+    groups = [(c, m) for c, m in by_source.values()]
+    n_eff = effective_n(groups)
+    p = sum(c for c, _ in groups) / sum(m for _, m in groups)
     return wilson(p * n_eff, n_eff), n_eff
 
 
