@@ -1,14 +1,15 @@
 """Detectors per (model version, scope), built once from the version's reference and cached.
 
 One template list per reference is built with ``detectors.build_detectors`` (its thresholds
-are calibrated by bootstrap, so that is the expensive part); every scope gets a deep copy.
+are calibrated by bootstrap, so that is the expensive part); every scope gets a
+``detectors.scope_copy`` of each: its own per-window state (bytes), the reference's arrays,
+kernels and calibration tables shared read-only per version.
 Detector state lives in memory: after a restart detectors start fresh, while the partial
 windows and cursors in the database carry on.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -60,7 +61,7 @@ def build_for_reference(ref: VersionReference, settings: DetectorSettings) -> li
     """``detectors.build_detectors`` on the version's reference profile."""
     import numpy as np
 
-    from hub.monitoring.detectors._base import Reference, build_detectors
+    from hub.monitoring.detectors import Reference, build_detectors
     from model_packager.profile import ReferenceProfile
 
     reference = Reference.from_profile(
@@ -69,22 +70,16 @@ def build_for_reference(ref: VersionReference, settings: DetectorSettings) -> li
         accuracy=ref.accuracy,
     )
 
-    def build(rate: float) -> list[Detector]:
-        return list(
-            build_detectors(
-                reference,
-                false_alarm_rate=rate,
-                window_size=settings.window_size,
-                seed=settings.seed,
-            )
+    # the setting is family-wise: per scope and window, over all drift detectors
+    return list(
+        build_detectors(
+            reference,
+            false_alarm_rate=settings.false_alarm_rate,
+            window_size=settings.window_size,
+            seed=settings.seed,
+            family_wise=True,
         )
-
-    found = build(settings.false_alarm_rate)
-    drift = sum(1 for d in found if "correct" not in d.needs)
-    if drift > 1:  # the setting is family-wise: per scope and window, over all drift detectors
-        found = [d for d in build(settings.false_alarm_rate / drift) if "correct" not in d.needs]
-        found += [d for d in build(settings.false_alarm_rate) if "correct" in d.needs]
-    return found
+    )
 
 
 class DetectorCache:
@@ -122,7 +117,11 @@ class DetectorCache:
         key = (ref.key, settings, stream, scope)
         found = self._scoped.get(key)
         if found is None:
-            found = self._scoped[key] = copy.deepcopy(self._template(ref, settings, stream))
+            from hub.monitoring.detectors import scope_copy
+
+            found = self._scoped[key] = [
+                scope_copy(d) for d in self._template(ref, settings, stream)
+            ]
         return found
 
     def _template(

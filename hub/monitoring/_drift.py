@@ -13,13 +13,14 @@ from hub.monitoring._cache import DetectorCache, DetectorSettings
 from hub.monitoring._cursors import next_batch, scope_rows
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._report import MonitorReport
-from hub.monitoring._samples import span_of, window_samples
+from hub.monitoring._samples import NewSamples, sample_values
 from hub.monitoring._windows import BadRow, Partial, row_counts, scopes_of
 from hub.tables.fleet import TelemetryWindowRow
 from hub.tables.monitoring import MonitorCursor
 
 log = logging.getLogger("edgeloop.monitor")
 STREAM = "telemetry"
+SAMPLES_PER_ROW = 50  # samples read per telemetry row of a batch, at most (the rest: next)
 
 
 def evaluate_drift(
@@ -50,9 +51,21 @@ def evaluate_drift(
     if ref is None:
         report.skip(f"{model}@{version}: no bundle with a reference profile", len(rows))
         return len(rows)
+    wanted = ref.samples is not None or any(r.samples is not None for r in ref.scopes.values())
+    samples = NewSamples.read(
+        session,
+        model=model,
+        version=version,
+        limit=SAMPLES_PER_ROW * batch_rows,
+        # a full batch: later commits' samples belong to rows of the next one
+        until=rows[-1].received_at if len(rows) >= batch_rows else None,
+        wanted=wanted,
+    )
+    samples.plan(rows)
     cursors = scope_rows(session, stream=STREAM, model=model, version=version)
     partials: dict[str, Partial] = {}
     for row in rows:
+        carried = samples.of_row(row)
         try:
             counts = row_counts(row, ref)
         except BadRow as exc:
@@ -66,7 +79,7 @@ def evaluate_drift(
             partial = partials.get(scope)
             if partial is None:
                 partial = Partial.from_json(cursors[scope].pending if scope in cursors else {})
-            partial.add(int(row.id or 0), counts, device_id=row.device_id, span=span_of(row))
+            partial.add(int(row.id or 0), counts, samples=carried)
             if partial.n >= settings.window_size:
                 scope_ref = ref.for_scope(scope, group=row.group)
                 if scope_ref is not None:  # None: a scope this version does not test
@@ -111,7 +124,7 @@ def _run_window(
     kwargs = partial.window_kwargs(ref)
     if ref.samples is not None:  # raw reference rows: feed the window's raw inputs too
         dims = int(ref.samples.shape[1])
-        samples = window_samples(session, partial, model=ref.model, version=ref.version, dims=dims)
+        samples = sample_values(session, partial.sample_ids, dims=dims)
         if samples is not None:
             kwargs["samples"] = samples
     window = Window(**kwargs)

@@ -6,12 +6,14 @@ hub restart continues the window where it stood instead of dropping or re-readin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from hub.monitoring._reference import VersionReference
+from hub.monitoring._samples import reservoir_add
 from hub.tables.fleet import TelemetryWindowRow
 
 
@@ -72,24 +74,17 @@ class Partial:
     features: dict[int, list[int]] = field(default_factory=dict)
     classes: list[int] = field(default_factory=list)
     confidence: list[int] = field(default_factory=list)
-    # where the window's reservoir samples are (``FieldSample`` rows): its devices and the
-    # time its telemetry windows span, in epoch ms
-    devices: list[str] = field(default_factory=list)
-    start_ms: int = 0
-    end_ms: int = 0
+    # a reservoir of the window's raw input samples (``FieldSample`` ids, see _samples)
+    sample_ids: list[int] = field(default_factory=list)
+    samples_seen: int = 0
 
-    def add(
-        self, row_id: int, counts: RowCounts, *, device_id: str = "", span: tuple[int, int] = (0, 0)
-    ) -> None:
+    def add(self, row_id: int, counts: RowCounts, *, samples: Sequence[int] = ()) -> None:
         self.n += counts.n
         self.rows += 1
         self.first_id = self.first_id or row_id
         self.last_id = row_id
-        if device_id and device_id not in self.devices:
-            self.devices.append(device_id)
-        if span != (0, 0):
-            self.start_ms = min(self.start_ms or span[0], span[0])
-            self.end_ms = max(self.end_ms, span[1])
+        if samples:
+            self.samples_seen = reservoir_add(self.sample_ids, self.samples_seen, samples)
         for index, values in counts.features.items():
             self.features[index] = _add(self.features.get(index, []), values)
         self.classes = _add(self.classes, counts.classes)
@@ -119,9 +114,8 @@ class Partial:
             "features": {str(k): v for k, v in self.features.items()},
             "classes": self.classes,
             "confidence": self.confidence,
-            "devices": self.devices,
-            "start_ms": self.start_ms,
-            "end_ms": self.end_ms,
+            "sample_ids": self.sample_ids,
+            "samples_seen": self.samples_seen,
         }
 
     @classmethod
@@ -136,9 +130,8 @@ class Partial:
             features={int(k): list(v) for k, v in (data.get("features") or {}).items()},
             classes=list(data.get("classes") or []),
             confidence=list(data.get("confidence") or []),
-            devices=[str(d) for d in data.get("devices") or []],
-            start_ms=int(data.get("start_ms", 0)),
-            end_ms=int(data.get("end_ms", 0)),
+            sample_ids=[int(i) for i in data.get("sample_ids") or []],
+            samples_seen=int(data.get("samples_seen", 0)),
         )
 
 

@@ -23,6 +23,7 @@ from hub.monitoring.detectors import (
     Reference,
     Window,
     build_detectors,
+    scope_copy,
 )
 from model_packager.profile import CONFIDENCE_EDGES, build_profile, histogram, softmax
 
@@ -146,6 +147,34 @@ def test_detector_conformance(
             det.threshold,
             det.drift_detected,
         )
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_scope_copies_share_the_reference_and_keep_their_own_state(
+    name: str, reference: Reference, detectors: dict[str, Detector]
+) -> None:
+    """What the hub keeps per monitored scope: a copy whose arrays and calibration are the
+    template's own objects (bytes per scope, not megabytes) and whose verdicts are its own."""
+    template = detectors[name]
+    template.reset()
+    first, second = scope_copy(template), scope_copy(template)
+    rng = np.random.default_rng(5)
+    for _ in range(2):
+        first.update(window(population(rng, 50, shift=1.5), reference))
+    assert first.drift_detected
+    assert not second.drift_detected and second.score == 0.0
+    assert not template.drift_detected and template.score == 0.0
+    # nothing but scalars of its own: every array and table is shared with the template
+    own = {
+        k: v
+        for k, v in vars(first).items()
+        if not any(v is t for t in vars(template).values())
+        and not isinstance(v, (bool, int, float, str, type(None), tuple))
+    }
+    assert own == {}, f"{name} copies {sorted(own)} per scope"
+    score = first.score
+    second.update(window(population(rng, 50), reference))
+    assert first.drift_detected and first.score == score
 
 
 def _binomial_ok(alarms: int, trials: int, rate: float) -> bool:

@@ -18,7 +18,13 @@ name                       needs           test
 =========================  ==============  ==============================================
 """
 
-from hub.monitoring.detectors._base import Detector, Reference, Window, build_detectors
+from hub.monitoring.detectors._base import (
+    Detector,
+    Reference,
+    Window,
+    build_detectors,
+    scope_copy,
+)
 from hub.monitoring.detectors._histograms import FeatureChi2, PredictionChi2
 from hub.monitoring.detectors.mmd import MMDDetector
 from hub.monitoring.detectors.sequential import CUSUMDetector, PageHinkleyDetector
@@ -33,4 +39,5 @@ __all__ = [
     "Reference",
     "Window",
     "build_detectors",
+    "scope_copy",
 ]

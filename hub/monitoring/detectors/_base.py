@@ -14,8 +14,9 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +24,7 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from model_packager.profile import ReferenceProfile
 
-__all__ = ["Detector", "Reference", "Window", "build_detectors"]
+__all__ = ["Detector", "Reference", "Window", "build_detectors", "scope_copy"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -117,6 +118,10 @@ class Detector(Protocol):
     ``p_value`` is the calibrated (bootstrap) p-value of the last window where the
     detector has one, else ``None``. A window that lacks a field in ``needs`` is no
     observation (no verdict, state unchanged); malformed data raises ``ValueError``.
+
+    What a detector builds from its reference (arrays, kernels, calibration tables) is
+    read-only once built, and its per-window state is reassigned, never changed in place,
+    so that :func:`scope_copy` gives each monitored scope a detector of a few hundred bytes.
     """
 
     name: str  # e.g. "feature_chi2"
@@ -139,19 +144,39 @@ class Detector(Protocol):
     def reset(self) -> None: ...
 
 
+DetectorT = TypeVar("DetectorT", bound=Detector)
+
+
+def scope_copy(detector: DetectorT) -> DetectorT:
+    """An independent detector for one more scope: fresh per-window state, the reference's
+    arrays and the calibration tables shared with ``detector`` (see :class:`Detector`)."""
+    found = copy.copy(detector)
+    found.reset()
+    return found
+
+
 def build_detectors(
     reference: Reference,
     *,
     false_alarm_rate: float = 0.01,
     window_size: int,
     seed: int = 0,
+    family_wise: bool = False,
 ) -> list[Detector]:
     """Every detector applicable to ``reference``, each calibrated so that on windows of
     about ``window_size`` predictions drawn like the reference it flags drift with
     probability ``false_alarm_rate`` (the accuracy detectors: per ``window_size`` labelled
-    predictions). The rate is per detector; divide it by the number of detectors for a
-    family-wise rate. Deterministic for a ``seed``; calibration is lazy per window size
-    after the first (cached), so build once per (scope, model version) and keep."""
+    predictions). The rate is per detector; ``family_wise=True`` shares it among the drift
+    detectors instead (Bonferroni: each gets its share; the accuracy detectors keep the
+    whole rate). Deterministic for a ``seed``; calibration is lazy per window size after
+    the first (cached), so build once per model version and give each scope a
+    :func:`scope_copy`."""
     from hub.monitoring.detectors._registry import build
 
-    return build(reference, false_alarm_rate=false_alarm_rate, window_size=window_size, seed=seed)
+    return build(
+        reference,
+        false_alarm_rate=false_alarm_rate,
+        window_size=window_size,
+        seed=seed,
+        family_wise=family_wise,
+    )

@@ -96,11 +96,6 @@ class NullTable:
         self._null: dict[int, FloatArray] = {}
         self._thresholds: dict[int, float] = {}
 
-    def __deepcopy__(self, memo: dict[int, object]) -> NullTable:
-        # Thresholds depend only on (seed, name, size): the per-scope copies of a detector
-        # share one table, so a size is calibrated once per version, not once per scope.
-        return self
-
     def key(self, n: int) -> int:
         return size_key(n, self.window_size)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hub.monitoring.detectors._base import Detector, Reference
 from hub.monitoring.detectors._histograms import FeatureChi2, PredictionChi2
 from hub.monitoring.detectors.mmd import MMDDetector
@@ -12,10 +14,31 @@ MIN_ROWS = 100  # raw reference rows for a row bootstrap of the feature sketches
 
 
 def build(
-    reference: Reference, *, false_alarm_rate: float, window_size: int, seed: int
+    reference: Reference,
+    *,
+    false_alarm_rate: float,
+    window_size: int,
+    seed: int,
+    family_wise: bool = False,
 ) -> list[Detector]:
-    far, size = false_alarm_rate, window_size
+    """Every detector that applies; ``family_wise``: the drift detectors (those that do not
+    need labels) share ``false_alarm_rate`` (each gets its share), the accuracy detectors
+    each keep the whole rate. Each detector is built, and calibrated, once."""
+    plan = _plan(reference)
+    drift = sum(1 for on_labels, _ in plan if not on_labels)
     out: list[Detector] = []
+    for on_labels, make in plan:
+        share = false_alarm_rate / drift if family_wise and not on_labels else false_alarm_rate
+        out.append(make(share, window_size, seed))
+    return out
+
+
+Maker = Callable[[float, int, int], Detector]  # (false_alarm_rate, window_size, seed)
+
+
+def _plan(reference: Reference) -> list[tuple[bool, Maker]]:
+    """(needs labels, how to build) for every detector that applies to ``reference``."""
+    out: list[tuple[bool, Maker]] = []
     if len(reference.feature_counts) != len(reference.feature_edges):
         raise ValueError("reference: feature_counts and feature_edges differ in length")
     rows = reference.samples
@@ -23,13 +46,16 @@ def build(
         rows = None  # too few raw rows to resample (or not the sketched features)
     if reference.feature_counts and sum(int(c.sum()) for c in reference.feature_counts) > 0:
         out.append(
-            FeatureChi2(
-                reference_counts=reference.feature_counts,
-                reference_rows=rows,
-                edges=reference.feature_edges,
-                false_alarm_rate=far,
-                window_size=size,
-                seed=seed,
+            (
+                False,
+                lambda far, size, seed: FeatureChi2(
+                    reference_counts=reference.feature_counts,
+                    reference_rows=rows,
+                    edges=reference.feature_edges,
+                    false_alarm_rate=far,
+                    window_size=size,
+                    seed=seed,
+                ),
             )
         )
     if reference.class_counts is not None and reference.class_counts.sum() > 0:
@@ -37,38 +63,48 @@ def build(
         if reference.confidence_counts is not None and reference.confidence_counts.sum() > 0:
             hists.append(reference.confidence_counts)
         out.append(
-            PredictionChi2(
-                reference_counts=hists, false_alarm_rate=far, window_size=size, seed=seed
+            (
+                False,
+                lambda far, size, seed: PredictionChi2(
+                    reference_counts=hists, false_alarm_rate=far, window_size=size, seed=seed
+                ),
             )
         )
     elif reference.score_counts is not None and reference.score_counts.sum() > 0:
+        scores = reference.score_counts
         out.append(
-            PredictionChi2(
-                reference_counts=[reference.score_counts],
-                score_model=True,
-                false_alarm_rate=far,
-                window_size=size,
-                seed=seed,
-            )
-        )
-    if reference.samples is not None and len(reference.samples) >= MIN_MMD_ROWS:
-        out.append(
-            MMDDetector(
-                reference_samples=reference.samples,
-                false_alarm_rate=far,
-                window_size=size,
-                seed=seed,
-            )
-        )
-    if reference.accuracy is not None:
-        for kind in (CUSUMDetector, PageHinkleyDetector):
-            out.append(
-                kind(
-                    accuracy=reference.accuracy,
-                    accuracy_count=reference.accuracy_count,
+            (
+                False,
+                lambda far, size, seed: PredictionChi2(
+                    reference_counts=[scores],
+                    score_model=True,
                     false_alarm_rate=far,
                     window_size=size,
                     seed=seed,
-                )
+                ),
             )
+        )
+    if reference.samples is not None and len(reference.samples) >= MIN_MMD_ROWS:
+        samples = reference.samples
+        out.append(
+            (
+                False,
+                lambda far, size, seed: MMDDetector(
+                    reference_samples=samples, false_alarm_rate=far, window_size=size, seed=seed
+                ),
+            )
+        )
+    if reference.accuracy is not None:
+        accuracy, count = reference.accuracy, reference.accuracy_count
+
+        def sequential(kind: type[CUSUMDetector] | type[PageHinkleyDetector]) -> Maker:
+            return lambda far, size, seed: kind(
+                accuracy=accuracy,
+                accuracy_count=count,
+                false_alarm_rate=far,
+                window_size=size,
+                seed=seed,
+            )
+
+        out += [(True, sequential(CUSUMDetector)), (True, sequential(PageHinkleyDetector))]
     return out
