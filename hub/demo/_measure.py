@@ -119,7 +119,9 @@ class RunRecord:
             alerts=[
                 AlertRow(
                     id=int(a.id or 0),
-                    t=t(a.at),
+                    # when the hub raised it (``at`` is when its evidence arrived): detection
+                    # counts the monitor's lag
+                    t=t(_raised(a)),
                     kind=a.kind,
                     scope=a.scope,
                     detector=a.detector,
@@ -155,3 +157,9 @@ class RunRecord:
         self.accuracy_series.update(series)
         self.drift_series.update(drift)
         return self
+
+
+def _raised(alert: Alert) -> datetime:
+    """When the monitor raised ``alert`` (its detail's ``raised_at``; older alerts: ``at``)."""
+    raised = (alert.detail or {}).get("raised_at")
+    return datetime.fromisoformat(raised) if isinstance(raised, str) else alert.at

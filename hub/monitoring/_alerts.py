@@ -37,6 +37,7 @@ class Finding:
     n: int
     last_row_id: int
     detail: dict[str, Any]
+    at: datetime | None = None  # when its evidence reached the hub (None: the evaluation's time)
 
 
 class AlertBook:
@@ -58,6 +59,7 @@ class AlertBook:
         self.scores = 0
 
     def record(self, finding: Finding) -> None:
+        at = finding.at or self.now
         score, threshold = finite(finding.score), finite(finding.threshold)
         p_value = None if finding.p_value is None else finite(finding.p_value)
         self._session.add(
@@ -73,7 +75,7 @@ class AlertBook:
                 fired=finding.fired,
                 n=finding.n,
                 last_row_id=finding.last_row_id,
-                at=self.now,
+                at=at,
             )
         )
         self.scores += 1
@@ -90,9 +92,15 @@ class AlertBook:
                     score=score,
                     threshold=threshold,
                     p_value=p_value,
-                    # when this evaluation raised it (a long pass must not date it earlier)
-                    at=utcnow(),
-                    detail={**finding.detail, "n": finding.n, "clean_evaluations": 0},
+                    # when its evidence arrived; raised_at: when the monitor saw it (the
+                    # difference is the monitor's lag)
+                    at=at,
+                    detail={
+                        **finding.detail,
+                        "n": finding.n,
+                        "clean_evaluations": 0,
+                        "raised_at": utcnow().isoformat(),
+                    },
                 )
                 self._session.add(alert)
                 self._open[key] = alert
@@ -102,14 +110,14 @@ class AlertBook:
                     **alert.detail,
                     "clean_evaluations": 0,
                     "latest_score": score,
-                    "last_fired_at": self.now.isoformat(),
+                    "last_fired_at": at.isoformat(),
                 }
                 self._session.add(alert)
         elif alert is not None:
             clean = int(alert.detail.get("clean_evaluations", 0)) + 1
             alert.detail = {**alert.detail, "clean_evaluations": clean, "latest_score": score}
             if clean >= self._resolve_after:
-                alert.resolved_at = self.now
+                alert.resolved_at = at
                 del self._open[key]
                 self.resolved.append(alert)
             self._session.add(alert)

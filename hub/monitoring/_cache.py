@@ -5,20 +5,29 @@ are calibrated by bootstrap, so that is the expensive part); every scope gets a
 ``detectors.scope_copy`` of each: its own per-window state (bytes), the reference's arrays,
 kernels and calibration tables shared read-only per version.
 Detector state lives in memory: after a restart detectors start fresh, while the partial
-windows and cursors in the database carry on.
+windows and cursors in the database carry on. So do the scopes' open windows
+(:class:`ScopeStates`), rebuilt from the database when missing.
+
+Eviction (:meth:`DetectorCache.evict`, after each evaluation): a scope with no new rows for
+``idle_s`` loses its open window and detector copies (both are rebuilt on its next row;
+the drift detectors keep no state across windows, the label detectors' sequential
+statistic restarts as after a hub restart); a version with no new rows for ``idle_s``
+(retired, rolled back) loses its references and calibrated detectors too.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlmodel import Session
 
 from hub.monitoring._reference import VersionReference, load_reference
+from hub.monitoring._windows import Layout, ScopeWindow
 from hub.monitoring.accuracy import AccuracyCusum
 
 if TYPE_CHECKING:
@@ -82,23 +91,95 @@ def build_for_reference(ref: VersionReference, settings: DetectorSettings) -> li
     )
 
 
+IDLE_S = 1800.0  # a scope or version this long without rows is evicted from memory
+
+
+class ScopeStates:
+    """The open windows of one version's scopes, and when each last saw a row."""
+
+    def __init__(self, ref: VersionReference) -> None:
+        self.layout = Layout(ref)
+        self.windows: dict[str, ScopeWindow] = {}
+        self.used: dict[str, float] = {}
+
+    def touch(self, scopes: Iterable[str]) -> None:
+        now = time.monotonic()
+        for scope in scopes:
+            self.used[scope] = now
+
+    def idle(self, before: float) -> list[str]:
+        return [s for s, t in self.used.items() if t < before]
+
+
 class DetectorCache:
     """References and detectors of one hub database; ``lock`` serialises evaluations."""
 
     def __init__(
-        self, *, factory: DetectorFactory | None = None, store: ArtifactStore | None = None
+        self,
+        *,
+        factory: DetectorFactory | None = None,
+        store: ArtifactStore | None = None,
+        idle_s: float = IDLE_S,
     ) -> None:
         self._factory = factory or build_for_reference
         self.store = store  # bundles' raw reference rows (MMD) come from here
         self.lock = threading.RLock()
+        self.idle_s = idle_s
         self._refs: dict[tuple[str, str, str], VersionReference | None] = {}
         self._templates: dict[tuple[Any, ...], list[Detector]] = {}
         self._scoped: dict[tuple[Any, ...], list[Detector]] = {}
+        self._states: dict[tuple[str, ...], ScopeStates] = {}
+        self._versions: dict[tuple[str, str], float] = {}  # when each last had rows
+        # per stream, the newest row id already looked at for versions without a cursor
+        self.discovered: dict[str, int] = {}
+        self.retry: set[tuple[str, str]] = set()  # versions whose evaluation failed
+
+    def scope_states(self, ref: VersionReference) -> ScopeStates:
+        """The open windows of ``ref``'s scopes (one set per version and bundle)."""
+        self._versions[(ref.model, ref.version)] = time.monotonic()
+        found = self._states.get(ref.key)
+        if found is None:
+            found = self._states[ref.key] = ScopeStates(ref)
+        return found
+
+    def evict(self, now: float | None = None) -> int:
+        """Drop what has been idle for ``idle_s`` (see the module docstring); returns how many
+        scopes and versions went."""
+        before = (time.monotonic() if now is None else now) - self.idle_s
+        gone = 0
+        for key, states in self._states.items():
+            idle = set(states.idle(before))
+            for scope in idle:
+                states.windows.pop(scope, None)
+                states.used.pop(scope, None)
+            if idle:
+                self._scoped = {
+                    k: v for k, v in self._scoped.items() if not (k[0] == key and k[3] in idle)
+                }
+                gone += len(idle)
+        for model, version in [k for k, t in self._versions.items() if t < before]:
+            self.forget(model=model, version=version)
+            self._refs = {k: v for k, v in self._refs.items() if k[:2] != (model, version)}
+            self._templates = {
+                k: v for k, v in self._templates.items() if k[0][:2] != (model, version)
+            }
+            del self._versions[(model, version)]
+            gone += 1
+        return gone
+
+    def sizes(self) -> dict[str, int]:
+        """What the cache holds: versions, scopes with detectors, open windows."""
+        return {
+            "versions": len(self._versions),
+            "scoped_detectors": len(self._scoped),
+            "open_windows": sum(len(s.windows) for s in self._states.values()),
+        }
 
     def reference(
         self, session: Session, *, model: str, version: str, bundle_digest: str = ""
     ) -> VersionReference | None:
         key = (model, version, bundle_digest)
+        self._versions[(model, version)] = time.monotonic()
         if key not in self._refs or self._refs[key] is None:  # a bundle may be registered later
             self._refs[key] = load_reference(
                 session,
@@ -150,8 +231,10 @@ class DetectorCache:
         return self._templates[key]
 
     def forget(self, *, model: str, version: str) -> None:
-        """Drop the detector state of a version (after a failed, rolled-back evaluation)."""
+        """Drop the detector state and open windows of a version (after a failed, rolled-back
+        evaluation: they are rebuilt from what the database kept)."""
         self._scoped = {k: v for k, v in self._scoped.items() if k[0][:2] != (model, version)}
+        self._states = {k: v for k, v in self._states.items() if k[:2] != (model, version)}
 
 
 _CACHES: dict[str, DetectorCache] = {}
@@ -169,4 +252,5 @@ def cache_for(url: str, *, store: ArtifactStore | None = None) -> DetectorCache:
             cache._refs.clear()
             cache._templates.clear()
             cache._scoped.clear()
+            cache._states.clear()
         return cache

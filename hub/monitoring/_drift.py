@@ -1,26 +1,55 @@
 """Drift: a version's new telemetry rows, summed per scope into windows, run through the
-scope's detectors; every score recorded, alerts through the :class:`AlertBook`."""
+scope's detectors; every score recorded, alerts through the :class:`AlertBook`.
+
+Cost per batch: one query for the rows (plain columns, no ORM objects), one for their
+samples, a count vector per row (:class:`Layout`) added into each of its three scopes' open
+windows (in memory, :class:`ScopeWindow`); a completed window costs its detectors, one
+query for its samples' values, and its cursor row. Scopes not in memory (a restart, an
+evicted idle scope) are rebuilt from the rows past their last completed window, one query
+per batch for all of them.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
 
 from hub.monitoring._alerts import AlertBook, Finding
-from hub.monitoring._cache import DetectorCache, DetectorSettings
-from hub.monitoring._cursors import next_batch, scope_rows
+from hub.monitoring._cache import DetectorCache, DetectorSettings, ScopeStates
+from hub.monitoring._cursors import head
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._report import MonitorReport
 from hub.monitoring._samples import NewSamples, sample_values
-from hub.monitoring._windows import BadRow, Partial, row_counts, scopes_of
-from hub.tables.fleet import TelemetryWindowRow
+from hub.monitoring._windows import BadRow, Layout, ScopeWindow, scopes_of
+from hub.tables.fleet import FieldSample, TelemetryWindowRow
 from hub.tables.monitoring import MonitorCursor
 
 log = logging.getLogger("edgeloop.monitor")
 STREAM = "telemetry"
 SAMPLES_PER_ROW = 50  # samples read per telemetry row of a batch, at most (the rest: next)
+_CHUNK = 500  # values per SQL IN list
+
+_T = TelemetryWindowRow
+COLUMNS = tuple(
+    col(c)
+    for c in (
+        _T.id,
+        _T.device_id,
+        _T.group,
+        _T.bundle_digest,
+        _T.window_end,
+        _T.received_at,
+        _T.count,
+        _T.output_counts,
+        _T.confidence,
+        _T.features,
+    )
+)
 
 
 def evaluate_drift(
@@ -35,22 +64,27 @@ def evaluate_drift(
     batch_rows: int,
 ) -> int:
     """Evaluate up to ``batch_rows`` new rows of ``model@version``; returns how many were read."""
-    rows = next_batch(
-        session,
-        table=TelemetryWindowRow,
-        stream=STREAM,
-        model=model,
-        version=version,
-        limit=batch_rows,
+    cursor = head(session, stream=STREAM, model=model, version=version)
+    start = cursor.last_id
+    rows: list[Any] = list(
+        session.execute(
+            sa_select(*COLUMNS)
+            .where(col(_T.model) == model, col(_T.version) == version, col(_T.id) > start)
+            .order_by(col(_T.id))
+            .limit(batch_rows)
+        ).all()
     )
     if not rows:
         return 0
+    cursor.last_id = int(rows[-1].id)
+    session.add(cursor)
     ref = cache.reference(
         session, model=model, version=version, bundle_digest=rows[-1].bundle_digest
     )
     if ref is None:
         report.skip(f"{model}@{version}: no bundle with a reference profile", len(rows))
         return len(rows)
+    states = cache.scope_states(ref)
     wanted = ref.samples is not None or any(r.samples is not None for r in ref.scopes.values())
     samples = NewSamples.read(
         session,
@@ -62,12 +96,11 @@ def evaluate_drift(
         wanted=wanted,
     )
     samples.plan(rows)
-    cursors = scope_rows(session, stream=STREAM, model=model, version=version)
-    partials: dict[str, Partial] = {}
+    members: dict[str, list[tuple[Any, Any, list[int]]]] = {}
     for row in rows:
         carried = samples.of_row(row)
         try:
-            counts = row_counts(row, ref)
+            vector = states.layout.row_vector(row)
         except BadRow as exc:
             report.skip(f"bad telemetry row: {exc}")
             log.warning("telemetry row %s of %s skipped: %s", row.id, row.device_id, exc)
@@ -76,42 +109,49 @@ def evaluate_drift(
         for scope in scopes_of(
             model=model, version=version, device_id=row.device_id, group=row.group
         ):
-            partial = partials.get(scope)
-            if partial is None:
-                partial = Partial.from_json(cursors[scope].pending if scope in cursors else {})
-            partial.add(int(row.id or 0), counts, samples=carried)
-            if partial.n >= settings.window_size:
-                scope_ref = ref.for_scope(scope, group=row.group)
-                if scope_ref is not None:  # None: a scope this version does not test
-                    _run_window(
-                        session,
-                        partial,
-                        ref=scope_ref,
-                        scope=scope,
-                        settings=settings,
-                        cache=cache,
-                        book=book,
-                        report=report,
-                    )
-                partial = Partial()
-            partials[scope] = partial
-    for scope, partial in partials.items():
-        found = cursors.get(scope) or MonitorCursor(
-            stream=STREAM, model=model, version=version, scope=scope
-        )
-        found.pending, found.last_id, found.updated_at = (
-            partial.to_json(),
-            partial.last_id,
-            book.now,
-        )
-        session.add(found)
+            members.setdefault(scope, []).append((row, vector, carried))
+    _restore(
+        session,
+        states,
+        [s for s in members if s not in states.windows],
+        model=model,
+        version=version,
+        before=int(rows[0].id),
+        sample_before=samples.start,
+    )
+    completed: dict[str, ScopeWindow] = {}
+    for scope, found in members.items():
+        window = states.windows[scope]
+        group = found[0][0].group
+        for row, vector, carried in found:
+            window.add(int(row.id), int(row.count), vector, carried, at=row.received_at)
+            if window.n < settings.window_size:
+                continue
+            scope_ref = ref.for_scope(scope, group=group)
+            if scope_ref is not None:  # None: a scope this version does not test
+                _run_window(
+                    session,
+                    window,
+                    layout=states.layout,
+                    ref=scope_ref,
+                    scope=scope,
+                    settings=settings,
+                    cache=cache,
+                    book=book,
+                    report=report,
+                )
+            completed[scope] = window
+            window = states.windows[scope] = ScopeWindow.empty(states.layout)
+    _save_boundaries(session, completed, model=model, version=version, now=book.now)
+    states.touch(members)
     return len(rows)
 
 
 def _run_window(
     session: Session,
-    partial: Partial,
+    window: ScopeWindow,
     *,
+    layout: Layout,
     ref: VersionReference,
     scope: str,
     settings: DetectorSettings,
@@ -119,22 +159,21 @@ def _run_window(
     book: AlertBook,
     report: MonitorReport,
 ) -> None:
-    from hub.monitoring.detectors._base import Window
+    from hub.monitoring.detectors import Window
 
-    kwargs = partial.window_kwargs(ref)
+    kwargs = layout.window_kwargs(window.n, window.counts)
     if ref.samples is not None:  # raw reference rows: feed the window's raw inputs too
-        dims = int(ref.samples.shape[1])
-        samples = sample_values(session, partial.sample_ids, dims=dims)
-        if samples is not None:
-            kwargs["samples"] = samples
-    window = Window(**kwargs)
+        values = sample_values(session, window.sample_ids, dims=int(ref.samples.shape[1]))
+        if values is not None:
+            kwargs["samples"] = values
+    observed = Window(**kwargs)
     available = set(kwargs) | {"n"}
     report.windows += 1
     for detector in cache.detectors(ref, settings, stream=STREAM, scope=scope):
         if not detector.needs <= available:
             continue
         try:
-            detector.update(window)
+            detector.update(observed)
             finding = Finding(
                 kind="drift",
                 scope=scope,
@@ -143,9 +182,10 @@ def _run_window(
                 threshold=float(detector.threshold),
                 p_value=None if detector.p_value is None else float(detector.p_value),
                 fired=bool(detector.drift_detected),
-                n=partial.n,
-                last_row_id=partial.last_id,
-                detail=_detail(partial),
+                n=window.n,
+                last_row_id=window.last_id,
+                detail=window.detail(),
+                at=window.evidence_at,
             )
         except Exception as exc:  # one detector failing must not stop the others
             report.skip(f"detector {detector.name} failed: {type(exc).__name__}")
@@ -154,10 +194,149 @@ def _run_window(
         book.record(finding)
 
 
-def _detail(partial: Partial) -> dict[str, Any]:
-    return {
-        "predictions": partial.n,
-        "telemetry_windows": partial.rows,
-        "first_row_id": partial.first_id,
-        "last_row_id": partial.last_id,
-    }
+def _restore(
+    session: Session,
+    states: ScopeStates,
+    scopes: Sequence[str],
+    *,
+    model: str,
+    version: str,
+    before: int,
+    sample_before: int,
+) -> None:
+    """Open windows of ``scopes`` not in memory, rebuilt from their rows after the last
+    completed window (``boundary`` in the scope's cursor row) and before this batch."""
+    if not scopes:
+        return
+    boundaries = _boundaries(session, scopes, model=model, version=version)
+    for scope in scopes:
+        states.windows[scope] = ScopeWindow.empty(states.layout)
+    by_kind: dict[str, list[str]] = {}
+    for scope in scopes:
+        kind, _, name = scope.partition(":")
+        by_kind.setdefault(kind, []).append(name)
+    oldest = min(boundaries.get(s, (0, 0))[0] for s in scopes)
+    query = sa_select(*COLUMNS).where(
+        col(_T.model) == model, col(_T.version) == version, col(_T.id) > oldest, col(_T.id) < before
+    )
+    found: list[Any] = []
+    if "version" in by_kind:
+        found = list(session.execute(query.order_by(col(_T.id))).all())
+    else:
+        for column, kind in ((_T.device_id, "device"), (_T.group, "group")):
+            for chunk in _chunks(by_kind.get(kind, [])):
+                found += session.execute(query.where(col(column).in_(chunk))).all()
+        found.sort(key=lambda r: r.id)
+    if not found:
+        return
+    wanted = set(scopes)
+    restored: dict[str, list[Any]] = {}
+    for row in found:
+        for scope in scopes_of(
+            model=model, version=version, device_id=row.device_id, group=row.group
+        ):
+            if scope in wanted and row.id > boundaries.get(scope, (0, 0))[0]:
+                restored.setdefault(scope, []).append(row)
+    devices = sorted({r.device_id for rows in restored.values() for r in rows})
+    by_device = _samples_of(
+        session,
+        devices,
+        model=model,
+        version=version,
+        after=min(boundaries.get(s, (0, 0))[1] for s in scopes),
+        until=sample_before,
+    )
+    for scope, rows in restored.items():
+        window = states.windows[scope]
+        after = boundaries.get(scope, (0, 0))[1]
+        for row in rows:
+            try:
+                vector = states.layout.row_vector(row)
+            except BadRow:  # skipped and counted when it was first read
+                continue
+            window.add(int(row.id), int(row.count), vector, at=row.received_at)
+        carried = sorted(
+            i for d in {r.device_id for r in rows} for i in by_device.get(d, []) if i > after
+        )
+        if carried:
+            window.add_samples(carried)
+
+
+def _boundaries(
+    session: Session, scopes: Sequence[str], *, model: str, version: str
+) -> dict[str, tuple[int, int]]:
+    """Per scope: (last row, last sample) of its last completed window."""
+    out: dict[str, tuple[int, int]] = {}
+    for chunk in _chunks(list(scopes)):
+        for c in session.exec(
+            select(MonitorCursor).where(
+                MonitorCursor.stream == STREAM,
+                MonitorCursor.model == model,
+                MonitorCursor.version == version,
+                col(MonitorCursor.scope).in_(chunk),
+            )
+        ).all():
+            out[c.scope] = boundary_of(c)
+    return out
+
+
+def boundary_of(cursor: MonitorCursor) -> tuple[int, int]:
+    """(last row, last sample) of the scope's last completed window; a cursor written before
+    windows were kept in memory holds its open window's counts: it ended before them."""
+    pending = cursor.pending or {}
+    if "boundary" in pending:
+        return int(pending["boundary"]), int(pending.get("sample_boundary", 0))
+    if int(pending.get("rows", 0)) > 0:
+        return int(pending.get("first_id", 1)) - 1, 0
+    return int(cursor.last_id), 0
+
+
+def _samples_of(
+    session: Session, devices: Sequence[str], *, model: str, version: str, after: int, until: int
+) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    if until <= after:
+        return out
+    for chunk in _chunks(list(devices)):
+        for sample_id, device_id in session.exec(
+            select(FieldSample.id, FieldSample.device_id).where(
+                FieldSample.model == model,
+                FieldSample.version == version,
+                col(FieldSample.id) > after,
+                col(FieldSample.id) <= until,
+                col(FieldSample.device_id).in_(chunk),
+            )
+        ).all():
+            out.setdefault(device_id, []).append(int(sample_id or 0))
+    return out
+
+
+def _save_boundaries(
+    session: Session, completed: dict[str, ScopeWindow], *, model: str, version: str, now: datetime
+) -> None:
+    """Each scope's cursor row: where its newest completed window ended."""
+    if not completed:
+        return
+    existing: dict[str, MonitorCursor] = {}
+    for chunk in _chunks(list(completed)):
+        for c in session.exec(
+            select(MonitorCursor).where(
+                MonitorCursor.stream == STREAM,
+                MonitorCursor.model == model,
+                MonitorCursor.version == version,
+                col(MonitorCursor.scope).in_(chunk),
+            )
+        ).all():
+            existing[c.scope] = c
+    for scope, window in completed.items():
+        found = existing.get(scope) or MonitorCursor(
+            stream=STREAM, model=model, version=version, scope=scope
+        )
+        found.last_id, found.updated_at = window.last_id, now
+        found.pending = {"boundary": window.last_id, "sample_boundary": window.last_sample_id}
+        session.add(found)
+
+
+def _chunks(values: list[str]) -> Iterable[list[str]]:
+    for i in range(0, len(values), _CHUNK):
+        yield values[i : i + _CHUNK]

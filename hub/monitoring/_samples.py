@@ -25,7 +25,7 @@ from sqlalchemy import Text, cast, func
 from sqlmodel import Session, col, select
 
 from hub.monitoring._cursors import head
-from hub.tables.fleet import FieldSample, TelemetryWindowRow
+from hub.tables.fleet import FieldSample
 
 MAX_SAMPLES = 200  # per window: what the MMD detector tests (it subsamples to max_window=200)
 STREAM = "sample"
@@ -40,8 +40,9 @@ def epoch_ms(at: datetime) -> int:
 class NewSamples:
     """The version's samples that arrived since the last batch, per device, oldest first."""
 
-    def __init__(self, by_device: dict[str, deque[tuple[int, int]]]) -> None:
+    def __init__(self, by_device: dict[str, deque[tuple[int, int]]], *, start: int = 0) -> None:
         self._by_device = by_device
+        self.start = start  # the cursor before this batch: samples up to it were read before
         self._last_row: dict[str, int] = {}
 
     @classmethod
@@ -59,6 +60,7 @@ class NewSamples:
         caller's transaction), received up to ``until`` if given. ``wanted=False`` (no
         detector reads samples): the cursor skips to the newest sample, nothing is read."""
         cursor = head(session, stream=STREAM, model=model, version=version)
+        start = int(cursor.last_id)
         by_device: dict[str, deque[tuple[int, int]]] = {}
         where = (FieldSample.model == model, FieldSample.version == version)
         if not wanted:
@@ -66,7 +68,7 @@ class NewSamples:
             if newest is not None and newest > cursor.last_id:
                 cursor.last_id = int(newest)
                 session.add(cursor)
-            return cls(by_device)
+            return cls(by_device, start=start)
         query = select(FieldSample.id, FieldSample.device_id, FieldSample.at).where(
             *where, col(FieldSample.id) > cursor.last_id
         )
@@ -78,15 +80,16 @@ class NewSamples:
         if rows:
             cursor.last_id = int(rows[-1][0] or 0)
             session.add(cursor)
-        return cls(by_device)
+        return cls(by_device, start=start)
 
-    def plan(self, rows: Iterable[TelemetryWindowRow]) -> None:
+    def plan(self, rows: Iterable[Any]) -> None:
         """Note each device's last row in the batch (it takes the device's remaining samples)."""
         for row in rows:
             self._last_row[row.device_id] = int(row.id or 0)
 
-    def of_row(self, row: TelemetryWindowRow) -> list[int]:
-        """The sample ids ``row`` carries: its device's samples up to the row's window end."""
+    def of_row(self, row: Any) -> list[int]:
+        """The sample ids ``row`` (a telemetry row's ``id``, ``device_id``, ``window_end``)
+        carries: its device's samples up to the row's window end."""
         queue = self._by_device.get(row.device_id)
         if not queue:
             return []

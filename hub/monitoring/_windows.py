@@ -1,144 +1,162 @@
 """Telemetry rows summed into detector windows of about ``window_size`` predictions.
 
-A scope's partial window is plain JSON (``Partial.to_json``) kept in its cursor row, so a
-hub restart continues the window where it stood instead of dropping or re-reading rows.
+Each row's histograms (feature sketches, class counts, confidence or score histogram) are
+checked against the version's reference and laid out in one flat count vector
+(:class:`Layout`), so a batch is a matrix and a window is a sum of its rows. A scope's open
+window lives in memory (:class:`ScopeWindow`: a count vector, a few ids); the database keeps
+only where the scope's last *completed* window ended (its cursor row's ``boundary``), so a
+restarted hub rebuilds an open window by re-reading the scope's rows past it (fewer than a
+window's worth) instead of writing every scope's counts at every batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._samples import reservoir_add
-from hub.tables.fleet import TelemetryWindowRow
+
+IntArray = npt.NDArray[np.int64]
 
 
 class BadRow(ValueError):
     """A telemetry row that does not fit the version's reference (skipped, counted)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class RowCounts:
-    """One row's counts, checked against the reference's binning."""
+class Layout:
+    """Where each histogram of a row goes in a flat vector: the reference's features in
+    index order, then the class counts (score models: the score histogram), then the
+    confidence histogram."""
 
-    n: int
-    features: dict[int, list[int]]
-    classes: list[int]
-    confidence: list[int]
+    def __init__(self, ref: VersionReference) -> None:
+        self.kind = ref.kind
+        self.classes = ref.score_bins if ref.kind == "score" else ref.classes
+        self.features: dict[int, slice] = {}
+        at = 0
+        for index in sorted(ref.feature_bins):
+            self.features[index] = slice(at, at + ref.feature_bins[index])
+            at += ref.feature_bins[index]
+        self.class_slice = slice(at, at + self.classes)
+        at += self.classes
+        self.confidence_slice = slice(at, at + ref.confidence_bins)
+        self.size = at + ref.confidence_bins
 
-
-def row_counts(row: TelemetryWindowRow, ref: VersionReference) -> RowCounts:
-    if row.count < 0:
-        raise BadRow(f"negative count {row.count}")
-    features: dict[int, list[int]] = {}
-    for sketch in row.features or []:
+    def row_vector(self, row: Any) -> IntArray:
+        """One row's counts (``row``: anything with ``count``, ``features``,
+        ``output_counts``, ``confidence`` as stored); :class:`BadRow` if they do not fit."""
+        if row.count < 0:
+            raise BadRow(f"negative count {row.count}")
+        got: dict[int, Sequence[Any]] = {}
+        for sketch in row.features or []:
+            try:
+                index, counts = int(sketch["index"]), sketch["counts"]
+                size = len(counts)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise BadRow(f"malformed feature sketch ({exc!r})") from exc
+            where = self.features.get(index)
+            if where is None:
+                raise BadRow(f"feature index {index} is not in the reference profile")
+            if size != where.stop - where.start:
+                raise BadRow(
+                    f"feature {index}: {size} counts, the reference has {where.stop - where.start}"
+                )
+            got[index] = counts
+        flat: list[Any] = []
+        for index, where in self.features.items():
+            flat.extend(got.get(index) or [0] * (where.stop - where.start))
+        classes = list(row.output_counts or [])
+        if self.kind == "score":
+            if classes and len(classes) != self.classes:
+                raise BadRow(
+                    f"score histogram has {len(classes)} counts, the reference {self.classes}"
+                )
+        elif len(classes) > self.classes:
+            raise BadRow(f"{len(classes)} classes, the reference has {self.classes}")
+        flat.extend(classes + [0] * (self.classes - len(classes)))
+        confidence = list((row.confidence or {}).get("counts") or [])
+        bins = self.confidence_slice.stop - self.confidence_slice.start
+        if confidence and len(confidence) != bins:
+            raise BadRow(f"confidence histogram has {len(confidence)} counts, the reference {bins}")
+        flat.extend(confidence or [0] * bins)
         try:
-            index, counts = int(sketch["index"]), [int(c) for c in sketch["counts"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadRow(f"malformed feature sketch ({exc!r})") from exc
-        expected = ref.feature_bins.get(index)
-        if expected is None:
-            raise BadRow(f"feature index {index} is not in the reference profile")
-        if len(counts) != expected or min(counts, default=0) < 0:
-            raise BadRow(f"feature {index}: {len(counts)} counts, the reference has {expected}")
-        features[index] = counts
-    classes = [int(c) for c in row.output_counts or []]
-    if ref.kind == "score":
-        if classes and len(classes) != ref.score_bins:
-            raise BadRow(
-                f"score histogram has {len(classes)} counts, the reference {ref.score_bins}"
-            )
-    elif ref.classes and len(classes) > ref.classes:
-        raise BadRow(f"{len(classes)} classes, the reference has {ref.classes}")
-    confidence = [int(c) for c in (row.confidence or {}).get("counts") or []]
-    if confidence and len(confidence) != ref.confidence_bins:
-        raise BadRow(
-            f"confidence histogram has {len(confidence)} counts, the reference "
-            f"{ref.confidence_bins}"
-        )
-    return RowCounts(n=row.count, features=features, classes=classes, confidence=confidence)
+            out = np.asarray(flat, dtype=np.int64)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise BadRow(f"malformed counts ({exc!r})") from exc
+        if out.shape != (self.size,) or (out.size and out.min() < 0):
+            raise BadRow("negative or malformed counts")
+        return out
+
+    def window_kwargs(self, n: int, counts: IntArray) -> dict[str, Any]:
+        """Keyword arguments for ``detectors.Window`` (histograms without data left out)."""
+        kwargs: dict[str, Any] = {"n": n}
+        blocks = [counts[s] for s in self.features.values()]
+        if blocks and all(int(b.sum()) > 0 for b in blocks):
+            kwargs["feature_counts"] = blocks
+        classes = counts[self.class_slice]
+        if classes.size and int(classes.sum()) > 0:
+            kwargs["score_counts" if self.kind == "score" else "class_counts"] = classes
+        confidence = counts[self.confidence_slice]
+        if confidence.size and int(confidence.sum()) > 0:
+            kwargs["confidence_counts"] = confidence
+        return kwargs
 
 
 @dataclass(kw_only=True)
-class Partial:
-    """Counts summed over the rows of one scope since its last evaluated window."""
+class ScopeWindow:
+    """One scope's open window, in memory: its summed counts and where its rows are."""
 
+    counts: IntArray
     n: int = 0
     rows: int = 0
     first_id: int = 0
     last_id: int = 0
-    features: dict[int, list[int]] = field(default_factory=dict)
-    classes: list[int] = field(default_factory=list)
-    confidence: list[int] = field(default_factory=list)
     # a reservoir of the window's raw input samples (``FieldSample`` ids, see _samples)
     sample_ids: list[int] = field(default_factory=list)
     samples_seen: int = 0
+    last_sample_id: int = 0
+    evidence_at: datetime | None = None  # when the newest of its rows reached the hub
 
-    def add(self, row_id: int, counts: RowCounts, *, samples: Sequence[int] = ()) -> None:
-        self.n += counts.n
+    @classmethod
+    def empty(cls, layout: Layout) -> ScopeWindow:
+        return cls(counts=np.zeros(layout.size, np.int64))
+
+    def add(
+        self,
+        row_id: int,
+        n: int,
+        counts: IntArray,
+        samples: Sequence[int] = (),
+        *,
+        at: datetime | None = None,
+    ) -> None:
+        self.n += n
         self.rows += 1
         self.first_id = self.first_id or row_id
         self.last_id = row_id
+        self.counts += counts
+        if at is not None:
+            at = at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite: naive UTC
+            self.evidence_at = at if self.evidence_at is None else max(self.evidence_at, at)
+        self.add_samples(samples)
+
+    def add_samples(self, samples: Sequence[int]) -> None:
         if samples:
             self.samples_seen = reservoir_add(self.sample_ids, self.samples_seen, samples)
-        for index, values in counts.features.items():
-            self.features[index] = _add(self.features.get(index, []), values)
-        self.classes = _add(self.classes, counts.classes)
-        self.confidence = _add(self.confidence, counts.confidence)
+            self.last_sample_id = max(self.last_sample_id, max(samples))
 
-    def window_kwargs(self, ref: VersionReference) -> dict[str, Any]:
-        """Keyword arguments for ``detectors.Window`` (fields without data left out)."""
-        kwargs: dict[str, Any] = {"n": self.n}
-        order = sorted(ref.feature_bins)
-        if self.features and all(i in self.features for i in order):
-            kwargs["feature_counts"] = [np.asarray(self.features[i], dtype=np.int64) for i in order]
-        if self.classes and ref.kind == "score":
-            kwargs["score_counts"] = np.asarray(self.classes, dtype=np.int64)
-        elif self.classes and ref.classes:
-            padded = self.classes + [0] * (ref.classes - len(self.classes))
-            kwargs["class_counts"] = np.asarray(padded, dtype=np.int64)
-        if self.confidence:
-            kwargs["confidence_counts"] = np.asarray(self.confidence, dtype=np.int64)
-        return kwargs
-
-    def to_json(self) -> dict[str, Any]:
+    def detail(self) -> dict[str, Any]:
         return {
-            "n": self.n,
-            "rows": self.rows,
-            "first_id": self.first_id,
-            "last_id": self.last_id,
-            "features": {str(k): v for k, v in self.features.items()},
-            "classes": self.classes,
-            "confidence": self.confidence,
-            "sample_ids": self.sample_ids,
-            "samples_seen": self.samples_seen,
+            "predictions": self.n,
+            "telemetry_windows": self.rows,
+            "first_row_id": self.first_id,
+            "last_row_id": self.last_id,
         }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Partial:
-        if not data:
-            return cls()
-        return cls(
-            n=int(data.get("n", 0)),
-            rows=int(data.get("rows", 0)),
-            first_id=int(data.get("first_id", 0)),
-            last_id=int(data.get("last_id", 0)),
-            features={int(k): list(v) for k, v in (data.get("features") or {}).items()},
-            classes=list(data.get("classes") or []),
-            confidence=list(data.get("confidence") or []),
-            sample_ids=[int(i) for i in data.get("sample_ids") or []],
-            samples_seen=int(data.get("samples_seen", 0)),
-        )
-
-
-def _add(total: list[int], more: list[int]) -> list[int]:
-    if len(total) < len(more):
-        total = total + [0] * (len(more) - len(total))
-    return [t + (more[i] if i < len(more) else 0) for i, t in enumerate(total)]
 
 
 def scopes_of(*, model: str, version: str, device_id: str, group: str) -> list[str]:

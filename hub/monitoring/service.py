@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from hub.db import session_scope
 from hub.monitoring._alerts import AlertBook
@@ -88,7 +88,7 @@ def evaluate(
     report = MonitorReport(at=now or utcnow())
     with cache.lock:
         with Session(engine) as s:
-            pending = _pending_versions(s)
+            pending = _pending_versions(s, cache)
         for model, version in pending:
             report.versions.append(f"{model}@{version}")
             while True:
@@ -104,10 +104,12 @@ def evaluate(
                 except Exception:  # rolled back: cursors did not move, next tick retries
                     log.exception("monitoring %s@%s failed", model, version)
                     cache.forget(model=model, version=version)
+                    cache.retry.add((model, version))  # found again next pass
                     report.errors += 1
                     break
                 if not more:
                     break
+        cache.evict()
     for alert in report.opened:
         log.warning(
             "%s alert on %s (%s@%s, %s): score %.3g > %.3g",
@@ -170,20 +172,36 @@ def _evaluate_batch(
     return max(rows, labels) >= config.batch_rows
 
 
-def _pending_versions(session: Session) -> list[tuple[str, str]]:
-    """(model, version) pairs with telemetry or labels past their cursor."""
-    cursors = {
-        (c.stream, c.model, c.version): c.last_id
-        for c in session.exec(select(MonitorCursor).where(MonitorCursor.scope == HEAD)).all()
-    }
-    found: set[tuple[str, str]] = set()
+def _pending_versions(session: Session, cache: DetectorCache) -> list[tuple[str, str]]:
+    """(model, version) pairs with telemetry or labels past their cursor: for versions with a
+    cursor, one index seek each; new versions from the rows added since the last pass (the
+    cache remembers how far it looked; a new process looks through the tables once)."""
+    found, cache.retry = set(cache.retry), set()
+    cursors = session.exec(select(MonitorCursor).where(MonitorCursor.scope == HEAD)).all()
+    known: dict[str, set[tuple[str, str]]] = {}
     for stream, table in (("telemetry", TelemetryWindowRow), ("feedback", FeedbackLabelRow)):
-        query = select(table.model, table.version, func.max(table.id)).group_by(
-            table.model, table.version
-        )
-        for model, version, last in session.exec(query).all():
-            if last is not None and last > cursors.get((stream, model, version), 0):
+        mine = {(c.model, c.version): c.last_id for c in cursors if c.stream == stream}
+        known[stream] = set(mine)
+        for (model, version), last in mine.items():
+            past = session.exec(
+                select(table.id)
+                .where(table.model == model, table.version == version, col(table.id) > last)
+                .limit(1)
+            ).first()
+            if past is not None:
                 found.add((model, version))
+        seen = cache.discovered.get(stream, 0)
+        newest = session.exec(select(func.max(table.id)).where(col(table.id) > seen)).one()
+        if newest is None:
+            continue
+        for model, version in session.exec(
+            select(table.model, table.version)
+            .where(col(table.id) > seen, col(table.id) <= newest)
+            .distinct()
+        ).all():
+            if (model, version) not in known[stream]:
+                found.add((model, version))
+        cache.discovered[stream] = int(newest)
     return sorted(found)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -15,7 +17,7 @@ from hub.monitoring import (
     live_accuracy,
     open_alerts,
 )
-from hub.tables import Alert, MonitorScore, TelemetryWindowRow
+from hub.tables import Alert, MonitorCursor, MonitorScore, TelemetryWindowRow
 from tests.monitoring.fleetdata import Fleet
 from tests.monitoring.tiny_detector import TinyChi2, tiny_factory
 
@@ -108,6 +110,60 @@ def test_partial_windows_survive_a_restart(engine: Engine, fleet: Fleet) -> None
         ids = {r.id or 0 for r in s.exec(select(TelemetryWindowRow)).all()}
     assert {sc.n for sc in scores} == {200}
     assert {sc.last_row_id for sc in scores} == {max(ids)}
+
+
+def test_an_open_window_in_the_older_cursor_format_is_read_again(
+    engine: Engine, fleet: Fleet
+) -> None:
+    """Cursors written before open windows lived in memory hold the window's counts; a hub
+    that meets one re-reads the window's rows from its first id instead."""
+    fleet.telemetry(devices={"cam-1": "north"}, windows=3, per_window=50)  # 150 < 200
+    assert evaluate(engine, config=CONFIG, cache=tiny_cache()).windows == 0
+    with session_scope(engine) as s:
+        first = min(r.id or 0 for r in s.exec(select(TelemetryWindowRow)).all())
+        for cursor in s.exec(select(MonitorCursor).where(MonitorCursor.scope != "*")).all():
+            cursor.pending = {"n": 150, "rows": 3, "first_id": first, "features": {"0": [1]}}
+            s.add(cursor)
+    fleet.telemetry(devices={"cam-1": "north"}, windows=1, per_window=50)
+    report = evaluate(engine, config=CONFIG, cache=tiny_cache())
+    assert report.windows == 3
+    with Session(engine) as s:
+        assert {sc.n for sc in s.exec(select(MonitorScore)).all()} == {200}
+
+
+def test_idle_scopes_are_evicted_and_rebuilt_from_the_database(
+    engine: Engine, fleet: Fleet
+) -> None:
+    cache = DetectorCache(factory=tiny_factory, idle_s=0.0)
+    fleet.telemetry(devices={"cam-1": "north", "cam-3": "south"}, windows=3, per_window=50)
+    evaluate(engine, config=CONFIG, cache=cache)  # evicts everything idle for 0 s
+    assert cache.sizes() == {"versions": 0, "scoped_detectors": 0, "open_windows": 0}
+    fleet.telemetry(devices={"cam-1": "north", "cam-3": "south"}, windows=1, per_window=50)
+    report = evaluate(engine, config=CONFIG, cache=cache)
+    # the rebuilt open windows complete at 200: two devices, two groups and the version's
+    # second window (its first, rows 1-4, completed in the first pass)
+    assert report.windows == 5
+    with Session(engine) as s:
+        assert sorted(sc.n for sc in s.exec(select(MonitorScore)).all()) == [200] * 6
+
+
+def test_an_alert_is_dated_by_its_evidence_and_says_when_it_was_raised(
+    engine: Engine, fleet: Fleet
+) -> None:
+    fleet.telemetry(devices={"cam-1": "north"}, windows=4, per_window=50, shift=1.0)
+    with session_scope(engine) as s:
+        rows = s.exec(select(TelemetryWindowRow)).all()
+        for i, row in enumerate(rows):  # received an hour ago, a second apart
+            row.received_at = datetime.now(UTC) - timedelta(hours=1) + timedelta(seconds=i)
+            s.add(row)
+        newest = max(r.received_at for r in rows)
+    report = evaluate(engine, config=CONFIG, cache=tiny_cache())
+    assert len(report.opened) == 3
+    for alert in alerts(engine):
+        at = alert.at if alert.at.tzinfo else alert.at.replace(tzinfo=UTC)
+        assert abs((at - newest).total_seconds()) < 1e-3
+        raised = datetime.fromisoformat(alert.detail["raised_at"])
+        assert (raised - at).total_seconds() > 3500  # the monitor saw it an hour later
 
 
 def test_alert_resolves_after_clean_evaluations(engine: Engine, fleet: Fleet) -> None:
