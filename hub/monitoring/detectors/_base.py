@@ -141,6 +141,12 @@ class Detector(Protocol):
     @property
     def p_value(self) -> float | None: ...
 
+    def threshold_at(self, false_alarm_rate: float) -> float:
+        """The threshold for another false-alarm rate (the last window's size), extrapolated
+        beyond the bootstrap by its fitted tail: the monitor's fleet budget sets the rate
+        per window."""
+        ...
+
     def reset(self) -> None: ...
 
 

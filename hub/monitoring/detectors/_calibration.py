@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -73,8 +74,68 @@ def chi2_logsf(x: FloatArray, df: int) -> FloatArray:
     return np.asarray(special.log_ndtr(-z), np.float64)
 
 
+TAIL = 0.025  # the top fraction of a null (at least MIN_TAIL values) its tail is fitted to
+MIN_TAIL = 30
+
+
+@dataclass(frozen=True)
+class Tail:
+    """An exponential tail fitted to the null's exceedances over ``u`` (a fraction ``mass``
+    of the null lies above it): ``P(S > s) = mass * exp(-(s - u) / scale)``, ``scale`` the
+    mean excess (its maximum-likelihood estimate).
+
+    Exponential, not a generalized Pareto with a fitted shape: every statistic here is in
+    the Gumbel domain (-log10 of a chi-square p-value is exactly exponential, MMD² a
+    weighted sum of chi-squares, a CUSUM maximum Gumbel), and a shape fitted from a few
+    hundred exceedances is noise that moves a 1e-7 threshold by orders of magnitude. The
+    scale is the larger of the mean excesses over the top 2.5% and the top 0.5%, so a tail
+    whose mean excess still grows (a gamma with shape < 1) is not under-estimated; one
+    whose mean excess falls (shape > 1) makes the fit conservative.
+    A heavy-tailed (Pareto) null would be under-estimated: a new detector with one must
+    not rely on rates below its bootstrap's resolution (tests/monitoring/test_null_tails).
+    """
+
+    u: float
+    mass: float
+    scale: float
+
+    @classmethod
+    def fit(cls, null: FloatArray) -> Tail | None:
+        """None when the top of the null has no spread (a discrete statistic)."""
+        m = len(null)
+        k = max(MIN_TAIL, int(TAIL * m))
+        if m < 2 * k:
+            return None
+        u = float(null[m - k - 1])
+        scale = float((np.asarray(null[m - k :], np.float64) - u).mean())
+        # the mean excess further out: a tail that grows heavier with the threshold (a
+        # gamma with shape < 1, like MMD²'s leading chi-square term) gets its larger scale
+        far = max(MIN_TAIL, k // 5)
+        scale = max(
+            scale, float((np.asarray(null[m - far :], np.float64) - null[m - far - 1]).mean())
+        )
+        if not scale > 0:
+            return None
+        return cls(u=u, mass=k / m, scale=scale)
+
+    def sf(self, score: float) -> float:
+        """P(S > score) for ``score > u``."""
+        return self.mass * math.exp(-max(score - self.u, 0.0) / self.scale)
+
+    def isf(self, rate: float) -> float:
+        """The score exceeded with probability ``rate`` (``rate < mass``)."""
+        return self.u - self.scale * math.log(rate / self.mass)
+
+
 class NullTable:
-    """Sorted null statistics per calibrated size, computed on first use and cached."""
+    """Sorted null statistics per calibrated size, computed on first use and cached.
+
+    Thresholds and p-values come from the bootstrap where it has data (``MIN_TAIL``
+    replicates beyond), and further out from an exponential fit to its top 2.5%
+    (:class:`Tail`), so a
+    rate far below ``1 / replicates`` (a fleet's error budget spread over thousands of
+    scopes) still gets a threshold, and a p-value can be that small.
+    """
 
     def __init__(
         self,
@@ -84,17 +145,18 @@ class NullTable:
         seed: int,
         false_alarm_rate: float,
         window_size: int,
-        level: Callable[[int], float] | None = None,
+        level: Callable[[int, float], float] | None = None,
     ) -> None:
-        """``level(size)``: the null quantile taken as threshold (default
-        ``1 - false_alarm_rate``)."""
+        """``level(size, rate)``: the null quantile that is the threshold for a false-alarm
+        ``rate`` (default ``1 - rate``)."""
         if window_size < 1:
             raise ValueError(f"window_size must be >= 1, not {window_size}")
         self.false_alarm_rate, self.window_size = false_alarm_rate, window_size
-        self._level = level or (lambda _: 1.0 - false_alarm_rate)
+        self._level = level or (lambda _, rate: 1.0 - rate)
         self._simulate, self._name, self._seed = simulate, name, seed
         self._null: dict[int, FloatArray] = {}
         self._thresholds: dict[int, float] = {}
+        self._tails: dict[int, Tail | None] = {}
 
     def key(self, n: int) -> int:
         return size_key(n, self.window_size)
@@ -104,19 +166,38 @@ class NullTable:
         if k not in self._null:
             stats = np.asarray(self._simulate(rng_for(self._seed, self._name, k), k), np.float64)
             self._null[k] = np.sort(stats)
-            # the smallest null value exceeded by at most a fraction 1 - level of the null
-            q = np.quantile(self._null[k], self._level(k), method="higher")
-            self._thresholds[k] = float(q)
+            self._tails[k] = Tail.fit(self._null[k])
+            self._thresholds[k] = self._quantile(k, self.false_alarm_rate)
         return self._null[k]
+
+    def _quantile(self, k: int, rate: float) -> float:
+        null, tail = self._null[k], self._tails[k]
+        beyond = 1.0 - self._level(k, rate)  # the null's share above the threshold
+        if tail is not None and beyond * len(null) < MIN_TAIL:  # too few replicates up there
+            return tail.isf(beyond)
+        # the smallest null value exceeded by at most a fraction ``beyond`` of the null
+        return float(np.quantile(null, 1.0 - beyond, method="higher"))
 
     def threshold(self, n: int) -> float:
         self.null(n)
         return self._thresholds[self.key(n)]
 
+    def threshold_at(self, rate: float, n: int) -> float:
+        """The threshold for false-alarm ``rate`` instead of the table's own."""
+        if not 0.0 < rate < 1.0:
+            raise ValueError(f"false_alarm_rate must be in (0, 1), not {rate}")
+        self.null(n)
+        return self._quantile(self.key(n), rate)
+
     def p_value(self, score: float, n: int) -> float:
-        """Bootstrap p-value: (1 + #null >= score) / (B + 1)."""
+        """Bootstrap p-value ``(1 + #null >= score) / (B + 1)``; where fewer than
+        ``MIN_TAIL`` replicates reach the score, the fitted tail's (it can go below
+        ``1 / (B + 1)``)."""
         null = self.null(n)
+        tail = self._tails[self.key(n)]
         above = len(null) - int(np.searchsorted(null, score, side="left"))
+        if tail is not None and above < MIN_TAIL:
+            return tail.sf(score)
         return (1 + above) / (len(null) + 1)
 
 

@@ -190,6 +190,9 @@ class _CountsTest:
     def p_value(self) -> float | None:
         return self._p
 
+    def threshold_at(self, false_alarm_rate: float) -> float:
+        return self._table.threshold_at(false_alarm_rate, self._n)
+
     def reset(self) -> None:
         self._detected, self._score, self._p = False, 0.0, None
         self._n = self._table.window_size

@@ -158,6 +158,9 @@ class MMDDetector:
     def p_value(self) -> float | None:
         return self._p
 
+    def threshold_at(self, false_alarm_rate: float) -> float:
+        return self._table.threshold_at(false_alarm_rate, self._k)
+
     def reset(self) -> None:
         self._detected, self._score, self._p = False, 0.0, None
         self._k = self._table.window_size

@@ -80,7 +80,7 @@ class _Sequential:
             seed=seed,
             false_alarm_rate=false_alarm_rate,
             window_size=window_size,
-            level=lambda m: (1.0 - false_alarm_rate) ** (self._horizon(m) / m),
+            level=lambda m, rate: (1.0 - rate) ** (self._horizon(m) / m),
         )
         self._table.null(window_size)
         self.reset()
@@ -148,6 +148,10 @@ class _Sequential:
     @property
     def p_value(self) -> float | None:
         return None
+
+    def threshold_at(self, false_alarm_rate: float) -> float:
+        """For a run of ``window_size / false_alarm_rate`` records (see ``threshold``)."""
+        return self._table.threshold_at(false_alarm_rate, self._table.window_size)
 
     def reset(self) -> None:
         self._detected, self._score = False, 0.0
