@@ -150,7 +150,11 @@ class Detector(Protocol):
     def reset(self) -> None: ...
 
 
-DetectorT = TypeVar("DetectorT", bound=Detector)
+class _Resettable(Protocol):
+    def reset(self) -> None: ...
+
+
+DetectorT = TypeVar("DetectorT", bound=_Resettable)
 
 
 def scope_copy(detector: DetectorT) -> DetectorT:
