@@ -112,8 +112,18 @@ class HubSettings(BaseSettings):
         default=10.0, ge=0, description="how often the hub evaluates drift/degradation; 0: off"
     )
     monitor_window_size: int = Field(default=200, gt=0, description="predictions per window")
-    monitor_false_alarm_rate: float = Field(
-        default=0.01, gt=0, lt=1, description="per scope and window, all drift detectors"
+    monitor_false_alarms_per_day: float = Field(
+        default=1.0,
+        gt=0,
+        description="the fleet-wide false-alarm budget: expected false drift (and accuracy) "
+        "alerts per model version per day, over all devices, groups and detectors",
+    )
+    monitor_false_alarm_rate: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="instead of the budget: a fixed rate per scope and window over all drift "
+        "detectors (the fleet-wide count then grows with the number of scopes)",
     )
     monitor_accuracy_margin: float = Field(
         default=0.05, ge=0, lt=1, description="degradation: live accuracy this far below eval"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from hub.datasets.validation import ValidationReport
 from hub.tables import (
@@ -177,9 +177,25 @@ class IngestStatsPublic(BaseModel):
     streams: list[dict[str, Any]]
 
 
+class MonitorLagPublic(BaseModel):
+    lag_s: float = Field(
+        description="how far the monitor is behind ingest: age of the oldest telemetry row "
+        "not evaluated yet (0: caught up)"
+    )
+    pending_rows: int = Field(description="telemetry rows not evaluated yet")
+    last_cycle_s: float | None = Field(
+        description="duration of this process's latest evaluation (None: none ran here)"
+    )
+    last_cycle_at: str | None = None
+    cached: dict[str, int] = Field(
+        default_factory=dict, description="versions, scoped detectors and open windows held"
+    )
+
+
 class MonitorStatusPublic(BaseModel):
     versions: list[dict[str, Any]]
     open_alerts: int
+    monitor: MonitorLagPublic
 
 
 class EvaluationPublic(BaseModel):
@@ -193,6 +209,7 @@ class EvaluationPublic(BaseModel):
     alerts_resolved: list[AlertPublic]
     skipped: dict[str, int]
     errors: int
+    seconds: float = Field(description="how long the evaluation took")
 
 
 class RolloutSummaryPublic(BaseModel):

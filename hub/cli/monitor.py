@@ -51,6 +51,13 @@ def status(
         for v in found["versions"]
     ]
     emit(rows, as_json=False, key="versions")
+    lag = found.get("monitor") or {}
+    cycle = lag.get("last_cycle_s")
+    typer.echo(
+        f"monitor: {lag.get('lag_s', 0):.1f} s behind ingest "
+        f"({lag.get('pending_rows', 0)} telemetry rows waiting)"
+        + ("" if cycle is None else f"; latest evaluation took {cycle:.2f} s")
+    )
 
 
 @app.command("alerts")

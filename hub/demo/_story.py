@@ -152,14 +152,6 @@ def deviations(options: DemoOptions) -> list[dict[str, str]]:
         "checks at the same pace",
         "EDGELOOP_MONITOR_WINDOW_SIZE": "windows of 100 predictions match the demo's faster "
         "telemetry (a device predicts 8 records a second)",
-        "EDGELOOP_MONITOR_FALSE_ALARM_RATE": "the default 0.01 is per scope, window and "
-        "detector; the demo tests ~55 scopes (at 50 devices) with 3 drift detectors each, a "
-        "device scope every ~12 s: at 0.01 a false alert every few seconds fleet-wide, at "
-        "0.0005 (measured: the retrained model's group references are calibrated to it, 3 in "
-        "8,000 clean windows) about one every third run. 0.00005 is the smallest rate the "
-        "bootstrap (20,000 replicates) resolves: ~0.05 expected per run at 50 devices, ~0.2 "
-        "at 200; rotation and noise still score 10x over the threshold (issue #20 moves the "
-        "budget to the fleet)",
         "EDGELOOP_MONITOR_MIN_LABELS": "the demo's devices label half their predictions; 40 "
         "labels arrive within seconds per scope",
         "EDGELOOP_TRIGGER_INTERVAL_S": "policies are checked every 2 s (default 60 s) so a "

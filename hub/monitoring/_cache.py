@@ -29,6 +29,7 @@ from sqlmodel import Session
 from hub.monitoring._reference import VersionReference, load_reference
 from hub.monitoring._windows import Layout, ScopeWindow
 from hub.monitoring.accuracy import AccuracyCusum
+from hub.monitoring.budget import RateMeter
 
 if TYPE_CHECKING:
     from hub.artifacts import ArtifactStore
@@ -51,16 +52,25 @@ class Detector(Protocol):
     def threshold(self) -> float: ...
     @property
     def p_value(self) -> float | None: ...
+    def threshold_at(self, false_alarm_rate: float) -> float: ...
     def reset(self) -> None: ...
+
+
+# the rate detectors are built at under the fleet budget: 20,000 bootstrap replicates;
+# each window's own rate comes from the budget (``threshold_at``)
+NOMINAL_RATE = 0.0015
 
 
 @dataclass(frozen=True, kw_only=True)
 class DetectorSettings:
     window_size: int
-    false_alarm_rate: float
+    false_alarm_rate: float  # per scope and window (fixed); under a budget: NOMINAL_RATE
     accuracy_margin: float
     label_window: int
     seed: int = 0
+    per_day: float | None = None  # the fleet budget: false alerts per version and day
+    aggregate_window_s: float = 0.0
+    max_window: int = 1000
 
 
 DetectorFactory = Callable[[VersionReference, DetectorSettings], Sequence[Detector]]
@@ -95,12 +105,14 @@ IDLE_S = 1800.0  # a scope or version this long without rows is evicted from mem
 
 
 class ScopeStates:
-    """The open windows of one version's scopes, and when each last saw a row."""
+    """The open windows of one version's scopes, when each last saw a row, and the
+    version's measured prediction rate (for the fleet budget)."""
 
     def __init__(self, ref: VersionReference) -> None:
         self.layout = Layout(ref)
         self.windows: dict[str, ScopeWindow] = {}
         self.used: dict[str, float] = {}
+        self.predictions = RateMeter()
 
     def touch(self, scopes: Iterable[str]) -> None:
         now = time.monotonic()
@@ -133,6 +145,8 @@ class DetectorCache:
         # per stream, the newest row id already looked at for versions without a cursor
         self.discovered: dict[str, int] = {}
         self.retry: set[tuple[str, str]] = set()  # versions whose evaluation failed
+        self.labels: dict[tuple[str, str], RateMeter] = {}  # labels per version (budget)
+        self.last_cycle: dict[str, Any] | None = None  # the latest evaluation: at, seconds
 
     def scope_states(self, ref: VersionReference) -> ScopeStates:
         """The open windows of ``ref``'s scopes (one set per version and bundle)."""
@@ -217,7 +231,11 @@ class DetectorCache:
                 every = []
             drift = [d for d in every if "correct" not in d.needs]
             labels = [d for d in every if "correct" in d.needs]
-            if not labels and ref.accuracy is not None:
+            if settings.per_day is not None:
+                # sequential accuracy detectors are calibrated for one fixed rate per run of
+                # labels; under the budget the Wilson test (exact at any rate) runs alone
+                labels = []
+            elif not labels and ref.accuracy is not None:
                 labels = [
                     AccuracyCusum(
                         reference=ref.accuracy,

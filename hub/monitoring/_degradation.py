@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import UTC
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from hub.monitoring._reference import VersionReference
 from hub.monitoring._report import MonitorReport
 from hub.monitoring._windows import scopes_of
 from hub.monitoring.accuracy import degradation_test
+from hub.monitoring.budget import Budget, RateMeter
 from hub.tables.devices import Device
 from hub.tables.fleet import FeedbackLabelRow, TelemetryWindowRow
 from hub.tables.monitoring import MonitorCursor
@@ -62,6 +64,9 @@ def evaluate_degradation(
     if ref is None or ref.accuracy is None:
         report.skip(f"{model}@{version}: no evaluated accuracy to compare with", len(usable))
         return len(labels)
+    meter = cache.labels.setdefault((model, version), RateMeter())
+    newest = max(r.received_at for r in usable)
+    meter.add(newest if newest.tzinfo else newest.replace(tzinfo=UTC), len(usable))
     groups = device_groups(session, (r.device_id for r in usable))
     streams: dict[str, list[bool]] = {}
     last_ids: dict[str, int] = {}
@@ -86,12 +91,16 @@ def evaluate_degradation(
             "evaluated_accuracy": ref.accuracy,
         }
         if n >= min_labels:
+            rate = settings.false_alarm_rate
+            if settings.per_day is not None:  # the new labels' share of the fleet budget
+                rate = Budget(settings.per_day).rate(n=len(oks), per_day=meter.per_day())
+                detail = {**detail, "false_alarm_rate": rate}
             test = degradation_test(
                 correct=correct,
                 n=n,
                 reference=ref.accuracy,
                 margin=settings.accuracy_margin,
-                false_alarm_rate=settings.false_alarm_rate,
+                false_alarm_rate=rate,
             )
             book.record(
                 Finding(

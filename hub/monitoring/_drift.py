@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select as sa_select
@@ -26,6 +26,7 @@ from hub.monitoring._reference import VersionReference
 from hub.monitoring._report import MonitorReport
 from hub.monitoring._samples import NewSamples, sample_values
 from hub.monitoring._windows import BadRow, Layout, ScopeWindow, scopes_of
+from hub.monitoring.budget import Budget
 from hub.tables.fleet import FieldSample, TelemetryWindowRow
 from hub.tables.monitoring import MonitorCursor
 
@@ -97,6 +98,7 @@ def evaluate_drift(
     )
     samples.plan(rows)
     members: dict[str, list[tuple[Any, Any, list[int]]]] = {}
+    predictions = 0
     for row in rows:
         carried = samples.of_row(row)
         try:
@@ -106,6 +108,7 @@ def evaluate_drift(
             log.warning("telemetry row %s of %s skipped: %s", row.id, row.device_id, exc)
             continue
         report.rows += 1
+        predictions += int(row.count)
         for scope in scopes_of(
             model=model, version=version, device_id=row.device_id, group=row.group
         ):
@@ -119,13 +122,18 @@ def evaluate_drift(
         before=int(rows[0].id),
         sample_before=samples.start,
     )
+    if predictions:
+        states.predictions.add(_aware(rows[-1].received_at), predictions)
     completed: dict[str, ScopeWindow] = {}
     for scope, found in members.items():
         window = states.windows[scope]
         group = found[0][0].group
+        aggregate = not scope.startswith("device:")
         for row, vector, carried in found:
             window.add(int(row.id), int(row.count), vector, carried, at=row.received_at)
             if window.n < settings.window_size:
+                continue
+            if aggregate and window.span_s < settings.aggregate_window_s:
                 continue
             scope_ref = ref.for_scope(scope, group=group)
             if scope_ref is not None:  # None: a scope this version does not test
@@ -139,6 +147,7 @@ def evaluate_drift(
                     cache=cache,
                     book=book,
                     report=report,
+                    per_day=states.predictions.per_day(),
                 )
             completed[scope] = window
             window = states.windows[scope] = ScopeWindow.empty(states.layout)
@@ -158,10 +167,17 @@ def _run_window(
     cache: DetectorCache,
     book: AlertBook,
     report: MonitorReport,
+    per_day: float,
 ) -> None:
     from hub.monitoring.detectors import Window
 
-    kwargs = layout.window_kwargs(window.n, window.counts)
+    n, counts = window.n, window.counts
+    if n > settings.max_window:  # a big aggregate window: a sample of its predictions
+        n, counts = (
+            settings.max_window,
+            layout.thin(counts, settings.max_window, seed=window.last_id),
+        )
+    kwargs = layout.window_kwargs(n, counts)
     if ref.samples is not None:  # raw reference rows: feed the window's raw inputs too
         values = sample_values(session, window.sample_ids, dims=int(ref.samples.shape[1]))
         if values is not None:
@@ -169,22 +185,37 @@ def _run_window(
     observed = Window(**kwargs)
     available = set(kwargs) | {"n"}
     report.windows += 1
-    for detector in cache.detectors(ref, settings, stream=STREAM, scope=scope):
-        if not detector.needs <= available:
-            continue
+    detectors = [
+        d
+        for d in cache.detectors(ref, settings, stream=STREAM, scope=scope)
+        if d.needs <= available
+    ]
+    rate = None
+    if settings.per_day is not None:  # this window's share of the fleet's budget
+        rate = Budget(settings.per_day).rate(n=window.n, per_day=per_day, detectors=len(detectors))
+    for detector in detectors:
         try:
             detector.update(observed)
+            score = float(detector.score)
+            if rate is None:
+                threshold, fired = float(detector.threshold), bool(detector.drift_detected)
+            else:
+                threshold = float(detector.threshold_at(rate))
+                fired = score > threshold
+            detail = window.detail()
+            if rate is not None:
+                detail["false_alarm_rate"] = rate
             finding = Finding(
                 kind="drift",
                 scope=scope,
                 detector=detector.name,
-                score=float(detector.score),
-                threshold=float(detector.threshold),
+                score=score,
+                threshold=threshold,
                 p_value=None if detector.p_value is None else float(detector.p_value),
-                fired=bool(detector.drift_detected),
+                fired=fired,
                 n=window.n,
                 last_row_id=window.last_id,
-                detail=window.detail(),
+                detail=detail,
                 at=window.evidence_at,
             )
         except Exception as exc:  # one detector failing must not stop the others
@@ -340,3 +371,7 @@ def _save_boundaries(
 def _chunks(values: list[str]) -> Iterable[list[str]]:
     for i in range(0, len(values), _CHUNK):
         yield values[i : i + _CHUNK]
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite hands back naive UTC

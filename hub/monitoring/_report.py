@@ -25,6 +25,7 @@ class MonitorReport:
     resolved: list[Alert] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     errors: int = 0  # versions whose evaluation failed (rolled back, retried next time)
+    seconds: float = 0.0  # how long the evaluation took
 
     def skip(self, reason: str, count: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + count
@@ -41,4 +42,5 @@ class MonitorReport:
             "alerts_resolved": [alert_json(a) for a in self.resolved],
             "skipped": self.skipped,
             "errors": self.errors,
+            "seconds": round(self.seconds, 3),
         }

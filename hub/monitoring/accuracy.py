@@ -101,7 +101,8 @@ class AccuracyCusum:
         p1 = min(max(p0 - margin, 0.001), p0 - 1e-3)
         self._ok = math.log(p1 / p0)  # increment for a correct answer (negative)
         self._bad = math.log((1 - p1) / (1 - p0))  # increment for a wrong one (positive)
-        self.threshold = math.log(1 / false_alarm_rate) + math.log(max(arl_labels, 2))
+        self._arl = max(arl_labels, 2)
+        self.threshold = self.threshold_at(false_alarm_rate)
         self.score = 0.0
         self.p_value: float | None = None
         self.drift_detected = False
@@ -116,6 +117,9 @@ class AccuracyCusum:
         for ok in correct:
             self.score = max(0.0, self.score + (self._ok if ok else self._bad))
         self.drift_detected = self.score > self.threshold
+
+    def threshold_at(self, false_alarm_rate: float) -> float:
+        return math.log(1 / false_alarm_rate) + math.log(self._arl)
 
     def reset(self) -> None:
         self.score, self.drift_detected = 0.0, False

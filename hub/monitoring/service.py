@@ -11,6 +11,7 @@ JSON message on ``<prefix>/<fleet>/hub/alerts`` (QoS 1) for both.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +23,7 @@ from sqlmodel import Session, col, select
 
 from hub.db import session_scope
 from hub.monitoring._alerts import AlertBook
-from hub.monitoring._cache import DetectorCache, DetectorSettings, cache_for
+from hub.monitoring._cache import NOMINAL_RATE, DetectorCache, DetectorSettings, cache_for
 from hub.monitoring._cursors import HEAD
 from hub.monitoring._degradation import evaluate_degradation
 from hub.monitoring._drift import evaluate_drift
@@ -44,8 +45,20 @@ class AlertPublisher(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class MonitorConfig:
+    """How the monitor tests. The false-alarm control is the fleet budget
+    (``false_alarms_per_day`` per model version, see :mod:`hub.monitoring.budget`) unless
+    ``false_alarm_rate`` fixes a rate per scope and window instead (over all drift
+    detectors: no control of the fleet-wide count). ``aggregate_window_s``: a group's or
+    version's window also spans at least this much arrival time (``hub serve``: the
+    check interval), so a big fleet's aggregate scopes are tested once per interval, on at
+    most ``max_window`` predictions (a thinned sample of the window's counts), not once per
+    ``window_size`` predictions."""
+
     window_size: int = 200  # predictions per drift window
-    false_alarm_rate: float = 0.01  # per scope and window, over all drift detectors
+    false_alarm_rate: float | None = None
+    false_alarms_per_day: float = 1.0
+    aggregate_window_s: float = 0.0
+    max_window: int = 1000
     accuracy_margin: float = 0.05  # degradation: this far below the evaluated accuracy
     min_labels: int = 50  # labels a scope needs before the accuracy test runs
     label_window: int = 500  # the accuracy test looks at this many latest labels
@@ -57,17 +70,23 @@ class MonitorConfig:
         return cls(
             window_size=settings.monitor_window_size,
             false_alarm_rate=settings.monitor_false_alarm_rate,
+            false_alarms_per_day=settings.monitor_false_alarms_per_day,
+            aggregate_window_s=settings.monitor_interval_s,
             accuracy_margin=settings.monitor_accuracy_margin,
             min_labels=settings.monitor_min_labels,
         )
 
     @property
     def detector_settings(self) -> DetectorSettings:
+        budget = self.false_alarm_rate is None
         return DetectorSettings(
             window_size=self.window_size,
-            false_alarm_rate=self.false_alarm_rate,
+            false_alarm_rate=NOMINAL_RATE if budget else float(self.false_alarm_rate or 0),
             accuracy_margin=self.accuracy_margin,
             label_window=self.label_window,
+            per_day=self.false_alarms_per_day if budget else None,
+            aggregate_window_s=self.aggregate_window_s,
+            max_window=max(self.max_window, self.window_size),
         )
 
 
@@ -86,6 +105,7 @@ def evaluate(
     config = config or MonitorConfig()
     cache = cache or cache_for(str(engine.url), store=store)
     report = MonitorReport(at=now or utcnow())
+    started = time.perf_counter()
     with cache.lock:
         with Session(engine) as s:
             pending = _pending_versions(s, cache)
@@ -110,6 +130,8 @@ def evaluate(
                 if not more:
                     break
         cache.evict()
+        report.seconds = time.perf_counter() - started
+        cache.last_cycle = {"at": report.at.isoformat(), "seconds": round(report.seconds, 3)}
     for alert in report.opened:
         log.warning(
             "%s alert on %s (%s@%s, %s): score %.3g > %.3g",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func
@@ -9,11 +10,13 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from hub.monitoring._alerts import open_alerts
+from hub.monitoring._cache import cache_for
+from hub.monitoring._cursors import HEAD
 from hub.monitoring._reference import load_reference
 from hub.monitoring._report import alert_json
 from hub.monitoring.accuracy import live_accuracy
 from hub.tables.fleet import FeedbackLabelRow, TelemetryWindowRow
-from hub.tables.monitoring import MonitorScore
+from hub.tables.monitoring import MonitorCursor, MonitorScore
 
 
 def monitor_status(session: Session, *, model: str | None = None) -> dict[str, Any]:
@@ -53,7 +56,52 @@ def monitor_status(session: Session, *, model: str | None = None) -> dict[str, A
                 "open_alerts": [alert_json(a) for a in open_alerts(session, model=m, version=v)],
             }
         )
-    return {"versions": out, "open_alerts": sum(len(v["open_alerts"]) for v in out)}
+    return {
+        "versions": out,
+        "open_alerts": sum(len(v["open_alerts"]) for v in out),
+        "monitor": monitor_lag(session, versions=sorted(versions)),
+    }
+
+
+def monitor_lag(
+    session: Session, *, versions: list[tuple[str, str]], now: datetime | None = None
+) -> dict[str, Any]:
+    """How far monitoring is behind ingest (per version: the age of the oldest telemetry row
+    past its cursor, one index seek; rows pending), and this process's latest evaluation."""
+    now = now or datetime.now(UTC)
+    heads = {
+        (c.model, c.version): c.last_id
+        for c in session.exec(
+            select(MonitorCursor).where(
+                MonitorCursor.stream == "telemetry", MonitorCursor.scope == HEAD
+            )
+        ).all()
+    }
+    lag, pending = 0.0, 0
+    tw = TelemetryWindowRow
+    for model, version in versions:
+        past = (
+            tw.model == model,
+            tw.version == version,
+            col(tw.id) > heads.get((model, version), 0),
+        )
+        oldest = session.exec(
+            select(tw.received_at).where(*past).order_by(col(tw.id)).limit(1)
+        ).first()
+        if oldest is None:
+            continue
+        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+        lag = max(lag, (now - oldest).total_seconds())
+        pending += int(session.exec(select(func.count()).select_from(tw).where(*past)).one())
+    cache = cache_for(str(session.get_bind().engine.url))
+    cycle = cache.last_cycle
+    return {
+        "lag_s": round(max(lag, 0.0), 3),
+        "pending_rows": pending,
+        "last_cycle_s": None if cycle is None else cycle["seconds"],
+        "last_cycle_at": None if cycle is None else cycle["at"],
+        "cached": cache.sizes(),
+    }
 
 
 def _latest_scores(session: Session, *, model: str, version: str) -> list[dict[str, Any]]:

@@ -97,7 +97,10 @@ def monitoring_view(session: Session, *, model: str = "", version: str = "") -> 
     chosen = [
         (m, v) for m, v in versions if (not model or m == model) and (not version or v == version)
     ]
+    from hub.monitoring.status import monitor_lag
+
     return {
+        "lag": monitor_lag(session, versions=versions),
         "versions": versions,
         "model": model,
         "version": version,

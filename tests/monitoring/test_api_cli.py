@@ -39,12 +39,18 @@ def seed(url: str) -> Fleet:
 
 
 def test_monitor_api(tmp_path: Path, database_url: str) -> None:
-    settings = HubSettings(data_dir=tmp_path, database_url=database_url, admin_token="t" * 40)
+    # the default budget; windows by count alone (no check interval: the rows all arrive at
+    # once, an aggregate window would wait for 10 s of arrivals)
+    settings = HubSettings(
+        data_dir=tmp_path, database_url=database_url, admin_token="t" * 40, monitor_interval_s=0
+    )
     from hub.api import create_app
 
     fleet = seed(database_url)
     with TestClient(create_app(settings), headers={"Authorization": "Bearer " + "t" * 40}) as c:
         assert c.get("/api/v1/monitor/alerts").json() == []
+        behind = c.get("/api/v1/monitor/status").json()["monitor"]
+        assert behind["pending_rows"] == 8 and behind["lag_s"] > 0
         ran = c.post("/api/v1/monitor/evaluate")
         assert ran.status_code == 200, ran.text
         report = ran.json()
@@ -60,6 +66,9 @@ def test_monitor_api(tmp_path: Path, database_url: str) -> None:
         assert version["live_accuracy"]["accuracy"] == pytest.approx(0.9)
         assert version["evaluated_accuracy"] == pytest.approx(0.95)
         assert version["open_alerts"] and status["open_alerts"] == len(version["open_alerts"])
+        caught_up = status["monitor"]
+        assert caught_up["pending_rows"] == 0 and caught_up["lag_s"] == 0
+        assert caught_up["last_cycle_s"] == pytest.approx(report["seconds"], abs=0.01)
         score = version["scores"][0]
         assert {"detector", "score", "threshold", "p_value", "fired", "at"} <= set(score)
         assert score["scope"] == "version:sensor-clf@1"

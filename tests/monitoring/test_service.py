@@ -227,12 +227,24 @@ def test_degradation_alert_from_labels(engine: Engine, fleet: Fleet) -> None:
 
 
 def test_sequential_accuracy_detector_fires(engine: Engine, fleet: Fleet) -> None:
-    config = MonitorConfig(window_size=200, min_labels=10_000)  # Wilson test never runs
+    # a fixed rate (under the default budget only the Wilson test runs); no Wilson test
+    config = MonitorConfig(window_size=200, false_alarm_rate=0.01, min_labels=10_000)
     fleet.labels(device="cam-1", n=300, accuracy=0.70)
     report = evaluate(engine, config=config, cache=tiny_cache())
     detectors = {a.detector for a in report.opened}
     assert detectors and "wilson_accuracy" not in detectors
     assert {a.kind for a in report.opened} == {"degradation"}
+
+
+def test_under_the_budget_the_wilson_test_spends_its_share(engine: Engine, fleet: Fleet) -> None:
+    """The default: only the Wilson test on labels, at the rate the budget gives the new
+    labels (a third of a day's budget spread over the measured labels per day)."""
+    fleet.labels(device="cam-1", n=300, accuracy=0.60)
+    report = evaluate(engine, config=MonitorConfig(window_size=200), cache=tiny_cache())
+    assert {a.detector for a in report.opened} == {"wilson_accuracy"}
+    for alert in report.opened:
+        rate = alert.detail["false_alarm_rate"]
+        assert 0 < rate < 1 / 3 and alert.threshold == pytest.approx(0.05)  # the margin
 
 
 def test_tiny_detector_is_the_one_in_use(engine: Engine, fleet: Fleet) -> None:

@@ -18,8 +18,7 @@ class TinyChi2:
 
     def __init__(self, ref: VersionReference, *, false_alarm_rate: float) -> None:
         self._reference = [np.asarray(f["counts"], np.float64) for f in ref.profile["features"]]
-        alpha = false_alarm_rate / len(self._reference)
-        self.threshold = float(stats.chi2.isf(alpha, df=len(self._reference[0]) - 1))
+        self.threshold = self.threshold_at(false_alarm_rate)
         self.score = 0.0
         self.p_value: float | None = None
         self.drift_detected = False
@@ -34,6 +33,10 @@ class TinyChi2:
             worst = max(worst, float(((k1 * a - k2 * b) ** 2 / both).sum()))
         self.score, self.updates = worst, self.updates + 1
         self.drift_detected = worst > self.threshold
+
+    def threshold_at(self, false_alarm_rate: float) -> float:
+        alpha = false_alarm_rate / len(self._reference)
+        return float(stats.chi2.isf(alpha, df=len(self._reference[0]) - 1))
 
     def reset(self) -> None:
         self.score, self.drift_detected = 0.0, False
