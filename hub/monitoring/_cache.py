@@ -97,6 +97,7 @@ def build_for_reference(ref: VersionReference, settings: DetectorSettings) -> li
             window_size=settings.window_size,
             seed=settings.seed,
             family_wise=True,
+            labels=settings.per_day is None,  # the budget runs the Wilson test alone
         )
     )
 

@@ -172,15 +172,16 @@ def build_detectors(
     window_size: int,
     seed: int = 0,
     family_wise: bool = False,
+    labels: bool = True,
 ) -> list[Detector]:
     """Every detector applicable to ``reference``, each calibrated so that on windows of
     about ``window_size`` predictions drawn like the reference it flags drift with
     probability ``false_alarm_rate`` (the accuracy detectors: per ``window_size`` labelled
     predictions). The rate is per detector; ``family_wise=True`` shares it among the drift
     detectors instead (Bonferroni: each gets its share; the accuracy detectors keep the
-    whole rate). Deterministic for a ``seed``; calibration is lazy per window size after
-    the first (cached), so build once per model version and give each scope a
-    :func:`scope_copy`."""
+    whole rate); ``labels=False`` leaves the accuracy detectors out. Deterministic for a
+    ``seed``; calibration is lazy per window size after the first (cached), so build once
+    per model version and give each scope a :func:`scope_copy`."""
     from hub.monitoring.detectors._registry import build
 
     return build(
@@ -189,4 +190,5 @@ def build_detectors(
         window_size=window_size,
         seed=seed,
         family_wise=family_wise,
+        labels=labels,
     )

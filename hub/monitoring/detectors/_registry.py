@@ -20,11 +20,12 @@ def build(
     window_size: int,
     seed: int,
     family_wise: bool = False,
+    labels: bool = True,
 ) -> list[Detector]:
     """Every detector that applies; ``family_wise``: the drift detectors (those that do not
     need labels) share ``false_alarm_rate`` (each gets its share), the accuracy detectors
     each keep the whole rate. Each detector is built, and calibrated, once."""
-    plan = _plan(reference)
+    plan = [(on_labels, make) for on_labels, make in _plan(reference) if labels or not on_labels]
     drift = sum(1 for on_labels, _ in plan if not on_labels)
     out: list[Detector] = []
     for on_labels, make in plan:

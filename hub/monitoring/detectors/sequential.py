@@ -50,6 +50,7 @@ __all__ = ["CUSUMDetector", "PageHinkleyDetector"]
 
 BoolArray = npt.NDArray[np.bool_]
 State = tuple[float, ...]
+_CHUNK_CELLS = 1_000_000  # replicate x record cells per calibration chunk
 HORIZON = 4  # windows simulated from a fresh start per calibration replicate
 MIN_HORIZON = 400  # records, at least (small windows: past the start-up transient)
 
@@ -99,9 +100,15 @@ class _Sequential:
         return max(HORIZON * m, MIN_HORIZON)
 
     def _simulate(self, rng: np.random.Generator, m: int) -> FloatArray:
-        x = (rng.random((self._n_boot, self._horizon(m))) < self.error_rate).astype(np.float64)
-        path, _ = self._paths(x, self._initial())
-        return np.asarray(path.max(axis=1))
+        horizon = self._horizon(m)
+        step = max(1, _CHUNK_CELLS // horizon)  # replicates per chunk: bounded memory
+        out = np.empty(self._n_boot, np.float64)
+        for first in range(0, self._n_boot, step):
+            size = min(step, self._n_boot - first)
+            x = (rng.random((size, horizon)) < self.error_rate).astype(np.float64)
+            path, _ = self._paths(x, self._initial())
+            out[first : first + size] = path.max(axis=1)
+        return out
 
     def update(self, window: Window) -> None:
         self._detected = False
