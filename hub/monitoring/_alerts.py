@@ -1,5 +1,12 @@
 """Scores into the time series, and alerts with debounce: one open alert per
-(kind, scope, detector, model, version), resolved after ``resolve_after`` clean evaluations."""
+(kind, scope, detector, model, version), resolved after ``resolve_after`` clean evaluations
+in a row.
+
+Hysteresis: an alert opens when a window's p-value is below its (tiny) false-alarm rate, but
+a window only counts as clean when its p-value is at least ``CLEAR_P`` (or, for a detector
+without one, when it does not fire); a window in between (no longer firing, not yet like the
+reference) keeps the alert open and restarts its clean streak, so a drift that hovers near
+the threshold holds one alert instead of opening and resolving one after another."""
 
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ from hub.tables._common import utcnow
 from hub.tables.monitoring import Alert, MonitorScore
 
 AlertKey = tuple[str, str, str]  # kind, scope, detector
+CLEAR_P = 0.01  # a window this likely under the reference counts as clean
 
 
 def finite(value: float | None, *, default: float = 0.0) -> float:
@@ -114,7 +122,8 @@ class AlertBook:
                 }
                 self._session.add(alert)
         elif alert is not None:
-            clean = int(alert.detail.get("clean_evaluations", 0)) + 1
+            clear = finding.p_value is None or finding.p_value >= CLEAR_P
+            clean = int(alert.detail.get("clean_evaluations", 0)) + 1 if clear else 0
             alert.detail = {**alert.detail, "clean_evaluations": clean, "latest_score": score}
             if clean >= self._resolve_after:
                 alert.resolved_at = at

@@ -166,6 +166,34 @@ def test_an_alert_is_dated_by_its_evidence_and_says_when_it_was_raised(
         assert (raised - at).total_seconds() > 3500  # the monitor saw it an hour later
 
 
+def test_an_alert_near_its_threshold_stays_open_instead_of_flapping(engine: Engine) -> None:
+    """Fires at p < rate; resolves only after 3 windows in a row at p >= 0.01."""
+    from hub.monitoring._alerts import AlertBook, Finding
+
+    def finding(p: float, fired: bool) -> Finding:
+        return Finding(
+            kind="drift",
+            scope="group:north",
+            detector="mmd",
+            score=1.0,
+            threshold=2.0,
+            p_value=p,
+            fired=fired,
+            n=200,
+            last_row_id=1,
+            detail={},
+        )
+
+    with session_scope(engine) as s:
+        book = AlertBook(s, model="m", version="1", now=datetime.now(UTC), resolve_after=3)
+        book.record(finding(1e-9, True))
+        for p in (0.003, 0.2, 0.004, 0.5, 0.3):  # hovering: no clean streak of 3
+            book.record(finding(p, False))
+        assert book.opened and not book.resolved
+        book.record(finding(0.6, False))  # 0.5, 0.3, 0.6: three clean in a row
+        assert len(book.resolved) == 1
+
+
 def test_alert_resolves_after_clean_evaluations(engine: Engine, fleet: Fleet) -> None:
     config = MonitorConfig(window_size=200, false_alarm_rate=0.001, resolve_after=3)
     fleet.telemetry(devices={"cam-1": "north"}, windows=4, per_window=50, shift=1.0)
