@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy.engine import Engine
+from sqlmodel import select
 
 import hub.triggers as triggers
 from hub.artifacts import ArtifactStore, FileArtifactStore
@@ -145,6 +146,56 @@ def test_drift_alert_waits_for_field_data_then_trains_once_on_a_new_version(
     alert(engine, version="2")
     again = triggers.run_triggers(engine, store, now=T0 + timedelta(hours=2), runner=runner)
     assert [e.kind for e in again] == [TriggerKind.DRIFT] and len(runner.calls) == 2
+
+
+def test_a_false_alarm_that_ended_does_not_swallow_the_drift_after_it(
+    hub: tuple[Engine, FileArtifactStore],
+) -> None:
+    """A device's false alarm starts a run and resolves; a drift at a site raised after
+    that is a new incident of the same version and starts the next run, within the
+    policy's debounce (which holds back everything but incidents)."""
+    engine, store = hub
+    with session_scope(engine) as s:
+        triggers.set_policy(
+            s,
+            model_name=MODEL,
+            spec="digits-mlp",
+            dataset="digits",
+            params={"epochs": 1},
+            on_new_data=False,
+            on_new_code=False,
+            min_field_records=40,
+            min_incident_records=0,
+            debounce_s=3600,
+        )
+    runner = FakeRunner()
+    field_data(engine, store, n=60)
+    false_alarm = alert(engine, scope="device:cam-7")
+    first = triggers.run_triggers(engine, store, now=T0, runner=runner)
+    assert [e.alert_ids for e in first] == [[false_alarm]]
+    # while the false alarm is open, more alerts about version 1 are the same incident
+    alert(engine, scope="group:north")
+    assert triggers.run_triggers(engine, store, now=T0 + timedelta(minutes=1), runner=runner) == []
+    with session_scope(engine) as s:
+        for found in s.exec(select(Alert)).all():  # the monitor resolves them
+            found.resolved_at = T0 + timedelta(minutes=2)
+            s.add(found)
+        real = Alert(
+            kind="drift",
+            scope="group:berlin",
+            model=MODEL,
+            version="1",
+            detector="mmd",
+            score=3.0,
+            threshold=1.0,
+            at=T0 + timedelta(minutes=3),
+        )
+        s.add(real)
+        s.flush()
+        real_id = int(real.id or 0)
+    again = triggers.run_triggers(engine, store, now=T0 + timedelta(minutes=4), runner=runner)
+    assert [(e.kind, e.alert_ids) for e in again] == [(TriggerKind.DRIFT, [real_id])]
+    assert len(runner.calls) == 2
 
 
 def test_degradation_goes_before_drift_and_both_are_answered(

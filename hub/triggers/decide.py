@@ -83,11 +83,14 @@ def incident_field_count(session: Session, *, model: str, incident: Incident) ->
 
 def evaluate(session: Session, policy: TrainingPolicy, *, now: datetime) -> Decision | None:
     """The one trigger due for ``policy`` now, if any. Priority: degradation > drift >
-    new code > new data > schedule; nothing within ``debounce_s`` of the last run."""
+    new code > new data > schedule; nothing but an incident within ``debounce_s`` of the
+    last run (an incident waits only for a running run: :mod:`hub.triggers.incidents`)."""
     if not policy.enabled:
         return None
     last = aware(policy.last_run_at) if policy.last_run_at else None
-    if last is not None and now < last + timedelta(seconds=policy.debounce_s):
+    debounced = last is not None and now < last + timedelta(seconds=policy.debounce_s)
+    incident = pending_incident(session, policy=policy)
+    if debounced and incident is None:  # the debounce holds back everything but incidents
         return None
     from hub.specs import SpecNotFound, get_spec  # torch: only when a policy is checked
 
@@ -98,7 +101,6 @@ def evaluate(session: Session, policy: TrainingPolicy, *, now: datetime) -> Deci
         return None
     kind: TriggerKind | None = None
     reason = ""
-    incident = pending_incident(session, policy=policy)
     if incident is not None:
         if policy.field_data:
             have = labelled_field_count(session, model=policy.model_name)

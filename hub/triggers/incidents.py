@@ -3,9 +3,13 @@
 One incident triggers one run. An incident is "the model version ``V`` of model ``M``
 drifted / degraded"; the first open alert about ``V`` starts a run, the run records the ids
 of every open alert about ``M`` it answers (marking them consumed), and ``V`` joins the
-policy's ``handled_versions`` so alerts about it raised later (more devices, other scopes,
-the same drift still going on while the new model trains and rolls out) start nothing
-new. A new version that drifts in its turn is a new incident.
+policy's ``handled_versions`` so alerts about it raised while that incident goes on (more
+devices, other scopes, the same drift still going on while the new model trains and rolls
+out) start nothing new. Once every alert the incident consumed has resolved, the incident
+has ended: an alert on ``V`` raised after that is a new incident, so a false alarm (which
+resolves) cannot swallow the real drift that follows it. A new incident waits while a run
+is going (one run per model at a time) and starts the next run then; no debounce holds an
+incident back. A new version that drifts in its turn is a new incident.
 """
 
 from __future__ import annotations
@@ -65,9 +69,9 @@ def pending_incident(session: Session, *, policy: TrainingPolicy) -> Incident | 
     Alerts about versions already handled are ignored here (:func:`consume` retires them).
     """
     handled = set(policy.handled_versions)
-    fresh = [
-        a for a in open_alerts(session, model_name=policy.model_name) if a.version not in handled
-    ]
+    found = open_alerts(session, model_name=policy.model_name)
+    ended = _ended(session, model_name=policy.model_name, versions=handled) if found else {}
+    fresh = [a for a in found if a.version not in handled or _after(a, ended.get(a.version))]
     for kind, enabled in (
         (AlertKind.DEGRADATION, policy.on_degradation),
         (AlertKind.DRIFT, policy.on_drift),
@@ -76,6 +80,34 @@ def pending_incident(session: Session, *, policy: TrainingPolicy) -> Incident | 
         if enabled and alerts:
             return Incident(kind=TriggerKind(kind.value), alerts=alerts)
     return None
+
+
+def _ended(session: Session, *, model_name: str, versions: set[str]) -> dict[str, datetime]:
+    """Per handled version whose incidents have ended (every alert they consumed resolved),
+    when the last of those alerts resolved."""
+    if not versions:
+        return {}
+    rows = session.exec(
+        select(Alert.version, Alert.resolved_at).where(
+            Alert.model == model_name,
+            col(Alert.version).in_(sorted(versions)),
+            Alert.consumed_by != "",
+        )
+    ).all()
+    out: dict[str, datetime] = {}
+    still_open: set[str] = set()
+    for version, resolved in rows:
+        if resolved is None:
+            still_open.add(version)
+        else:
+            at = resolved if resolved.tzinfo else resolved.replace(tzinfo=UTC)
+            out[version] = max(out.get(version, at), at)
+    return {v: t for v, t in out.items() if v not in still_open}
+
+
+def _after(alert: Alert, ended: datetime | None) -> bool:
+    at = alert.at if alert.at.tzinfo else alert.at.replace(tzinfo=UTC)
+    return ended is not None and at > ended
 
 
 def consume(
