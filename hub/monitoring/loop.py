@@ -1,4 +1,5 @@
-"""The hub's monitoring loop: :func:`evaluate` every ``interval_s``, in a background thread.
+"""The hub's monitoring loop: :func:`evaluate` every ``interval_s`` (from the start of one pass
+to the next; a pass longer than that is followed at once), in a background thread.
 
 ``edgeloop hub serve`` runs one (``EDGELOOP_MONITOR_INTERVAL_S``, default 10 s; 0 turns it
 off). A failing evaluation is logged and retried at the next tick, never fatal to the hub.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -53,6 +55,7 @@ class MonitorLoop:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 self.last_report = evaluate(
                     self._engine,
@@ -64,4 +67,5 @@ class MonitorLoop:
             except Exception:  # a database hiccup: try again next tick
                 log.exception("monitoring evaluation failed")
             self.ticks += 1
-            self._stop.wait(self._interval)
+            # at a fixed rate: a pass that took part of the interval does not delay the next
+            self._stop.wait(max(0.0, self._interval - (time.monotonic() - started)))
