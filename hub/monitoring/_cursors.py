@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from sqlmodel import Session, col, select
@@ -11,6 +12,7 @@ from hub.tables.monitoring import MonitorCursor
 RowT = TypeVar("RowT", bound=Any)
 
 HEAD = "*"
+CHUNK = 500  # values per SQL IN list
 
 
 def head(session: Session, *, stream: str, model: str, version: str) -> MonitorCursor:
@@ -33,17 +35,22 @@ def head(session: Session, *, stream: str, model: str, version: str) -> MonitorC
 
 
 def scope_rows(
-    session: Session, *, stream: str, model: str, version: str
+    session: Session, *, stream: str, model: str, version: str, scopes: Iterable[str]
 ) -> dict[str, MonitorCursor]:
-    rows = session.exec(
-        select(MonitorCursor).where(
-            MonitorCursor.stream == stream,
-            MonitorCursor.model == model,
-            MonitorCursor.version == version,
-            col(MonitorCursor.scope) != HEAD,
-        )
-    ).all()
-    return {r.scope: r for r in rows}
+    """The cursor rows of ``scopes`` (those that have one), a query per 500 scopes."""
+    wanted = sorted(set(scopes))
+    out: dict[str, MonitorCursor] = {}
+    for first in range(0, len(wanted), CHUNK):
+        for row in session.exec(
+            select(MonitorCursor).where(
+                MonitorCursor.stream == stream,
+                MonitorCursor.model == model,
+                MonitorCursor.version == version,
+                col(MonitorCursor.scope).in_(wanted[first : first + CHUNK]),
+            )
+        ).all():
+            out[row.scope] = row
+    return out
 
 
 def next_batch(

@@ -77,7 +77,7 @@ def evaluate_degradation(
             streams.setdefault(scope, []).append(r.label == r.predicted_label)
             last_ids[scope] = int(r.id or 0)
     report.labels += len(usable)
-    cursors = scope_rows(session, stream=STREAM, model=model, version=version)
+    cursors = scope_rows(session, stream=STREAM, model=model, version=version, scopes=streams)
     for scope, oks in streams.items():
         found = cursors.get(scope) or MonitorCursor(
             stream=STREAM, model=model, version=version, scope=scope

@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from hub.monitoring._alerts import AlertBook, Finding
 from hub.monitoring._cache import DetectorCache, DetectorSettings, ScopeStates
-from hub.monitoring._cursors import head
+from hub.monitoring._cursors import CHUNK, head, scope_rows
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._report import MonitorReport
 from hub.monitoring._samples import NewSamples, sample_values
@@ -33,7 +33,6 @@ from hub.tables.monitoring import MonitorCursor
 log = logging.getLogger("edgeloop.monitor")
 STREAM = "telemetry"
 SAMPLES_PER_ROW = 50  # samples read per telemetry row of a batch, at most (the rest: next)
-_CHUNK = 500  # values per SQL IN list
 
 _T = TelemetryWindowRow
 COLUMNS = tuple(
@@ -297,18 +296,8 @@ def _boundaries(
     session: Session, scopes: Sequence[str], *, model: str, version: str
 ) -> dict[str, tuple[int, int]]:
     """Per scope: (last row, last sample) of its last completed window."""
-    out: dict[str, tuple[int, int]] = {}
-    for chunk in _chunks(list(scopes)):
-        for c in session.exec(
-            select(MonitorCursor).where(
-                MonitorCursor.stream == STREAM,
-                MonitorCursor.model == model,
-                MonitorCursor.version == version,
-                col(MonitorCursor.scope).in_(chunk),
-            )
-        ).all():
-            out[c.scope] = boundary_of(c)
-    return out
+    found = scope_rows(session, stream=STREAM, model=model, version=version, scopes=scopes)
+    return {scope: boundary_of(c) for scope, c in found.items()}
 
 
 def boundary_of(cursor: MonitorCursor) -> tuple[int, int]:
@@ -348,17 +337,7 @@ def _save_boundaries(
     """Each scope's cursor row: where its newest completed window ended."""
     if not completed:
         return
-    existing: dict[str, MonitorCursor] = {}
-    for chunk in _chunks(list(completed)):
-        for c in session.exec(
-            select(MonitorCursor).where(
-                MonitorCursor.stream == STREAM,
-                MonitorCursor.model == model,
-                MonitorCursor.version == version,
-                col(MonitorCursor.scope).in_(chunk),
-            )
-        ).all():
-            existing[c.scope] = c
+    existing = scope_rows(session, stream=STREAM, model=model, version=version, scopes=completed)
     for scope, window in completed.items():
         found = existing.get(scope) or MonitorCursor(
             stream=STREAM, model=model, version=version, scope=scope
@@ -369,8 +348,8 @@ def _save_boundaries(
 
 
 def _chunks(values: list[str]) -> Iterable[list[str]]:
-    for i in range(0, len(values), _CHUNK):
-        yield values[i : i + _CHUNK]
+    for i in range(0, len(values), CHUNK):
+        yield values[i : i + CHUNK]
 
 
 def _aware(at: datetime) -> datetime:
