@@ -32,6 +32,17 @@ from tests.test_triggers import FakeRunner
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 MODEL = "digits-model"
+POLICY: dict[str, Any] = {  # drift and degradation only, on 40 labelled field samples
+    "model_name": MODEL,
+    "spec": "digits-mlp",
+    "dataset": "digits",
+    "params": {"epochs": 1},
+    "on_new_data": False,
+    "on_new_code": False,
+    "min_field_records": 40,
+    "min_incident_records": 0,
+    "debounce_s": 0,
+}
 
 
 @pytest.fixture
@@ -41,18 +52,7 @@ def hub(tmp_path: Path, database_url: str) -> Iterator[tuple[Engine, FileArtifac
     store = FileArtifactStore(root=tmp_path / "artifacts")
     with session_scope(engine) as s:
         datasets.import_dataset(s, store, name="digits", source="sklearn:digits")
-        triggers.set_policy(
-            s,
-            model_name=MODEL,
-            spec="digits-mlp",
-            dataset="digits",
-            params={"epochs": 1},
-            on_new_data=False,
-            on_new_code=False,
-            min_field_records=40,
-            min_incident_records=0,
-            debounce_s=0,
-        )
+        triggers.set_policy(s, **POLICY)
     yield engine, store
     engine.dispose()
 
@@ -156,18 +156,7 @@ def test_a_false_alarm_that_ended_does_not_swallow_the_drift_after_it(
     policy's debounce (which holds back everything but incidents)."""
     engine, store = hub
     with session_scope(engine) as s:
-        triggers.set_policy(
-            s,
-            model_name=MODEL,
-            spec="digits-mlp",
-            dataset="digits",
-            params={"epochs": 1},
-            on_new_data=False,
-            on_new_code=False,
-            min_field_records=40,
-            min_incident_records=0,
-            debounce_s=3600,
-        )
+        triggers.set_policy(s, **{**POLICY, "debounce_s": 3600})
     runner = FakeRunner()
     field_data(engine, store, n=60)
     false_alarm = alert(engine, scope="device:cam-7")
