@@ -177,6 +177,25 @@ def test_scope_copies_share_the_reference_and_keep_their_own_state(
     assert first.drift_detected and first.score == score
 
 
+def test_one_windows_statistic_is_the_loops(reference: Reference) -> None:
+    """The update path computes a window's statistic in one pass; it is the calibration
+    loop's, on windows drawn near and far from the reference."""
+    det = FeatureChi2(
+        reference_counts=reference.feature_counts,
+        reference_rows=reference.samples,
+        edges=reference.feature_edges,
+        false_alarm_rate=0.05,
+        window_size=50,
+    )
+    rng = np.random.default_rng(3)
+    for shift in (0.0, 0.3, 2.0):
+        counts = window(population(rng, 60, shift=shift), reference).feature_counts
+        assert counts is not None
+        rows = [np.asarray(c, np.int64)[None, :] for c in counts]
+        fast = det._log_p_one(rows)
+        assert fast is not None and fast == pytest.approx(float(det._log_p(rows)[0]), abs=1e-9)
+
+
 def _binomial_ok(alarms: int, trials: int, rate: float) -> bool:
     return float(stats.binomtest(alarms, trials, rate).pvalue) > 1e-3
 
