@@ -233,7 +233,7 @@ def run() -> BenchResult:
     clean_cycles = int(float(os.environ.get("EDGELOOP_MONITOR_CLEAN_MIN", "20")) * 60 / CHECK_S)
     drift_cycles = int(float(os.environ.get("EDGELOOP_MONITOR_DRIFT_MIN", "3")) * 60 / CHECK_S)
     database_url = os.environ.get("EDGELOOP_MONITOR_BENCH_DATABASE_URL") or None
-    config = MonitorConfig(aggregate_window_s=CHECK_S)  # as `hub serve` runs it
+    config = MonitorConfig(aggregate_by_batch=True)  # as `hub serve` runs it
     with tempfile.TemporaryDirectory(prefix="edgeloop-monitor-") as tmp:
         world = World(Path(tmp), devices=devices, database_url=database_url)
         cache = DetectorCache(store=world.store)

@@ -69,7 +69,7 @@ class DetectorSettings:
     label_window: int
     seed: int = 0
     per_day: float | None = None  # the fleet budget: false alerts per version and day
-    aggregate_window_s: float = 0.0
+    aggregate_by_batch: bool = False
     max_window: int = 1000
 
 

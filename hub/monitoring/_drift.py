@@ -127,12 +127,13 @@ def evaluate_drift(
     for scope, found in members.items():
         window = states.windows[scope]
         group = found[0][0].group
-        aggregate = not scope.startswith("device:")
-        for row, vector, carried in found:
+        # a group's or version's window closes at the batch's end (by_batch), a device's
+        # as soon as it has its predictions
+        by_batch = settings.aggregate_by_batch and not scope.startswith("device:")
+        last = len(found) - 1
+        for i, (row, vector, carried) in enumerate(found):
             window.add(int(row.id), int(row.count), vector, carried, at=row.received_at)
-            if window.n < settings.window_size:
-                continue
-            if aggregate and window.span_s < settings.aggregate_window_s:
+            if window.n < settings.window_size or (by_batch and i < last):
                 continue
             scope_ref = ref.for_scope(scope, group=group)
             if scope_ref is not None:  # None: a scope this version does not test

@@ -134,7 +134,6 @@ class ScopeWindow:
     samples_seen: int = 0
     last_sample_id: int = 0
     evidence_at: datetime | None = None  # when the newest of its rows reached the hub
-    opened_at: datetime | None = None  # when the oldest did
 
     @classmethod
     def empty(cls, layout: Layout) -> ScopeWindow:
@@ -157,20 +156,12 @@ class ScopeWindow:
         if at is not None:
             at = at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite: naive UTC
             self.evidence_at = at if self.evidence_at is None else max(self.evidence_at, at)
-            self.opened_at = at if self.opened_at is None else min(self.opened_at, at)
         self.add_samples(samples)
 
     def add_samples(self, samples: Sequence[int]) -> None:
         if samples:
             self.samples_seen = reservoir_add(self.sample_ids, self.samples_seen, samples)
             self.last_sample_id = max(self.last_sample_id, max(samples))
-
-    @property
-    def span_s(self) -> float:
-        """Arrival time its rows span, in seconds."""
-        if self.evidence_at is None or self.opened_at is None:
-            return 0.0
-        return (self.evidence_at - self.opened_at).total_seconds()
 
     def detail(self) -> dict[str, Any]:
         return {

@@ -48,16 +48,17 @@ class MonitorConfig:
     """How the monitor tests. The false-alarm control is the fleet budget
     (``false_alarms_per_day`` per model version, see :mod:`hub.monitoring.budget`) unless
     ``false_alarm_rate`` fixes a rate per scope and window instead (over all drift
-    detectors: no control of the fleet-wide count). ``aggregate_window_s``: a group's or
-    version's window also spans at least this much arrival time (``hub serve``: the
-    check interval), so a big fleet's aggregate scopes are tested once per interval, on at
-    most ``max_window`` predictions (a thinned sample of the window's counts), not once per
+    detectors: no control of the fleet-wide count). ``aggregate_by_batch`` (``hub serve``,
+    whose passes come every check interval): a group's or version's window closes at the
+    end of each batch of rows a pass reads (with at least ``window_size`` predictions), so a
+    big fleet's aggregate scopes are tested about once per interval, on at most
+    ``max_window`` predictions (a thinned sample of the window's counts), not once per
     ``window_size`` predictions."""
 
     window_size: int = 200  # predictions per drift window
     false_alarm_rate: float | None = None
     false_alarms_per_day: float = 1.0
-    aggregate_window_s: float = 0.0
+    aggregate_by_batch: bool = False
     max_window: int = 1000
     accuracy_margin: float = 0.05  # degradation: this far below the evaluated accuracy
     min_labels: int = 50  # labels a scope needs before the accuracy test runs
@@ -71,7 +72,7 @@ class MonitorConfig:
             window_size=settings.monitor_window_size,
             false_alarm_rate=settings.monitor_false_alarm_rate,
             false_alarms_per_day=settings.monitor_false_alarms_per_day,
-            aggregate_window_s=settings.monitor_interval_s,
+            aggregate_by_batch=settings.monitor_interval_s > 0,
             accuracy_margin=settings.monitor_accuracy_margin,
             min_labels=settings.monitor_min_labels,
         )
@@ -85,7 +86,7 @@ class MonitorConfig:
             accuracy_margin=self.accuracy_margin,
             label_window=self.label_window,
             per_day=self.false_alarms_per_day if budget else None,
-            aggregate_window_s=self.aggregate_window_s,
+            aggregate_by_batch=self.aggregate_by_batch,
             max_window=max(self.max_window, self.window_size),
         )
 

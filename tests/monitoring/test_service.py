@@ -147,6 +147,19 @@ def test_idle_scopes_are_evicted_and_rebuilt_from_the_database(
         assert sorted(sc.n for sc in s.exec(select(MonitorScore)).all()) == [200] * 6
 
 
+def test_groups_and_versions_get_one_window_per_batch_in_hub_serve(
+    engine: Engine, fleet: Fleet
+) -> None:
+    """``aggregate_by_batch`` (as ``hub serve`` runs): a device's windows close at 200
+    predictions, a group's and the version's once at the end of the batch read."""
+    fleet.telemetry(devices={"cam-1": "north", "cam-3": "south"}, windows=8, per_window=50)
+    config = MonitorConfig(window_size=200, false_alarm_rate=0.001, aggregate_by_batch=True)
+    assert evaluate(engine, config=config, cache=tiny_cache()).windows == 2 * 2 + 2 + 1
+    with Session(engine) as s:
+        sizes = {sc.scope: sc.n for sc in s.exec(select(MonitorScore)).all()}
+    assert sizes["group:north"] == 400 and sizes["version:sensor-clf@1"] == 800
+
+
 def test_an_alert_is_dated_by_its_evidence_and_says_when_it_was_raised(
     engine: Engine, fleet: Fleet
 ) -> None:
