@@ -5,6 +5,8 @@
   series (``monitor_score``) and debounced :class:`~hub.tables.monitoring.Alert` rows.
 - For other parts of the hub (training triggers, rollout gates): :func:`open_alerts`,
   :func:`live_accuracy` and :func:`drift_score`, plain functions on a session.
+- :class:`Budget`: the fleet-wide false-alarm budget the windows' rates come from
+  (docs/MONITORING.md).
 - The detectors themselves live in :mod:`hub.monitoring.detectors`.
 """
 
@@ -12,6 +14,7 @@ from hub.monitoring._alerts import drift_score, list_alerts, open_alerts
 from hub.monitoring._cache import DetectorCache
 from hub.monitoring._report import MonitorReport, alert_json
 from hub.monitoring.accuracy import AccuracyEstimate, live_accuracy
+from hub.monitoring.budget import Budget
 from hub.monitoring.loop import MonitorLoop
 from hub.monitoring.publish import MqttAlertPublisher, alerts_topic
 from hub.monitoring.service import AlertPublisher, MonitorConfig, evaluate
@@ -19,6 +22,7 @@ from hub.monitoring.service import AlertPublisher, MonitorConfig, evaluate
 __all__ = [
     "AccuracyEstimate",
     "AlertPublisher",
+    "Budget",
     "DetectorCache",
     "MonitorConfig",
     "MonitorLoop",
