@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import UTC
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from hub.monitoring._cache import DetectorCache, DetectorSettings
 from hub.monitoring._cursors import next_batch, scope_rows
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._report import MonitorReport
+from hub.monitoring._samples import aware
 from hub.monitoring._windows import scopes_of
 from hub.monitoring.accuracy import degradation_test
 from hub.monitoring.budget import Budget, RateMeter
@@ -66,7 +66,7 @@ def evaluate_degradation(
         return len(labels)
     meter = cache.labels.setdefault((model, version), RateMeter())
     newest = max(r.received_at for r in usable)
-    meter.add(newest if newest.tzinfo else newest.replace(tzinfo=UTC), len(usable))
+    meter.add(aware(newest), len(usable))
     groups = device_groups(session, (r.device_id for r in usable))
     streams: dict[str, list[bool]] = {}
     last_ids: dict[str, int] = {}

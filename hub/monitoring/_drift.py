@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select as sa_select
@@ -24,7 +24,7 @@ from hub.monitoring._cache import DetectorCache, DetectorSettings, ScopeStates
 from hub.monitoring._cursors import CHUNK, head, scope_rows
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._report import MonitorReport
-from hub.monitoring._samples import NewSamples, sample_values
+from hub.monitoring._samples import NewSamples, aware, sample_values
 from hub.monitoring._windows import BadRow, Layout, ScopeWindow, scopes_of
 from hub.monitoring.budget import Budget
 from hub.tables.fleet import FieldSample, TelemetryWindowRow
@@ -122,7 +122,7 @@ def evaluate_drift(
         sample_before=samples.start,
     )
     if predictions:
-        states.predictions.add(_aware(rows[-1].received_at), predictions)
+        states.predictions.add(aware(rows[-1].received_at), predictions)
     completed: dict[str, ScopeWindow] = {}
     for scope, found in members.items():
         window = states.windows[scope]
@@ -351,7 +351,3 @@ def _save_boundaries(
 def _chunks(values: list[str]) -> Iterable[list[str]]:
     for i in range(0, len(values), CHUNK):
         yield values[i : i + CHUNK]
-
-
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite hands back naive UTC

@@ -32,9 +32,13 @@ STREAM = "sample"
 _GOLDEN = 2654435761  # Knuth's multiplicative hash: a sample id's reservoir slot
 
 
-def epoch_ms(at: datetime) -> int:
+def aware(at: datetime) -> datetime:
     """SQLite hands datetimes back naive; every time the hub stores is UTC."""
-    return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() * 1000)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def epoch_ms(at: datetime) -> int:
+    return int(aware(at).timestamp() * 1000)
 
 
 class NewSamples:

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from hub.monitoring._reference import VersionReference
-from hub.monitoring._samples import reservoir_add
+from hub.monitoring._samples import aware, reservoir_add
 
 IntArray = npt.NDArray[np.int64]
 
@@ -154,7 +154,7 @@ class ScopeWindow:
         self.last_id = row_id
         self.counts += counts
         if at is not None:
-            at = at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite: naive UTC
+            at = aware(at)
             self.evidence_at = at if self.evidence_at is None else max(self.evidence_at, at)
         self.add_samples(samples)
 

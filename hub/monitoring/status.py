@@ -14,6 +14,7 @@ from hub.monitoring._cache import cache_for
 from hub.monitoring._cursors import HEAD
 from hub.monitoring._reference import load_reference
 from hub.monitoring._report import alert_json
+from hub.monitoring._samples import aware
 from hub.monitoring.accuracy import live_accuracy
 from hub.tables.fleet import FeedbackLabelRow, TelemetryWindowRow
 from hub.tables.monitoring import MonitorCursor, MonitorScore
@@ -90,8 +91,7 @@ def monitor_lag(
         ).first()
         if oldest is None:
             continue
-        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
-        lag = max(lag, (now - oldest).total_seconds())
+        lag = max(lag, (now - aware(oldest)).total_seconds())
         pending += int(session.exec(select(func.count()).select_from(tw).where(*past)).one())
     cache = cache_for(str(session.get_bind().engine.url))
     cycle = cache.last_cycle

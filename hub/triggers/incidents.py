@@ -15,12 +15,13 @@ incident back. A new version that drifts in its turn is a new incident.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlmodel import Session, col, select
 
 from hub.tables.monitoring import Alert, AlertKind
 from hub.tables.triggers import TrainingPolicy, TriggerKind
+from hub.triggers.policies import aware
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +33,7 @@ class Incident:
     def started_at(self) -> datetime:
         """When the incident's first alert was raised (timezone-aware)."""
         first = min(a.at for a in self.alerts)
-        return first if first.tzinfo is not None else first.replace(tzinfo=UTC)
+        return aware(first)
 
     @property
     def versions(self) -> list[str]:
@@ -100,14 +101,13 @@ def _ended(session: Session, *, model_name: str, versions: set[str]) -> dict[str
         if resolved is None:
             still_open.add(version)
         else:
-            at = resolved if resolved.tzinfo else resolved.replace(tzinfo=UTC)
+            at = aware(resolved)
             out[version] = max(out.get(version, at), at)
     return {v: t for v, t in out.items() if v not in still_open}
 
 
 def _after(alert: Alert, ended: datetime | None) -> bool:
-    at = alert.at if alert.at.tzinfo else alert.at.replace(tzinfo=UTC)
-    return ended is not None and at > ended
+    return ended is not None and aware(alert.at) > ended
 
 
 def consume(
