@@ -38,19 +38,24 @@ def scope_rows(
     session: Session, *, stream: str, model: str, version: str, scopes: Iterable[str]
 ) -> dict[str, MonitorCursor]:
     """The cursor rows of ``scopes`` (those that have one), a query per 500 scopes."""
-    wanted = sorted(set(scopes))
     out: dict[str, MonitorCursor] = {}
-    for first in range(0, len(wanted), CHUNK):
+    for chunk in chunks(sorted(set(scopes))):
         for row in session.exec(
             select(MonitorCursor).where(
                 MonitorCursor.stream == stream,
                 MonitorCursor.model == model,
                 MonitorCursor.version == version,
-                col(MonitorCursor.scope).in_(wanted[first : first + CHUNK]),
+                col(MonitorCursor.scope).in_(chunk),
             )
         ).all():
             out[row.scope] = row
     return out
+
+
+def chunks(values: list[str]) -> Iterable[list[str]]:
+    """``values`` in pieces of at most ``CHUNK`` (one SQL IN list each)."""
+    for i in range(0, len(values), CHUNK):
+        yield values[i : i + CHUNK]
 
 
 def next_batch(

@@ -12,7 +12,7 @@ per batch for all of them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from hub.monitoring._alerts import AlertBook, Finding
 from hub.monitoring._cache import DetectorCache, DetectorSettings, ScopeStates
-from hub.monitoring._cursors import CHUNK, head, scope_rows
+from hub.monitoring._cursors import chunks, head, scope_rows
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._report import MonitorReport
 from hub.monitoring._samples import NewSamples, aware, sample_values
@@ -255,7 +255,7 @@ def _restore(
         found = list(session.execute(query.order_by(col(_T.id))).all())
     else:
         for column, kind in ((_T.device_id, "device"), (_T.group, "group")):
-            for chunk in _chunks(by_kind.get(kind, [])):
+            for chunk in chunks(by_kind.get(kind, [])):
                 found += session.execute(query.where(col(column).in_(chunk))).all()
         found.sort(key=lambda r: r.id)
     if not found:
@@ -318,7 +318,7 @@ def _samples_of(
     out: dict[str, list[int]] = {}
     if until <= after:
         return out
-    for chunk in _chunks(list(devices)):
+    for chunk in chunks(list(devices)):
         for sample_id, device_id in session.exec(
             select(FieldSample.id, FieldSample.device_id).where(
                 FieldSample.model == model,
@@ -346,8 +346,3 @@ def _save_boundaries(
         found.last_id, found.updated_at = window.last_id, now
         found.pending = {"boundary": window.last_id, "sample_boundary": window.last_sample_id}
         session.add(found)
-
-
-def _chunks(values: list[str]) -> Iterable[list[str]]:
-    for i in range(0, len(values), CHUNK):
-        yield values[i : i + CHUNK]
