@@ -37,7 +37,7 @@ proto: venv
 	$(PY) -m proto.generate
 
 demo: venv
-	$(PY) -m hub.demo --data-dir $(DEMO_DIR) $(DEMO_ARGS)
+	$(PY) -m edgeloop_cli.demo --data-dir $(DEMO_DIR) $(DEMO_ARGS)
 
 bench: venv
 	$(PY) -m bench

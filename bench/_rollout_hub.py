@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from hub.artifacts import FileArtifactStore
-from hub.grpc_server import start_grpc_server
+from hub.core.artifacts import FileArtifactStore
 from hub.rollouts.__main__ import main as rollouts_main
+from hub.rpc.server import start_grpc_server
 
 
 def main(argv: list[str]) -> int:

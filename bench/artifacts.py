@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 
 from bench._result import BenchResult
-from hub.artifacts import FileArtifactStore
-from hub.grpc_server import MAX_CHUNK_SIZE, start_grpc_server
+from hub.core.artifacts import FileArtifactStore
+from hub.rpc.server import MAX_CHUNK_SIZE, start_grpc_server
 from proto import services_pb2, services_pb2_grpc
 
 SIZE = 64 * 1024 * 1024

@@ -40,10 +40,10 @@ from edge_agent._predictor import Predictor
 from edge_agent._runtime import LiteRTRuntime, LoadedModel, load_slot
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
-from hub.artifacts import FileArtifactStore
+from hub.core.artifacts import FileArtifactStore
+from hub.core.db import create_all, make_engine, session_scope
 from hub.datasets import service as datasets
-from hub.db import create_all, make_engine, session_scope
-from hub.packaging import package
+from hub.registry.packaging import package
 from hub.training.service import train
 from model_packager.bundle import open_bundle
 from model_packager.litert import TFLiteRunner

@@ -69,7 +69,7 @@ def met(figures: dict[str, dict[str, Any]]) -> dict[str, bool]:
 
 
 def run() -> BenchResult:
-    from hub.demo import DemoOptions, run_demo
+    from edgeloop_cli.demo import DemoOptions, run_demo
 
     devices = [int(d) for d in os.environ.get("EDGELOOP_LOOP_DEVICES", "50,200").split(",")]
     kinds = os.environ.get("EDGELOOP_LOOP_KINDS", "rotation,noise").split(",")

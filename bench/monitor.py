@@ -68,8 +68,8 @@ class World:
     """The database, the model version and a writer of the fleet's telemetry."""
 
     def __init__(self, root: Path, *, devices: int, database_url: str | None) -> None:
-        from hub.artifacts import FileArtifactStore
-        from hub.db import create_all, make_engine
+        from hub.core.artifacts import FileArtifactStore
+        from hub.core.db import create_all, make_engine
 
         self.url = database_url or f"sqlite:///{root / 'hub.db'}"
         self.engine = make_engine(self.url)
@@ -88,7 +88,7 @@ class World:
         self._register(ref)
 
     def _register(self, ref: np.ndarray) -> None:
-        from hub.db import session_scope
+        from hub.core.db import session_scope
         from hub.tables import Bundle, ModelVersion, RegisteredModel
         from model_packager.bundle import write_bundle
         from model_packager.profile import build_profile

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from bench._result import BenchResult
-from hub.artifacts import FileArtifactStore
+from hub.core.artifacts import FileArtifactStore
+from hub.core.db import create_all, make_engine, session_scope
 from hub.datasets import service as datasets
-from hub.db import create_all, make_engine, session_scope
-from hub.packaging import package
+from hub.registry.packaging import package
 from hub.training.service import train
 from model_packager.signing import generate_private_key
 

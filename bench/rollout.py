@@ -42,8 +42,8 @@ from sqlalchemy import text
 
 from bench._result import BenchResult
 from edge_agent._session import no_delay
-from hub.broker import EmbeddedBroker
-from hub.db import make_engine, session_scope
+from hub.core.db import make_engine, session_scope
+from hub.mqtt.broker import EmbeddedBroker
 from hub.tables import Device
 from proto import services_pb2, services_pb2_grpc
 from simulators._plan import device_ids

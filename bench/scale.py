@@ -33,7 +33,7 @@ from typing import Any
 import aiomqtt
 
 from bench._result import BenchResult
-from hub.broker import EmbeddedBroker
+from hub.mqtt.broker import EmbeddedBroker
 from proto.topics import Topics
 from simulators._shards import ShardedFleet
 from simulators.bundles import BundleHost, HostedBundle
@@ -69,10 +69,10 @@ def _raise_fd_limit() -> int:
 
 
 def _build_bundle(root: Path) -> tuple[bytes, Path]:
-    from hub.artifacts import FileArtifactStore
+    from hub.core.artifacts import FileArtifactStore
+    from hub.core.db import create_all, make_engine, session_scope
     from hub.datasets import service as datasets
-    from hub.db import create_all, make_engine, session_scope
-    from hub.packaging import PackageOptions, package
+    from hub.registry.packaging import PackageOptions, package
     from hub.training.service import train
     from model_packager.signing import generate_private_key, public_key_bytes
 

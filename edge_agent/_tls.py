@@ -6,7 +6,7 @@ it; without one they are plaintext, as before. ``mqtts://`` URLs connect over TL
 (verified against ``ca_file``, else the system's trust store), presenting the device's
 client certificate when it has one (a hub with ``EDGELOOP_MQTT_CLIENT_CERTS``; the key is
 made here by :func:`new_client_key`, the hub signs only its CSR). Bundle downloads present
-it too (such a hub serves bundles only to device certificates, ``hub.grpc_auth``).
+it too (such a hub serves bundles only to device certificates, ``hub.rpc.auth``).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 
-from hub.artifacts import FileArtifactStore
-from hub.grpc_server import start_grpc_server
+from hub.core.artifacts import FileArtifactStore
+from hub.rpc.server import start_grpc_server
 from proto import messages_pb2 as pb
 
 

@@ -53,7 +53,7 @@ log = logging.getLogger("edgeloop.sim.fleet")
 
 
 class BrokerControl(Protocol):
-    """What a ``broker_restart`` fault needs (``hub.broker.EmbeddedBroker`` has it)."""
+    """What a ``broker_restart`` fault needs (``hub.mqtt.broker.EmbeddedBroker`` has it)."""
 
     def stop(self) -> None: ...
 

@@ -53,7 +53,7 @@ async def _broker(url: str | None, root: Path) -> AsyncIterator[tuple[str, Broke
     if url is not None:
         yield url, None
         return
-    from hub.broker import EmbeddedBroker
+    from hub.mqtt.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(kind="mosquitto", port=0, data_dir=root / "broker")
     await asyncio.to_thread(broker.start)

@@ -23,9 +23,9 @@ import grpc
 import pytest
 
 from edge_agent._fetch import Backoff, DownloadError, download_bundle
-from hub import grpc_server
-from hub.artifacts import FileArtifactStore, sha256_digest
-from hub.grpc_server import ArtifactServicer, start_grpc_server
+from hub.core.artifacts import FileArtifactStore, sha256_digest
+from hub.rpc import server as grpc_server
+from hub.rpc.server import ArtifactServicer, start_grpc_server
 from proto import services_pb2
 
 pytestmark = pytest.mark.timeout(60)

@@ -54,7 +54,7 @@ def test_agent_imports_and_runs_without_heavy_packages() -> None:
 
         sys.meta_path.insert(0, Block())
         import edge_agent.agent, edge_agent.batch, model_packager, model_packager.litert
-        from hub.cli import main
+        from edgeloop_cli import main
         assert main(["agent", "--help"]) == 0
         assert main(["agent", "run", "--help"]) == 0
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)

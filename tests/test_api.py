@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hub.api import create_app
-from hub.artifacts import sha256_digest
-from hub.settings import HubSettings
+from hub.core.artifacts import sha256_digest
+from hub.core.settings import HubSettings
 
 TOKEN = "t" * 40
 

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from edgeloop_cli import main
 from hub.api import create_app
-from hub.cli import main
-from hub.settings import HubSettings
+from hub.core.settings import HubSettings
 
 TOKEN = "s" * 40
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from sqlmodel import select
 
-from hub.db import create_all, make_engine, session_scope
+from hub.core.db import create_all, make_engine, session_scope
 from hub.tables import IngestSeq, TelemetryWindowRow
 from hub.tables.rollouts import Rollout, RolloutDevice
 

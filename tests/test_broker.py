@@ -21,8 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from hub import broker as broker_module
-from hub.broker import BrokerError, EmbeddedBroker, wait_for_mqtt
+from hub.mqtt import broker as broker_module
+from hub.mqtt.broker import BrokerError, EmbeddedBroker, wait_for_mqtt
 from tests.fixtures.brokers import require_mosquitto
 
 TIMEOUT = 5.0
@@ -325,7 +325,7 @@ def _gone(pid: int) -> bool:
 def test_no_orphan_when_the_hub_process_ends(tmp_path: Path, how: str) -> None:
     require_mosquitto()
     script = (
-        "import sys, time; from pathlib import Path; from hub.broker import EmbeddedBroker\n"
+        "import sys, time; from pathlib import Path; from hub.mqtt.broker import EmbeddedBroker\n"
         f"b = EmbeddedBroker(kind='mosquitto', port=0, data_dir=Path({str(tmp_path)!r}))\n"
         "b.start(); print(b.pid, flush=True)\n"
         + ("sys.exit(0)\n" if how == "exit" else "time.sleep(60)\n")

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from hub.cli import bundles
-from hub.cli._client import Target
-from hub.keys import bundle_signing_key
-from hub.settings import load_settings
+from edgeloop_cli import bundles
+from edgeloop_cli._client import Target
+from hub.core.settings import load_settings
+from hub.security.keys import bundle_signing_key
 from model_packager import (
     BundleCorrupt,
     BundleError,

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hub.cli import main
+from edgeloop_cli import main
 
-EDGELOOP = [sys.executable, "-m", "hub.cli"]
+EDGELOOP = [sys.executable, "-m", "edgeloop_cli"]
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, object]]:
@@ -80,9 +80,9 @@ def test_errors_are_json_with_a_code_and_nonzero_exit(
 
 
 def test_registry_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from hub import registry
-    from hub.artifacts import FileArtifactStore
-    from hub.db import create_all, make_engine, session_scope
+    from hub.core.artifacts import FileArtifactStore
+    from hub.core.db import create_all, make_engine, session_scope
+    from hub.registry import models as registry
 
     dd = ["--data-dir", str(tmp_path)]
     engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.demo import DemoOptions, run_demo
+from edgeloop_cli.demo import DemoOptions, run_demo
 
 CONTRACT = {
     "devices",

@@ -1,12 +1,12 @@
 """The ArtifactService address devices are given — in enrolment answers and in the rollout
-controller's deploy commands (both use ``hub.security.device_artifact_endpoint``)."""
+controller's deploy commands (both use ``hub.security.runtime.device_artifact_endpoint``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hub.security import device_artifact_endpoint, device_endpoints
-from hub.settings import HubSettings
+from hub.core.settings import HubSettings
+from hub.security.runtime import device_artifact_endpoint, device_endpoints
 
 
 def test_the_device_facing_endpoint_wins_everywhere(tmp_path: Path) -> None:

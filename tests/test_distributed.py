@@ -130,9 +130,9 @@ def test_service_train_with_two_processes_tracks_and_registers(
     """``train(nproc=2)`` runs torchrun (gloo) and goes on like a one-process run."""
     from sqlmodel import select
 
-    from hub.artifacts import FileArtifactStore
+    from hub.core.artifacts import FileArtifactStore
+    from hub.core.db import create_all, make_engine, session_scope
     from hub.datasets import service as datasets
-    from hub.db import create_all, make_engine, session_scope
     from hub.tables import RunMetric
     from hub.training.service import train
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from hub.artifacts import FileArtifactStore, sha256_digest
-from hub.grpc_server import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, start_grpc_server
+from hub.core.artifacts import FileArtifactStore, sha256_digest
+from hub.rpc.server import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, start_grpc_server
 from proto import services_pb2, services_pb2_grpc
 
 pytestmark = pytest.mark.timeout(60)

@@ -26,7 +26,7 @@ def _serve(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], str, Pa
         [
             sys.executable,
             "-m",
-            "hub.cli",
+            "edgeloop_cli",
             "hub",
             "serve",
             "--port",

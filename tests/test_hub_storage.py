@@ -11,13 +11,14 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from hub import registry, tracking
-from hub.artifacts import ArtifactCorrupt, FileArtifactStore
+from hub.core.artifacts import ArtifactCorrupt, FileArtifactStore
+from hub.core.db import create_all, make_engine, session_scope
+from hub.core.errors import Conflict, DatasetInvalid, InvalidInput, NotFound
 from hub.datasets import service
 from hub.datasets.records import RecordSet
 from hub.datasets.sources import load_source
-from hub.db import create_all, make_engine, session_scope
-from hub.errors import Conflict, DatasetInvalid, InvalidInput, NotFound
+from hub.registry import models as registry
+from hub.registry import tracking
 
 
 @pytest.fixture

@@ -17,14 +17,14 @@ from sklearn.datasets import load_digits
 from sqlalchemy.engine import Engine
 
 import hub.triggers as triggers
+from edgeloop_cli import main
 from hub.api import create_app
-from hub.artifacts import ArtifactStore, FileArtifactStore
-from hub.cli import main
+from hub.core.artifacts import ArtifactStore, FileArtifactStore
+from hub.core.db import create_all, make_engine, session_scope
+from hub.core.errors import Conflict
+from hub.core.settings import HubSettings
 from hub.datasets import service as datasets
-from hub.db import create_all, make_engine, session_scope
-from hub.errors import Conflict
 from hub.rollouts.gates import DEFAULT_GATES, Scope, quality_gates
-from hub.settings import HubSettings
 from hub.tables import Alert, Device, FeedbackLabelRow, FieldSample, LabelQuarantine
 from hub.tables.rollouts import Rollout, RolloutDevice
 from hub.triggers.label_quality import cap_shares, consensus_check, far_beyond_chance, share_cap
@@ -368,7 +368,7 @@ def clean_test_accuracy(engine: Engine, store: ArtifactStore, run_id: str) -> fl
     for every hub; 551 of them)."""
     import torch
 
-    from hub.tracking import run_artifacts
+    from hub.registry.tracking import run_artifacts
     from hub.training.artifact import load_model
     from hub.training.loop import predict
 

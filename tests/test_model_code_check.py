@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from hub.cli.model_code import app
+from edgeloop_cli.model_code import app
 from hub.specs import get_spec
 from hub.training.check import CheckReport, check_source, check_spec
 

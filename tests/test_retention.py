@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, func, select
 
-from hub import retention
-from hub.db import create_all, make_engine, session_scope
+from hub.core.db import create_all, make_engine, session_scope
+from hub.core.settings import HubSettings
 from hub.ingest.retention import rollup_and_prune
 from hub.monitoring import drift_score, live_accuracy
-from hub.retention import (
+from hub.retention import service as retention
+from hub.retention.service import (
     FIELD_RECORDS_KEPT,
     RetentionPolicy,
     prune_events,
@@ -25,7 +26,6 @@ from hub.retention import (
     prune_monitor_scores,
     run_retention,
 )
-from hub.settings import HubSettings
 from hub.tables import (
     Alert,
     DatasetVersion,
@@ -490,7 +490,7 @@ def test_with_the_real_monitoring_only_read_rows_go_and_it_reads_on(engine: Engi
 def test_the_loop_runs_retention_until_stopped(engine: Engine) -> None:
     import time
 
-    from hub.retention import RetentionLoop
+    from hub.retention.service import RetentionLoop
 
     with session_scope(engine) as s:
         s.add(_score(at=OLD))
@@ -508,7 +508,7 @@ def test_the_loop_runs_retention_until_stopped(engine: Engine) -> None:
 def test_hub_serve_starts_retention_only_when_a_table_has_one(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hub.server import _start_retention
+    from hub.serve import _start_retention
 
     for name in ("TELEMETRY", "FEEDBACK", "MONITOR_SCORE", "EVENT"):
         monkeypatch.setenv(f"EDGELOOP_{name}_RETENTION_S", "0")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from hub.settings import HubSettings
+from hub.core.settings import HubSettings
 
 
 def test_defaults_are_embedded(tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
-from hub.cli import bundles
-from hub.cli._client import Target
-from hub.keys import bundle_public_key, bundle_signing_key, bundle_signing_key_path
-from hub.settings import load_settings
+from edgeloop_cli import bundles
+from edgeloop_cli._client import Target
+from hub.core.settings import load_settings
+from hub.security.keys import bundle_public_key, bundle_signing_key, bundle_signing_key_path
 from model_packager.signing import (
     InsecureKeyFileError,
     KeyMaterialError,

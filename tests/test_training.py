@@ -11,12 +11,13 @@ import pytest
 import torch
 from sqlalchemy.engine import Engine
 
-from hub import registry, tracking
-from hub.artifacts import FileArtifactStore
-from hub.cli import main
+from edgeloop_cli import main
+from hub.core.artifacts import FileArtifactStore
+from hub.core.db import create_all, make_engine, session_scope
+from hub.core.errors import InvalidInput
 from hub.datasets import service as datasets
-from hub.db import create_all, make_engine, session_scope
-from hub.errors import InvalidInput
+from hub.registry import models as registry
+from hub.registry import tracking
 from hub.specs import BUILTIN_SPECS, get_spec
 from hub.training.artifact import load_model
 from hub.training.loop import EpochResult, TrainConfig, fit, predict

@@ -14,12 +14,12 @@ import pytest
 from sqlalchemy.engine import Engine
 
 import hub.triggers as triggers
-from hub import registry
-from hub.artifacts import ArtifactStore, FileArtifactStore
+from hub.core.artifacts import ArtifactStore, FileArtifactStore
+from hub.core.db import create_all, make_engine, session_scope
+from hub.core.errors import Conflict
 from hub.datasets import RecordSet
 from hub.datasets import service as datasets
-from hub.db import create_all, make_engine, session_scope
-from hub.errors import Conflict
+from hub.registry import models as registry
 from hub.specs import get_spec
 from hub.specs.digits import DigitsMLP
 from hub.tables import TrainingRun
@@ -313,7 +313,7 @@ def test_the_hub_trigger_loop_starts_due_runs(tmp_path: Path) -> None:
 def test_trigger_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from hub.cli import main
+    from edgeloop_cli import main
 
     dd = ["--data-dir", str(tmp_path)]
     assert main([*dd, "dataset", "import", "sklearn:digits", "--name", "digits", "--json"]) == 0

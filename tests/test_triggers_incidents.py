@@ -14,9 +14,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 import hub.triggers as triggers
-from hub.artifacts import ArtifactStore, FileArtifactStore
+from hub.core.artifacts import ArtifactStore, FileArtifactStore
+from hub.core.db import create_all, make_engine, session_scope
 from hub.datasets import service as datasets
-from hub.db import create_all, make_engine, session_scope
 from hub.tables import (
     Alert,
     FeedbackLabelRow,

@@ -13,13 +13,14 @@ import typer
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from hub import registry, tracking
-from hub.artifacts import FileArtifactStore
-from hub.cli._client import Target
-from hub.cli.tuning import tune as tune_command
+from edgeloop_cli._client import Target
+from edgeloop_cli.tuning import tune as tune_command
+from hub.core.artifacts import FileArtifactStore
+from hub.core.db import create_all, make_engine, session_scope
+from hub.core.errors import InvalidInput
 from hub.datasets import service as datasets
-from hub.db import create_all, make_engine, session_scope
-from hub.errors import InvalidInput
+from hub.registry import models as registry
+from hub.registry import tracking
 from hub.specs import get_spec
 from hub.specs.digits import DigitsMLP
 from hub.training.tuning import (

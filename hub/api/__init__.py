@@ -20,9 +20,9 @@ from hub.api.routes import monitor as monitor_routes
 from hub.api.routes import rollouts as rollout_routes
 from hub.api.routes import security as security_routes
 from hub.api.routes import triggers as trigger_routes
-from hub.artifacts import open_store
-from hub.db import create_all, make_engine
-from hub.settings import HubSettings
+from hub.core.artifacts import open_store
+from hub.core.db import create_all, make_engine
+from hub.core.settings import HubSettings
 
 API_PREFIX = "/api/v1"
 

@@ -11,11 +11,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from hub.api_tokens import authorize
-from hub.artifacts import ArtifactStore
-from hub.db import session_scope
-from hub.errors import InvalidInput, Unauthorized
-from hub.settings import HubSettings
+from hub.core.artifacts import ArtifactStore
+from hub.core.db import session_scope
+from hub.core.errors import InvalidInput, Unauthorized
+from hub.core.settings import HubSettings
+from hub.security.api_tokens import authorize
 from hub.tables.devices import DEVICE_ID_PATTERN
 
 

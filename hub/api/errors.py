@@ -16,8 +16,8 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hub.artifacts import ArtifactCorrupt, ArtifactNotFound
-from hub.errors import EdgeloopError
+from hub.core.artifacts import ArtifactCorrupt, ArtifactNotFound
+from hub.core.errors import EdgeloopError
 
 log = logging.getLogger("edgeloop.api")
 

@@ -11,12 +11,12 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from hub.artifacts import ArtifactStore, sha256_digest
+from hub.core.artifacts import ArtifactStore, sha256_digest
+from hub.core.errors import Conflict, DatasetInvalid, InvalidInput, NotFound, parse_ref
 from hub.datasets.records import RecordSet
 from hub.datasets.sources import load_source
 from hub.datasets.splits import DEFAULT_FRACTIONS, assign_splits, check_fractions, split_counts
 from hub.datasets.validation import DatasetSchema, ValidationReport, infer_schema, validate_records
-from hub.errors import Conflict, DatasetInvalid, InvalidInput, NotFound, parse_ref
 from hub.tables import DatasetVersion, DatasetVersionPublic
 
 DEFAULT_ALPHA = 0.01

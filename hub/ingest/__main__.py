@@ -16,9 +16,9 @@ import sys
 import threading
 from pathlib import Path
 
-from hub.db import create_all, make_engine
+from hub.core.db import create_all, make_engine
+from hub.core.redact import install_log_redaction
 from hub.ingest.worker import IngestWorker
-from hub.redact import install_log_redaction
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ from datetime import datetime
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
-from hub.errors import EdgeloopError
+from hub.core.errors import EdgeloopError
 from hub.ingest._acks import ACKED_KINDS, AckKey, rejected_key
 from hub.ingest._decode import MALFORMED, STORE_ERROR, UNKNOWN_DEVICE, Item, Rejected, decode
 from hub.ingest._devices import DeviceCache

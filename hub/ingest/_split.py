@@ -105,11 +105,11 @@ def _child_main(conn: Connection, config: ChildConfig) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s[decode %(process)d]: %(message)s",
     )
-    from hub.redact import install_log_redaction
+    from hub.core.redact import install_log_redaction
 
     install_log_redaction()
     try:
-        from hub.db import make_engine
+        from hub.core.db import make_engine
         from proto.topics import Topics
 
         engine = make_engine(config.database_url)

@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from hub.db import json_dumps
+from hub.core.db import json_dumps
 from hub.ingest._decode import Item
 from hub.ingest._sql import table
 from hub.tables.devices import STATE_RECEIVED_KEY, Device
@@ -60,7 +60,7 @@ class JsonText(str):
 
 
 def _json(value: Any) -> JsonText:
-    """``value`` as :func:`hub.db.json_dumps` writes it (orjson; its fallback where the
+    """``value`` as :func:`hub.core.db.json_dumps` writes it (orjson; its fallback where the
     output could differ), or ``value`` itself when it is serialised already."""
     if type(value) is JsonText:
         return value

@@ -4,7 +4,7 @@ Each chunk of old windows is added to its ``telemetry_rollup`` rows and deleted 
 same transaction**, so a window is counted exactly once: running it twice (or after a
 crash half-way) never double counts, and a late window for an hour already rolled up is
 added to that hour. Run it from one process (``hub serve`` runs it hourly, with the other
-tables' retention in ``hub.retention``, when ``EDGELOOP_TELEMETRY_RETENTION_S`` > 0).
+tables' retention in ``hub.retention.service``, when ``EDGELOOP_TELEMETRY_RETENTION_S`` > 0).
 
 A window that monitoring has not read yet (its id is past the ``monitor_cursor`` of its
 ``model@version``) is never pruned, however old; with ``monitored=True`` (monitoring runs)

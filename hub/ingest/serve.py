@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from hub.db import create_all, make_engine
+from hub.core.db import create_all, make_engine
+from hub.core.settings import HubSettings
 from hub.ingest.worker import IngestWorker
-from hub.settings import HubSettings
 
 
 def start_hub_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> IngestWorker:
@@ -14,7 +14,7 @@ def start_hub_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> I
 
     It decodes and stores in a child process when ``ingest_decode_process``
     (``EDGELOOP_INGEST_DECODE_PROCESS``). Retention (the telemetry roll-up included) runs in
-    ``hub.retention.RetentionLoop``, which ``hub serve`` starts beside it.
+    ``hub.retention.service.RetentionLoop``, which ``hub serve`` starts beside it.
     """
     engine = make_engine(settings.resolved_database_url)
     create_all(engine)

@@ -39,7 +39,7 @@ from hub.ingest._decode import Item
 from hub.ingest._devices import DeviceCache
 from hub.ingest._split import ChildConfig, DecodeProcess, database_url
 from hub.ingest._stats import IngestStats, RateLimitedLog
-from hub.mqtt import MqttTarget
+from hub.mqtt.target import MqttTarget
 from proto.topics import TopicKind, Topics
 
 log = logging.getLogger("edgeloop.ingest")

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from hub.tables._common import utcnow
+from hub.tables.columns import utcnow
 from hub.tables.monitoring import Alert, MonitorScore
 
 AlertKey = tuple[str, str, str]  # kind, scope, detector
@@ -184,7 +184,7 @@ def drift_score(
     )
     if since is not None:
         query = query.where(col(MonitorScore.at) >= since)
-    from hub.retention import rolled_up_drift  # scores that retention rolled up
+    from hub.retention.service import rolled_up_drift  # scores that retention rolled up
 
     best: float | None = rolled_up_drift(session, model=model, version=version, since=since)
     for score, threshold in session.exec(query).all():

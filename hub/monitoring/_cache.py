@@ -32,7 +32,7 @@ from hub.monitoring.accuracy import AccuracyCusum
 from hub.monitoring.budget import RateMeter
 
 if TYPE_CHECKING:
-    from hub.artifacts import ArtifactStore
+    from hub.core.artifacts import ArtifactStore
 
 log = logging.getLogger("edgeloop.monitor")
 

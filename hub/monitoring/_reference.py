@@ -14,10 +14,10 @@ from hub.monitoring.accuracy import evaluated_accuracy
 from hub.tables.registry import Bundle, ModelVersion
 
 if TYPE_CHECKING:
-    from hub.artifacts import ArtifactStore
+    from hub.core.artifacts import ArtifactStore
 
 log = logging.getLogger("edgeloop.monitor")
-SAMPLES_FILE, SAMPLES_KEY = "samples.npz", "reference"  # what hub.packaging ships
+SAMPLES_FILE, SAMPLES_KEY = "samples.npz", "reference"  # what hub.registry.packaging ships
 
 
 @dataclass(frozen=True, kw_only=True)

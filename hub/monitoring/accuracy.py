@@ -180,7 +180,7 @@ def count_correct(
         query = query.where(col(FeedbackLabelRow.device_id).in_(list(device_ids)))
     n, correct = session.exec(query).one()
     if device_ids is None:
-        from hub.retention import rolled_up_correct
+        from hub.retention.service import rolled_up_correct
 
         pruned_correct, pruned_n = rolled_up_correct(
             session, model=model, version=version, since=since

@@ -20,7 +20,7 @@ from hub.monitoring.service import AlertPublisher, MonitorConfig, evaluate
 from hub.tables.monitoring import Alert
 
 if TYPE_CHECKING:
-    from hub.artifacts import ArtifactStore
+    from hub.core.artifacts import ArtifactStore
 
 log = logging.getLogger("edgeloop.monitor")
 

@@ -7,7 +7,7 @@ import logging
 import threading
 from typing import Any
 
-from hub.mqtt import MqttTarget
+from hub.mqtt.target import MqttTarget
 
 log = logging.getLogger("edgeloop.monitor")
 

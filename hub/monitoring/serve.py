@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hub.settings import HubSettings
+from hub.core.settings import HubSettings
 
 
 def start_monitor(settings: HubSettings, *, mqtt_url: str | None) -> Callable[[], None]:
     """Start a :class:`MonitorLoop` (publishing alerts when a broker is known); returns stop."""
-    from hub.artifacts import open_store
-    from hub.db import create_all, make_engine
+    from hub.core.artifacts import open_store
+    from hub.core.db import create_all, make_engine
     from hub.monitoring.loop import MonitorLoop
     from hub.monitoring.publish import MqttAlertPublisher, alerts_topic
     from hub.monitoring.service import MonitorConfig

@@ -21,20 +21,20 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from hub.db import session_scope
+from hub.core.db import session_scope
 from hub.monitoring._alerts import AlertBook
 from hub.monitoring._cache import NOMINAL_RATE, DetectorCache, DetectorSettings, cache_for
 from hub.monitoring._cursors import HEAD
 from hub.monitoring._degradation import evaluate_degradation
 from hub.monitoring._drift import evaluate_drift
 from hub.monitoring._report import MonitorReport, alert_json
-from hub.tables._common import utcnow
+from hub.tables.columns import utcnow
 from hub.tables.fleet import FeedbackLabelRow, TelemetryWindowRow
 from hub.tables.monitoring import Alert, MonitorCursor
 
 if TYPE_CHECKING:
-    from hub.artifacts import ArtifactStore
-    from hub.settings import HubSettings
+    from hub.core.artifacts import ArtifactStore
+    from hub.core.settings import HubSettings
 
 log = logging.getLogger("edgeloop.monitor")
 

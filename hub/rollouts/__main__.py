@@ -14,8 +14,8 @@ import sys
 import threading
 from contextlib import ExitStack
 
-from hub.db import create_all, make_engine
-from hub.redact import install_log_redaction
+from hub.core.db import create_all, make_engine
+from hub.core.redact import install_log_redaction
 from hub.rollouts.controller import RolloutController
 
 log = logging.getLogger("edgeloop.rollouts")

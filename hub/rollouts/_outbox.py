@@ -11,9 +11,9 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from hub.db import session_scope
+from hub.core.db import session_scope
+from hub.fleet.commands import CommandPublisher
 from hub.rollouts import _shadow, _sync
-from hub.rollouts._publisher import CommandPublisher
 from hub.rollouts.service import now
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutShadow
 from proto import messages_pb2 as pb

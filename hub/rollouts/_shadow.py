@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from hub.errors import InvalidInput
+from hub.core.errors import InvalidInput
 from hub.rollouts._rows import Member
 from hub.rollouts.gates import GateResult, merged_gates
 from hub.rollouts.phases import Candidate, order, site_of

@@ -19,11 +19,11 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from hub.db import session_scope
+from hub.core.db import session_scope
+from hub.fleet.commands import CommandPublisher, PublishError
 from hub.rollouts import _progress, _rows, _shadow, _sync
 from hub.rollouts._outbox import publish_staged
 from hub.rollouts._progress import MAX_ROLLBACK_ATTEMPTS, NUDGE_GRACE_S, Tokens
-from hub.rollouts._publisher import CommandPublisher, PublishError
 from hub.rollouts._rows import Member, Settled
 from hub.rollouts._sync import IN_FLIGHT, REPORTED, S
 from hub.rollouts.gates import Scope, evaluate, install_failure_rate, merged_gates

@@ -86,7 +86,7 @@ class DeviceRow(Protocol):
 
 
 def merged_gates(overrides: dict[str, Any] | None) -> dict[str, Any]:
-    from hub.errors import InvalidInput
+    from hub.core.errors import InvalidInput
 
     unknown = set(overrides or {}) - set(DEFAULT_GATES)
     if unknown:

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from hub.errors import InvalidInput
+from hub.core.errors import InvalidInput
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from hub.errors import InvalidInput
+from hub.core.errors import InvalidInput
 
 _TOKEN = re.compile(r"\s*(?:(?P<paren>[()])|(?P<word>[^\s()]+))")
 _NAME = re.compile(r"^[A-Za-z0-9_.:\-/]+$")

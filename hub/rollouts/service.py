@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, select
 
-from hub import registry
-from hub.errors import Conflict, InvalidInput, NotFound
+from hub.core.errors import Conflict, InvalidInput, NotFound
+from hub.registry import models as registry
 from hub.rollouts.gates import merged_gates
 from hub.rollouts.phases import parse_phases
 from hub.rollouts.selectors import parse_selector
@@ -22,7 +22,7 @@ from hub.tables import Bundle
 from hub.tables.rollouts import DeviceState, Rollout, RolloutDevice, RolloutEvent, RolloutState
 
 if TYPE_CHECKING:
-    from hub.keys import BundleSignerCheck
+    from hub.security.keys import BundleSignerCheck
 
 ACTIVE = {
     RolloutState.SHADOWING,

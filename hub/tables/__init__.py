@@ -1,6 +1,6 @@
 """SQLModel tables and their API families (Base / Create / Public / table)."""
 
-from hub.tables._common import JsonInt
+from hub.tables.columns import JsonInt
 from hub.tables.datasets import DatasetVersion, DatasetVersionBase, DatasetVersionPublic
 from hub.tables.devices import Device, DeviceCreate, DevicePublic, DeviceUpdate
 from hub.tables.fleet import (

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from hub.tables._common import json_field, utcnow
+from hub.tables.columns import json_field, utcnow
 
 ValidationStatus = Literal["passed", "failed", "overridden"]
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from hub.tables._common import bigint_field, json_field, utcnow
+from hub.tables.columns import bigint_field, json_field, utcnow
 
 
 class IngestSeq(SQLModel, table=True):

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from hub.tables._common import utcnow
+from hub.tables.columns import utcnow
 
 
 class LabelQuarantineBase(SQLModel):

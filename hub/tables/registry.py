@@ -9,7 +9,7 @@ from pydantic import StrictFloat, StringConstraints
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from hub.tables._common import JsonInt, json_field, utcnow
+from hub.tables.columns import JsonInt, json_field, utcnow
 
 # --- runs -------------------------------------------------------------------------------
 

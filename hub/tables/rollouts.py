@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlmodel import Field, SQLModel
 
-from hub.tables._common import bigint_field, json_field, utcnow
+from hub.tables.columns import bigint_field, json_field, utcnow
 
 
 class RolloutState(StrEnum):

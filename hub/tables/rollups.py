@@ -1,5 +1,5 @@
 """Hourly roll-ups: what stays of telemetry windows, feedback labels and monitor scores once
-the raw rows pass their retention (``hub.retention``)."""
+the raw rows pass their retention (``hub.retention.service``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from hub.tables._common import json_field, utcnow
+from hub.tables.columns import json_field, utcnow
 
 
 class TelemetryRollup(SQLModel, table=True):

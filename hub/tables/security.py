@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import StringConstraints
 from sqlmodel import Field, SQLModel
 
-from hub.tables._common import JsonInt, json_field, utcnow
+from hub.tables.columns import JsonInt, json_field, utcnow
 
 
 class EnrollmentTokenCreate(SQLModel):

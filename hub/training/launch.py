@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hub.core.errors import EdgeloopError
 from hub.datasets.records import RecordSet
-from hub.errors import EdgeloopError
 from hub.training.artifact import TrainedModel, load_model
 from hub.training.distributed import history_path, write_training_npz
 from hub.training.loop import EpochResult

@@ -14,11 +14,12 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from hub import registry, tracking
-from hub.artifacts import ArtifactStore
+from hub.core.artifacts import ArtifactStore
+from hub.core.db import session_scope
+from hub.core.errors import InvalidInput
 from hub.datasets import service as datasets
-from hub.db import session_scope
-from hub.errors import InvalidInput
+from hub.registry import models as registry
+from hub.registry import tracking
 from hub.specs import SpecNotFound, get_spec
 from hub.tables import ModelVersion, TrainingRun
 from hub.training.artifact import TrainedModel, dump_model, load_model

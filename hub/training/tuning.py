@@ -23,10 +23,10 @@ from typing import Any
 import optuna
 from sqlalchemy.engine import Engine
 
-from hub.artifacts import ArtifactStore
+from hub.core.artifacts import ArtifactStore
+from hub.core.db import session_scope, sqlalchemy_url
+from hub.core.errors import InvalidInput
 from hub.datasets import service as datasets
-from hub.db import session_scope, sqlalchemy_url
-from hub.errors import InvalidInput
 from hub.specs import ModelSpec, SpecNotFound, get_spec
 from hub.training.loop import EpochResult, TrainConfig, fit, seed_everything
 from hub.training.service import train

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from hub.core.errors import NotFound
 from hub.datasets import service as datasets
-from hub.errors import NotFound
 from hub.tables import DatasetVersion
 from hub.tables.devices import Device
 from hub.tables.fleet import FeedbackLabelRow, FieldSample

@@ -19,12 +19,12 @@ from datetime import datetime
 import numpy as np
 from sqlmodel import Session, col, select
 
-from hub.artifacts import ArtifactStore
+from hub.core.artifacts import ArtifactStore
+from hub.core.errors import InvalidInput
 from hub.datasets import service as datasets
 from hub.datasets.records import RecordSet
 from hub.datasets.splits import SOURCE_MARK
 from hub.datasets.validation import ValidationReport
-from hub.errors import InvalidInput
 from hub.tables import DatasetVersion
 from hub.tables.fleet import FeedbackLabelRow, FieldSample
 from hub.triggers.label_quality import (

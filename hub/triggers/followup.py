@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Engine
 
-from hub.artifacts import ArtifactStore
+from hub.core.artifacts import ArtifactStore
 
 DEFAULT_CANARY_PHASES = "1,50%,100%"
 
@@ -56,10 +56,10 @@ class PackageAndCanary:
         version: int,
         canary: Mapping[str, Any],
     ) -> FollowupResult:
-        from hub.db import session_scope
-        from hub.keys import BundleSignerCheck
-        from hub.packaging import PackageOptions, package
+        from hub.core.db import session_scope
+        from hub.registry.packaging import PackageOptions, package
         from hub.rollouts import service as rollouts
+        from hub.security.keys import BundleSignerCheck
         from model_packager.signing import key_id
 
         formats = canary.get("formats")

@@ -12,7 +12,7 @@ import threading
 
 from sqlalchemy.engine import Engine
 
-from hub.artifacts import ArtifactStore
+from hub.core.artifacts import ArtifactStore
 from hub.tables import TriggerEvent
 from hub.training.service import train
 from hub.triggers.followup import Followup

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from hub.errors import InvalidInput, NotFound
+from hub.core.errors import InvalidInput, NotFound
 from hub.tables.triggers import TrainingPolicy, TriggerEvent
 
 CANARY_KEYS = frozenset(

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from hub.artifacts import ArtifactStore
+from hub.core.artifacts import ArtifactStore
+from hub.core.db import session_scope
+from hub.core.errors import Conflict, NotFound
 from hub.datasets import service as datasets
-from hub.db import session_scope
-from hub.errors import Conflict, NotFound
 from hub.tables import Alert, ModelVersion
-from hub.tables._common import utcnow
+from hub.tables.columns import utcnow
 from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, TriggerStatus
 from hub.triggers.decide import TRAINABLE, Decision, evaluate, not_trainable, running
 from hub.triggers.field_data import import_field_data
@@ -96,7 +96,7 @@ def trigger_now(
 ) -> TriggerEvent:
     """Train ``model_name`` now, ignoring debounce; refused while one of its runs is going."""
     if not reason.strip():
-        from hub.errors import InvalidInput
+        from hub.core.errors import InvalidInput
 
         raise InvalidInput("an on-demand run needs a reason; it is kept with the event")
     event = _run_one(

@@ -3,7 +3,7 @@
 Browsers cannot send bearer headers on navigation, so a token is handed over once
 (``/ui/login?token=...`` or the login form) and then travels as the ``edgeloop_ui`` cookie
 (path ``/ui``). Every page, fragment and action re-checks it with
-:func:`hub.api_tokens.scope_of`, so a revoked token stops working at once. Actions are POST
+:func:`hub.security.api_tokens.scope_of`, so a revoked token stops working at once. Actions are POST
 forms that carry a CSRF token: an HMAC of the cookie's token under the hub's admin token, so
 it is tied to the cookie, needs no server-side state and survives restarts.
 """
@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 from fastapi import Request
 
 from hub.api.deps import HubContext
-from hub.api_tokens import authorize, scope_of
-from hub.errors import Forbidden, Unauthorized
+from hub.core.errors import Forbidden, Unauthorized
+from hub.security.api_tokens import authorize, scope_of
 from hub.tables import TokenScope
 
 COOKIE = "edgeloop_ui"

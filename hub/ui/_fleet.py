@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from hub import devices
+from hub.fleet import devices
 from hub.tables import Device
 from hub.triggers import list_quarantine
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlmodel import Session
 
-from hub import registry
 from hub.datasets import service as datasets
+from hub.registry import models as registry
 from hub.tables import DatasetVersion
 
 

@@ -14,8 +14,8 @@ from sqlmodel import Session
 
 import hub
 from hub.api.deps import HubContext
-from hub.db import session_scope
-from hub.errors import EdgeloopError, NotFound
+from hub.core.db import session_scope
+from hub.core.errors import EdgeloopError, NotFound
 from hub.ui import _filters, _fleet, _monitoring, _registry, _rollouts
 from hub.ui._auth import (
     COOKIE,

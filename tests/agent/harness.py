@@ -17,7 +17,7 @@ from typing import Any
 import aiomqtt
 import numpy as np
 
-from hub.artifacts import FileArtifactStore
+from hub.core.artifacts import FileArtifactStore
 from model_packager.bundle import open_bundle, write_bundle
 from model_packager.signing import generate_private_key, public_key_bytes
 from proto import messages_pb2 as pb

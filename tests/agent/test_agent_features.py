@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from edge_agent.agent import Agent
-from hub.broker import EmbeddedBroker
-from hub.cli import main
+from edgeloop_cli import main
+from hub.mqtt.broker import EmbeddedBroker
 from proto import messages_pb2 as pb
 from tests.agent.harness import Bundles, Observer
 from tests.agent.test_agent_loop import DIGITS, _settings, hub  # noqa: F401  (module fixture)

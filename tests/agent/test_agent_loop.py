@@ -14,13 +14,13 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
-from hub.artifacts import FileArtifactStore
-from hub.broker import EmbeddedBroker
+from hub.core.artifacts import FileArtifactStore
+from hub.core.db import create_all, make_engine, session_scope
 from hub.datasets import service as datasets
 from hub.datasets.sources import load_source
-from hub.db import create_all, make_engine, session_scope
-from hub.grpc_server import start_grpc_server
-from hub.packaging import PackageOptions, package
+from hub.mqtt.broker import EmbeddedBroker
+from hub.registry.packaging import PackageOptions, package
+from hub.rpc.server import start_grpc_server
 from hub.training.service import train
 from model_packager.signing import generate_private_key
 from proto import messages_pb2 as pb
@@ -276,7 +276,7 @@ def test_sigkill_during_deploy_restarts_clean(
     cmd = [
         sys.executable,
         "-m",
-        "hub.cli",
+        "edgeloop_cli",
         "agent",
         "run",
         "--device-id",

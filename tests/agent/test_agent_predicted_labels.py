@@ -16,8 +16,8 @@ import pytest
 from edge_agent._recent import RecentPredictions
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
-from hub.broker import EmbeddedBroker
 from hub.datasets.sources import load_source
+from hub.mqtt.broker import EmbeddedBroker
 from proto import messages_pb2 as pb
 from tests.agent.harness import Observer
 from tests.fixtures.bundles import BuiltBundle

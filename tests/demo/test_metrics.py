@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from hub.demo.metrics import (
+from edgeloop_cli.demo.metrics import (
     AlertRow,
     LabelRow,
     WindowRow,

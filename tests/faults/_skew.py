@@ -1,6 +1,6 @@
-"""Run ``python -m hub.cli ...`` with ``time.time`` (and ``time.time_ns``) shifted by
+"""Run ``python -m edgeloop_cli ...`` with ``time.time`` (and ``time.time_ns``) shifted by
 ``EDGELOOP_TEST_CLOCK_OFFSET_S`` seconds: a device whose clock is off (test only; faketime
-is not installed). Usage: ``python _skew.py <python> -m hub.cli <args>``.
+is not installed). Usage: ``python _skew.py <python> -m edgeloop_cli <args>``.
 
 gRPC's Python layer turns a ``timeout`` into an absolute deadline with ``time.time()`` while
 its C core reads the real clock; on a real device both are off together, here only Python's
@@ -31,5 +31,5 @@ for _module in (grpc._channel, grpc._common, grpc._server, grpc._utilities, grpc
     _module.time = REAL_TIME  # type: ignore[attr-defined]
 
 if __name__ == "__main__":
-    sys.argv = ["hub.cli", *sys.argv[4:]]  # drop: _skew.py <python> -m hub.cli
-    runpy.run_module("hub.cli", run_name="__main__", alter_sys=True)
+    sys.argv = ["edgeloop_cli", *sys.argv[4:]]  # drop: _skew.py <python> -m edgeloop_cli
+    runpy.run_module("edgeloop_cli", run_name="__main__", alter_sys=True)

@@ -12,10 +12,10 @@ from sqlalchemy.engine import Engine
 
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
-from hub.broker import EmbeddedBroker
+from hub.core.db import session_scope
 from hub.datasets.sources import load_source
-from hub.db import session_scope
 from hub.ingest import gaps
+from hub.mqtt.broker import EmbeddedBroker
 from hub.tables import Device, TelemetryWindowRow
 from proto import messages_pb2 as pb
 from tests.agent.harness import Observer

@@ -23,8 +23,8 @@ from typing import Any
 
 import grpc
 
-from hub.artifacts import FileArtifactStore
-from hub.grpc_server import ArtifactServicer
+from hub.core.artifacts import FileArtifactStore
+from hub.rpc.server import ArtifactServicer
 from proto import services_pb2, services_pb2_grpc
 from tests.agent.harness import Bundles, _rewrite, make_bundles
 from tests.rollouts.fleet import Hub
@@ -93,10 +93,10 @@ class FaultHub:
 def build_fault_hub(root: Path) -> FaultHub:
     from concurrent import futures
 
+    from hub.core.db import create_all, make_engine, session_scope
     from hub.datasets import service as datasets
-    from hub.db import create_all, make_engine, session_scope
-    from hub.keys import bundle_signing_key_path
-    from hub.packaging import PackageOptions, package
+    from hub.registry.packaging import PackageOptions, package
+    from hub.security.keys import bundle_signing_key_path
     from hub.training.service import train
     from model_packager.signing import load_or_create_private_key
 
@@ -159,7 +159,7 @@ def agent_process(
     """``edgeloop agent run`` as a child process (``prefix``: e.g. a faketime wrapper)."""
     command = [
         *(prefix or []),
-        sys.executable, "-m", "hub.cli", "agent", "run",
+        sys.executable, "-m", "edgeloop_cli", "agent", "run",
         "--device-id", device_id,
         "--mqtt-url", mqtt_url,
         "--public-key", str(public_key),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edge_agent._runtime import health_check, load_slot
 from edge_agent._slots import SlotStore
-from hub.broker import EmbeddedBroker
+from hub.mqtt.broker import EmbeddedBroker
 from proto import messages_pb2 as pb
 from tests.agent.harness import Observer
 from tests.faults._world import CHUNK, FaultHub, agent_process, stop_process

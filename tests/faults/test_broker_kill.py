@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.agent import Agent
-from hub.broker import EmbeddedBroker
-from hub.db import create_all, make_engine
+from hub.core.db import create_all, make_engine
 from hub.ingest import IngestWorker
+from hub.mqtt.broker import EmbeddedBroker
 from tests.agent.harness import Observer
 from tests.faults._telemetry import DIGITS, agent_settings, register, serve_v1, stored
 from tests.faults._world import FaultHub, wait_for
@@ -128,7 +128,7 @@ def test_broker_sigkill_during_rollout_completes_one_command_per_device(
 ) -> None:
     from sqlmodel import select
 
-    from hub.db import session_scope
+    from hub.core.db import session_scope
     from hub.tables import DeploymentEventRow
 
     hub = fault_hub.rollout_hub()

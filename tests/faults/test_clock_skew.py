@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from hub.broker import EmbeddedBroker
+from hub.mqtt.broker import EmbeddedBroker
 from hub.tables import DeploymentEventRow
 from tests.faults._telemetry import table
 from tests.faults._world import FaultHub, agent_process, stop_process

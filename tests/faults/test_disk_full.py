@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.agent import Agent
-from hub.broker import EmbeddedBroker
+from hub.mqtt.broker import EmbeddedBroker
 from proto import messages_pb2 as pb
 from tests.agent.harness import Observer
 from tests.faults._telemetry import DIGITS, agent_settings, serve_v1

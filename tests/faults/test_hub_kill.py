@@ -24,8 +24,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from hub.db import make_engine
-from hub.settings import HubSettings
+from hub.core.db import make_engine
+from hub.core.settings import HubSettings
 from hub.tables import DeploymentEventRow
 from tests.faults._telemetry import stored, table
 from tests.fixtures.brokers import require_mosquitto

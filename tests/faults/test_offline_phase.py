@@ -13,8 +13,8 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from hub.broker import EmbeddedBroker
-from hub.db import session_scope
+from hub.core.db import session_scope
+from hub.mqtt.broker import EmbeddedBroker
 from hub.tables import DeploymentEventRow
 from tests.faults._world import FaultHub, wait_for
 from tests.rollouts.fleet import fleet_of

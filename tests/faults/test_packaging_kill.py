@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlmodel import select
 
-from hub.db import make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.tables import Bundle
 from tests.faults._world import ROOT, FaultHub
 
@@ -30,7 +30,7 @@ KILL_AT: list[float | str] = [4.0, "store"]
 
 def _package(data_dir: Path) -> subprocess.Popen[str]:
     command = [
-        sys.executable, "-m", "hub.cli", "--data-dir", str(data_dir),
+        sys.executable, "-m", "edgeloop_cli", "--data-dir", str(data_dir),
         "package", "digits-mlp@1", "--formats", "onnx", "--json",
     ]  # fmt: skip
     return subprocess.Popen(
@@ -98,7 +98,7 @@ def test_sigkill_during_packaging_registers_nothing_half_written(
     result = json.loads(out)
     assert set(_bundles(data_dir)) == before | {result["digest"]}
     verify = subprocess.run(
-        [sys.executable, "-m", "hub.cli", "--data-dir", str(data_dir),
+        [sys.executable, "-m", "edgeloop_cli", "--data-dir", str(data_dir),
          "bundle", "verify", result["bundle"], "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

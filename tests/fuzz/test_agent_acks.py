@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from hub.broker import EmbeddedBroker
+from hub.mqtt.broker import EmbeddedBroker
 from proto import messages_pb2 as pb
 from tests.ingest import helpers as h
 from tests.ingest._device import DEVICE, device, until

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
-from hub.artifacts import FileArtifactStore
-from hub.broker import EmbeddedBroker
-from hub.grpc_server import start_grpc_server
+from hub.core.artifacts import FileArtifactStore
+from hub.mqtt.broker import EmbeddedBroker
+from hub.rpc.server import start_grpc_server
 from model_packager.signing import generate_private_key, public_key_bytes
 from proto import messages_pb2 as pb
 from tests.agent.harness import Observer

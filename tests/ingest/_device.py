@@ -11,7 +11,7 @@ from pathlib import Path
 from edge_agent._queue import OutboundQueue
 from edge_agent._session import MqttSession
 from edge_agent.settings import AgentSettings
-from hub.broker import EmbeddedBroker
+from hub.mqtt.broker import EmbeddedBroker
 from proto import messages_pb2 as pb
 from proto.topics import Topics
 

@@ -11,7 +11,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.engine import Engine
 
-from hub.db import session_scope
+from hub.core.db import session_scope
 from hub.tables import Device
 from proto import messages_pb2 as pb
 from proto.topics import Topics

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from edgeloop_cli import main
 from hub.api import create_app
-from hub.broker import EmbeddedBroker
-from hub.cli import main
-from hub.db import create_all, make_engine
+from hub.core.db import create_all, make_engine
+from hub.core.settings import HubSettings
 from hub.ingest import IngestWorker
-from hub.settings import HubSettings
+from hub.mqtt.broker import EmbeddedBroker
 from tests.ingest import helpers as h
 
 TOKEN = "t" * 40

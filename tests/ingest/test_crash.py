@@ -16,9 +16,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from hub.broker import EmbeddedBroker
-from hub.db import create_all, make_engine
+from hub.core.db import create_all, make_engine
 from hub.ingest import gaps
+from hub.mqtt.broker import EmbeddedBroker
 from hub.tables import TelemetryWindowRow
 from tests.ingest import helpers as h
 

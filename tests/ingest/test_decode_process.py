@@ -24,10 +24,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from hub.broker import EmbeddedBroker
-from hub.db import create_all, make_engine
+from hub.core.db import create_all, make_engine
 from hub.ingest import IngestWorker, gaps
 from hub.ingest._split import DecodeProcess
+from hub.mqtt.broker import EmbeddedBroker
 from hub.tables import TelemetryWindowRow
 from proto import messages_pb2 as pb
 from proto.topics import TopicKind, Topics

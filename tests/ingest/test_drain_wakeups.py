@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from edge_agent._session import IDLE_RECHECK_S
-from hub.broker import EmbeddedBroker
+from hub.mqtt.broker import EmbeddedBroker
 from tests.ingest import helpers as h
 from tests.ingest.test_delivery_acks import device, send, until
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from hub.db import create_all, make_engine
+from hub.core.db import create_all, make_engine
 from hub.ingest import gaps
 from hub.ingest._decode import decode
 from hub.ingest._store import write_batch

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from sqlmodel import Session, select
 
-from hub.db import create_all, json_dumps, json_fragment, make_engine
+from hub.core.db import create_all, json_dumps, json_fragment, make_engine
 from hub.ingest._decode import decode
 from hub.ingest._store import pack, write_batch
 from hub.tables import FieldSample, TelemetryWindowRow

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub.broker import EmbeddedBroker
-from hub.db import make_engine
+from hub.core.db import make_engine
+from hub.core.settings import HubSettings
 from hub.ingest.gaps import gaps
 from hub.ingest.serve import start_hub_worker
-from hub.settings import HubSettings
+from hub.mqtt.broker import EmbeddedBroker
 from tests.ingest import helpers as h
 
 

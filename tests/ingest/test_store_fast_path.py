@@ -14,7 +14,7 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import SQLModel
 
-from hub.db import create_all, make_engine
+from hub.core.db import create_all, make_engine
 from hub.ingest import _decode
 from hub.ingest import _store as store
 from hub.ingest._decode import WRONG_TOPIC, Rejected, decode, parse_topic

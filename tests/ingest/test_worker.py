@@ -12,9 +12,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from hub.broker import EmbeddedBroker
-from hub.db import create_all, make_engine
+from hub.core.db import create_all, make_engine
 from hub.ingest import IngestWorker, gaps
+from hub.mqtt.broker import EmbeddedBroker
 from hub.tables import (
     DeploymentEventRow,
     Device,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.engine import Engine
 
-from hub.db import create_all, make_engine
+from hub.core.db import create_all, make_engine
 
 
 @pytest.fixture

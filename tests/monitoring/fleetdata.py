@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy.engine import Engine
 
-from hub.db import session_scope
+from hub.core.db import session_scope
 from hub.tables import Bundle, FeedbackLabelRow, ModelVersion, RegisteredModel, TelemetryWindowRow
 from model_packager.profile import CONFIDENCE_EDGES, build_profile, histogram, softmax
 

@@ -14,11 +14,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hub.broker import EmbeddedBroker
-from hub.cli import main
-from hub.db import create_all, make_engine
+from edgeloop_cli import main
+from hub.core.db import create_all, make_engine
+from hub.core.settings import HubSettings
 from hub.monitoring import MonitorConfig, MqttAlertPublisher, alerts_topic, evaluate
-from hub.settings import HubSettings
+from hub.mqtt.broker import EmbeddedBroker
 from tests.monitoring.fleetdata import Fleet
 from tests.monitoring.tiny_detector import tiny_factory
 

@@ -12,8 +12,8 @@ import numpy as np
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from hub.artifacts import FileArtifactStore
-from hub.db import session_scope
+from hub.core.artifacts import FileArtifactStore
+from hub.core.db import session_scope
 from hub.monitoring import DetectorCache, MonitorConfig, evaluate
 from hub.monitoring._reference import reference_samples
 from hub.tables import FieldSample, MonitorScore
@@ -27,7 +27,8 @@ RESERVOIR = 25  # raw samples kept per telemetry window
 
 
 def _bundle(store: FileArtifactStore, tmp: Path) -> str:
-    """A signed bundle whose samples.npz carries reference rows, as hub.packaging writes it."""
+    """A signed bundle whose samples.npz carries reference rows, as
+    hub.registry.packaging writes it."""
     buffer = io.BytesIO()
     reference = np.random.default_rng(2).normal(size=(300, FEATURES)).astype(np.float32)
     np.savez(buffer, self_test=reference[:4], reference=reference)

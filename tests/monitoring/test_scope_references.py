@@ -9,7 +9,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from hub.db import session_scope
+from hub.core.db import session_scope
 from hub.monitoring import DetectorCache, MonitorConfig, evaluate
 from hub.tables import Bundle
 from model_packager.profile import ReferenceProfile, build_profile

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from hub.db import session_scope
+from hub.core.db import session_scope
 from hub.monitoring import (
     DetectorCache,
     MonitorConfig,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from hub.cli import main
-from hub.db import create_all, make_engine, session_scope
+from edgeloop_cli import main
+from hub.core.db import create_all, make_engine, session_scope
 from hub.rollouts import service
 from hub.tables import Device
 

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from hub.db import create_all, drop_all, make_engine, session_scope
+from hub.core.db import create_all, drop_all, make_engine, session_scope
+from hub.fleet.commands import PublishError
 from hub.rollouts import controller as controller_mod
 from hub.rollouts import service
-from hub.rollouts._publisher import PublishError
 from hub.rollouts.controller import RolloutController
 from hub.tables import DeploymentEventRow, Device
 from hub.tables.devices import STATE_RECEIVED_KEY

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from hub import registry
-from hub.artifacts import FileArtifactStore
-from hub.broker import EmbeddedBroker
+from hub.core.artifacts import FileArtifactStore
+from hub.core.db import session_scope
 from hub.datasets.sources import load_source
-from hub.db import session_scope
+from hub.mqtt.broker import EmbeddedBroker
+from hub.registry import models as registry
 from tests.rollouts.fleet import Fleet, Hub, fleet_of
 
 DIGITS = load_source("sklearn:digits")

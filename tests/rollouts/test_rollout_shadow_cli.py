@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from hub import registry
-from hub.artifacts import FileArtifactStore
-from hub.cli import main
-from hub.db import create_all, make_engine, session_scope
-from hub.errors import InvalidInput
+from edgeloop_cli import main
+from hub.core.artifacts import FileArtifactStore
+from hub.core.db import create_all, make_engine, session_scope
+from hub.core.errors import InvalidInput
+from hub.registry import models as registry
 from hub.rollouts._shadow import parse_shadow
 from hub.tables import Bundle, Device
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.db import create_all, drop_all, make_engine, session_scope
-from hub.errors import InvalidInput
+from hub.core.db import create_all, drop_all, make_engine, session_scope
+from hub.core.errors import InvalidInput
 from hub.rollouts.gates import (
     DEFAULT_GATES,
     GateResult,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from hub.broker import EmbeddedBroker
+from hub.core.db import session_scope
 from hub.datasets.sources import load_source
-from hub.db import session_scope
+from hub.mqtt.broker import EmbeddedBroker
 from hub.rollouts import service
 from tests.rollouts.fleet import Fleet, Hub, fleet_of
 
@@ -203,7 +203,7 @@ def test_controller_sigkill_mid_rollout_resumes_without_double_commands(
 
     from sqlmodel import select
 
-    from hub.db import create_all, make_engine
+    from hub.core.db import create_all, make_engine
     from hub.tables import DeploymentEventRow
     from tests.rollouts.fleet import Fleet
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from hub.broker import EmbeddedBroker
-from hub.broker_auth import BrokerAuth
-from hub.db import create_all, make_engine
-from hub.settings import HubSettings
-from hub.tls import TlsFiles
+from hub.core.db import create_all, make_engine
+from hub.core.settings import HubSettings
+from hub.mqtt.auth import BrokerAuth
+from hub.mqtt.broker import EmbeddedBroker
+from hub.security.tls import TlsFiles
 from tests.fixtures.brokers import require_mosquitto
 
 

@@ -1,7 +1,7 @@
 """A secured hub for security tests: real Mosquitto with the hub-generated password + ACL files.
 
 ``secured`` gives a :class:`SecuredHub`: settings on a private data dir and fleet, a SQLite
-database, the :class:`~hub.security.Security` runtime and a private Mosquitto started with
+database, the :class:`~hub.security.runtime.Security` runtime and a private Mosquitto started with
 ``auth=`` (the shared ``mosquitto`` fixture stays anonymous for everyone else).
 """
 
@@ -21,11 +21,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.engine import Engine
 
-from hub.broker import EmbeddedBroker
-from hub.broker_auth import HUB_MQTT_USER, BrokerAuth, hub_mqtt_password
-from hub.db import create_all, make_engine
-from hub.security import Security, device_endpoints
-from hub.settings import HubSettings
+from hub.core.db import create_all, make_engine
+from hub.core.settings import HubSettings
+from hub.mqtt.auth import HUB_MQTT_USER, BrokerAuth, hub_mqtt_password
+from hub.mqtt.broker import EmbeddedBroker
+from hub.security.runtime import Security, device_endpoints
 from proto.topics import Topics
 from tests.fixtures.brokers import require_mosquitto
 

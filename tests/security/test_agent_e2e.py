@@ -62,7 +62,7 @@ def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Hub]]:
                 "EDGELOOP_MONITOR_INTERVAL_S": "0",
             }
             args = ["hub", "serve", "--port", str(api), "--grpc-port", str(grpc_port)]
-            # (client certificates: bundle downloads on this port, hub.grpc_auth)
+            # (client certificates: bundle downloads on this port, hub.rpc.auth)
             args += ["--grpc-mtls-port", str(mtls_port)]
             started[mode] = Hub(
                 proc=procs.start(f"hub-{mode}", args, env),

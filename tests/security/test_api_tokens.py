@@ -9,9 +9,9 @@ import pytest
 from sqlmodel import Session
 from starlette.testclient import TestClient
 
-from hub import enrollment
 from hub.api import create_app
-from hub.settings import HubSettings
+from hub.core.settings import HubSettings
+from hub.security import enrollment
 
 ADMIN = "a" * 40
 

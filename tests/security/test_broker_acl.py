@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from hub.broker_auth import RELOAD_LINE, hash_password, verify_password
+from hub.mqtt.auth import RELOAD_LINE, hash_password, verify_password
 from tests.security.conftest import DEBOUNCE_S, WAIT_S, Client, SecuredHub, connect
 
 
 def _enrol(hub: SecuredHub, device_id: str) -> str:
-    return hub.security.enroll(device_id=device_id, token=None, wait=True).mqtt_password
+    return hub.security.runtime.enroll(device_id=device_id, token=None, wait=True).mqtt_password
 
 
 @pytest.fixture

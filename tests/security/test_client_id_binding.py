@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.broker_auth import HUB_MQTT_USER, hub_mqtt_url
-from hub.errors import InvalidInput
-from hub.mqtt import MqttTarget
+from hub.core.errors import InvalidInput
+from hub.mqtt.auth import HUB_MQTT_USER, hub_mqtt_url
+from hub.mqtt.target import MqttTarget
 from tests.security.conftest import Client, SecuredHub, connect
 from tests.security.test_mtls import WAIT_S, MtlsHub, _connect, _enrol, _hub_conn, mtls_hub
 

@@ -11,20 +11,20 @@ from sqlmodel import Session, select
 
 from edge_agent.enroll import EnrollError, enroll
 from edge_agent.settings import AgentSettings
-from hub.artifacts import FileArtifactStore
-from hub.db import create_all, make_engine, session_scope
-from hub.enrollment import (
+from hub.core.artifacts import FileArtifactStore
+from hub.core.db import create_all, make_engine, session_scope
+from hub.core.errors import InvalidInput, Unauthorized
+from hub.rpc.devices import DeviceServicer
+from hub.rpc.server import start_grpc_server
+from hub.security.enrollment import (
     DeviceEndpoints,
     EnrollmentRefused,
     create_enrollment_token,
     enroll_device,
 )
-from hub.errors import InvalidInput, Unauthorized
-from hub.grpc_devices import DeviceServicer
-from hub.grpc_server import start_grpc_server
-from hub.keys import bundle_public_key
+from hub.security.keys import bundle_public_key
 from hub.tables import Device, DeviceCredential, EnrollmentToken, EnrollmentTokenCreate
-from hub.tables._common import utcnow
+from hub.tables.columns import utcnow
 from model_packager.signing import load_public_key, public_key_bytes
 from tests.security.conftest import SecuredHub, connect
 

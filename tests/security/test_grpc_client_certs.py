@@ -1,4 +1,4 @@
-"""Bundle downloads with client certificates on (``hub.grpc_auth``), real gRPC on loopback.
+"""Bundle downloads with client certificates on (``hub.rpc.auth``), real gRPC on loopback.
 
 The hub's gRPC server listens twice: the open port (TLS, no client certificate asked for)
 serves enrolment and refuses artifact calls; the device port requires a certificate from
@@ -22,17 +22,17 @@ import pytest
 from edge_agent._fetch import DownloadError, download_bundle
 from edge_agent._tls import channel_credentials, new_client_key
 from edge_agent.enroll import Enrollment, enroll
-from hub.artifacts import FileArtifactStore
-from hub.client_certs import DeviceCA
-from hub.db import make_engine, session_scope
-from hub.enrollment import create_enrollment_token
-from hub.grpc_auth import DeviceCertAuth
-from hub.grpc_devices import DeviceServicer
-from hub.grpc_server import serve_grpc
-from hub.security import Security, device_endpoints
-from hub.settings import HubSettings
+from hub.core.artifacts import FileArtifactStore
+from hub.core.db import make_engine, session_scope
+from hub.core.settings import HubSettings
+from hub.rpc.auth import DeviceCertAuth
+from hub.rpc.devices import DeviceServicer
+from hub.rpc.server import serve_grpc
+from hub.security.client_certs import DeviceCA
+from hub.security.enrollment import create_enrollment_token
+from hub.security.runtime import Security, device_endpoints
+from hub.security.tls import TlsFiles, generate_self_signed
 from hub.tables import EnrollmentTokenCreate
-from hub.tls import TlsFiles, generate_self_signed
 from proto import services_pb2, services_pb2_grpc
 from tests.security._secured import secured_broker
 

@@ -25,14 +25,16 @@ from starlette.testclient import TestClient
 
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
+from edgeloop_cli import main as cli_main
 from hub.api import create_app
-from hub.artifacts import FileArtifactStore
-from hub.broker import EmbeddedBroker
-from hub.cli import main as cli_main
-from hub.db import create_all, make_engine, session_scope
-from hub.grpc_server import start_grpc_server
-from hub.key_rotation import KeyRotationSender, key_status, rotate_command
-from hub.keys import (
+from hub.core.artifacts import FileArtifactStore
+from hub.core.db import create_all, make_engine, session_scope
+from hub.core.settings import HubSettings
+from hub.fleet.commands import CommandPublisher
+from hub.mqtt.broker import EmbeddedBroker
+from hub.rpc.server import start_grpc_server
+from hub.security.key_rotation import KeyRotationSender, key_status, rotate_command
+from hub.security.keys import (
     bundle_public_key,
     bundle_signing_key,
     retired_key,
@@ -40,8 +42,6 @@ from hub.keys import (
     retired_key_path,
     rotate_bundle_key,
 )
-from hub.rollouts._publisher import CommandPublisher
-from hub.settings import HubSettings
 from hub.tables import Device
 from model_packager.bundle import verify_bundle, write_bundle
 from model_packager.signing import (

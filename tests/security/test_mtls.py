@@ -27,20 +27,20 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_agent._tls import new_client_key
 from edge_agent.enroll import enroll
 from edge_agent.settings import AgentSettings
-from hub.artifacts import FileArtifactStore
-from hub.broker import EmbeddedBroker
-from hub.broker_auth import hub_mqtt_url
-from hub.client_certs import DeviceCA
-from hub.db import session_scope
-from hub.enrollment import create_enrollment_token
-from hub.errors import InvalidInput
-from hub.grpc_devices import DeviceServicer
-from hub.grpc_server import start_grpc_server
-from hub.mqtt import MqttTarget
-from hub.security import Security, device_endpoints
-from hub.settings import HubSettings
+from hub.core.artifacts import FileArtifactStore
+from hub.core.db import session_scope
+from hub.core.errors import InvalidInput
+from hub.core.settings import HubSettings
+from hub.mqtt.auth import hub_mqtt_url
+from hub.mqtt.broker import EmbeddedBroker
+from hub.mqtt.target import MqttTarget
+from hub.rpc.devices import DeviceServicer
+from hub.rpc.server import start_grpc_server
+from hub.security.client_certs import DeviceCA
+from hub.security.enrollment import create_enrollment_token
+from hub.security.runtime import Security, device_endpoints
+from hub.security.tls import TlsFiles
 from hub.tables import EnrollmentTokenCreate
-from hub.tls import TlsFiles
 from proto.topics import Topics
 from tests.security._secured import secured_broker
 
@@ -131,7 +131,7 @@ def _connect(
     if username:
         paho.username_pw_set(username, password)
     paho.tls_set(
-        ca_certs=str(hub.tls.ca_file),
+        ca_certs=str(hub.security.tls.ca_file),
         certfile=str(cert[0]) if cert else None,
         keyfile=str(cert[1]) if cert else None,
     )
@@ -146,7 +146,7 @@ def _connect(
         codes.put(None)
 
     paho.on_disconnect = gone
-    paho.connect("127.0.0.1", hub.broker.port, keepalive=30)  # TLS handshake errors raise here
+    paho.connect("127.0.0.1", hub.mqtt.broker.port, keepalive=30)  # TLS handshake errors raise here
     paho.loop_start()
     try:
         code = codes.get(timeout=WAIT_S)
@@ -166,7 +166,7 @@ def _refused(hub: MtlsHub, **kwargs: Any) -> None:
 
 def _hub_conn(hub: MtlsHub) -> Conn:
     """The hub's own client as ``MqttTarget`` sets it up (its client certificate included)."""
-    target = MqttTarget.from_url(hub_mqtt_url(hub.settings, broker_url=hub.broker.url))
+    target = MqttTarget.from_url(hub_mqtt_url(hub.core.settings, broker_url=hub.mqtt.broker.url))
     assert target.cert_file and target.key_file
     conn = _connect(
         hub,
@@ -183,7 +183,7 @@ def _enrol(hub: MtlsHub, device_id: str, agent_dir: Path) -> tuple[Path, Path]:
         token=hub.token(),
         device_id=device_id,
         data_dir=agent_dir,
-        ca_file=hub.tls.ca_file,
+        ca_file=hub.security.tls.ca_file,
     )
     settings = AgentSettings(device_id=device_id, data_dir=agent_dir)
     assert settings.client_cert_file == done.client_cert_file

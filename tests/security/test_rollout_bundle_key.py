@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from edgeloop_cli import main as cli_main
 from hub.api import create_app
-from hub.cli import main as cli_main
-from hub.errors import Conflict
-from hub.keys import bundle_signing_key, retired_key_ids
-from hub.packaging import package
-from hub.settings import HubSettings
+from hub.core.errors import Conflict
+from hub.core.settings import HubSettings
+from hub.registry.packaging import package
+from hub.security.keys import bundle_signing_key, retired_key_ids
 from hub.triggers.followup import PackageAndCanary
 from model_packager.bundle import BundleError, signer_key_id
 from model_packager.signing import Ed25519PrivateKey, generate_private_key, key_id

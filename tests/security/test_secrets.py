@@ -24,9 +24,9 @@ import httpx
 import psycopg
 import pytest
 
-from hub.broker import BrokerAuthFiles, EmbeddedBroker
-from hub.broker_auth import hash_password
-from hub.redact import redact_text, redact_url
+from hub.core.redact import redact_text, redact_url
+from hub.mqtt.auth import hash_password
+from hub.mqtt.broker import BrokerAuthFiles, EmbeddedBroker
 from tests.fixtures.brokers import require_mosquitto
 
 # distinctive, and with a character that URLs carry percent-encoded
@@ -102,7 +102,7 @@ def database_with_password(postgres_url: str) -> str:
 def _main_output(env: dict[str, str]) -> str:
     """``edgeloop hub serve`` in-process with ``env`` (a settings error stops it before
     anything starts): its exit code must be 2; stdout + stderr, lines unwrapped."""
-    from hub.cli import main
+    from edgeloop_cli import main
 
     out, err = io.StringIO(), io.StringIO()
     level = logging.getLogger().level  # `hub serve` raises the root logger to INFO
@@ -122,7 +122,7 @@ def _main_output(env: dict[str, str]) -> str:
 
 def _startup_errors(env: dict[str, str], broker_url: str, database_url: str) -> dict[str, str]:
     """What the CLI prints for bad settings and what an unreachable database raises."""
-    from hub.db import make_engine
+    from hub.core.db import make_engine
 
     shown = {}
     bad_broker = {**env, "EDGELOOP_MQTT_URL": broker_url.replace("mqtt://", "http://")}
@@ -174,7 +174,7 @@ def test_no_secret_in_health_pages_api_logs_or_errors(
     shown: dict[str, str] = {}  # where -> what the hub showed there
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hub.cli", "hub", "serve"],
+            [sys.executable, "-m", "edgeloop_cli", "hub", "serve"],
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,

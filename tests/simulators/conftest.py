@@ -22,10 +22,10 @@ class SimHub:
 
 
 def _build(root: Path) -> tuple[bytes, Any]:
-    from hub.artifacts import FileArtifactStore
+    from hub.core.artifacts import FileArtifactStore
+    from hub.core.db import create_all, make_engine, session_scope
     from hub.datasets import service as datasets
-    from hub.db import create_all, make_engine, session_scope
-    from hub.packaging import PackageOptions, package
+    from hub.registry.packaging import PackageOptions, package
     from hub.training.service import train
     from model_packager.signing import generate_private_key
 

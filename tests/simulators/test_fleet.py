@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent._runtime import shared_runtime_count
-from hub.broker import EmbeddedBroker
+from hub.mqtt.broker import EmbeddedBroker
 from proto import messages_pb2 as pb
 from proto.topics import Topics
 from simulators.counting import StreamCounter, tally

@@ -7,7 +7,7 @@ import asyncio
 import aiomqtt
 import pytest
 
-from hub.broker import EmbeddedBroker
+from hub.mqtt.broker import EmbeddedBroker
 from simulators.netfaults import FaultProxy
 
 

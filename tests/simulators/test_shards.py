@@ -8,7 +8,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
-from hub.broker import EmbeddedBroker
+from hub.mqtt.broker import EmbeddedBroker
 from proto.topics import Topics
 from simulators._plan import device_ids
 from simulators._shards import ShardedFleet

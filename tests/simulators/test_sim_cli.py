@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.cli import main
+from edgeloop_cli import main
 from tests.fixtures.brokers import require_mosquitto
 from tests.simulators.conftest import SimHub
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.broker import EmbeddedBroker
-from hub.cli import main
+from edgeloop_cli import main
+from hub.mqtt.broker import EmbeddedBroker
 from tests.fixtures.brokers import require_mosquitto
 from tests.simulators.conftest import SimHub
 from tests.test_hub_serve import _serve, _stop

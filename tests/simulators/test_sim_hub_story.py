@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from hub.broker import EmbeddedBroker
-from hub.cli import main
-from hub.keys import bundle_public_key
-from hub.settings import HubSettings
+from edgeloop_cli import main
+from hub.core.settings import HubSettings
+from hub.mqtt.broker import EmbeddedBroker
+from hub.security.keys import bundle_public_key
 from tests.fixtures.brokers import require_mosquitto
 from tests.fixtures.hub_procs import prepare_hub
 from tests.test_hub_serve import _serve, _stop

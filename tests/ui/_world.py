@@ -41,7 +41,7 @@ def device_state(device_id: str, *, online: bool, version: str | None) -> dict[s
 
 
 def _devices(engine: Engine) -> None:
-    from hub.db import session_scope
+    from hub.core.db import session_scope
     from hub.tables import Device
 
     now = datetime.now(UTC)
@@ -63,7 +63,7 @@ def _devices(engine: Engine) -> None:
 
 def _monitoring(engine: Engine, *, version: str) -> None:
     """A drift score series that crosses its threshold (one alert) and label feedback."""
-    from hub.db import session_scope
+    from hub.core.db import session_scope
     from hub.tables import Alert, FeedbackLabelRow, MonitorScore
 
     start = datetime.now(UTC) - timedelta(minutes=30)
@@ -130,10 +130,10 @@ def _monitoring(engine: Engine, *, version: str) -> None:
 
 def build_world(root: Path, *, database_url: str | None = None) -> World:
     """Import digits, train and package digits-mlp@1, register devices, add monitoring rows."""
-    from hub.artifacts import FileArtifactStore
+    from hub.core.artifacts import FileArtifactStore
+    from hub.core.db import create_all, make_engine, session_scope
     from hub.datasets import service as datasets
-    from hub.db import create_all, make_engine, session_scope
-    from hub.packaging import PackageOptions, package
+    from hub.registry.packaging import PackageOptions, package
     from hub.training.service import train
     from model_packager.signing import generate_private_key
 

@@ -65,8 +65,8 @@ def _serve(app: Any) -> tuple[str, Any, threading.Thread]:
 @pytest.fixture(scope="session")
 def hub_server(ui_world: World) -> Iterator[Hub]:
     from hub.api import create_app
-    from hub.db import make_engine
-    from hub.settings import HubSettings
+    from hub.core.db import make_engine
+    from hub.core.settings import HubSettings
 
     settings = HubSettings(
         data_dir=ui_world.data_dir,
@@ -94,7 +94,7 @@ class StartedRollout:
 def rollout(hub_server: Hub, mosquitto: Any) -> Iterator[StartedRollout]:
     """digits-mlp@1 to the field group in three phases; the controller's first tick chose
     and commanded phase 1 (commands really published to the broker)."""
-    from hub.db import session_scope
+    from hub.core.db import session_scope
     from hub.rollouts import service
     from hub.rollouts.controller import RolloutController
 

@@ -245,7 +245,7 @@ def test_rollout_page_timeline_devices_gates_and_pause_resume(
 def test_read_only_token_sees_no_buttons_and_its_posts_are_refused(
     browser: Any, hub_server: Hub, rollout: StartedRollout
 ) -> None:
-    from hub.api_tokens import create_token
+    from hub.security.api_tokens import create_token
     from hub.tables import ApiTokenCreate, TokenScope
 
     with Session(hub_server.engine) as s:

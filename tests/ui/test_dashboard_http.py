@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from hub.api import create_app
-from hub.api_tokens import create_token, revoke_token
-from hub.db import session_scope
+from hub.core.db import session_scope
+from hub.core.settings import HubSettings
 from hub.rollouts import service
-from hub.settings import HubSettings
+from hub.security.api_tokens import create_token, revoke_token
 from hub.tables import ApiTokenCreate, Device, TokenScope
 from hub.ui._charts import Series, line_chart
 

@@ -6,9 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from sqlmodel import select
 
-from hub import registry
 from hub.api.deps import NamePath, SelectorPath, SessionDep, StoreDep
-from hub.errors import NotFound
+from hub.core.errors import NotFound
+from hub.registry import models as registry
 from hub.tables import Bundle, BundlePublic, ModelVersion
 
 router = APIRouter(tags=["bundles"])

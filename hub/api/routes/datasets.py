@@ -10,12 +10,12 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, StrictBool, StrictFloat, StringConstraints
 
-from hub import registry
 from hub.api.deps import NAME_PATTERN, ContextDep, NamePath, SessionDep, StoreDep, VersionPath
 from hub.api.public import DatasetImportPublic, ValidationReportPublic
+from hub.core.errors import InvalidInput
 from hub.datasets import service
 from hub.datasets.sources import SourceError, known_sources, load_builtin, load_source
-from hub.errors import InvalidInput
+from hub.registry import models as registry
 from hub.tables import DatasetVersionPublic, ModelVersionPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field, StringConstraints
 
-from hub import devices
 from hub.api.deps import ContextDep, DeviceIdPath, SessionDep
-from hub.errors import InvalidInput
+from hub.core.errors import InvalidInput
+from hub.fleet import devices
 from hub.tables import DeviceCreate, DevicePublic, DeviceUpdate, LabelQuarantinePublic
 from hub.triggers import lift_quarantine, list_quarantine
 
@@ -87,7 +87,7 @@ def delete(
 ) -> None:
     """Remove the device; its broker login (if enrolled) is revoked with it."""
     from hub.api.routes.security import security
-    from hub.enrollment import revoke_if_enrolled
+    from hub.security.enrollment import revoke_if_enrolled
 
     devices.delete_device(session, device_id=device_id)
     if revoke_if_enrolled(session, device_id=device_id):

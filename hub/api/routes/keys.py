@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 
 from hub.api.deps import ContextDep
 from hub.api.public import KeyRotationPublic, KeysPublic
-from hub.key_rotation import key_status
-from hub.keys import rotate_bundle_key
+from hub.security.key_rotation import key_status
+from hub.security.keys import rotate_bundle_key
 
 router = APIRouter(tags=["keys"])
 

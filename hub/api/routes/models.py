@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from hub import registry
 from hub.api.deps import (
     HEX_ID_PATTERN,
     MAX_ID,
@@ -17,6 +16,7 @@ from hub.api.deps import (
     StoreDep,
 )
 from hub.api.public import AliasMovePublic, LineagePublic, ModelSummaryPublic
+from hub.registry import models as registry
 from hub.tables import JsonInt, ModelVersionPublic
 
 router = APIRouter(prefix="/models", tags=["models"])

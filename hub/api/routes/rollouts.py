@@ -18,9 +18,9 @@ from hub.api.deps import (
     SessionDep,
 )
 from hub.api.public import RolloutPublic, RolloutSummaryPublic
-from hub.keys import BundleSignerCheck
 from hub.rollouts import service
 from hub.rollouts.views import rollout_view, summary
+from hub.security.keys import BundleSignerCheck
 from hub.tables import JsonInt, Rollout
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])

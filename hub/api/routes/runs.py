@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, Field, StrictFloat
 
-from hub import tracking
 from hub.api.deps import ContextDep, HexIdPath, NamePath, SessionDep, StoreDep
 from hub.api.public import ArtifactPublic
-from hub.errors import InvalidInput
+from hub.core.errors import InvalidInput
+from hub.registry import tracking
 from hub.tables import MetricIn, RunCreate, RunPublic
 
 router = APIRouter(prefix="/runs", tags=["runs"])

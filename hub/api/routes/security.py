@@ -6,7 +6,6 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 from sqlmodel import SQLModel
 
-from hub import api_tokens, devices, enrollment
 from hub.api.deps import ContextDep, DeviceIdPath, RowIdPath, SessionDep
 from hub.api.public import (
     ApiTokenCreatedPublic,
@@ -15,7 +14,9 @@ from hub.api.public import (
     EnrollmentPublic,
     EnrollmentTokenCreatedPublic,
 )
-from hub.security import Security
+from hub.fleet import devices
+from hub.security import api_tokens, enrollment
+from hub.security.runtime import Security
 from hub.tables import (
     ApiTokenCreate,
     ApiTokenPublic,

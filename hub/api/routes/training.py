@@ -13,11 +13,11 @@ from pydantic import BaseModel, Field, StrictFloat
 
 from hub.api.deps import NAME_PATTERN, ContextDep, NamePath, SelectorPath
 from hub.api.public import PackageOutcomePublic, TrainOutcomePublic
-from hub.keys import bundle_signing_key
+from hub.security.keys import bundle_signing_key
 from hub.tables import JsonInt
 from hub.tables.registry import DATASET_REF_PATTERN
 
-# hub.training and hub.packaging pull torch and onnx (seconds of import): imported in the
+# hub.training and hub.registry.packaging pull torch and onnx (seconds of import): imported in the
 # handlers, so `hub serve` and the API start without them.
 
 router = APIRouter(tags=["training"])
@@ -69,7 +69,7 @@ def train_model(body: TrainRequest, ctx: ContextDep) -> TrainOutcomePublic:
 def package_version(
     name: NamePath, selector: SelectorPath, body: PackageRequest, ctx: ContextDep
 ) -> PackageOutcomePublic:
-    from hub.packaging import PackageOptions, outcome_json, package
+    from hub.registry.packaging import PackageOptions, outcome_json, package
 
     options = PackageOptions(
         formats=tuple(body.formats) if body.formats else ("onnx", "tflite"),

@@ -14,7 +14,7 @@ from hub.api.public import (
     TriggerEventListPublic,
     TriggerEventPublic,
 )
-from hub.keys import bundle_signing_key
+from hub.security.keys import bundle_signing_key
 from hub.tables import JsonInt
 from hub.tables.triggers import TrainingPolicy, TriggerEvent
 from hub.triggers import (

@@ -1,0 +1,5 @@
+import sys
+
+from edgeloop_cli import main
+
+sys.exit(main())

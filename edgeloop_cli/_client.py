@@ -1,0 +1,115 @@
+"""How the CLI reaches a hub: in-process on a data dir, or over HTTP to a running hub.
+
+Both go through the same admin API, so the CLI and the API cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hub.core.errors import EdgeloopError
+
+
+class CliError(EdgeloopError):
+    """An error reported by the hub (or on the way to it), with the hub's code."""
+
+    def __init__(self, message: str, *, code: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    data_dir: str | None
+    hub_url: str | None
+    token: str | None
+
+
+class _Http(Protocol):
+    """httpx.Client, or Starlette's in-process test client (httpx or httpx2 underneath)."""
+
+    @property
+    def base_url(self) -> Any: ...
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Any = ...,
+        json: Any = ...,
+        files: Any = ...,
+        data: Any = ...,
+        content: Any = ...,
+    ) -> Any: ...
+
+
+class HubClient:
+    """A thin JSON client over the admin API (``/api/v1``)."""
+
+    def __init__(self, *, http: _Http) -> None:
+        self._http = http
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx  # lazily: an agent-only install has no httpx
+
+        try:
+            response = self._http.request(method, "/api/v1" + path, **kwargs)
+        except httpx.TransportError as exc:
+            raise CliError(
+                f"cannot reach the hub at {self._http.base_url} ({exc}); is `edgeloop hub serve` "
+                "running, or did you mean --data-dir?",
+                code="unreachable",
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                message, code = body.get("error", response.text), body.get("code", "error")
+            except ValueError:
+                message, code = response.text or response.reason_phrase, "http_error"
+            raise CliError(message, code=code, status=response.status_code)
+        if response.status_code == 204 or not response.content:
+            return None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.content
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+
+@contextmanager
+def connect(target: Target) -> Iterator[HubClient]:
+    if target.hub_url:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
+        with httpx.Client(base_url=target.hub_url, headers=headers, timeout=600) as http:
+            yield HubClient(http=http)
+        return
+    # In-process: the same app, on the data dir's database and artifacts, no network.
+    with warnings.catch_warnings():  # starlette asks for httpx2; httpx (pinned) works the same
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from starlette.testclient import TestClient
+
+    from hub.api import create_app
+    from hub.core.settings import load_settings
+
+    settings = load_settings(data_dir=target.data_dir)
+    token = target.token or settings.resolved_admin_token()
+    app = create_app(settings)
+    with TestClient(
+        app,
+        base_url="http://edgeloop.local",
+        raise_server_exceptions=False,
+        headers={"Authorization": f"Bearer {token}"},
+    ) as http:
+        yield HubClient(http=http)

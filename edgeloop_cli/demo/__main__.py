@@ -1,0 +1,3 @@
+from edgeloop_cli.demo import main
+
+main()

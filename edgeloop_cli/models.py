@@ -1,0 +1,115 @@
+"""``edgeloop model ...`` and ``edgeloop run ...``: registry and experiment tracking."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from edgeloop_cli._client import CliError, connect
+from edgeloop_cli._common import JsonFlag, target
+from edgeloop_cli.output import emit
+
+app = typer.Typer(help="The model registry: versions, aliases, lineage.", no_args_is_help=True)
+runs = typer.Typer(help="Training runs: params, metrics, artifacts.", no_args_is_help=True)
+
+VERSION_COLUMNS = ["ref", "aliases", "run_id", "metrics", "artifact_size", "created_at"]
+RUN_COLUMNS = ["id", "spec", "status", "dataset_version", "code_version", "metrics", "started_at"]
+
+
+def _split(ref: str) -> tuple[str, str]:
+    name, sep, selector = ref.partition("@")
+    if not sep or not name or not selector:
+        raise CliError(
+            f"{ref!r} must look like MODEL@VERSION (number, latest or alias)", code="usage"
+        )
+    return name, selector
+
+
+@app.command("list")
+def list_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Registered models with their latest version and aliases."""
+    with connect(target(ctx)) as client:
+        emit(client.get("/models"), as_json=as_json, key="models")
+
+
+@app.command("show")
+def show(ctx: typer.Context, ref: str, as_json: JsonFlag = False) -> None:
+    """MODEL@VERSION (or MODEL to list its versions)."""
+    with connect(target(ctx)) as client:
+        if "@" not in ref:
+            emit(
+                client.get(f"/models/{ref}/versions"),
+                as_json=as_json,
+                columns=VERSION_COLUMNS,
+                key="versions",
+            )
+            return
+        name, selector = _split(ref)
+        emit(client.get(f"/models/{name}/versions/{selector}"), as_json=as_json)
+
+
+@app.command("lineage")
+def lineage(ctx: typer.Context, ref: str, as_json: JsonFlag = False) -> None:
+    """Version -> run -> dataset version (and ancestors) -> code version, and bundles."""
+    name, selector = _split(ref)
+    with connect(target(ctx)) as client:
+        emit(client.get(f"/models/{name}/versions/{selector}/lineage"), as_json=as_json)
+
+
+@app.command("alias")
+def alias(
+    ctx: typer.Context,
+    model: str,
+    alias: str,
+    version: Annotated[int | None, typer.Argument(help="version to point at")] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="remove the alias")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Point ALIAS (e.g. production, candidate) at VERSION of MODEL, or --delete it."""
+    with connect(target(ctx)) as client:
+        if delete:
+            client.request("DELETE", f"/models/{model}/aliases/{alias}")
+            emit({"model": model, "alias": alias, "deleted": True}, as_json=as_json)
+            return
+        if version is None:
+            raise CliError("give the VERSION to point the alias at, or --delete", code="usage")
+        result = client.request(
+            "PUT", f"/models/{model}/aliases/{alias}", json={"version": version}
+        )
+    emit(result, as_json=as_json, columns=VERSION_COLUMNS)
+
+
+@app.command("register")
+def register(
+    ctx: typer.Context,
+    model: str,
+    run_id: Annotated[str, typer.Option("--run", help="a finished training run")],
+    artifact: Annotated[str, typer.Option(help="the run artifact holding the model")] = "model",
+    as_json: JsonFlag = False,
+) -> None:
+    """Register a finished run's model as the next version of MODEL."""
+    with connect(target(ctx)) as client:
+        result = client.post(
+            f"/models/{model}/versions", json={"run_id": run_id, "artifact": artifact}
+        )
+    emit(result, as_json=as_json, columns=VERSION_COLUMNS)
+
+
+@runs.command("list")
+def list_runs(
+    ctx: typer.Context,
+    spec: Annotated[str | None, typer.Option(help="only runs of this model spec")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Training runs, newest first."""
+    with connect(target(ctx)) as client:
+        rows = client.get("/runs", params={"spec": spec} if spec else None)
+    emit(rows, as_json=as_json, columns=RUN_COLUMNS, key="runs")
+
+
+@runs.command("show")
+def show_run(ctx: typer.Context, run_id: str, as_json: JsonFlag = False) -> None:
+    """One run with its params, final metrics and artifacts."""
+    with connect(target(ctx)) as client:
+        emit(client.get(f"/runs/{run_id}"), as_json=as_json)

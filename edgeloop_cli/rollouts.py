@@ -1,0 +1,155 @@
+"""``edgeloop rollout ...``: phased rollouts with ML-health gates."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from edgeloop_cli._client import connect
+from edgeloop_cli._common import JsonFlag, target
+from edgeloop_cli.output import emit
+
+app = typer.Typer(help="Phased rollouts: create, watch, pause, roll back.", no_args_is_help=True)
+COLUMNS = ["id", "model", "version", "state", "phase", "selector", "reason", "created_at"]
+SHOW = ["id", "model", "version", "state", "phase", "selector", "reason", "phases", "device_states"]
+ReasonOpt = Annotated[str, typer.Option(help="why (kept in the rollout's event log)")]
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    name, sep, version = ref.partition("@")
+    if not sep or not name or not version:
+        raise typer.BadParameter(f"{ref!r} must look like MODEL@VERSION (or MODEL@latest)")
+    return name, version
+
+
+def _fraction(text: str, flag: str) -> float:
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{flag} {text!r}: give a percentage (10%) or a fraction"
+        ) from None
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option("--model", help="MODEL@VERSION (or @latest, @alias)")],
+    selector: Annotated[str, typer.Option(help="all | id:a,b | group:g | site=x and hw=y")],
+    phases: Annotated[str, typer.Option(help="cumulative sizes")] = "1,10%,50%,100%",
+    on_failure: Annotated[str, typer.Option(help="pause | rollback")] = "rollback",
+    bake_s: Annotated[float, typer.Option(help="seconds to watch each phase")] = 60.0,
+    min_reporting: Annotated[int, typer.Option(help="devices that must report")] = 1,
+    device_timeout_s: Annotated[float, typer.Option(help="per-device answer timeout")] = 600.0,
+    probation_s: Annotated[int | None, typer.Option(help="on-device probation seconds")] = None,
+    approve_before: Annotated[
+        str | None, typer.Option(help="phase indexes that need `rollout approve`, e.g. 1,2")
+    ] = None,
+    gates: Annotated[
+        str | None, typer.Option(help='gate settings as JSON, e.g. {"max_accuracy_drop": 0.01}')
+    ] = None,
+    bundle_digest: Annotated[str | None, typer.Option(help="default: the version's bundle")] = None,
+    max_commands_per_s: Annotated[float | None, typer.Option(help="rate limit")] = None,
+    max_concurrent_downloads: Annotated[int | None, typer.Option(help="rate limit")] = None,
+    shadow: Annotated[
+        str | None,
+        typer.Option(help="shadow phase first, on this share of the devices: 10% or 0.1"),
+    ] = None,
+    min_agreement: Annotated[
+        float, typer.Option(help="shadow agreement the candidate needs")
+    ] = 0.9,
+    shadow_sample: Annotated[
+        float, typer.Option(help="share of requests a shadowing device also runs")
+    ] = 1.0,
+    shadow_bake_s: Annotated[float, typer.Option(help="seconds to shadow")] = 60.0,
+    promote_alias: Annotated[
+        str, typer.Option(help="alias moved to the version when it completes ('' = none)")
+    ] = "production",
+    as_json: JsonFlag = False,
+) -> None:
+    """Start a rollout of MODEL@VERSION to the devices SELECTOR matches."""
+    name, version = _split_ref(model)
+    shadow_cfg = None
+    if shadow is not None:
+        shadow_cfg = {
+            "fraction_of_devices": _fraction(shadow, "--shadow"),
+            "sample_fraction": shadow_sample,
+            "bake_s": shadow_bake_s,
+            "min_agreement": min_agreement,
+        }
+    try:
+        gate_cfg = json.loads(gates) if gates else None
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--gates is not JSON: {exc}") from None
+    body: dict[str, Any] = {
+        "model": name,
+        "version": version,
+        "selector": selector,
+        "phases": phases,
+        "on_failure": on_failure,
+        "bake_s": bake_s,
+        "min_reporting": min_reporting,
+        "device_timeout_s": device_timeout_s,
+        "probation_s": probation_s,
+        "approval_phases": [int(i) for i in approve_before.split(",")] if approve_before else [],
+        "gates": gate_cfg,
+        "bundle_digest": bundle_digest,
+        "max_commands_per_s": max_commands_per_s,
+        "max_concurrent_downloads": max_concurrent_downloads,
+        "shadow": shadow_cfg,
+        "promote_alias": promote_alias,
+    }
+    with connect(target(ctx)) as client:
+        emit(client.post("/rollouts", json=body), as_json=as_json, columns=SHOW)
+
+
+@app.command("show")
+def show(ctx: typer.Context, rollout_id: str, as_json: JsonFlag = False) -> None:
+    """Phases (state, devices, gate values with thresholds) and per-device status."""
+    with connect(target(ctx)) as client:
+        emit(client.get(f"/rollouts/{rollout_id}"), as_json=as_json, columns=SHOW)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    state: Annotated[str | None, typer.Option(help="only rollouts in this state")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    params = {"state": state} if state else {}
+    with connect(target(ctx)) as client:
+        found = client.get("/rollouts", params=params)
+    emit(found, as_json=as_json, columns=COLUMNS, key="rollouts")
+
+
+def _action(name: str, doc: str) -> None:
+    def command(
+        ctx: typer.Context,
+        rollout_id: str,
+        reason: ReasonOpt = "operator",
+        as_json: JsonFlag = False,
+    ) -> None:
+        with connect(target(ctx)) as client:
+            body = None if name == "retry" else {"reason": reason}
+            emit(
+                client.post(f"/rollouts/{rollout_id}/{name}", json=body),
+                as_json=as_json,
+                columns=SHOW,
+            )
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+for _name, _doc in {
+    "pause": "Stop commanding devices (devices already commanded carry on).",
+    "resume": "Continue a paused rollout.",
+    "advance": "Start the next phase now, without waiting for bake time or gates.",
+    "cancel": "Stop the rollout; devices keep what they run.",
+    "rollback": "Return every device the rollout touched to its previous version.",
+    "retry": "Command failed / timed-out devices again (or retry failed rollbacks).",
+    "approve": "Approve the phase that waits for approval.",
+}.items():
+    _action(_name, _doc)

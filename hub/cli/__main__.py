@@ -1,5 +1,0 @@
-import sys
-
-from hub.cli import main
-
-sys.exit(main())

@@ -1,3 +1,0 @@
-from hub.demo import main
-
-main()
