@@ -58,13 +58,13 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
 @pytest.fixture(scope="module")
 def cnn_bundle(hub: Hub) -> Path:
     outcome = package(
-        hub.engine, hub.store, ref="digits-cnn@1", signing_key=bundle_signing_key(hub.core.settings)
+        hub.engine, hub.store, ref="digits-cnn@1", signing_key=bundle_signing_key(hub.settings)
     )
     return outcome.path
 
 
 def test_classifier_bundle_is_signed_complete_and_gated(hub: Hub, cnn_bundle: Path) -> None:
-    bundle = open_bundle(cnn_bundle, public_key=bundle_public_key(hub.core.settings))
+    bundle = open_bundle(cnn_bundle, public_key=bundle_public_key(hub.settings))
     m = bundle.manifest
     assert (m["name"], m["version"], m["task"]) == ("digits-cnn", "1", "classification")
     assert m["output"]["labels"] == [str(i) for i in range(10)]
@@ -110,7 +110,7 @@ def test_classifier_bundle_is_signed_complete_and_gated(hub: Hub, cnn_bundle: Pa
 
 
 def test_self_test_samples_reproduce_on_the_runtimes(hub: Hub, cnn_bundle: Path) -> None:
-    bundle = open_bundle(cnn_bundle, public_key=bundle_public_key(hub.core.settings))
+    bundle = open_bundle(cnn_bundle, public_key=bundle_public_key(hub.settings))
     pre = Preprocess.model_validate(bundle.manifest["input"]["preprocess"])
     with np.load(io.BytesIO(bundle.read("samples.npz")), allow_pickle=False) as npz:
         raw = npz["self_test"]
@@ -139,7 +139,7 @@ def test_unsupervised_autoencoder_bundle(hub: Hub) -> None:
         hub.engine,
         hub.store,
         ref="vibration-ae@latest",
-        signing_key=bundle_signing_key(hub.core.settings),
+        signing_key=bundle_signing_key(hub.settings),
         options=PackageOptions(formats=("onnx",), formats_explicit=True),
     )
     m = outcome.manifest
@@ -157,7 +157,7 @@ def test_tflite_missing_is_a_note_by_default_and_an_error_when_asked(
     from model_packager import tflite
 
     monkeypatch.setattr(tflite, "tflite_available", lambda: False)
-    key = bundle_signing_key(hub.core.settings)
+    key = bundle_signing_key(hub.settings)
     outcome = package(hub.engine, hub.store, ref="vibration-ae@1", signing_key=key)
     assert any("edgeloop[tflite]" in note for note in outcome.notes)
     with pytest.raises(tflite.TFLiteUnavailable, match=r"edgeloop\[tflite\]"):
@@ -179,7 +179,7 @@ def test_tflite_missing_is_a_note_by_default_and_an_error_when_asked(
 
 
 def test_cli_package_and_verify(hub: Hub, capsys: pytest.CaptureFixture[str]) -> None:
-    dd = ["--data-dir", str(hub.core.settings.data_dir)]
+    dd = ["--data-dir", str(hub.settings.data_dir)]
     code = main([*dd, "package", "vibration-ae@1", "--formats", "onnx", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert code == 0, result
@@ -191,19 +191,19 @@ def test_cli_package_and_verify(hub: Hub, capsys: pytest.CaptureFixture[str]) ->
     verdict = json.loads(capsys.readouterr().out)
     assert code == 0 and verdict["valid"] is True and verdict["digest"] == result["digest"]
     # The public half, as a device is provisioned with it, verifies the same bundle.
-    pub = hub.core.settings.data_dir / "hub.pub"
+    pub = hub.settings.data_dir / "hub.pub"
     assert main([*dd, "bundle", "public-key", "--out", str(pub), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["key_id"] == verdict["key_id"]
     code = main(["bundle", "verify", result["bundle"], "--public-key", str(pub), "--json"])
     assert code == 0 and json.loads(capsys.readouterr().out)["valid"] is True
-    tampered = hub.core.settings.data_dir / "tampered.zip"
+    tampered = hub.settings.data_dir / "tampered.zip"
     blob = bytearray(Path(result["bundle"]).read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     tampered.write_bytes(bytes(blob))
     code = main([*dd, "bundle", "verify", str(tampered), "--json"])
     verdict = json.loads(capsys.readouterr().out)
     assert code == 1 and verdict["valid"] is False and verdict["reason"]
-    assert not verify_bundle(tampered, public_key=bundle_public_key(hub.core.settings)).valid
+    assert not verify_bundle(tampered, public_key=bundle_public_key(hub.settings)).valid
 
 
 def test_train_and_package_over_the_api(tmp_path: Path) -> None:

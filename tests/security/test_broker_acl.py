@@ -14,7 +14,7 @@ from tests.security.conftest import DEBOUNCE_S, WAIT_S, Client, SecuredHub, conn
 
 
 def _enrol(hub: SecuredHub, device_id: str) -> str:
-    return hub.security.runtime.enroll(device_id=device_id, token=None, wait=True).mqtt_password
+    return hub.security.enroll(device_id=device_id, token=None, wait=True).mqtt_password
 
 
 @pytest.fixture

@@ -131,7 +131,7 @@ def _connect(
     if username:
         paho.username_pw_set(username, password)
     paho.tls_set(
-        ca_certs=str(hub.security.tls.ca_file),
+        ca_certs=str(hub.tls.ca_file),
         certfile=str(cert[0]) if cert else None,
         keyfile=str(cert[1]) if cert else None,
     )
@@ -146,7 +146,7 @@ def _connect(
         codes.put(None)
 
     paho.on_disconnect = gone
-    paho.connect("127.0.0.1", hub.mqtt.broker.port, keepalive=30)  # TLS handshake errors raise here
+    paho.connect("127.0.0.1", hub.broker.port, keepalive=30)  # TLS handshake errors raise here
     paho.loop_start()
     try:
         code = codes.get(timeout=WAIT_S)
@@ -166,7 +166,7 @@ def _refused(hub: MtlsHub, **kwargs: Any) -> None:
 
 def _hub_conn(hub: MtlsHub) -> Conn:
     """The hub's own client as ``MqttTarget`` sets it up (its client certificate included)."""
-    target = MqttTarget.from_url(hub_mqtt_url(hub.core.settings, broker_url=hub.mqtt.broker.url))
+    target = MqttTarget.from_url(hub_mqtt_url(hub.settings, broker_url=hub.broker.url))
     assert target.cert_file and target.key_file
     conn = _connect(
         hub,
@@ -183,7 +183,7 @@ def _enrol(hub: MtlsHub, device_id: str, agent_dir: Path) -> tuple[Path, Path]:
         token=hub.token(),
         device_id=device_id,
         data_dir=agent_dir,
-        ca_file=hub.security.tls.ca_file,
+        ca_file=hub.tls.ca_file,
     )
     settings = AgentSettings(device_id=device_id, data_dir=agent_dir)
     assert settings.client_cert_file == done.client_cert_file
