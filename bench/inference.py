@@ -41,9 +41,10 @@ from edge_agent._runtime import LiteRTRuntime, LoadedModel, load_slot
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
 from hub.core.artifacts import FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.datasets import service as datasets
-from hub.registry.packaging import package
+from hub.packaging.service import package
+from hub.tables import create_all
 from hub.training.service import train
 from model_packager.bundle import open_bundle
 from model_packager.litert import TFLiteRunner

@@ -32,10 +32,10 @@ from paho.mqtt.properties import Properties
 from sqlalchemy import func, select
 
 from bench._result import BenchResult
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.ingest import IngestWorker, gaps
 from hub.mqtt.broker import EmbeddedBroker
-from hub.tables import Device, TelemetryWindowRow
+from hub.tables import Device, TelemetryWindowRow, create_all
 from proto import messages_pb2 as pb
 from proto.topics import Topics
 

@@ -69,7 +69,8 @@ class World:
 
     def __init__(self, root: Path, *, devices: int, database_url: str | None) -> None:
         from hub.core.artifacts import FileArtifactStore
-        from hub.core.db import create_all, make_engine
+        from hub.core.db import make_engine
+        from hub.tables import create_all
 
         self.url = database_url or f"sqlite:///{root / 'hub.db'}"
         self.engine = make_engine(self.url)

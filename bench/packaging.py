@@ -16,9 +16,10 @@ from typing import Any
 
 from bench._result import BenchResult
 from hub.core.artifacts import FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.datasets import service as datasets
-from hub.registry.packaging import package
+from hub.packaging.service import package
+from hub.tables import create_all
 from hub.training.service import train
 from model_packager.signing import generate_private_key
 

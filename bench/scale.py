@@ -70,9 +70,10 @@ def _raise_fd_limit() -> int:
 
 def _build_bundle(root: Path) -> tuple[bytes, Path]:
     from hub.core.artifacts import FileArtifactStore
-    from hub.core.db import create_all, make_engine, session_scope
+    from hub.core.db import make_engine, session_scope
     from hub.datasets import service as datasets
-    from hub.registry.packaging import PackageOptions, package
+    from hub.packaging.service import PackageOptions, package
+    from hub.tables import create_all
     from hub.training.service import train
     from model_packager.signing import generate_private_key, public_key_bytes
 

@@ -19,8 +19,9 @@ TRAIN_COLUMNS = ["run_id", "model", "version", "metrics", "dataset_version", "ca
 
 def _local(t: Target) -> Any:
     from hub.core.artifacts import open_store
-    from hub.core.db import create_all, make_engine
+    from hub.core.db import make_engine
     from hub.core.settings import load_settings
+    from hub.tables import create_all
 
     settings = load_settings(data_dir=t.data_dir)
     engine = make_engine(settings.resolved_database_url)
@@ -118,8 +119,8 @@ def package(
                 json={"formats": chosen, "max_accuracy_drop": max_accuracy_drop},
             )
     else:
-        from hub.registry.packaging import PackageOptions, outcome_json
-        from hub.registry.packaging import package as run_package
+        from hub.packaging.service import PackageOptions, outcome_json
+        from hub.packaging.service import package as run_package
         from hub.security.keys import bundle_signing_key
 
         settings, engine, store = _local(t)

@@ -21,15 +21,12 @@ from hub.core.artifacts import open_store
 from hub.core.redact import redact_url, redacting_log_config
 from hub.core.settings import HubSettings
 from hub.mqtt.auth import BrokerAuth, hub_mqtt_url
+from hub.mqtt.embedded import start_embedded_broker
 from hub.rpc.auth import DeviceCertAuth
 from hub.rpc.devices import DeviceServicer
 from hub.rpc.server import serve_grpc
-from hub.security.runtime import (
-    Security,
-    device_artifact_endpoint,
-    device_endpoints,
-    start_embedded_broker,
-)
+from hub.security.runtime import Security, device_artifact_endpoint, device_endpoints
+from hub.tables import create_all
 
 log = logging.getLogger("edgeloop.hub")
 
@@ -102,7 +99,7 @@ def _serve(settings: HubSettings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         security_engine = hub_db.make_engine(settings.resolved_database_url)
-        hub_db.create_all(security_engine)
+        create_all(security_engine)
         stack.callback(security_engine.dispose)
         broker_auth = BrokerAuth(settings=settings, engine=security_engine)
         stack.callback(broker_auth.close)
@@ -144,7 +141,7 @@ def _serve(settings: HubSettings) -> None:
         stack.callback(ingest.stop)
         stack.callback(_start_retention(settings))
         if settings.trigger_interval_s > 0:
-            from hub.core.db import create_all, make_engine
+            from hub.core.db import make_engine
             from hub.triggers.loop import TriggerLoop
 
             engine = make_engine(settings.resolved_database_url)

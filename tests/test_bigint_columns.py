@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 from sqlmodel import select
 
-from hub.core.db import create_all, make_engine, session_scope
-from hub.tables import IngestSeq, TelemetryWindowRow
+from hub.core.db import make_engine, session_scope
+from hub.tables import IngestSeq, TelemetryWindowRow, create_all
 from hub.tables.rollouts import Rollout, RolloutDevice
 
 BIG = 2**62

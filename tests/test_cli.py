@@ -81,8 +81,9 @@ def test_errors_are_json_with_a_code_and_nonzero_exit(
 
 def test_registry_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from hub.core.artifacts import FileArtifactStore
-    from hub.core.db import create_all, make_engine, session_scope
+    from hub.core.db import make_engine, session_scope
     from hub.registry import models as registry
+    from hub.tables import create_all
 
     dd = ["--data-dir", str(tmp_path)]
     engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")

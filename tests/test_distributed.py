@@ -131,9 +131,9 @@ def test_service_train_with_two_processes_tracks_and_registers(
     from sqlmodel import select
 
     from hub.core.artifacts import FileArtifactStore
-    from hub.core.db import create_all, make_engine, session_scope
+    from hub.core.db import make_engine, session_scope
     from hub.datasets import service as datasets
-    from hub.tables import RunMetric
+    from hub.tables import RunMetric, create_all
     from hub.training.service import train
 
     engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")

@@ -12,13 +12,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from hub.core.artifacts import ArtifactCorrupt, FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.core.errors import Conflict, DatasetInvalid, InvalidInput, NotFound
 from hub.datasets import service
 from hub.datasets.records import RecordSet
 from hub.datasets.sources import load_source
 from hub.registry import models as registry
 from hub.registry import tracking
+from hub.tables import create_all
 
 
 @pytest.fixture

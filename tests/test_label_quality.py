@@ -20,12 +20,12 @@ import hub.triggers as triggers
 from edgeloop_cli import main
 from hub.api import create_app
 from hub.core.artifacts import ArtifactStore, FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.core.errors import Conflict
 from hub.core.settings import HubSettings
 from hub.datasets import service as datasets
 from hub.rollouts.gates import DEFAULT_GATES, Scope, quality_gates
-from hub.tables import Alert, Device, FeedbackLabelRow, FieldSample, LabelQuarantine
+from hub.tables import Alert, Device, FeedbackLabelRow, FieldSample, LabelQuarantine, create_all
 from hub.tables.rollouts import Rollout, RolloutDevice
 from hub.triggers.label_quality import cap_shares, consensus_check, far_beyond_chance, share_cap
 from simulators.scenario import DriftSpec

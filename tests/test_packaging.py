@@ -16,13 +16,14 @@ from sqlalchemy.engine import Engine
 from edgeloop_cli import main
 from hub.api import create_app
 from hub.core.artifacts import FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.core.errors import InvalidInput
 from hub.core.settings import HubSettings
 from hub.datasets import service as datasets
+from hub.packaging.service import PackageOptions, package
 from hub.registry import models as registry
-from hub.registry.packaging import PackageOptions, package
 from hub.security.keys import bundle_public_key, bundle_signing_key
+from hub.tables import create_all
 from hub.training.service import train
 from model_packager import open_bundle, verify_bundle
 from model_packager.gate import evaluate_onnx

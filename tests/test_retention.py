@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, func, select
 
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.core.settings import HubSettings
 from hub.ingest.retention import rollup_and_prune
 from hub.monitoring import drift_score, live_accuracy
@@ -41,6 +41,7 @@ from hub.tables import (
     RolloutEvent,
     TelemetryWindowRow,
     TriggerEvent,
+    create_all,
 )
 from hub.triggers.field_data import labelled_field_records
 

@@ -13,12 +13,13 @@ from sqlalchemy.engine import Engine
 
 from edgeloop_cli import main
 from hub.core.artifacts import FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.core.errors import InvalidInput
 from hub.datasets import service as datasets
 from hub.registry import models as registry
 from hub.registry import tracking
 from hub.specs import BUILTIN_SPECS, get_spec
+from hub.tables import create_all
 from hub.training.artifact import load_model
 from hub.training.loop import EpochResult, TrainConfig, fit, predict
 from hub.training.service import train

@@ -15,14 +15,14 @@ from sqlalchemy.engine import Engine
 
 import hub.triggers as triggers
 from hub.core.artifacts import ArtifactStore, FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.core.errors import Conflict
 from hub.datasets import RecordSet
 from hub.datasets import service as datasets
 from hub.registry import models as registry
 from hub.specs import get_spec
 from hub.specs.digits import DigitsMLP
-from hub.tables import TrainingRun
+from hub.tables import TrainingRun, create_all
 from hub.training.service import TrainOutcome
 from hub.triggers import TriggerEvent, TriggerKind, TriggerStatus, list_events, set_policy
 

@@ -15,7 +15,7 @@ from sqlmodel import select
 
 import hub.triggers as triggers
 from hub.core.artifacts import ArtifactStore, FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.datasets import service as datasets
 from hub.tables import (
     Alert,
@@ -24,6 +24,7 @@ from hub.tables import (
     ModelVersion,
     RegisteredModel,
     TrainingRun,
+    create_all,
 )
 from hub.tables.devices import Device
 from hub.training.service import TrainOutcome

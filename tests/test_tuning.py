@@ -16,13 +16,14 @@ from typer.testing import CliRunner
 from edgeloop_cli._client import Target
 from edgeloop_cli.tuning import tune as tune_command
 from hub.core.artifacts import FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.core.errors import InvalidInput
 from hub.datasets import service as datasets
 from hub.registry import models as registry
 from hub.registry import tracking
 from hub.specs import get_spec
 from hub.specs.digits import DigitsMLP
+from hub.tables import create_all
 from hub.training.tuning import (
     TrialReport,
     default_space,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select as sa_select
@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 
 from edgeloop_cli.demo.metrics import AlertRow, LabelRow, WindowRow
 from hub.core.artifacts import open_store
+from hub.core.clock import aware
 from hub.core.db import make_engine
 from hub.datasets import service as datasets
 from hub.datasets.splits import split_key
@@ -26,10 +27,6 @@ from hub.tables.monitoring import Alert, MonitorScore
 from hub.tables.registry import ModelVersion, TrainingRun
 
 BUCKET_S = 5.0
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +53,7 @@ class RunRecord:
         cls, *, database_url: str, artifact_url: str, model: str, wall_t0: datetime
     ) -> RunRecord:
         def t(at: datetime) -> float:
-            return (_aware(at) - wall_t0).total_seconds()
+            return (aware(at) - wall_t0).total_seconds()
 
         engine = make_engine(database_url)
         store = open_store(artifact_url)
@@ -147,7 +144,7 @@ class RunRecord:
         # one point per evaluation and detector: the largest score/threshold of its windows
         peaks: dict[tuple[str, float], float] = {}
         for score in scores:
-            when = round((_aware(score.at) - wall_t0).total_seconds(), 1)
+            when = round((aware(score.at) - wall_t0).total_seconds(), 1)
             ratio = score.score / score.threshold if score.threshold else 0.0
             key = (f"v{score.version} {score.detector}", when)
             peaks[key] = max(peaks.get(key, 0.0), ratio)

@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 import hub
 from hub import ui
 from hub.api import errors
-from hub.api.deps import ContextDep, HubContext, check_request, require_admin
+from hub.api.deps import ContextDep, check_request, require_admin
 from hub.api.public import HealthPublic
 from hub.api.routes import bundles, datasets, devices, models, runs, training
 from hub.api.routes import ingest as ingest_routes
@@ -21,8 +21,10 @@ from hub.api.routes import rollouts as rollout_routes
 from hub.api.routes import security as security_routes
 from hub.api.routes import triggers as trigger_routes
 from hub.core.artifacts import open_store
-from hub.core.db import create_all, make_engine
+from hub.core.context import HubContext
+from hub.core.db import make_engine
 from hub.core.settings import HubSettings
+from hub.tables import create_all
 
 API_PREFIX = "/api/v1"
 

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from hub.core.artifacts import ArtifactStore
+from hub.core.context import HubContext
 from hub.core.db import session_scope
 from hub.core.errors import InvalidInput, Unauthorized
-from hub.core.settings import HubSettings
 from hub.security.api_tokens import authorize
 from hub.tables.devices import DEVICE_ID_PATTERN
-
-
-@dataclass(frozen=True, slots=True)
-class HubContext:
-    """What every request may need; built once per app."""
-
-    settings: HubSettings
-    engine: Engine
-    store: ArtifactStore
-    admin_token: str
 
 
 def get_context(request: Request) -> HubContext:

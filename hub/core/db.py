@@ -11,9 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
-
-from hub import tables as _tables  # noqa: F401  (registers every table on SQLModel.metadata)
+from sqlmodel import Session, create_engine
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -75,14 +73,6 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, json_serializer=json_dumps)
-
-
-def create_all(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
-
-
-def drop_all(engine: Engine) -> None:
-    SQLModel.metadata.drop_all(engine)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from hub.core.redact import redact_url
 
 if TYPE_CHECKING:
-    from hub.security.tls import TlsFiles
+    from hub.core.tls import TlsFiles
 
 DEFAULT_DATA_DIR = Path("~/.edgeloop")
 MIN_TOKEN_LENGTH = 32
@@ -251,7 +251,7 @@ class HubSettings(BaseSettings):
 
     def tls_files(self) -> TlsFiles | None:
         """The broker's and gRPC server's certificate files; None: plaintext (the default)."""
-        from hub.security.tls import TlsFiles, generate_self_signed
+        from hub.core.tls import TlsFiles, generate_self_signed
 
         if self.tls_cert_file is not None and self.tls_key_file is not None:
             ca = self.tls_ca_file or self.tls_cert_file

@@ -16,9 +16,10 @@ import sys
 import threading
 from pathlib import Path
 
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.core.redact import install_log_redaction
 from hub.ingest.worker import IngestWorker
+from hub.tables import create_all
 
 
 def _parser() -> argparse.ArgumentParser:

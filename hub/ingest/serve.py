@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.core.settings import HubSettings
 from hub.ingest.worker import IngestWorker
+from hub.tables import create_all
 
 
 def start_hub_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> IngestWorker:

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from hub.tables.columns import utcnow
+from hub.core.clock import utcnow
 from hub.tables.monitoring import Alert, MonitorScore
 
 AlertKey = tuple[str, str, str]  # kind, scope, detector

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from hub.core.artifacts import ArtifactStore
 
 log = logging.getLogger("edgeloop.monitor")
-SAMPLES_FILE, SAMPLES_KEY = "samples.npz", "reference"  # what hub.registry.packaging ships
+SAMPLES_FILE, SAMPLES_KEY = "samples.npz", "reference"  # what hub.packaging.service ships
 
 
 @dataclass(frozen=True, kw_only=True)

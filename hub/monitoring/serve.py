@@ -10,10 +10,11 @@ from hub.core.settings import HubSettings
 def start_monitor(settings: HubSettings, *, mqtt_url: str | None) -> Callable[[], None]:
     """Start a :class:`MonitorLoop` (publishing alerts when a broker is known); returns stop."""
     from hub.core.artifacts import open_store
-    from hub.core.db import create_all, make_engine
+    from hub.core.db import make_engine
     from hub.monitoring.loop import MonitorLoop
     from hub.monitoring.publish import MqttAlertPublisher, alerts_topic
     from hub.monitoring.service import MonitorConfig
+    from hub.tables import create_all
 
     engine = make_engine(settings.resolved_database_url)
     create_all(engine)

@@ -21,6 +21,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from hub.core.clock import utcnow
 from hub.core.db import session_scope
 from hub.monitoring._alerts import AlertBook
 from hub.monitoring._cache import NOMINAL_RATE, DetectorCache, DetectorSettings, cache_for
@@ -28,7 +29,6 @@ from hub.monitoring._cursors import HEAD
 from hub.monitoring._degradation import evaluate_degradation
 from hub.monitoring._drift import evaluate_drift
 from hub.monitoring._report import MonitorReport, alert_json
-from hub.tables.columns import utcnow
 from hub.tables.fleet import FeedbackLabelRow, TelemetryWindowRow
 from hub.tables.monitoring import Alert, MonitorCursor
 

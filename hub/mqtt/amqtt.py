@@ -10,7 +10,7 @@ import contextlib
 import threading
 from typing import Any
 
-from hub.mqtt.broker import BrokerError
+from hub.mqtt.net import BrokerError
 
 _AMQTT_AUTH = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
 

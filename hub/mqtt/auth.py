@@ -23,12 +23,8 @@
 from __future__ import annotations
 
 import atexit
-import base64
-import hashlib
-import hmac
 import logging
 import os
-import secrets
 import signal
 import time
 from pathlib import Path
@@ -38,8 +34,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from hub.core.settings import HubSettings
-from hub.mqtt.broker import BrokerAuthFiles
 from hub.mqtt.debounce import Debouncer
+from hub.mqtt.mosquitto import BrokerAuthFiles
+from hub.security.passwords import hash_password, new_password, verify_password
 from hub.tables import DeviceCertificate, DeviceCredential
 from model_packager._format import write_private
 from proto.topics import TopicKind, Topics
@@ -47,41 +44,12 @@ from proto.topics import TopicKind, Topics
 log = logging.getLogger(__name__)
 
 HUB_MQTT_USER = "edgeloop-hub"
-#: The hub's MQTT client ids (ingest, rollouts, monitor, probe) and its user start so; no
-#: device may be enrolled under such an id (hub.security.enrollment).
-HUB_CLIENT_ID_PREFIX = "edgeloop-"
 HUB_PASSWORD_FILE = Path("keys") / "mqtt_hub_password"
-PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
 #: What Mosquitto logs (log_type information) when a SIGHUP reaches its main loop, and how
 #: long a reload request waits to see it.
 RELOAD_LINE = b"Reloading config."
 RELOAD_WAIT_S = 5.0
 DEVICE_PUBLISHES = (TopicKind.STATE, TopicKind.EVENTS, TopicKind.TELEMETRY, TopicKind.FEEDBACK)
-
-
-def hash_password(password: str, *, iterations: int = PBKDF2_ITERATIONS) -> str:
-    """Mosquitto's ``$7$<iterations>$<salt b64>$<pbkdf2-sha512 b64>`` (12-byte salt)."""
-    salt = secrets.token_bytes(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def verify_password(password: str, hashed: str) -> bool:
-    """True when ``password`` matches a ``$7$`` hash (as Mosquitto checks it)."""
-    try:
-        _, kind, iterations, salt, digest = hashed.split("$")
-        if kind != "7":
-            return False
-        computed = hashlib.pbkdf2_hmac(
-            "sha512", password.encode(), base64.b64decode(salt), int(iterations)
-        )
-        return hmac.compare_digest(computed, base64.b64decode(digest))
-    except ValueError:
-        return False
-
-
-def new_password() -> str:
-    return secrets.token_urlsafe(24)
 
 
 def hub_mqtt_password(settings: HubSettings) -> str:

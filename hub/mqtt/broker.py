@@ -26,16 +26,16 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Self
 from urllib.parse import quote
 
+from hub.mqtt.mosquitto import BrokerAuthFiles, MosquittoConf
 from hub.mqtt.net import BrokerError, claim_port, port_free, wait_for_connack, wait_for_mqtt
 
 if TYPE_CHECKING:
+    from hub.core.tls import TlsFiles
     from hub.mqtt.amqtt import AmqttThread as _Amqtt
-    from hub.security.tls import TlsFiles
 
 BrokerKind = Literal["auto", "mosquitto", "amqtt"]
 _SBIN_DIRS = os.pathsep.join(["/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin"])
@@ -48,23 +48,6 @@ __all__ = [
     "find_mosquitto",
     "wait_for_mqtt",
 ]
-
-
-@dataclass(frozen=True, kw_only=True)
-class BrokerAuthFiles:
-    """Access control for the embedded Mosquitto (written by ``hub.mqtt.auth``).
-
-    ``probe`` is the (user, password) the start-up check connects with. With client
-    certificates (``client_ca``: the CA that signs them, ``crl_file``: its revocation list)
-    the TLS listener requires one; ``probe_cert`` is the (cert, key) files the check uses.
-    """
-
-    password_file: Path
-    acl_file: Path
-    probe: tuple[str, str] = field(repr=False)
-    client_ca: Path | None = None
-    crl_file: Path | None = None
-    probe_cert: tuple[Path, Path] | None = None
 
 
 def find_mosquitto() -> str | None:
@@ -255,7 +238,6 @@ class EmbeddedBroker:
 
     def mosquitto_config(self) -> str:
         """The generated ``mosquitto.conf`` (rendered by :mod:`hub.mqtt.mosquitto`)."""
-        from hub.mqtt.mosquitto import MosquittoConf
 
         return MosquittoConf(
             host=self._host,

@@ -15,13 +15,29 @@ from __future__ import annotations
 
 import os
 import pwd
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hub.mqtt.broker import BrokerAuthFiles
-    from hub.security.tls import TlsFiles
+    from hub.core.tls import TlsFiles
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerAuthFiles:
+    """Access control for the embedded Mosquitto (written by ``hub.mqtt.auth``).
+
+    ``probe`` is the (user, password) the start-up check connects with. With client
+    certificates (``client_ca``: the CA that signs them, ``crl_file``: its revocation list)
+    the TLS listener requires one; ``probe_cert`` is the (cert, key) files the check uses.
+    """
+
+    password_file: Path
+    acl_file: Path
+    probe: tuple[str, str] = field(repr=False)
+    client_ca: Path | None = None
+    crl_file: Path | None = None
+    probe_cert: tuple[Path, Path] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

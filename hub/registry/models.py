@@ -9,6 +9,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from hub.core.artifacts import ArtifactStore
+from hub.core.clock import utcnow
 from hub.core.errors import Conflict, InvalidInput, NotFound, parse_ref
 from hub.datasets import service as datasets
 from hub.registry import tracking
@@ -21,7 +22,6 @@ from hub.tables import (
     RegisteredModel,
     TrainingRun,
 )
-from hub.tables.columns import utcnow
 
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

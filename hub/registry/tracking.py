@@ -10,10 +10,10 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from hub.core.artifacts import ArtifactStore
+from hub.core.clock import utcnow
 from hub.core.errors import Conflict, InvalidInput, NotFound
 from hub.datasets import service as datasets
 from hub.tables import RunArtifact, RunMetric, RunPublic, TrainingRun
-from hub.tables.columns import utcnow
 
 RUN_STATUSES = {"running", "finished", "failed"}
 ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

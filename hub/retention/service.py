@@ -65,6 +65,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as sql_select
 
+from hub.core.clock import aware
 from hub.core.settings import HubSettings
 from hub.ingest.retention import read_by_monitoring, rollup_and_prune
 from hub.tables import (
@@ -118,10 +119,6 @@ def _table(model: type[SQLModel]) -> Table:
 def _hour(at: datetime) -> datetime:
     at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     return at.replace(minute=0, second=0, microsecond=0)
-
-
-def _aware(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,7 +258,7 @@ def _samples_needed_from(conn: Connection, *, monitored: bool) -> dict[tuple[str
     needed: dict[tuple[str, str], datetime] = {}
 
     def at_least(key: tuple[str, str], at: datetime) -> None:
-        at = _aware(at)
+        at = aware(at)
         needed[key] = min(needed.get(key, at), at)
 
     versions = conn.execute(select(samples.c.model, samples.c.version).distinct()).all()
@@ -452,7 +449,7 @@ def _prune_samples(
                 if r.labelled and r.id >= keep_from.get(r.model, 0):
                     return True  # the retrain reads it
                 since = needed_from.get((r.model, r.version))
-                return since is not None and _aware(r.at) >= since
+                return since is not None and aware(r.at) >= since
 
             gone = [r.id for r in rows if not needed(r)]
             if gone:

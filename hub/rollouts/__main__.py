@@ -14,9 +14,10 @@ import sys
 import threading
 from contextlib import ExitStack
 
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.core.redact import install_log_redaction
 from hub.rollouts.controller import RolloutController
+from hub.tables import create_all
 
 log = logging.getLogger("edgeloop.rollouts")
 

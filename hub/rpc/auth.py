@@ -37,7 +37,7 @@ from hub.tables import DeviceCertificate
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from hub.security.tls import TlsFiles
+    from hub.core.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 

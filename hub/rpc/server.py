@@ -24,7 +24,7 @@ from hub.rpc.auth import DeviceCertAuth, DeviceCertInterceptor
 from proto import services_pb2, services_pb2_grpc
 
 if TYPE_CHECKING:
-    from hub.security.tls import TlsFiles
+    from hub.core.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import secrets
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from hub.core.clock import utcnow
 from hub.core.errors import Forbidden, NotFound, Unauthorized
 from hub.tables import ApiToken, ApiTokenCreate, TokenScope
-from hub.tables.columns import utcnow
 
 TOKEN_PREFIX = "elk_"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -34,7 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hub.security.tls import _write
+from hub.core.clock import utcnow
+from hub.core.tls import _write
 
 CLIENTS_DIR = Path("tls") / "clients"
 HUB_CERT, HUB_KEY = "hub.pem", "hub.key"
@@ -51,10 +52,6 @@ class Issued:
     pem: bytes
     serial: int
     not_after: dt.datetime
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
@@ -99,7 +96,7 @@ class DeviceCA:
     def _generate(self, days: int) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeloop device CA")])
-        start = _now() - dt.timedelta(minutes=5)
+        start = utcnow() - dt.timedelta(minutes=5)
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -120,7 +117,7 @@ class DeviceCA:
         _write(self.ca_file, cert.public_bytes(pem), private=False)
 
     def _sign(self, *, common_name: str, public_key: object, days: float) -> Issued:
-        start = _now() - dt.timedelta(minutes=5)
+        start = utcnow() - dt.timedelta(minutes=5)
         not_after = min(start + dt.timedelta(days=days), self._cert.not_valid_after_utc)
         serial = x509.random_serial_number()
         cert = (
@@ -161,7 +158,7 @@ class DeviceCA:
         cert_file, key_file = self.folder / HUB_CERT, self.folder / HUB_KEY
         if cert_file.is_file() and key_file.is_file():
             cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-            left = cert.not_valid_after_utc - _now()
+            left = cert.not_valid_after_utc - utcnow()
             if cert.issuer == self._cert.subject and left > dt.timedelta(days=days / 3):
                 return cert_file, key_file
         key = ec.generate_private_key(ec.SECP256R1())
@@ -177,7 +174,7 @@ class DeviceCA:
 
     def write_crl(self, revoked: Iterable[tuple[int, dt.datetime]], *, days: int = 365) -> None:
         """Rewrite ``crl.pem``: every (serial, revoked at) given; next update in ``days``."""
-        now = _now()
+        now = utcnow()
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self._cert.subject)

@@ -15,15 +15,16 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse, urlunparse
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
+from hub.core.clock import aware, utcnow
 from hub.core.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
-from hub.mqtt.auth import HUB_CLIENT_ID_PREFIX, hash_password, new_password
+from hub.security.passwords import HUB_CLIENT_ID_PREFIX, hash_password, new_password
 from hub.tables import (
     Device,
     DeviceCertificate,
@@ -31,7 +32,6 @@ from hub.tables import (
     EnrollmentToken,
     EnrollmentTokenCreate,
 )
-from hub.tables.columns import utcnow
 from hub.tables.devices import DEVICE_ID_PATTERN
 from proto.topics import validate_device_id
 
@@ -85,11 +85,6 @@ class EnrollResult:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back naive; every stored time is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def strip_credentials(url: str) -> str:
@@ -146,9 +141,9 @@ def _claim(session: Session, *, token: str) -> EnrollmentToken:
     now = utcnow()
     if row.revoked_at is not None:
         raise EnrollmentRefused(f"enrollment token {row.id} was revoked")
-    if _aware(row.expires_at) <= now:
+    if aware(row.expires_at) <= now:
         raise EnrollmentRefused(
-            f"enrollment token {row.id} expired at {_aware(row.expires_at).isoformat()}"
+            f"enrollment token {row.id} expired at {aware(row.expires_at).isoformat()}"
         )
     claimed = session.execute(
         update(EnrollmentToken)

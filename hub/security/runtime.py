@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Protocol
 
 from sqlalchemy.engine import Engine
 
 from hub.core.db import session_scope
 from hub.core.errors import InvalidInput
-from hub.core.settings import HubSettings, SettingsError
-from hub.mqtt.auth import BrokerAuth
-from hub.mqtt.broker import EmbeddedBroker
+from hub.core.settings import HubSettings
 from hub.security.client_certs import DeviceCA
 from hub.security.enrollment import (
     DeviceEndpoints,
@@ -65,6 +64,19 @@ def device_artifact_endpoint(settings: HubSettings, *, grpc_port: int | None = N
     return f"{settings.grpc_host}:{grpc_port}"
 
 
+class BrokerLogins(Protocol):
+    """What enrolment needs from the broker's access control: regenerate the logins from the
+    database (debounced, or now) and stop. :class:`hub.mqtt.auth.BrokerAuth` implements it."""
+
+    def request_sync(self) -> None: ...
+
+    def flush(self, timeout: float = 10.0) -> None: ...
+
+    def sync_now(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Security:
     """Enrolment + revocation with the broker's files regenerated (debounced) after each."""
 
@@ -73,12 +85,12 @@ class Security:
         *,
         settings: HubSettings,
         engine: Engine,
+        broker_auth: BrokerLogins,
         endpoints: Callable[[], DeviceEndpoints] | None = None,
-        broker_auth: BrokerAuth | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
-        self.broker_auth = broker_auth or BrokerAuth(settings=settings, engine=engine)
+        self.broker_auth = broker_auth
         self._endpoints = endpoints or (lambda: device_endpoints(settings))
         self._ca: DeviceCA | None = None
 
@@ -142,40 +154,3 @@ class Security:
 
     def close(self) -> None:
         self.broker_auth.close()
-
-
-def start_embedded_broker(settings: HubSettings, *, broker_auth: BrokerAuth) -> EmbeddedBroker:
-    """Start the broker ``hub serve`` owns, with per-device logins unless turned off.
-
-    Mosquitto gets the generated password + ACL files. amqtt cannot enforce per-device
-    topic rules here: production mode refuses it; dev mode runs it anonymous with a loud
-    warning.
-    """
-    tls = settings.tls_files()  # TLS listener when configured (Mosquitto only)
-    broker = EmbeddedBroker(
-        data_dir=settings.data_dir,
-        port=settings.embedded_mqtt_port,
-        kind=settings.embedded_broker,
-        tls=tls,
-    )
-    if settings.broker_auth and broker.kind_in_use == "mosquitto":
-        broker = EmbeddedBroker(
-            data_dir=settings.data_dir,
-            port=settings.embedded_mqtt_port,
-            kind="mosquitto",
-            auth=broker_auth.files(),
-            tls=tls,
-            internal_port=settings.embedded_mqtt_internal_port,
-        )
-    elif settings.broker_auth:
-        if settings.mode == "production":
-            raise SettingsError(
-                "production mode needs broker access control, which the amqtt fallback cannot "
-                "enforce: install mosquitto, or set EDGELOOP_MQTT_URL to a secured broker"
-            )
-        log.warning(
-            "SECURITY: the embedded amqtt broker runs WITHOUT authentication or ACLs (dev "
-            "mode only): any client may read and write every topic; install mosquitto"
-        )
-    broker.start()
-    return broker

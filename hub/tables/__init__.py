@@ -1,4 +1,8 @@
-"""SQLModel tables and their API families (Base / Create / Public / table)."""
+"""SQLModel tables and their API families (Base / Create / Public / table), and the schema's
+``create_all`` / ``drop_all`` (importing this package registers every table)."""
+
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
 
 from hub.tables.columns import JsonInt
 from hub.tables.datasets import DatasetVersion, DatasetVersionBase, DatasetVersionPublic
@@ -96,4 +100,15 @@ __all__ = [
     "TriggerEvent",
     "TriggerKind",
     "TriggerStatus",
+    "create_all",
+    "drop_all",
 ]
+
+
+def create_all(engine: Engine) -> None:
+    """Create every table the hub uses that is missing (existing ones are left as they are)."""
+    SQLModel.metadata.create_all(engine)
+
+
+def drop_all(engine: Engine) -> None:
+    SQLModel.metadata.drop_all(engine)

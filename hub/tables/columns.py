@@ -1,15 +1,10 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Strict
 from sqlalchemy import JSON, BigInteger, Column
 from sqlmodel import Field
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def json_field(*, default_factory: Any = dict) -> Any:

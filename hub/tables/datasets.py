@@ -8,7 +8,8 @@ from typing import Any, Literal
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from hub.tables.columns import json_field, utcnow
+from hub.core.clock import utcnow
+from hub.tables.columns import json_field
 
 ValidationStatus = Literal["passed", "failed", "overridden"]
 

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 from pydantic import StringConstraints
 from sqlmodel import Field, SQLModel
 
-from hub.tables.columns import json_field, utcnow
+from hub.core.clock import utcnow
+from hub.tables.columns import json_field
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]

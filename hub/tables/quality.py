@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from hub.tables.columns import utcnow
+from hub.core.clock import utcnow
 
 
 class LabelQuarantineBase(SQLModel):

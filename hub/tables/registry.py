@@ -9,7 +9,8 @@ from pydantic import StrictFloat, StringConstraints
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from hub.tables.columns import JsonInt, json_field, utcnow
+from hub.core.clock import utcnow
+from hub.tables.columns import JsonInt, json_field
 
 # --- runs -------------------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlmodel import Field, SQLModel
 
-from hub.tables.columns import bigint_field, json_field, utcnow
+from hub.core.clock import utcnow
+from hub.tables.columns import bigint_field, json_field
 
 
 class RolloutState(StrEnum):

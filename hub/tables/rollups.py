@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from hub.tables.columns import json_field, utcnow
+from hub.core.clock import utcnow
+from hub.tables.columns import json_field
 
 
 class TelemetryRollup(SQLModel, table=True):

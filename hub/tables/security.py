@@ -14,7 +14,8 @@ from typing import Annotated
 from pydantic import StringConstraints
 from sqlmodel import Field, SQLModel
 
-from hub.tables.columns import JsonInt, json_field, utcnow
+from hub.core.clock import utcnow
+from hub.tables.columns import JsonInt, json_field
 
 
 class EnrollmentTokenCreate(SQLModel):

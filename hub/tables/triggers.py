@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlmodel import Field, SQLModel
 
-from hub.tables.columns import json_field, utcnow
+from hub.core.clock import utcnow
+from hub.tables.columns import json_field
 
 
 class TriggerKind(StrEnum):

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from hub.core.clock import aware
 from hub.core.errors import NotFound
 from hub.datasets import service as datasets
 from hub.tables import DatasetVersion
@@ -16,7 +17,7 @@ from hub.tables.devices import Device
 from hub.tables.fleet import FeedbackLabelRow, FieldSample
 from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, TriggerStatus
 from hub.triggers.incidents import Incident, pending_incident
-from hub.triggers.policies import aware, list_policies
+from hub.triggers.policies import list_policies
 
 STALE_AFTER = timedelta(hours=6)
 TRAINABLE = frozenset({"passed", "overridden"})

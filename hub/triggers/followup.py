@@ -57,7 +57,7 @@ class PackageAndCanary:
         canary: Mapping[str, Any],
     ) -> FollowupResult:
         from hub.core.db import session_scope
-        from hub.registry.packaging import PackageOptions, package
+        from hub.packaging.service import PackageOptions, package
         from hub.rollouts import service as rollouts
         from hub.security.keys import BundleSignerCheck
         from model_packager.signing import key_id

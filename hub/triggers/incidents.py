@@ -19,9 +19,9 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from hub.core.clock import aware
 from hub.tables.monitoring import Alert, AlertKind
 from hub.tables.triggers import TrainingPolicy, TriggerKind
-from hub.triggers.policies import aware
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -50,12 +50,11 @@ import numpy.typing as npt
 from scipy.stats import binom
 from sqlmodel import Session, col, select
 
+from hub.core.clock import aware, utcnow
 from hub.core.errors import Conflict, InvalidInput
 from hub.datasets.records import RecordSet
-from hub.tables.columns import utcnow
 from hub.tables.fleet import FieldSample
 from hub.tables.quality import LabelQuarantine
-from hub.triggers.policies import aware
 
 log = logging.getLogger("edgeloop.triggers")
 

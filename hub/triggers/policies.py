@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -14,11 +13,6 @@ from hub.tables.triggers import TrainingPolicy, TriggerEvent
 CANARY_KEYS = frozenset(
     {"selector", "phases", "bake_s", "min_reporting", "on_failure", "formats", "gates"}
 )
-
-
-def aware(value: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they were stored as UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def set_policy(

@@ -22,17 +22,17 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from hub.core.artifacts import ArtifactStore
+from hub.core.clock import aware, utcnow
 from hub.core.db import session_scope
 from hub.core.errors import Conflict, NotFound
 from hub.datasets import service as datasets
 from hub.tables import Alert, ModelVersion
-from hub.tables.columns import utcnow
 from hub.tables.triggers import TrainingPolicy, TriggerEvent, TriggerKind, TriggerStatus
 from hub.triggers.decide import TRAINABLE, Decision, evaluate, not_trainable, running
 from hub.triggers.field_data import import_field_data
 from hub.triggers.followup import Followup, FollowupResult
 from hub.triggers.incidents import Incident, consume
-from hub.triggers.policies import aware, get_policy
+from hub.triggers.policies import get_policy
 
 if TYPE_CHECKING:  # torch: imported when a run starts, not with the hub
     from hub.training.service import TrainOutcome

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 
-from hub.api.deps import HubContext
+from hub.core.context import HubContext
 from hub.core.errors import Forbidden, Unauthorized
 from hub.security.api_tokens import authorize, scope_of
 from hub.tables import TokenScope

@@ -13,7 +13,7 @@ from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
 import hub
-from hub.api.deps import HubContext
+from hub.core.context import HubContext
 from hub.core.db import session_scope
 from hub.core.errors import EdgeloopError, NotFound
 from hub.ui import _filters, _fleet, _monitoring, _registry, _rollouts

@@ -15,12 +15,13 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
 from hub.core.artifacts import FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.datasets import service as datasets
 from hub.datasets.sources import load_source
 from hub.mqtt.broker import EmbeddedBroker
-from hub.registry.packaging import PackageOptions, package
+from hub.packaging.service import PackageOptions, package
 from hub.rpc.server import start_grpc_server
+from hub.tables import create_all
 from hub.training.service import train
 from model_packager.signing import generate_private_key
 from proto import messages_pb2 as pb

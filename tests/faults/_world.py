@@ -93,10 +93,11 @@ class FaultHub:
 def build_fault_hub(root: Path) -> FaultHub:
     from concurrent import futures
 
-    from hub.core.db import create_all, make_engine, session_scope
+    from hub.core.db import make_engine, session_scope
     from hub.datasets import service as datasets
-    from hub.registry.packaging import PackageOptions, package
+    from hub.packaging.service import PackageOptions, package
     from hub.security.keys import bundle_signing_key_path
+    from hub.tables import create_all
     from hub.training.service import train
     from model_packager.signing import load_or_create_private_key
 

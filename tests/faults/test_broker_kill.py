@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from edge_agent.agent import Agent
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.ingest import IngestWorker
 from hub.mqtt.broker import EmbeddedBroker
+from hub.tables import create_all
 from tests.agent.harness import Observer
 from tests.faults._telemetry import DIGITS, agent_settings, register, serve_v1, stored
 from tests.faults._world import FaultHub, wait_for

@@ -27,10 +27,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.ingest import IngestStats, IngestWorker, gaps
 from hub.mqtt.broker import EmbeddedBroker
-from hub.tables import TelemetryWindowRow
+from hub.tables import TelemetryWindowRow, create_all
 from proto.topics import Topics
 from tests.fixtures.services import PrivateCluster
 from tests.ingest import helpers as h

@@ -16,10 +16,10 @@ from pathlib import Path
 from sqlalchemy import select
 
 from edge_agent.agent import Agent
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.ingest import IngestWorker
 from hub.mqtt.broker import EmbeddedBroker
-from hub.tables import DeploymentEventRow
+from hub.tables import DeploymentEventRow, create_all
 from proto import messages_pb2 as pb
 from tests.agent.harness import Observer
 from tests.faults._telemetry import (

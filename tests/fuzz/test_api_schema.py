@@ -18,8 +18,8 @@ from schemathesis.config import SchemathesisConfig
 from sqlmodel import SQLModel
 
 from hub.api import create_app
-from hub.core.db import create_all
 from hub.core.settings import HubSettings
+from hub.tables import create_all
 
 TOKEN = "fuzz-admin-token-0123456789abcdef"
 CONFIG = Path(__file__).with_name("schemathesis.toml")

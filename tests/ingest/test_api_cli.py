@@ -10,10 +10,11 @@ from fastapi.testclient import TestClient
 
 from edgeloop_cli import main
 from hub.api import create_app
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.core.settings import HubSettings
 from hub.ingest import IngestWorker
 from hub.mqtt.broker import EmbeddedBroker
+from hub.tables import create_all
 from tests.ingest import helpers as h
 
 TOKEN = "t" * 40

@@ -16,10 +16,10 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.ingest import gaps
 from hub.mqtt.broker import EmbeddedBroker
-from hub.tables import TelemetryWindowRow
+from hub.tables import TelemetryWindowRow, create_all
 from tests.ingest import helpers as h
 
 N = 40

@@ -13,13 +13,13 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy import exc as sa_exc
 
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.ingest import IngestWorker
 from hub.ingest._batch import DatabaseUnavailable, Decoder, unavailable
 from hub.ingest._decode import MALFORMED, Item
 from hub.ingest._devices import DeviceCache
 from hub.mqtt.broker import EmbeddedBroker
-from hub.tables import TelemetryWindowRow
+from hub.tables import TelemetryWindowRow, create_all
 from tests.ingest import helpers as h
 
 

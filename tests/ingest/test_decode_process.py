@@ -24,11 +24,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.ingest import IngestWorker, gaps
 from hub.ingest._split import DecodeProcess
 from hub.mqtt.broker import EmbeddedBroker
-from hub.tables import TelemetryWindowRow
+from hub.tables import TelemetryWindowRow, create_all
 from proto import messages_pb2 as pb
 from proto.topics import TopicKind, Topics
 from tests.ingest import helpers as h

@@ -21,11 +21,11 @@ from sqlalchemy.engine import Engine
 
 from edge_agent._queue import OutboundQueue
 from edge_agent._session import MqttSession
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.ingest import IngestWorker
 from hub.ingest._acks import AckPublisher, ranges, rejected_key, seq_of
 from hub.mqtt.broker import EmbeddedBroker
-from hub.tables import TelemetryWindowRow
+from hub.tables import TelemetryWindowRow, create_all
 from proto import messages_pb2 as pb
 from proto.topics import Topics
 from tests.ingest import helpers as h

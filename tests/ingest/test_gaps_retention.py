@@ -7,12 +7,12 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.ingest import gaps
 from hub.ingest._decode import decode
 from hub.ingest._store import write_batch
 from hub.ingest.retention import rollup_and_prune
-from hub.tables import TelemetryRollup, TelemetryWindowRow
+from hub.tables import TelemetryRollup, TelemetryWindowRow, create_all
 from proto.topics import Topics
 from tests.ingest import helpers as h
 

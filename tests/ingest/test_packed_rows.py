@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 from sqlmodel import Session, select
 
-from hub.core.db import create_all, json_dumps, json_fragment, make_engine
+from hub.core.db import json_dumps, json_fragment, make_engine
 from hub.ingest._decode import decode
 from hub.ingest._store import pack, write_batch
-from hub.tables import FieldSample, TelemetryWindowRow
+from hub.tables import FieldSample, TelemetryWindowRow, create_all
 from proto.topics import Topics
 from tests.ingest import helpers as h
 

@@ -14,12 +14,12 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import SQLModel
 
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.ingest import _decode
 from hub.ingest import _store as store
 from hub.ingest._decode import WRONG_TOPIC, Rejected, decode, parse_topic
 from hub.ingest._sql import table
-from hub.tables import FieldSample, IngestSeq, TelemetryWindowRow
+from hub.tables import FieldSample, IngestSeq, TelemetryWindowRow, create_all
 from proto.topics import Topics
 from tests.ingest import helpers as h
 

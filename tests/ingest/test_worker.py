@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.ingest import IngestWorker, gaps
 from hub.mqtt.broker import EmbeddedBroker
 from hub.tables import (
@@ -22,6 +22,7 @@ from hub.tables import (
     FieldSample,
     IngestSeq,
     TelemetryWindowRow,
+    create_all,
 )
 from proto.topics import Topics
 from tests.ingest import helpers as h

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.engine import Engine
 
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
+from hub.tables import create_all
 
 
 @pytest.fixture

@@ -15,10 +15,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeloop_cli import main
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.core.settings import HubSettings
 from hub.monitoring import MonitorConfig, MqttAlertPublisher, alerts_topic, evaluate
 from hub.mqtt.broker import EmbeddedBroker
+from hub.tables import create_all
 from tests.monitoring.fleetdata import Fleet
 from tests.monitoring.tiny_detector import tiny_factory
 

@@ -28,7 +28,7 @@ RESERVOIR = 25  # raw samples kept per telemetry window
 
 def _bundle(store: FileArtifactStore, tmp: Path) -> str:
     """A signed bundle whose samples.npz carries reference rows, as
-    hub.registry.packaging writes it."""
+    hub.packaging.service writes it."""
     buffer = io.BytesIO()
     reference = np.random.default_rng(2).normal(size=(300, FEATURES)).astype(np.float32)
     np.savez(buffer, self_test=reference[:4], reference=reference)

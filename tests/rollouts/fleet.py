@@ -18,11 +18,11 @@ from sqlmodel import col, select
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
 from hub.core.artifacts import FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.mqtt.broker import EmbeddedBroker
 from hub.rollouts import service
 from hub.rpc.server import start_grpc_server
-from hub.tables import Device
+from hub.tables import Device, create_all
 from model_packager.signing import generate_private_key
 from tests.agent.harness import Bundles, make_bundles
 
@@ -38,7 +38,7 @@ class Hub:
 @pytest.fixture(scope="package")
 def rollout_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     from hub.datasets import service as datasets
-    from hub.registry.packaging import PackageOptions, package
+    from hub.packaging.service import PackageOptions, package
     from hub.training.service import train
 
     root = tmp_path_factory.mktemp("rollout-hub")

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from edgeloop_cli import main
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.rollouts import service
-from hub.tables import Device
+from hub.tables import Device, create_all
 
 
 def run(

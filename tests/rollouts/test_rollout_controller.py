@@ -14,12 +14,12 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from hub.core.db import create_all, drop_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.fleet.commands import PublishError
 from hub.rollouts import controller as controller_mod
 from hub.rollouts import service
 from hub.rollouts.controller import RolloutController
-from hub.tables import DeploymentEventRow, Device
+from hub.tables import DeploymentEventRow, Device, create_all, drop_all
 from hub.tables.devices import STATE_RECEIVED_KEY
 from hub.tables.rollouts import RolloutDevice
 from proto import messages_pb2 as pb

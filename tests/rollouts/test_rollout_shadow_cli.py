@@ -11,11 +11,11 @@ import pytest
 
 from edgeloop_cli import main
 from hub.core.artifacts import FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.core.errors import InvalidInput
 from hub.registry import models as registry
 from hub.rollouts._shadow import parse_shadow
-from hub.tables import Bundle, Device
+from hub.tables import Bundle, Device, create_all
 
 
 def run(

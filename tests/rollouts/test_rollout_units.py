@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.core.db import create_all, drop_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.core.errors import InvalidInput
 from hub.rollouts.gates import (
     DEFAULT_GATES,
@@ -22,7 +22,7 @@ from hub.rollouts.gates import (
 )
 from hub.rollouts.phases import Candidate, choose, order, parse_phases
 from hub.rollouts.selectors import parse_selector
-from hub.tables import Alert, FeedbackLabelRow, TelemetryWindowRow
+from hub.tables import Alert, FeedbackLabelRow, TelemetryWindowRow, create_all, drop_all
 from hub.tables.rollouts import Rollout, RolloutDevice
 
 

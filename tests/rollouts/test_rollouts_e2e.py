@@ -203,8 +203,8 @@ def test_controller_sigkill_mid_rollout_resumes_without_double_commands(
 
     from sqlmodel import select
 
-    from hub.core.db import create_all, make_engine
-    from hub.tables import DeploymentEventRow
+    from hub.core.db import make_engine
+    from hub.tables import DeploymentEventRow, create_all
     from tests.rollouts.fleet import Fleet
 
     hub = rollout_hub

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.core.settings import HubSettings
+from hub.core.tls import TlsFiles
 from hub.mqtt.auth import BrokerAuth
 from hub.mqtt.broker import EmbeddedBroker
-from hub.security.tls import TlsFiles
+from hub.tables import create_all
 from tests.fixtures.brokers import require_mosquitto
 
 

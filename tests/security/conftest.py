@@ -21,11 +21,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.engine import Engine
 
-from hub.core.db import create_all, make_engine
+from hub.core.db import make_engine
 from hub.core.settings import HubSettings
 from hub.mqtt.auth import HUB_MQTT_USER, BrokerAuth, hub_mqtt_password
 from hub.mqtt.broker import EmbeddedBroker
 from hub.security.runtime import Security, device_endpoints
+from hub.tables import create_all
 from proto.topics import Topics
 from tests.fixtures.brokers import require_mosquitto
 

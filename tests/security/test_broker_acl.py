@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from hub.mqtt.auth import RELOAD_LINE, hash_password, verify_password
+from hub.mqtt.auth import RELOAD_LINE
+from hub.security.passwords import hash_password, verify_password
 from tests.security.conftest import DEBOUNCE_S, WAIT_S, Client, SecuredHub, connect
 
 

@@ -12,7 +12,8 @@ from sqlmodel import Session, select
 from edge_agent.enroll import EnrollError, enroll
 from edge_agent.settings import AgentSettings
 from hub.core.artifacts import FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.clock import utcnow
+from hub.core.db import make_engine, session_scope
 from hub.core.errors import InvalidInput, Unauthorized
 from hub.rpc.devices import DeviceServicer
 from hub.rpc.server import start_grpc_server
@@ -23,8 +24,7 @@ from hub.security.enrollment import (
     enroll_device,
 )
 from hub.security.keys import bundle_public_key
-from hub.tables import Device, DeviceCredential, EnrollmentToken, EnrollmentTokenCreate
-from hub.tables.columns import utcnow
+from hub.tables import Device, DeviceCredential, EnrollmentToken, EnrollmentTokenCreate, create_all
 from model_packager.signing import load_public_key, public_key_bytes
 from tests.security.conftest import SecuredHub, connect
 

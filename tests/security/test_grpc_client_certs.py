@@ -25,13 +25,13 @@ from edge_agent.enroll import Enrollment, enroll
 from hub.core.artifacts import FileArtifactStore
 from hub.core.db import make_engine, session_scope
 from hub.core.settings import HubSettings
+from hub.core.tls import TlsFiles, generate_self_signed
 from hub.rpc.auth import DeviceCertAuth
 from hub.rpc.devices import DeviceServicer
 from hub.rpc.server import serve_grpc
 from hub.security.client_certs import DeviceCA
 from hub.security.enrollment import create_enrollment_token
 from hub.security.runtime import Security, device_endpoints
-from hub.security.tls import TlsFiles, generate_self_signed
 from hub.tables import EnrollmentTokenCreate
 from proto import services_pb2, services_pb2_grpc
 from tests.security._secured import secured_broker

@@ -28,7 +28,7 @@ from edge_agent.settings import AgentSettings
 from edgeloop_cli import main as cli_main
 from hub.api import create_app
 from hub.core.artifacts import FileArtifactStore
-from hub.core.db import create_all, make_engine, session_scope
+from hub.core.db import make_engine, session_scope
 from hub.core.settings import HubSettings
 from hub.fleet.commands import CommandPublisher
 from hub.mqtt.broker import EmbeddedBroker
@@ -42,7 +42,7 @@ from hub.security.keys import (
     retired_key_path,
     rotate_bundle_key,
 )
-from hub.tables import Device
+from hub.tables import Device, create_all
 from model_packager.bundle import verify_bundle, write_bundle
 from model_packager.signing import (
     Ed25519PrivateKey,

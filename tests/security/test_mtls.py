@@ -31,6 +31,7 @@ from hub.core.artifacts import FileArtifactStore
 from hub.core.db import session_scope
 from hub.core.errors import InvalidInput
 from hub.core.settings import HubSettings
+from hub.core.tls import TlsFiles
 from hub.mqtt.auth import hub_mqtt_url
 from hub.mqtt.broker import EmbeddedBroker
 from hub.mqtt.target import MqttTarget
@@ -39,7 +40,6 @@ from hub.rpc.server import start_grpc_server
 from hub.security.client_certs import DeviceCA
 from hub.security.enrollment import create_enrollment_token
 from hub.security.runtime import Security, device_endpoints
-from hub.security.tls import TlsFiles
 from hub.tables import EnrollmentTokenCreate
 from proto.topics import Topics
 from tests.security._secured import secured_broker

@@ -21,7 +21,7 @@ from edgeloop_cli import main as cli_main
 from hub.api import create_app
 from hub.core.errors import Conflict
 from hub.core.settings import HubSettings
-from hub.registry.packaging import package
+from hub.packaging.service import package
 from hub.security.keys import bundle_signing_key, retired_key_ids
 from hub.triggers.followup import PackageAndCanary
 from model_packager.bundle import BundleError, signer_key_id

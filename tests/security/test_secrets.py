@@ -25,8 +25,8 @@ import psycopg
 import pytest
 
 from hub.core.redact import redact_text, redact_url
-from hub.mqtt.auth import hash_password
 from hub.mqtt.broker import BrokerAuthFiles, EmbeddedBroker
+from hub.security.passwords import hash_password
 from tests.fixtures.brokers import require_mosquitto
 
 # distinctive, and with a character that URLs carry percent-encoded

@@ -23,9 +23,10 @@ class SimHub:
 
 def _build(root: Path) -> tuple[bytes, Any]:
     from hub.core.artifacts import FileArtifactStore
-    from hub.core.db import create_all, make_engine, session_scope
+    from hub.core.db import make_engine, session_scope
     from hub.datasets import service as datasets
-    from hub.registry.packaging import PackageOptions, package
+    from hub.packaging.service import PackageOptions, package
+    from hub.tables import create_all
     from hub.training.service import train
     from model_packager.signing import generate_private_key
 

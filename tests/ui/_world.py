@@ -131,9 +131,10 @@ def _monitoring(engine: Engine, *, version: str) -> None:
 def build_world(root: Path, *, database_url: str | None = None) -> World:
     """Import digits, train and package digits-mlp@1, register devices, add monitoring rows."""
     from hub.core.artifacts import FileArtifactStore
-    from hub.core.db import create_all, make_engine, session_scope
+    from hub.core.db import make_engine, session_scope
     from hub.datasets import service as datasets
-    from hub.registry.packaging import PackageOptions, package
+    from hub.packaging.service import PackageOptions, package
+    from hub.tables import create_all
     from hub.training.service import train
     from model_packager.signing import generate_private_key
 

@@ -15,6 +15,7 @@ from hub.api.public import (
     EnrollmentTokenCreatedPublic,
 )
 from hub.fleet import devices
+from hub.mqtt.auth import BrokerAuth
 from hub.security import api_tokens, enrollment
 from hub.security.runtime import Security
 from hub.tables import (
@@ -37,7 +38,11 @@ def security(request: Request, context: ContextDep) -> Security:
     """The app's Security (``hub serve`` sets one with the live endpoints); else built once."""
     found: Security | None = getattr(request.app.state, "security", None)
     if found is None:
-        found = Security(settings=context.settings, engine=context.engine)
+        found = Security(
+            settings=context.settings,
+            engine=context.engine,
+            broker_auth=BrokerAuth(settings=context.settings, engine=context.engine),
+        )
         request.app.state.security = found
     return found
 

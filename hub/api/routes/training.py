@@ -17,7 +17,7 @@ from hub.security.keys import bundle_signing_key
 from hub.tables import JsonInt
 from hub.tables.registry import DATASET_REF_PATTERN
 
-# hub.training and hub.registry.packaging pull torch and onnx (seconds of import): imported in the
+# hub.training and hub.packaging.service pull torch and onnx (seconds of import): imported in the
 # handlers, so `hub serve` and the API start without them.
 
 router = APIRouter(tags=["training"])
@@ -69,7 +69,7 @@ def train_model(body: TrainRequest, ctx: ContextDep) -> TrainOutcomePublic:
 def package_version(
     name: NamePath, selector: SelectorPath, body: PackageRequest, ctx: ContextDep
 ) -> PackageOutcomePublic:
-    from hub.registry.packaging import PackageOptions, outcome_json, package
+    from hub.packaging.service import PackageOptions, outcome_json, package
 
     options = PackageOptions(
         formats=tuple(body.formats) if body.formats else ("onnx", "tflite"),
