@@ -10,7 +10,7 @@ DEMO_DIR ?= .edgeloop/demo
 help:
 	@echo "make demo   - run the edgeloop loop on embedded defaults (sets up .venv)"
 	@echo "make test   - run the test suite (sets up .venv; needs Mosquitto and PostgreSQL)"
-	@echo "make lint   - ruff + mypy"
+	@echo "make lint   - ruff + mypy + import-linter (the layers in docs/ARCHITECTURE.md)"
 	@echo "make bench  - benchmarks, results in bench/results/*.json (make bench-NAME for one)"
 
 $(STAMP): pyproject.toml
@@ -28,6 +28,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: venv
 	$(VENV)/bin/ruff check --fix .

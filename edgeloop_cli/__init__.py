@@ -182,12 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     as_json = "--json" in args
     try:
         result = app(args=args, prog_name="edgeloop", standalone_mode=False)
+    except (SettingsError, ValidationError) as exc:  # (SettingsError is an EdgeloopError too)
+        emit_error(message=f"bad settings: {exc}", code="settings", as_json=as_json)
+        return 2
     except EdgeloopError as exc:
         emit_error(message=exc.message, code=exc.code, as_json=as_json)
         return 1
-    except (SettingsError, ValidationError) as exc:
-        emit_error(message=f"bad settings: {exc}", code="settings", as_json=as_json)
-        return 2
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except typer.Abort:

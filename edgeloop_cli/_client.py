@@ -11,16 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hub.core.errors import EdgeloopError
-
-
-class CliError(EdgeloopError):
-    """An error reported by the hub (or on the way to it), with the hub's code."""
-
-    def __init__(self, message: str, *, code: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
+from edgeloop_cli.errors import CliError
 
 
 @dataclass(frozen=True, slots=True)

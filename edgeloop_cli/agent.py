@@ -88,7 +88,7 @@ def enroll(
     """Enrol with the hub: store MQTT login + hub public key for `agent run` (0600 files)."""
     from edge_agent.enroll import EnrollError
     from edge_agent.enroll import enroll as run_enroll
-    from edgeloop_cli._client import CliError
+    from edgeloop_cli.errors import CliError
 
     try:
         done = run_enroll(

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from edgeloop_cli._client import Target
 from edgeloop_cli._common import JsonFlag
+from edgeloop_cli.errors import CliError
 from edgeloop_cli.output import emit, emit_error, stderr
 from hub.core.settings import SettingsError, load_settings
 from hub.security.keys import bundle_signing_key_path, retired_key, retired_key_ids
@@ -33,10 +34,8 @@ def _bundles() -> None:
     """Verify signed model bundles (the same checks an agent runs before installing)."""
 
 
-class _NoKey(Exception):
-    def __init__(self, message: str, *, code: str) -> None:
-        super().__init__(message)
-        self.message, self.code = message, code
+class _NoKey(CliError):
+    """No usable public key to verify with (``code`` says why)."""
 
 
 def _data_dir(ctx: typer.Context) -> Path:

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeloop_cli._client import CliError, HubClient, connect
+from edgeloop_cli._client import HubClient, connect
 from edgeloop_cli._common import JsonFlag, target
+from edgeloop_cli.errors import CliError
 from edgeloop_cli.output import emit, progress, stderr
 
 app = typer.Typer(

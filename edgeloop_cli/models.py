@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
-from edgeloop_cli._client import CliError, connect
+from edgeloop_cli._client import connect
 from edgeloop_cli._common import JsonFlag, target
+from edgeloop_cli.errors import CliError
 from edgeloop_cli.output import emit
 
 app = typer.Typer(help="The model registry: versions, aliases, lineage.", no_args_is_help=True)

@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeloop_cli._client import CliError, connect
+from edgeloop_cli._client import connect
 from edgeloop_cli._common import JsonFlag, target
+from edgeloop_cli.errors import CliError
 from edgeloop_cli.output import emit, stderr
 
 app = typer.Typer(help="Simulated fleets of real edge agents.", no_args_is_help=True)
@@ -39,8 +40,9 @@ def run(
 ) -> None:
     """Run a fleet for DURATION seconds; report messages sent / lost / duplicated (with
     --hub: also at the hub's ingest, and the hub's rollouts, detections and retraining)."""
+    from simulators.errors import ScenarioError
     from simulators.runner import RunOptions, run_simulation
-    from simulators.scenario import Scenario, ScenarioError, load_scenario
+    from simulators.scenario import Scenario, load_scenario
 
     try:
         spec = load_scenario(scenario) if scenario is not None else Scenario()

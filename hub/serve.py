@@ -1,37 +1,53 @@
-"""``edgeloop hub serve``: the admin API, the gRPC artifact service and the broker, together.
+"""``edgeloop hub serve``: the composition root. It builds every part of the hub as a
+:class:`~hub.core.service.Service`, starts them in order on one ExitStack (each one's stop
+pushed as it starts, so they stop in reverse, also when a later one fails to start), and
+serves the admin API in front until SIGTERM or SIGINT.
 
 With no ``mqtt_url`` the hub starts and owns an embedded broker (Mosquitto as a child
-process when installed, else amqtt in-process); everything stops with the hub.
+process when installed, else amqtt in-process); everything stops with the hub. ``/healthz``
+reports each service's ``health()`` under ``services``.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
+from sqlalchemy.engine import Engine
 from uvicorn.config import LOGGING_CONFIG
 
 from hub.api import create_app
-from hub.core import db as hub_db
 from hub.core.artifacts import open_store
+from hub.core.db import make_engine
+from hub.core.errors import EdgeloopError
 from hub.core.redact import redact_url, redacting_log_config
+from hub.core.service import Service, ServiceHealth
 from hub.core.settings import HubSettings
+from hub.fleet.commands import CommandPublisher
+from hub.ingest.serve import hub_ingest_worker
+from hub.monitoring.serve import monitor_service
 from hub.mqtt.auth import BrokerAuth, hub_mqtt_url
-from hub.mqtt.embedded import start_embedded_broker
+from hub.mqtt.embedded import embedded_broker
+from hub.retention.service import retention_service
+from hub.rollouts.controller import RolloutController
 from hub.rpc.auth import DeviceCertAuth
 from hub.rpc.devices import DeviceServicer
-from hub.rpc.server import serve_grpc
+from hub.rpc.server import GrpcService
+from hub.security.client_certs import DeviceCA
+from hub.security.key_rotation import KeyRotationSender
 from hub.security.runtime import Security, device_artifact_endpoint, device_endpoints
 from hub.tables import create_all
+from hub.triggers.serve import trigger_service
+from proto.topics import Topics
 
 log = logging.getLogger("edgeloop.hub")
+S = TypeVar("S", bound=Service)
 
 
-class _Stop(Exception):
+class _Stop(EdgeloopError):
     """SIGTERM or SIGINT: leave the serve loop and stop everything the hub started."""
 
 
@@ -51,153 +67,134 @@ def serve(settings: HubSettings) -> None:
         log.info("hub stopped (%s)", stop)
 
 
-def _start_key_rotation(settings: HubSettings, *, engine: Any, mqtt_url: str) -> Any:
-    """The thread that tells devices behind on the bundle key to rotate
-    (hub.security.key_rotation)."""
-    from hub.fleet.commands import CommandPublisher
-    from hub.security.key_rotation import KeyRotationSender
-    from proto.topics import Topics
-
+def _key_rotation(settings: HubSettings, *, engine: Engine, mqtt_url: str) -> _Publishing:
+    """The sender that tells devices behind on the bundle key to rotate, with the command
+    publisher it shares the broker through (``hub.security.key_rotation``)."""
     publisher = CommandPublisher(
         mqtt_url=mqtt_url, topics=Topics(prefix=settings.topic_prefix, fleet=settings.fleet)
     )
     sender = KeyRotationSender(engine=engine, data_dir=settings.data_dir, publisher=publisher)
-    publisher.start()
-    sender.start(on_stop=publisher.stop)
-    return sender
+    return _Publishing(sender, publisher)
 
 
-def _start_retention(settings: HubSettings) -> Callable[[], None]:
-    """The hourly retention thread (hub.retention.service); returns its stop (a no-op when off)."""
-    from hub.retention.service import RetentionLoop, RetentionPolicy
+class _Publishing:
+    """``service`` with the command publisher it needs: connected before, closed after."""
 
-    policy = RetentionPolicy.from_settings(settings)
-    if not policy.enabled:
-        return lambda: None
-    engine = hub_db.make_engine(settings.resolved_database_url)
-    loop = RetentionLoop(engine=engine, policy=policy)
-    loop.start()
+    def __init__(self, service: KeyRotationSender, publisher: CommandPublisher) -> None:
+        self.service, self.publisher, self.name = service, publisher, service.name
 
-    def stop() -> None:
-        loop.stop()
-        engine.dispose()
+    def start(self) -> None:
+        self.publisher.start()
+        self.service.start()
 
-    return stop
+    def stop(self) -> None:
+        self.service.stop()
+        self.publisher.stop()
+
+    def health(self) -> ServiceHealth:
+        return self.service.health()
 
 
-def _device_certs(settings: HubSettings, engine: Any) -> DeviceCertAuth | None:
+def _device_certs(settings: HubSettings, engine: Engine) -> DeviceCertAuth | None:
     """With client certificates on, bundle downloads need one too (``hub.rpc.auth``)."""
     if not settings.mqtt_client_certs:
         return None
-    from hub.security.client_certs import DeviceCA
-
     ca = DeviceCA.for_data_dir(settings.data_dir)
     return DeviceCertAuth(ca_file=ca.ca_file, engine=engine, port=settings.grpc_mtls_port)
 
 
 def _serve(settings: HubSettings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    services: list[Service] = []
     with ExitStack() as stack:
-        security_engine = hub_db.make_engine(settings.resolved_database_url)
-        create_all(security_engine)
-        stack.callback(security_engine.dispose)
-        broker_auth = BrokerAuth(settings=settings, engine=security_engine)
+
+        def run(service: S) -> S:
+            service.start()
+            stack.callback(service.stop)
+            services.append(service)
+            return service
+
+        engine = make_engine(settings.resolved_database_url)
+        create_all(engine)
+        stack.callback(engine.dispose)
+        broker_auth = BrokerAuth(settings=settings, engine=engine)
         stack.callback(broker_auth.close)
         mqtt_url = hub_broker = settings.mqtt_url
         broker_kind = "external"
         if mqtt_url is None:
-            broker = start_embedded_broker(settings, broker_auth=broker_auth)
-            stack.callback(broker.stop)
+            broker = run(embedded_broker(settings, broker_auth=broker_auth))
             mqtt_url, broker_kind = broker.url, f"embedded-{broker.kind_in_use}"
             hub_broker = broker.internal_url  # the hub's loopback listener (hub/mqtt/broker.py)
         # The hub's own MQTT clients connect with this (the hub user's login when secured).
         hub_mqtt = hub_mqtt_url(settings, broker_url=hub_broker)
         security = Security(
             settings=settings,
-            engine=security_engine,
+            engine=engine,
             broker_auth=broker_auth,
             endpoints=lambda: device_endpoints(
                 settings, mqtt_url=mqtt_url, grpc_port=rpc.artifact_port
             ),
         )
-        rpc = serve_grpc(
-            store=open_store(settings.resolved_artifact_url),
-            host=settings.grpc_host,
-            port=settings.grpc_port,
-            devices=DeviceServicer(security=security),
-            tls=settings.tls_files(),
-            device_certs=_device_certs(settings, security_engine),
-        )
-        stack.callback(rpc.server.stop, 2.0)
-        grpc_port = rpc.port
-        from hub.ingest.serve import start_hub_worker
-
-        # amqtt has no $share: a single worker on plain filters there.
-        ingest = start_hub_worker(
-            settings,
-            mqtt_url=hub_mqtt,
-            shared=settings.ingest_shared and broker_kind != "embedded-amqtt",
-        )
-        stack.callback(ingest.stop)
-        stack.callback(_start_retention(settings))
-        if settings.trigger_interval_s > 0:
-            from hub.core.db import make_engine
-            from hub.triggers.loop import TriggerLoop
-
-            engine = make_engine(settings.resolved_database_url)
-            create_all(engine)
-            from hub.security.keys import bundle_signing_key
-            from hub.triggers import PackageAndCanary
-
-            triggers = TriggerLoop(
-                engine=engine,
+        rpc = run(
+            GrpcService(
                 store=open_store(settings.resolved_artifact_url),
-                interval_s=settings.trigger_interval_s,
-                # a retrained version is packaged and canaried when its policy says so
-                followup=PackageAndCanary(signing_key=lambda: bundle_signing_key(settings)),
+                host=settings.grpc_host,
+                port=settings.grpc_port,
+                devices=DeviceServicer(security=security),
+                tls=settings.tls_files(),
+                device_certs=_device_certs(settings, engine),
             )
-            triggers.start()
-            stack.callback(triggers.stop)
-        if settings.rollout_tick_s > 0:
-            from hub.rollouts.controller import RolloutController
-
-            rollouts = RolloutController(
-                engine=security_engine,
+        )
+        # amqtt has no $share: a single worker on plain filters there.
+        ingest = run(
+            hub_ingest_worker(
+                settings,
                 mqtt_url=hub_mqtt,
-                artifact_endpoint=device_artifact_endpoint(settings, grpc_port=rpc.artifact_port),
-                fleet=settings.fleet,
-                topic_prefix=settings.topic_prefix,
-                tick_s=settings.rollout_tick_s,
-                max_commands_per_s=settings.rollout_max_commands_per_s,
-                max_concurrent_downloads=settings.rollout_max_concurrent_downloads,
+                shared=settings.ingest_shared and broker_kind != "embedded-amqtt",
             )
-            rollouts.start()
-            stack.callback(rollouts.stop)
-        key_rotation = _start_key_rotation(settings, engine=security_engine, mqtt_url=hub_mqtt)
-        stack.callback(key_rotation.stop)
+        )
+        if (retention := retention_service(settings)) is not None:
+            run(retention)
+        if settings.trigger_interval_s > 0:
+            run(trigger_service(settings))
+        if settings.rollout_tick_s > 0:
+            run(
+                RolloutController(
+                    engine=engine,
+                    mqtt_url=hub_mqtt,
+                    artifact_endpoint=device_artifact_endpoint(
+                        settings, grpc_port=rpc.artifact_port
+                    ),
+                    fleet=settings.fleet,
+                    topic_prefix=settings.topic_prefix,
+                    tick_s=settings.rollout_tick_s,
+                    max_commands_per_s=settings.rollout_max_commands_per_s,
+                    max_concurrent_downloads=settings.rollout_max_concurrent_downloads,
+                )
+            )
+        key_rotation = run(_key_rotation(settings, engine=engine, mqtt_url=hub_mqtt))
         if settings.monitor_interval_s > 0:
-            from hub.monitoring.serve import start_monitor
-
-            stack.callback(start_monitor(settings, mqtt_url=hub_mqtt))
+            run(monitor_service(settings, mqtt_url=hub_mqtt))
 
         def health() -> dict[str, Any]:
             return {
                 "mqtt": {"url": redact_url(mqtt_url), "broker": broker_kind},
-                "grpc": f"{settings.grpc_host}:{grpc_port}",
+                "grpc": f"{settings.grpc_host}:{rpc.port}",
                 "grpc_artifacts": f"{settings.grpc_host}:{rpc.artifact_port}",
+                "services": {service.name: service.health() for service in services},
             }
 
         app = create_app(settings, extra_health=health)
         app.state.ingest = ingest  # GET /api/v1/ingest/stats reports its counters
         app.state.security = security
-        app.state.key_rotation = key_rotation
+        app.state.key_rotation = key_rotation.service
         app.state.hub_mqtt_url = hub_mqtt  # never logged: it carries the hub's password
         log.info(
             "hub on http://%s:%s (docs at /docs), gRPC %s:%s, MQTT %s (%s), data in %s",
             settings.api_host,
             settings.api_port,
             settings.grpc_host,
-            grpc_port,
+            rpc.port,
             redact_url(mqtt_url),
             broker_kind,
             settings.data_dir,

@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from simulators.errors import ScenarioError
+
 DriftKind = Literal[
     "noise",
     "rotation",
@@ -27,10 +29,6 @@ DriftKind = Literal[
 ]
 FaultKind = Literal["disconnect", "partition", "broker_restart"]
 BadBundleKind = Literal["tampered", "unhealthy", "foreign"]
-
-
-class ScenarioError(ValueError):
-    """A scenario file that cannot be read or does not validate; the message says where."""
 
 
 class _Strict(BaseModel):

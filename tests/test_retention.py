@@ -509,7 +509,7 @@ def test_the_loop_runs_retention_until_stopped(engine: Engine) -> None:
 def test_hub_serve_starts_retention_only_when_a_table_has_one(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hub.serve import _start_retention
+    from hub.retention.service import retention_service
 
     for name in ("TELEMETRY", "FEEDBACK", "MONITOR_SCORE", "EVENT"):
         monkeypatch.setenv(f"EDGELOOP_{name}_RETENTION_S", "0")
@@ -519,10 +519,12 @@ def test_hub_serve_starts_retention_only_when_a_table_has_one(
     def running() -> bool:
         return any(t.name == "edgeloop-retention" for t in threading.enumerate())
 
-    _start_retention(off)()  # a no-op stop
+    assert retention_service(off) is None  # nothing to run
     assert not running()
     monkeypatch.setenv("EDGELOOP_EVENT_RETENTION_S", "60")
-    stop = _start_retention(HubSettings(data_dir=tmp_path))
-    assert running()
-    stop()
+    service = retention_service(HubSettings(data_dir=tmp_path))
+    assert service is not None and service.name == "retention"
+    service.start()
+    assert running() and service.health()["running"]
+    service.stop()
     assert not running()

@@ -283,7 +283,7 @@ def test_real_training_registers_a_version(hub: tuple[Engine, FileArtifactStore]
 
 
 def test_the_hub_trigger_loop_starts_due_runs(tmp_path: Path) -> None:
-    from hub.triggers.loop import TriggerLoop
+    from hub.triggers.serve import TriggerLoop
 
     engine = make_engine(f"sqlite:///{tmp_path / 'loop.db'}")
     create_all(engine)

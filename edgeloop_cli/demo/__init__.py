@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from edgeloop_cli.demo._story import DRIFT_INTENSITY, DemoOptions, run_demo
+from edgeloop_cli.errors import CliError
 
 __all__ = ["DRIFT_INTENSITY", "DemoOptions", "main", "run_demo"]
 
@@ -31,14 +32,17 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="external database (default: SQLite)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args()
-    summary = run_demo(
-        DemoOptions(
-            data_dir=args.data_dir.resolve(),
-            devices=args.devices,
-            drift=args.drift,
-            seed=args.seed,
-            mqtt_url=args.mqtt_url,
-            database_url=args.database_url,
+    try:
+        summary = run_demo(
+            DemoOptions(
+                data_dir=args.data_dir.resolve(),
+                devices=args.devices,
+                drift=args.drift,
+                seed=args.seed,
+                mqtt_url=args.mqtt_url,
+                database_url=args.database_url,
+            )
         )
-    )
+    except CliError as exc:  # the message says why and where to look
+        raise SystemExit(f"demo: {exc.message}") from None
     print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from edgeloop_cli.errors import CliError
+
 # The demo wants the loop to turn in seconds, not minutes: evaluate often, calibrate for
 # fewer false alarms (dozens of scopes are watched), tick the rollout controller fast.
 FAST = {
@@ -25,8 +27,11 @@ FAST = {
 }
 
 
-class DemoError(SystemExit):
+class DemoError(CliError):
     """The demo cannot go on; the message says why and where to look."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="demo_failed")
 
 
 def free_port() -> int:

@@ -58,7 +58,9 @@ def create_app(
     errors.install(app)
     ui.install(app)  # the dashboard at /ui (hub/ui)
 
-    @app.get("/healthz", tags=["health"], response_model=HealthPublic)
+    @app.get(
+        "/healthz", tags=["health"], response_model=HealthPublic, response_model_exclude_none=True
+    )
     def healthz(ctx: ContextDep) -> HealthPublic:
         with ctx.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")

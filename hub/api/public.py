@@ -55,13 +55,18 @@ __all__ = [
 
 
 class HealthPublic(BaseModel):
-    """``/healthz``; ``hub serve`` adds its services' states (extra keys)."""
+    """``/healthz``; ``hub serve`` adds where its broker and gRPC listen and each background
+    service's ``health()`` (``services``: name -> facts, ``running`` among them)."""
 
     model_config = ConfigDict(extra="allow")
 
     status: str
     version: str
     database: str
+    mqtt: dict[str, str] | None = None
+    grpc: str | None = None
+    grpc_artifacts: str | None = None
+    services: dict[str, dict[str, Any]] | None = None
 
 
 class DatasetImportPublic(DatasetVersionPublic):

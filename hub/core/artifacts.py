@@ -18,15 +18,20 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
+from hub.core.errors import EdgeloopError, NotFound
+
 CHUNK = 1024 * 1024
 
 
-class ArtifactNotFound(LookupError):
+class ArtifactNotFound(NotFound, LookupError):
     """No artifact with that digest or URI."""
 
 
-class ArtifactCorrupt(IOError):
+class ArtifactCorrupt(EdgeloopError, OSError):
     """Stored bytes no longer match their digest."""
+
+    code = "artifact_corrupt"
+    status = 500
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hub.core.errors import EdgeloopError
 from hub.core.redact import redact_url
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ MIN_TOKEN_LENGTH = 32
 TOKEN_FILE = "admin_token"
 
 
-class SettingsError(ValueError):
+class SettingsError(EdgeloopError, ValueError):
     """Settings that are missing or unsafe; the message says what to set."""
 
 

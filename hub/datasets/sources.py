@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from hub.core.errors import InvalidInput
 from hub.datasets.records import RecordSet
 
 FILE_SUFFIXES = (".npz", ".csv", ".parquet", ".pq")
@@ -27,7 +28,7 @@ Loader = Callable[[], RecordSet]
 BUILTIN_SOURCES: dict[str, Loader] = {}
 
 
-class SourceError(ValueError):
+class SourceError(InvalidInput, ValueError):
     """A source that cannot be loaded; the message says what to do instead."""
 
 

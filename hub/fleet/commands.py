@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import paho.mqtt.client as mqtt
 
+from hub.core.errors import EdgeloopError
 from hub.mqtt.target import MqttTarget
 from proto import messages_pb2 as pb
 from proto.topics import Topics
@@ -20,8 +21,11 @@ log = logging.getLogger("edgeloop.rollouts.publisher")
 MAX_INFLIGHT = 1000
 
 
-class PublishError(RuntimeError):
+class PublishError(EdgeloopError, RuntimeError):
     """The broker did not acknowledge a command (not connected, or no PUBACK in time)."""
+
+    code = "broker_unavailable"
+    status = 503
 
 
 class CommandPublisher:

@@ -16,6 +16,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError, Message
 
+from hub.core.errors import EdgeloopError
 from hub.tables.devices import DEVICE_ID_PATTERN
 from proto import messages_pb2 as pb
 from proto.topics import TopicKind, Topics
@@ -42,7 +43,7 @@ REASONS = (
 )
 
 
-class Rejected(Exception):
+class Rejected(EdgeloopError):
     """A message that will never become valid: counted under ``reason``, acked, dropped."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from hub.core.errors import EdgeloopError
 from hub.ingest._acks import AckKey
 from hub.ingest._batch import DatabaseUnavailable, Decoder, retry_delay, store_items
 from hub.ingest._decode import Item
@@ -49,7 +50,7 @@ RESTART_BACKOFF_S = 1.0
 Ack = tuple[int, int, int]  # (mid, qos, connection generation)
 
 
-class DecodeProcessError(RuntimeError):
+class DecodeProcessError(EdgeloopError, RuntimeError):
     """The decode process could not be started (its own error in the message)."""
 
 

@@ -8,10 +8,11 @@ from hub.ingest.worker import IngestWorker
 from hub.tables import create_all
 
 
-def start_hub_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> IngestWorker:
-    """Start the hub's in-process worker. ``shared=False``: plain persistent subscriptions
-    over MQTT 3.1.1 (the default, and the only choice on amqtt, which has neither ``$share``
-    nor MQTT 5); ``shared=True`` (``EDGELOOP_INGEST_SHARED``): ``$share`` over MQTT 5.
+def hub_ingest_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> IngestWorker:
+    """The hub's in-process worker, not yet started. ``shared=False``: plain persistent
+    subscriptions over MQTT 3.1.1 (the default, and the only choice on amqtt, which has
+    neither ``$share`` nor MQTT 5); ``shared=True`` (``EDGELOOP_INGEST_SHARED``): ``$share``
+    over MQTT 5.
 
     It decodes and stores in a child process when ``ingest_decode_process``
     (``EDGELOOP_INGEST_DECODE_PROCESS``). Retention (the telemetry roll-up included) runs in
@@ -33,5 +34,4 @@ def start_hub_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> I
         decode_process=settings.ingest_decode_process,
         ack_interval_s=settings.ingest_ack_interval_s or None,
     )
-    worker.start()
     return worker

@@ -33,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy.engine import Engine
 
+from hub.core.service import ServiceHealth
 from hub.ingest._acks import AckKey, AckPublisher
 from hub.ingest._batch import DatabaseUnavailable, Decoder, Message, retry_delay, store_items
 from hub.ingest._decode import Item
@@ -55,6 +56,8 @@ class IngestWorker:
     ``device_refresh_s``: how often the registry of devices is reloaded for the device check
     (a deleted device is still accepted for up to that long).
     """
+
+    name = "ingest"
 
     def __init__(
         self,
@@ -162,6 +165,18 @@ class IngestWorker:
         """Commit (and then ack) every message received so far."""
         with self._lock:
             self._commit(force=True)
+
+    def health(self) -> ServiceHealth:
+        stats = self.stats()
+        return {
+            "running": self._thread.is_alive(),
+            "connected": stats.connected,
+            "received": stats.received,
+            "stored": stats.stored,
+            "duplicates": stats.duplicates,
+            "rejected": stats.rejected_total,
+            "pending": stats.pending,
+        }
 
     def stats(self) -> IngestStats:
         with self._lock:

@@ -15,8 +15,8 @@ from hub.monitoring._cache import DetectorCache
 from hub.monitoring._report import MonitorReport, alert_json
 from hub.monitoring.accuracy import AccuracyEstimate, live_accuracy
 from hub.monitoring.budget import Budget
-from hub.monitoring.loop import MonitorLoop
 from hub.monitoring.publish import MqttAlertPublisher, alerts_topic
+from hub.monitoring.serve import MonitorLoop
 from hub.monitoring.service import AlertPublisher, MonitorConfig, evaluate
 
 __all__ = [

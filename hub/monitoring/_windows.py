@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hub.core.errors import EdgeloopError
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._samples import aware, reservoir_add
 
 IntArray = npt.NDArray[np.int64]
 
 
-class BadRow(ValueError):
+class BadRow(EdgeloopError, ValueError):
     """A telemetry row that does not fit the version's reference (skipped, counted)."""
 
 

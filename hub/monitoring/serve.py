@@ -1,21 +1,90 @@
-"""The monitoring loop as ``edgeloop hub serve`` runs it: own engine, alerts on MQTT."""
+"""The hub's monitoring service: :func:`evaluate` every ``interval_s`` (from the start of one pass
+to the next; a pass longer than that is followed at once), in a background thread.
+
+``edgeloop hub serve`` runs one (``EDGELOOP_MONITOR_INTERVAL_S``, default 10 s; 0 turns it
+off). A failing evaluation is logged and retried at the next tick, never fatal to the hub.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from sqlalchemy.engine import Engine
+
+from hub.core.artifacts import open_store
+from hub.core.db import make_engine
+from hub.core.service import Owning, Periodic, ServiceHealth
 from hub.core.settings import HubSettings
+from hub.monitoring._report import MonitorReport
+from hub.monitoring.publish import MqttAlertPublisher, alerts_topic
+from hub.monitoring.service import AlertPublisher, MonitorConfig, evaluate
+from hub.tables import create_all
+from hub.tables.monitoring import Alert
+
+if TYPE_CHECKING:
+    from hub.core.artifacts import ArtifactStore
+
+__all__ = ["MonitorLoop", "monitor_service"]
+
+log = logging.getLogger("edgeloop.monitor")
 
 
-def start_monitor(settings: HubSettings, *, mqtt_url: str | None) -> Callable[[], None]:
-    """Start a :class:`MonitorLoop` (publishing alerts when a broker is known); returns stop."""
-    from hub.core.artifacts import open_store
-    from hub.core.db import make_engine
-    from hub.monitoring.loop import MonitorLoop
-    from hub.monitoring.publish import MqttAlertPublisher, alerts_topic
-    from hub.monitoring.service import MonitorConfig
-    from hub.tables import create_all
+class MonitorLoop:
+    """Calls :func:`evaluate` every ``interval_s`` until :meth:`stop` (a :class:`Service`)."""
 
+    name = "monitor"
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        interval_s: float,
+        config: MonitorConfig | None = None,
+        publisher: AlertPublisher | None = None,
+        on_alert: Callable[[Alert], None] | None = None,
+        store: ArtifactStore | None = None,
+    ) -> None:
+        self._engine, self._store = engine, store
+        self._config, self._publisher, self._on_alert = config, publisher, on_alert
+        self.last_report: MonitorReport | None = None
+        # at a fixed rate: a pass that took part of the interval does not delay the next; a
+        # failing pass (a database hiccup) is logged and tried again at the next tick
+        self._periodic = Periodic(
+            name="edgeloop-monitor",
+            interval_s=interval_s,
+            tick=self._evaluate,
+            log=log,
+            fixed_rate=True,
+            what="monitoring evaluation",
+        )
+
+    @property
+    def ticks(self) -> int:
+        return self._periodic.ticks
+
+    def start(self) -> None:
+        self._periodic.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._periodic.stop(timeout)
+
+    def health(self) -> ServiceHealth:
+        return self._periodic.health()
+
+    def _evaluate(self) -> None:
+        self.last_report = evaluate(
+            self._engine,
+            config=self._config,
+            publisher=self._publisher,
+            on_alert=self._on_alert,
+            store=self._store,
+        )
+
+
+def monitor_service(settings: HubSettings, *, mqtt_url: str | None) -> Owning:
+    """The monitoring service (publishing alerts when a broker is known), not yet started."""
     engine = make_engine(settings.resolved_database_url)
     create_all(engine)
     publisher = None
@@ -30,12 +99,5 @@ def start_monitor(settings: HubSettings, *, mqtt_url: str | None) -> Callable[[]
         publisher=publisher,
         store=open_store(settings.resolved_artifact_url),
     )
-    loop.start()
-
-    def stop() -> None:
-        loop.stop()
-        if publisher is not None:
-            publisher.close()
-        engine.dispose()
-
-    return stop
+    closers = [engine.dispose] if publisher is None else [publisher.close, engine.dispose]
+    return Owning(loop, *closers)

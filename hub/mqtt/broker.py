@@ -62,6 +62,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
 class EmbeddedBroker:
     """One broker on loopback, owned by this process; see the module docstring."""
 
+    name = "broker"
+
     def __init__(
         self,
         *,
@@ -145,6 +147,15 @@ class EmbeddedBroker:
     def pid(self) -> int | None:
         """The Mosquitto child's pid (None for amqtt, which runs in-process)."""
         return self._proc.pid if self._proc is not None else None
+
+    def health(self) -> dict[str, object]:
+        """For ``/healthz`` (a Service): running, kind, ports."""
+        return {
+            "running": self.is_running(),
+            "kind": self.kind_in_use,
+            "port": self._port,
+            "internal_port": self.internal_port,
+        }
 
     def is_running(self) -> bool:
         if self.kind_in_use == "mosquitto":

@@ -8,13 +8,13 @@ from hub.core.settings import HubSettings, SettingsError
 from hub.mqtt.auth import BrokerAuth
 from hub.mqtt.broker import EmbeddedBroker
 
-__all__ = ["start_embedded_broker"]
+__all__ = ["embedded_broker"]
 
 log = logging.getLogger(__name__)
 
 
-def start_embedded_broker(settings: HubSettings, *, broker_auth: BrokerAuth) -> EmbeddedBroker:
-    """Start the broker ``hub serve`` owns, with per-device logins unless turned off.
+def embedded_broker(settings: HubSettings, *, broker_auth: BrokerAuth) -> EmbeddedBroker:
+    """The broker ``hub serve`` owns, with per-device logins unless turned off.
 
     Mosquitto gets the generated password + ACL files. amqtt cannot enforce per-device
     topic rules here: production mode refuses it; dev mode runs it anonymous with a loud
@@ -46,5 +46,4 @@ def start_embedded_broker(settings: HubSettings, *, broker_auth: BrokerAuth) -> 
             "SECURITY: the embedded amqtt broker runs WITHOUT authentication or ACLs (dev "
             "mode only): any client may read and write every topic; install mosquitto"
         )
-    broker.start()
     return broker

@@ -14,9 +14,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from hub.core.errors import EdgeloopError
 
-class BrokerError(RuntimeError):
+
+class BrokerError(EdgeloopError, RuntimeError):
     """The embedded broker could not be started or reached; the message says why."""
+
+    code = "broker_unavailable"
+    status = 503
 
 
 def wait_for_mqtt(

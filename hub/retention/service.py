@@ -43,7 +43,6 @@ gap report.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -66,6 +65,8 @@ from sqlmodel import Session, SQLModel, col
 from sqlmodel import select as sql_select
 
 from hub.core.clock import aware
+from hub.core.db import make_engine
+from hub.core.service import Owning, Periodic, ServiceHealth
 from hub.core.settings import HubSettings
 from hub.ingest.retention import read_by_monitoring, rollup_and_prune
 from hub.tables import (
@@ -693,6 +694,8 @@ class RetentionLoop:
     """Runs :func:`run_retention` every ``every_s`` (first after ``first_after_s``) in a
     background thread until :meth:`stop`; a failure is logged and retried next time."""
 
+    name = "retention"
+
     def __init__(
         self,
         *,
@@ -702,27 +705,36 @@ class RetentionLoop:
         first_after_s: float = 60.0,
     ) -> None:
         self._engine, self._policy = engine, policy
-        self._every, self._first = every_s, first_after_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="edgeloop-retention", daemon=True)
         self.reports: list[RetentionReport] = []
+        self._periodic = Periodic(
+            name="edgeloop-retention",
+            interval_s=every_s,
+            tick=self._run_once,
+            log=log,
+            first_after_s=first_after_s,
+            what="retention",
+        )
 
     def start(self) -> None:
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        self._periodic.stop(timeout)
 
-    def _run(self) -> None:
-        wait = self._first
-        while not self._stop.wait(wait):
-            wait = self._every
-            try:
-                report = run_retention(self._engine, self._policy)
-            except Exception:  # pragma: no cover - run_retention logs its parts' failures
-                log.exception("retention failed")
-                continue
-            self.reports = [*self.reports[-9:], report]
-            log.info("retention: %s", report)
+    def health(self) -> ServiceHealth:
+        return self._periodic.health()
+
+    def _run_once(self) -> None:
+        report = run_retention(self._engine, self._policy)
+        self.reports = [*self.reports[-9:], report]
+        log.info("retention: %s", report)
+
+
+def retention_service(settings: HubSettings) -> Owning | None:
+    """The hourly retention service ``hub serve`` runs (own engine), not yet started; None
+    when every retention setting keeps rows forever."""
+    policy = RetentionPolicy.from_settings(settings)
+    if not policy.enabled:
+        return None
+    engine = make_engine(settings.resolved_database_url)
+    return Owning(RetentionLoop(engine=engine, policy=policy), engine.dispose)

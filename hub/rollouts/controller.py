@@ -12,7 +12,6 @@ the same id, which agents dedupe.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import timedelta
 
@@ -20,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from hub.core.db import session_scope
+from hub.core.service import Periodic, ServiceHealth
 from hub.fleet.commands import CommandPublisher, PublishError
 from hub.rollouts import _progress, _rows, _shadow, _sync
 from hub.rollouts._outbox import publish_staged
@@ -40,7 +40,10 @@ SLOW_TICK_S = 5.0
 
 
 class RolloutController:
-    """Drives every active rollout; ``start()``/``stop()`` run :meth:`tick` on a thread."""
+    """Drives every active rollout; ``start()``/``stop()`` run :meth:`tick` on a thread (a
+    Service)."""
+
+    name = "rollouts"
 
     def __init__(
         self,
@@ -62,23 +65,34 @@ class RolloutController:
             mqtt_url=mqtt_url, topics=Topics(prefix=topic_prefix, fleet=fleet)
         )
         self._tokens = Tokens.full(max_commands_per_s)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.errors = 0
         self.published = 0
+        self._reconcile_errors = 0
+        # e.g. the database briefly unavailable: logged, and the next tick retries
+        self._periodic = Periodic(
+            name="rollout-controller",
+            interval_s=tick_s,
+            tick=self._timed_tick,
+            log=log,
+            what="rollout controller tick",
+        )
 
     # lifecycle ----------------------------------------------------------------------------
 
+    @property
+    def errors(self) -> int:
+        """Failed ticks plus failed reconciles of one rollout (each retried)."""
+        return self._periodic.failures + self._reconcile_errors
+
     def start(self) -> None:
         self.publisher.start()
-        self._thread = threading.Thread(target=self._run, name="rollout-controller", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._periodic.stop(10.0)
         self.publisher.stop()
+
+    def health(self) -> ServiceHealth:
+        return {**self._periodic.health(), "commands_published": self.published}
 
     def __enter__(self) -> RolloutController:
         self.start()
@@ -87,17 +101,13 @@ class RolloutController:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self.tick()
-            except Exception:  # e.g. the database briefly unavailable: the next tick retries
-                self.errors += 1
-                log.exception("rollout controller tick failed (will retry)")
+    def _timed_tick(self) -> None:
+        started = time.monotonic()
+        try:
+            self.tick()
+        finally:
             if (took := time.monotonic() - started) > SLOW_TICK_S:
                 log.warning("rollout controller tick took %.1f s", took)
-            self._stop.wait(self.tick_s)
 
     # one pass -----------------------------------------------------------------------------
 
@@ -129,7 +139,7 @@ class RolloutController:
             except PublishError as exc:
                 log.warning("rollout %s: commands wait for the broker: %s", rollout_id, exc)
             except Exception:
-                self.errors += 1
+                self._reconcile_errors += 1
                 log.exception("rollout %s: reconcile failed (will retry)", rollout_id)
 
     def _reconcile(self, session: Session, rollout_id: str) -> None:

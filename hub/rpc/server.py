@@ -147,6 +147,62 @@ class GrpcListening:
         return self.mtls_port if self.mtls_port is not None else self.port
 
 
+class GrpcService:
+    """The hub's gRPC server as a Service: :func:`serve_grpc` on :meth:`start`, ports known
+    from then on."""
+
+    name = "grpc"
+
+    def __init__(
+        self,
+        *,
+        store: ArtifactStore,
+        host: str,
+        port: int,
+        devices: services_pb2_grpc.DeviceServiceServicer | None = None,
+        tls: TlsFiles | None = None,
+        device_certs: DeviceCertAuth | None = None,
+    ) -> None:
+        self._store, self._host, self._port = store, host, port
+        self._devices, self._tls, self._device_certs = devices, tls, device_certs
+        self.listening: GrpcListening | None = None
+
+    def _started(self) -> GrpcListening:
+        if self.listening is None:
+            raise RuntimeError("the gRPC service has not started")
+        return self.listening
+
+    @property
+    def port(self) -> int:
+        return self._started().port
+
+    @property
+    def artifact_port(self) -> int:
+        return self._started().artifact_port
+
+    def start(self) -> None:
+        self.listening = serve_grpc(
+            store=self._store,
+            host=self._host,
+            port=self._port,
+            devices=self._devices,
+            tls=self._tls,
+            device_certs=self._device_certs,
+        )
+
+    def stop(self) -> None:
+        if self.listening is not None:
+            self.listening.server.stop(2.0)
+
+    def health(self) -> dict[str, object]:
+        listening = self.listening
+        return {
+            "running": listening is not None,
+            "port": listening.port if listening else None,
+            "artifact_port": listening.artifact_port if listening else None,
+        }
+
+
 def start_grpc_server(
     *,
     store: ArtifactStore,

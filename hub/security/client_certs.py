@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hub.core.clock import utcnow
+from hub.core.errors import InvalidInput
 from hub.core.tls import _write
 
 CLIENTS_DIR = Path("tls") / "clients"
@@ -43,7 +44,7 @@ CRL_FILE = "crl.pem"
 _CURVES = (ec.SECP256R1, ec.SECP384R1)
 
 
-class CsrRejected(ValueError):
+class CsrRejected(InvalidInput, ValueError):
     """A certificate signing request the hub will not sign; the message says why."""
 
 

@@ -23,10 +23,8 @@ with a signature reason, which the rollout gates count as failures).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +32,7 @@ from typing import Any, Protocol
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from hub.core.service import Periodic, ServiceHealth
 from hub.security import keys
 from hub.tables import Device
 from model_packager.signing import (
@@ -115,7 +114,9 @@ class _Sent:
 
 class KeyRotationSender:
     """Sends ``RotateKey`` to devices that trust a retired key; :meth:`tick` once, or
-    ``start()``/``stop()`` to tick on a thread (``nudge()`` ticks now)."""
+    ``start()``/``stop()`` to tick on a thread (``nudge()`` ticks now); a Service."""
+
+    name = "key-rotation"
 
     def __init__(
         self,
@@ -130,12 +131,15 @@ class KeyRotationSender:
         self.tick_s, self.resend_s = tick_s, resend_s
         self._sent: dict[str, _Sent] = {}
         self._unknown_logged: set[tuple[str, str]] = set()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._on_stop: Callable[[], None] | None = None
         self.sent = 0
-        self.errors = 0
+        # a broker or database hiccup is logged and tried again at the next tick
+        self._periodic = Periodic(
+            name="key-rotation",
+            interval_s=tick_s,
+            tick=self.tick,
+            log=log,
+            what="key rotation tick",
+        )
 
     def tick(self) -> int:
         """Send what is due now; returns how many commands were published."""
@@ -190,30 +194,20 @@ class KeyRotationSender:
 
     # thread -------------------------------------------------------------------------------
 
-    def nudge(self) -> None:
-        self._wake.set()
+    @property
+    def errors(self) -> int:
+        return self._periodic.failures
 
-    def start(self, *, on_stop: Callable[[], None] | None = None) -> None:
-        """Tick on a thread until :meth:`stop`, which then calls ``on_stop`` (e.g. to
-        disconnect the publisher)."""
-        self._on_stop = on_stop
-        self._thread = threading.Thread(target=self._run, name="key-rotation", daemon=True)
-        self._thread.start()
+    def nudge(self) -> None:
+        """Run the next tick now (a key was just rotated)."""
+        self._periodic.wake()
+
+    def start(self) -> None:
+        """Tick on a thread until :meth:`stop`."""
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._on_stop is not None:
-            self._on_stop()
+        self._periodic.stop(10.0)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # a broker or database hiccup: try again next tick
-                self.errors += 1
-                log.exception("key rotation tick failed")
-            self._wake.wait(self.tick_s)
-            self._wake.clear()
+    def health(self) -> ServiceHealth:
+        return {**self._periodic.health(), "commands_sent": self.sent}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+from hub.core.errors import NotFound
 from hub.specs._base import ModelSpec, Task, standardise
 from hub.specs.digits import DigitsCNN, DigitsMLP
 from hub.specs.vibration import VibrationAE
@@ -13,7 +14,7 @@ BUILTIN_SPECS: dict[str, type[ModelSpec]] = {
 }
 
 
-class SpecNotFound(LookupError):
+class SpecNotFound(NotFound, LookupError):
     pass
 
 

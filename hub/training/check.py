@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from hub.core.errors import EdgeloopError
 from hub.datasets.records import RecordSet
 from hub.datasets.sources import load_source
 from hub.specs import ModelSpec, get_spec
@@ -66,7 +67,7 @@ class CheckReport:
         return "\n".join(lines)
 
 
-class CheckFailed(Exception):
+class CheckFailed(EdgeloopError):
     """A step ran but its result is wrong (as opposed to raising)."""
 
 

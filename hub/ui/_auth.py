@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from fastapi import Request
 
 from hub.core.context import HubContext
-from hub.core.errors import Forbidden, Unauthorized
+from hub.core.errors import EdgeloopError, Forbidden, Unauthorized
 from hub.security.api_tokens import authorize, scope_of
 from hub.tables import TokenScope
 
@@ -26,8 +26,11 @@ COOKIE = "edgeloop_ui"
 COOKIE_PATH = "/ui"
 
 
-class LoginRequired(Exception):
+class LoginRequired(EdgeloopError):
     """No valid token: pages redirect to the login form, fragments and actions answer 401."""
+
+    code = "login_required"
+    status = 401
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

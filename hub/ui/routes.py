@@ -121,27 +121,27 @@ def _login_form(request: Request, *, message: str = "", status_code: int = 200) 
     )
 
 
-@router.get("", response_class=HTMLResponse)
-@router.get("/", response_class=HTMLResponse)
+@router.get("", response_class=HTMLResponse, response_model=None)
+@router.get("/", response_class=HTMLResponse, response_model=None)
 def home() -> Response:
     return RedirectResponse("/ui/fleet", status_code=303)
 
 
-@router.get("/login", response_class=HTMLResponse)
+@router.get("/login", response_class=HTMLResponse, response_model=None)
 def login_page(request: Request, token: str = "", next: str = "") -> Response:
     if token:
         return _signed_in(request, token, next)
     return _login_form(request)
 
 
-@router.post("/login", response_class=HTMLResponse)
+@router.post("/login", response_class=HTMLResponse, response_model=None)
 def login(
     request: Request, token: Annotated[str, Form()], next: Annotated[str, Form()] = ""
 ) -> Response:
     return _signed_in(request, token.strip(), next)
 
 
-@router.post("/logout")
+@router.post("/logout", response_model=None)
 def logout(request: Request, user: UserDep, csrf: Annotated[str, Form()] = "") -> Response:
     if csrf != user.csrf:
         return _error(request, user, NotFound("no such session"))
@@ -153,7 +153,7 @@ def logout(request: Request, user: UserDep, csrf: Annotated[str, Form()] = "") -
 # --- pages --------------------------------------------------------------------------------
 
 
-@router.get("/fleet", response_class=HTMLResponse)
+@router.get("/fleet", response_class=HTMLResponse, response_model=None)
 def fleet(
     request: Request, user: UserDep, group: str = "", tag: str = "", status: str = "", q: str = ""
 ) -> Response:
@@ -167,7 +167,7 @@ def fleet(
     )
 
 
-@router.get("/models", response_class=HTMLResponse)
+@router.get("/models", response_class=HTMLResponse, response_model=None)
 def models(request: Request, user: UserDep) -> Response:
     return _page(
         request,
@@ -178,7 +178,7 @@ def models(request: Request, user: UserDep) -> Response:
     )
 
 
-@router.get("/models/{name}/{version}", response_class=HTMLResponse)
+@router.get("/models/{name}/{version}", response_class=HTMLResponse, response_model=None)
 def model_version(request: Request, user: UserDep, name: str, version: str) -> Response:
     return _page(
         request,
@@ -189,7 +189,7 @@ def model_version(request: Request, user: UserDep, name: str, version: str) -> R
     )
 
 
-@router.get("/datasets", response_class=HTMLResponse)
+@router.get("/datasets", response_class=HTMLResponse, response_model=None)
 def datasets(request: Request, user: UserDep) -> Response:
     return _page(
         request,
@@ -200,7 +200,7 @@ def datasets(request: Request, user: UserDep) -> Response:
     )
 
 
-@router.get("/datasets/{name}/{version}", response_class=HTMLResponse)
+@router.get("/datasets/{name}/{version}", response_class=HTMLResponse, response_model=None)
 def dataset(request: Request, user: UserDep, name: str, version: str) -> Response:
     return _page(
         request,
@@ -211,7 +211,7 @@ def dataset(request: Request, user: UserDep, name: str, version: str) -> Respons
     )
 
 
-@router.get("/rollouts", response_class=HTMLResponse)
+@router.get("/rollouts", response_class=HTMLResponse, response_model=None)
 def rollouts(request: Request, user: UserDep) -> Response:
     return _page(
         request,
@@ -222,7 +222,7 @@ def rollouts(request: Request, user: UserDep) -> Response:
     )
 
 
-@router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
+@router.get("/rollouts/{rollout_id}", response_class=HTMLResponse, response_model=None)
 def rollout(request: Request, user: UserDep, rollout_id: str) -> Response:
     return _page(
         request,
@@ -233,7 +233,7 @@ def rollout(request: Request, user: UserDep, rollout_id: str) -> Response:
     )
 
 
-@router.post("/rollouts/{rollout_id}/{action}")
+@router.post("/rollouts/{rollout_id}/{action}", response_model=None)
 def rollout_action(
     request: Request,
     user: UserDep,
@@ -262,7 +262,7 @@ def rollout_action(
     return RedirectResponse(f"{target}?done={action}", status_code=303)
 
 
-@router.get("/monitoring", response_class=HTMLResponse)
+@router.get("/monitoring", response_class=HTMLResponse, response_model=None)
 def monitoring(request: Request, user: UserDep, model: str = "", version: str = "") -> Response:
     return _page(
         request,

@@ -7,7 +7,7 @@ from pathlib import Path
 from hub.core.db import make_engine
 from hub.core.settings import HubSettings
 from hub.ingest.gaps import gaps
-from hub.ingest.serve import start_hub_worker
+from hub.ingest.serve import hub_ingest_worker
 from hub.mqtt.broker import EmbeddedBroker
 from tests.ingest import helpers as h
 
@@ -23,7 +23,8 @@ def test_settings_turn_on_the_decode_process_and_turn_off_acks(
         ingest_ack_interval_s=0,
         ingest_accept_unknown_devices=True,
     )
-    worker = start_hub_worker(settings, mqtt_url=mosquitto.url, shared=False)
+    worker = hub_ingest_worker(settings, mqtt_url=mosquitto.url, shared=False)
+    worker.start()
     try:
         assert worker.decode_process is not None  # stored by the child process
         with h.publisher(mosquitto.port) as publish:
@@ -48,7 +49,8 @@ def test_default_settings_keep_the_in_thread_path_and_ack(
     settings = HubSettings(
         data_dir=tmp_path, fleet=topics.fleet, ingest_accept_unknown_devices=True
     )
-    worker = start_hub_worker(settings, mqtt_url=mosquitto.url, shared=False)
+    worker = hub_ingest_worker(settings, mqtt_url=mosquitto.url, shared=False)
+    worker.start()
     try:
         assert worker.decode_process is None
         with h.publisher(mosquitto.port) as publish:

@@ -10,7 +10,8 @@ import pytest
 
 from simulators._plan import assign_drifts, assign_groups, prefer_for
 from simulators.counting import tally
-from simulators.scenario import DriftSpec, ScenarioError, load_scenario, parse_scenario
+from simulators.errors import ScenarioError
+from simulators.scenario import DriftSpec, load_scenario, parse_scenario
 from simulators.sensors import DataSource, Drift, SensorStream, rotate
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "simulators" / "scenarios"

@@ -45,6 +45,7 @@ def show(digest: str, session: SessionDep) -> BundlePublic:
     "/bundles/{digest}/file",
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
+    response_model=None,
 )
 def download(digest: str, session: SessionDep, store: StoreDep) -> Response:
     bundle = _find(session, digest)

@@ -147,6 +147,7 @@ def show(name: NamePath, version: VersionPath, session: SessionDep) -> DatasetVe
     "/{name}/versions/{version}/data",
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
+    response_model=None,
 )
 def export(name: NamePath, version: VersionPath, session: SessionDep, store: StoreDep) -> Response:
     """The version's records (.npz) byte-for-byte as stored."""

@@ -81,7 +81,7 @@ def update(device_id: DeviceIdPath, body: DeviceUpdate, session: SessionDep) -> 
     return DevicePublic.model_validate(device)
 
 
-@router.delete("/{device_id}", status_code=204)
+@router.delete("/{device_id}", status_code=204, response_model=None)
 def delete(
     device_id: DeviceIdPath, session: SessionDep, request: Request, context: ContextDep
 ) -> None:

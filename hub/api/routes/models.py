@@ -91,7 +91,7 @@ def set_alias(
     return registry.to_public(session, registry.get_version(session, ref=f"{name}@{alias}"))
 
 
-@router.delete("/{name}/aliases/{alias}", status_code=204)
+@router.delete("/{name}/aliases/{alias}", status_code=204, response_model=None)
 def delete_alias(name: NamePath, alias: AliasPath, session: SessionDep) -> None:
     registry.delete_alias(session, model_name=name, alias=alias)
 

@@ -51,7 +51,7 @@ def show(run_id: HexIdPath, session: SessionDep) -> RunPublic:
     return tracking.to_public(session, tracking.get_run(session, run_id=run_id))
 
 
-@router.post("/{run_id}/metrics", status_code=204)
+@router.post("/{run_id}/metrics", status_code=204, response_model=None)
 def log_metrics(
     run_id: HexIdPath,
     points: Annotated[list[MetricIn], Body(max_length=10_000)],

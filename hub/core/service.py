@@ -1,0 +1,137 @@
+"""The shape of every long-running part of ``hub serve``: start, stop, health.
+
+:class:`Service` is the protocol the composition root (:mod:`hub.serve`) starts in order and
+stops in reverse; :class:`Periodic` is the background thread most services are made of (call
+``tick`` every ``interval_s``; a failing tick is logged and retried next time, never fatal).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from hub.core.clock import utcnow
+from hub.core.redact import redact_text
+
+__all__ = ["Owning", "Periodic", "Service", "ServiceHealth"]
+
+#: What :meth:`Service.health` returns: JSON-ready facts, ``running`` always among them.
+ServiceHealth = dict[str, Any]
+
+
+@runtime_checkable
+class Service(Protocol):
+    """A part of the hub that runs in the background between :meth:`start` and :meth:`stop`."""
+
+    name: str
+
+    def start(self) -> object:
+        """Start in the background and return (what it returns is not used)."""
+
+    def stop(self) -> None:
+        """Stop and release what it holds; called once, in reverse order of start."""
+
+    def health(self) -> ServiceHealth:
+        """JSON-ready facts for ``/healthz``; ``running`` among them."""
+
+
+class Owning:
+    """``service`` plus what it owns (an engine, a client): each closer runs after it stops."""
+
+    def __init__(self, service: Service, *closers: Callable[[], object]) -> None:
+        self.service, self.name, self._closers = service, service.name, closers
+
+    def start(self) -> None:
+        self.service.start()
+
+    def stop(self) -> None:
+        self.service.stop()
+        for close in self._closers:
+            close()
+
+    def health(self) -> ServiceHealth:
+        return self.service.health()
+
+
+class Periodic:
+    """Calls ``tick()`` on a daemon thread every ``interval_s`` until :meth:`stop`.
+
+    ``fixed_rate``: the interval runs from the start of one tick to the next (a tick longer
+    than the interval is followed at once); otherwise it is the pause after each tick.
+    ``first_after_s``: the wait before the first tick. :meth:`wake` runs the next tick now.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        interval_s: float,
+        tick: Callable[[], object],
+        log: logging.Logger,
+        fixed_rate: bool = False,
+        first_after_s: float = 0.0,
+        what: str = "tick",
+    ) -> None:
+        self.name, self.interval_s = name, interval_s
+        self._tick, self._log, self._what = tick, log, what
+        self._fixed_rate, self._first = fixed_rate, first_after_s
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.ticks = 0
+        self.failures = 0
+        self.last_tick_at: datetime | None = None
+        self.last_error: str | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def health(self) -> ServiceHealth:
+        return {
+            "running": self._thread.is_alive(),
+            "interval_s": self.interval_s,
+            "ticks": self.ticks,
+            "failures": self.failures,
+            "last_tick_at": self.last_tick_at.isoformat() if self.last_tick_at else None,
+            "last_error": self.last_error,
+        }
+
+    def _pause(self, seconds: float) -> None:
+        self._wake.wait(max(0.0, seconds))
+        self._wake.clear()
+
+    def _run(self) -> None:
+        if self._first > 0:
+            self._pause(self._first)
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self._tick()
+                self.last_error = None
+            except Exception as exc:  # a database hiccup or a bad row: try again next time
+                self.failures += 1
+                self.last_error = redact_text(f"{type(exc).__name__}: {exc}")
+                self._log.exception("%s failed", self._what)
+            self.ticks += 1
+            self.last_tick_at = utcnow()
+            if self._stop.is_set():
+                break
+            spent = time.monotonic() - started if self._fixed_rate else 0.0
+            self._pause(self.interval_s - spent)
