@@ -5,6 +5,15 @@ generated from the database (``auth``, debounced by ``debounce``), and where the
 clients connect (``target.MqttTarget``).
 """
 
-from hub.mqtt import amqtt, auth, broker, debounce, embedded, mosquitto, net, target
+import importlib
+from types import ModuleType
 
 __all__ = ["amqtt", "auth", "broker", "debounce", "embedded", "mosquitto", "net", "target"]
+
+
+def __getattr__(name: str) -> ModuleType:
+    """The modules load on first use (``from hub.mqtt import X`` as usual): importing the
+    package pulls in nothing it does not need."""
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,15 +5,8 @@ and scopes (``api_tokens``), the bundle signing keys (``keys``) and their rotati
 writes; ``runtime.Security`` reaches the broker through the ``BrokerLogins`` protocol.
 """
 
-from hub.security import (
-    api_tokens,
-    client_certs,
-    enrollment,
-    key_rotation,
-    keys,
-    passwords,
-    runtime,
-)
+import importlib
+from types import ModuleType
 
 __all__ = [
     "api_tokens",
@@ -24,3 +17,11 @@ __all__ = [
     "passwords",
     "runtime",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    """The modules load on first use (``from hub.security import X`` as usual): importing the
+    package pulls in nothing it does not need."""
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
