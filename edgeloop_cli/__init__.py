@@ -38,6 +38,8 @@ from hub.core.errors import EdgeloopError
 from hub.core.redact import install_log_redaction
 from hub.core.settings import SettingsError, load_settings
 
+__all__ = ["app", "main"]
+
 app = typer.Typer(
     name="edgeloop",
     help="edgeloop: datasets, training, registry, signed bundles and rollouts for edge models.",

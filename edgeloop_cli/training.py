@@ -49,7 +49,7 @@ def train(
     as_json: JsonFlag = False,
 ) -> None:
     """Train SPEC on a dataset version, track the run and register the model."""
-    from hub.specs._base import param_value  # lazily: the specs import torch
+    from hub.specs import param_value  # lazily: the specs import torch
 
     params = {k: param_value(v) for k, v in parse_pairs(param, what="param").items()}
     t = target(ctx)

@@ -56,7 +56,7 @@ def policy(
     as_json: JsonFlag = False,
 ) -> None:
     """Create or replace MODEL's training policy."""
-    from hub.specs._base import param_value
+    from hub.specs import param_value  # lazily: the specs import torch
 
     params = {k: param_value(v) for k, v in parse_pairs(param, what="param").items()}
     body: dict[str, Any] = {

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlparse
 
 import aiomqtt
@@ -40,7 +40,7 @@ from simulators._plan import (
     held_out_classes,
     prefer_for,
 )
-from simulators._schedule import run_schedule, wait_until
+from simulators._schedule import BrokerControl, run_schedule, wait_until
 from simulators.bundles import HostedBundle, deploy_command
 from simulators.device import SimDevice
 from simulators.netfaults import FaultProxy
@@ -50,14 +50,6 @@ from simulators.sensors import DataSource, Drift, SensorStream
 __all__ = ["DEPLOY_CHUNK", "BrokerControl", "Credentials", "Fleet", "wait_until"]
 
 log = logging.getLogger("edgeloop.sim.fleet")
-
-
-class BrokerControl(Protocol):
-    """What a ``broker_restart`` fault needs (``hub.mqtt.broker.EmbeddedBroker`` has it)."""
-
-    def stop(self) -> None: ...
-
-    def start(self) -> None: ...
 
 
 class Fleet:
@@ -130,7 +122,8 @@ class Fleet:
         gc.collect()
         gc.freeze()
         self.record("started", devices=len(initial))
-        self._tasks = [asyncio.create_task(run_schedule(self))]
+        schedule = run_schedule(self, broker=self._broker, rng=self._rng, join=self._join_late)
+        self._tasks = [asyncio.create_task(schedule)]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -205,6 +198,17 @@ class Fleet:
         if creds is not None:
             values["mqtt_username"], values["mqtt_password"] = creds
         return AgentSettings(**(values | self._options))
+
+    async def _join_late(self) -> None:
+        """Start the late joiners (the schedule calls this at the churn's ``join_at_s``),
+        then give them the last default deployment."""
+        joining = [self.devices[i] for i in self.late]
+        await self._start_devices(joining)
+        self.record("join", devices=[d.device_id for d in joining])
+        if self._deployed is not None:
+            await wait_until(lambda: all(d.connected for d in joining), within=30)
+            bundle, endpoint = self._deployed
+            await self.deploy(bundle, endpoint=endpoint, devices=[d.device_id for d in joining])
 
     async def _start_devices(self, devices: Iterable[SimDevice]) -> None:
         stagger = self.scenario.fleet.stagger_s

@@ -9,9 +9,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeloop_cli.demo._timeline import Timeline
+
 if TYPE_CHECKING:
     from edgeloop_cli.demo._measure import RunRecord
-    from edgeloop_cli.demo._story import Timeline
 
 MARKS = {
     "rollout1_start": "first rollout",

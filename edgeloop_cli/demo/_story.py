@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from edgeloop_cli.demo._measure import RunRecord
 from edgeloop_cli.demo._oracle import train_oracle
 from edgeloop_cli.demo._report import write_report
 from edgeloop_cli.demo._screens import rollout_screenshot
+from edgeloop_cli.demo._timeline import Timeline
 from edgeloop_cli.output import progress, progress_bar, stderr
 from hub.datasets.sources import load_source
 from simulators.scenario import DriftSpec
@@ -70,20 +71,6 @@ class DemoOptions:
             raise DemoError(
                 f"unknown drift kind {self.drift!r}; choose one of {', '.join(DRIFT_INTENSITY)}"
             )
-
-
-@dataclass
-class Timeline:
-    t0: float = field(default_factory=time.monotonic)
-    marks: dict[str, float] = field(default_factory=dict)
-    rollouts: dict[str, list[tuple[float, int, int]]] = field(default_factory=dict)
-
-    def now(self) -> float:
-        return time.monotonic() - self.t0
-
-    def mark(self, name: str) -> float:
-        self.marks[name] = self.now()
-        return self.marks[name]
 
 
 def say(text: str) -> None:

@@ -38,7 +38,7 @@ log = logging.getLogger("edgeloop.monitor")
 
 
 class Detector(Protocol):
-    """The interface of ``hub.monitoring.detectors`` (see its ``_base``)."""
+    """What the cache needs of a detector (``hub.monitoring.detectors.Detector`` is one)."""
 
     name: str
     needs: frozenset[str]

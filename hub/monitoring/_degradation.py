@@ -145,7 +145,7 @@ def _sequential(
     last_id: int,
     detail: dict[str, Any],
 ) -> None:
-    from hub.monitoring.detectors._base import Window
+    from hub.monitoring.detectors import Window
 
     window = Window(n=len(oks), correct=np.asarray(oks, dtype=bool))
     for detector in cache.detectors(ref, settings, stream=STREAM, scope=scope):

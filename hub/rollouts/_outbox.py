@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 from hub.core.db import session_scope
 from hub.fleet.commands import CommandPublisher
 from hub.rollouts import _shadow, _sync
-from hub.rollouts.service import now
+from hub.rollouts.events import now
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutShadow
 from proto import messages_pb2 as pb
 

@@ -15,8 +15,8 @@ from sqlmodel import Session
 from hub.rollouts import _sync
 from hub.rollouts._rows import Member, Settled, seen_of, states_of
 from hub.rollouts._sync import DOWNLOADING, IN_FLIGHT, S
+from hub.rollouts.events import aware, log_event, now
 from hub.rollouts.phases import Candidate, choose, parse_phases, site_of
-from hub.rollouts.service import aware, log_event, now
 from hub.tables.devices import STATE_RECEIVED_KEY
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutState
 

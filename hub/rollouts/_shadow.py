@@ -23,9 +23,9 @@ from sqlmodel import Session, col, select
 
 from hub.core.errors import InvalidInput
 from hub.rollouts._rows import Member
+from hub.rollouts.events import aware, log_event, now
 from hub.rollouts.gates import GateResult, merged_gates
 from hub.rollouts.phases import Candidate, order, site_of
-from hub.rollouts.service import aware, log_event, now
 from hub.tables import DeploymentEventRow, TelemetryWindowRow
 from hub.tables.rollouts import Rollout, RolloutShadow, RolloutState, ShadowState
 from proto import messages_pb2 as pb

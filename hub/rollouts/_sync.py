@@ -10,7 +10,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from hub.rollouts._rows import Member
-from hub.rollouts.service import log_event
+from hub.rollouts.events import log_event
 from hub.tables import DeploymentEventRow
 from hub.tables.rollouts import DeviceState, Rollout, RolloutDevice
 from proto import messages_pb2 as pb

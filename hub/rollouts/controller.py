@@ -26,8 +26,9 @@ from hub.rollouts._outbox import publish_staged
 from hub.rollouts._progress import MAX_ROLLBACK_ATTEMPTS, NUDGE_GRACE_S, Tokens
 from hub.rollouts._rows import Member, Settled
 from hub.rollouts._sync import IN_FLIGHT, REPORTED, S
+from hub.rollouts.events import aware, log_event, now
 from hub.rollouts.gates import Scope, evaluate, install_failure_rate, merged_gates
-from hub.rollouts.service import aware, log_event, now, promote
+from hub.rollouts.service import promote
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutShadow, RolloutState
 from proto.topics import Topics
 

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, select
 
 from hub.core.errors import Conflict, InvalidInput, NotFound
 from hub.registry import models as registry
+from hub.rollouts import _shadow
+from hub.rollouts.events import log_event, now
 from hub.rollouts.gates import merged_gates
 from hub.rollouts.phases import parse_phases
 from hub.rollouts.selectors import parse_selector
 from hub.tables import Bundle
-from hub.tables.rollouts import DeviceState, Rollout, RolloutDevice, RolloutEvent, RolloutState
+from hub.tables.rollouts import DeviceState, Rollout, RolloutDevice, RolloutState
 
 if TYPE_CHECKING:
     from hub.security.keys import BundleSignerCheck
@@ -31,38 +32,6 @@ ACTIVE = {
     RolloutState.PAUSED,
 }
 FINAL = {RolloutState.COMPLETED, RolloutState.ROLLED_BACK, RolloutState.CANCELLED}
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back naive; every time we store is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def log_event(
-    session: Session,
-    rollout: Rollout,
-    kind: str,
-    detail: str = "",
-    *,
-    device_id: str = "",
-    data: dict[str, Any] | None = None,
-) -> None:
-    session.add(
-        RolloutEvent(
-            rollout_id=rollout.id,
-            kind=kind,
-            phase=rollout.phase,
-            device_id=device_id,
-            detail=detail,
-            data=data or {},
-        )
-    )
 
 
 def _bundle_for(session: Session, *, model: str, version: str) -> tuple[str, int]:
@@ -103,10 +72,8 @@ def create_rollout(
     """Validate and store a rollout in state ``running`` (``shadowing`` with a shadow phase);
     the controller starts it. ``signer_check`` (the API and triggers pass one) refuses a
     bundle signed with another key than the hub's current one (409)."""
-    from hub.rollouts._shadow import parse_shadow
-
     parse_selector(selector)
-    shadow_cfg = parse_shadow(shadow)
+    shadow_cfg = _shadow.parse_shadow(shadow)
     if promote_alias and (
         not registry.ALIAS.match(promote_alias) or promote_alias in registry.RESERVED_ALIASES
     ):
@@ -248,8 +215,6 @@ def cancel(session: Session, *, rollout_id: str, reason: str = "operator") -> Ro
 
 
 def _end_shadow(session: Session, rollout: Rollout, *, state: str, reason: str) -> None:
-    from hub.rollouts import _shadow
-
     if _shadow.pending(rollout):
         _shadow.finish(session, rollout, state=state, reason=reason)
 
@@ -272,8 +237,6 @@ def rollback(session: Session, *, rollout_id: str, reason: str = "operator") -> 
 def advance(session: Session, *, rollout_id: str, reason: str = "operator") -> Rollout:
     """Start the next phase now (phase 0 from the shadow phase), without waiting for bake
     time or gates."""
-    from hub.rollouts import _shadow
-
     rollout = get_rollout(session, rollout_id=rollout_id)
     if rollout.state not in ACTIVE:
         raise Conflict(f"rollout {rollout_id} is {rollout.state}; only an active one advances")

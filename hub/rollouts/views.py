@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from hub.rollouts._shadow import view as shadow_view
 from hub.rollouts.service import devices_of
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutEvent, RolloutState
 
@@ -65,8 +66,6 @@ def summary(rollout: Rollout) -> dict[str, Any]:
 
 
 def rollout_view(session: Session, rollout: Rollout, *, events: int = 50) -> dict[str, Any]:
-    from hub.rollouts._shadow import view as shadow_view
-
     rows = devices_of(session, rollout_id=rollout.id)
     phases = []
     for index, phase in enumerate(rollout.phases):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from hub.core.errors import NotFound
-from hub.specs._base import ModelSpec, Task, standardise
+from hub.specs._base import ModelSpec, Task, param_value, standardise
 from hub.specs.digits import DigitsCNN, DigitsMLP
 from hub.specs.vibration import VibrationAE
 
@@ -37,4 +37,12 @@ def get_spec(name: str) -> ModelSpec:
     return cls()
 
 
-__all__ = ["BUILTIN_SPECS", "ModelSpec", "SpecNotFound", "Task", "get_spec", "standardise"]
+__all__ = [
+    "BUILTIN_SPECS",
+    "ModelSpec",
+    "SpecNotFound",
+    "Task",
+    "get_spec",
+    "param_value",
+    "standardise",
+]

@@ -36,8 +36,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from hub.datasets.records import RecordSet
-from hub.specs import get_spec
-from hub.specs._base import param_value
+from hub.specs import get_spec, param_value
 from hub.training.artifact import TrainedModel, dump_model
 from hub.training.loop import EpochResult, predict, seed_everything
 

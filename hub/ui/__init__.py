@@ -15,6 +15,8 @@ from fastapi.staticfiles import StaticFiles
 
 from hub.ui._auth import LoginRequired
 
+__all__ = ["install"]
+
 
 def _login_required(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LoginRequired)

@@ -8,6 +8,7 @@ from typing import Any
 from sqlmodel import Session
 
 from hub.rollouts import service
+from hub.rollouts.events import aware, now
 from hub.rollouts.gates import Scope, evaluate
 from hub.rollouts.views import rollout_view, summary
 from hub.tables.rollouts import Rollout, RolloutState
@@ -48,9 +49,9 @@ def _live_gates(session: Session, rollout: Rollout) -> list[dict[str, Any]]:
     mine = [d for d in rows if d.phase == rollout.phase]
     if not mine:
         return []
-    since = service.aware(rollout.created_at) or service.now()
+    since = aware(rollout.created_at) or now()
     try:
-        scope = Scope(rollout=rollout, devices=mine, since=since, now=service.now())
+        scope = Scope(rollout=rollout, devices=mine, since=since, now=now())
         return [g.to_dict() for g in evaluate(session, scope, rollout.gates)]
     except Exception:  # a page must render even when one gate cannot be computed
         log.exception("rollout %s: live gate evaluation failed", rollout.id)

@@ -16,23 +16,25 @@ name                       needs           test
 ``accuracy_cusum``         correct         Bernoulli CUSUM vs the evaluated accuracy
 ``accuracy_page_hinkley``  correct         Page-Hinkley on the error indicator
 =========================  ==============  ==============================================
+
+The modules, bottom up: ``_base`` (``Reference``, ``Window``, the ``Detector`` protocol), the
+detectors (``_histograms``, ``mmd``, ``sequential``; they import ``_base`` only), and
+``_registry`` (:data:`KINDS`, the table of kinds, and ``build_detectors``), which imports
+them all.
 """
 
-from hub.monitoring.detectors._base import (
-    Detector,
-    Reference,
-    Window,
-    build_detectors,
-    scope_copy,
-)
+from hub.monitoring.detectors._base import Detector, Reference, Window, scope_copy
 from hub.monitoring.detectors._histograms import FeatureChi2, PredictionChi2
+from hub.monitoring.detectors._registry import KINDS, Kind, build_detectors
 from hub.monitoring.detectors.mmd import MMDDetector
 from hub.monitoring.detectors.sequential import CUSUMDetector, PageHinkleyDetector
 
 __all__ = [
+    "KINDS",
     "CUSUMDetector",
     "Detector",
     "FeatureChi2",
+    "Kind",
     "MMDDetector",
     "PageHinkleyDetector",
     "PredictionChi2",

@@ -7,9 +7,9 @@
   exactly like the reference (``model_packager.profile.histogram``).
 * :class:`Detector`: the river-style protocol: ``update(window)`` then read
   ``drift_detected`` / ``score`` / ``threshold`` / ``p_value``; ``reset()``.
-* :func:`build_detectors`: every detector that applies to a reference, each calibrated
-  (bootstrap from the reference, seeded) to ``false_alarm_rate`` per window of about
-  ``window_size`` predictions.
+
+The bottom of the package: every detector module imports these, none of them the registry
+(``_registry``: the table of detector kinds and ``build_detectors``), which imports them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from model_packager.profile import ReferenceProfile
 
-__all__ = ["Detector", "Reference", "Window", "build_detectors", "scope_copy"]
+__all__ = ["Detector", "Reference", "Window", "scope_copy"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -163,32 +163,3 @@ def scope_copy(detector: DetectorT) -> DetectorT:
     found = copy.copy(detector)
     found.reset()
     return found
-
-
-def build_detectors(
-    reference: Reference,
-    *,
-    false_alarm_rate: float = 0.01,
-    window_size: int,
-    seed: int = 0,
-    family_wise: bool = False,
-    labels: bool = True,
-) -> list[Detector]:
-    """Every detector applicable to ``reference``, each calibrated so that on windows of
-    about ``window_size`` predictions drawn like the reference it flags drift with
-    probability ``false_alarm_rate`` (the accuracy detectors: per ``window_size`` labelled
-    predictions). The rate is per detector; ``family_wise=True`` shares it among the drift
-    detectors instead (Bonferroni: each gets its share; the accuracy detectors keep the
-    whole rate); ``labels=False`` leaves the accuracy detectors out. Deterministic for a
-    ``seed``; calibration is lazy per window size after the first (cached), so build once
-    per model version and give each scope a :func:`scope_copy`."""
-    from hub.monitoring.detectors._registry import build
-
-    return build(
-        reference,
-        false_alarm_rate=false_alarm_rate,
-        window_size=window_size,
-        seed=seed,
-        family_wise=family_wise,
-        labels=labels,
-    )

@@ -1,31 +1,62 @@
-"""Which detectors apply to a reference, built and calibrated (see ``build_detectors``)."""
+"""The detector kinds: which apply to a reference, built and calibrated (``build_detectors``).
+
+The top of the package: it imports the base types and every detector module; none of them
+imports it. :data:`KINDS` is the table: a new detector is its class plus one row here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from hub.monitoring.detectors._base import Detector, Reference
 from hub.monitoring.detectors._histograms import FeatureChi2, PredictionChi2
 from hub.monitoring.detectors.mmd import MMDDetector
 from hub.monitoring.detectors.sequential import CUSUMDetector, PageHinkleyDetector
 
+__all__ = ["KINDS", "Kind", "Maker", "build_detectors"]
+
 MIN_MMD_ROWS = 20
 MIN_ROWS = 100  # raw reference rows for a row bootstrap of the feature sketches
 
+Maker = Callable[[float, int, int], Detector]  # (false_alarm_rate, window_size, seed)
 
-def build(
+
+@dataclass(frozen=True)
+class Kind:
+    """One detector kind: its ``name``, whether it needs ``labels`` (the accuracy
+    detectors), and ``plan``: how to build it for a reference (None: does not apply)."""
+
+    name: str
+    labels: bool
+    plan: Callable[[Reference], Maker | None]
+
+
+def build_detectors(
     reference: Reference,
     *,
-    false_alarm_rate: float,
+    false_alarm_rate: float = 0.01,
     window_size: int,
-    seed: int,
+    seed: int = 0,
     family_wise: bool = False,
     labels: bool = True,
 ) -> list[Detector]:
-    """Every detector that applies; ``family_wise``: the drift detectors (those that do not
-    need labels) share ``false_alarm_rate`` (each gets its share), the accuracy detectors
-    each keep the whole rate. Each detector is built, and calibrated, once."""
-    plan = [(on_labels, make) for on_labels, make in _plan(reference) if labels or not on_labels]
+    """Every detector applicable to ``reference``, each calibrated so that on windows of
+    about ``window_size`` predictions drawn like the reference it flags drift with
+    probability ``false_alarm_rate`` (the accuracy detectors: per ``window_size`` labelled
+    predictions). The rate is per detector; ``family_wise=True`` shares it among the drift
+    detectors instead (Bonferroni: each gets its share; the accuracy detectors keep the
+    whole rate); ``labels=False`` leaves the accuracy detectors out. Deterministic for a
+    ``seed``; calibration is lazy per window size after the first (cached), so build once
+    per model version and give each scope a :func:`scope_copy`. Each detector is built, and
+    calibrated, once."""
+    if len(reference.feature_counts) != len(reference.feature_edges):
+        raise ValueError("reference: feature_counts and feature_edges differ in length")
+    plan = [
+        (kind.labels, make)
+        for kind in KINDS
+        if (make := kind.plan(reference)) is not None and (labels or not kind.labels)
+    ]
     drift = sum(1 for on_labels, _ in plan if not on_labels)
     out: list[Detector] = []
     for on_labels, make in plan:
@@ -34,78 +65,73 @@ def build(
     return out
 
 
-Maker = Callable[[float, int, int], Detector]  # (false_alarm_rate, window_size, seed)
-
-
-def _plan(reference: Reference) -> list[tuple[bool, Maker]]:
-    """(needs labels, how to build) for every detector that applies to ``reference``."""
-    out: list[tuple[bool, Maker]] = []
-    if len(reference.feature_counts) != len(reference.feature_edges):
-        raise ValueError("reference: feature_counts and feature_edges differ in length")
+def _feature_chi2(reference: Reference) -> Maker | None:
+    if not reference.feature_counts or sum(int(c.sum()) for c in reference.feature_counts) <= 0:
+        return None
     rows = reference.samples
     if rows is not None and (len(rows) < MIN_ROWS or rows.shape[1] != len(reference.feature_edges)):
         rows = None  # too few raw rows to resample (or not the sketched features)
-    if reference.feature_counts and sum(int(c.sum()) for c in reference.feature_counts) > 0:
-        out.append(
-            (
-                False,
-                lambda far, size, seed: FeatureChi2(
-                    reference_counts=reference.feature_counts,
-                    reference_rows=rows,
-                    edges=reference.feature_edges,
-                    false_alarm_rate=far,
-                    window_size=size,
-                    seed=seed,
-                ),
-            )
-        )
+    return lambda far, size, seed: FeatureChi2(
+        reference_counts=reference.feature_counts,
+        reference_rows=rows,
+        edges=reference.feature_edges,
+        false_alarm_rate=far,
+        window_size=size,
+        seed=seed,
+    )
+
+
+def _prediction_chi2(reference: Reference) -> Maker | None:
     if reference.class_counts is not None and reference.class_counts.sum() > 0:
         hists = [reference.class_counts]
         if reference.confidence_counts is not None and reference.confidence_counts.sum() > 0:
             hists.append(reference.confidence_counts)
-        out.append(
-            (
-                False,
-                lambda far, size, seed: PredictionChi2(
-                    reference_counts=hists, false_alarm_rate=far, window_size=size, seed=seed
-                ),
-            )
+        return lambda far, size, seed: PredictionChi2(
+            reference_counts=hists, false_alarm_rate=far, window_size=size, seed=seed
         )
-    elif reference.score_counts is not None and reference.score_counts.sum() > 0:
+    if reference.score_counts is not None and reference.score_counts.sum() > 0:
         scores = reference.score_counts
-        out.append(
-            (
-                False,
-                lambda far, size, seed: PredictionChi2(
-                    reference_counts=[scores],
-                    score_model=True,
-                    false_alarm_rate=far,
-                    window_size=size,
-                    seed=seed,
-                ),
-            )
+        return lambda far, size, seed: PredictionChi2(
+            reference_counts=[scores],
+            score_model=True,
+            false_alarm_rate=far,
+            window_size=size,
+            seed=seed,
         )
-    if reference.samples is not None and len(reference.samples) >= MIN_MMD_ROWS:
-        samples = reference.samples
-        out.append(
-            (
-                False,
-                lambda far, size, seed: MMDDetector(
-                    reference_samples=samples, false_alarm_rate=far, window_size=size, seed=seed
-                ),
-            )
-        )
-    if reference.accuracy is not None:
+    return None
+
+
+def _mmd(reference: Reference) -> Maker | None:
+    samples = reference.samples
+    if samples is None or len(samples) < MIN_MMD_ROWS:
+        return None
+    return lambda far, size, seed: MMDDetector(
+        reference_samples=samples, false_alarm_rate=far, window_size=size, seed=seed
+    )
+
+
+def _sequential(
+    kind: type[CUSUMDetector] | type[PageHinkleyDetector],
+) -> Callable[[Reference], Maker | None]:
+    def plan(reference: Reference) -> Maker | None:
         accuracy, count = reference.accuracy, reference.accuracy_count
+        if accuracy is None:
+            return None
+        return lambda far, size, seed: kind(
+            accuracy=accuracy,
+            accuracy_count=count,
+            false_alarm_rate=far,
+            window_size=size,
+            seed=seed,
+        )
 
-        def sequential(kind: type[CUSUMDetector] | type[PageHinkleyDetector]) -> Maker:
-            return lambda far, size, seed: kind(
-                accuracy=accuracy,
-                accuracy_count=count,
-                false_alarm_rate=far,
-                window_size=size,
-                seed=seed,
-            )
+    return plan
 
-        out += [(True, sequential(CUSUMDetector)), (True, sequential(PageHinkleyDetector))]
-    return out
+
+KINDS: tuple[Kind, ...] = (
+    Kind(FeatureChi2.name, labels=False, plan=_feature_chi2),
+    Kind(PredictionChi2.name, labels=False, plan=_prediction_chi2),
+    Kind(MMDDetector.name, labels=False, plan=_mmd),
+    Kind(CUSUMDetector.name, labels=True, plan=_sequential(CUSUMDetector)),
+    Kind(PageHinkleyDetector.name, labels=True, plan=_sequential(PageHinkleyDetector)),
+)
