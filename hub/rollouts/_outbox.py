@@ -11,10 +11,10 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from hub.core.clock import utcnow
 from hub.core.db import session_scope
 from hub.fleet.commands import CommandPublisher
 from hub.rollouts import _shadow, _sync
-from hub.rollouts.events import now
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutShadow
 from proto import messages_pb2 as pb
 
@@ -76,7 +76,7 @@ def _publish_shadows(
             with session_scope(engine) as session:
                 fresh = session.get(RolloutShadow, (row.rollout_id, row.device_id))
                 if fresh is not None:
-                    setattr(fresh, field, now())
+                    setattr(fresh, field, utcnow())
                     session.add(fresh)
             count += 1
     return count
@@ -87,7 +87,7 @@ def _mark(engine: Engine, published: list[tuple[RolloutDevice, str]]) -> None:
     id that was published (a row re-staged meanwhile keeps its new command unpublished)."""
     if not published:
         return
-    at = now()
+    at = utcnow()
     keys = sorted({(row.rollout_id, row.device_id) for row, _ in published})
     with session_scope(engine) as session:
         fresh: dict[tuple[str, str], RolloutDevice] = {}

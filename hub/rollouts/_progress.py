@@ -12,10 +12,11 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
+from hub.core.clock import aware, utcnow
 from hub.rollouts import _sync
 from hub.rollouts._rows import Member, Settled, seen_of, states_of
 from hub.rollouts._sync import DOWNLOADING, IN_FLIGHT, S
-from hub.rollouts.events import aware, log_event, now
+from hub.rollouts.events import log_event
 from hub.rollouts.phases import Candidate, choose, parse_phases, site_of
 from hub.tables.devices import STATE_RECEIVED_KEY
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutState
@@ -46,7 +47,7 @@ class Tokens:
 
 
 def time_out(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) -> None:
-    limit = now() - timedelta(seconds=rollout.device_timeout_s)
+    limit = utcnow() - timedelta(seconds=rollout.device_timeout_s)
     for d in rows:
         at = aware(d.commanded_at)
         if d.state in IN_FLIGHT and d.published_at is not None and at and at < limit:
@@ -87,9 +88,9 @@ def start_phase(
         if d.phase == -1 and (d.device_id in chosen or phase == last):
             d.phase = phase
             session.add(d)
-    rollout.phase_started_at, rollout.state = now(), R.RUNNING
+    rollout.phase_started_at, rollout.state = utcnow(), R.RUNNING
     rollout.reason = f"phase {phase} started"
-    rollout.updated_at = now()
+    rollout.updated_at = utcnow()
     session.add(rollout)
     log_event(session, rollout, "phase_started", f"phase {phase} ({spec}): {len(chosen)} new")
 
@@ -169,9 +170,9 @@ def stage(
     for d in staging:
         model, version, digest = _sync.active_slot(states.get(d.device_id, {}))
         d.previous_model, d.previous_version, d.previous_digest = model, version, digest
-        d.command_id, d.issued_at_ms = uuid.uuid4().hex, _sync.ms(now())
-        d.commanded_at, d.state, d.attempts = now(), S.COMMANDED, d.attempts + 1
-        d.updated_at = now()
+        d.command_id, d.issued_at_ms = uuid.uuid4().hex, _sync.ms(utcnow())
+        d.commanded_at, d.state, d.attempts = utcnow(), S.COMMANDED, d.attempts + 1
+        d.updated_at = utcnow()
         session.add(d)
 
 
@@ -189,7 +190,7 @@ def roll_back(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice])
             d.state == S.ROLLBACK_FAILED and d.rollback_attempts < MAX_ROLLBACK_ATTEMPTS
         ):
             d.rollback_command_id = uuid.uuid4().hex
-            d.rollback_issued_at_ms, d.rollback_published_at = _sync.ms(now()), None
+            d.rollback_issued_at_ms, d.rollback_published_at = _sync.ms(utcnow()), None
             d.rollback_attempts += 1
             d.state = S.ROLLING_BACK
         elif d.state == S.ROLLING_BACK:
@@ -197,13 +198,13 @@ def roll_back(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice])
             continue
         else:
             continue
-        d.updated_at = now()
+        d.updated_at = utcnow()
         session.add(d)
         waiting = waiting or d.state == S.ROLLING_BACK
     if waiting:
         return
     stuck = [d.device_id for d in rows if d.state == S.ROLLBACK_FAILED]
-    rollout.state, rollout.finished_at, rollout.updated_at = R.ROLLED_BACK, now(), now()
+    rollout.state, rollout.finished_at, rollout.updated_at = R.ROLLED_BACK, utcnow(), utcnow()
     if stuck:
         rollout.reason += f"; rollback failed on {len(stuck)} device(s): {', '.join(stuck[:10])}"
     log_event(session, rollout, "rolled_back", rollout.reason, data={"failed": stuck})

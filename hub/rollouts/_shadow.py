@@ -21,9 +21,10 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from hub.core.clock import aware, utcnow
 from hub.core.errors import InvalidInput
 from hub.rollouts._rows import Member
-from hub.rollouts.events import aware, log_event, now
+from hub.rollouts.events import log_event
 from hub.rollouts.gates import GateResult, merged_gates
 from hub.rollouts.phases import Candidate, order, site_of
 from hub.tables import DeploymentEventRow, TelemetryWindowRow
@@ -89,7 +90,10 @@ def stage_stops(session: Session, rollout: Rollout) -> int:
     for row in rows_of(session, rollout.id):
         if row.stop_command_id or row.state == S.FAILED:
             continue
-        row.stop_command_id, row.stop_issued_at_ms = uuid.uuid4().hex, int(now().timestamp() * 1e3)
+        row.stop_command_id, row.stop_issued_at_ms = (
+            uuid.uuid4().hex,
+            int(utcnow().timestamp() * 1e3),
+        )
         session.add(row)
         count += 1
     return count
@@ -100,7 +104,7 @@ def finish(session: Session, rollout: Rollout, *, state: str, reason: str) -> No
     stage_stops(session, rollout)
     rollout.shadow_done = True
     results = dict(rollout.phase_results)
-    results["shadow"] = {**results.get("shadow", {}), "state": state, "at": now().isoformat()}
+    results["shadow"] = {**results.get("shadow", {}), "state": state, "at": utcnow().isoformat()}
     rollout.phase_results = results
     log_event(session, rollout, f"shadow_{state}", reason)
     session.add(rollout)
@@ -119,17 +123,17 @@ def drive(session: Session, rollout: Rollout, devices: dict[str, Member]) -> Non
     if any(r.state in IN_FLIGHT for r in rows):
         return
     if rollout.shadow_answered_at is None:
-        rollout.shadow_answered_at = now()
+        rollout.shadow_answered_at = utcnow()
         session.add(rollout)
-    answered = aware(rollout.shadow_answered_at) or now()
-    if now() - answered < timedelta(seconds=cfg["bake_s"]):
+    answered = aware(rollout.shadow_answered_at) or utcnow()
+    if utcnow() - answered < timedelta(seconds=cfg["bake_s"]):
         return
     gates = shadow_gates(session, rollout, rows, cfg)
     as_dicts = [g.to_dict() for g in gates]
     results = dict(rollout.phase_results)
-    results["shadow"] = {"state": "evaluated", "gates": as_dicts, "at": now().isoformat()}
+    results["shadow"] = {"state": "evaluated", "gates": as_dicts, "at": utcnow().isoformat()}
     rollout.phase_results = results
-    rollout.updated_at = now()
+    rollout.updated_at = utcnow()
     if any(g.insufficient_data for g in gates) and all(g.passed for g in gates):
         rollout.state = R.PAUSED
         rollout.reason = "insufficient shadow data: " + "; ".join(
@@ -160,7 +164,7 @@ def _start(
         return  # nothing matches yet: wait
     size = max(1, math.ceil(len(pool) * cfg["fraction_of_devices"] - 1e-9))
     chosen = order(rollout.id, pool)[:size]
-    issued = now()
+    issued = utcnow()
     for device_id in chosen:
         session.add(
             RolloutShadow(
@@ -212,7 +216,7 @@ def sync(session: Session, rollout: Rollout) -> list[RolloutShadow]:
         session.add(row)
         if new in {S.SHADOWING, S.FAILED}:
             log_event(session, rollout, f"shadow_{new}", e.reason, device_id=row.device_id)
-    limit = now() - timedelta(seconds=rollout.device_timeout_s)
+    limit = utcnow() - timedelta(seconds=rollout.device_timeout_s)
     for row in rows:
         at, stop_at = aware(row.commanded_at), aware(row.stop_published_at)
         if row.state in IN_FLIGHT and row.published_at is not None and at and at < limit:
@@ -248,7 +252,7 @@ def shadow_gates(
             detail=f"{failed} failed, {loaded} shadowing, {states[S.TIMED_OUT]} timed out",
         )
     ]
-    since = aware(rollout.shadow_started_at) or now()
+    since = aware(rollout.shadow_started_at) or utcnow()
     devices = [r.device_id for r in rows]
     windows = session.exec(
         select(TelemetryWindowRow).where(

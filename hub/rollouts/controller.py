@@ -18,6 +18,7 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from hub.core.clock import aware, utcnow
 from hub.core.db import session_scope
 from hub.core.service import Periodic, ServiceHealth
 from hub.fleet.commands import CommandPublisher, PublishError
@@ -26,7 +27,7 @@ from hub.rollouts._outbox import publish_staged
 from hub.rollouts._progress import MAX_ROLLBACK_ATTEMPTS, NUDGE_GRACE_S, Tokens
 from hub.rollouts._rows import Member, Settled
 from hub.rollouts._sync import IN_FLIGHT, REPORTED, S
-from hub.rollouts.events import aware, log_event, now
+from hub.rollouts.events import log_event
 from hub.rollouts.gates import Scope, evaluate, install_failure_rate, merged_gates
 from hub.rollouts.service import promote
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutShadow, RolloutState
@@ -212,7 +213,7 @@ class RolloutController:
         if rollout.phase_commanded_at is None and not any(
             d.state == S.PENDING or (d.command_id and d.published_at is None) for d in mine
         ):
-            rollout.phase_commanded_at = now()
+            rollout.phase_commanded_at = utcnow()
             session.add(rollout)
         self._decide(session, rollout, mine)
 
@@ -228,7 +229,7 @@ class RolloutController:
         commanded_at = aware(rollout.phase_commanded_at)
         if commanded_at is None or any(d.state in IN_FLIGHT or d.state == S.PENDING for d in mine):
             return
-        if now() - commanded_at < timedelta(seconds=rollout.bake_s):
+        if utcnow() - commanded_at < timedelta(seconds=rollout.bake_s):
             return
         need = min(rollout.min_reporting, len(mine))
         if reported < need:
@@ -238,9 +239,9 @@ class RolloutController:
             session.add(rollout)
             log_event(session, rollout, "paused", rollout.reason)
             return
-        since = aware(rollout.created_at) or now()
+        since = aware(rollout.created_at) or utcnow()
         results = evaluate(
-            session, Scope(rollout=rollout, devices=mine, since=since, now=now()), cfg
+            session, Scope(rollout=rollout, devices=mine, since=since, now=utcnow()), cfg
         )
         gates = [g.to_dict() for g in results]
         if not all(g.passed for g in results):
@@ -249,19 +250,19 @@ class RolloutController:
         self._record(rollout, state="passed", gates=gates)
         log_event(session, rollout, "phase_passed", f"phase {rollout.phase}", data={"gates": gates})
         if rollout.phase >= len(rollout.phases) - 1:
-            rollout.state, rollout.finished_at = R.COMPLETED, now()
+            rollout.state, rollout.finished_at = R.COMPLETED, utcnow()
             rollout.reason = "every phase passed its gates"
             log_event(session, rollout, "completed", rollout.reason)
             promote(session, rollout)
         else:
             rollout.phase += 1
             rollout.phase_started_at = rollout.phase_commanded_at = None
-        rollout.updated_at = now()
+        rollout.updated_at = utcnow()
         session.add(rollout)
 
     def _record(self, rollout: Rollout, *, state: str, gates: list[dict[str, object]]) -> None:
         results = dict(rollout.phase_results)
-        results[str(rollout.phase)] = {"state": state, "gates": gates, "at": now().isoformat()}
+        results[str(rollout.phase)] = {"state": state, "gates": gates, "at": utcnow().isoformat()}
         rollout.phase_results = results
 
     def _gates_failed(
@@ -278,7 +279,7 @@ class RolloutController:
         if early_fail:
             rollout.reason += " (before bake time ended)"
         rollout.state = R.PAUSED if rollout.on_failure == "pause" else R.ROLLING_BACK
-        rollout.updated_at = now()
+        rollout.updated_at = utcnow()
         session.add(rollout)
         log_event(session, rollout, "gates_failed", rollout.reason, data={"gates": gates})
 

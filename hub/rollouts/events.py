@@ -1,30 +1,18 @@
-"""The rollout modules' clock and event log: ``now``, ``aware`` and ``log_event``.
+"""The rollout modules' event log: ``log_event`` (their clock is :mod:`hub.core.clock`).
 
 A leaf: it imports no other rollout module, so the operations (``service``), the shadow
-phase and the controller's helpers all write events and read the time the same way.
+phase and the controller's helpers all write events the same way.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlmodel import Session
 
 from hub.tables.rollouts import Rollout, RolloutEvent
 
-__all__ = ["aware", "log_event", "now"]
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back naive; every time we store is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+__all__ = ["log_event"]
 
 
 def log_event(

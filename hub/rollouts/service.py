@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, select
 
+from hub.core.clock import utcnow
 from hub.core.errors import Conflict, InvalidInput, NotFound
 from hub.registry import models as registry
 from hub.rollouts import _shadow
-from hub.rollouts.events import log_event, now
+from hub.rollouts.events import log_event
 from hub.rollouts.gates import merged_gates
 from hub.rollouts.phases import parse_phases
 from hub.rollouts.selectors import parse_selector
@@ -164,9 +165,9 @@ def _transition(
         raise Conflict(
             f"rollout {rollout_id} is {rollout.state}; {kind} needs one of {sorted(allowed)}"
         )
-    rollout.state, rollout.reason, rollout.updated_at = to, reason, now()
+    rollout.state, rollout.reason, rollout.updated_at = to, reason, utcnow()
     if to in FINAL:
-        rollout.finished_at = now()
+        rollout.finished_at = utcnow()
     log_event(session, rollout, kind, reason)
     session.add(rollout)
     session.flush()
@@ -242,7 +243,7 @@ def advance(session: Session, *, rollout_id: str, reason: str = "operator") -> R
         raise Conflict(f"rollout {rollout_id} is {rollout.state}; only an active one advances")
     if _shadow.pending(rollout):
         _shadow.finish(session, rollout, state="advanced", reason=reason)
-        rollout.state, rollout.reason, rollout.updated_at = RolloutState.RUNNING, reason, now()
+        rollout.state, rollout.reason, rollout.updated_at = RolloutState.RUNNING, reason, utcnow()
         log_event(session, rollout, "advanced", reason)
         session.flush()
         return rollout
@@ -250,14 +251,14 @@ def advance(session: Session, *, rollout_id: str, reason: str = "operator") -> R
         raise Conflict(f"rollout {rollout_id} is in its last phase already")
     results = dict(rollout.phase_results)
     entry = dict(results.get(str(rollout.phase), {}))
-    entry.update(state="advanced", at=now().isoformat(), reason=reason)
+    entry.update(state="advanced", at=utcnow().isoformat(), reason=reason)
     results[str(rollout.phase)] = entry
     rollout.phase_results = results
     rollout.phase += 1
     rollout.phase_started_at = rollout.phase_commanded_at = None
     if rollout.state == RolloutState.AWAITING_APPROVAL:
         rollout.state = RolloutState.RUNNING
-    rollout.updated_at = now()
+    rollout.updated_at = utcnow()
     log_event(session, rollout, "advanced", reason)
     session.add(rollout)
     session.flush()
@@ -269,7 +270,7 @@ def approve(session: Session, *, rollout_id: str, reason: str = "operator") -> R
     if rollout.state != RolloutState.AWAITING_APPROVAL:
         raise Conflict(f"rollout {rollout_id} is {rollout.state}, not awaiting approval")
     rollout.approved_phase = rollout.phase
-    rollout.state, rollout.updated_at = RolloutState.RUNNING, now()
+    rollout.state, rollout.updated_at = RolloutState.RUNNING, utcnow()
     log_event(session, rollout, "approved", reason)
     session.add(rollout)
     session.flush()

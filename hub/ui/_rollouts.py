@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlmodel import Session
 
+from hub.core.clock import aware, utcnow
 from hub.rollouts import service
-from hub.rollouts.events import aware, now
 from hub.rollouts.gates import Scope, evaluate
 from hub.rollouts.views import rollout_view, summary
 from hub.tables.rollouts import Rollout, RolloutState
@@ -49,9 +49,9 @@ def _live_gates(session: Session, rollout: Rollout) -> list[dict[str, Any]]:
     mine = [d for d in rows if d.phase == rollout.phase]
     if not mine:
         return []
-    since = aware(rollout.created_at) or now()
+    since = aware(rollout.created_at) or utcnow()
     try:
-        scope = Scope(rollout=rollout, devices=mine, since=since, now=now())
+        scope = Scope(rollout=rollout, devices=mine, since=since, now=utcnow())
         return [g.to_dict() for g in evaluate(session, scope, rollout.gates)]
     except Exception:  # a page must render even when one gate cannot be computed
         log.exception("rollout %s: live gate evaluation failed", rollout.id)
