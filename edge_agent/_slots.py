@@ -37,8 +37,8 @@ from edge_agent._slotmeta import (
     usable,
     write_json,
 )
-from model_packager._format import fsync_dir
 from model_packager.bundle import PublicKeyLike, open_bundle
+from model_packager.files import fsync_dir
 
 log = logging.getLogger(__name__)
 

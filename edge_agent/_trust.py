@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
-from model_packager._format import write_private
+from model_packager.files import write_private
 from model_packager.signing import (
     Ed25519PublicKey,
     KeyMaterialError,

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from edge_agent._tls import new_client_key, sync_channel
-from model_packager._format import write_private
+from model_packager.files import write_private
 from proto import services_pb2, services_pb2_grpc
 
 ENROLLMENT_FILE = "enrollment.json"

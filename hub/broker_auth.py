@@ -41,7 +41,7 @@ from hub._debounce import Debouncer
 from hub.broker import BrokerAuthFiles
 from hub.settings import HubSettings
 from hub.tables import DeviceCertificate, DeviceCredential
-from model_packager._format import write_private
+from model_packager.files import write_private
 from proto.topics import TopicKind, Topics
 
 log = logging.getLogger(__name__)
