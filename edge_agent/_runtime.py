@@ -25,6 +25,7 @@ import numpy as np
 
 from edge_agent._manifests import parsed_manifest
 from edge_agent._runtime_health import LATENCY_RUNS, HealthReport, health_check
+from edge_agent.errors import ModelLoadError, NoUsableVariant
 from model_packager.preprocess import Preprocess
 
 __all__ = [
@@ -51,14 +52,6 @@ _RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
     "tflite": ("ai_edge_litert", "tflite_runtime"),
 }
 _INSTALL_HINT = "pip install 'edgeloop[agent]'"
-
-
-class ModelLoadError(RuntimeError):
-    """A slot could not be loaded: missing/corrupt files, a bad manifest, a runtime error."""
-
-
-class NoUsableVariant(ModelLoadError):
-    """None of the preferred variants is both in the bundle and runnable on this device."""
 
 
 @runtime_checkable
