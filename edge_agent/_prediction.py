@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent._runtime import LoadedModel
+from edge_agent._model import LoadedModel
 from edge_agent.errors import NoModelLoaded, PredictionError
 
 __all__ = [

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent._model import LoadedModel
 from edge_agent._prediction import (
     NoModelLoaded,
     Prediction,
@@ -33,7 +34,6 @@ from edge_agent._prediction import (
     ShadowReport,
     reconstruction_error,
 )
-from edge_agent._runtime import LoadedModel
 
 __all__ = [
     "NoModelLoaded",
