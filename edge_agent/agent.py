@@ -27,13 +27,13 @@ from edge_agent._deploy import Deployer
 from edge_agent._feedback import FeedbackBuffer
 from edge_agent._http import LocalApi
 from edge_agent._predictor import Prediction, Predictor, ShadowReport
-from edge_agent._queue import OutboundQueue
 from edge_agent._recent import RecentPredictions
 from edge_agent._runtime import LoadedModel, load_slot
 from edge_agent._session import MqttSession
 from edge_agent._slots import SlotInfo, SlotStore
 from edge_agent._telemetry import WindowAggregator, stack_records
 from edge_agent._trust import TrustedKey
+from edge_agent.queue import OutboundQueue
 from edge_agent.settings import AgentSettings
 from proto import messages_pb2 as pb
 from proto.topics import Topics

@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from edge_agent._queue import OutboundQueue
 from edge_agent._session import MqttSession
+from edge_agent.queue import OutboundQueue
 from hub.broker import EmbeddedBroker
 from hub.db import create_all, make_engine
 from hub.ingest import IngestWorker
