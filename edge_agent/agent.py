@@ -97,10 +97,7 @@ class Agent:
             threads=settings.threads,
             probation_s=settings.probation_s,
             max_error_rate=settings.probation_max_error_rate,
-            emit=self._enqueue_event,
-            serve=self._serve,
-            shadow=self._set_shadow,
-            errors_and_count=lambda: (self.predictor.errors, self.predictor.count),
+            host=self,  # the agent is the DeployHost: see serve, set_shadow, enqueue_event
             ca_file=settings.ca_file,
             client_cert_file=settings.client_cert_file,
             client_key_file=settings.client_key_file,
@@ -127,7 +124,7 @@ class Agent:
         active = self.slots.active()
         if active is not None:
             try:
-                self._serve(await asyncio.to_thread(self._load, active))
+                self.serve(await asyncio.to_thread(self._load, active))
             except Exception:
                 log.exception("the active model in slot %s does not load", active.name)
             if active.status == "probation":
@@ -262,7 +259,9 @@ class Agent:
             slot.path, prefer=tuple(self.settings.prefer), threads=self.settings.threads
         )
 
-    def _serve(self, model: LoadedModel) -> None:
+    def serve(self, model: LoadedModel) -> None:
+        """Make ``model`` (loaded from a slot) the one that answers predictions; the
+        deployer's hook (:class:`~edge_agent._deploy.DeployHost`), also used at start."""
         self._flush(force=True)  # the old model's window closes with the old model
         manifest = model.manifest
         active = self.slots.active()
@@ -272,6 +271,8 @@ class Agent:
             self._window = self._aggregator(model, manifest, digest)
         self.predictor.swap(model)
         self.session.state_changed()
+
+    _serve = serve  # its name before the DeployHost protocol (white-box tests call it)
 
     def _aggregator(
         self, model: LoadedModel, manifest: dict[str, Any], digest: str
@@ -292,8 +293,13 @@ class Agent:
             log.error("no telemetry for %s: bad reference profile (%s)", model.slot_dir, exc)
             return None
 
-    def _set_shadow(self, model: LoadedModel | None, fraction: float) -> None:
+    def set_shadow(self, model: LoadedModel | None, fraction: float) -> None:
+        """Also run ``model`` on a sampled ``fraction`` of the calls (``None`` stops)."""
         self.predictor.set_shadow(model, fraction=fraction)
+
+    def prediction_counts(self) -> tuple[int, int]:
+        """``(errors, calls)`` of the predictor so far (the deployer's probation watch)."""
+        return self.predictor.errors, self.predictor.count
 
     # telemetry ----------------------------------------------------------------------------
 
@@ -374,13 +380,17 @@ class Agent:
                     bundle_digest=str(report.shadow.slot_dir.name),
                 )
 
-    def _enqueue_event(self, event: pb.DeploymentEvent) -> None:
+    def enqueue_event(self, event: pb.DeploymentEvent) -> None:
+        """Queue a deployment event for the hub, durably, with the stream's next seq."""
+
         def payload_for(seq: int) -> bytes:
             event.seq = seq  # what the hub's DeliveryAck names
             return event.SerializeToString()
 
         self.queue.append(stream="events", payload_for=payload_for)
         self.session.wake()
+
+    _enqueue_event = enqueue_event  # its name before the DeployHost protocol
 
     def flush(self) -> None:
         """Close the current telemetry window and feedback batch now (they queue durably)."""
