@@ -17,21 +17,20 @@ import logging
 import shutil
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from edge_agent._deploy import Deployer
 from edge_agent._feedback import FeedbackBuffer
+from edge_agent._handoff import Handoff, record_calls
 from edge_agent._http import LocalApi
 from edge_agent._predictor import Prediction, Predictor, ShadowReport
 from edge_agent._recent import RecentPredictions
 from edge_agent._runtime import LoadedModel, load_slot
 from edge_agent._session import MqttSession
 from edge_agent._slots import SlotInfo, SlotStore
-from edge_agent._telemetry import WindowAggregator, stack_records
+from edge_agent._telemetry import WindowAggregator
 from edge_agent._trust import TrustedKey
 from edge_agent.queue import OutboundQueue
 from edge_agent.settings import AgentSettings
@@ -71,12 +70,10 @@ class Agent:
         self.predictor = Predictor(device_id=settings.device_id)
         self._lock = threading.Lock()
         self._window: WindowAggregator | None = None
-        # calls waiting for the telemetry tick; bounded: if the tick ever falls that far
-        # behind, the oldest calls are left out of telemetry (never out of serving)
-        self._pending: deque[tuple[Any, ...]] = deque(maxlen=PENDING_LIMIT)
         self._feedback = FeedbackBuffer(device_id=settings.device_id)
         self._recent = RecentPredictions(capacity=PREDICTIONS_HELD)
-        self.unremembered = 0
+        # the calls the predictor hands over, waiting for the telemetry tick (bounded)
+        self._handoff = Handoff(recent=self._recent, limit=PENDING_LIMIT)
         self._model: LoadedModel | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -102,7 +99,7 @@ class Agent:
             client_cert_file=settings.client_cert_file,
             client_key_file=settings.client_key_file,
         )
-        self.predictor.set_sink(self._pending)
+        self.predictor.set_sink(self._handoff.sink)
         self.predict = self.predictor.predict  # type: ignore[method-assign]
         self.predictor.add_shadow_observer(self._observe_shadow)
         self.malformed_commands = 0
@@ -303,68 +300,24 @@ class Agent:
 
     # telemetry ----------------------------------------------------------------------------
 
-    def _aggregate_pending(self) -> None:
-        """Drain the calls the predictor handed over: remember what they predicted (for
-        feedback), and record the current model's calls in the telemetry window. Runs in the
-        tick thread but holds the GIL: whole-batch numpy work, no per-call array calls."""
-        with self._lock:
-            pending = self._pending
-            calls = [pending.popleft() for _ in range(len(pending))]  # appends may go on
-            self._remember(calls)
-            window, current = self._window, self._model
-            same = [c for c in calls if c[0] is current]
-            if window is None or not same or current is None:
-                return
-            raw_dims = len(current.preprocess.raw_shape)
-            sizes = np.fromiter((len(c[5]) for c in same), dtype=np.int64, count=len(same))
-            window.record(
-                raw=stack_records([c[1] for c in same], record_dims=raw_dims, sizes=sizes),
-                model_inputs=(
-                    np.concatenate([c[2] for c in same])
-                    if current.task == "reconstruction"
-                    else None
-                ),
-                outputs=np.concatenate([c[3] for c in same]),
-                latency_ms=np.repeat(
-                    np.fromiter((c[4] for c in same), dtype=np.float64, count=len(same))
-                    / np.maximum(sizes, 1),
-                    sizes,
-                ),
-                prediction_ids=[i for c in same for i in c[5]],
-            )
+    @property
+    def unremembered(self) -> int:
+        """Calls whose output could not be remembered for feedback labels."""
+        return self._handoff.unremembered
 
-    def _remember(self, calls: list[tuple[Any, ...]]) -> None:
-        """One batched ``remember`` per model among ``calls`` (cheap per call)."""
-        if not calls:
-            return
-        first = calls[0][0]
-        groups: Iterable[list[tuple[Any, ...]]] = [calls]
-        if not all(c[0] is first for c in calls):  # a model switch inside one tick
-            by_model: dict[int, list[tuple[Any, ...]]] = {}
-            for call in calls:
-                by_model.setdefault(id(call[0]), []).append(call)
-            groups = by_model.values()
-        for group in groups:
-            model: LoadedModel = group[0][0]
-            try:
-                ids = [i for c in group for i in c[5]]
-                outs = [c[3] for c in group]
-                outputs = (
-                    np.concatenate(outs)  # [n, k] each: already one row per prediction
-                    if all(o.ndim == 2 for o in outs)
-                    else np.concatenate([c[3].reshape(len(c[5]), -1) for c in group])
-                )
-                self._recent.remember(
-                    ids=ids,
-                    outputs=outputs,
-                    model=str(model.manifest.get("name", "")),
-                    version=str(model.manifest.get("version", "")),
-                    classes=model.task != "reconstruction",
-                )
-            except Exception:  # one odd output must not stop telemetry
-                self.unremembered += len(group)
-                if self.unremembered <= 3:
-                    log.exception("could not remember a prediction's output")
+    def _aggregate_pending(self) -> None:
+        """Drain the calls the predictor handed over (:mod:`edge_agent._handoff`): remember
+        what they predicted (for feedback), and record the current model's calls in the
+        telemetry window. Runs in the tick thread but holds the GIL: whole-batch numpy
+        work, no per-call array calls."""
+        with self._lock:
+            groups = self._handoff.drain()  # one per model: a deploy may switch mid-tick
+            window, current = self._window, self._model
+            if window is None or current is None:
+                return
+            for calls in groups:
+                if calls.served_by is current:
+                    record_calls(window, calls)
 
     def _observe_shadow(self, report: ShadowReport) -> None:
         shadow = report.shadow.manifest
