@@ -16,7 +16,7 @@ import pytest
 
 from edge_agent.queue import ITEM_OVERHEAD, OutboundQueue
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def seqs(queue: OutboundQueue, stream: str) -> list[int]:
