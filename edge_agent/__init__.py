@@ -4,30 +4,39 @@ inference API, telemetry with store-and-forward.
 This package never imports ``hub`` or ``torch``: ``pip install edgeloop[agent]`` is enough.
 """
 
-from edge_agent._predictor import (
-    NoModelLoaded,
-    Prediction,
-    PredictionError,
-    Predictor,
-    ShadowReport,
-)
+from edge_agent._predictor import Prediction, Predictor, ShadowReport
 from edge_agent._runtime import (
     HealthReport,
     LoadedModel,
-    ModelLoadError,
-    NoUsableVariant,
     check_slot,
     choose_variant,
     health_check,
     load_slot,
 )
 from edge_agent.batch import BatchSummary, predict_batch
-from edge_agent.settings import AgentSettings, AgentSettingsError
+from edge_agent.errors import (
+    AgentError,
+    AgentSettingsError,
+    BatchError,
+    DownloadError,
+    EnrollError,
+    ModelLoadError,
+    NoModelLoaded,
+    NoUsableVariant,
+    PredictionError,
+    RotationRefused,
+    SlotError,
+)
+from edge_agent.settings import AgentSettings
 
 __all__ = [
+    "AgentError",
     "AgentSettings",
     "AgentSettingsError",
+    "BatchError",
     "BatchSummary",
+    "DownloadError",
+    "EnrollError",
     "HealthReport",
     "LoadedModel",
     "ModelLoadError",
@@ -36,7 +45,9 @@ __all__ = [
     "Prediction",
     "PredictionError",
     "Predictor",
+    "RotationRefused",
     "ShadowReport",
+    "SlotError",
     "check_slot",
     "choose_variant",
     "health_check",

@@ -17,9 +17,8 @@ import os
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent._fetch import DownloadError, download_bundle
 from edge_agent._runtime import LoadedModel, ModelLoadError, health_check, load_slot
@@ -27,6 +26,8 @@ from edge_agent._slots import SlotError, SlotStore
 from edge_agent._trust import RotationRefused, TrustedKey
 from model_packager.bundle import BundleError, open_bundle
 from proto import messages_pb2 as pb
+
+__all__ = ["CommandLog", "DeployHost", "Deployer", "InflightDeploy"]
 
 log = logging.getLogger("edgeloop.agent.deploy")
 
@@ -36,6 +37,22 @@ K = pb.EventKind
 
 FINAL_KINDS = {K.EVENT_KIND_HEALTHY, K.EVENT_KIND_FAILED, K.EVENT_KIND_ROLLED_BACK}
 PERSISTED_KINDS = FINAL_KINDS | {K.EVENT_KIND_RECEIVED, K.EVENT_KIND_ACTIVATED}
+
+
+class DeployHost(Protocol):
+    """What a :class:`Deployer` needs from the agent it works for (the agent implements it)."""
+
+    def enqueue_event(self, event: pb.DeploymentEvent) -> None:
+        """Queue a deployment event for the hub (durably)."""
+
+    def serve(self, model: LoadedModel) -> None:
+        """Make ``model`` the one that answers predictions."""
+
+    def set_shadow(self, model: LoadedModel | None, fraction: float) -> None:
+        """Also run ``model`` on a sampled ``fraction`` of the calls (``None`` stops)."""
+
+    def prediction_counts(self) -> tuple[int, int]:
+        """``(errors, calls)`` of the predictor so far: probation watches their growth."""
 
 
 class CommandLog:
@@ -107,10 +124,7 @@ class Deployer:
         threads: int,
         probation_s: float,
         max_error_rate: float,
-        emit: Callable[[pb.DeploymentEvent], None],
-        serve: Callable[[LoadedModel], None],
-        shadow: Callable[[LoadedModel | None, float], None],
-        errors_and_count: Callable[[], tuple[int, int]],
+        host: DeployHost,
         ca_file: Path | None = None,
         client_cert_file: Path | None = None,
         client_key_file: Path | None = None,
@@ -128,10 +142,7 @@ class Deployer:
         self._threads = threads
         self._probation_s = probation_s
         self._max_error_rate = max_error_rate
-        self._emit_event = emit
-        self._serve = serve
-        self._shadow = shadow
-        self._errors_and_count = errors_and_count
+        self._host = host
         self._lock = asyncio.Lock()
         self._log = CommandLog(work_dir / "commands.json")
         self._inflight = InflightDeploy(work_dir / "inflight_command.pb")
@@ -157,7 +168,7 @@ class Deployer:
             at=int(time.time() * 1000),
             **fields,
         )
-        self._emit_event(event)
+        self._host.enqueue_event(event)
         if kind != K.EVENT_KIND_DOWNLOADING:
             self._log.record(command.command_id, kind)
         if kind in FINAL_KINDS:
@@ -261,7 +272,7 @@ class Deployer:
             )
             return
         self._slots.activate(slot.name, status="probation")
-        self._serve(loaded)
+        self._host.serve(loaded)
         self._emit(command, K.EVENT_KIND_ACTIVATED)
         probation = target.probation_seconds if target.HasField("probation_seconds") else None
         seconds = self._probation_s if probation is None else probation
@@ -279,11 +290,11 @@ class Deployer:
 
     async def _watch(self, command: pb.Command, *, seconds: float) -> None:
         """Probation: too many errors while it lasts and the agent rolls back by itself."""
-        errors0, count0 = self._errors_and_count()
+        errors0, count0 = self._host.prediction_counts()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             await asyncio.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
-            errors, count = self._errors_and_count()
+            errors, count = self._host.prediction_counts()
             errors, count = errors - errors0, count - count0
             if errors >= 3 and errors / max(count, 1) > self._max_error_rate:
                 async with self._lock:
@@ -331,7 +342,7 @@ class Deployer:
         except (SlotError, ModelLoadError, OSError, ValueError) as exc:
             self._emit(command, K.EVENT_KIND_FAILED, reason=f"rollback impossible: {exc}")
             return
-        self._serve(loaded)
+        self._host.serve(loaded)
         self._slots.mark(slot.name, "serving")
         if fail_current and current is not None:  # never switch back to a rejected model
             self._slots.mark(current.name, "failed")
@@ -366,7 +377,7 @@ class Deployer:
         target = command.shadow
         self._emit(command, K.EVENT_KIND_RECEIVED)
         if target.stop:
-            self._shadow(None, 0.0)
+            self._host.set_shadow(None, 0.0)
             self._emit(command, K.EVENT_KIND_HEALTHY, reason="shadow stopped")
             return
         try:
@@ -382,5 +393,5 @@ class Deployer:
             self._emit(command, K.EVENT_KIND_FAILED, reason=f"{type(exc).__name__}: {exc}")
             return
         self._emit(command, K.EVENT_KIND_VERIFIED)
-        self._shadow(loaded, target.sample_fraction or 1.0)
+        self._host.set_shadow(loaded, target.sample_fraction or 1.0)
         self._emit(command, K.EVENT_KIND_ACTIVATED, reason="shadow")

@@ -28,6 +28,7 @@ import grpc
 import grpc.aio
 
 from edge_agent._tls import aio_channel
+from edge_agent.errors import AgentError, DownloadError
 from model_packager.bundle import file_digest
 from proto import services_pb2, services_pb2_grpc
 
@@ -60,19 +61,6 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-class DownloadError(Exception):
-    """The artifact could not be downloaded; ``reason`` is a short machine-readable tag.
-
-    Reasons: ``invalid_digest``, ``not_found``, ``invalid_argument``, ``size_mismatch``,
-    ``digest_mismatch``, ``disk_full``, ``busy`` (another download of the same digest
-    holds the partial file), ``retries_exhausted``, ``rpc_error``.
-    """
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Capped exponential backoff with jitter.
@@ -103,7 +91,7 @@ class Backoff:
             delay = min(delay * self.factor, self.cap)
 
 
-class _Retry(Exception):
+class _Retry(AgentError):
     """An attempt failed in a way that calling again may fix; ``reason`` is its counter key."""
 
     def __init__(self, message: str, *, reason: str) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 
 from edge_agent._predictor import NoModelLoaded, Prediction, PredictionError, Predictor
+from edge_agent.errors import AgentError
 
 __all__ = ["MAX_BODY_BYTES", "FeedbackHandler", "LocalApi", "is_loopback", "prediction_json"]
 
@@ -47,7 +48,7 @@ class FeedbackHandler(Protocol):
     ) -> None: ...
 
 
-class _ApiError(Exception):
+class _ApiError(AgentError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message

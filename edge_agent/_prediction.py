@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent._runtime import LoadedModel
+from edge_agent._model import LoadedModel
+from edge_agent.errors import NoModelLoaded, PredictionError
 
 __all__ = [
     "NoModelLoaded",
@@ -24,14 +25,6 @@ __all__ = [
     "ShadowReport",
     "reconstruction_error",
 ]
-
-
-class PredictionError(RuntimeError):
-    """The runtime failed on a batch (counted in :attr:`PredictorStats.errors`)."""
-
-
-class NoModelLoaded(RuntimeError):
-    """No model is active yet (the HTTP endpoint answers 503)."""
 
 
 class Prediction:

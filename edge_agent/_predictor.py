@@ -19,11 +19,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent._handoff import CallTuple
+from edge_agent._model import LoadedModel
 from edge_agent._prediction import (
     NoModelLoaded,
     Prediction,
@@ -33,7 +34,6 @@ from edge_agent._prediction import (
     ShadowReport,
     reconstruction_error,
 )
-from edge_agent._runtime import LoadedModel
 
 __all__ = [
     "NoModelLoaded",
@@ -113,7 +113,7 @@ class Predictor:
         self._active: _Compiled | None = None if model is None else _Compiled(model)
         self._shadow: _Shadow | None = None
         self._observers: tuple[Observer, ...] = ()
-        self._sink: deque[tuple[Any, ...]] | None = None
+        self._sink: deque[CallTuple] | None = None
         self._shadow_observers: tuple[ShadowObserver, ...] = ()
         self._write_lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -122,13 +122,16 @@ class Predictor:
         self._calls = self._errors = self._observer_errors = 0
         self._shadow_runs = self._shadow_errors = 0
 
-    def set_sink(self, sink: deque[tuple[Any, ...]] | None) -> None:
-        """Hand every call to ``sink`` as ``(model, raw, inputs, outputs, latency_ms, ids)``
-        (a bounded deque the consumer drains): the telemetry path that costs the request
-        least. ``raw`` is copied when it is the caller's own array; a single record may come
-        without its batch axis (reshape to ``(len(ids), *raw_shape)``). ``inputs`` (the
-        model's input) only for reconstruction models, else ``None``: nothing else reads it,
-        and freeing it with the call keeps the allocator's blocks warm."""
+    def set_sink(self, sink: deque[CallTuple] | None) -> None:
+        """Hand every call to ``sink`` (a bounded deque the consumer drains, see
+        :class:`~edge_agent._handoff.Handoff`) as a :data:`~edge_agent._handoff.CallTuple`
+        ``(model, raw, inputs, outputs, latency_ms, ids)``, the fields of
+        :class:`~edge_agent._handoff.PendingCalls`: the telemetry path that costs the
+        request least. ``raw`` is
+        copied when it is the caller's own array; a single record may come without its batch
+        axis (reshape to ``(len(ids), *raw_shape)``). ``inputs`` (the model's input) only
+        for reconstruction models, else ``None``: nothing else reads it, and freeing it with
+        the call keeps the allocator's blocks warm."""
         self._sink = sink
 
     # -- the model ------------------------------------------------------------------------

@@ -6,7 +6,8 @@ the LiteRT interpreter (:class:`model_packager.litert.TFLiteRunner`, fixed batch
 through in chunks). :func:`load_slot` reads an installed slot (``manifest.json`` plus the
 payload files), picks a variant with :func:`choose_variant` and loads it;
 :func:`health_check` (``edge_agent._runtime_health``, re-exported here) runs the bundle's
-self-test records and times batch-1 inference.
+self-test records and times batch-1 inference. The types both build on, :class:`Runtime` and
+:class:`LoadedModel`, live in ``edge_agent._model`` (re-exported here).
 Nothing here imports torch, onnx or the hub.
 """
 
@@ -17,14 +18,15 @@ import importlib.util
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
 from edge_agent._manifests import parsed_manifest
+from edge_agent._model import LoadedModel, Runtime
 from edge_agent._runtime_health import LATENCY_RUNS, HealthReport, health_check
+from edge_agent.errors import ModelLoadError, NoUsableVariant
 from model_packager.preprocess import Preprocess
 
 __all__ = [
@@ -51,23 +53,6 @@ _RUNTIME_MODULES: dict[str, tuple[str, ...]] = {
     "tflite": ("ai_edge_litert", "tflite_runtime"),
 }
 _INSTALL_HINT = "pip install 'edgeloop[agent]'"
-
-
-class ModelLoadError(RuntimeError):
-    """A slot could not be loaded: missing/corrupt files, a bad manifest, a runtime error."""
-
-
-class NoUsableVariant(ModelLoadError):
-    """None of the preferred variants is both in the bundle and runnable on this device."""
-
-
-@runtime_checkable
-class Runtime(Protocol):
-    """Runs a batch of preprocessed float32 model inputs; returns the float32 outputs."""
-
-    name: str
-
-    def run(self, x: np.ndarray) -> np.ndarray: ...
 
 
 class OnnxRuntime:
@@ -206,42 +191,6 @@ def choose_variant(
         f"{', '.join(listed)}; preferred {', '.join(prefer) or 'nothing'}; runtimes available "
         f"here: {', '.join(sorted(runnable)) or 'none'} (install them with: {_INSTALL_HINT})"
     )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LoadedModel:
-    """A loaded slot: its manifest, the chosen variant, the runtime and the transform."""
-
-    slot_dir: Path
-    manifest: dict[str, Any]
-    variant: dict[str, Any]
-    runtime: Runtime
-    preprocess: Preprocess
-    labels: tuple[str, ...] | None
-    task: str
-
-    @property
-    def name(self) -> str:
-        return str(self.manifest.get("name", ""))
-
-    @property
-    def version(self) -> str:
-        return str(self.manifest.get("version", ""))
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    @property
-    def variant_file(self) -> str:
-        return str(self.variant["file"])
-
-    @property
-    def anomaly_threshold(self) -> float | None:
-        """The reference split's p99 reconstruction error (reconstruction models), if any."""
-        profile = self.manifest.get("reference_profile") or {}
-        value = ((profile.get("output") or {}).get("score_quantiles") or {}).get("p99")
-        return None if value is None else float(value)
 
 
 def _check_digest(slot_dir: Path, manifest: dict[str, Any], name: str) -> None:

@@ -1,6 +1,7 @@
 """The health check a loaded slot must pass before it serves: the bundle's self-test records
-within the manifest's tolerance, then batch-1 latency under its budget. Private to
-:mod:`edge_agent._runtime`, which re-exports :class:`HealthReport` and :func:`health_check`."""
+within the manifest's tolerance, then batch-1 latency under its budget. Needs only the model
+types (:mod:`edge_agent._model`); :mod:`edge_agent._runtime` re-exports :class:`HealthReport`
+and :func:`health_check`."""
 
 from __future__ import annotations
 
@@ -8,12 +9,10 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from edge_agent._runtime import LoadedModel
+from edge_agent._model import LoadedModel
 
 LATENCY_RUNS = 20
 

@@ -28,8 +28,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent._fetch import Backoff
-from edge_agent._queue import OutboundQueue, QueuedItem
 from edge_agent._tls import mqtt_tls_params
+from edge_agent.queue import OutboundQueue, QueuedItem
 from edge_agent.settings import AgentSettings
 from proto import messages_pb2 as pb
 from proto.topics import Topics

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent._manifests import encoded_manifest, shared_manifest
-from model_packager._format import fsync_dir
 from model_packager.bundle import VerifiedBundle, file_digest
+from model_packager.files import fsync_dir
 
 __all__ = ["META_NAME", "STATUSES", "SlotInfo"]
 

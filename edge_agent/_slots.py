@@ -37,8 +37,9 @@ from edge_agent._slotmeta import (
     usable,
     write_json,
 )
-from model_packager._format import fsync_dir
+from edge_agent.errors import SlotError
 from model_packager.bundle import PublicKeyLike, open_bundle
+from model_packager.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ __all__ = ["META_NAME", "SLOT_NAMES", "STATUSES", "SlotError", "SlotInfo", "Slot
 
 SLOT_NAMES = ("a", "b")
 _LINK_TARGET = {f"slots/{name}": name for name in SLOT_NAMES}
-
-
-class SlotError(Exception):
-    """A slot operation that cannot be done (unknown slot, empty or failed slot, ...)."""
 
 
 def _other(name: str) -> str:

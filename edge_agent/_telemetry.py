@@ -51,23 +51,6 @@ def _bins(values: FloatArray, edges: FloatArray) -> IntArray:
     return np.searchsorted(edges, values, side="right")
 
 
-def stack_records(arrays: Sequence[np.ndarray], *, record_dims: int, sizes: IntArray) -> np.ndarray:
-    """One ``[N, *record_shape]`` batch from per-call arrays that are batches
-    (``record_dims + 1`` axes) or single records without the batch axis (``record_dims``);
-    ``sizes``: the records in each. One C-level call when they are all of one kind."""
-    ndims = {a.ndim for a in arrays}
-    if ndims == {record_dims}:
-        return np.stack(arrays)
-    if ndims == {record_dims + 1}:
-        return np.concatenate(arrays)
-    return np.concatenate(
-        [
-            a.reshape(int(n), *a.shape[a.ndim - record_dims :])
-            for a, n in zip(arrays, sizes, strict=True)
-        ]
-    )
-
-
 @dataclass
 class _Shadow:
     key: tuple[str, str, str]  # model, version, bundle_digest

@@ -22,7 +22,8 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 
-from model_packager._format import write_private
+from edge_agent.errors import RotationRefused
+from model_packager.files import write_private
 from model_packager.signing import (
     Ed25519PublicKey,
     KeyMaterialError,
@@ -35,11 +36,9 @@ from proto import messages_pb2 as pb
 
 log = logging.getLogger("edgeloop.agent.trust")
 
+__all__ = ["TRUSTED_KEY_FILE", "RotationRefused", "TrustedKey"]
+
 TRUSTED_KEY_FILE = "trusted_key.json"
-
-
-class RotationRefused(Exception):
-    """A ``RotateKey`` the agent did not act on; the message says why."""
 
 
 class TrustedKey:

@@ -17,23 +17,22 @@ import logging
 import shutil
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from edge_agent._deploy import Deployer
 from edge_agent._feedback import FeedbackBuffer
+from edge_agent._handoff import Handoff, record_calls
 from edge_agent._http import LocalApi
 from edge_agent._predictor import Prediction, Predictor, ShadowReport
-from edge_agent._queue import OutboundQueue
 from edge_agent._recent import RecentPredictions
 from edge_agent._runtime import LoadedModel, load_slot
 from edge_agent._session import MqttSession
 from edge_agent._slots import SlotInfo, SlotStore
-from edge_agent._telemetry import WindowAggregator, stack_records
+from edge_agent._telemetry import WindowAggregator
 from edge_agent._trust import TrustedKey
+from edge_agent.queue import OutboundQueue
 from edge_agent.settings import AgentSettings
 from proto import messages_pb2 as pb
 from proto.topics import Topics
@@ -71,12 +70,10 @@ class Agent:
         self.predictor = Predictor(device_id=settings.device_id)
         self._lock = threading.Lock()
         self._window: WindowAggregator | None = None
-        # calls waiting for the telemetry tick; bounded: if the tick ever falls that far
-        # behind, the oldest calls are left out of telemetry (never out of serving)
-        self._pending: deque[tuple[Any, ...]] = deque(maxlen=PENDING_LIMIT)
         self._feedback = FeedbackBuffer(device_id=settings.device_id)
         self._recent = RecentPredictions(capacity=PREDICTIONS_HELD)
-        self.unremembered = 0
+        # the calls the predictor hands over, waiting for the telemetry tick (bounded)
+        self._handoff = Handoff(recent=self._recent, limit=PENDING_LIMIT)
         self._model: LoadedModel | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -97,15 +94,12 @@ class Agent:
             threads=settings.threads,
             probation_s=settings.probation_s,
             max_error_rate=settings.probation_max_error_rate,
-            emit=self._enqueue_event,
-            serve=self._serve,
-            shadow=self._set_shadow,
-            errors_and_count=lambda: (self.predictor.errors, self.predictor.count),
+            host=self,  # the agent is the DeployHost: see serve, set_shadow, enqueue_event
             ca_file=settings.ca_file,
             client_cert_file=settings.client_cert_file,
             client_key_file=settings.client_key_file,
         )
-        self.predictor.set_sink(self._pending)
+        self.predictor.set_sink(self._handoff.sink)
         self.predict = self.predictor.predict  # type: ignore[method-assign]
         self.predictor.add_shadow_observer(self._observe_shadow)
         self.malformed_commands = 0
@@ -127,7 +121,7 @@ class Agent:
         active = self.slots.active()
         if active is not None:
             try:
-                self._serve(await asyncio.to_thread(self._load, active))
+                self.serve(await asyncio.to_thread(self._load, active))
             except Exception:
                 log.exception("the active model in slot %s does not load", active.name)
             if active.status == "probation":
@@ -262,7 +256,9 @@ class Agent:
             slot.path, prefer=tuple(self.settings.prefer), threads=self.settings.threads
         )
 
-    def _serve(self, model: LoadedModel) -> None:
+    def serve(self, model: LoadedModel) -> None:
+        """Make ``model`` (loaded from a slot) the one that answers predictions; the
+        deployer's hook (:class:`~edge_agent._deploy.DeployHost`), also used at start."""
         self._flush(force=True)  # the old model's window closes with the old model
         manifest = model.manifest
         active = self.slots.active()
@@ -272,6 +268,8 @@ class Agent:
             self._window = self._aggregator(model, manifest, digest)
         self.predictor.swap(model)
         self.session.state_changed()
+
+    _serve = serve  # its name before the DeployHost protocol (white-box tests call it)
 
     def _aggregator(
         self, model: LoadedModel, manifest: dict[str, Any], digest: str
@@ -292,73 +290,34 @@ class Agent:
             log.error("no telemetry for %s: bad reference profile (%s)", model.slot_dir, exc)
             return None
 
-    def _set_shadow(self, model: LoadedModel | None, fraction: float) -> None:
+    def set_shadow(self, model: LoadedModel | None, fraction: float) -> None:
+        """Also run ``model`` on a sampled ``fraction`` of the calls (``None`` stops)."""
         self.predictor.set_shadow(model, fraction=fraction)
+
+    def prediction_counts(self) -> tuple[int, int]:
+        """``(errors, calls)`` of the predictor so far (the deployer's probation watch)."""
+        return self.predictor.errors, self.predictor.count
 
     # telemetry ----------------------------------------------------------------------------
 
-    def _aggregate_pending(self) -> None:
-        """Drain the calls the predictor handed over: remember what they predicted (for
-        feedback), and record the current model's calls in the telemetry window. Runs in the
-        tick thread but holds the GIL: whole-batch numpy work, no per-call array calls."""
-        with self._lock:
-            pending = self._pending
-            calls = [pending.popleft() for _ in range(len(pending))]  # appends may go on
-            self._remember(calls)
-            window, current = self._window, self._model
-            same = [c for c in calls if c[0] is current]
-            if window is None or not same or current is None:
-                return
-            raw_dims = len(current.preprocess.raw_shape)
-            sizes = np.fromiter((len(c[5]) for c in same), dtype=np.int64, count=len(same))
-            window.record(
-                raw=stack_records([c[1] for c in same], record_dims=raw_dims, sizes=sizes),
-                model_inputs=(
-                    np.concatenate([c[2] for c in same])
-                    if current.task == "reconstruction"
-                    else None
-                ),
-                outputs=np.concatenate([c[3] for c in same]),
-                latency_ms=np.repeat(
-                    np.fromiter((c[4] for c in same), dtype=np.float64, count=len(same))
-                    / np.maximum(sizes, 1),
-                    sizes,
-                ),
-                prediction_ids=[i for c in same for i in c[5]],
-            )
+    @property
+    def unremembered(self) -> int:
+        """Calls whose output could not be remembered for feedback labels."""
+        return self._handoff.unremembered
 
-    def _remember(self, calls: list[tuple[Any, ...]]) -> None:
-        """One batched ``remember`` per model among ``calls`` (cheap per call)."""
-        if not calls:
-            return
-        first = calls[0][0]
-        groups: Iterable[list[tuple[Any, ...]]] = [calls]
-        if not all(c[0] is first for c in calls):  # a model switch inside one tick
-            by_model: dict[int, list[tuple[Any, ...]]] = {}
-            for call in calls:
-                by_model.setdefault(id(call[0]), []).append(call)
-            groups = by_model.values()
-        for group in groups:
-            model: LoadedModel = group[0][0]
-            try:
-                ids = [i for c in group for i in c[5]]
-                outs = [c[3] for c in group]
-                outputs = (
-                    np.concatenate(outs)  # [n, k] each: already one row per prediction
-                    if all(o.ndim == 2 for o in outs)
-                    else np.concatenate([c[3].reshape(len(c[5]), -1) for c in group])
-                )
-                self._recent.remember(
-                    ids=ids,
-                    outputs=outputs,
-                    model=str(model.manifest.get("name", "")),
-                    version=str(model.manifest.get("version", "")),
-                    classes=model.task != "reconstruction",
-                )
-            except Exception:  # one odd output must not stop telemetry
-                self.unremembered += len(group)
-                if self.unremembered <= 3:
-                    log.exception("could not remember a prediction's output")
+    def _aggregate_pending(self) -> None:
+        """Drain the calls the predictor handed over (:mod:`edge_agent._handoff`): remember
+        what they predicted (for feedback), and record the current model's calls in the
+        telemetry window. Runs in the tick thread but holds the GIL: whole-batch numpy
+        work, no per-call array calls."""
+        with self._lock:
+            groups = self._handoff.drain()  # one per model: a deploy may switch mid-tick
+            window, current = self._window, self._model
+            if window is None or current is None:
+                return
+            for calls in groups:
+                if calls.served_by is current:
+                    record_calls(window, calls)
 
     def _observe_shadow(self, report: ShadowReport) -> None:
         shadow = report.shadow.manifest
@@ -374,13 +333,17 @@ class Agent:
                     bundle_digest=str(report.shadow.slot_dir.name),
                 )
 
-    def _enqueue_event(self, event: pb.DeploymentEvent) -> None:
+    def enqueue_event(self, event: pb.DeploymentEvent) -> None:
+        """Queue a deployment event for the hub, durably, with the stream's next seq."""
+
         def payload_for(seq: int) -> bytes:
             event.seq = seq  # what the hub's DeliveryAck names
             return event.SerializeToString()
 
         self.queue.append(stream="events", payload_for=payload_for)
         self.session.wake()
+
+    _enqueue_event = enqueue_event  # its name before the DeployHost protocol
 
     def flush(self) -> None:
         """Close the current telemetry window and feedback batch now (they queue durably)."""

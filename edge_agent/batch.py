@@ -29,15 +29,12 @@ import numpy as np
 
 from edge_agent._predictor import Prediction, Predictor
 from edge_agent._runtime import DEFAULT_PREFER, LoadedModel, health_check, load_slot
+from edge_agent.errors import BatchError
 from model_packager.bundle import PublicKeyLike, open_bundle
 
 __all__ = ["BatchError", "BatchSummary", "predict_batch", "read_records"]
 
 FORMATS = (".npz", ".csv")
-
-
-class BatchError(RuntimeError):
-    """The bundle verified but its model cannot be trusted here (self-test failed)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,20 +20,25 @@ from typing import Any
 import grpc
 
 from edge_agent._tls import new_client_key, sync_channel
-from model_packager._format import write_private
+from edge_agent.errors import EnrollError
+from model_packager.files import write_private
 from proto import services_pb2, services_pb2_grpc
+
+__all__ = [
+    "CLIENT_CA_FILE",
+    "CLIENT_CERT_FILE",
+    "CLIENT_KEY_FILE",
+    "ENROLLMENT_FILE",
+    "PUBLIC_KEY_FILE",
+    "EnrollError",
+    "Enrollment",
+    "enroll",
+    "stored_enrollment",
+]
 
 ENROLLMENT_FILE = "enrollment.json"
 PUBLIC_KEY_FILE = "hub.pub"
 CLIENT_CERT_FILE, CLIENT_KEY_FILE, CLIENT_CA_FILE = "client.pem", "client.key", "client-ca.pem"
-
-
-class EnrollError(RuntimeError):
-    """The hub refused the enrolment or could not be reached; ``code`` is the gRPC status."""
-
-    def __init__(self, message: str, *, code: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, kw_only=True)

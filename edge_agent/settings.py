@@ -14,11 +14,11 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edge_agent.errors import AgentSettingsError
+
+__all__ = ["DEFAULT_PREFER", "AgentSettings", "AgentSettingsError"]
+
 DEFAULT_PREFER = ("onnx:int8", "onnx:fp32", "tflite:int8", "tflite:fp32")
-
-
-class AgentSettingsError(ValueError):
-    """Settings that are missing or unsafe; the message says what to set."""
 
 
 class AgentSettings(BaseSettings):

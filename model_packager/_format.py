@@ -12,18 +12,19 @@ ZIP that any tool (``unzip``, :mod:`zipfile`) reads.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
 import stat
 import struct
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# moved to the public model_packager.files; kept importable here for older callers
+from model_packager.files import fsync_dir as fsync_dir
+from model_packager.files import write_private as write_private
 
 FORMAT = "edgeloop.bundle/1"
 MANIFEST_NAME = "manifest.json"
@@ -70,16 +71,6 @@ def file_digest(path: Path) -> str:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
     return "sha256:" + digest.hexdigest()
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames in ``directory`` durable (best effort where the OS cannot)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def name_problem(name: str) -> str | None:
@@ -311,24 +302,3 @@ def parse_local_header(header: bytes) -> tuple[int, int]:
     if fields[0] != LOCAL_SIG:
         raise BundleCorrupt("bad local file header signature")
     return fields[9], fields[10]
-
-
-def write_private(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically and durably, mode 0600 (a missing folder is
-    created 0700): temp file, fsync, rename, fsync of the folder. For secrets and state that
-    must survive a power cut (enrolment, broker passwd/ACL, a device's trusted key).
-    Concurrent writers (threads or processes) each get their own temp file; the last rename
-    wins and nobody sees a half-written file."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name.lstrip('.')}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "w") as fh:  # mkstemp creates the file 0600
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)

@@ -28,6 +28,7 @@ from model_packager._format import (
     BundleFormatError,
     BundleSignatureError,
 )
+from model_packager.files import fsync_dir
 from model_packager.signing import Ed25519PublicKey, key_id, load_public_key
 
 PublicKeyLike = Ed25519PublicKey | bytes | Path
@@ -146,7 +147,7 @@ class VerifiedBundle:
             for path in written.values():
                 path.unlink(missing_ok=True)
             raise
-        f.fsync_dir(directory)
+        fsync_dir(directory)
         return written
 
 

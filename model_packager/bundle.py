@@ -55,9 +55,9 @@ from model_packager._format import (
     check_file_names,
     check_manifest,
     file_digest,
-    fsync_dir,
 )
 from model_packager._reader import PublicKeyLike, VerifiedBundle, as_public_key, open_bundle
+from model_packager.files import fsync_dir
 from model_packager.signing import Ed25519PrivateKey, key_id
 
 __all__ = [

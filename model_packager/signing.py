@@ -22,7 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from model_packager._format import fsync_dir
+from model_packager.files import fsync_dir
 
 __all__ = [
     "Ed25519PrivateKey",

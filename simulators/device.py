@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent._predictor import NoModelLoaded
+from edge_agent import NoModelLoaded
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
 from simulators.scenario import FeedbackSpec, GroupSpec

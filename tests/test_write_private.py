@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from model_packager._format import write_private
+from model_packager.files import write_private
 
 
 def test_writes_0600_in_a_0700_folder(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(
     def broken_replace(src: object, dst: object) -> None:
         raise OSError("disk gone")
 
-    monkeypatch.setattr("model_packager._format.os.replace", broken_replace)
+    monkeypatch.setattr("model_packager.files.os.replace", broken_replace)
     with pytest.raises(OSError, match="disk gone"):
         write_private(target, "new\n")
     assert target.read_text() == "old\n"

@@ -38,7 +38,7 @@ from hub.mqtt.debounce import Debouncer
 from hub.mqtt.mosquitto import BrokerAuthFiles
 from hub.security.passwords import hash_password, new_password, verify_password
 from hub.tables import DeviceCertificate, DeviceCredential
-from model_packager._format import write_private
+from model_packager.files import write_private
 from proto.topics import TopicKind, Topics
 
 log = logging.getLogger(__name__)

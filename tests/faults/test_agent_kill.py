@@ -16,7 +16,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from edge_agent._runtime import health_check, load_slot
+from edge_agent import health_check, load_slot
 from edge_agent._slots import SlotStore
 from hub.mqtt.broker import EmbeddedBroker
 from proto import messages_pb2 as pb

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent._runtime import ModelLoadError, check_slot, health_check, load_slot
+from edge_agent import ModelLoadError, check_slot, health_check, load_slot
 from tests.fixtures.bundles import BuiltBundle
 
 JSON = st.recursive(

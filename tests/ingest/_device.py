@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from edge_agent._queue import OutboundQueue
 from edge_agent._session import MqttSession
+from edge_agent.queue import OutboundQueue
 from edge_agent.settings import AgentSettings
 from hub.mqtt.broker import EmbeddedBroker
 from proto import messages_pb2 as pb

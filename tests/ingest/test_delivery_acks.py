@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from edge_agent._queue import OutboundQueue
 from edge_agent._session import MqttSession
+from edge_agent.queue import OutboundQueue
 from hub.core.db import make_engine
 from hub.ingest import IngestWorker
 from hub.ingest._acks import AckPublisher, ranges, rejected_key, seq_of

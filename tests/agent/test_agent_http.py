@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_agent import LoadedModel, Predictor, load_slot
 from edge_agent._http import LocalApi
-from edge_agent._predictor import Predictor
-from edge_agent._runtime import LoadedModel, load_slot
 from tests.fixtures.bundles import BuiltBundle
 
 

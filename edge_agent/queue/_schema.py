@@ -1,5 +1,5 @@
 """The outbound queue's SQLite file: schema, in-place migrations of older files, the
-settings every connection gets. :class:`edge_agent._queue.OutboundQueue` owns the rest."""
+settings every connection gets. :class:`edge_agent.queue.OutboundQueue` owns the rest."""
 
 from __future__ import annotations
 

@@ -184,4 +184,4 @@ def test_agent_modules_import_neither_hub_nor_torch_nor_onnx() -> None:
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('hub', 'torch', 'onnx'))\n"
         "assert not bad, bad\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

@@ -30,7 +30,7 @@ from proto import services_pb2
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHUNK = 64 * 1024
 BLOB = os.urandom(3 * 1024 * 1024 + 1234)
 DIGEST = sha256_digest(BLOB)

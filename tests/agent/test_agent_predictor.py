@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent._predictor import (
+from edge_agent import (
+    LoadedModel,
     NoModelLoaded,
     PredictionError,
     Predictor,
     ShadowReport,
+    load_slot,
 )
-from edge_agent._runtime import LoadedModel, load_slot
 from tests.fixtures.bundles import BuiltBundle
 
 

@@ -6,7 +6,7 @@ never evicted but may evict everything droppable. Within a stream, items already
 awaiting the hub's ack go first (the hub most probably has them: not counted as drops),
 then the oldest. Every evicted unsent item is counted per stream (``dropped``, lifetime)
 and in ``unreported``, together with the drops it was itself carrying, so the next item
-reports them all. Runs inside :meth:`edge_agent._queue.OutboundQueue.append`'s transaction.
+reports them all. Runs inside :meth:`edge_agent.queue.OutboundQueue.append`'s transaction.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import logging
 import sqlite3
 from collections.abc import Sequence
 
-from edge_agent._queue_schema import ITEM_OVERHEAD
+from edge_agent.queue._schema import ITEM_OVERHEAD
 
-log = logging.getLogger("edge_agent._queue")
+log = logging.getLogger("edge_agent._queue")  # the name the queue has always logged under
 
 _BATCH = 256
 

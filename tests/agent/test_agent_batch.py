@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent._runtime import load_slot
+from edge_agent import load_slot
 from edge_agent.batch import predict_batch
 from model_packager.bundle import BundleError, BundleSignatureError
 from model_packager.signing import generate_private_key, public_key_pem

@@ -27,7 +27,7 @@ from model_packager.signing import Ed25519PrivateKey, generate_private_key, publ
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KEY = generate_private_key()
 PUB = public_key_bytes(KEY)
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edge_agent._feedback import FeedbackBuffer
-from edge_agent._telemetry import DEFAULT_LATENCY_EDGES_MS, WindowAggregator, stack_records
+from edge_agent._handoff import stack_records
+from edge_agent._telemetry import DEFAULT_LATENCY_EDGES_MS, WindowAggregator
 from model_packager.profile import (
     CONFIDENCE_EDGES,
     build_profile,

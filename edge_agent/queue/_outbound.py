@@ -9,7 +9,7 @@ never skipped (a ``payload_for`` that raises rolls the allocation back).
 **Disk budget.** ``size_bytes()`` is the sum of the payload sizes plus
 :data:`ITEM_OVERHEAD` per item. An append that would go over ``max_bytes`` evicts the oldest
 items of the streams in ``droppable`` (default: telemetry first, then feedback; never
-deployment events); rules in :mod:`edge_agent._queue_budget`. The new item is always stored.
+deployment events); rules in :mod:`edge_agent.queue._budget`. The new item is always stored.
 Evictions are counted per stream in ``dropped()`` (lifetime) and in a "not yet reported"
 counter that :meth:`OutboundQueue.take_dropped` returns and resets, for the next
 ``TelemetryWindow.dropped_windows``. Called from inside ``payload_for``, ``take_dropped``
@@ -47,12 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from edge_agent._queue_budget import evict, victims_for
-from edge_agent._queue_schema import ITEM_OVERHEAD, prepare, salvage_counters
+from edge_agent.queue._budget import evict, victims_for
+from edge_agent.queue._schema import ITEM_OVERHEAD, prepare, salvage_counters
 
 __all__ = ["DEFAULT_DROPPABLE", "DEFAULT_MAX_BYTES", "ITEM_OVERHEAD", "OutboundQueue", "QueuedItem"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("edge_agent._queue")  # the name the queue has always logged under
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_DROPPABLE: tuple[str, ...] = ("telemetry", "feedback")

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from edge_agent._queue import ITEM_OVERHEAD, OutboundQueue
+from edge_agent.queue import ITEM_OVERHEAD, OutboundQueue
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def seqs(queue: OutboundQueue, stream: str) -> list[int]:
@@ -55,7 +55,7 @@ def test_failed_payload_rolls_back_the_sequence_number(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from pathlib import Path
-from edge_agent._queue import OutboundQueue
+from edge_agent.queue import OutboundQueue
 
 queue = OutboundQueue(Path(sys.argv[1]))
 while True:
