@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 # moved to the public model_packager.files; kept importable here for older callers
+from model_packager.errors import PackagerError
 from model_packager.files import fsync_dir as fsync_dir
 from model_packager.files import write_private as write_private
 
@@ -40,7 +41,7 @@ DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class BundleError(Exception):
+class BundleError(PackagerError):
     """A bundle that cannot be written or trusted; the message says what is wrong."""
 
 

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from model_packager.errors import PackagerError
+
 if TYPE_CHECKING:
     from model_packager.quantize import CalibrateMethod, StaticInt8Quantizer
 
@@ -196,7 +198,7 @@ class GateResult:
         return "; ".join(parts)
 
 
-class AccuracyGateError(RuntimeError):
+class AccuracyGateError(PackagerError, RuntimeError):
     """The int8 model loses too much accuracy, even with the float fallback."""
 
     def __init__(self, message: str, *, result: GateResult | None = None) -> None:

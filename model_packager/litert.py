@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from model_packager.errors import PackagerError
+
 __all__ = [
     "INSTALL_HINT",
     "RUNTIME_HINT",
@@ -28,7 +30,7 @@ RUNTIME_HINT = "pip install 'edgeloop[agent]'"
 _INT_DTYPES = (np.int8, np.uint8, np.int16)
 
 
-class TFLiteUnavailable(RuntimeError):
+class TFLiteUnavailable(PackagerError, RuntimeError):
     """The TFLite converter (litert-torch) or the LiteRT runtime is not installed."""
 
     def __init__(self, what: str, *, hint: str = INSTALL_HINT, cause: str = "") -> None:

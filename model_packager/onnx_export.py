@@ -30,6 +30,8 @@ import numpy.typing as npt
 import onnx
 import torch
 
+from model_packager.errors import PackagerError
+
 __all__ = [
     "ExportError",
     "ParityError",
@@ -42,7 +44,7 @@ Task = Literal["classification", "regression"]
 _EXAMPLE_BATCH = 2  # not 0 or 1: torch.export specialises those sizes
 
 
-class ExportError(RuntimeError):
+class ExportError(PackagerError, RuntimeError):
     """The model could not be exported to a valid single-file ONNX graph."""
 
 
@@ -58,7 +60,7 @@ class ParityReport:
     samples: int
 
 
-class ParityError(RuntimeError):
+class ParityError(PackagerError, RuntimeError):
     """The exported graph computes something else than the eager model."""
 
     def __init__(self, message: str, *, report: ParityReport | None = None) -> None:

@@ -79,6 +79,8 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from model_packager.errors import PackagerError
+
 __all__ = [
     "ArrayCalibrationReader",
     "CalibrateMethod",
@@ -114,7 +116,7 @@ _ANCHOR_OPS = frozenset(
 _CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(PackagerError, RuntimeError):
     """Quantization was refused or failed."""
 
 

@@ -22,6 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from model_packager.errors import PackagerError
 from model_packager.files import fsync_dir
 
 __all__ = [
@@ -45,7 +46,7 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 ROTATION_DOMAIN = b"edgeloop.rotate-key/1"
 
 
-class KeyMaterialError(ValueError):
+class KeyMaterialError(PackagerError, ValueError):
     """Key bytes or a key file that are not a usable Ed25519 key; the message says why."""
 
 
