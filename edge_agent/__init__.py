@@ -4,6 +4,8 @@ inference API, telemetry with store-and-forward.
 This package never imports ``hub`` or ``torch``: ``pip install edgeloop[agent]`` is enough.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from edge_agent._predictor import Prediction, Predictor, ShadowReport
 from edge_agent._runtime import (
     HealthReport,
@@ -29,7 +31,11 @@ from edge_agent.errors import (
 )
 from edge_agent.settings import AgentSettings
 
+if TYPE_CHECKING:
+    from edge_agent.agent import Agent
+
 __all__ = [
+    "Agent",
     "AgentError",
     "AgentSettings",
     "AgentSettingsError",
@@ -54,3 +60,13 @@ __all__ = [
     "load_slot",
     "predict_batch",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``edge_agent.Agent`` loads the agent (MQTT, gRPC, HTTP) on first use, so importing
+    the package for its settings or errors stays cheap."""
+    if name == "Agent":
+        from edge_agent.agent import Agent
+
+        return Agent
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
