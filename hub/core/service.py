@@ -58,50 +58,56 @@ class Owning:
 
 
 class Periodic:
-    """Calls ``tick()`` on a daemon thread every ``interval_s`` until :meth:`stop`.
+    """The base of the hub's tick services: a daemon thread calls :meth:`tick` every
+    ``interval_s`` from :meth:`start` until :meth:`stop`; a subclass sets ``name`` and
+    implements ``tick``.
 
     ``fixed_rate``: the interval runs from the start of one tick to the next (a tick longer
     than the interval is followed at once); otherwise it is the pause after each tick.
     ``first_after_s``: the wait before the first tick. :meth:`wake` runs the next tick now.
+    A failing tick (a database hiccup, a broker away) is logged as "<what> failed", counted
+    in ``failures`` and tried again at the next one; a tick longer than ``slow_s`` is logged.
     """
+
+    name = "periodic"
 
     def __init__(
         self,
         *,
-        name: str,
         interval_s: float,
-        tick: Callable[[], object],
         log: logging.Logger,
+        thread_name: str,
         fixed_rate: bool = False,
         first_after_s: float = 0.0,
+        slow_s: float | None = None,
         what: str = "tick",
     ) -> None:
-        self.name, self.interval_s = name, interval_s
-        self._tick, self._log, self._what = tick, log, what
+        self.interval_s = interval_s
+        self._log, self._what, self._slow_s = log, what, slow_s
         self._fixed_rate, self._first = fixed_rate, first_after_s
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._stop_event = threading.Event()
+        self._wake_event = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
         self.ticks = 0
         self.failures = 0
         self.last_tick_at: datetime | None = None
         self.last_error: str | None = None
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
+    def tick(self) -> object:
+        """One pass of the service's work."""
+        raise NotImplementedError
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
+        self._stop_event.set()
+        self._wake_event.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     def wake(self) -> None:
-        self._wake.set()
+        self._wake_event.set()
 
     def health(self) -> ServiceHealth:
         return {
@@ -114,24 +120,26 @@ class Periodic:
         }
 
     def _pause(self, seconds: float) -> None:
-        self._wake.wait(max(0.0, seconds))
-        self._wake.clear()
+        self._wake_event.wait(max(0.0, seconds))
+        self._wake_event.clear()
 
     def _run(self) -> None:
         if self._first > 0:
             self._pause(self._first)
-        while not self._stop.is_set():
+        while not self._stop_event.is_set():
             started = time.monotonic()
             try:
-                self._tick()
+                self.tick()
                 self.last_error = None
             except Exception as exc:  # a database hiccup or a bad row: try again next time
                 self.failures += 1
                 self.last_error = redact_text(f"{type(exc).__name__}: {exc}")
                 self._log.exception("%s failed", self._what)
+            took = time.monotonic() - started
+            if self._slow_s is not None and took > self._slow_s:
+                self._log.warning("%s took %.1f s", self._what, took)
             self.ticks += 1
             self.last_tick_at = utcnow()
-            if self._stop.is_set():
+            if self._stop_event.is_set():
                 break
-            spent = time.monotonic() - started if self._fixed_rate else 0.0
-            self._pause(self.interval_s - spent)
+            self._pause(self.interval_s - (took if self._fixed_rate else 0.0))

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from hub.core.artifacts import open_store
 from hub.core.db import make_engine
-from hub.core.service import Owning, Periodic, ServiceHealth
+from hub.core.service import Owning, Periodic
 from hub.core.settings import HubSettings
 from hub.monitoring._report import MonitorReport
 from hub.monitoring.publish import MqttAlertPublisher, alerts_topic
@@ -31,7 +31,7 @@ __all__ = ["MonitorLoop", "monitor_service"]
 log = logging.getLogger("edgeloop.monitor")
 
 
-class MonitorLoop:
+class MonitorLoop(Periodic):
     """Calls :func:`evaluate` every ``interval_s`` until :meth:`stop` (a :class:`Service`)."""
 
     name = "monitor"
@@ -46,34 +46,19 @@ class MonitorLoop:
         on_alert: Callable[[Alert], None] | None = None,
         store: ArtifactStore | None = None,
     ) -> None:
-        self._engine, self._store = engine, store
-        self._config, self._publisher, self._on_alert = config, publisher, on_alert
-        self.last_report: MonitorReport | None = None
-        # at a fixed rate: a pass that took part of the interval does not delay the next; a
-        # failing pass (a database hiccup) is logged and tried again at the next tick
-        self._periodic = Periodic(
-            name="edgeloop-monitor",
+        # at a fixed rate: a pass that took part of the interval does not delay the next
+        super().__init__(
             interval_s=interval_s,
-            tick=self._evaluate,
             log=log,
+            thread_name="edgeloop-monitor",
             fixed_rate=True,
             what="monitoring evaluation",
         )
+        self._engine, self._store = engine, store
+        self._config, self._publisher, self._on_alert = config, publisher, on_alert
+        self.last_report: MonitorReport | None = None
 
-    @property
-    def ticks(self) -> int:
-        return self._periodic.ticks
-
-    def start(self) -> None:
-        self._periodic.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._periodic.stop(timeout)
-
-    def health(self) -> ServiceHealth:
-        return self._periodic.health()
-
-    def _evaluate(self) -> None:
+    def tick(self) -> None:
         self.last_report = evaluate(
             self._engine,
             config=self._config,

@@ -66,7 +66,7 @@ from sqlmodel import select as sql_select
 
 from hub.core.clock import aware
 from hub.core.db import make_engine
-from hub.core.service import Owning, Periodic, ServiceHealth
+from hub.core.service import Owning, Periodic
 from hub.core.settings import HubSettings
 from hub.ingest.retention import read_by_monitoring, rollup_and_prune
 from hub.tables import (
@@ -690,7 +690,7 @@ def rolled_up_drift(
     return None if found is None else float(found)
 
 
-class RetentionLoop:
+class RetentionLoop(Periodic):
     """Runs :func:`run_retention` every ``every_s`` (first after ``first_after_s``) in a
     background thread until :meth:`stop`; a failure is logged and retried next time."""
 
@@ -704,27 +704,17 @@ class RetentionLoop:
         every_s: float = EVERY_S,
         first_after_s: float = 60.0,
     ) -> None:
-        self._engine, self._policy = engine, policy
-        self.reports: list[RetentionReport] = []
-        self._periodic = Periodic(
-            name="edgeloop-retention",
+        super().__init__(
             interval_s=every_s,
-            tick=self._run_once,
             log=log,
+            thread_name="edgeloop-retention",
             first_after_s=first_after_s,
             what="retention",
         )
+        self._engine, self._policy = engine, policy
+        self.reports: list[RetentionReport] = []
 
-    def start(self) -> None:
-        self._periodic.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._periodic.stop(timeout)
-
-    def health(self) -> ServiceHealth:
-        return self._periodic.health()
-
-    def _run_once(self) -> None:
+    def tick(self) -> None:
         report = run_retention(self._engine, self._policy)
         self.reports = [*self.reports[-9:], report]
         log.info("retention: %s", report)

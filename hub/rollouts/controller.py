@@ -12,7 +12,6 @@ the same id, which agents dedupe.
 from __future__ import annotations
 
 import logging
-import time
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
@@ -41,7 +40,7 @@ __all__ = ["MAX_ROLLBACK_ATTEMPTS", "NUDGE_GRACE_S", "RECONCILED", "RolloutContr
 SLOW_TICK_S = 5.0
 
 
-class RolloutController:
+class RolloutController(Periodic):
     """Drives every active rollout; ``start()``/``stop()`` run :meth:`tick` on a thread (a
     Service)."""
 
@@ -63,38 +62,38 @@ class RolloutController:
         self.engine, self.endpoint, self.tick_s = engine, artifact_endpoint, tick_s
         self.max_commands_per_s = max_commands_per_s
         self.max_concurrent_downloads = max_concurrent_downloads
+        # e.g. the database briefly unavailable: logged, and the next tick retries
+        super().__init__(
+            interval_s=tick_s,
+            log=log,
+            thread_name="rollout-controller",
+            slow_s=SLOW_TICK_S,
+            what="rollout controller tick",
+        )
         self.publisher = publisher or CommandPublisher(
             mqtt_url=mqtt_url, topics=Topics(prefix=topic_prefix, fleet=fleet)
         )
         self._tokens = Tokens.full(max_commands_per_s)
         self.published = 0
         self._reconcile_errors = 0
-        # e.g. the database briefly unavailable: logged, and the next tick retries
-        self._periodic = Periodic(
-            name="rollout-controller",
-            interval_s=tick_s,
-            tick=self._timed_tick,
-            log=log,
-            what="rollout controller tick",
-        )
 
     # lifecycle ----------------------------------------------------------------------------
 
     @property
     def errors(self) -> int:
         """Failed ticks plus failed reconciles of one rollout (each retried)."""
-        return self._periodic.failures + self._reconcile_errors
+        return self.failures + self._reconcile_errors
 
     def start(self) -> None:
         self.publisher.start()
-        self._periodic.start()
+        super().start()
 
-    def stop(self) -> None:
-        self._periodic.stop(10.0)
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
         self.publisher.stop()
 
     def health(self) -> ServiceHealth:
-        return {**self._periodic.health(), "commands_published": self.published}
+        return {**super().health(), "commands_published": self.published}
 
     def __enter__(self) -> RolloutController:
         self.start()
@@ -102,14 +101,6 @@ class RolloutController:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
-
-    def _timed_tick(self) -> None:
-        started = time.monotonic()
-        try:
-            self.tick()
-        finally:
-            if (took := time.monotonic() - started) > SLOW_TICK_S:
-                log.warning("rollout controller tick took %.1f s", took)
 
     # one pass -----------------------------------------------------------------------------
 

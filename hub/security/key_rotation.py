@@ -112,7 +112,7 @@ class _Sent:
     online: bool
 
 
-class KeyRotationSender:
+class KeyRotationSender(Periodic):
     """Sends ``RotateKey`` to devices that trust a retired key; :meth:`tick` once, or
     ``start()``/``stop()`` to tick on a thread (``nudge()`` ticks now); a Service."""
 
@@ -127,19 +127,15 @@ class KeyRotationSender:
         tick_s: float = 5.0,
         resend_s: float = 60.0,
     ) -> None:
+        # a broker or database hiccup is logged and tried again at the next tick
+        super().__init__(
+            interval_s=tick_s, log=log, thread_name="key-rotation", what="key rotation tick"
+        )
         self.engine, self.data_dir, self.publisher = engine, data_dir, publisher
         self.tick_s, self.resend_s = tick_s, resend_s
         self._sent: dict[str, _Sent] = {}
         self._unknown_logged: set[tuple[str, str]] = set()
         self.sent = 0
-        # a broker or database hiccup is logged and tried again at the next tick
-        self._periodic = Periodic(
-            name="key-rotation",
-            interval_s=tick_s,
-            tick=self.tick,
-            log=log,
-            what="key rotation tick",
-        )
 
     def tick(self) -> int:
         """Send what is due now; returns how many commands were published."""
@@ -196,18 +192,11 @@ class KeyRotationSender:
 
     @property
     def errors(self) -> int:
-        return self._periodic.failures
+        return self.failures
 
     def nudge(self) -> None:
         """Run the next tick now (a key was just rotated)."""
-        self._periodic.wake()
-
-    def start(self) -> None:
-        """Tick on a thread until :meth:`stop`."""
-        self._periodic.start()
-
-    def stop(self) -> None:
-        self._periodic.stop(10.0)
+        self.wake()
 
     def health(self) -> ServiceHealth:
-        return {**self._periodic.health(), "commands_sent": self.sent}
+        return {**super().health(), "commands_sent": self.sent}

@@ -26,7 +26,7 @@ __all__ = ["TriggerLoop", "trigger_service"]
 log = logging.getLogger("edgeloop.triggers")
 
 
-class TriggerLoop:
+class TriggerLoop(Periodic):
     """Calls :func:`run_triggers` every ``interval_s`` until :meth:`stop` (a Service)."""
 
     name = "triggers"
@@ -40,32 +40,21 @@ class TriggerLoop:
         runner: Runner = train,
         followup: Followup | None = None,
     ) -> None:
+        # a broken policy or a database hiccup is logged and tried again at the next tick
+        super().__init__(
+            interval_s=interval_s,
+            log=log,
+            thread_name="edgeloop-triggers",
+            what="trigger evaluation",
+        )
         self._engine, self._store = engine, store
         self._runner, self._followup = runner, followup
         self.events: list[TriggerEvent] = []
-        # a broken policy or a database hiccup is logged and tried again at the next tick
-        self._periodic = Periodic(
-            name="edgeloop-triggers",
-            interval_s=interval_s,
-            tick=self._evaluate,
-            log=log,
-            what="trigger evaluation",
-        )
-
-    @property
-    def ticks(self) -> int:
-        return self._periodic.ticks
-
-    def start(self) -> None:
-        self._periodic.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._periodic.stop(timeout)
 
     def health(self) -> ServiceHealth:
-        return {**self._periodic.health(), "runs_started": len(self.events)}
+        return {**super().health(), "runs_started": len(self.events)}
 
-    def _evaluate(self) -> None:
+    def tick(self) -> None:
         started = run_triggers(
             self._engine, self._store, runner=self._runner, followup=self._followup
         )
