@@ -24,8 +24,6 @@ from typing import Any
 
 # moved to the public model_packager.files; kept importable here for older callers
 from model_packager.errors import PackagerError
-from model_packager.files import fsync_dir as fsync_dir
-from model_packager.files import write_private as write_private
 
 FORMAT = "edgeloop.bundle/1"
 MANIFEST_NAME = "manifest.json"

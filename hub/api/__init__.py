@@ -26,6 +26,8 @@ from hub.core.db import make_engine
 from hub.core.settings import HubSettings
 from hub.tables import create_all
 
+__all__ = ["API_PREFIX", "create_app"]
+
 API_PREFIX = "/api/v1"
 
 
