@@ -5,7 +5,7 @@ default 100 concurrent downloads) to reach
 Hub side in its own process (``bench._rollout_hub``: the gRPC ``ArtifactService`` plus the
 rollout controller and the ingest, on SQLite); a private Mosquitto; a
 :class:`simulators.fleet.Fleet` of ``EDGELOOP_ROLLOUT_DEVICES`` (default 1000) real agents in
-``EDGELOOP_ROLLOUT_PROCESSES`` worker processes (a :class:`simulators._shards.ShardedFleet`,
+``EDGELOOP_ROLLOUT_PROCESSES`` worker processes (a :class:`simulators.shards.ShardedFleet`,
 default: one per core), their state on ``/dev/shm``. Lower bound = bundle bytes x devices / loopback
 gRPC transfer rate (the bundle downloaded repeatedly from the same server, one after the
 other and 32 at once; the faster rate is used) + devices x one MQTT publish -> receive round
@@ -46,9 +46,9 @@ from hub.core.db import make_engine, session_scope
 from hub.mqtt.broker import EmbeddedBroker
 from hub.tables import Device
 from proto import services_pb2, services_pb2_grpc
-from simulators._plan import device_ids
-from simulators._shards import ShardedFleet
+from simulators.plan import device_ids
 from simulators.scenario import Scenario, parse_scenario
+from simulators.shards import ShardedFleet
 
 TARGET = 2.0
 TRANSFERS = 48

@@ -1,7 +1,7 @@
 """Scale: how many simulated devices (real agents) this machine holds with telemetry
 flowing, and their CPU, memory and file descriptors per device.
 
-The fleet is a :class:`~simulators._shards.ShardedFleet`: ``EDGELOOP_SCALE_PROCESSES``
+The fleet is a :class:`~simulators.shards.ShardedFleet`: ``EDGELOOP_SCALE_PROCESSES``
 worker processes (default: enough that each holds <= 2,500 devices; one process's
 20,000-file limit caps it near 4,500 agents) over one scenario, each device predicting
 ``EDGELOOP_SCALE_RATE_HZ`` times a second (default 1) and sending a telemetry window every
@@ -35,11 +35,11 @@ import aiomqtt
 from bench._result import BenchResult
 from hub.mqtt.broker import EmbeddedBroker
 from proto.topics import Topics
-from simulators._shards import ShardedFleet
 from simulators.bundles import BundleHost, HostedBundle
 from simulators.counting import StreamCounter
 from simulators.fleet import wait_until
 from simulators.scenario import parse_scenario
+from simulators.shards import ShardedFleet
 
 WINDOW_S = 10.0
 MEASURE_S = 20.0

@@ -9,9 +9,12 @@ __all__ = [
     "bundles",
     "counting",
     "device",
+    "errors",
     "fleet",
     "netfaults",
+    "plan",
     "runner",
     "scenario",
     "sensors",
+    "shards",
 ]

@@ -33,17 +33,17 @@ import numpy as np
 from edge_agent.settings import AgentSettings
 from proto.topics import Topics
 from simulators._deploy import DEPLOY_CHUNK, Credentials, control_client, publish_commands
-from simulators._plan import (
+from simulators._schedule import BrokerControl, run_schedule, wait_until
+from simulators.bundles import HostedBundle, deploy_command
+from simulators.device import SimDevice
+from simulators.netfaults import FaultProxy
+from simulators.plan import (
     assign_drifts,
     assign_groups,
     device_ids,
     held_out_classes,
     prefer_for,
 )
-from simulators._schedule import BrokerControl, run_schedule, wait_until
-from simulators.bundles import HostedBundle, deploy_command
-from simulators.device import SimDevice
-from simulators.netfaults import FaultProxy
 from simulators.scenario import Scenario
 from simulators.sensors import DataSource, Drift, SensorStream
 
@@ -81,7 +81,7 @@ class Fleet:
         self._options = dict(agent_options or {})
         self._source = source
         # (index, count): build only the devices whose position % count == index; ids,
-        # groups, drifts and sensor seeds stay those of the whole fleet (simulators._shards)
+        # groups, drifts and sensor seeds stay those of the whole fleet (simulators.shards)
         self.shard = shard or (0, 1)
         if not 0 <= self.shard[0] < self.shard[1]:
             raise ValueError(f"shard {shard}: want (index, count) with 0 <= index < count")

@@ -20,10 +20,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from proto import messages_pb2 as pb
-from simulators._plan import assign_groups, device_ids
 from simulators.bundles import BundleHost, HostedBundle
 from simulators.counting import SEQ_STREAMS, StreamCounter, Tally, stored_seqs, tally
 from simulators.fleet import BrokerControl, Credentials, Fleet, wait_until
+from simulators.plan import assign_groups, device_ids
 from simulators.scenario import Scenario
 
 log = logging.getLogger("edgeloop.sim")

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulators._plan import assign_drifts, assign_groups, prefer_for
 from simulators.counting import tally
 from simulators.errors import ScenarioError
+from simulators.plan import assign_drifts, assign_groups, prefer_for
 from simulators.scenario import DriftSpec, load_scenario, parse_scenario
 from simulators.sensors import DataSource, Drift, SensorStream, rotate
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from hub.mqtt.broker import EmbeddedBroker
 from proto.topics import Topics
-from simulators._plan import device_ids
-from simulators._shards import ShardedFleet
 from simulators.counting import StreamCounter
 from simulators.fleet import Fleet, wait_until
+from simulators.plan import device_ids
 from simulators.scenario import Scenario, parse_scenario
+from simulators.shards import ShardedFleet
 from tests.simulators.conftest import SimHub
 
 FAST = {"reconnect_initial_s": 0.1, "reconnect_max_s": 0.5, "probation_s": 0.0}
