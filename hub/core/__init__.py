@@ -6,15 +6,9 @@ request context (``context``) and the ``Service`` protocol every background part
 (``service``).
 """
 
-import importlib
-from types import ModuleType
+from hub._lazy import submodules
 
 __all__ = ["artifacts", "clock", "context", "db", "errors", "redact", "service", "settings", "tls"]
 
 
-def __getattr__(name: str) -> ModuleType:
-    """The modules load on first use (``from hub.core import X`` as usual): importing the
-    package pulls in nothing it does not need."""
-    if name in __all__:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = submodules(__name__, __all__)

@@ -5,15 +5,9 @@ generated from the database (``auth``, debounced by ``debounce``), and where the
 clients connect (``target.MqttTarget``).
 """
 
-import importlib
-from types import ModuleType
+from hub._lazy import submodules
 
 __all__ = ["amqtt", "auth", "broker", "debounce", "embedded", "mosquitto", "net", "target"]
 
 
-def __getattr__(name: str) -> ModuleType:
-    """The modules load on first use (``from hub.mqtt import X`` as usual): importing the
-    package pulls in nothing it does not need."""
-    if name in __all__:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = submodules(__name__, __all__)

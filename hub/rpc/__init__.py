@@ -3,15 +3,9 @@
 certificates.
 """
 
-import importlib
-from types import ModuleType
+from hub._lazy import submodules
 
 __all__ = ["auth", "devices", "server"]
 
 
-def __getattr__(name: str) -> ModuleType:
-    """The modules load on first use (``from hub.rpc import X`` as usual): importing the
-    package pulls in nothing it does not need."""
-    if name in __all__:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = submodules(__name__, __all__)

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, Required, TypedDict, Unpack
 
 import grpc
 
@@ -147,24 +147,26 @@ class GrpcListening:
         return self.mtls_port if self.mtls_port is not None else self.port
 
 
+class GrpcOptions(TypedDict, total=False):
+    """:func:`serve_grpc`'s arguments, for :class:`GrpcService`."""
+
+    store: Required[ArtifactStore]
+    host: Required[str]
+    port: Required[int]
+    max_workers: int
+    devices: services_pb2_grpc.DeviceServiceServicer | None
+    tls: TlsFiles | None
+    device_certs: DeviceCertAuth | None
+
+
 class GrpcService:
     """The hub's gRPC server as a Service: :func:`serve_grpc` on :meth:`start`, ports known
     from then on."""
 
     name = "grpc"
 
-    def __init__(
-        self,
-        *,
-        store: ArtifactStore,
-        host: str,
-        port: int,
-        devices: services_pb2_grpc.DeviceServiceServicer | None = None,
-        tls: TlsFiles | None = None,
-        device_certs: DeviceCertAuth | None = None,
-    ) -> None:
-        self._store, self._host, self._port = store, host, port
-        self._devices, self._tls, self._device_certs = devices, tls, device_certs
+    def __init__(self, **options: Unpack[GrpcOptions]) -> None:
+        self._options = options
         self.listening: GrpcListening | None = None
 
     def _started(self) -> GrpcListening:
@@ -181,14 +183,7 @@ class GrpcService:
         return self._started().artifact_port
 
     def start(self) -> None:
-        self.listening = serve_grpc(
-            store=self._store,
-            host=self._host,
-            port=self._port,
-            devices=self._devices,
-            tls=self._tls,
-            device_certs=self._device_certs,
-        )
+        self.listening = serve_grpc(**self._options)
 
     def stop(self) -> None:
         if self.listening is not None:

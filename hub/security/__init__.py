@@ -5,8 +5,7 @@ and scopes (``api_tokens``), the bundle signing keys (``keys``) and their rotati
 writes; ``runtime.Security`` reaches the broker through the ``BrokerLogins`` protocol.
 """
 
-import importlib
-from types import ModuleType
+from hub._lazy import submodules
 
 __all__ = [
     "api_tokens",
@@ -19,9 +18,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> ModuleType:
-    """The modules load on first use (``from hub.security import X`` as usual): importing the
-    package pulls in nothing it does not need."""
-    if name in __all__:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = submodules(__name__, __all__)
