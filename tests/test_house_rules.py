@@ -1,5 +1,6 @@
 """The house plan's rules that import-linter cannot see (docs/ARCHITECTURE.md, "Packages"):
-one exception root per package, and every route declares its response model."""
+one exception root per package, and every route declares its response model and sits on
+a router with a path prefix."""
 
 from __future__ import annotations
 
@@ -82,3 +83,34 @@ def test_every_route_declares_its_response_model() -> None:
                     missing.append(f"{path.relative_to(ROOT)}:{line} {func}")
     assert seen > 50, f"found only {seen} routes: has the API moved?"
     assert not missing, f"routes without response_model: {missing}"
+
+
+def test_every_route_sits_on_a_router_with_a_prefix() -> None:
+    """``@X.get(...)`` only on an ``X = APIRouter(prefix=...)`` (a module whose paths have
+    several roots has one router per root, gathered into its ``router``)."""
+    loose, seen = [], 0
+    for folder in ("hub/api/routes", "hub/ui"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            tree = ast.parse(path.read_text())
+            prefixed = {
+                target.id
+                for node in tree.body
+                if isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Call)
+                and getattr(node.value.func, "id", None) == "APIRouter"
+                and any(k.arg == "prefix" for k in node.value.keywords)
+                for target in node.targets
+                if isinstance(target, ast.Name)
+            }
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                for deco in node.decorator_list:
+                    if isinstance(deco, ast.Call) and isinstance(deco.func, ast.Attribute):
+                        owner = deco.func.value
+                        if deco.func.attr in {"get", "post", "put", "patch", "delete"}:
+                            seen += 1
+                            if not (isinstance(owner, ast.Name) and owner.id in prefixed):
+                                loose.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert seen > 50
+    assert not loose, f"routes on a router without a prefix: {loose}"

@@ -11,7 +11,8 @@ from hub.core.errors import NotFound
 from hub.registry import models as registry
 from hub.tables import Bundle, BundlePublic, ModelVersion
 
-router = APIRouter(tags=["bundles"])
+version_bundles = APIRouter(prefix="/models", tags=["bundles"])
+bundle_files = APIRouter(prefix="/bundles", tags=["bundles"])
 
 
 def _public(bundle: Bundle, version: ModelVersion) -> BundlePublic:
@@ -27,13 +28,13 @@ def _find(session: SessionDep, digest: str) -> Bundle:
     return bundle
 
 
-@router.get("/models/{name}/versions/{selector}/bundles", response_model=list[BundlePublic])
+@version_bundles.get("/{name}/versions/{selector}/bundles", response_model=list[BundlePublic])
 def of_version(name: NamePath, selector: SelectorPath, session: SessionDep) -> list[BundlePublic]:
     version = registry.get_version(session, ref=f"{name}@{selector}")
     return [_public(b, version) for b in registry.bundles_of(session, model_version=version)]
 
 
-@router.get("/bundles/{digest}", response_model=BundlePublic)
+@bundle_files.get("/{digest}", response_model=BundlePublic)
 def show(digest: str, session: SessionDep) -> BundlePublic:
     bundle = _find(session, digest)
     version = session.get(ModelVersion, bundle.model_version_id)
@@ -41,8 +42,8 @@ def show(digest: str, session: SessionDep) -> BundlePublic:
     return _public(bundle, version)
 
 
-@router.get(
-    "/bundles/{digest}/file",
+@bundle_files.get(
+    "/{digest}/file",
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
     response_model=None,
@@ -50,3 +51,9 @@ def show(digest: str, session: SessionDep) -> BundlePublic:
 def download(digest: str, session: SessionDep, store: StoreDep) -> Response:
     bundle = _find(session, digest)
     return Response(store.get_bytes(bundle.digest), media_type="application/octet-stream")
+
+
+#: the module's routes, one router per path root
+router = APIRouter()
+router.include_router(version_bundles)
+router.include_router(bundle_files)

@@ -9,16 +9,16 @@ from hub.api.public import KeyRotationPublic, KeysPublic
 from hub.security.key_rotation import key_status
 from hub.security.keys import rotate_bundle_key
 
-router = APIRouter(tags=["keys"])
+router = APIRouter(prefix="/keys", tags=["keys"])
 
 
-@router.get("/keys", response_model=KeysPublic)
+@router.get("", response_model=KeysPublic)
 def show_keys(context: ContextDep) -> KeysPublic:
     """The current key id, the retired ones, and the key each device reports trusting."""
     return KeysPublic.model_validate(key_status(context.engine, context.settings.data_dir))
 
 
-@router.post("/keys/rotate", response_model=KeyRotationPublic)
+@router.post("/rotate", response_model=KeyRotationPublic)
 def rotate_keys(request: Request, context: ContextDep) -> KeyRotationPublic:
     """A new bundle signing key; the old one is kept (retired) to sign the ``RotateKey``
     commands that ``hub serve`` sends to every device still trusting it."""

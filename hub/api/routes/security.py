@@ -25,7 +25,9 @@ from hub.tables import (
     EnrollmentTokenPublic,
 )
 
-router = APIRouter(tags=["security"])
+enrollment_tokens = APIRouter(prefix="/enrollment-tokens", tags=["security"])
+device_credentials = APIRouter(prefix="/devices", tags=["security"])
+admin_tokens = APIRouter(prefix="/tokens", tags=["security"])
 
 
 class AdminEnroll(SQLModel):
@@ -47,7 +49,7 @@ def security(request: Request, context: ContextDep) -> Security:
     return found
 
 
-@router.post("/enrollment-tokens", status_code=201, response_model=EnrollmentTokenCreatedPublic)
+@enrollment_tokens.post("", status_code=201, response_model=EnrollmentTokenCreatedPublic)
 def create_enrollment_token(
     body: EnrollmentTokenCreate, session: SessionDep
 ) -> EnrollmentTokenCreatedPublic:
@@ -57,19 +59,19 @@ def create_enrollment_token(
     return EnrollmentTokenCreatedPublic(**public.model_dump(), token=token)
 
 
-@router.get("/enrollment-tokens", response_model=list[EnrollmentTokenPublic])
+@enrollment_tokens.get("", response_model=list[EnrollmentTokenPublic])
 def list_enrollment_tokens(session: SessionDep) -> list[EnrollmentTokenPublic]:
     rows = enrollment.list_enrollment_tokens(session)
     return [EnrollmentTokenPublic.model_validate(r) for r in rows]
 
 
-@router.post("/enrollment-tokens/{token_id}/revoke", response_model=EnrollmentTokenPublic)
+@enrollment_tokens.post("/{token_id}/revoke", response_model=EnrollmentTokenPublic)
 def revoke_enrollment_token(token_id: RowIdPath, session: SessionDep) -> EnrollmentTokenPublic:
     row = enrollment.revoke_enrollment_token(session, token_id=token_id)
     return EnrollmentTokenPublic.model_validate(row)
 
 
-@router.post("/devices/{device_id}/enroll", status_code=201, response_model=EnrollmentPublic)
+@device_credentials.post("/{device_id}/enroll", status_code=201, response_model=EnrollmentPublic)
 def enroll_device(
     device_id: DeviceIdPath, body: AdminEnroll, request: Request, context: ContextDep
 ) -> EnrollmentPublic:
@@ -84,7 +86,7 @@ def enroll_device(
     return EnrollmentPublic.model_validate(result.public())
 
 
-@router.post("/devices/{device_id}/revoke", response_model=DeviceRevokedPublic)
+@device_credentials.post("/{device_id}/revoke", response_model=DeviceRevokedPublic)
 def revoke_device(
     device_id: DeviceIdPath, request: Request, context: ContextDep
 ) -> DeviceRevokedPublic:
@@ -93,8 +95,8 @@ def revoke_device(
     return DeviceRevokedPublic(device_id=device_id, revoked=True)
 
 
-@router.get(
-    "/devices/{device_id}/credentials",
+@device_credentials.get(
+    "/{device_id}/credentials",
     response_model=CredentialStatusPublic,
     response_model_exclude_unset=True,
 )
@@ -105,18 +107,25 @@ def credential_status(device_id: DeviceIdPath, session: SessionDep) -> Credentia
     return CredentialStatusPublic.model_validate(status)
 
 
-@router.post("/tokens", status_code=201, response_model=ApiTokenCreatedPublic)
+@admin_tokens.post("", status_code=201, response_model=ApiTokenCreatedPublic)
 def create_api_token(body: ApiTokenCreate, session: SessionDep) -> ApiTokenCreatedPublic:
     """An API token with scope ``read`` or ``admin``; the token is in this answer only."""
     row, token = api_tokens.create_token(session, spec=body)
     return ApiTokenCreatedPublic(**ApiTokenPublic.model_validate(row).model_dump(), token=token)
 
 
-@router.get("/tokens", response_model=list[ApiTokenPublic])
+@admin_tokens.get("", response_model=list[ApiTokenPublic])
 def list_api_tokens(session: SessionDep) -> list[ApiTokenPublic]:
     return [ApiTokenPublic.model_validate(r) for r in api_tokens.list_tokens(session)]
 
 
-@router.post("/tokens/{token_id}/revoke", response_model=ApiTokenPublic)
+@admin_tokens.post("/{token_id}/revoke", response_model=ApiTokenPublic)
 def revoke_api_token(token_id: RowIdPath, session: SessionDep) -> ApiTokenPublic:
     return ApiTokenPublic.model_validate(api_tokens.revoke_token(session, token_id=token_id))
+
+
+#: the module's routes, one router per path root
+router = APIRouter()
+router.include_router(enrollment_tokens)
+router.include_router(device_credentials)
+router.include_router(admin_tokens)

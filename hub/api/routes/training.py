@@ -20,7 +20,8 @@ from hub.tables.registry import DATASET_REF_PATTERN
 # hub.training and hub.packaging.service pull torch and onnx (seconds of import): imported in the
 # handlers, so `hub serve` and the API start without them.
 
-router = APIRouter(tags=["training"])
+training_runs = APIRouter(prefix="/training-runs", tags=["training"])
+packaging = APIRouter(prefix="/models", tags=["training"])
 
 
 class TrainRequest(BaseModel):
@@ -42,7 +43,7 @@ class PackageRequest(BaseModel):
     max_accuracy_drop: StrictFloat = Field(default=1.0, ge=0, le=100)
 
 
-@router.post("/training-runs", status_code=201, response_model=TrainOutcomePublic)
+@training_runs.post("", status_code=201, response_model=TrainOutcomePublic)
 def train_model(body: TrainRequest, ctx: ContextDep) -> TrainOutcomePublic:
     from hub.training.service import outcome_json as train_json
     from hub.training.service import train
@@ -61,8 +62,8 @@ def train_model(body: TrainRequest, ctx: ContextDep) -> TrainOutcomePublic:
     return TrainOutcomePublic.model_validate(train_json(outcome))
 
 
-@router.post(
-    "/models/{name}/versions/{selector}/package",
+@packaging.post(
+    "/{name}/versions/{selector}/package",
     status_code=201,
     response_model=PackageOutcomePublic,
 )
@@ -84,3 +85,9 @@ def package_version(
         options=options,
     )
     return PackageOutcomePublic.model_validate(outcome_json(outcome))
+
+
+#: the module's routes, one router per path root
+router = APIRouter()
+router.include_router(training_runs)
+router.include_router(packaging)

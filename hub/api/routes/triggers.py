@@ -26,7 +26,7 @@ from hub.triggers import (
     trigger_now,
 )
 
-router = APIRouter(tags=["triggers"])
+router = APIRouter(prefix="/triggers", tags=["triggers"])
 
 _YEAR_S = 366 * 24 * 3600
 
@@ -86,17 +86,17 @@ def _event(e: TriggerEvent) -> TriggerEventPublic:
     return TriggerEventPublic.model_validate(e, from_attributes=True)
 
 
-@router.get("/triggers/policies", response_model=PolicyListPublic)
+@router.get("/policies", response_model=PolicyListPublic)
 def get_policies(session: SessionDep) -> PolicyListPublic:
     return PolicyListPublic(policies=[_policy(p) for p in list_policies(session)])
 
 
-@router.put("/triggers/policies/{model}", response_model=TrainingPolicyPublic)
+@router.put("/policies/{model}", response_model=TrainingPolicyPublic)
 def put_policy(model: NamePath, body: PolicyIn, session: SessionDep) -> TrainingPolicyPublic:
     return _policy(set_policy(session, model_name=model, **body.model_dump()))
 
 
-@router.get("/triggers/events", response_model=TriggerEventListPublic)
+@router.get("/events", response_model=TriggerEventListPublic)
 def get_events(
     session: SessionDep, model: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None
 ) -> TriggerEventListPublic:
@@ -105,7 +105,7 @@ def get_events(
     )
 
 
-@router.post("/triggers/run", response_model=TriggerEventListPublic)
+@router.post("/run", response_model=TriggerEventListPublic)
 def run_now(ctx: ContextDep) -> TriggerEventListPublic:
     """Evaluate every policy now and run what is due (synchronously)."""
     followup = PackageAndCanary(signing_key=bundle_signing_key(ctx.settings))
@@ -113,7 +113,7 @@ def run_now(ctx: ContextDep) -> TriggerEventListPublic:
     return TriggerEventListPublic(events=[_event(e) for e in events])
 
 
-@router.post("/triggers/policies/{model}/run", status_code=201, response_model=TriggerEventPublic)
+@router.post("/policies/{model}/run", status_code=201, response_model=TriggerEventPublic)
 def on_demand(model: NamePath, body: OnDemand, ctx: ContextDep) -> TriggerEventPublic:
     followup = PackageAndCanary(signing_key=bundle_signing_key(ctx.settings))
     event = trigger_now(
