@@ -269,7 +269,6 @@ class Agent:
         self.predictor.swap(model)
         self.session.state_changed()
 
-    _serve = serve  # its name before the DeployHost protocol (white-box tests call it)
 
     def _aggregator(
         self, model: LoadedModel, manifest: dict[str, Any], digest: str
@@ -343,7 +342,6 @@ class Agent:
         self.queue.append(stream="events", payload_for=payload_for)
         self.session.wake()
 
-    _enqueue_event = enqueue_event  # its name before the DeployHost protocol
 
     def flush(self) -> None:
         """Close the current telemetry window and feedback batch now (they queue durably)."""

@@ -289,7 +289,7 @@ def test_the_agent_windows_what_it_predicted(
         served = dataclasses.replace(
             served, manifest={**served.manifest, "reference_profile": profile}
         )
-    agent._serve(served)  # what a deploy does once the slot is verified
+    agent.serve(served)  # what a deploy does once the slot is verified
     for i in range(5):
         agent.predict(raw[i])  # single records, the local API's shape
     agent.predict(raw[5:8])  # and a batch

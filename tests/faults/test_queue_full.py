@@ -66,7 +66,7 @@ def test_full_queue_drops_oldest_telemetry_keeps_events_and_serving(
         for i in range(200):  # ~40 windows, far over the budget
             assert agent.predict(DIGITS[i % 100 : i % 100 + 1]).version  # still serving
             if i % 70 == 0:  # deployment events queued in between, never droppable
-                agent._enqueue_event(
+                agent.enqueue_event(
                     pb.DeploymentEvent(
                         event_id=offline_events[i // 70],
                         device_id=DEVICE,
