@@ -269,7 +269,6 @@ class Agent:
         self.predictor.swap(model)
         self.session.state_changed()
 
-
     def _aggregator(
         self, model: LoadedModel, manifest: dict[str, Any], digest: str
     ) -> WindowAggregator | None:
@@ -341,7 +340,6 @@ class Agent:
 
         self.queue.append(stream="events", payload_for=payload_for)
         self.session.wake()
-
 
     def flush(self) -> None:
         """Close the current telemetry window and feedback batch now (they queue durably)."""
