@@ -127,11 +127,10 @@ class Predictor:
         :class:`~edge_agent._handoff.Handoff`) as a :data:`~edge_agent._handoff.CallTuple`
         ``(model, raw, inputs, outputs, latency_ms, ids)``, the fields of
         :class:`~edge_agent._handoff.PendingCalls`: the telemetry path that costs the
-        request least. ``raw`` is
-        copied when it is the caller's own array; a single record may come without its batch
-        axis (reshape to ``(len(ids), *raw_shape)``). ``inputs`` (the model's input) only
-        for reconstruction models, else ``None``: nothing else reads it, and freeing it with
-        the call keeps the allocator's blocks warm."""
+        request least. ``raw`` is copied when it is the caller's own array; a single record
+        may come without its batch axis (reshape to ``(len(ids), *raw_shape)``). ``inputs``
+        (the model's input) only for reconstruction models, else ``None``: nothing else
+        reads it, and freeing it with the call keeps the allocator's blocks warm."""
         self._sink = sink
 
     # -- the model ------------------------------------------------------------------------

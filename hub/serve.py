@@ -24,7 +24,7 @@ from hub.core.artifacts import open_store
 from hub.core.db import make_engine
 from hub.core.errors import EdgeloopError
 from hub.core.redact import redact_url, redacting_log_config
-from hub.core.service import Service, ServiceHealth
+from hub.core.service import Service
 from hub.core.settings import HubSettings
 from hub.fleet.commands import CommandPublisher
 from hub.ingest.serve import hub_ingest_worker
@@ -65,34 +65,6 @@ def serve(settings: HubSettings) -> None:
         _serve(settings)
     except _Stop as stop:
         log.info("hub stopped (%s)", stop)
-
-
-def _key_rotation(settings: HubSettings, *, engine: Engine, mqtt_url: str) -> _Publishing:
-    """The sender that tells devices behind on the bundle key to rotate, with the command
-    publisher it shares the broker through (``hub.security.key_rotation``)."""
-    publisher = CommandPublisher(
-        mqtt_url=mqtt_url, topics=Topics(prefix=settings.topic_prefix, fleet=settings.fleet)
-    )
-    sender = KeyRotationSender(engine=engine, data_dir=settings.data_dir, publisher=publisher)
-    return _Publishing(sender, publisher)
-
-
-class _Publishing:
-    """``service`` with the command publisher it needs: connected before, closed after."""
-
-    def __init__(self, service: KeyRotationSender, publisher: CommandPublisher) -> None:
-        self.service, self.publisher, self.name = service, publisher, service.name
-
-    def start(self) -> None:
-        self.publisher.start()
-        self.service.start()
-
-    def stop(self) -> None:
-        self.service.stop()
-        self.publisher.stop()
-
-    def health(self) -> ServiceHealth:
-        return self.service.health()
 
 
 def _device_certs(settings: HubSettings, engine: Engine) -> DeviceCertAuth | None:
@@ -172,7 +144,16 @@ def _serve(settings: HubSettings) -> None:
                     max_concurrent_downloads=settings.rollout_max_concurrent_downloads,
                 )
             )
-        key_rotation = run(_key_rotation(settings, engine=engine, mqtt_url=hub_mqtt))
+        # devices behind on the bundle key are told to rotate (hub.security.key_rotation),
+        # through a command publisher connected before the sender starts, closed after it
+        publisher = CommandPublisher(
+            mqtt_url=hub_mqtt, topics=Topics(prefix=settings.topic_prefix, fleet=settings.fleet)
+        )
+        publisher.start()
+        stack.callback(publisher.stop)
+        key_rotation = run(
+            KeyRotationSender(engine=engine, data_dir=settings.data_dir, publisher=publisher)
+        )
         if settings.monitor_interval_s > 0:
             run(monitor_service(settings, mqtt_url=hub_mqtt))
 
@@ -187,7 +168,7 @@ def _serve(settings: HubSettings) -> None:
         app = create_app(settings, extra_health=health)
         app.state.ingest = ingest  # GET /api/v1/ingest/stats reports its counters
         app.state.security = security
-        app.state.key_rotation = key_rotation.service
+        app.state.key_rotation = key_rotation
         app.state.hub_mqtt_url = hub_mqtt  # never logged: it carries the hub's password
         log.info(
             "hub on http://%s:%s (docs at /docs), gRPC %s:%s, MQTT %s (%s), data in %s",

@@ -76,6 +76,10 @@ def test_zero_config_serve_starts_broker_grpc_and_docs(tmp_path: Path) -> None:
         health = httpx.get(f"{url}/healthz").json()
         assert health["database"] == "sqlite"
         assert health["mqtt"]["broker"] == "embedded-mosquitto"
+        # every background service hub serve started reports itself, running
+        services = health["services"]
+        assert {"broker", "grpc", "ingest", "key-rotation", "monitor"} <= set(services)
+        assert all(service["running"] for service in services.values()), services
         assert (tmp_path / "data" / "hub.db").exists()
         assert httpx.get(f"{url}/docs").status_code == 200
         token = (tmp_path / "data" / "admin_token").read_text().strip()
