@@ -7,6 +7,9 @@ devices (default 10,000) in 10 groups, written as the ingest writes it: one tele
 window per device per 10 s (0.1 windows/s) of 10 predictions (1 call/s), sketched over the
 profile's edges, with 2 reservoir samples. Devices draw from all 1,797 digits, of which the
 reference is a random 1,200 (the reference is a sample of the population, as in life).
+Devices come online over the first 200 s (one device window of 200 predictions), a
+20th of the fleet per check interval, so their device windows close spread over the
+intervals as a fleet's do (all at once, they made every 20th cycle 4-5x the others).
 
 The monitor runs at its defaults (the fleet budget of 1 false alert per version per day,
 windows of 200 predictions, group and version windows of one 10 s check interval) and is
@@ -23,7 +26,6 @@ telemetry windows of the drifted devices.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import resource
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from bench._digits import MODEL, VERSION, digits, register, sketch
 from bench._result import BenchResult
 
 CHECK_S = 10.0
@@ -43,25 +46,7 @@ PREDICTIONS = 10  # per telemetry window (1 call/s, 10 s windows)
 SAMPLES = 2  # reservoir samples per telemetry window
 GROUPS = 10
 DRIFTED = 0.05
-MODEL, VERSION = "digits-bench", "1"
-
-
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    return bunch.data.astype(np.float64), bunch.target.astype(np.int64)
-
-
-def _classifier(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """A ridge least-squares linear classifier: weights (65, 10) on [x, 1]."""
-    a = np.hstack([x / 16.0, np.ones((len(x), 1))])
-    target = np.eye(10)[y] * 4.0 - 2.0
-    return np.linalg.solve(a.T @ a + 1.0 * np.eye(a.shape[1]), a.T @ target)
-
-
-def _logits(w: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return np.hstack([x / 16.0, np.ones((len(x), 1))]) @ w
+STAGGER = 20  # check intervals over which devices come online (one device window)
 
 
 class World:
@@ -77,110 +62,47 @@ class World:
         create_all(self.engine)
         self.store = FileArtifactStore(root=root / "artifacts")
         self.rng = np.random.default_rng(20)
-        self.x, y = _digits()
+        self.x, y = digits()
         ref = self.rng.permutation(len(self.x))[:1200]
-        self.w = _classifier(self.x[ref], y[ref])
         self.devices = [f"dev-{i:05d}" for i in range(devices)]
         self.groups = [f"site-{i % GROUPS}" for i in range(devices)]
+        # devices come online over one device window period (STAGGER check intervals), as a
+        # fleet does: their 200-prediction windows do not all close in the same interval
+        self.starts = np.arange(devices) % STAGGER
         # the drifted devices: 5% of the fleet, all at site-0
         self.drifted = {d for i, d in enumerate(self.devices) if i % GROUPS == 0}
         self.drifted = set(sorted(self.drifted)[: max(1, int(DRIFTED * devices))])
         self.seq = 0
-        self._register(ref)
-
-    def _register(self, ref: np.ndarray) -> None:
-        from hub.core.db import session_scope
-        from hub.tables import Bundle, ModelVersion, RegisteredModel
-        from model_packager.bundle import write_bundle
-        from model_packager.profile import build_profile
-        from model_packager.signing import generate_private_key
-
-        x = self.x[ref]
-        profile = build_profile(
-            raw_inputs=x,
-            model_inputs=x,
-            outputs=_logits(self.w, x),
-            task="classification",
-            feature_names=[f"pixel{i}" for i in range(64)],
-            split="val",
+        self.registered = register(
+            self.engine, artifacts=self.store.root, x=self.x, y=y, reference=ref
         )
-        self.profile = profile.model_dump(mode="json")
-        self.edges = [np.asarray(f["edges"], np.float64) for f in self.profile["features"]]
-        buffer = io.BytesIO()
-        np.savez(buffer, self_test=x[:4].astype(np.float32), reference=x.astype(np.float32))
-        path = self.store.root / "bundle.zip"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_bundle(
-            path,
-            manifest={"name": MODEL, "version": VERSION},
-            files={"samples.npz": buffer.getvalue()},
-            signing_key=generate_private_key(),
-        )
-        self.digest = self.store.put_file(path).digest
-        manifest = {
-            "name": MODEL,
-            "version": VERSION,
-            "metric": "accuracy",
-            "variants": [{"format": "onnx", "precision": "fp32", "accuracy": 95.0}],
-            "reference_profile": self.profile,
-        }
-        with session_scope(self.engine) as s:
-            s.add(RegisteredModel(name=MODEL))
-            s.flush()
-            mv = ModelVersion(
-                model_name=MODEL,
-                version=int(VERSION),
-                artifact_digest="sha256:" + "cd" * 32,
-                artifact_size=1,
-            )
-            s.add(mv)
-            s.flush()
-            s.add(
-                Bundle(
-                    model_version_id=mv.id or 0,
-                    digest=self.digest,
-                    size=1,
-                    formats=["onnx"],
-                    manifest=manifest,
-                )
-            )
+        self.digest = self.registered.digest
 
     def cycle(self, at: datetime, *, drift: bool) -> None:
-        """One check interval: a telemetry window (and its samples) from every device."""
+        """One check interval: a telemetry window (and its samples) from every device online."""
         from hub.tables import FieldSample, TelemetryWindowRow
-        from model_packager.profile import CONFIDENCE_EDGES, softmax
+        from model_packager.profile import CONFIDENCE_EDGES
         from simulators.sensors import rotate
 
         self.seq += 1
-        n = len(self.devices)
+        online = np.flatnonzero(self.starts < self.seq)
+        n = len(online)
         x = self.x[self.rng.integers(0, len(self.x), size=n * PREDICTIONS)]
         x = x.reshape(n, PREDICTIONS, 64)
         if drift:
-            for i, device in enumerate(self.devices):
-                if device in self.drifted:
-                    x[i] = rotate(x[i], degrees=22.5, fill=0.0, shape=(8, 8))
-        flat = x.reshape(-1, 64)
-        probs = softmax(_logits(self.w, flat))
-        top = probs.argmax(axis=1).reshape(n, PREDICTIONS)
-        conf_bins = np.searchsorted(CONFIDENCE_EDGES, probs.max(axis=1), side="right")
-        conf_bins = conf_bins.reshape(n, PREDICTIONS)
-        per_feature = []
-        for j, e in enumerate(self.edges):
-            b = np.searchsorted(e, x[:, :, j], side="right")  # (n, PREDICTIONS)
-            counts = np.zeros((n, len(e) + 1), np.int64)
-            np.add.at(counts, (np.repeat(np.arange(n), PREDICTIONS), b.ravel()), 1)
-            per_feature.append(counts)
-        classes = np.zeros((n, 10), np.int64)
-        np.add.at(classes, (np.repeat(np.arange(n), PREDICTIONS), top.ravel()), 1)
-        confidence = np.zeros((n, len(CONFIDENCE_EDGES) + 1), np.int64)
-        np.add.at(confidence, (np.repeat(np.arange(n), PREDICTIONS), conf_bins.ravel()), 1)
+            for k, i in enumerate(online):
+                if self.devices[i] in self.drifted:
+                    x[k] = rotate(x[k], degrees=22.5, fill=0.0, shape=(8, 8))
+        classes, confidence, per_feature, top = sketch(self.registered, x)
         start = at - timedelta(seconds=CHECK_S)
         windows, samples = [], []
-        for i, device in enumerate(self.devices):
+        for k, i in enumerate(online):
+            device = self.devices[i]
+            seq = self.seq - int(self.starts[i])
             windows.append(
                 {
                     "device_id": device,
-                    "seq": self.seq,
+                    "seq": seq,
                     "group": self.groups[i],
                     "model": MODEL,
                     "version": VERSION,
@@ -190,10 +112,10 @@ class World:
                     "count": PREDICTIONS,
                     "errors": 0,
                     "latency": {"edges": [1.0], "counts": [PREDICTIONS, 0]},
-                    "output_counts": classes[i].tolist(),
-                    "confidence": {"edges": CONFIDENCE_EDGES, "counts": confidence[i].tolist()},
+                    "output_counts": classes[k].tolist(),
+                    "confidence": {"edges": CONFIDENCE_EDGES, "counts": confidence[k].tolist()},
                     "features": [
-                        {"index": j, "counts": per_feature[j][i].tolist()} for j in range(64)
+                        {"index": j, "counts": per_feature[j][k].tolist()} for j in range(64)
                     ],
                     "shadow": {},
                     "num_samples": SAMPLES,
@@ -201,17 +123,17 @@ class World:
                     "received_at": at,
                 }
             )
-            for k in range(SAMPLES):
+            for s in range(SAMPLES):
                 samples.append(
                     {
                         "device_id": device,
-                        "prediction_id": f"{device}-{self.seq}-{k}",
-                        "values": x[i, k].tolist(),
+                        "prediction_id": f"{device}-{seq}-{s}",
+                        "values": x[k, s].tolist(),
                         "shape": [8, 8],
-                        "predicted_label": int(top[i, k]),
+                        "predicted_label": int(top[k, s]),
                         "model": MODEL,
                         "version": VERSION,
-                        "at": at - timedelta(seconds=PREDICTIONS - k),
+                        "at": at - timedelta(seconds=PREDICTIONS - s),
                         "received_at": at,
                     }
                 )

@@ -147,6 +147,8 @@ class DetectorCache:
         self.discovered: dict[str, int] = {}
         self.retry: set[tuple[str, str]] = set()  # versions whose evaluation failed
         self.labels: dict[tuple[str, str], RateMeter] = {}  # labels per version (budget)
+        # devices already in monitor_device per version (so each is written once)
+        self.devices: dict[tuple[str, str], set[str]] = {}
         self.last_cycle: dict[str, Any] | None = None  # the latest evaluation: at, seconds
 
     def scope_states(self, ref: VersionReference) -> ScopeStates:
@@ -254,6 +256,7 @@ class DetectorCache:
         evaluation: they are rebuilt from what the database kept)."""
         self._scoped = {k: v for k, v in self._scoped.items() if k[0][:2] != (model, version)}
         self._states = {k: v for k, v in self._states.items() if k[:2] != (model, version)}
+        self.devices.pop((model, version), None)
 
 
 _CACHES: dict[str, DetectorCache] = {}

@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from hub.monitoring._alerts import AlertBook, Finding
 from hub.monitoring._cache import DetectorCache, DetectorSettings, ScopeStates
-from hub.monitoring._cursors import chunks, head, scope_rows
+from hub.monitoring._cursors import chunks, count_rows, head, scope_rows
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._report import MonitorReport
 from hub.monitoring._samples import NewSamples, aware, sample_values
@@ -77,6 +77,8 @@ def evaluate_drift(
     if not rows:
         return 0
     cursor.last_id = int(rows[-1].id)
+    seen = cache.devices.setdefault((model, version), set())
+    count_rows(session, cursor, rows, before=start, seen=seen)
     session.add(cursor)
     ref = cache.reference(
         session, model=model, version=version, bundle_digest=rows[-1].bundle_digest

@@ -16,31 +16,36 @@ from hub.monitoring._reference import load_reference
 from hub.monitoring._report import alert_json
 from hub.monitoring._samples import aware
 from hub.monitoring.accuracy import live_accuracy
-from hub.tables.fleet import FeedbackLabelRow, TelemetryWindowRow
-from hub.tables.monitoring import MonitorCursor, MonitorScore
+from hub.tables.fleet import TelemetryWindowRow
+from hub.tables.monitoring import MonitorCursor, MonitorDevice, MonitorScore
 
 
 def monitor_status(session: Session, *, model: str | None = None) -> dict[str, Any]:
     """Per version: telemetry windows, predictions, devices, live vs evaluated accuracy, the
-    latest score of each detector at version scope, and the open alerts."""
+    latest score of each detector at version scope, and the open alerts. The counts are what
+    the monitor has read (kept on its cursors as it reads: no scan of the telemetry; rows
+    not read yet are the lag's ``pending_rows``)."""
     versions: dict[tuple[str, str], dict[str, Any]] = {}
+    cursors = session.exec(select(MonitorCursor).where(MonitorCursor.scope == HEAD)).all()
+    read = max((c.last_id for c in cursors if c.stream == "telemetry"), default=0)
     tw = TelemetryWindowRow
-    query = sa_select(
-        col(tw.model),
-        col(tw.version),
-        func.count(),
-        func.sum(col(tw.count)),
-        func.count(func.distinct(col(tw.device_id))),
-    ).group_by(tw.model, tw.version)
-    for m, v, windows, predictions, devices in session.execute(query).all():
-        versions[(m, v)] = {
-            "windows": int(windows),
-            "predictions": int(predictions or 0),
-            "devices": int(devices),
-        }
-    labelled = select(FeedbackLabelRow.model, FeedbackLabelRow.version).distinct()
-    for m, v in session.exec(labelled).all():
-        versions.setdefault((m, v), {"windows": 0, "predictions": 0, "devices": 0})
+    unread = sa_select(col(tw.model), col(tw.version)).where(col(tw.id) > read).distinct()
+    for m, v in session.execute(unread).all():  # versions the monitor has not read yet
+        versions[(m, v)] = {"windows": 0, "predictions": 0, "devices": 0}
+    for c in cursors:
+        counts = versions.setdefault(
+            (c.model, c.version), {"windows": 0, "predictions": 0, "devices": 0}
+        )
+        if c.stream == "telemetry":
+            counts["windows"] = int((c.pending or {}).get("windows", 0))
+            counts["predictions"] = int((c.pending or {}).get("predictions", 0))
+    md = MonitorDevice
+    per_version = sa_select(col(md.model), col(md.version), func.count()).group_by(
+        col(md.model), col(md.version)
+    )
+    for m, v, devices in session.execute(per_version).all():
+        if (m, v) in versions:
+            versions[(m, v)]["devices"] = int(devices)
     out = []
     for (m, v), counts in sorted(versions.items()):
         if model is not None and m != model:

@@ -14,7 +14,14 @@ from hub.tables.fleet import (
     IngestSeq,
     TelemetryWindowRow,
 )
-from hub.tables.monitoring import Alert, AlertKind, AlertPublic, MonitorCursor, MonitorScore
+from hub.tables.monitoring import (
+    Alert,
+    AlertKind,
+    AlertPublic,
+    MonitorCursor,
+    MonitorDevice,
+    MonitorScore,
+)
 from hub.tables.quality import LabelQuarantine, LabelQuarantinePublic
 from hub.tables.registry import (
     AliasMove,
@@ -81,6 +88,7 @@ __all__ = [
     "ModelVersion",
     "ModelVersionPublic",
     "MonitorCursor",
+    "MonitorDevice",
     "MonitorScore",
     "MonitorScoreRollup",
     "RegisteredModel",

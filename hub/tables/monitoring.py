@@ -84,3 +84,15 @@ class MonitorCursor(SQLModel, table=True):
     last_id: int = 0
     pending: dict[str, Any] = json_field()
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class MonitorDevice(SQLModel, table=True):
+    """A device that sent telemetry for a model version (written by the monitor as it reads
+    the rows, once per device and version), so the status counts devices per version
+    without a ``COUNT(DISTINCT device_id)`` over all telemetry."""
+
+    __tablename__ = "monitor_device"
+
+    model: str = Field(primary_key=True, max_length=128)
+    version: str = Field(primary_key=True, max_length=64)
+    device_id: str = Field(primary_key=True, max_length=128)

@@ -142,3 +142,35 @@ def test_alerts_are_published_on_mqtt(tmp_path: Path, mosquitto: EmbeddedBroker)
         publisher.close()
         sub.loop_stop()
         sub.disconnect()
+
+
+def test_status_counts_come_from_the_monitor_and_survive_an_older_database(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The status's windows, predictions and devices are kept by the monitor as it reads
+    (no scan of the telemetry per request), equal the rows' own counts across batches, and
+    a database whose cursors predate the totals is counted once from its rows."""
+    from sqlmodel import Session, delete, select
+
+    from hub.monitoring.status import monitor_status
+    from hub.tables import MonitorCursor, MonitorDevice
+
+    fleet = seed(database_url)
+    engine = fleet.engine
+    config = MonitorConfig(batch_rows=3)  # several transactions: totals add up across them
+    evaluate(engine, config=config, cache=None)
+    with Session(engine) as s:
+        (version,) = monitor_status(s)["versions"]
+    assert (version["windows"], version["predictions"], version["devices"]) == (8, 400, 2)
+    # an older database: the cursor has no totals, no device rows; later rows come in
+    with Session(engine) as s:
+        for c in s.exec(select(MonitorCursor).where(MonitorCursor.scope == "*")).all():
+            c.pending = {}
+            s.add(c)
+        s.exec(delete(MonitorDevice))  # type: ignore[call-overload]
+        s.commit()
+    fleet.telemetry(devices={"cam-3": "north"}, windows=2, per_window=50, shift=0.0)
+    evaluate(engine, config=config, cache=None)
+    with Session(engine) as s:
+        (version,) = monitor_status(s)["versions"]
+    assert (version["windows"], version["predictions"], version["devices"]) == (10, 500, 3)
