@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -144,16 +145,21 @@ class Hub:
         return None
 
     def enroll(self, devices: list[str], groups: list[str]) -> list[list[str]]:
-        def one(i: int) -> list[str]:
-            with httpx.Client(
-                base_url=self.http.base_url, headers=self.http.headers, timeout=60
-            ) as c:
-                r = c.post(f"/devices/{devices[i]}/enroll", json={"group": groups[i]})
-                r.raise_for_status()
-                body = r.json()
-                return [body["mqtt_username"], body["mqtt_password"]]
+        """Each device through ``POST /devices/{id}/enroll`` (8 at a time, a kept-alive
+        client per thread); returns the [username, password] logins."""
+        local = threading.local()
 
-        with ThreadPoolExecutor(4) as pool:
+        def one(i: int) -> list[str]:
+            if not hasattr(local, "client"):
+                local.client = httpx.Client(
+                    base_url=self.http.base_url, headers=self.http.headers, timeout=60
+                )
+            r = local.client.post(f"/devices/{devices[i]}/enroll", json={"group": groups[i]})
+            r.raise_for_status()
+            body = r.json()
+            return [body["mqtt_username"], body["mqtt_password"]]
+
+        with ThreadPoolExecutor(8) as pool:
             return list(pool.map(one, range(len(devices))))
 
     def stop(self) -> int:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import func, literal
+from sqlalchemy import func
 from sqlalchemy import select as sa_select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from hub.tables.fleet import TelemetryWindowRow
@@ -91,41 +90,44 @@ def count_rows(
 ) -> None:
     """Keep a version's totals as its telemetry read cursor moves past ``rows``: windows and
     predictions in the cursor's ``pending``, each device that sent any in ``monitor_device``
-    (``seen``: those already written; filled as this writes, emptied with the cache on a
-    rollback). A cursor without totals (the first rows, or a database from before them)
-    first counts the rows up to ``before``, once."""
+    (``seen``: those known to be there; emptied with the cache on a rollback). A cursor
+    without totals (the first rows, or a database from before them) first counts the rows
+    up to ``before``, once. Reads only: the new rows are flushed with the caller's
+    transaction at its end, so SQLite's write lock is not held while detectors run."""
     totals = dict(cursor.pending or {})
+    new = {str(r.device_id) for r in rows} - seen
     if "windows" not in totals:
-        totals = _backfill(session, model=cursor.model, version=cursor.version, before=before)
+        totals, earlier = _backfill(
+            session, model=cursor.model, version=cursor.version, before=before
+        )
+        new = earlier | {str(r.device_id) for r in rows}  # counted afresh: check them all
     totals["windows"] = int(totals["windows"]) + len(rows)
     totals["predictions"] = int(totals["predictions"]) + sum(int(r.count) for r in rows)
     cursor.pending = totals
-    new = sorted({str(r.device_id) for r in rows} - seen)
-    for chunk in chunks(new):
-        values = [{"model": cursor.model, "version": cursor.version, "device_id": d} for d in chunk]
-        session.execute(_insert(session).values(values).on_conflict_do_nothing())
+    md = MonitorDevice
+    for chunk in chunks(sorted(new)):  # devices this process has not seen: written already?
+        there = session.exec(
+            select(md.device_id).where(
+                md.model == cursor.model, md.version == cursor.version, col(md.device_id).in_(chunk)
+            )
+        ).all()
+        missing = set(chunk) - set(there)
+        session.add_all(
+            MonitorDevice(model=cursor.model, version=cursor.version, device_id=d)
+            for d in sorted(missing)
+        )
     seen.update(new)
 
 
-def _insert(session: Session) -> Any:
-    table = MonitorDevice.__table__  # type: ignore[attr-defined]
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
-
-
-def _backfill(session: Session, *, model: str, version: str, before: int) -> dict[str, int]:
+def _backfill(
+    session: Session, *, model: str, version: str, before: int
+) -> tuple[dict[str, int], set[str]]:
     if before <= 0:
-        return {"windows": 0, "predictions": 0}
+        return {"windows": 0, "predictions": 0}, set()
     tw = TelemetryWindowRow
     where = (col(tw.model) == model, col(tw.version) == version, col(tw.id) <= before)
     windows, predictions = session.execute(
         sa_select(func.count(), func.sum(col(tw.count))).where(*where)
     ).one()
-    devices = sa_select(literal(model), literal(version), col(tw.device_id)).where(*where)
-    session.execute(
-        _insert(session)
-        .from_select(["model", "version", "device_id"], devices.distinct())
-        .on_conflict_do_nothing()
-    )
-    return {"windows": int(windows), "predictions": int(predictions or 0)}
+    devices = session.execute(sa_select(col(tw.device_id)).where(*where).distinct()).scalars()
+    return {"windows": int(windows), "predictions": int(predictions or 0)}, set(devices)

@@ -152,13 +152,14 @@ def test_status_counts_come_from_the_monitor_and_survive_an_older_database(
     a database whose cursors predate the totals is counted once from its rows."""
     from sqlmodel import Session, delete, select
 
+    from hub.monitoring import DetectorCache
     from hub.monitoring.status import monitor_status
     from hub.tables import MonitorCursor, MonitorDevice
 
     fleet = seed(database_url)
     engine = fleet.engine
     config = MonitorConfig(batch_rows=3)  # several transactions: totals add up across them
-    evaluate(engine, config=config, cache=None)
+    evaluate(engine, config=config, cache=DetectorCache())
     with Session(engine) as s:
         (version,) = monitor_status(s)["versions"]
     assert (version["windows"], version["predictions"], version["devices"]) == (8, 400, 2)
@@ -170,7 +171,7 @@ def test_status_counts_come_from_the_monitor_and_survive_an_older_database(
         s.exec(delete(MonitorDevice))  # type: ignore[call-overload]
         s.commit()
     fleet.telemetry(devices={"cam-3": "north"}, windows=2, per_window=50, shift=0.0)
-    evaluate(engine, config=config, cache=None)
+    evaluate(engine, config=config, cache=DetectorCache())  # a new process
     with Session(engine) as s:
         (version,) = monitor_status(s)["versions"]
     assert (version["windows"], version["predictions"], version["devices"]) == (10, 500, 3)
