@@ -14,8 +14,11 @@ CPU-ms per device-second, half a core at 10,000).
 Windows are built from a pool of pre-sketched windows (clean and rotated digits): a
 protobuf message is the concatenation of its fields, so a window's bytes are the pool
 entry's (counts, histograms, sketches) followed by its own header (device, seq, times,
-samples). ``SIGUSR1``: the drifted devices switch to the rotated pool. ``SIGTERM``: stop,
-wait for outstanding PUBACKs (10 s), write the stats (which (device, seq) the broker
+samples). Delivery is the agents' ``hub_ack``: each device subscribes to its
+``devices/<id>/ack`` topic, a window stays pending after the broker's PUBACK until the hub's
+``DeliveryAck`` covers its seq, and is sent again after 30 s without one (the hub drops the
+repeat by seq). ``SIGUSR1``: the drifted devices switch to the rotated pool. ``SIGTERM``: stop,
+wait (<= 60 s) for outstanding PUBACKs and hub acks, write the stats (which (device, seq) the broker
 acknowledged) and exit.
 
 Run by ``bench/fleet.py`` as ``python -m bench._fleet_publisher CONFIG.json``.
@@ -46,6 +49,7 @@ PREDICTIONS = 10.0  # mean per window
 SAMPLES = 2
 POOL = 3000  # pre-sketched windows per pool
 LATENCY_EDGES = [1.0, 2.0, 5.0, 10.0, 20.0]
+HUB_ACK_TIMEOUT_S = 30.0  # the agent's default hub_ack_timeout_s
 
 
 def _pool(reg: Registered, x_all: np.ndarray, *, drifted: bool, seed: int) -> list[Any]:
@@ -105,11 +109,27 @@ class Publisher:
         self.down: set[int] = set()
         self.opened: set[int] = set()
         self.stop = False
+        # per device: seq -> (payload, last sent) until the hub's DeliveryAck covers it
+        self.awaiting: list[dict[int, tuple[bytes, float]]] = [{} for _ in range(n)]
+        self.hub_acked = 0
+        self.resent = 0
 
     # --- paho callbacks -------------------------------------------------------------
-    def _on_connect(self, _c: mqtt.Client, i: int, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_connect(self, c: mqtt.Client, i: int, _f: Any, rc: Any, _p: Any) -> None:
         if not rc.is_failure:
             self.connected[i] = True
+            c.subscribe(self.topics.ack(self.devices[i]), qos=1)
+            self.dirty.add(i)
+
+    def _on_message(self, _c: mqtt.Client, i: int, message: mqtt.MQTTMessage) -> None:
+        ack = pb.DeliveryAck()
+        ack.ParseFromString(message.payload)
+        waiting = self.awaiting[i]
+        for r in ack.ranges:
+            if r.stream == "telemetry":
+                for seq in range(r.first, r.last + 1):
+                    if waiting.pop(seq, None) is not None:
+                        self.hub_acked += 1
 
     def _on_disconnect(self, _c: mqtt.Client, i: int, _f: Any, _rc: Any, _p: Any) -> None:
         if self.connected[i]:
@@ -135,7 +155,7 @@ class Publisher:
             c.username_pw_set(device, password)
             c.max_inflight_messages_set(100)
             c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
-            c.on_publish = self._on_publish
+            c.on_publish, c.on_message = self._on_publish, self._on_message
             self.clients.append(c)
             self._open(i)
             if i % 200 == 199:
@@ -180,6 +200,7 @@ class Publisher:
     def _misc(self) -> None:
         for c in self.clients:
             c.loop_misc()
+        self._resend(time.time())
         for i in list(self.down):
             c = self.clients[i]
             old = c.socket()
@@ -227,16 +248,30 @@ class Publisher:
                 for k in range(SAMPLES)
             ],
         )
-        info = self.clients[i].publish(
-            self.topics.telemetry(device), template + header.SerializeToString(), qos=1
-        )
+        payload = template + header.SerializeToString()
+        info = self.clients[i].publish(self.topics.telemetry(device), payload, qos=1)
+        self.awaiting[i][seq] = (payload, now)
         self.published += 1
         self.inflight[(i, info.mid)] = (i, seq)
         self.dirty.add(i)
 
+    def _resend(self, now: float) -> None:
+        for i, waiting in enumerate(self.awaiting):
+            if not waiting or not self.connected[i]:
+                continue
+            for seq, (payload, sent) in list(waiting.items()):
+                if now - sent >= HUB_ACK_TIMEOUT_S:
+                    info = self.clients[i].publish(
+                        self.topics.telemetry(self.devices[i]), payload, qos=1
+                    )
+                    self.inflight[(i, info.mid)] = (i, seq)
+                    waiting[seq] = (payload, now)
+                    self.resent += 1
+                    self.dirty.add(i)
+
     def drain(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while self.inflight and time.monotonic() < deadline:
+        while (self.inflight or any(self.awaiting)) and time.monotonic() < deadline:
             self._pump(0.1)
             self._misc()
 
@@ -267,8 +302,8 @@ def main(path: str) -> int:
         json.dumps({"connected": int(pub.connected.sum()), "connect_s": connect_s})
     )
     pub.run(clean, rotated)
-    pub.drain(10.0)
-    acked = np.asarray(pub.acked, np.int64).reshape(-1, 2)
+    pub.drain(float(config.get("drain_s", 60.0)))
+    acked = np.unique(np.asarray(pub.acked, np.int64).reshape(-1, 2), axis=0)
     np.save(config["acked"], acked)
     Path(config["stats"]).write_text(
         json.dumps(
@@ -276,6 +311,9 @@ def main(path: str) -> int:
                 "published": pub.published,
                 "acked": len(acked),
                 "unacked": len(pub.inflight),
+                "hub_acked": pub.hub_acked,
+                "awaiting_hub_ack": sum(len(w) for w in pub.awaiting),
+                "resent": pub.resent,
                 "connected": int(pub.connected.sum()),
                 "connect_s": connect_s,
                 "lost_connections": pub.lost_connections,
