@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from hub.monitoring.detectors._base import Detector, Reference
 from hub.monitoring.detectors._histograms import FeatureChi2, PredictionChi2
 from hub.monitoring.detectors.mmd import MMDDetector
+from hub.monitoring.detectors.rank import OutputRank
 from hub.monitoring.detectors.sequential import CUSUMDetector, PageHinkleyDetector
 
 __all__ = ["KINDS", "Kind", "Maker", "build_detectors"]
@@ -84,10 +87,12 @@ def _feature_chi2(reference: Reference) -> Maker | None:
 def _prediction_chi2(reference: Reference) -> Maker | None:
     if reference.class_counts is not None and reference.class_counts.sum() > 0:
         hists = [reference.class_counts]
+        joint = None
         if reference.confidence_counts is not None and reference.confidence_counts.sum() > 0:
             hists.append(reference.confidence_counts)
+            joint = reference.class_confidence  # None in profiles before the joint table
         return lambda far, size, seed: PredictionChi2(
-            reference_counts=hists, false_alarm_rate=far, window_size=size, seed=seed
+            reference_counts=hists, false_alarm_rate=far, window_size=size, seed=seed, joint=joint
         )
     if reference.score_counts is not None and reference.score_counts.sum() > 0:
         scores = reference.score_counts
@@ -99,6 +104,20 @@ def _prediction_chi2(reference: Reference) -> Maker | None:
             seed=seed,
         )
     return None
+
+
+def _output_rank(reference: Reference) -> Maker | None:
+    score_model = reference.class_counts is None
+    counts = reference.score_counts if score_model else reference.confidence_counts
+    if counts is None or np.count_nonzero(counts) < 2:  # nothing to rank
+        return None
+    return lambda far, size, seed: OutputRank(
+        reference_counts=counts,
+        score_model=score_model,
+        false_alarm_rate=far,
+        window_size=size,
+        seed=seed,
+    )
 
 
 def _mmd(reference: Reference) -> Maker | None:
@@ -131,6 +150,7 @@ def _sequential(
 KINDS: tuple[Kind, ...] = (
     Kind(FeatureChi2.name, labels=False, plan=_feature_chi2),
     Kind(PredictionChi2.name, labels=False, plan=_prediction_chi2),
+    Kind(OutputRank.name, labels=False, plan=_output_rank),
     Kind(MMDDetector.name, labels=False, plan=_mmd),
     Kind(CUSUMDetector.name, labels=True, plan=_sequential(CUSUMDetector)),
     Kind(PageHinkleyDetector.name, labels=True, plan=_sequential(PageHinkleyDetector)),
