@@ -12,9 +12,9 @@ name                       needs           test
 ``prediction_chi2``        class_counts,   black-box shift detection: G-tests on class
                            confidence      counts + top-1 confidence (score models: the
                            (score_counts)  anomaly-score histogram)
-``output_rank``            confidence      two-sided binned rank test (mean reference
-                           (score_counts)  mid-rank) of the top-1 confidence (score models:
-                                           the anomaly score)
+``output_rank``            confidence      binned rank test (mean reference mid-rank) of
+                           (score_counts)  the top-1 confidence (score models: the anomaly
+                                           score), 80% of its rate on "less sure"
 ``mmd``                    samples         kernel MMD² of the reservoir vs reference rows
 ``accuracy_cusum``         correct         Bernoulli CUSUM vs the evaluated accuracy
 ``accuracy_page_hinkley``  correct         Page-Hinkley on the error indicator

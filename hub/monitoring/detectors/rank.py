@@ -11,10 +11,14 @@ the reference's cumulative distribution over the bins, ``p_b`` its share in bin 
 probability that a reference record lies below one in ``b``, counting ties half. A window of
 ``n`` records with ``c_b`` in bin ``b`` has the mean rank ``R = sum_b c_b a_b / n`` (a
 binned Mann-Whitney U / (n m)); under the reference ``E[R] = 1/2`` and
-``Var[R] = (sum_b p_b a_b^2 - 1/4) / n``, so ``z = (R - 1/2) / sd`` and the score is
-``-log10`` of its two-sided normal p-value. As for the other detectors that p-value is only
-a scale: the threshold is the ``1 - false_alarm_rate`` quantile of the score on windows
-bootstrapped from the reference counts (with the reference's own sampling noise).
+``Var[R] = (sum_b p_b a_b^2 - 1/4) / n``, so ``z = (1/2 - R) / sd`` (classifiers: positive
+when confidence fell; score models ``(R - 1/2) / sd``: positive when the score rose) is about
+standard normal. Both directions are tested, the model growing less sure with most of the
+weight: the p-value is ``min(Phi(-z) / W, Phi(z) / (1 - W), 1)`` with ``W = 0.8`` (a
+two-sided test that spends 80% of its rate on the side corruption and novelty move it to),
+and the score is its ``-log10``. As for the other detectors that p-value is only a scale: the
+threshold is the ``1 - false_alarm_rate`` quantile of the score on windows bootstrapped from
+the reference counts (with the reference's own sampling noise).
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from hub.monitoring.detectors._calibration import NullTable, n_boot_for, null_co
 __all__ = ["OutputRank"]
 
 LN10 = math.log(10.0)
-LN2 = math.log(2.0)
+LESS_SURE = 0.8  # W: the share of the rate spent on "the model grew less sure"
 
 
 class OutputRank:
-    """Two-sided binned rank test of the window's top-1 confidence (or anomaly score)
-    against the reference's histogram of it (see the module docstring for the statistic).
+    """Binned rank test of the window's top-1 confidence (or anomaly score) against the
+    reference's histogram of it, both directions, 80% of the rate on "less sure" (see the
+    module docstring for the statistic).
 
     >>> import numpy as np
     >>> det = OutputRank(reference_counts=np.array([5, 10, 25, 60, 100]),
@@ -94,9 +99,14 @@ class OutputRank:
         """The score of each row of ``(B, bins)`` window counts."""
         n = counts.sum(axis=1)
         mean = counts @ self._ranks / np.maximum(n, 1.0)
-        z = np.abs(mean - 0.5) * np.sqrt(n) / self._sd1
-        log_p = np.minimum(LN2 + special.log_ndtr(-z), 0.0)  # two-sided
-        return np.asarray(-log_p / LN10, np.float64)
+        z = (mean - 0.5) * np.sqrt(n) / self._sd1
+        if not self._score_model:
+            z = -z  # a lower confidence: the model is less sure
+        log_p = np.minimum(
+            special.log_ndtr(-z) - math.log(LESS_SURE),
+            special.log_ndtr(z) - math.log(1.0 - LESS_SURE),
+        )
+        return np.asarray(-np.minimum(log_p, 0.0) / LN10, np.float64)
 
     def _simulate(self, rng: np.random.Generator, n: int) -> FloatArray:
         boot = null_counts(rng, self._ref, n=n, size=self._n_boot, uncertain=self._uncertain)
