@@ -450,3 +450,20 @@ def test_the_joint_null_keeps_prediction_chi2_within_its_rate() -> None:
             alarms += det.drift_detected
             trials += 1
     assert _binomial_ok(alarms, trials, 0.05), f"{alarms}/{trials} false alarms"
+
+
+def test_output_rank_is_a_binned_mann_whitney() -> None:
+    """The mean reference mid-rank of a window is Mann-Whitney's U / (n m) on the binned
+    values (ties counted half), and its z the one the docs give."""
+    rng = np.random.default_rng(12)
+    ref_bins = rng.integers(0, 6, size=300)
+    win_bins = rng.integers(1, 7, size=25)
+    ref, win = np.bincount(ref_bins, minlength=7), np.bincount(win_bins, minlength=7)
+    det = rank_module.OutputRank(reference_counts=ref, false_alarm_rate=0.05, window_size=25)
+    u = stats.mannwhitneyu(win_bins, ref_bins).statistic
+    mean_rank = float(win @ det._ranks) / 25
+    assert mean_rank == pytest.approx(u / (25 * 300))
+    z = (0.5 - mean_rank) * math.sqrt(25) / det._sd1  # less confident: positive
+    expected = -min(stats.norm.logsf(z) - math.log(0.8), stats.norm.logcdf(z) - math.log(0.2))
+    det.update(Window(n=25, confidence_counts=win))
+    assert det.score == pytest.approx(max(expected, 0.0) / math.log(10.0))
