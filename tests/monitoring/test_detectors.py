@@ -467,3 +467,18 @@ def test_output_rank_is_a_binned_mann_whitney() -> None:
     expected = -min(stats.norm.logsf(z) - math.log(0.8), stats.norm.logcdf(z) - math.log(0.2))
     det.update(Window(n=25, confidence_counts=win))
     assert det.score == pytest.approx(max(expected, 0.0) / math.log(10.0))
+
+
+def test_a_detector_that_cannot_see_the_window_size_takes_no_share(reference: Reference) -> None:
+    """MMD gives no verdict below 20 records: at windows of 10 it is not built and the
+    family-wise rate is shared by the drift detectors that can spend it."""
+    small = build_detectors(
+        reference, false_alarm_rate=0.06, window_size=10, family_wise=True, labels=False
+    )
+    assert sorted(d.name for d in small) == ["feature_chi2", "output_rank", "prediction_chi2"]
+    assert all(d._table.false_alarm_rate == pytest.approx(0.02) for d in small)  # type: ignore[attr-defined]
+    usual = build_detectors(
+        reference, false_alarm_rate=0.06, window_size=20, family_wise=True, labels=False
+    )
+    assert "mmd" in {d.name for d in usual}
+    assert all(d._table.false_alarm_rate == pytest.approx(0.015) for d in usual)  # type: ignore[attr-defined]
