@@ -1,8 +1,10 @@
 """The reference profile a bundle carries for drift detection (numpy only).
 
 Computed by the packager on held-out data: per input feature, quantile bin edges with the
-reference counts; for the output, class counts and a top-1 confidence histogram
-(classifiers) or a histogram of the anomaly score (reconstruction models). Agents sketch
+reference counts; for the output, what the model said on the reference rows: class counts, a
+top-1 confidence histogram and their joint table (per predicted class, its rows' confidence
+histogram: the dependence a row bootstrap of the outputs keeps) for classifiers, or a
+histogram of the anomaly score (reconstruction models). Agents sketch
 their live windows over the same edges (:func:`histogram`), so the hub compares like with
 like. The histogram rule matches docs/PROTOCOL.md: ``n`` ascending edges, ``n + 1`` counts,
 ``counts[i]`` = values with ``edges[i-1] <= x < edges[i]``.
@@ -46,6 +48,9 @@ class OutputProfile(BaseModel):
     kind: Literal["classes", "score"]
     class_counts: list[int] = Field(default_factory=list)
     confidence: Histogram | None = None
+    # classifiers: class_confidence[k][b] = reference rows predicted k with confidence in bin b
+    # (rows sum to class_counts, columns to confidence.counts); empty in older profiles
+    class_confidence: list[list[int]] = Field(default_factory=list)
     score: Histogram | None = None  # reconstruction models: per-record mean squared error
     score_quantiles: dict[str, float] = Field(default_factory=dict)
 
@@ -137,12 +142,18 @@ def build_profile(
     if task == "classification":
         probs = softmax(outputs)
         confidence = probs.max(axis=1)
+        predicted = probs.argmax(axis=1)
+        finite = np.isfinite(confidence)  # as ``histogram`` counts them
+        conf_bins = np.searchsorted(CONFIDENCE_EDGES, confidence[finite], side="right")
+        joint = np.zeros((probs.shape[1], len(CONFIDENCE_EDGES) + 1), np.int64)
+        np.add.at(joint, (predicted[finite], conf_bins), 1)
         output = OutputProfile(
             kind="classes",
-            class_counts=np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]).tolist(),
+            class_counts=np.bincount(predicted, minlength=probs.shape[1]).tolist(),
             confidence=Histogram(
                 edges=CONFIDENCE_EDGES, counts=histogram(confidence, CONFIDENCE_EDGES).tolist()
             ),
+            class_confidence=joint.tolist(),
         )
     else:
         score = reconstruction_error(outputs, model_inputs)

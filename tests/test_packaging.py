@@ -20,6 +20,7 @@ from hub.core.db import make_engine, session_scope
 from hub.core.errors import InvalidInput
 from hub.core.settings import HubSettings
 from hub.datasets import service as datasets
+from hub.monitoring.detectors import Reference
 from hub.packaging.service import PackageOptions, package
 from hub.registry import models as registry
 from hub.security.keys import bundle_public_key, bundle_signing_key
@@ -29,6 +30,7 @@ from model_packager import open_bundle, verify_bundle
 from model_packager.gate import evaluate_onnx
 from model_packager.litert import describe_tflite, run_tflite
 from model_packager.preprocess import Preprocess
+from model_packager.profile import ReferenceProfile
 
 SMALL_CNN = {"channels": 8, "hidden": 32, "epochs": 6}
 
@@ -108,6 +110,16 @@ def test_classifier_bundle_is_signed_complete_and_gated(hub: Hub, cnn_bundle: Pa
     profile = m["reference_profile"]
     assert len(profile["features"]) == 64 and profile["output"]["kind"] == "classes"
     assert sum(profile["output"]["class_counts"]) == profile["num_samples"]
+    # the model's outputs on the reference rows, as windows sketch them: per predicted class,
+    # its rows' confidence histogram (margins: the class counts and confidence histogram)
+    joint = np.asarray(profile["output"]["class_confidence"])
+    assert joint.shape == (10, len(profile["output"]["confidence"]["counts"]))
+    assert joint.sum(axis=1).tolist() == profile["output"]["class_counts"]
+    assert joint.sum(axis=0).tolist() == profile["output"]["confidence"]["counts"]
+    assert (
+        Reference.from_profile(ReferenceProfile.model_validate(profile)).class_confidence
+        is not None
+    )
 
 
 def test_self_test_samples_reproduce_on_the_runtimes(hub: Hub, cnn_bundle: Path) -> None:

@@ -16,6 +16,7 @@ from scipy import stats
 
 import hub.monitoring.detectors._histograms as histograms_module
 import hub.monitoring.detectors.mmd as mmd_module
+import hub.monitoring.detectors.rank as rank_module
 import hub.monitoring.detectors.sequential as sequential_module
 from hub.monitoring.detectors import (
     KINDS,
@@ -26,7 +27,13 @@ from hub.monitoring.detectors import (
     build_detectors,
     scope_copy,
 )
-from model_packager.profile import CONFIDENCE_EDGES, build_profile, histogram, softmax
+from model_packager.profile import (
+    CONFIDENCE_EDGES,
+    ReferenceProfile,
+    build_profile,
+    histogram,
+    softmax,
+)
 
 # every kind in the registry's table: a new detector is covered here with no edit
 ALL = [kind.name for kind in KINDS]
@@ -314,6 +321,41 @@ def test_reference_from_a_real_profile() -> None:
     assert ref.samples is not None and ref.samples.shape == (300, 16)
     assert ref.accuracy == 0.9 and ref.accuracy_count == 300
     assert ref.score_counts is None
+    # the model's outputs on the reference rows: per predicted class, its confidence histogram
+    probs = softmax(logits)
+    joint = ref.class_confidence
+    assert joint is not None and joint.shape == (3, len(CONFIDENCE_EDGES) + 1)
+    for k in range(3):
+        mine = probs.argmax(axis=1) == k
+        assert joint[k].tolist() == histogram(probs.max(axis=1)[mine], CONFIDENCE_EDGES).tolist()
+    assert joint.sum(axis=1).tolist() == ref.class_counts.tolist()
+    assert ref.confidence_counts is not None
+    assert joint.sum(axis=0).tolist() == ref.confidence_counts.tolist()
+
+
+def test_a_profile_without_the_outputs_table_still_gets_the_output_detectors() -> None:
+    """A profile packaged before the joint table (no ``class_confidence``): prediction_chi2
+    falls back to its two margins resampled apart; output_rank needs only the histogram."""
+    rng = np.random.default_rng(4)
+    ref = population(rng, 600)
+    profile = build_profile(
+        raw_inputs=ref.raw,
+        model_inputs=ref.raw,
+        outputs=ref.logits,
+        task="classification",
+        feature_names=[f"f{i}" for i in range(D)],
+        split="val",
+    )
+    old = profile.model_dump()
+    del old["output"]["class_confidence"]
+    reference = Reference.from_profile(ReferenceProfile.model_validate(old))
+    assert reference.class_confidence is None
+    dets = {d.name: d for d in build_detectors(reference, window_size=40, labels=False)}
+    assert sorted(dets) == ["feature_chi2", "output_rank", "prediction_chi2"]
+    assert dets["prediction_chi2"]._joint is None  # type: ignore[attr-defined]
+    new = Reference.from_profile(profile)
+    built = build_detectors(new, window_size=40, labels=False)
+    assert {d.name: d for d in built}["prediction_chi2"]._joint is not None  # type: ignore[attr-defined]
 
 
 def test_score_model_reference_gets_a_score_histogram_detector() -> None:
@@ -331,13 +373,14 @@ def test_score_model_reference_gets_a_score_histogram_detector() -> None:
     ref = Reference.from_profile(profile)
     assert ref.class_counts is None and ref.score_counts is not None
     dets = {d.name: d for d in build_detectors(ref, window_size=50)}
-    assert sorted(dets) == ["feature_chi2", "prediction_chi2"]
-    pred = dets["prediction_chi2"]
-    assert pred.needs == {"score_counts"}
+    assert sorted(dets) == ["feature_chi2", "output_rank", "prediction_chi2"]
     assert ref.score_edges is not None
     err = ((rng.normal(scale=0.5, size=(50, 5))) ** 2).mean(axis=1)  # reconstructions got worse
-    pred.update(Window(n=50, score_counts=histogram(err, ref.score_edges)))
-    assert pred.drift_detected
+    for name in ("prediction_chi2", "output_rank"):
+        det = dets[name]
+        assert det.needs == {"score_counts"}
+        det.update(Window(n=50, score_counts=histogram(err, ref.score_edges)))
+        assert det.drift_detected, name
 
 
 def test_unseen_class_and_malformed_windows(reference: Reference) -> None:
@@ -356,7 +399,86 @@ def test_unseen_class_and_malformed_windows(reference: Reference) -> None:
         dets["accuracy_cusum"].update(Window(n=2, correct=np.array([0.5, 2.0])))
 
 
-@pytest.mark.parametrize("module", [histograms_module, mmd_module, sequential_module])
+@pytest.mark.parametrize("module", [histograms_module, rank_module, mmd_module, sequential_module])
 def test_docstring_examples_run(module: Any) -> None:
     result = doctest.testmod(module, raise_on_error=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_an_output_only_shift_is_flagged(reference: Reference) -> None:
+    """Windows whose inputs are drawn like the reference's but whose model outputs are not (a
+    model that became unsure: each record's logits shrunk towards uniform, its predicted
+    class unchanged): the feature detectors and MMD see nothing, the output detectors do,
+    under the same family-wise budget."""
+    dets = {
+        d.name: d
+        for d in build_detectors(
+            reference, false_alarm_rate=0.05, window_size=30, seed=1, family_wise=True
+        )
+        if not d.name.startswith("accuracy")
+    }
+    rng = np.random.default_rng(8)
+    flagged: dict[str, int] = dict.fromkeys(dets, 0)
+    trials = 20
+    for _ in range(trials):
+        batch = population(rng, 30)
+        unsure = Batch(raw=batch.raw, logits=batch.logits * 0.25, correct=batch.correct)
+        w = window(unsure, reference)
+        for name, det in dets.items():
+            det.reset()
+            det.update(w)
+            flagged[name] += det.drift_detected
+    assert flagged["feature_chi2"] <= 3 and flagged["mmd"] <= 3  # inputs: as the reference
+    assert flagged["output_rank"] >= 0.9 * trials, flagged
+    assert flagged["prediction_chi2"] >= 0.5 * trials, flagged
+
+
+def test_the_joint_null_keeps_prediction_chi2_within_its_rate() -> None:
+    """prediction_chi2 with the outputs table (rows of the joint table resampled, summed G
+    tested too), on windows drawn from the population the references came from: within a
+    binomial bound of the 5% target."""
+    rng = np.random.default_rng(31)
+    trials = alarms = 0
+    for seed in (41, 42, 43, 44):
+        ref = _reference(seed)
+        assert ref.class_confidence is not None
+        det = {d.name: d for d in build_detectors(ref, false_alarm_rate=0.05, window_size=40)}[
+            "prediction_chi2"
+        ]
+        for _ in range(150):
+            det.update(window(population(rng, 40), ref))
+            alarms += det.drift_detected
+            trials += 1
+    assert _binomial_ok(alarms, trials, 0.05), f"{alarms}/{trials} false alarms"
+
+
+def test_output_rank_is_a_binned_mann_whitney() -> None:
+    """The mean reference mid-rank of a window is Mann-Whitney's U / (n m) on the binned
+    values (ties counted half), and its z the one the docs give."""
+    rng = np.random.default_rng(12)
+    ref_bins = rng.integers(0, 6, size=300)
+    win_bins = rng.integers(1, 7, size=25)
+    ref, win = np.bincount(ref_bins, minlength=7), np.bincount(win_bins, minlength=7)
+    det = rank_module.OutputRank(reference_counts=ref, false_alarm_rate=0.05, window_size=25)
+    u = stats.mannwhitneyu(win_bins, ref_bins).statistic
+    mean_rank = float(win @ det._ranks) / 25
+    assert mean_rank == pytest.approx(u / (25 * 300))
+    z = (0.5 - mean_rank) * math.sqrt(25) / det._sd1  # less confident: positive
+    expected = -min(stats.norm.logsf(z) - math.log(0.8), stats.norm.logcdf(z) - math.log(0.2))
+    det.update(Window(n=25, confidence_counts=win))
+    assert det.score == pytest.approx(max(expected, 0.0) / math.log(10.0))
+
+
+def test_a_detector_that_cannot_see_the_window_size_takes_no_share(reference: Reference) -> None:
+    """MMD gives no verdict below 20 records: at windows of 10 it is not built and the
+    family-wise rate is shared by the drift detectors that can spend it."""
+    small = build_detectors(
+        reference, false_alarm_rate=0.06, window_size=10, family_wise=True, labels=False
+    )
+    assert sorted(d.name for d in small) == ["feature_chi2", "output_rank", "prediction_chi2"]
+    assert all(d._table.false_alarm_rate == pytest.approx(0.02) for d in small)  # type: ignore[attr-defined]
+    usual = build_detectors(
+        reference, false_alarm_rate=0.06, window_size=20, family_wise=True, labels=False
+    )
+    assert "mmd" in {d.name for d in usual}
+    assert all(d._table.false_alarm_rate == pytest.approx(0.015) for d in usual)  # type: ignore[attr-defined]

@@ -12,13 +12,16 @@ name                       needs           test
 ``prediction_chi2``        class_counts,   black-box shift detection: G-tests on class
                            confidence      counts + top-1 confidence (score models: the
                            (score_counts)  anomaly-score histogram)
+``output_rank``            confidence      binned rank test (mean reference mid-rank) of
+                           (score_counts)  the top-1 confidence (score models: the anomaly
+                                           score), 80% of its rate on "less sure"
 ``mmd``                    samples         kernel MMD² of the reservoir vs reference rows
 ``accuracy_cusum``         correct         Bernoulli CUSUM vs the evaluated accuracy
 ``accuracy_page_hinkley``  correct         Page-Hinkley on the error indicator
 =========================  ==============  ==============================================
 
 The modules, bottom up: ``_base`` (``Reference``, ``Window``, the ``Detector`` protocol), the
-detectors (``_histograms``, ``mmd``, ``sequential``; they import ``_base`` only), and
+detectors (``_histograms``, ``rank``, ``mmd``, ``sequential``; they import ``_base`` only), and
 ``_registry`` (:data:`KINDS`, the table of kinds, and ``build_detectors``), which imports
 them all.
 """
@@ -27,6 +30,7 @@ from hub.monitoring.detectors._base import Detector, Reference, Window, scope_co
 from hub.monitoring.detectors._histograms import FeatureChi2, PredictionChi2
 from hub.monitoring.detectors._registry import KINDS, Kind, build_detectors
 from hub.monitoring.detectors.mmd import MMDDetector
+from hub.monitoring.detectors.rank import OutputRank
 from hub.monitoring.detectors.sequential import CUSUMDetector, PageHinkleyDetector
 
 __all__ = [
@@ -36,6 +40,7 @@ __all__ = [
     "FeatureChi2",
     "Kind",
     "MMDDetector",
+    "OutputRank",
     "PageHinkleyDetector",
     "PredictionChi2",
     "Reference",

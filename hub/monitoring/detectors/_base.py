@@ -35,10 +35,12 @@ class Reference:
     """What the detectors compare against.
 
     ``feature_counts[j]`` has ``len(feature_edges[j]) + 1`` entries (docs/PROTOCOL.md rule).
-    Classifiers carry ``class_counts`` and the top-1 ``confidence`` histogram; score models
-    (reconstruction) carry ``score_edges`` / ``score_counts`` instead. ``accuracy_count`` is
-    how many labelled records ``accuracy`` was measured on (bounds the error rate the
-    accuracy detectors assume away from 0 and 1; ``None``: 1e-3).
+    Classifiers carry ``class_counts`` and the top-1 ``confidence`` histogram, and (profiles
+    since the joint table) ``class_confidence``: per predicted class, its reference rows'
+    confidence histogram, the model's outputs on the reference rows as a window sketches
+    them; score models (reconstruction) carry ``score_edges`` / ``score_counts`` instead.
+    ``accuracy_count`` is how many labelled records ``accuracy`` was measured on (bounds the
+    error rate the accuracy detectors assume away from 0 and 1; ``None``: 1e-3).
     """
 
     feature_edges: list[FloatArray]
@@ -51,6 +53,7 @@ class Reference:
     accuracy_count: int | None = None
     score_edges: FloatArray | None = None
     score_counts: IntArray | None = None
+    class_confidence: IntArray | None = None  # (classes, confidence bins)
 
     @classmethod
     def from_profile(
@@ -71,6 +74,11 @@ class Reference:
         classes = out.kind == "classes"
         conf = out.confidence if classes else None
         score = out.score if not classes else None
+        joint = None
+        if classes and conf and out.class_confidence:
+            joint = np.asarray(out.class_confidence, np.int64)
+            if joint.shape != (len(out.class_counts), len(conf.counts)) or (joint < 0).any():
+                raise ValueError(f"class_confidence has shape {joint.shape}, not classes x bins")
         if accuracy is not None and not 0.0 <= accuracy <= 1.0:
             raise ValueError(f"accuracy must be in [0, 1], not {accuracy}")
         return cls(
@@ -88,6 +96,7 @@ class Reference:
             ),
             score_edges=np.asarray(score.edges, np.float64) if score else None,
             score_counts=np.asarray(score.counts, np.int64) if score else None,
+            class_confidence=joint,
         )
 
 

@@ -42,15 +42,21 @@ def rng_for(seed: int, name: str, size: int) -> np.random.Generator:
 
 
 def null_counts(
-    rng: np.random.Generator, counts: IntArray, *, n: int, size: int, uncertain: bool
+    rng: np.random.Generator,
+    counts: IntArray,
+    *,
+    n: int,
+    size: int,
+    uncertain: bool,
+    prior: float = 0.5,
 ) -> IntArray:
     """``size`` windows of ``n`` records drawn like the reference ``counts``: multinomial on
     its proportions, or (``uncertain``) on proportions drawn from their posterior
-    Dirichlet(counts + 1/2): the reference is itself a finite sample, and live data is a
-    fresh draw from the population, not from the reference."""
+    Dirichlet(counts + ``prior``): the reference is itself a finite sample, and live data is
+    a fresh draw from the population, not from the reference."""
     c = np.asarray(counts, np.float64)
     if uncertain:
-        p = rng.dirichlet(c + 0.5, size=size)
+        p = rng.dirichlet(c + prior, size=size)
     else:
         p = np.broadcast_to(c / c.sum(), (size, len(c)))
     # multinomial as a chain of binomials, vectorised over the replicates

@@ -58,13 +58,23 @@ class _CountsTest:
         reference_uncertainty: bool = True,
         reference_rows: FloatArray | None = None,
         edges: Sequence[FloatArray] | None = None,
+        joint: IntArray | None = None,
     ) -> None:
+        """``joint``: the two histograms' joint counts on the reference rows (``(K_0,
+        K_1)``; their marginals become the reference counts): the null resamples rows of the
+        table, keeping the histograms' dependence, and the summed G is tested too."""
         if not reference_counts:
             raise ValueError(f"{self.name}: no reference histograms")
         self._ref = [np.asarray(c, np.int64) for c in reference_counts]
         self._onehot: FloatArray | None = None
+        self._joint: IntArray | None = None
         if reference_rows is not None and edges is not None:
             self._ref, self._onehot = self._bin_rows(reference_rows, edges)
+        elif joint is not None:
+            self._joint = np.asarray(joint, np.int64)
+            if len(self._ref) != 2 or self._joint.ndim != 2 or (self._joint < 0).any():
+                raise ValueError(f"{self.name}: a joint table needs two histograms, >= 0")
+            self._ref = [self._joint.sum(axis=1), self._joint.sum(axis=0)]
         if any(c.ndim != 1 or c.size < 1 or (c < 0).any() or c.sum() <= 0 for c in self._ref):
             raise ValueError(f"{self.name}: reference counts must be non-negative, non-empty")
         self._logp = [np.log((c + 0.5) / (c.sum() + 0.5 * c.size)) for c in self._ref]
@@ -76,7 +86,8 @@ class _CountsTest:
         self._starts = np.cumsum([0, *sizes[:-1]]).astype(np.intp)
         self._dfs = np.asarray(sizes, np.float64) - 1.0
         # the summed G assumes the null keeps the histograms' dependence: only with rows
-        self._use_sum = self._onehot is not None
+        # (or their joint table)
+        self._use_sum = self._onehot is not None or self._joint is not None
         self._uncertain = reference_uncertainty
         self._n_boot = n_boot or n_boot_for(false_alarm_rate)
         self._table = NullTable(
@@ -154,6 +165,18 @@ class _CountsTest:
         return counts, np.hstack(blocks)
 
     def _simulate(self, rng: np.random.Generator, n: int) -> FloatArray:
+        if self._joint is not None:  # rows of the joint table: the margins stay dependent
+            # the Dirichlet's 1/2 per bin of each margin spread over the table's cells (1/2
+            # per cell would put K/2 on an empty confidence bin: a needlessly wide null)
+            cells = null_counts(
+                rng,
+                self._joint.ravel(),
+                n=n,
+                size=self._n_boot,
+                uncertain=self._uncertain,
+                prior=0.5 / max(self._joint.shape),
+            ).reshape(self._n_boot, *self._joint.shape)
+            return -self._log_p([cells.sum(axis=2), cells.sum(axis=1)]) / LN10
         if self._onehot is None:  # histograms resampled independently from their counts
             boot = [
                 null_counts(rng, c, n=n, size=self._n_boot, uncertain=self._uncertain)
@@ -269,6 +292,13 @@ class PredictionChi2(_CountsTest):
     hard labels): G-tests on the predicted-class counts and the top-1 confidence histogram
     (classifiers), or on the anomaly-score histogram (score models).
 
+    With the profile's joint table of the model's outputs on the reference rows
+    (``joint``: per predicted class, its confidence histogram) the null resamples reference
+    rows, keeping how class and confidence go together, and the statistic is min(Bonferroni
+    min-p, summed-G p) as for features with rows; from the two margins alone (older
+    profiles) each is resampled on its own and only the Bonferroni min-p (valid whatever
+    the dependence) is tested.
+
     >>> import numpy as np
     >>> det = PredictionChi2(
     ...     reference_counts=[np.array([100, 100, 100]), np.array([10, 30, 160])],
@@ -296,9 +326,12 @@ class PredictionChi2(_CountsTest):
         n_boot: int | None = None,
         reference_uncertainty: bool = True,
         score_model: bool = False,
+        joint: IntArray | None = None,
     ) -> None:
         """``reference_counts``: ``[class_counts, confidence_counts]`` (or just the class
-        counts), or ``[score_counts]`` with ``score_model=True``."""
+        counts), or ``[score_counts]`` with ``score_model=True``; ``joint``: the
+        ``(classes, confidence bins)`` table of the reference rows (its margins replace
+        ``reference_counts``)."""
         self._score_model = score_model
         if score_model:
             self.needs = frozenset({"score_counts"})
@@ -311,6 +344,7 @@ class PredictionChi2(_CountsTest):
             seed=seed,
             n_boot=n_boot,
             reference_uncertainty=reference_uncertainty,
+            joint=joint,
         )
 
     def _counts(self, window: Window) -> list[IntArray] | None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from hub.monitoring.detectors._base import Detector, Reference
 from hub.monitoring.detectors._histograms import FeatureChi2, PredictionChi2
-from hub.monitoring.detectors.mmd import MMDDetector
+from hub.monitoring.detectors.mmd import MIN_SAMPLES, MMDDetector
+from hub.monitoring.detectors.rank import OutputRank
 from hub.monitoring.detectors.sequential import CUSUMDetector, PageHinkleyDetector
 
 __all__ = ["KINDS", "Kind", "Maker", "build_detectors"]
@@ -25,11 +28,14 @@ Maker = Callable[[float, int, int], Detector]  # (false_alarm_rate, window_size,
 @dataclass(frozen=True)
 class Kind:
     """One detector kind: its ``name``, whether it needs ``labels`` (the accuracy
-    detectors), and ``plan``: how to build it for a reference (None: does not apply)."""
+    detectors), ``plan``: how to build it for a reference (None: does not apply), and
+    ``min_window``: the smallest window it can give a verdict on (smaller ``window_size``:
+    not built, so it takes no share of a family-wise rate it could never spend)."""
 
     name: str
     labels: bool
     plan: Callable[[Reference], Maker | None]
+    min_window: int = 1
 
 
 def build_detectors(
@@ -46,7 +52,8 @@ def build_detectors(
     probability ``false_alarm_rate`` (the accuracy detectors: per ``window_size`` labelled
     predictions). The rate is per detector; ``family_wise=True`` shares it among the drift
     detectors instead (Bonferroni: each gets its share; the accuracy detectors keep the
-    whole rate); ``labels=False`` leaves the accuracy detectors out. Deterministic for a
+    whole rate); ``labels=False`` leaves the accuracy detectors out, a ``window_size`` below a
+    kind's ``min_window`` that kind (MMD below 20 records). Deterministic for a
     ``seed``; calibration is lazy per window size after the first (cached), so build once
     per model version and give each scope a :func:`scope_copy`. Each detector is built, and
     calibrated, once."""
@@ -55,7 +62,9 @@ def build_detectors(
     plan = [
         (kind.labels, make)
         for kind in KINDS
-        if (make := kind.plan(reference)) is not None and (labels or not kind.labels)
+        if window_size >= kind.min_window
+        and (labels or not kind.labels)
+        and (make := kind.plan(reference)) is not None
     ]
     drift = sum(1 for on_labels, _ in plan if not on_labels)
     out: list[Detector] = []
@@ -84,10 +93,12 @@ def _feature_chi2(reference: Reference) -> Maker | None:
 def _prediction_chi2(reference: Reference) -> Maker | None:
     if reference.class_counts is not None and reference.class_counts.sum() > 0:
         hists = [reference.class_counts]
+        joint = None
         if reference.confidence_counts is not None and reference.confidence_counts.sum() > 0:
             hists.append(reference.confidence_counts)
+            joint = reference.class_confidence  # None in profiles before the joint table
         return lambda far, size, seed: PredictionChi2(
-            reference_counts=hists, false_alarm_rate=far, window_size=size, seed=seed
+            reference_counts=hists, false_alarm_rate=far, window_size=size, seed=seed, joint=joint
         )
     if reference.score_counts is not None and reference.score_counts.sum() > 0:
         scores = reference.score_counts
@@ -99,6 +110,20 @@ def _prediction_chi2(reference: Reference) -> Maker | None:
             seed=seed,
         )
     return None
+
+
+def _output_rank(reference: Reference) -> Maker | None:
+    score_model = reference.class_counts is None
+    counts = reference.score_counts if score_model else reference.confidence_counts
+    if counts is None or np.count_nonzero(counts) < 2:  # nothing to rank
+        return None
+    return lambda far, size, seed: OutputRank(
+        reference_counts=counts,
+        score_model=score_model,
+        false_alarm_rate=far,
+        window_size=size,
+        seed=seed,
+    )
 
 
 def _mmd(reference: Reference) -> Maker | None:
@@ -131,7 +156,8 @@ def _sequential(
 KINDS: tuple[Kind, ...] = (
     Kind(FeatureChi2.name, labels=False, plan=_feature_chi2),
     Kind(PredictionChi2.name, labels=False, plan=_prediction_chi2),
-    Kind(MMDDetector.name, labels=False, plan=_mmd),
+    Kind(OutputRank.name, labels=False, plan=_output_rank),
+    Kind(MMDDetector.name, labels=False, plan=_mmd, min_window=MIN_SAMPLES),
     Kind(CUSUMDetector.name, labels=True, plan=_sequential(CUSUMDetector)),
     Kind(PageHinkleyDetector.name, labels=True, plan=_sequential(PageHinkleyDetector)),
 )

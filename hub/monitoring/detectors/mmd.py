@@ -13,7 +13,7 @@ from hub.monitoring.detectors._calibration import (
     n_boot_for,
 )
 
-__all__ = ["MMDDetector"]
+__all__ = ["MIN_SAMPLES", "MMDDetector"]
 
 _CHUNK_CELLS = 2_000_000  # multiplicity-matrix entries per calibration chunk
 
