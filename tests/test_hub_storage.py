@@ -246,3 +246,36 @@ def test_bundles_are_registered_once_per_version(engine: Engine, store: FileArti
                 s, model_version=other, digest=ref.digest, size=ref.size, formats=[], manifest={}
             )
         assert registry.lineage(s, ref="m@1")["bundles"][0]["digest"] == ref.digest
+
+
+def test_json_columns_round_trip_what_orjson_refuses(database_url: str) -> None:
+    """JSON columns are read by orjson, falling back to ``json.loads`` for what it refuses
+    (NaN/Infinity, ints beyond 64 bits): every value reads back as written. (PostgreSQL's
+    json type refuses NaN itself: there only the big int.)"""
+    import math
+
+    from sqlmodel import Session
+
+    from hub.core.db import make_engine
+    from hub.tables import MonitorCursor, create_all
+
+    engine = make_engine(database_url)
+    create_all(engine)
+    sqlite = database_url.startswith("sqlite")
+    odd: dict[str, float | int] = {"big": 2**70}
+    if sqlite:
+        odd |= {"nan": math.nan, "inf": math.inf}
+    plain = {"windows": 3, "p": 0.25, "ids": [1, 2], "s": "x"}
+    with Session(engine) as s:
+        s.add(MonitorCursor(stream="t", model="m", version="1", scope="a", pending=odd))
+        s.add(MonitorCursor(stream="t", model="m", version="1", scope="b", pending=plain))
+        s.commit()
+    with Session(engine) as s:
+        a = s.get(MonitorCursor, ("t", "m", "1", "a"))
+        b = s.get(MonitorCursor, ("t", "m", "1", "b"))
+        assert a is not None and b is not None
+        assert a.pending["big"] == 2**70
+        if sqlite:
+            assert math.isnan(a.pending["nan"]) and a.pending["inf"] == math.inf
+        assert b.pending == plain
+    engine.dispose()

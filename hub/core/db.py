@@ -42,6 +42,16 @@ def json_dumps(value: Any) -> str:
     return _dumps(value).decode()
 
 
+def json_loads(text: str | bytes) -> Any:
+    """The engines' JSON deserializer: orjson (the monitor reads every telemetry row's 64+
+    sketches: ~3x faster than ``json.loads``), ``json.loads`` for what orjson refuses (the
+    NaN/Infinity :func:`json_dumps` writes through ``json.dumps``, ints beyond 64 bits)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def json_fragment(value: Any) -> orjson.Fragment:
     """``value`` serialised now, for a JSON column: the engine writes it without encoding it
     again, and a pending row holds one string instead of many small dicts and lists."""
@@ -61,18 +71,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite files get WAL (synchronous=NORMAL), foreign keys and a
-    busy timeout; JSON columns are written by :func:`json_dumps`."""
+    busy timeout; JSON columns are written by :func:`json_dumps`, read by :func:`json_loads`."""
     url = sqlalchemy_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False}, json_serializer=json_dumps
+            url,
+            connect_args={"check_same_thread": False},
+            json_serializer=json_dumps,
+            json_deserializer=json_loads,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, json_serializer=json_dumps)
+    return create_engine(
+        url, pool_pre_ping=True, json_serializer=json_dumps, json_deserializer=json_loads
+    )
 
 
 @contextmanager
