@@ -302,7 +302,7 @@ def main(path: str) -> int:
         json.dumps({"connected": int(pub.connected.sum()), "connect_s": connect_s})
     )
     pub.run(clean, rotated)
-    pub.drain(float(config.get("drain_s", 60.0)))
+    pub.drain(float(config.get("drain_s", 60.0)))  # the hub acks what it stored
     acked = np.unique(np.asarray(pub.acked, np.int64).reshape(-1, 2), axis=0)
     np.save(config["acked"], acked)
     Path(config["stats"]).write_text(

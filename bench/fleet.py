@@ -25,7 +25,8 @@ are not in the database after a drain), false alarms, detection (drifted devices
 from the onset to the first alert on a drifted scope, counted to the moment the hub raised
 it). ``ratio`` = hub cores / 1 core; ``met`` needs 0 false alarms, monitor lag <= 2 check
 intervals throughout (after the ramp), RSS <= 1.5 GB, <= 1 core, detection <= 2 windows and
-0 lost. Not here: a rollout step with real agents (``bench-rollout``).
+0 lost. ``EDGELOOP_FLEET_KEEP_LOGS=DIR`` copies the hub's, broker's and publisher's logs
+there. Not here: a rollout step with real agents (``bench-rollout``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -250,7 +252,7 @@ def run() -> BenchResult:
             print(f"fleet bench: publisher connected {ready}", flush=True)
             samples = _phases(hub, publisher, clean_s=clean_s, drift_s=drift_s)
             publisher.send_signal(signal.SIGTERM)
-            publisher.wait(timeout=120)
+            publisher.wait(timeout=300)  # it waits <= 60 s for the hub's acks, then writes
             stats = json.loads((root / "stats.json").read_text())
             drain = _drain(hub)
             acked = np.load(root / "acked.npy")
@@ -263,6 +265,12 @@ def run() -> BenchResult:
                 publisher.kill()
             code = hub.stop()
             hub_log_tail = hub.log.read_text(errors="replace")[-3000:]
+            keep = os.environ.get("EDGELOOP_FLEET_KEEP_LOGS")
+            if keep:  # the hub's, the broker's and the publisher's logs, for a post-mortem
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                for log in (hub.log, root / "publisher.log", root / "data/broker/mosquitto.log"):
+                    if log.exists():
+                        shutil.copy(log, Path(keep) / log.name)
     lost = [(devices[int(d)], int(s)) for d, s in acked if (devices[int(d)], int(s)) not in stored]
     return _result(
         n=n,

@@ -248,6 +248,14 @@ def _result(
             "max": walls[-1],
             "first": cycles[0]["wall_s"],
         },
+        # CPU per cycle: what a busy machine does not inflate (the evaluation is one thread)
+        "monitor_cycle_cpu_s": {
+            "median": statistics.median(c["cpu_s"] for c in steady),
+            "p95": sorted(c["cpu_s"] for c in steady)[
+                min(len(steady) - 1, int(0.95 * len(steady)))
+            ],
+            "max": max(c["cpu_s"] for c in steady),
+        },
         "monitor_cpu_cores": cpu,
         "monitor_cpu_us_per_row": 1e6
         * sum(c["cpu_s"] for c in steady)

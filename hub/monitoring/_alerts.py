@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from hub.core.clock import utcnow
@@ -65,26 +66,35 @@ class AlertBook:
         self.opened: list[Alert] = []
         self.resolved: list[Alert] = []
         self.scores = 0
+        self._scores: list[dict[str, Any]] = []
+
+    def write_scores(self) -> None:
+        """Add the recorded scores to the session's transaction (one bulk INSERT); call once
+        the batch's work is done, so SQLite's write lock is taken at the end."""
+        if self._scores:
+            self._session.execute(insert(MonitorScore), self._scores)
+            self._scores = []
 
     def record(self, finding: Finding) -> None:
         at = finding.at or self.now
         score, threshold = finite(finding.score), finite(finding.threshold)
         p_value = None if finding.p_value is None else finite(finding.p_value)
-        self._session.add(
-            MonitorScore(
-                kind=finding.kind,
-                scope=finding.scope,
-                model=self._model,
-                version=self._version,
-                detector=finding.detector,
-                score=score,
-                threshold=threshold,
-                p_value=p_value,
-                fired=finding.fired,
-                n=finding.n,
-                last_row_id=finding.last_row_id,
-                at=at,
-            )
+        # written in one bulk INSERT by write_scores (an ORM object each cost ~0.6 ms)
+        self._scores.append(
+            {
+                "kind": finding.kind,
+                "scope": finding.scope,
+                "model": self._model,
+                "version": self._version,
+                "detector": finding.detector,
+                "score": score,
+                "threshold": threshold,
+                "p_value": p_value,
+                "fired": finding.fired,
+                "n": finding.n,
+                "last_row_id": finding.last_row_id,
+                "at": at,
+            }
         )
         self.scores += 1
         key = (finding.kind, finding.scope, finding.detector)

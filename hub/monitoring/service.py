@@ -188,6 +188,7 @@ def _evaluate_batch(
             report=report,
             batch_rows=config.batch_rows,
         )
+        book.write_scores()
         s.flush()
     report.scores += book.scores
     report.opened.extend(book.opened)
