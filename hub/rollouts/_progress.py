@@ -14,9 +14,9 @@ from sqlmodel import Session
 
 from hub.core.clock import aware, utcnow
 from hub.rollouts import _sync
-from hub.rollouts._rows import Member, Settled, seen_of, states_of
+from hub.rollouts._rows import Live, Member, Settled, seen_of, states_of
 from hub.rollouts._sync import DOWNLOADING, IN_FLIGHT, S
-from hub.rollouts.events import log_event
+from hub.rollouts.events import log_device_events, log_event
 from hub.rollouts.phases import Candidate, choose, parse_phases, site_of
 from hub.tables.devices import STATE_RECEIVED_KEY
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutState
@@ -46,8 +46,9 @@ class Tokens:
         self.refilled = t
 
 
-def time_out(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) -> None:
+def time_out(session: Session, rollout: Rollout, rows: Sequence[Live]) -> None:
     limit = utcnow() - timedelta(seconds=rollout.device_timeout_s)
+    logged: list[tuple[str, str, str]] = []
     for d in rows:
         at = aware(d.commanded_at)
         if d.state in IN_FLIGHT and d.published_at is not None and at and at < limit:
@@ -55,14 +56,14 @@ def time_out(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) 
                 S.TIMED_OUT,
                 f"no final answer in {rollout.device_timeout_s:g} s",
             )
-            session.add(d)
-            log_event(session, rollout, "device_timed_out", d.reason, device_id=d.device_id)
+            logged.append(("device_timed_out", d.reason, d.device_id))
+    log_device_events(session, rollout, logged)
 
 
 def start_phase(
     session: Session,
     rollout: Rollout,
-    rows: list[RolloutDevice],
+    rows: list[Live],
     settled: Sequence[Settled],
     devices: dict[str, Member],
 ) -> None:
@@ -78,7 +79,7 @@ def start_phase(
         for d in rows
         if d.phase == -1 and d.device_id in devices
     ]
-    every: list[RolloutDevice | Settled] = [*rows, *settled]
+    every: list[Live | Settled] = [*rows, *settled]
     assigned = sum(0 <= d.phase <= phase for d in every)
     total = sum(d.device_id in devices or d.phase >= 0 for d in every)
     chosen = set(
@@ -87,7 +88,6 @@ def start_phase(
     for d in rows:
         if d.phase == -1 and (d.device_id in chosen or phase == last):
             d.phase = phase
-            session.add(d)
     rollout.phase_started_at, rollout.state = utcnow(), R.RUNNING
     rollout.reason = f"phase {phase} started"
     rollout.updated_at = utcnow()
@@ -95,7 +95,7 @@ def start_phase(
     log_event(session, rollout, "phase_started", f"phase {phase} ({spec}): {len(chosen)} new")
 
 
-def nudge(session: Session, rows: Sequence[RolloutDevice], devices: dict[str, Member]) -> None:
+def nudge(session: Session, rows: Sequence[Live], devices: dict[str, Member]) -> None:
     """A device that came online after its command was published but never answered
     (it had no broker session yet, so nothing was queued for it): publish the same
     command again (same id; agents dedupe).
@@ -117,7 +117,7 @@ def nudge(session: Session, rows: Sequence[RolloutDevice], devices: dict[str, Me
         and device.online
     ]
     seen_at = seen_of(session, [d.device_id for d in waiting]) if waiting else {}
-    found: list[tuple[RolloutDevice, bool]] = []  # (row, seen within the grace)
+    found: list[tuple[Live, bool]] = []  # (row, seen within the grace)
     for d in waiting:
         published, seen = aware(d.published_at), aware(seen_at.get(d.device_id))
         if published is None or seen is None or seen <= published:
@@ -128,13 +128,12 @@ def nudge(session: Session, rows: Sequence[RolloutDevice], devices: dict[str, Me
     for d, within in found:
         if not within or _state_ms(states.get(d.device_id, {})) >= d.issued_at_ms:
             d.published_at = None
-            session.add(d)
 
 
 def stage(
     session: Session,
     rollout: Rollout,
-    rows: Sequence[RolloutDevice],
+    rows: Sequence[Live],
     devices: dict[str, Member],
     *,
     tokens: Tokens,
@@ -149,13 +148,12 @@ def stage(
     )
     rate_cap = rollout.max_commands_per_s
     busy = sum(d.state in DOWNLOADING for d in rows)
-    staging: list[RolloutDevice] = []
+    staging: list[Live] = []
     for d in sorted(rows, key=lambda r: (r.phase, r.device_id)):
         if d.state != S.PENDING or not 0 <= d.phase <= rollout.phase:
             continue
         if d.device_id not in devices:
             d.state, d.reason = S.SKIPPED, "no longer matches the selector or was removed"
-            session.add(d)
             continue
         if (
             busy >= limit
@@ -173,7 +171,6 @@ def stage(
         d.command_id, d.issued_at_ms = uuid.uuid4().hex, _sync.ms(utcnow())
         d.commanded_at, d.state, d.attempts = utcnow(), S.COMMANDED, d.attempts + 1
         d.updated_at = utcnow()
-        session.add(d)
 
 
 def roll_back(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) -> None:

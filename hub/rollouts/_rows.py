@@ -1,17 +1,22 @@
 """What one controller tick reads, and no more: the device rows whose state a tick can
-change (as ORM rows), the settled ones as plain columns, the matching devices without their
-``state`` JSON, and that JSON only for the few devices a tick needs it for.
+change (as :class:`Live` rows: plain columns, written back by :func:`save` as one batched
+``UPDATE`` of the changed columns), the settled ones as plain columns, the matching devices
+without their ``state`` JSON, and that JSON only for the few devices a tick needs it for.
 
 A tick runs several times a second; loading every row of a rollout and every device with its
-JSON columns as ORM objects made its cost grow with the devices already done."""
+JSON columns as ORM objects made its cost grow with the devices already done, and loading
+(and flushing) the in-flight rows as ORM objects cost ~0.1 CPU-ms per row per tick: more
+than the whole hub-side budget of a device's deploy (issue #20)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
+from sqlalchemy import and_, bindparam, update
 from sqlmodel import Session, col, or_, select
 
 from hub.rollouts.selectors import parse_selector
@@ -51,6 +56,110 @@ class Member:
     online: bool
 
 
+@dataclass(slots=True, eq=False)
+class Live:
+    """A device row a tick may change, as plain columns (what an ORM ``RolloutDevice`` holds,
+    less the cost). Change its fields freely; :func:`save` writes the changed ones."""
+
+    rollout_id: str
+    device_id: str
+    phase: int = -1
+    late: bool = False
+    state: str = DeviceState.PENDING
+    command_id: str = ""
+    issued_at_ms: int = 0
+    published_at: datetime | None = None
+    commanded_at: datetime | None = None
+    attempts: int = 0
+    previous_model: str = ""
+    previous_version: str = ""
+    previous_digest: str = ""
+    rollback_command_id: str = ""
+    rollback_issued_at_ms: int = 0
+    rollback_published_at: datetime | None = None
+    rollback_attempts: int = 0
+    reason: str = ""
+    updated_at: datetime | None = None
+    #: the stored values of :data:`MUTABLE` (what :func:`save` compares with)
+    stored: tuple[Any, ...] = field(default=(), repr=False)
+
+    def values(self) -> tuple[Any, ...]:
+        values: tuple[Any, ...] = _mutable(self)
+        return values
+
+    def changes(self) -> dict[str, Any]:
+        """The columns changed since the row was read (or last saved)."""
+        now = self.values()
+        if now == self.stored:
+            return {}
+        pairs = zip(MUTABLE, self.stored, now, strict=True)
+        return {name: new for name, old, new in pairs if old != new}
+
+
+#: The columns of :class:`Live` a tick may change (all but the primary key).
+MUTABLE = tuple(f.name for f in fields(Live) if f.name not in {"rollout_id", "device_id", "stored"})
+_mutable = attrgetter(*MUTABLE)
+_LIVE_COLUMNS = [getattr(RolloutDevice, name) for name in ("rollout_id", "device_id", *MUTABLE)]
+
+
+def _live(values: Sequence[Any]) -> Live:
+    row = Live(*values)
+    row.stored = row.values()
+    return row
+
+
+def save(session: Session, rows: Iterable[Live]) -> int:
+    """Write the changed columns of ``rows``: one ``executemany`` ``UPDATE`` per set of
+    changed columns (a handful per tick), in the session's transaction. Returns the rows
+    written; each is then stored as it is now."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    saved: list[Live] = []
+    for row in rows:
+        changed = row.changes()
+        if not changed:
+            continue
+        params = {f"v_{name}": value for name, value in changed.items()}
+        params |= {"k_rollout_id": row.rollout_id, "k_device_id": row.device_id}
+        groups.setdefault(tuple(sorted(changed)), []).append(params)
+        saved.append(row)
+    if not saved:
+        return 0
+    session.flush()  # ORM work of this tick first (e.g. rows inserted by add_members)
+    table = RolloutDevice.__table__  # type: ignore[attr-defined]  # sqlmodel's table
+    connection = session.connection()
+    for names, batch in groups.items():
+        statement = (
+            update(table)
+            .where(
+                and_(
+                    table.c.rollout_id == bindparam("k_rollout_id"),
+                    table.c.device_id == bindparam("k_device_id"),
+                )
+            )
+            .values({name: bindparam(f"v_{name}") for name in names})
+        )
+        connection.execute(statement, batch)
+    for row in saved:
+        row.stored = row.values()
+    return len(saved)
+
+
+def insert(session: Session, rows: Sequence[Live]) -> None:
+    """Insert new device rows (one ``executemany``); each is then stored as it is now."""
+    if not rows:
+        return
+    for row in rows:
+        row.stored = row.values()
+    session.flush()
+    table = RolloutDevice.__table__  # type: ignore[attr-defined]  # sqlmodel's table
+    values = [
+        {"rollout_id": r.rollout_id, "device_id": r.device_id}
+        | dict(zip(MUTABLE, r.stored, strict=True))
+        for r in rows
+    ]
+    session.connection().execute(table.insert(), values)
+
+
 def all_rows(session: Session, rollout_id: str) -> list[RolloutDevice]:
     """Every device row of the rollout (a rollback looks at all of them)."""
     return list(
@@ -62,14 +171,14 @@ def all_rows(session: Session, rollout_id: str) -> list[RolloutDevice]:
     )
 
 
-def live_rows(session: Session, rollout_id: str) -> tuple[list[RolloutDevice], list[Settled]]:
-    """(rows a tick may change, as ORM rows; the settled rest, as :class:`Settled`).
+def live_rows(session: Session, rollout_id: str) -> tuple[list[Live], list[Settled]]:
+    """(rows a tick may change, as :class:`Live` rows; the settled rest, as :class:`Settled`).
 
     A row not yet chosen for a phase counts as live whatever its state (choosing a phase
     sets it)."""
     settled = [s.value for s in SETTLED]
     live = session.exec(
-        select(RolloutDevice)
+        select(*_LIVE_COLUMNS)
         .where(
             RolloutDevice.rollout_id == rollout_id,
             or_(col(RolloutDevice.state).not_in(settled), col(RolloutDevice.phase) < 0),
@@ -93,7 +202,7 @@ def live_rows(session: Session, rollout_id: str) -> tuple[list[RolloutDevice], l
         )
         .order_by(col(RolloutDevice.device_id))
     ).all()
-    return list(live), [Settled(*r) for r in rest]
+    return [_live(r) for r in live], [Settled(*r) for r in rest]
 
 
 def matching_devices(session: Session, rollout: Rollout) -> list[Member]:

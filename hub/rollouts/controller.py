@@ -24,12 +24,12 @@ from hub.fleet.commands import CommandPublisher, PublishError
 from hub.rollouts import _progress, _rows, _shadow, _sync
 from hub.rollouts._outbox import publish_staged
 from hub.rollouts._progress import MAX_ROLLBACK_ATTEMPTS, NUDGE_GRACE_S, Tokens
-from hub.rollouts._rows import Member, Settled
+from hub.rollouts._rows import Live, Member, Settled
 from hub.rollouts._sync import IN_FLIGHT, REPORTED, S
 from hub.rollouts.events import log_event
 from hub.rollouts.gates import Scope, evaluate, install_failure_rate, merged_gates
 from hub.rollouts.service import promote
-from hub.tables.rollouts import Rollout, RolloutDevice, RolloutShadow, RolloutState
+from hub.tables.rollouts import Rollout, RolloutShadow, RolloutState
 from proto.topics import Topics
 
 log = logging.getLogger("edgeloop.rollouts")
@@ -139,11 +139,13 @@ class RolloutController(Periodic):
         rollout = session.exec(
             select(Rollout).where(Rollout.id == rollout_id).with_for_update()
         ).one()
-        # only the rows a tick can change are ORM rows; settled ones are plain columns
+        # only the rows a tick can change are read in full (plain columns, written back as
+        # one batched UPDATE of what changed); settled ones are the columns the gates read
         rows, settled = _rows.live_rows(session, rollout_id)
         _sync.sync_events(session, rollout, rows)
         _progress.time_out(session, rollout, rows)
-        if (session.dirty or session.new) and not self._commit_progress(session, rollout):
+        moved = _rows.save(session, rows)
+        if (moved or session.dirty or session.new) and not self._commit_progress(session, rollout):
             return
         if rollout.shadow and not _shadow.pending(rollout):
             _shadow.sync(session, rollout)  # the answers to the stops
@@ -159,6 +161,7 @@ class RolloutController(Periodic):
             _shadow.drive(session, rollout, devices)
             return
         self._drive(session, rollout, rows, settled, devices)
+        _rows.save(session, rows)
 
     def _commit_progress(self, session: Session, rollout: Rollout) -> bool:
         """Commit the device rows moved by their events before the slower part of the tick
@@ -175,7 +178,7 @@ class RolloutController(Periodic):
         self,
         session: Session,
         rollout: Rollout,
-        rows: list[RolloutDevice],
+        rows: list[Live],
         settled: list[Settled],
         devices: dict[str, Member],
     ) -> None:
@@ -188,7 +191,7 @@ class RolloutController(Periodic):
             return
         if rollout.phase_started_at is None:
             _progress.start_phase(session, rollout, rows, settled, devices)
-        every: list[RolloutDevice | Settled] = [*rows, *settled]
+        every: list[Live | Settled] = [*rows, *settled]
         mine = [d for d in every if 0 <= d.phase <= phase]
         _progress.nudge(session, rows, devices)
         _progress.stage(
@@ -208,9 +211,7 @@ class RolloutController(Periodic):
             session.add(rollout)
         self._decide(session, rollout, mine)
 
-    def _decide(
-        self, session: Session, rollout: Rollout, mine: list[RolloutDevice | Settled]
-    ) -> None:
+    def _decide(self, session: Session, rollout: Rollout, mine: list[Live | Settled]) -> None:
         cfg = merged_gates(rollout.gates)
         reported = sum(d.state in REPORTED for d in mine)
         early = install_failure_rate(mine, cfg)

@@ -293,9 +293,10 @@ def test_device_rows_follow_their_events_while_the_gates_are_evaluated(
 
 def test_a_tick_loads_only_the_rows_it_can_change(engine: Engine) -> None:
     """A tick used to load every device row and every device (with its state JSON) as ORM
-    objects, so its cost grew with the devices already done. Settled rows are now read as
-    plain columns and device states only for the devices that need them; the settled rows
-    still count in the gates and are still rolled back."""
+    objects, so its cost grew with the devices already done. Rows are now read as plain
+    columns (the live ones written back as a batched UPDATE of what changed), device states
+    only for the devices that need them; the settled rows still count in the gates and are
+    still rolled back."""
     rollout_id, publisher = _setup(engine, 6)
     ctl = _controller(engine, publisher)
     ctl.tick()
@@ -320,7 +321,7 @@ def test_a_tick_loads_only_the_rows_it_can_change(engine: Engine) -> None:
     finally:
         event.remove(RolloutDevice, "load", on_row)
         event.remove(Device, "load", on_device)
-    assert sorted(loaded) == [r.device_id for r in rows[4:]]  # the two still in flight
+    assert loaded == []  # not even the two still in flight: plain columns
     assert devices == []
     # one failure among six reports: the settled rows count in the gate ...
     _event(engine, rows[4], "failed")
@@ -335,3 +336,28 @@ def test_a_tick_loads_only_the_rows_it_can_change(engine: Engine) -> None:
     ctl.tick()
     rolled = sorted(c.device_id for c in publisher.sent if c.HasField("rollback"))
     assert rolled == sorted(r.device_id for r in rows if r.device_id != rows[4].device_id)
+
+
+def test_a_tick_writes_only_the_columns_it_changed(engine: Engine) -> None:
+    """Live rows are written back column by column: what an operator (or another writer)
+    changed in another column between the read and the write stays as it was."""
+    from hub.rollouts import _rows as rows_mod
+
+    rollout_id, publisher = _setup(engine, 3)
+    _controller(engine, publisher).tick()
+    with session_scope(engine) as s:
+        live, _ = rows_mod.live_rows(s, rollout_id)
+    assert [r.changes() for r in live] == [{}, {}, {}]
+    with session_scope(engine) as s:  # another writer, after the read
+        row = s.get(RolloutDevice, (rollout_id, "d01"))
+        assert row is not None
+        row.reason = "set elsewhere"
+        s.add(row)
+    live[1].state = "downloading"
+    assert live[1].changes() == {"state": "downloading"}
+    with session_scope(engine) as s:
+        assert rows_mod.save(s, live) == 1
+    assert live[1].changes() == {}
+    rows = _rows(engine, rollout_id)
+    assert rows["d01"].state == "downloading" and rows["d01"].reason == "set elsewhere"
+    assert rows["d00"].state == rows["d02"].state == "commanded"
