@@ -17,6 +17,10 @@ it burns at rest (telemetry, keepalives: measured over a quiet window just befor
 the deploy work of ``n`` agents; ``lower_bound_with_device_cpu_s`` = max(lower bound,
 that CPU time / the machine's cores). ``hub_cpu_s`` is the hub process's CPU time over the
 rollout. Together they say where the time goes on a machine that simulates every device.
+
+A third, the hub's cost per device (issue #20: <= 1 CPU-ms): ``hub_cpu_ms_per_device`` =
+(the hub process's CPU over the rollout, less its CPU at rest over the same quiet window:
+the telemetry ingest) / devices; ``hub_cpu_met`` checks it against ``HUB_CPU_TARGET_MS``.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ from simulators.scenario import Scenario, parse_scenario
 from simulators.shards import ShardedFleet
 
 TARGET = 2.0
+#: Issue #20: the hub's own work per device deployed (commands, events, gates), CPU-ms.
+HUB_CPU_TARGET_MS = 1.0
 TRANSFERS = 48
 RTTS = 200
 FLEET = "rollbench"
@@ -271,9 +277,10 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
                 if await fleet.wait_for("connected", n, within=120) < n:
                     raise RuntimeError(f"not all {n} simulated devices connected in 120 s")
                 await asyncio.sleep(1.0)  # retained states reach the hub
-                quiet, quiet_cpu = time.perf_counter(), fleet_cpu_s()
-                await asyncio.sleep(2.0)  # the fleet's CPU at rest: telemetry, keepalives
+                quiet, quiet_cpu, quiet_hub = time.perf_counter(), fleet_cpu_s(), _cpu_s(hub_pid)
+                await asyncio.sleep(2.0)  # CPU at rest: telemetry, keepalives, their ingest
                 idle_cpu_per_s = (fleet_cpu_s() - quiet_cpu) / (time.perf_counter() - quiet)
+                hub_idle_per_s = (_cpu_s(hub_pid) - quiet_hub) / (time.perf_counter() - quiet)
                 started, fleet_cpu0 = time.perf_counter(), fleet_cpu_s()
                 hub_cpu0 = _cpu_s(hub_pid)
                 rollout_id = await asyncio.to_thread(
@@ -309,6 +316,7 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
         engine.dispose()
     cores = os.cpu_count() or 1
     deploy_cpu = max(fleet_cpu - idle_cpu_per_s * elapsed, 0.0)  # the agents' deploy work
+    hub_deploy_cpu = max(hub_cpu - hub_idle_per_s * elapsed, 0.0)  # the hub's rollout work
     with_cpu = max(bound, deploy_cpu / cores)
     return {
         "devices": n,
@@ -331,6 +339,13 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
         # where the time goes (not part of the ratio; see the module docstring)
         "cores": cores,
         "hub_cpu_s": round(hub_cpu, 2),
+        "hub_idle_cpu_s_per_s": round(hub_idle_per_s, 3),
+        # the hub process's CPU over the rollout less its CPU at rest (the telemetry
+        # ingest) per device: commands, events, gates, bundle serving
+        "hub_cpu_ms_per_device": round(1000 * hub_deploy_cpu / n, 3),
+        "hub_cpu_ms_per_device_gross": round(1000 * hub_cpu / n, 3),
+        "hub_cpu_target_ms": HUB_CPU_TARGET_MS,
+        "hub_cpu_met": 1000 * hub_deploy_cpu / n <= HUB_CPU_TARGET_MS,
         "fleet_cpu_s": round(fleet_cpu, 2),
         "fleet_idle_cpu_s_per_s": round(idle_cpu_per_s, 3),
         "device_cpu_ms_per_deploy": round(1000 * deploy_cpu / n, 2),
