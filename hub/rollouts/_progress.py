@@ -22,6 +22,8 @@ from hub.tables.devices import STATE_RECEIVED_KEY
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutState
 
 R = RolloutState
+#: Commanded devices that have not started their download (they will need a slot).
+NOT_STREAMING = frozenset({S.COMMANDED, S.RECEIVED})
 MAX_ROLLBACK_ATTEMPTS = 3
 #: A device seen (any message) this long after its command was published, without having
 #: answered it, gets the command again even when its state does not show a reconnect.
@@ -44,6 +46,20 @@ class Tokens:
         t = time.monotonic()
         self.tokens = min(max(rate, 1.0), self.tokens + (t - self.refilled) * rate)
         self.refilled = t
+
+
+@dataclass
+class Slots:
+    """The artifact server's download slots left for this tick's new commands, shared by
+    every rollout the tick drives (``None``: the server's capacity is not known; only the
+    fixed ``max_concurrent_downloads`` applies).
+
+    Starts at the server's capacity less its streams in flight; each rollout takes off
+    its devices commanded but not yet streaming (they will need a slot; one that already
+    streams but whose event has not arrived counts twice: admission errs on the safe side),
+    then the devices it commands."""
+
+    free: int | None = None
 
 
 def time_out(session: Session, rollout: Rollout, rows: Sequence[Live]) -> None:
@@ -140,14 +156,19 @@ def stage(
     max_commands_per_s: float,
     max_concurrent_downloads: int,
     tick_s: float,
+    slots: Slots | None = None,
 ) -> None:
-    """Give pending devices of started phases a command id (rate limits apply)."""
+    """Give pending devices of started phases a command id (rate limits apply; new
+    downloads only into the artifact server's free ``slots``)."""
     tokens.refill(max_commands_per_s)
     limit = min(
         rollout.max_concurrent_downloads or max_concurrent_downloads, max_concurrent_downloads
     )
     rate_cap = rollout.max_commands_per_s
     busy = sum(d.state in DOWNLOADING for d in rows)
+    if slots is not None and slots.free is not None:
+        slots.free -= sum(d.state in NOT_STREAMING for d in rows)
+        limit = min(limit, busy + max(slots.free, 0))
     staging: list[Live] = []
     for d in sorted(rows, key=lambda r: (r.phase, r.device_id)):
         if d.state != S.PENDING or not 0 <= d.phase <= rollout.phase:
@@ -164,6 +185,8 @@ def stage(
         staging.append(d)
         tokens.tokens -= 1
         busy += 1
+    if slots is not None and slots.free is not None:
+        slots.free -= len(staging)
     states = states_of(session, [d.device_id for d in staging]) if staging else {}
     for d in staging:
         model, version, digest = _sync.active_slot(states.get(d.device_id, {}))

@@ -12,6 +12,7 @@ the same id, which agents dedupe.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
@@ -23,12 +24,13 @@ from hub.core.service import Periodic, ServiceHealth
 from hub.fleet.commands import CommandPublisher, PublishError
 from hub.rollouts import _progress, _rows, _shadow, _sync
 from hub.rollouts._outbox import publish_staged
-from hub.rollouts._progress import MAX_ROLLBACK_ATTEMPTS, NUDGE_GRACE_S, Tokens
+from hub.rollouts._progress import MAX_ROLLBACK_ATTEMPTS, NUDGE_GRACE_S, Slots, Tokens
 from hub.rollouts._rows import Live, Member, Settled
 from hub.rollouts._sync import IN_FLIGHT, REPORTED, S
 from hub.rollouts.events import log_event
 from hub.rollouts.gates import Scope, evaluate, install_failure_rate, merged_gates
 from hub.rollouts.service import promote
+from hub.rpc.slots import SlotsSnapshot
 from hub.tables.rollouts import Rollout, RolloutShadow, RolloutState
 from proto.topics import Topics
 
@@ -58,10 +60,15 @@ class RolloutController(Periodic):
         max_commands_per_s: float = 50.0,
         max_concurrent_downloads: int = 100,
         publisher: CommandPublisher | None = None,
+        capacity: Callable[[], SlotsSnapshot | None] | None = None,
     ) -> None:
         self.engine, self.endpoint, self.tick_s = engine, artifact_endpoint, tick_s
         self.max_commands_per_s = max_commands_per_s
         self.max_concurrent_downloads = max_concurrent_downloads
+        #: the artifact server's download slots (``GrpcService.capacity`` in-process,
+        #: ``hub.rpc.slots.CapacityClient`` over gRPC): new deploys go only into free ones
+        self.capacity = capacity
+        self.last_slots: SlotsSnapshot | None = None
         # e.g. the database briefly unavailable: logged, and the next tick retries
         super().__init__(
             interval_s=tick_s,
@@ -93,7 +100,12 @@ class RolloutController(Periodic):
         self.publisher.stop()
 
     def health(self) -> ServiceHealth:
-        return {**super().health(), "commands_published": self.published}
+        slots = self.last_slots
+        return {
+            **super().health(),
+            "commands_published": self.published,
+            "download_slots": slots.to_dict() if slots is not None else None,
+        }
 
     def __enter__(self) -> RolloutController:
         self.start()
@@ -121,11 +133,12 @@ class RolloutController(Periodic):
                 )
                 .distinct()
             ).all()
+        slots = self._slots() if ids else Slots()
         for rollout_id in [*ids, *sorted(set(stops) - set(ids))]:
             try:
                 with session_scope(self.engine) as session:
                     if rollout_id in ids:
-                        self._reconcile(session, rollout_id)
+                        self._reconcile(session, rollout_id, slots)
                     elif (ended := session.get(Rollout, rollout_id)) is not None:
                         _shadow.sync(session, ended)
                 self._publish(rollout_id)
@@ -135,7 +148,20 @@ class RolloutController(Periodic):
                 self._reconcile_errors += 1
                 log.exception("rollout %s: reconcile failed (will retry)", rollout_id)
 
-    def _reconcile(self, session: Session, rollout_id: str) -> None:
+    def _slots(self) -> Slots:
+        """The artifact server's free download slots now (unknown without a source, or when
+        it does not answer: then only ``max_concurrent_downloads`` limits)."""
+        if self.capacity is None:
+            return Slots()
+        try:
+            now = self.capacity()
+        except Exception as exc:  # e.g. the artifact server restarting: the fixed limit
+            log.warning("download slots unknown this tick: %s", exc)
+            now = None
+        self.last_slots = now
+        return Slots() if now is None else Slots(free=now.capacity - now.in_flight)
+
+    def _reconcile(self, session: Session, rollout_id: str, slots: Slots) -> None:
         rollout = session.exec(
             select(Rollout).where(Rollout.id == rollout_id).with_for_update()
         ).one()
@@ -160,7 +186,7 @@ class RolloutController(Periodic):
         if _shadow.pending(rollout):
             _shadow.drive(session, rollout, devices)
             return
-        self._drive(session, rollout, rows, settled, devices)
+        self._drive(session, rollout, rows, settled, devices, slots)
         _rows.save(session, rows)
 
     def _commit_progress(self, session: Session, rollout: Rollout) -> bool:
@@ -181,6 +207,7 @@ class RolloutController(Periodic):
         rows: list[Live],
         settled: list[Settled],
         devices: dict[str, Member],
+        slots: Slots,
     ) -> None:
         phase = rollout.phase
         if rollout.phases[phase].get("approval") and rollout.approved_phase < phase:
@@ -203,6 +230,7 @@ class RolloutController(Periodic):
             max_commands_per_s=self.max_commands_per_s,
             max_concurrent_downloads=self.max_concurrent_downloads,
             tick_s=self.tick_s,
+            slots=slots,
         )
         if rollout.phase_commanded_at is None and not any(
             d.state == S.PENDING or (d.command_id and d.published_at is None) for d in mine

@@ -361,3 +361,72 @@ def test_a_tick_writes_only_the_columns_it_changed(engine: Engine) -> None:
     rows = _rows(engine, rollout_id)
     assert rows["d01"].state == "downloading" and rows["d01"].reason == "set elsewhere"
     assert rows["d00"].state == rows["d02"].state == "commanded"
+
+
+def test_new_deploys_go_only_into_the_artifact_servers_free_download_slots(
+    engine: Engine,
+) -> None:
+    """Admission by the server's real capacity, not a fixed number: with 5 slots, 2 of
+    them streaming, 3 devices are commanded; commanded devices that have not started
+    their download hold a slot each until they stream; slots that free up are filled."""
+    from hub.rpc.slots import SlotsSnapshot
+
+    rollout_id, publisher = _setup(engine, 12)
+    slots = {"capacity": 5, "in_flight": 2}
+
+    def capacity() -> SlotsSnapshot:
+        return SlotsSnapshot(mean_stream_s=0.1, served=0, refused=0, **slots)
+
+    ctl = RolloutController(
+        engine=engine,
+        mqtt_url="mqtt://127.0.0.1:1",
+        artifact_endpoint="127.0.0.1:1",
+        max_commands_per_s=100000,
+        publisher=publisher,  # type: ignore[arg-type]
+        capacity=capacity,
+    )
+    ctl.tick()
+    assert len(publisher.sent) == 3
+    slots["in_flight"] = 0
+    ctl.tick()  # 5 free, but the 3 commanded devices will need theirs
+    assert len(publisher.sent) == 5
+    commanded = [r for r in _rows(engine, rollout_id).values() if r.command_id]
+    for row in commanded:  # all five stream now (the server counts them)
+        _event(engine, row, "downloading")
+    slots["in_flight"] = 5
+    ctl.tick()
+    assert len(publisher.sent) == 5
+    for row in commanded[:2]:  # two finished
+        _event(engine, row, "healthy")
+    slots["in_flight"] = 3
+    ctl.tick()
+    assert len(publisher.sent) == 7
+    assert ctl.health()["download_slots"]["free"] == 2
+    with session_scope(engine) as s:
+        from hub.rollouts.views import rollout_view
+
+        queue = rollout_view(s, service.get_rollout(s, rollout_id=rollout_id))["queue"]
+    assert queue["waiting_for_slot"] == 5 and queue["oldest_wait_s"] >= 0
+    assert (queue["commanded"], queue["downloading"]) == (2, 3)
+    assert queue["admission_wait"]["devices"] == 7
+
+
+def test_without_an_answer_from_the_artifact_server_the_fixed_limit_applies(
+    engine: Engine,
+) -> None:
+    _, publisher = _setup(engine, 6)
+
+    def capacity() -> None:
+        raise ConnectionError("the artifact server is restarting (test)")
+
+    ctl = RolloutController(
+        engine=engine,
+        mqtt_url="mqtt://127.0.0.1:1",
+        artifact_endpoint="127.0.0.1:1",
+        max_commands_per_s=100000,
+        max_concurrent_downloads=4,
+        publisher=publisher,  # type: ignore[arg-type]
+        capacity=capacity,
+    )
+    ctl.tick()
+    assert len(publisher.sent) == 4 and ctl.errors == 0
