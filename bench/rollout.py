@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -64,6 +65,7 @@ FLEET = "rollbench"
 # behind the artifact server's 16 threads (60 s read timeouts, retries).
 MAX_DOWNLOADS = 100
 DEADLINE_S = 240.0
+TELEMETRY_WINDOW_S = 5
 GRACE_S = 10.0
 
 
@@ -159,6 +161,8 @@ def _hub(root: Path, *, database_url: str, mqtt_url: str) -> Iterator[tuple[str,
         "100000",
         "--max-concurrent-downloads",
         str(MAX_DOWNLOADS),
+        "--stats-file",
+        str(root / "controller.json"),
     ]
     repo = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT)
@@ -187,7 +191,7 @@ def _scenario(n: int) -> Scenario:
         devices = {n}
         name = "{FLEET}"
         stagger_s = 0.002
-        telemetry_window_s = 5
+        telemetry_window_s = {TELEMETRY_WINDOW_S}
         keepalive_s = 120
         [data]
         rate_hz = 0.5
@@ -276,9 +280,11 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
 
                 if await fleet.wait_for("connected", n, within=120) < n:
                     raise RuntimeError(f"not all {n} simulated devices connected in 120 s")
-                await asyncio.sleep(1.0)  # retained states reach the hub
+                # retained states reach the hub, the first telemetry windows close
+                await asyncio.sleep(1.0 + TELEMETRY_WINDOW_S)
                 quiet, quiet_cpu, quiet_hub = time.perf_counter(), fleet_cpu_s(), _cpu_s(hub_pid)
-                await asyncio.sleep(2.0)  # CPU at rest: telemetry, keepalives, their ingest
+                # CPU at rest (telemetry, keepalives, their ingest) over a whole window
+                await asyncio.sleep(TELEMETRY_WINDOW_S + 1.0)
                 idle_cpu_per_s = (fleet_cpu_s() - quiet_cpu) / (time.perf_counter() - quiet)
                 hub_idle_per_s = (_cpu_s(hub_pid) - quiet_hub) / (time.perf_counter() - quiet)
                 started, fleet_cpu0 = time.perf_counter(), fleet_cpu_s()
@@ -314,6 +320,8 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
     finally:
         broker.stop()
         engine.dispose()
+    stats = root / "controller.json"  # written by the hub process as it stopped
+    controller_cpu = json.loads(stats.read_text())["tick_cpu_s"] if stats.exists() else None
     cores = os.cpu_count() or 1
     deploy_cpu = max(fleet_cpu - idle_cpu_per_s * elapsed, 0.0)  # the agents' deploy work
     hub_deploy_cpu = max(hub_cpu - hub_idle_per_s * elapsed, 0.0)  # the hub's rollout work
@@ -345,6 +353,11 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
         "hub_cpu_ms_per_device": round(1000 * hub_deploy_cpu / n, 3),
         "hub_cpu_ms_per_device_gross": round(1000 * hub_cpu / n, 3),
         "hub_cpu_target_ms": HUB_CPU_TARGET_MS,
+        # of which the rollout controller's ticks (commands, events to states, gates)
+        "controller_cpu_s": controller_cpu,
+        "controller_cpu_ms_per_device": (
+            round(1000 * controller_cpu / n, 3) if controller_cpu is not None else None
+        ),
         "hub_cpu_met": 1000 * hub_deploy_cpu / n <= HUB_CPU_TARGET_MS,
         "fleet_cpu_s": round(fleet_cpu, 2),
         "fleet_idle_cpu_s_per_s": round(idle_cpu_per_s, 3),

@@ -8,11 +8,13 @@ controller in-process.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
 from contextlib import ExitStack
+from pathlib import Path
 
 from hub.core.db import make_engine
 from hub.core.redact import install_log_redaction
@@ -40,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         " deploys are admitted by (ArtifactService.Capacity); default: only the fixed limit",
     )
     parser.add_argument("--no-ingest", action="store_true", help="run the controller only")
+    parser.add_argument(
+        "--stats-file", type=Path, help="write the controller's health (JSON) here on exit"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -85,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.enter_context(controller)
         log.info("rollout controller running (tick %.2f s)", args.tick_s)
         stop.wait()
+        if args.stats_file is not None:
+            args.stats_file.write_text(json.dumps(controller.health(), default=str))
     engine.dispose()
     return 0
 

@@ -402,6 +402,7 @@ def test_new_deploys_go_only_into_the_artifact_servers_free_download_slots(
     ctl.tick()
     assert len(publisher.sent) == 7
     assert ctl.health()["download_slots"]["free"] == 2
+    assert ctl.health()["tick_cpu_s"] > 0  # the controller's own CPU, counted per tick
     with session_scope(engine) as s:
         from hub.rollouts.views import rollout_view
 
