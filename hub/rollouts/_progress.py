@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from hub.core.clock import aware, utcnow
 from hub.rollouts import _sync
-from hub.rollouts._rows import Live, Member, Settled, seen_of, states_of
+from hub.rollouts._rows import Live, Member, Settled, seen_after_publish, states_of
 from hub.rollouts._sync import DOWNLOADING, IN_FLIGHT, S
 from hub.rollouts.events import log_device_events, log_event
 from hub.rollouts.phases import Candidate, choose, parse_phases, site_of
@@ -132,7 +132,7 @@ def nudge(session: Session, rows: Sequence[Live], devices: dict[str, Member]) ->
         and (device := devices.get(d.device_id)) is not None
         and device.online
     ]
-    seen_at = seen_of(session, [d.device_id for d in waiting]) if waiting else {}
+    seen_at = seen_after_publish(session, waiting[0].rollout_id) if waiting else {}
     found: list[tuple[Live, bool]] = []  # (row, seen within the grace)
     for d in waiting:
         published, seen = aware(d.published_at), aware(seen_at.get(d.device_id))

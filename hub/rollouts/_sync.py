@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from sqlmodel import Session, col, select
 
 from hub.core.clock import utcnow
-from hub.rollouts._rows import Live, Member, insert
+from hub.rollouts._rows import Live, Member, insert, plain
 from hub.rollouts.events import log_device_events
 from hub.tables import DeploymentEventRow
 from hub.tables.rollouts import DeviceState, Rollout
@@ -63,9 +63,9 @@ def _events(session: Session, command_ids: Sequence[str]) -> list[tuple[str, str
         found.extend(
             session.exec(
                 select(
-                    DeploymentEventRow.command_id,
-                    DeploymentEventRow.kind,
-                    DeploymentEventRow.reason,
+                    plain(DeploymentEventRow.command_id),
+                    plain(DeploymentEventRow.kind),
+                    plain(DeploymentEventRow.reason),
                 )
                 .where(col(DeploymentEventRow.command_id).in_(chunk))
                 .order_by(col(DeploymentEventRow.id))
