@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from hub.core.clock import aware, utcnow
 from hub.rollouts import _sync
-from hub.rollouts._rows import Live, Member, Settled, seen_after_publish, states_of
+from hub.rollouts._rows import Live, Member, Settled, load, seen_after_publish, states_of
 from hub.rollouts._sync import DOWNLOADING, IN_FLIGHT, S
 from hub.rollouts.events import log_device_events, log_event
 from hub.rollouts.phases import Candidate, choose, parse_phases, site_of
@@ -80,10 +80,11 @@ def start_phase(
     session: Session,
     rollout: Rollout,
     rows: list[Live],
-    settled: Sequence[Settled],
+    others: Sequence[Settled],
     devices: dict[str, Member],
 ) -> None:
-    """Choose the current phase's devices among the unassigned rows (all live rows)."""
+    """Choose the current phase's devices among the unassigned rows (``rows``: every
+    unassigned row, loaded; ``others``: the rest, as columns)."""
     phase, last = rollout.phase, len(rollout.phases) - 1
     spec = parse_phases([p["spec"] for p in rollout.phases])[phase]
     pool = [
@@ -95,7 +96,7 @@ def start_phase(
         for d in rows
         if d.phase == -1 and d.device_id in devices
     ]
-    every: list[Live | Settled] = [*rows, *settled]
+    every: list[Live | Settled] = [*rows, *others]
     assigned = sum(0 <= d.phase <= phase for d in every)
     total = sum(d.device_id in devices or d.phase >= 0 for d in every)
     chosen = set(
@@ -149,7 +150,8 @@ def nudge(session: Session, rows: Sequence[Live], devices: dict[str, Member]) ->
 def stage(
     session: Session,
     rollout: Rollout,
-    rows: Sequence[Live],
+    rows: list[Live],
+    waiting: Sequence[Settled],
     devices: dict[str, Member],
     *,
     tokens: Tokens,
@@ -159,7 +161,8 @@ def stage(
     slots: Slots | None = None,
 ) -> None:
     """Give pending devices of started phases a command id (rate limits apply; new
-    downloads only into the artifact server's free ``slots``)."""
+    downloads only into the artifact server's free ``slots``). ``waiting``: pending rows
+    not loaded; the ones this changes are loaded and appended to ``rows``."""
     tokens.refill(max_commands_per_s)
     limit = min(
         rollout.max_concurrent_downloads or max_concurrent_downloads, max_concurrent_downloads
@@ -169,12 +172,16 @@ def stage(
     if slots is not None and slots.free is not None:
         slots.free -= sum(d.state in NOT_STREAMING for d in rows)
         limit = min(limit, busy + max(slots.free, 0))
-    staging: list[Live] = []
-    for d in sorted(rows, key=lambda r: (r.phase, r.device_id)):
-        if d.state != S.PENDING or not 0 <= d.phase <= rollout.phase:
+    loaded = {d.device_id for d in rows}
+    candidates: list[Live | Settled] = [d for d in rows if d.state == S.PENDING]
+    candidates += [w for w in waiting if w.state == S.PENDING and w.device_id not in loaded]
+    staging: list[Live | Settled] = []
+    skipped: list[Live | Settled] = []
+    for d in sorted(candidates, key=lambda r: (r.phase, r.device_id)):
+        if not 0 <= d.phase <= rollout.phase:
             continue
         if d.device_id not in devices:
-            d.state, d.reason = S.SKIPPED, "no longer matches the selector or was removed"
+            skipped.append(d)
             continue
         if (
             busy >= limit
@@ -187,8 +194,25 @@ def stage(
         busy += 1
     if slots is not None and slots.free is not None:
         slots.free -= len(staging)
-    states = states_of(session, [d.device_id for d in staging]) if staging else {}
-    for d in staging:
+    fetched = {
+        r.device_id: r
+        for r in load(
+            session,
+            rollout.id,
+            [d.device_id for d in [*staging, *skipped] if d.device_id not in loaded],
+        )
+    }
+    rows.extend(fetched.values())
+
+    def live(d: Live | Settled) -> Live | None:
+        return d if isinstance(d, Live) else fetched.get(d.device_id)
+
+    for d in skipped:
+        if (row := live(d)) is not None and row.state == S.PENDING:
+            row.state, row.reason = S.SKIPPED, "no longer matches the selector or was removed"
+    chosen = [row for d in staging if (row := live(d)) is not None and row.state == S.PENDING]
+    states = states_of(session, [d.device_id for d in chosen]) if chosen else {}
+    for d in chosen:
         model, version, digest = _sync.active_slot(states.get(d.device_id, {}))
         d.previous_model, d.previous_version, d.previous_digest = model, version, digest
         d.command_id, d.issued_at_ms = uuid.uuid4().hex, _sync.ms(utcnow())

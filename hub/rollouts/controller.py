@@ -185,7 +185,7 @@ class RolloutController(Periodic):
         ).one()
         # only the rows a tick can change are read in full (plain columns, written back as
         # one batched UPDATE of what changed); settled ones are the columns the gates read
-        rows, settled = _rows.live_rows(session, rollout_id)
+        rows, waiting, settled = _rows.live_rows(session, rollout_id)
         _sync.sync_events(session, rollout, rows)
         _progress.time_out(session, rollout, rows)
         moved = _rows.save(session, rows)
@@ -197,14 +197,14 @@ class RolloutController(Periodic):
             _progress.roll_back(session, rollout, _rows.all_rows(session, rollout_id))
             return
         devices = self._matching(session, rollout)
-        known = {d.device_id for d in rows} | {d.device_id for d in settled}
+        known = {d.device_id for d in rows} | {d.device_id for d in [*waiting, *settled]}
         rows += _sync.add_members(session, rollout, known, list(devices.values()))
         if rollout.state == R.PAUSED:
             return
         if _shadow.pending(rollout):
             _shadow.drive(session, rollout, devices)
             return
-        self._drive(session, rollout, rows, settled, devices, slots)
+        self._drive(session, rollout, rows, waiting, settled, devices, slots)
         _rows.save(session, rows)
 
     def _matching(self, session: Session, rollout: Rollout) -> dict[str, Member]:
@@ -236,6 +236,7 @@ class RolloutController(Periodic):
         session: Session,
         rollout: Rollout,
         rows: list[Live],
+        waiting: list[Settled],
         settled: list[Settled],
         devices: dict[str, Member],
         slots: Slots,
@@ -247,15 +248,17 @@ class RolloutController(Periodic):
                 log_event(session, rollout, "awaiting_approval", rollout.reason)
                 session.add(rollout)
             return
-        if rollout.phase_started_at is None:
-            _progress.start_phase(session, rollout, rows, settled, devices)
-        every: list[Live | Settled] = [*rows, *settled]
-        mine = [d for d in every if 0 <= d.phase <= phase]
+        if rollout.phase_started_at is None:  # load the unassigned rows: a phase takes some
+            unassigned = {w.device_id for w in waiting if w.phase < 0}
+            rows += _rows.load(session, rollout.id, unassigned)
+            waiting = [w for w in waiting if w.device_id not in unassigned]
+            _progress.start_phase(session, rollout, rows, [*waiting, *settled], devices)
         _progress.nudge(session, rows, devices)
         _progress.stage(
             session,
             rollout,
             rows,
+            waiting,
             devices,
             tokens=self._tokens,
             max_commands_per_s=self.max_commands_per_s,
@@ -263,6 +266,9 @@ class RolloutController(Periodic):
             tick_s=self.tick_s,
             slots=slots,
         )
+        loaded = {d.device_id for d in rows}  # as they are now; the rest as read
+        every: list[Live | Settled] = [*rows, *(w for w in waiting if w.device_id not in loaded)]
+        mine = [d for d in [*every, *settled] if 0 <= d.phase <= phase]
         if rollout.phase_commanded_at is None and not any(
             d.state == S.PENDING or (d.command_id and d.published_at is None) for d in mine
         ):

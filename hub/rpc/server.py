@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
-#: Worker threads of the hub's gRPC server: 32 download streams at once plus the reserve
+#: Worker threads of the hub's gRPC server: 128 download streams at once plus the reserve
 #: (:data:`hub.rpc.slots.RESERVED_WORKERS`). A thread mostly waits for its client to read.
-DEFAULT_MAX_WORKERS = 36
+DEFAULT_MAX_WORKERS = 132
 #: Largest chunk sent: 4 MiB less room for the other fields and framing, so one chunk
 #: fits the 4 MiB receive limit every gRPC client has by default.
 MAX_CHUNK_SIZE = 4 * 1024 * 1024 - 4 * 1024

@@ -346,7 +346,7 @@ def test_a_tick_writes_only_the_columns_it_changed(engine: Engine) -> None:
     rollout_id, publisher = _setup(engine, 3)
     _controller(engine, publisher).tick()
     with session_scope(engine) as s:
-        live, _ = rows_mod.live_rows(s, rollout_id)
+        live, _, _ = rows_mod.live_rows(s, rollout_id)
     assert [r.changes() for r in live] == [{}, {}, {}]
     with session_scope(engine) as s:  # another writer, after the read
         row = s.get(RolloutDevice, (rollout_id, "d01"))
@@ -431,3 +431,35 @@ def test_without_an_answer_from_the_artifact_server_the_fixed_limit_applies(
     )
     ctl.tick()
     assert len(publisher.sent) == 4 and ctl.errors == 0
+
+
+def test_waiting_rows_are_read_as_columns_and_loaded_only_to_be_commanded_or_skipped(
+    engine: Engine,
+) -> None:
+    """Rows waiting for a command (most of a big rollout while a phase runs) are columns
+    (``live_rows``' second list); a tick loads only those it commands or skips. A device
+    removed from the registry while waiting is skipped when its turn comes."""
+    from hub.rollouts import _rows as rows_mod
+
+    rollout_id, publisher = _setup(engine, 5)
+    with session_scope(engine) as s:
+        rollout = service.get_rollout(s, rollout_id=rollout_id)
+        rollout.max_concurrent_downloads = 2
+        s.add(rollout)
+    _controller(engine, publisher).tick()
+    assert len(publisher.sent) == 2
+    with session_scope(engine) as s:
+        live, waiting, settled = rows_mod.live_rows(s, rollout_id)
+    assert [r.state for r in live] == ["commanded"] * 2 and settled == []
+    assert [(w.device_id, w.state) for w in waiting] == [(f"d0{i}", "pending") for i in (2, 3, 4)]
+    with session_scope(engine) as s:  # d02 leaves the registry
+        device = s.get(Device, "d02")
+        assert device is not None
+        s.delete(device)
+    for row in _rows(engine, rollout_id).values():
+        if row.command_id:
+            _event(engine, row, "healthy")
+    _controller(engine, publisher).tick()  # a fresh controller: no cached members
+    rows = _rows(engine, rollout_id)
+    assert rows["d02"].state == "skipped" and "no longer matches" in rows["d02"].reason
+    assert [c.device_id for c in publisher.sent[2:]] == ["d03", "d04"]
