@@ -45,6 +45,9 @@ SLOW_TICK_S = 5.0
 #: flags) before reading them again: reading and matching every device every tick was the
 #: largest part of a tick. A phase starting and the shadow phase read them fresh.
 MEMBERS_REFRESH_S = 1.0
+#: A rollout whose tick staged no command still has its outbox read this often (commands
+#: staged by an earlier controller, or marked published by none: a crash in between).
+OUTBOX_CHECK_S = 1.0
 
 
 class RolloutController(Periodic):
@@ -89,6 +92,7 @@ class RolloutController(Periodic):
         self.published = 0
         self.cpu_s = 0.0
         self._members: dict[str, tuple[float, dict[str, Member]]] = {}
+        self._outbox_read: dict[str, float] = {}  # rollout id -> when its outbox was read
         self._reconcile_errors = 0
 
     # lifecycle ----------------------------------------------------------------------------
@@ -153,18 +157,25 @@ class RolloutController(Periodic):
         for gone in set(self._members) - set(ids):
             del self._members[gone]
         for rollout_id in [*ids, *sorted(set(stops) - set(ids))]:
+            staged = True
             try:
                 with session_scope(self.engine) as session:
                     if rollout_id in ids:
-                        self._reconcile(session, rollout_id, slots)
+                        staged = self._reconcile(session, rollout_id, slots)
                     elif (ended := session.get(Rollout, rollout_id)) is not None:
                         _shadow.sync(session, ended)
-                self._publish(rollout_id)
+                read = self._outbox_read.get(rollout_id, 0.0)
+                if staged or time.monotonic() - read >= OUTBOX_CHECK_S:
+                    self._outbox_read[rollout_id] = time.monotonic()
+                    self._publish(rollout_id)
             except PublishError as exc:
+                self._outbox_read.pop(rollout_id, None)  # the next tick tries again
                 log.warning("rollout %s: commands wait for the broker: %s", rollout_id, exc)
             except Exception:
                 self._reconcile_errors += 1
                 log.exception("rollout %s: reconcile failed (will retry)", rollout_id)
+        for gone in set(self._outbox_read) - set(ids) - set(stops):
+            del self._outbox_read[gone]
 
     def _slots(self) -> Slots:
         """The artifact server's free download slots now (unknown without a source, or when
@@ -179,7 +190,9 @@ class RolloutController(Periodic):
         self.last_slots = now
         return Slots() if now is None else Slots(free=now.capacity - now.in_flight)
 
-    def _reconcile(self, session: Session, rollout_id: str, slots: Slots) -> None:
+    def _reconcile(self, session: Session, rollout_id: str, slots: Slots) -> bool:
+        """One rollout's step; False only when it surely staged no command (then the
+        outbox need not be read this tick)."""
         rollout = session.exec(
             select(Rollout).where(Rollout.id == rollout_id).with_for_update()
         ).one()
@@ -190,22 +203,27 @@ class RolloutController(Periodic):
         _progress.time_out(session, rollout, rows)
         moved = _rows.save(session, rows)
         if (moved or session.dirty or session.new) and not self._commit_progress(session, rollout):
-            return
+            return True
         if rollout.shadow and not _shadow.pending(rollout):
             _shadow.sync(session, rollout)  # the answers to the stops
         if rollout.state == R.ROLLING_BACK:
             _progress.roll_back(session, rollout, _rows.all_rows(session, rollout_id))
-            return
+            return True
         devices = self._matching(session, rollout)
         known = {d.device_id for d in rows} | {d.device_id for d in [*waiting, *settled]}
         rows += _sync.add_members(session, rollout, known, list(devices.values()))
         if rollout.state == R.PAUSED:
-            return
+            return True
         if _shadow.pending(rollout):
             _shadow.drive(session, rollout, devices)
-            return
+            return True
         self._drive(session, rollout, rows, waiting, settled, devices, slots)
         _rows.save(session, rows)
+        return bool(rollout.shadow) or any(
+            (d.command_id and d.published_at is None)
+            or (d.rollback_command_id and d.rollback_published_at is None)
+            for d in rows
+        )
 
     def _matching(self, session: Session, rollout: Rollout) -> dict[str, Member]:
         """The devices matching the rollout's selector, read at most every

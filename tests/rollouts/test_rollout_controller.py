@@ -463,3 +463,25 @@ def test_waiting_rows_are_read_as_columns_and_loaded_only_to_be_commanded_or_ski
     rows = _rows(engine, rollout_id)
     assert rows["d02"].state == "skipped" and "no longer matches" in rows["d02"].reason
     assert [c.device_id for c in publisher.sent[2:]] == ["d03", "d04"]
+
+
+def test_the_outbox_is_read_when_a_tick_staged_commands_and_at_least_every_second(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, publisher = _setup(engine, 3)
+    reads: list[str] = []
+    real = controller_mod.publish_staged
+
+    def counting(engine: Engine, rollout_id: str, **kw: object) -> int:
+        reads.append(rollout_id)
+        return real(engine, rollout_id, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(controller_mod, "publish_staged", counting)
+    ctl = _controller(engine, publisher)
+    ctl.tick()
+    assert len(reads) == 1 and len(publisher.sent) == 3
+    ctl.tick()  # nothing staged, the outbox read a moment ago: not read
+    assert len(reads) == 1
+    monkeypatch.setattr(controller_mod, "OUTBOX_CHECK_S", 0.0)
+    ctl.tick()  # the safety net (commands staged by an earlier controller)
+    assert len(reads) == 2
