@@ -58,6 +58,8 @@ _RETRYABLE = frozenset(
 )
 #: The hub's hint on RESOURCE_EXHAUSTED: wait this many milliseconds (hub.rpc.slots).
 RETRY_AFTER_KEY = "retry-after-ms"
+#: The wait after gRPC itself refused a call beyond the server's threads (no hint).
+BUSY_SERVER_WAIT_S = 0.5
 #: The longest single wait for a download slot, seconds.
 MAX_SLOT_WAIT_S = 10.0
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
@@ -109,8 +111,9 @@ class _Retry(AgentError):
 
 
 def retry_after(exc: grpc.aio.AioRpcError) -> float | None:
-    """The hub's ``retry-after-ms`` hint of a refused call, in seconds (None: no hint, or
-    not a refusal for want of a download slot)."""
+    """The hub's ``retry-after-ms`` hint of a refused call, in seconds; for gRPC's own
+    refusal of a call beyond the server's threads (no hint), :data:`BUSY_SERVER_WAIT_S`.
+    None: not a refusal for want of a download slot."""
     if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
         return None
     for item in exc.trailing_metadata() or ():
@@ -120,6 +123,8 @@ def retry_after(exc: grpc.aio.AioRpcError) -> float | None:
                 return max(0.0, float(value) / 1000)
             except (TypeError, ValueError):
                 return None
+    if "Concurrent RPC limit" in (exc.details() or ""):
+        return BUSY_SERVER_WAIT_S
     return None
 
 

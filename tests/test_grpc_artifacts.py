@@ -121,7 +121,17 @@ def test_cancelled_stream_then_resume_gives_the_whole_file(store: FileArtifactSt
         assert info.value.code() == grpc.StatusCode.CANCELLED
         assert 3 * 32 * 1024 <= len(received) < len(BLOB)
 
-        rest = _download(stub, digest, offset=len(received))
+        # the cancelled call releases its thread a moment later; until then gRPC refuses
+        # the next call at once (RESOURCE_EXHAUSTED), and a client waits and calls again
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                rest = _download(stub, digest, offset=len(received))
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "the cancelled call kept its thread"
+                time.sleep(0.02)
 
     _assert_contiguous(rest, start=len(received), total=len(BLOB))
     assert received + b"".join(chunk.data for chunk in rest) == BLOB
@@ -280,3 +290,28 @@ def test_download_slots_count_and_hint() -> None:
     slots.release(time.monotonic() - 100)  # a very slow stream: the hint is capped
     assert slots.snapshot().free == 1 and slots.snapshot().retry_after_s == MAX_RETRY_S
     assert stream_capacity(36) == 36 - RESERVED_WORKERS and stream_capacity(1) == 1
+
+
+def test_a_call_beyond_the_servers_threads_is_refused_by_grpc_at_once(
+    store: FileArtifactStore,
+) -> None:
+    """One worker thread, held by a stream: gRPC itself refuses the next call at once
+    (``maximum_concurrent_rpcs``) instead of queueing it unserved; the agent takes this
+    refusal as a wait too (``edge_agent._fetch.retry_after``)."""
+    digest = sha256_digest(BLOB)
+    with (
+        _serve(store, max_workers=1) as (_, target),
+        grpc.insecure_channel(target, options=[("grpc.http2.bdp_probe", 0)]) as channel,
+    ):
+        stub = services_pb2_grpc.ArtifactServiceStub(channel)
+        held = stub.Download(
+            services_pb2.DownloadRequest(digest=digest, chunk_size=32 * 1024), timeout=30
+        )
+        next(held)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Stat(services_pb2.StatRequest(digest=digest), timeout=20)
+        assert time.monotonic() - started < 5
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "Concurrent RPC limit" in (info.value.details() or "")  # type: ignore[attr-defined]
+        held.cancel()

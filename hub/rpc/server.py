@@ -313,6 +313,9 @@ def serve_grpc(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edgeloop-grpc"),
         interceptors=interceptors,
+        # A call beyond the threads is refused at once (RESOURCE_EXHAUSTED, by gRPC itself,
+        # no thread needed) instead of queueing unserved until the caller's timeout.
+        maximum_concurrent_rpcs=max_workers,
         # Fail on a port already in use instead of silently sharing it.
         options=[("grpc.so_reuseport", 0)],
     )

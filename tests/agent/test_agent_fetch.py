@@ -23,7 +23,15 @@ from typing import Any
 import grpc
 import pytest
 
-from edge_agent._fetch import MAX_SLOT_WAIT_S, Backoff, DownloadError, download_bundle, slot_wait
+from edge_agent._fetch import (
+    BUSY_SERVER_WAIT_S,
+    MAX_SLOT_WAIT_S,
+    Backoff,
+    DownloadError,
+    download_bundle,
+    retry_after,
+    slot_wait,
+)
 from hub.core.artifacts import FileArtifactStore, sha256_digest
 from hub.rpc import server as grpc_server
 from hub.rpc.server import ArtifactServicer, start_grpc_server
@@ -526,3 +534,17 @@ def test_slot_waits_follow_the_hint_grow_and_are_capped() -> None:
     assert min(first) >= 0.1 and max(first) < 0.2
     assert all(0.4 <= slot_wait(0.1, 3, rng) < 0.8 for _ in range(50))
     assert slot_wait(0.1, 50, rng) <= MAX_SLOT_WAIT_S and slot_wait(100, 1, rng) == MAX_SLOT_WAIT_S
+
+
+def test_what_counts_as_a_refusal_for_want_of_a_slot() -> None:
+    def error(code: grpc.StatusCode, details: str, *trailing: tuple[str, str]) -> Any:
+        return grpc.aio.AioRpcError(
+            code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details=details
+        )
+
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert retry_after(error(exhausted, "busy", ("retry-after-ms", "250"))) == 0.25
+    # gRPC's own refusal of a call beyond the server's threads: no hint, a default wait
+    assert retry_after(error(exhausted, "Concurrent RPC limit exceeded!")) == BUSY_SERVER_WAIT_S
+    assert retry_after(error(exhausted, "received message larger than max")) is None
+    assert retry_after(error(grpc.StatusCode.UNAVAILABLE, "down")) is None
