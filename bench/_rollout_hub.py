@@ -31,6 +31,7 @@ def main(argv: list[str]) -> int:
     tmp.replace(args.port_file)
     try:
         endpoint = ["--artifact-endpoint", f"127.0.0.1:{port}"]
+        endpoint += ["--capacity-endpoint", f"127.0.0.1:{port}"]  # admission by its slots
         return rollouts_main([a for a in rest if a != "--"] + endpoint)
     finally:
         server.stop(None)

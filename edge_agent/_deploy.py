@@ -217,6 +217,7 @@ class Deployer:
             marks.difference_update(reached)
 
         self._emit(command, K.EVENT_KIND_DOWNLOADING, progress=0.0)
+        waited: list[float] = []
         path = await download_bundle(
             endpoint=target.artifact_endpoint,
             digest=target.bundle_digest,
@@ -226,8 +227,11 @@ class Deployer:
             ca_file=self._ca_file,
             client_cert=self._client_cert,
             rejected=self.rejected,
+            waited=waited,
         )
-        self._emit(command, K.EVENT_KIND_DOWNLOADED, progress=1.0)
+        # the hub shows how long its download slots kept the device waiting
+        why = f"waited {sum(waited):.2f} s for a download slot ({len(waited)}x)" if waited else ""
+        self._emit(command, K.EVENT_KIND_DOWNLOADED, progress=1.0, reason=why)
         return path
 
     async def _deploy(self, command: pb.Command) -> None:

@@ -7,6 +7,11 @@ left by an earlier run (an agent restart, a SIGKILL) is continued the same way. 
 whole artifact is there its size and SHA-256 are checked against the requested digest,
 the file is fsynced and renamed to ``<dest>/<hex>.bundle``, which is returned. The
 bundle's *signature* is checked later, by the install (:mod:`edge_agent._slots`).
+
+A hub whose download slots are all taken answers ``RESOURCE_EXHAUSTED`` with a
+``retry-after-ms`` hint (:mod:`hub.rpc.slots`): the device waits that long (jittered, longer
+after each refusal in a row) and calls again. Such a wait is no failed attempt: it does not
+use up ``retries``, only ``max_wait_s`` in all.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import grpc
 import grpc.aio
@@ -51,6 +56,12 @@ _RETRYABLE = frozenset(
         grpc.StatusCode.OUT_OF_RANGE,  # our partial outgrew the artifact: it gets discarded
     }
 )
+#: The hub's hint on RESOURCE_EXHAUSTED: wait this many milliseconds (hub.rpc.slots).
+RETRY_AFTER_KEY = "retry-after-ms"
+#: The wait after gRPC itself refused a call beyond the server's threads (no hint).
+BUSY_SERVER_WAIT_S = 0.5
+#: The longest single wait for a download slot, seconds.
+MAX_SLOT_WAIT_S = 10.0
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 _CHANNEL_OPTIONS = [
     # A fresh channel per attempt must really try to connect, not inherit the reconnect
@@ -97,6 +108,32 @@ class _Retry(AgentError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def retry_after(exc: grpc.aio.AioRpcError) -> float | None:
+    """The hub's ``retry-after-ms`` hint of a refused call, in seconds; for gRPC's own
+    refusal of a call beyond the server's threads (no hint), :data:`BUSY_SERVER_WAIT_S`.
+    None: not a refusal for want of a download slot."""
+    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    for item in exc.trailing_metadata() or ():
+        key, value = cast("tuple[str, str | bytes]", item)  # a tuple at runtime
+        if key == RETRY_AFTER_KEY:
+            try:
+                return max(0.0, float(value) / 1000)
+            except (TypeError, ValueError):
+                return None
+    if "Concurrent RPC limit" in (exc.details() or ""):
+        return BUSY_SERVER_WAIT_S
+    return None
+
+
+def slot_wait(hint: float, refusals: int, rng: random.Random) -> float:
+    """Seconds to wait after the ``refusals``-th refusal in a row with hint ``hint``: the hint,
+    doubled per earlier refusal (up to 16x), times a random factor in [1, 2) (refused devices
+    do not all call back at once), capped at :data:`MAX_SLOT_WAIT_S`."""
+    grown = hint * 2 ** min(max(refusals - 1, 0), 4)
+    return min(MAX_SLOT_WAIT_S, grown * (1 + rng.random()))
 
 
 def _check_disk(directory: Path, needed: int) -> None:
@@ -271,6 +308,8 @@ async def download_bundle(
     ca_file: Path | None = None,
     client_cert: tuple[Path, Path] | None = None,
     rejected: Counter[str] | None = None,
+    max_wait_s: float = 600.0,
+    waited: list[float] | None = None,
 ) -> Path:
     """Download artifact ``digest`` from ``endpoint`` (``host:port``) into ``dest_dir``.
 
@@ -289,6 +328,11 @@ async def download_bundle(
     ``truncated`` (the stream ended early), ``foreign_chunk``, ``wrong_offset``,
     ``bad_chunk_size`` (garbled streams), ``rpc_<code>`` (e.g. ``rpc_unavailable``) and,
     for the final error, its :attr:`DownloadError.reason` (e.g. ``digest_mismatch``).
+
+    A refusal for want of a download slot (``RESOURCE_EXHAUSTED`` with ``retry-after-ms``)
+    is waited out (:func:`slot_wait`) without counting as an attempt, up to ``max_wait_s``
+    of such waits in all (then it counts as one); each is counted as ``slot_busy`` and its
+    seconds appended to ``waited`` (optional).
     """
     counts: Counter[str] = Counter() if rejected is None else rejected
     try:
@@ -306,6 +350,7 @@ async def download_bundle(
         if (done := await asyncio.to_thread(_existing, final, digest)) is not None:
             return done
         delays = (backoff or Backoff()).delays()
+        rng, refusals, slot_waits = random.Random(), 0, 0.0
         with partial.open("ab") as fh:
             _lock(fh, partial)
             if expected_size is not None:
@@ -328,6 +373,17 @@ async def download_bundle(
                     )
                 except grpc.aio.AioRpcError as exc:
                     _raise_if_final(exc, digest=digest, endpoint=endpoint, attempt=attempt)
+                    hint = retry_after(exc)
+                    if hint is not None and slot_waits < max_wait_s:
+                        refusals += 1
+                        wait = min(slot_wait(hint, refusals, rng), max_wait_s - slot_waits)
+                        slot_waits += wait
+                        counts["slot_busy"] += 1
+                        if waited is not None:
+                            waited.append(wait)
+                        log.info("download of %s: %s; waiting %.2f s", digest, exc.details(), wait)
+                        await asyncio.sleep(wait)
+                        continue
                     problem = f"{exc.code().name}: {exc.details()}"
                     counts[f"rpc_{exc.code().name.lower()}"] += 1
                     if exc.code() == grpc.StatusCode.OUT_OF_RANGE:

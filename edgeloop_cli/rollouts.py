@@ -13,7 +13,18 @@ from edgeloop_cli.output import emit
 
 app = typer.Typer(help="Phased rollouts: create, watch, pause, roll back.", no_args_is_help=True)
 COLUMNS = ["id", "model", "version", "state", "phase", "selector", "reason", "created_at"]
-SHOW = ["id", "model", "version", "state", "phase", "selector", "reason", "phases", "device_states"]
+SHOW = [
+    "id",
+    "model",
+    "version",
+    "state",
+    "phase",
+    "selector",
+    "reason",
+    "phases",
+    "device_states",
+    "queue",
+]
 ReasonOpt = Annotated[str, typer.Option(help="why (kept in the rollout's event log)")]
 
 

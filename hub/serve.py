@@ -142,6 +142,7 @@ def _serve(settings: HubSettings) -> None:
                     tick_s=settings.rollout_tick_s,
                     max_commands_per_s=settings.rollout_max_commands_per_s,
                     max_concurrent_downloads=settings.rollout_max_concurrent_downloads,
+                    capacity=rpc.capacity,  # new deploys only into free download slots
                 )
             )
         # devices behind on the bundle key are told to rotate (hub.security.key_rotation),

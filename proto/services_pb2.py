@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14proto/services.proto\x12\x0b\x65\x64geloop.v1\"E\n\x0f\x44ownloadRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\"Q\n\rDownloadChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"\x1d\n\x0bStatRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\",\n\x0c\x41rtifactInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\xaa\x02\n\rEnrollRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x18\n\x10\x65nrollment_token\x18\x02 \x01(\t\x12\x42\n\x0c\x63\x61pabilities\x18\x03 \x03(\x0b\x32,.edgeloop.v1.EnrollRequest.CapabilitiesEntry\x12\x32\n\x04tags\x18\x04 \x03(\x0b\x32$.edgeloop.v1.EnrollRequest.TagsEntry\x12\x12\n\nclient_csr\x18\n \x01(\x0c\x1a\x33\n\x11\x43\x61pabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc5\x01\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\rmqtt_username\x18\x02 \x01(\t\x12\x15\n\rmqtt_password\x18\x03 \x01(\t\x12\x16\n\x0ehub_public_key\x18\x04 \x01(\x0c\x12\x10\n\x08mqtt_url\x18\x05 \x01(\t\x12\x19\n\x11\x61rtifact_endpoint\x18\x06 \x01(\t\x12\x1a\n\x12\x63lient_certificate\x18\n \x01(\x0c\x12\x11\n\tclient_ca\x18\x0b \x01(\x0c\x32\x96\x01\n\x0f\x41rtifactService\x12\x46\n\x08\x44ownload\x12\x1c.edgeloop.v1.DownloadRequest\x1a\x1a.edgeloop.v1.DownloadChunk0\x01\x12;\n\x04Stat\x12\x18.edgeloop.v1.StatRequest\x1a\x19.edgeloop.v1.ArtifactInfo2R\n\rDeviceService\x12\x41\n\x06\x45nroll\x12\x1a.edgeloop.v1.EnrollRequest\x1a\x1b.edgeloop.v1.EnrollResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14proto/services.proto\x12\x0b\x65\x64geloop.v1\"!\n\x0f\x43\x61pacityRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"o\n\x10\x44ownloadCapacity\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\r\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x15\n\rmean_stream_s\x18\x03 \x01(\x01\x12\x0e\n\x06served\x18\x04 \x01(\x04\x12\x0f\n\x07refused\x18\x05 \x01(\x04\"E\n\x0f\x44ownloadRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\"Q\n\rDownloadChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\"\x1d\n\x0bStatRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\",\n\x0c\x41rtifactInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\xaa\x02\n\rEnrollRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x18\n\x10\x65nrollment_token\x18\x02 \x01(\t\x12\x42\n\x0c\x63\x61pabilities\x18\x03 \x03(\x0b\x32,.edgeloop.v1.EnrollRequest.CapabilitiesEntry\x12\x32\n\x04tags\x18\x04 \x03(\x0b\x32$.edgeloop.v1.EnrollRequest.TagsEntry\x12\x12\n\nclient_csr\x18\n \x01(\x0c\x1a\x33\n\x11\x43\x61pabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc5\x01\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\rmqtt_username\x18\x02 \x01(\t\x12\x15\n\rmqtt_password\x18\x03 \x01(\t\x12\x16\n\x0ehub_public_key\x18\x04 \x01(\x0c\x12\x10\n\x08mqtt_url\x18\x05 \x01(\t\x12\x19\n\x11\x61rtifact_endpoint\x18\x06 \x01(\t\x12\x1a\n\x12\x63lient_certificate\x18\n \x01(\x0c\x12\x11\n\tclient_ca\x18\x0b \x01(\x0c\x32\xdf\x01\n\x0f\x41rtifactService\x12\x46\n\x08\x44ownload\x12\x1c.edgeloop.v1.DownloadRequest\x1a\x1a.edgeloop.v1.DownloadChunk0\x01\x12;\n\x04Stat\x12\x18.edgeloop.v1.StatRequest\x1a\x19.edgeloop.v1.ArtifactInfo\x12G\n\x08\x43\x61pacity\x12\x1c.edgeloop.v1.CapacityRequest\x1a\x1d.edgeloop.v1.DownloadCapacity2R\n\rDeviceService\x12\x41\n\x06\x45nroll\x12\x1a.edgeloop.v1.EnrollRequest\x1a\x1b.edgeloop.v1.EnrollResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +35,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLLREQUEST_CAPABILITIESENTRY']._serialized_options = b'8\001'
   _globals['_ENROLLREQUEST_TAGSENTRY']._loaded_options = None
   _globals['_ENROLLREQUEST_TAGSENTRY']._serialized_options = b'8\001'
-  _globals['_DOWNLOADREQUEST']._serialized_start=37
-  _globals['_DOWNLOADREQUEST']._serialized_end=106
-  _globals['_DOWNLOADCHUNK']._serialized_start=108
-  _globals['_DOWNLOADCHUNK']._serialized_end=189
-  _globals['_STATREQUEST']._serialized_start=191
-  _globals['_STATREQUEST']._serialized_end=220
-  _globals['_ARTIFACTINFO']._serialized_start=222
-  _globals['_ARTIFACTINFO']._serialized_end=266
-  _globals['_ENROLLREQUEST']._serialized_start=269
-  _globals['_ENROLLREQUEST']._serialized_end=567
-  _globals['_ENROLLREQUEST_CAPABILITIESENTRY']._serialized_start=471
-  _globals['_ENROLLREQUEST_CAPABILITIESENTRY']._serialized_end=522
-  _globals['_ENROLLREQUEST_TAGSENTRY']._serialized_start=524
-  _globals['_ENROLLREQUEST_TAGSENTRY']._serialized_end=567
-  _globals['_ENROLLRESPONSE']._serialized_start=570
-  _globals['_ENROLLRESPONSE']._serialized_end=767
-  _globals['_ARTIFACTSERVICE']._serialized_start=770
-  _globals['_ARTIFACTSERVICE']._serialized_end=920
-  _globals['_DEVICESERVICE']._serialized_start=922
-  _globals['_DEVICESERVICE']._serialized_end=1004
+  _globals['_CAPACITYREQUEST']._serialized_start=37
+  _globals['_CAPACITYREQUEST']._serialized_end=70
+  _globals['_DOWNLOADCAPACITY']._serialized_start=72
+  _globals['_DOWNLOADCAPACITY']._serialized_end=183
+  _globals['_DOWNLOADREQUEST']._serialized_start=185
+  _globals['_DOWNLOADREQUEST']._serialized_end=254
+  _globals['_DOWNLOADCHUNK']._serialized_start=256
+  _globals['_DOWNLOADCHUNK']._serialized_end=337
+  _globals['_STATREQUEST']._serialized_start=339
+  _globals['_STATREQUEST']._serialized_end=368
+  _globals['_ARTIFACTINFO']._serialized_start=370
+  _globals['_ARTIFACTINFO']._serialized_end=414
+  _globals['_ENROLLREQUEST']._serialized_start=417
+  _globals['_ENROLLREQUEST']._serialized_end=715
+  _globals['_ENROLLREQUEST_CAPABILITIESENTRY']._serialized_start=619
+  _globals['_ENROLLREQUEST_CAPABILITIESENTRY']._serialized_end=670
+  _globals['_ENROLLREQUEST_TAGSENTRY']._serialized_start=672
+  _globals['_ENROLLREQUEST_TAGSENTRY']._serialized_end=715
+  _globals['_ENROLLRESPONSE']._serialized_start=718
+  _globals['_ENROLLRESPONSE']._serialized_end=915
+  _globals['_ARTIFACTSERVICE']._serialized_start=918
+  _globals['_ARTIFACTSERVICE']._serialized_end=1141
+  _globals['_DEVICESERVICE']._serialized_start=1143
+  _globals['_DEVICESERVICE']._serialized_end=1225
 # @@protoc_insertion_point(module_scope)

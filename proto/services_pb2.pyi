@@ -6,6 +6,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CapacityRequest(_message.Message):
+    __slots__ = ("digest",)
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    def __init__(self, digest: _Optional[str] = ...) -> None: ...
+
+class DownloadCapacity(_message.Message):
+    __slots__ = ("capacity", "in_flight", "mean_stream_s", "served", "refused")
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    MEAN_STREAM_S_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    capacity: int
+    in_flight: int
+    mean_stream_s: float
+    served: int
+    refused: int
+    def __init__(self, capacity: _Optional[int] = ..., in_flight: _Optional[int] = ..., mean_stream_s: _Optional[float] = ..., served: _Optional[int] = ..., refused: _Optional[int] = ...) -> None: ...
+
 class DownloadRequest(_message.Message):
     __slots__ = ("digest", "offset", "chunk_size")
     DIGEST_FIELD_NUMBER: _ClassVar[int]

@@ -45,6 +45,11 @@ class ArtifactServiceStub:
                 request_serializer=proto_dot_services__pb2.StatRequest.SerializeToString,
                 response_deserializer=proto_dot_services__pb2.ArtifactInfo.FromString,
                 _registered_method=True)
+        self.Capacity = channel.unary_unary(
+                '/edgeloop.v1.ArtifactService/Capacity',
+                request_serializer=proto_dot_services__pb2.CapacityRequest.SerializeToString,
+                response_deserializer=proto_dot_services__pb2.DownloadCapacity.FromString,
+                _registered_method=True)
 
 
 class ArtifactServiceServicer:
@@ -57,7 +62,9 @@ class ArtifactServiceServicer:
         stream carries at least one chunk; a chunk has empty data only when the
         request's offset equals the artifact's size.
         Errors: INVALID_ARGUMENT (malformed digest), NOT_FOUND (unknown digest),
-        OUT_OF_RANGE (offset past the end).
+        OUT_OF_RANGE (offset past the end), RESOURCE_EXHAUSTED (every download slot
+        is taken: wait the trailing metadata's "retry-after-ms" and call again; a
+        wait, not a failure).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -65,6 +72,13 @@ class ArtifactServiceServicer:
 
     def Stat(self, request, context):
         """Size of an artifact. Errors: INVALID_ARGUMENT, NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Capacity(self, request, context):
+        """The server's download slots now (what a rollout controller admits deploys by).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,6 +96,11 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.Stat,
                     request_deserializer=proto_dot_services__pb2.StatRequest.FromString,
                     response_serializer=proto_dot_services__pb2.ArtifactInfo.SerializeToString,
+            ),
+            'Capacity': grpc.unary_unary_rpc_method_handler(
+                    servicer.Capacity,
+                    request_deserializer=proto_dot_services__pb2.CapacityRequest.FromString,
+                    response_serializer=proto_dot_services__pb2.DownloadCapacity.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +158,33 @@ class ArtifactService:
             '/edgeloop.v1.ArtifactService/Stat',
             proto_dot_services__pb2.StatRequest.SerializeToString,
             proto_dot_services__pb2.ArtifactInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Capacity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.ArtifactService/Capacity',
+            proto_dot_services__pb2.CapacityRequest.SerializeToString,
+            proto_dot_services__pb2.DownloadCapacity.FromString,
             options,
             channel_credentials,
             insecure,

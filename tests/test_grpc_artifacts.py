@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -14,6 +15,14 @@ import pytest
 
 from hub.core.artifacts import FileArtifactStore, sha256_digest
 from hub.rpc.server import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, start_grpc_server
+from hub.rpc.slots import (
+    MAX_RETRY_S,
+    MIN_RETRY_S,
+    RESERVED_WORKERS,
+    RETRY_AFTER_KEY,
+    DownloadSlots,
+    stream_capacity,
+)
 from proto import services_pb2, services_pb2_grpc
 
 pytestmark = pytest.mark.timeout(60)
@@ -112,7 +121,17 @@ def test_cancelled_stream_then_resume_gives_the_whole_file(store: FileArtifactSt
         assert info.value.code() == grpc.StatusCode.CANCELLED
         assert 3 * 32 * 1024 <= len(received) < len(BLOB)
 
-        rest = _download(stub, digest, offset=len(received))
+        # the cancelled call releases its thread a moment later; until then gRPC refuses
+        # the next call at once (RESOURCE_EXHAUSTED), and a client waits and calls again
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                rest = _download(stub, digest, offset=len(received))
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "the cancelled call kept its thread"
+                time.sleep(0.02)
 
     _assert_contiguous(rest, start=len(received), total=len(BLOB))
     assert received + b"".join(chunk.data for chunk in rest) == BLOB
@@ -221,3 +240,78 @@ def test_port_zero_binds_a_free_port_and_a_taken_port_is_refused(
         assert port > 0
         with pytest.raises(OSError, match=str(port)):
             start_grpc_server(store=store, host="127.0.0.1", port=port)
+
+
+def test_a_download_beyond_the_slots_is_refused_at_once_with_a_retry_hint(
+    store: FileArtifactStore,
+) -> None:
+    """Five worker threads: one download slot (four kept for Stat, Capacity and the
+    refusals). A second download while one streams is refused at once (it used to wait
+    inside gRPC unserved until the device's read timeout), with a ``retry-after-ms`` hint;
+    ``Capacity`` reports the slots; once the first call ends its slot is free again."""
+    digest = sha256_digest(BLOB)
+    options = [("grpc.http2.bdp_probe", 0)]  # the first stream cannot finish unread
+    with (
+        _serve(store, max_workers=RESERVED_WORKERS + 1) as (_, target),
+        grpc.insecure_channel(target, options=options) as channel,
+    ):
+        stub = services_pb2_grpc.ArtifactServiceStub(channel)
+        call = stub.Download(
+            services_pb2.DownloadRequest(digest=digest, chunk_size=32 * 1024), timeout=30
+        )
+        next(call)  # streaming: holds the one slot
+        now = stub.Capacity(services_pb2.CapacityRequest(), timeout=10)
+        assert (now.capacity, now.in_flight, now.refused) == (1, 1, 0)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            _download(stub, digest)
+        assert time.monotonic() - started < 5  # refused, not left waiting
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        hint = dict(info.value.trailing_metadata())[RETRY_AFTER_KEY]  # type: ignore[attr-defined]
+        assert MIN_RETRY_S * 1000 <= int(hint) <= MAX_RETRY_S * 1000
+        assert stub.Capacity(services_pb2.CapacityRequest(), timeout=10).refused == 1
+        call.cancel()
+        deadline = time.monotonic() + 10
+        while stub.Capacity(services_pb2.CapacityRequest(), timeout=10).in_flight:
+            assert time.monotonic() < deadline, "the cancelled call kept its slot"
+            time.sleep(0.02)
+        assert b"".join(c.data for c in _download(stub, digest)) == BLOB
+        done = stub.Capacity(services_pb2.CapacityRequest(), timeout=10)
+        assert (done.in_flight, done.served, done.refused) == (0, 2, 1)
+        assert done.mean_stream_s > 0
+
+
+def test_download_slots_count_and_hint() -> None:
+    slots = DownloadSlots(2)
+    assert slots.try_acquire() and slots.try_acquire() and not slots.try_acquire()
+    now = slots.snapshot()
+    assert (now.capacity, now.in_flight, now.free, now.refused) == (2, 2, 0, 1)
+    assert now.retry_after_s == MIN_RETRY_S  # nothing served yet: the shortest wait
+    slots.release(time.monotonic() - 100)  # a very slow stream: the hint is capped
+    assert slots.snapshot().free == 1 and slots.snapshot().retry_after_s == MAX_RETRY_S
+    assert stream_capacity(36) == 36 - RESERVED_WORKERS and stream_capacity(1) == 1
+
+
+def test_a_call_beyond_the_servers_threads_is_refused_by_grpc_at_once(
+    store: FileArtifactStore,
+) -> None:
+    """One worker thread, held by a stream: gRPC itself refuses the next call at once
+    (``maximum_concurrent_rpcs``) instead of queueing it unserved; the agent takes this
+    refusal as a wait too (``edge_agent._fetch.retry_after``)."""
+    digest = sha256_digest(BLOB)
+    with (
+        _serve(store, max_workers=1) as (_, target),
+        grpc.insecure_channel(target, options=[("grpc.http2.bdp_probe", 0)]) as channel,
+    ):
+        stub = services_pb2_grpc.ArtifactServiceStub(channel)
+        held = stub.Download(
+            services_pb2.DownloadRequest(digest=digest, chunk_size=32 * 1024), timeout=30
+        )
+        next(held)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Stat(services_pb2.StatRequest(digest=digest), timeout=20)
+        assert time.monotonic() - started < 5
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "Concurrent RPC limit" in (info.value.details() or "")  # type: ignore[attr-defined]
+        held.cancel()

@@ -241,6 +241,8 @@ class RolloutPublic(RolloutSummaryPublic):
     phases: list[dict[str, Any]]
     devices: list[dict[str, Any]]
     device_states: dict[str, int]
+    # devices waiting for a download slot, admission waits, slot refusals (views.queue_view)
+    queue: dict[str, Any]
     events: list[dict[str, Any]]
 
 

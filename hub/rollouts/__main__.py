@@ -8,15 +8,18 @@ controller in-process.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
 from contextlib import ExitStack
+from pathlib import Path
 
 from hub.core.db import make_engine
 from hub.core.redact import install_log_redaction
 from hub.rollouts.controller import RolloutController
+from hub.rpc.slots import CapacityClient
 from hub.tables import create_all
 
 log = logging.getLogger("edgeloop.rollouts")
@@ -32,7 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tick-s", type=float, default=0.5)
     parser.add_argument("--max-commands-per-s", type=float, default=50.0)
     parser.add_argument("--max-concurrent-downloads", type=int, default=100)
+    parser.add_argument(
+        "--capacity-endpoint",
+        default="",
+        help="an artifact server's host:port (plaintext gRPC) whose download slots new"
+        " deploys are admitted by (ArtifactService.Capacity); default: only the fixed limit",
+    )
     parser.add_argument("--no-ingest", action="store_true", help="run the controller only")
+    parser.add_argument(
+        "--stats-file", type=Path, help="write the controller's health (JSON) here on exit"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -60,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                     client_id="edgeloop-rollouts-ingest",
                 )
                 stack.enter_context(worker)
+        capacity = None
+        if args.capacity_endpoint:
+            capacity = CapacityClient(args.capacity_endpoint)
+            stack.callback(capacity.close)
         controller = RolloutController(
             engine=engine,
             mqtt_url=args.mqtt_url,
@@ -69,10 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             tick_s=args.tick_s,
             max_commands_per_s=args.max_commands_per_s,
             max_concurrent_downloads=args.max_concurrent_downloads,
+            capacity=capacity,
         )
         stack.enter_context(controller)
         log.info("rollout controller running (tick %.2f s)", args.tick_s)
         stop.wait()
+        if args.stats_file is not None:
+            args.stats_file.write_text(json.dumps(controller.health(), default=str))
     engine.dispose()
     return 0
 

@@ -4,10 +4,15 @@ the PUBACK, then mark the row published. A crash in between republishes the same
 
 Deploys and rollbacks go out as one batch: every command is handed to the broker at once,
 the PUBACKs are awaited together, and the acknowledged rows are marked in one transaction
-(one round trip and one commit per tick, not one of each per device)."""
+(one round trip and one commit per tick, not one of each per device). The rows are read
+and marked as plain columns (``executemany``), not ORM objects."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from datetime import datetime
+
+from sqlalchemy import and_, bindparam, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -19,6 +24,20 @@ from hub.tables.rollouts import Rollout, RolloutDevice, RolloutShadow
 from proto import messages_pb2 as pb
 
 
+@dataclass(frozen=True, slots=True)
+class _Unpublished:
+    """The columns of a device row with a staged, unpublished command."""
+
+    rollout_id: str
+    device_id: str
+    command_id: str
+    issued_at_ms: int
+    published_at: datetime | None
+    rollback_command_id: str
+    rollback_issued_at_ms: int
+    rollback_published_at: datetime | None
+
+
 def publish_staged(
     engine: Engine, rollout_id: str, *, publisher: CommandPublisher, endpoint: str
 ) -> int:
@@ -26,8 +45,8 @@ def publish_staged(
     count = _publish_shadows(engine, rollout_id, publisher=publisher, endpoint=endpoint)
     with Session(engine) as session:
         rollout = session.get(Rollout, rollout_id)
-        rows = session.exec(
-            select(RolloutDevice).where(
+        found = session.exec(
+            select(*(getattr(RolloutDevice, f.name) for f in fields(_Unpublished))).where(
                 RolloutDevice.rollout_id == rollout_id,
                 (col(RolloutDevice.published_at).is_(None) & (RolloutDevice.command_id != ""))
                 | (
@@ -36,9 +55,10 @@ def publish_staged(
                 ),
             )
         ).all()
+    rows = [_Unpublished(*r) for r in found]
     if rollout is None or not rows:
         return count
-    staged: list[tuple[RolloutDevice, str, pb.Command]] = []
+    staged: list[tuple[_Unpublished, str, pb.Command]] = []
     for row in rows:  # a row's deploy goes before its rollback
         if row.command_id and row.published_at is None:
             command = _sync.deploy_command(rollout, row, endpoint=endpoint)
@@ -82,29 +102,36 @@ def _publish_shadows(
     return count
 
 
-def _mark(engine: Engine, published: list[tuple[RolloutDevice, str]]) -> None:
-    """Set ``field`` on each row, in one transaction, where the row still holds the command
-    id that was published (a row re-staged meanwhile keeps its new command unpublished)."""
+def _mark(engine: Engine, published: list[tuple[_Unpublished, str]]) -> None:
+    """Set ``field`` on each row, in one transaction (one ``executemany`` per field), where
+    the row still holds the command id that was published (a row re-staged meanwhile keeps
+    its new command unpublished)."""
     if not published:
         return
     at = utcnow()
-    keys = sorted({(row.rollout_id, row.device_id) for row, _ in published})
+    table = RolloutDevice.__table__  # type: ignore[attr-defined]  # sqlmodel's table
     with session_scope(engine) as session:
-        fresh: dict[tuple[str, str], RolloutDevice] = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            for rollout_id in {r for r, _ in chunk}:
-                ids = [d for r, d in chunk if r == rollout_id]
-                for found in session.exec(
-                    select(RolloutDevice).where(
-                        RolloutDevice.rollout_id == rollout_id,
-                        col(RolloutDevice.device_id).in_(ids),
+        connection = session.connection()
+        for field, key in (
+            ("published_at", "command_id"),
+            ("rollback_published_at", "rollback_command_id"),
+        ):
+            params = [
+                {"k_rollout": row.rollout_id, "k_device": row.device_id, "k_id": getattr(row, key)}
+                for row, done in published
+                if done == field
+            ]
+            if not params:
+                continue
+            statement = (
+                update(table)
+                .where(
+                    and_(
+                        table.c.rollout_id == bindparam("k_rollout"),
+                        table.c.device_id == bindparam("k_device"),
+                        table.c[key] == bindparam("k_id"),
                     )
-                ):
-                    fresh[(found.rollout_id, found.device_id)] = found
-        for row, field in published:
-            key = "command_id" if field == "published_at" else "rollback_command_id"
-            current = fresh.get((row.rollout_id, row.device_id))
-            if current is not None and getattr(current, key) == getattr(row, key):
-                setattr(current, field, at)
-                session.add(current)
+                )
+                .values({field: at})
+            )
+            connection.execute(statement, params)

@@ -14,14 +14,16 @@ from sqlmodel import Session
 
 from hub.core.clock import aware, utcnow
 from hub.rollouts import _sync
-from hub.rollouts._rows import Member, Settled, seen_of, states_of
+from hub.rollouts._rows import Live, Member, Settled, load, seen_after_publish, states_of
 from hub.rollouts._sync import DOWNLOADING, IN_FLIGHT, S
-from hub.rollouts.events import log_event
+from hub.rollouts.events import log_device_events, log_event
 from hub.rollouts.phases import Candidate, choose, parse_phases, site_of
 from hub.tables.devices import STATE_RECEIVED_KEY
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutState
 
 R = RolloutState
+#: Commanded devices that have not started their download (they will need a slot).
+NOT_STREAMING = frozenset({S.COMMANDED, S.RECEIVED})
 MAX_ROLLBACK_ATTEMPTS = 3
 #: A device seen (any message) this long after its command was published, without having
 #: answered it, gets the command again even when its state does not show a reconnect.
@@ -46,8 +48,23 @@ class Tokens:
         self.refilled = t
 
 
-def time_out(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) -> None:
+@dataclass
+class Slots:
+    """The artifact server's download slots left for this tick's new commands, shared by
+    every rollout the tick drives (``None``: the server's capacity is not known; only the
+    fixed ``max_concurrent_downloads`` applies).
+
+    Starts at the server's capacity less its streams in flight; each rollout takes off
+    its devices commanded but not yet streaming (they will need a slot; one that already
+    streams but whose event has not arrived counts twice: admission errs on the safe side),
+    then the devices it commands."""
+
+    free: int | None = None
+
+
+def time_out(session: Session, rollout: Rollout, rows: Sequence[Live]) -> None:
     limit = utcnow() - timedelta(seconds=rollout.device_timeout_s)
+    logged: list[tuple[str, str, str]] = []
     for d in rows:
         at = aware(d.commanded_at)
         if d.state in IN_FLIGHT and d.published_at is not None and at and at < limit:
@@ -55,18 +72,19 @@ def time_out(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) 
                 S.TIMED_OUT,
                 f"no final answer in {rollout.device_timeout_s:g} s",
             )
-            session.add(d)
-            log_event(session, rollout, "device_timed_out", d.reason, device_id=d.device_id)
+            logged.append(("device_timed_out", d.reason, d.device_id))
+    log_device_events(session, rollout, logged)
 
 
 def start_phase(
     session: Session,
     rollout: Rollout,
-    rows: list[RolloutDevice],
-    settled: Sequence[Settled],
+    rows: list[Live],
+    others: Sequence[Settled],
     devices: dict[str, Member],
 ) -> None:
-    """Choose the current phase's devices among the unassigned rows (all live rows)."""
+    """Choose the current phase's devices among the unassigned rows (``rows``: every
+    unassigned row, loaded; ``others``: the rest, as columns)."""
     phase, last = rollout.phase, len(rollout.phases) - 1
     spec = parse_phases([p["spec"] for p in rollout.phases])[phase]
     pool = [
@@ -78,7 +96,7 @@ def start_phase(
         for d in rows
         if d.phase == -1 and d.device_id in devices
     ]
-    every: list[RolloutDevice | Settled] = [*rows, *settled]
+    every: list[Live | Settled] = [*rows, *others]
     assigned = sum(0 <= d.phase <= phase for d in every)
     total = sum(d.device_id in devices or d.phase >= 0 for d in every)
     chosen = set(
@@ -87,7 +105,6 @@ def start_phase(
     for d in rows:
         if d.phase == -1 and (d.device_id in chosen or phase == last):
             d.phase = phase
-            session.add(d)
     rollout.phase_started_at, rollout.state = utcnow(), R.RUNNING
     rollout.reason = f"phase {phase} started"
     rollout.updated_at = utcnow()
@@ -95,7 +112,7 @@ def start_phase(
     log_event(session, rollout, "phase_started", f"phase {phase} ({spec}): {len(chosen)} new")
 
 
-def nudge(session: Session, rows: Sequence[RolloutDevice], devices: dict[str, Member]) -> None:
+def nudge(session: Session, rows: Sequence[Live], devices: dict[str, Member]) -> None:
     """A device that came online after its command was published but never answered
     (it had no broker session yet, so nothing was queued for it): publish the same
     command again (same id; agents dedupe).
@@ -116,8 +133,8 @@ def nudge(session: Session, rows: Sequence[RolloutDevice], devices: dict[str, Me
         and (device := devices.get(d.device_id)) is not None
         and device.online
     ]
-    seen_at = seen_of(session, [d.device_id for d in waiting]) if waiting else {}
-    found: list[tuple[RolloutDevice, bool]] = []  # (row, seen within the grace)
+    seen_at = seen_after_publish(session, waiting[0].rollout_id) if waiting else {}
+    found: list[tuple[Live, bool]] = []  # (row, seen within the grace)
     for d in waiting:
         published, seen = aware(d.published_at), aware(seen_at.get(d.device_id))
         if published is None or seen is None or seen <= published:
@@ -128,34 +145,43 @@ def nudge(session: Session, rows: Sequence[RolloutDevice], devices: dict[str, Me
     for d, within in found:
         if not within or _state_ms(states.get(d.device_id, {})) >= d.issued_at_ms:
             d.published_at = None
-            session.add(d)
 
 
 def stage(
     session: Session,
     rollout: Rollout,
-    rows: Sequence[RolloutDevice],
+    rows: list[Live],
+    waiting: Sequence[Settled],
     devices: dict[str, Member],
     *,
     tokens: Tokens,
     max_commands_per_s: float,
     max_concurrent_downloads: int,
     tick_s: float,
+    slots: Slots | None = None,
 ) -> None:
-    """Give pending devices of started phases a command id (rate limits apply)."""
+    """Give pending devices of started phases a command id (rate limits apply; new
+    downloads only into the artifact server's free ``slots``). ``waiting``: pending rows
+    not loaded; the ones this changes are loaded and appended to ``rows``."""
     tokens.refill(max_commands_per_s)
     limit = min(
         rollout.max_concurrent_downloads or max_concurrent_downloads, max_concurrent_downloads
     )
     rate_cap = rollout.max_commands_per_s
     busy = sum(d.state in DOWNLOADING for d in rows)
-    staging: list[RolloutDevice] = []
-    for d in sorted(rows, key=lambda r: (r.phase, r.device_id)):
-        if d.state != S.PENDING or not 0 <= d.phase <= rollout.phase:
+    if slots is not None and slots.free is not None:
+        slots.free -= sum(d.state in NOT_STREAMING for d in rows)
+        limit = min(limit, busy + max(slots.free, 0))
+    loaded = {d.device_id for d in rows}
+    candidates: list[Live | Settled] = [d for d in rows if d.state == S.PENDING]
+    candidates += [w for w in waiting if w.state == S.PENDING and w.device_id not in loaded]
+    staging: list[Live | Settled] = []
+    skipped: list[Live | Settled] = []
+    for d in sorted(candidates, key=lambda r: (r.phase, r.device_id)):
+        if not 0 <= d.phase <= rollout.phase:
             continue
         if d.device_id not in devices:
-            d.state, d.reason = S.SKIPPED, "no longer matches the selector or was removed"
-            session.add(d)
+            skipped.append(d)
             continue
         if (
             busy >= limit
@@ -166,14 +192,32 @@ def stage(
         staging.append(d)
         tokens.tokens -= 1
         busy += 1
-    states = states_of(session, [d.device_id for d in staging]) if staging else {}
-    for d in staging:
+    if slots is not None and slots.free is not None:
+        slots.free -= len(staging)
+    fetched = {
+        r.device_id: r
+        for r in load(
+            session,
+            rollout.id,
+            [d.device_id for d in [*staging, *skipped] if d.device_id not in loaded],
+        )
+    }
+    rows.extend(fetched.values())
+
+    def live(d: Live | Settled) -> Live | None:
+        return d if isinstance(d, Live) else fetched.get(d.device_id)
+
+    for d in skipped:
+        if (row := live(d)) is not None and row.state == S.PENDING:
+            row.state, row.reason = S.SKIPPED, "no longer matches the selector or was removed"
+    chosen = [row for d in staging if (row := live(d)) is not None and row.state == S.PENDING]
+    states = states_of(session, [d.device_id for d in chosen]) if chosen else {}
+    for d in chosen:
         model, version, digest = _sync.active_slot(states.get(d.device_id, {}))
         d.previous_model, d.previous_version, d.previous_digest = model, version, digest
         d.command_id, d.issued_at_ms = uuid.uuid4().hex, _sync.ms(utcnow())
         d.commanded_at, d.state, d.attempts = utcnow(), S.COMMANDED, d.attempts + 1
         d.updated_at = utcnow()
-        session.add(d)
 
 
 def roll_back(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) -> None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlmodel import Session, col, select
 
-from hub.rollouts._rows import Member
-from hub.rollouts.events import log_event
+from hub.core.clock import utcnow
+from hub.rollouts._rows import Live, Member, insert, plain
+from hub.rollouts.events import log_device_events
 from hub.tables import DeploymentEventRow
-from hub.tables.rollouts import DeviceState, Rollout, RolloutDevice
+from hub.tables.rollouts import DeviceState, Rollout
 from proto import messages_pb2 as pb
 
 S = DeviceState
@@ -62,9 +63,9 @@ def _events(session: Session, command_ids: Sequence[str]) -> list[tuple[str, str
         found.extend(
             session.exec(
                 select(
-                    DeploymentEventRow.command_id,
-                    DeploymentEventRow.kind,
-                    DeploymentEventRow.reason,
+                    plain(DeploymentEventRow.command_id),
+                    plain(DeploymentEventRow.kind),
+                    plain(DeploymentEventRow.reason),
                 )
                 .where(col(DeploymentEventRow.command_id).in_(chunk))
                 .order_by(col(DeploymentEventRow.id))
@@ -73,8 +74,9 @@ def _events(session: Session, command_ids: Sequence[str]) -> list[tuple[str, str
     return found
 
 
-def sync_events(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) -> int:
-    """Move device rows forward from the events their devices sent; returns rows changed."""
+def sync_events(session: Session, rollout: Rollout, rows: Sequence[Live]) -> int:
+    """Move device rows forward from the events their devices sent; returns rows changed
+    (:func:`hub.rollouts._rows.save` writes them)."""
     watch_deploy = {
         d.command_id: d
         for d in rows
@@ -88,6 +90,7 @@ def sync_events(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice
     if not watch_deploy and not watch_rollback:
         return 0
     changed: set[str] = set()
+    logged: list[tuple[str, str, str]] = []
     for command_id, kind, reason in _events(session, [*watch_deploy, *watch_rollback]):
         if (d := watch_rollback.get(command_id)) is not None:
             if d.state != S.ROLLING_BACK:
@@ -112,36 +115,52 @@ def sync_events(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice
             continue
         changed.add(d.device_id)
         if d.state in REPORTED | {S.ROLLED_BACK, S.ROLLBACK_FAILED}:
-            log_event(session, rollout, f"device_{d.state}", d.reason, device_id=d.device_id)
-    for d in rows:
-        if d.device_id in changed:
-            session.add(d)
+            logged.append((f"device_{d.state}", d.reason, d.device_id))
+    log_device_events(session, rollout, logged)
     return len(changed)
 
 
 def add_members(
     session: Session, rollout: Rollout, known: Collection[str], devices: Sequence[Member]
-) -> list[RolloutDevice]:
+) -> list[Live]:
     """Rows for devices that match but have none (``known``: the devices with a row): at the
     start unassigned, later late joiners (they join the last phase, or the current one with
     ``join_phase='current'``)."""
     started = rollout.phase_started_at is not None or rollout.phase > 0
     last = len(rollout.phases) - 1
-    added = []
+    added: list[Live] = []
+    logged: list[tuple[str, str, str]] = []
     for device in devices:
         if device.id in known:
             continue
-        row = RolloutDevice(rollout_id=rollout.id, device_id=device.id)
+        row = Live(rollout_id=rollout.id, device_id=device.id, updated_at=utcnow())
         if started:
             row.late = True
             row.phase = rollout.phase if rollout.join_phase == "current" else last
-            log_event(session, rollout, "device_joined", f"phase {row.phase}", device_id=device.id)
-        session.add(row)
+            logged.append(("device_joined", f"phase {row.phase}", device.id))
         added.append(row)
+    insert(session, added)
+    log_device_events(session, rollout, logged)
     return added
 
 
-def deploy_command(rollout: Rollout, row: RolloutDevice, *, endpoint: str) -> pb.Command:
+class Commanded(Protocol):
+    """What a command is built from: a device row (``Live``, ``RolloutDevice``, or the
+    outbox's columns)."""
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def command_id(self) -> str: ...
+    @property
+    def issued_at_ms(self) -> int: ...
+    @property
+    def rollback_command_id(self) -> str: ...
+    @property
+    def rollback_issued_at_ms(self) -> int: ...
+
+
+def deploy_command(rollout: Rollout, row: Commanded, *, endpoint: str) -> pb.Command:
     deploy = pb.Deploy(
         rollout_id=rollout.id,
         model=rollout.model,
@@ -160,7 +179,7 @@ def deploy_command(rollout: Rollout, row: RolloutDevice, *, endpoint: str) -> pb
     )
 
 
-def rollback_command(rollout: Rollout, row: RolloutDevice) -> pb.Command:
+def rollback_command(rollout: Rollout, row: Commanded) -> pb.Command:
     return pb.Command(
         command_id=row.rollback_command_id,
         device_id=row.device_id,

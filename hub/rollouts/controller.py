@@ -12,6 +12,8 @@ the same id, which agents dedupe.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
@@ -23,13 +25,14 @@ from hub.core.service import Periodic, ServiceHealth
 from hub.fleet.commands import CommandPublisher, PublishError
 from hub.rollouts import _progress, _rows, _shadow, _sync
 from hub.rollouts._outbox import publish_staged
-from hub.rollouts._progress import MAX_ROLLBACK_ATTEMPTS, NUDGE_GRACE_S, Tokens
-from hub.rollouts._rows import Member, Settled
+from hub.rollouts._progress import MAX_ROLLBACK_ATTEMPTS, NUDGE_GRACE_S, Slots, Tokens
+from hub.rollouts._rows import Live, Member, Settled
 from hub.rollouts._sync import IN_FLIGHT, REPORTED, S
 from hub.rollouts.events import log_event
 from hub.rollouts.gates import Scope, evaluate, install_failure_rate, merged_gates
 from hub.rollouts.service import promote
-from hub.tables.rollouts import Rollout, RolloutDevice, RolloutShadow, RolloutState
+from hub.rpc.slots import SlotsSnapshot
+from hub.tables.rollouts import Rollout, RolloutShadow, RolloutState
 from proto.topics import Topics
 
 log = logging.getLogger("edgeloop.rollouts")
@@ -38,6 +41,13 @@ RECONCILED = {R.SHADOWING, R.RUNNING, R.AWAITING_APPROVAL, R.PAUSED, R.ROLLING_B
 __all__ = ["MAX_ROLLBACK_ATTEMPTS", "NUDGE_GRACE_S", "RECONCILED", "RolloutController"]
 #: A tick slower than this is logged (the controller lagging behind device events).
 SLOW_TICK_S = 5.0
+#: How long a tick reuses the devices matching a rollout's selector (and their online
+#: flags) before reading them again: reading and matching every device every tick was the
+#: largest part of a tick. A phase starting and the shadow phase read them fresh.
+MEMBERS_REFRESH_S = 1.0
+#: A rollout whose tick staged no command still has its outbox read this often (commands
+#: staged by an earlier controller, or marked published by none: a crash in between).
+OUTBOX_CHECK_S = 1.0
 
 
 class RolloutController(Periodic):
@@ -58,10 +68,15 @@ class RolloutController(Periodic):
         max_commands_per_s: float = 50.0,
         max_concurrent_downloads: int = 100,
         publisher: CommandPublisher | None = None,
+        capacity: Callable[[], SlotsSnapshot | None] | None = None,
     ) -> None:
         self.engine, self.endpoint, self.tick_s = engine, artifact_endpoint, tick_s
         self.max_commands_per_s = max_commands_per_s
         self.max_concurrent_downloads = max_concurrent_downloads
+        #: the artifact server's download slots (``GrpcService.capacity`` in-process,
+        #: ``hub.rpc.slots.CapacityClient`` over gRPC): new deploys go only into free ones
+        self.capacity = capacity
+        self.last_slots: SlotsSnapshot | None = None
         # e.g. the database briefly unavailable: logged, and the next tick retries
         super().__init__(
             interval_s=tick_s,
@@ -75,6 +90,9 @@ class RolloutController(Periodic):
         )
         self._tokens = Tokens.full(max_commands_per_s)
         self.published = 0
+        self.cpu_s = 0.0
+        self._members: dict[str, tuple[float, dict[str, Member]]] = {}
+        self._outbox_read: dict[str, float] = {}  # rollout id -> when its outbox was read
         self._reconcile_errors = 0
 
     # lifecycle ----------------------------------------------------------------------------
@@ -93,7 +111,13 @@ class RolloutController(Periodic):
         self.publisher.stop()
 
     def health(self) -> ServiceHealth:
-        return {**super().health(), "commands_published": self.published}
+        slots = self.last_slots
+        return {
+            **super().health(),
+            "commands_published": self.published,
+            "tick_cpu_s": round(self.cpu_s, 3),
+            "download_slots": slots.to_dict() if slots is not None else None,
+        }
 
     def __enter__(self) -> RolloutController:
         self.start()
@@ -105,7 +129,15 @@ class RolloutController(Periodic):
     # one pass -----------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Reconcile every active rollout once; one bad rollout never stops the others."""
+        """Reconcile every active rollout once; one bad rollout never stops the others.
+        Its CPU time adds up in :attr:`cpu_s` (the controller's own cost, in ``health``)."""
+        started = time.thread_time()
+        try:
+            self._tick()
+        finally:
+            self.cpu_s += time.thread_time() - started
+
+    def _tick(self) -> None:
         with Session(self.engine) as session:
             ids = session.exec(
                 select(Rollout.id)
@@ -121,44 +153,90 @@ class RolloutController(Periodic):
                 )
                 .distinct()
             ).all()
+        slots = self._slots() if ids else Slots()
+        for gone in set(self._members) - set(ids):
+            del self._members[gone]
         for rollout_id in [*ids, *sorted(set(stops) - set(ids))]:
+            staged = True
             try:
                 with session_scope(self.engine) as session:
                     if rollout_id in ids:
-                        self._reconcile(session, rollout_id)
+                        staged = self._reconcile(session, rollout_id, slots)
                     elif (ended := session.get(Rollout, rollout_id)) is not None:
                         _shadow.sync(session, ended)
-                self._publish(rollout_id)
+                read = self._outbox_read.get(rollout_id, 0.0)
+                if staged or time.monotonic() - read >= OUTBOX_CHECK_S:
+                    self._outbox_read[rollout_id] = time.monotonic()
+                    self._publish(rollout_id)
             except PublishError as exc:
+                self._outbox_read.pop(rollout_id, None)  # the next tick tries again
                 log.warning("rollout %s: commands wait for the broker: %s", rollout_id, exc)
             except Exception:
                 self._reconcile_errors += 1
                 log.exception("rollout %s: reconcile failed (will retry)", rollout_id)
+        for gone in set(self._outbox_read) - set(ids) - set(stops):
+            del self._outbox_read[gone]
 
-    def _reconcile(self, session: Session, rollout_id: str) -> None:
+    def _slots(self) -> Slots:
+        """The artifact server's free download slots now (unknown without a source, or when
+        it does not answer: then only ``max_concurrent_downloads`` limits)."""
+        if self.capacity is None:
+            return Slots()
+        try:
+            now = self.capacity()
+        except Exception as exc:  # e.g. the artifact server restarting: the fixed limit
+            log.warning("download slots unknown this tick: %s", exc)
+            now = None
+        self.last_slots = now
+        return Slots() if now is None else Slots(free=now.capacity - now.in_flight)
+
+    def _reconcile(self, session: Session, rollout_id: str, slots: Slots) -> bool:
+        """One rollout's step; False only when it surely staged no command (then the
+        outbox need not be read this tick)."""
         rollout = session.exec(
             select(Rollout).where(Rollout.id == rollout_id).with_for_update()
         ).one()
-        # only the rows a tick can change are ORM rows; settled ones are plain columns
-        rows, settled = _rows.live_rows(session, rollout_id)
+        # only the rows a tick can change are read in full (plain columns, written back as
+        # one batched UPDATE of what changed); settled ones are the columns the gates read
+        rows, waiting, settled = _rows.live_rows(session, rollout_id)
         _sync.sync_events(session, rollout, rows)
         _progress.time_out(session, rollout, rows)
-        if (session.dirty or session.new) and not self._commit_progress(session, rollout):
-            return
+        moved = _rows.save(session, rows)
+        if (moved or session.dirty or session.new) and not self._commit_progress(session, rollout):
+            return True
         if rollout.shadow and not _shadow.pending(rollout):
             _shadow.sync(session, rollout)  # the answers to the stops
         if rollout.state == R.ROLLING_BACK:
             _progress.roll_back(session, rollout, _rows.all_rows(session, rollout_id))
-            return
-        devices = {d.id: d for d in _rows.matching_devices(session, rollout)}
-        known = {d.device_id for d in rows} | {d.device_id for d in settled}
+            return True
+        devices = self._matching(session, rollout)
+        known = {d.device_id for d in rows} | {d.device_id for d in [*waiting, *settled]}
         rows += _sync.add_members(session, rollout, known, list(devices.values()))
         if rollout.state == R.PAUSED:
-            return
+            return True
         if _shadow.pending(rollout):
             _shadow.drive(session, rollout, devices)
-            return
-        self._drive(session, rollout, rows, settled, devices)
+            return True
+        self._drive(session, rollout, rows, waiting, settled, devices, slots)
+        _rows.save(session, rows)
+        return bool(rollout.shadow) or any(
+            (d.command_id and d.published_at is None)
+            or (d.rollback_command_id and d.rollback_published_at is None)
+            for d in rows
+        )
+
+    def _matching(self, session: Session, rollout: Rollout) -> dict[str, Member]:
+        """The devices matching the rollout's selector, read at most every
+        :data:`MEMBERS_REFRESH_S` (fresh when a phase is about to start, and while the
+        shadow phase runs)."""
+        now = time.monotonic()
+        cached = self._members.get(rollout.id)
+        fresh = rollout.phase_started_at is None or _shadow.pending(rollout)
+        if cached is not None and not fresh and now - cached[0] < MEMBERS_REFRESH_S:
+            return cached[1]
+        devices = {d.id: d for d in _rows.matching_devices(session, rollout)}
+        self._members[rollout.id] = (now, devices)
+        return devices
 
     def _commit_progress(self, session: Session, rollout: Rollout) -> bool:
         """Commit the device rows moved by their events before the slower part of the tick
@@ -175,9 +253,11 @@ class RolloutController(Periodic):
         self,
         session: Session,
         rollout: Rollout,
-        rows: list[RolloutDevice],
+        rows: list[Live],
+        waiting: list[Settled],
         settled: list[Settled],
         devices: dict[str, Member],
+        slots: Slots,
     ) -> None:
         phase = rollout.phase
         if rollout.phases[phase].get("approval") and rollout.approved_phase < phase:
@@ -186,21 +266,27 @@ class RolloutController(Periodic):
                 log_event(session, rollout, "awaiting_approval", rollout.reason)
                 session.add(rollout)
             return
-        if rollout.phase_started_at is None:
-            _progress.start_phase(session, rollout, rows, settled, devices)
-        every: list[RolloutDevice | Settled] = [*rows, *settled]
-        mine = [d for d in every if 0 <= d.phase <= phase]
+        if rollout.phase_started_at is None:  # load the unassigned rows: a phase takes some
+            unassigned = {w.device_id for w in waiting if w.phase < 0}
+            rows += _rows.load(session, rollout.id, unassigned)
+            waiting = [w for w in waiting if w.device_id not in unassigned]
+            _progress.start_phase(session, rollout, rows, [*waiting, *settled], devices)
         _progress.nudge(session, rows, devices)
         _progress.stage(
             session,
             rollout,
             rows,
+            waiting,
             devices,
             tokens=self._tokens,
             max_commands_per_s=self.max_commands_per_s,
             max_concurrent_downloads=self.max_concurrent_downloads,
             tick_s=self.tick_s,
+            slots=slots,
         )
+        loaded = {d.device_id for d in rows}  # as they are now; the rest as read
+        every: list[Live | Settled] = [*rows, *(w for w in waiting if w.device_id not in loaded)]
+        mine = [d for d in [*every, *settled] if 0 <= d.phase <= phase]
         if rollout.phase_commanded_at is None and not any(
             d.state == S.PENDING or (d.command_id and d.published_at is None) for d in mine
         ):
@@ -208,9 +294,7 @@ class RolloutController(Periodic):
             session.add(rollout)
         self._decide(session, rollout, mine)
 
-    def _decide(
-        self, session: Session, rollout: Rollout, mine: list[RolloutDevice | Settled]
-    ) -> None:
+    def _decide(self, session: Session, rollout: Rollout, mine: list[Live | Settled]) -> None:
         cfg = merged_gates(rollout.gates)
         reported = sum(d.state in REPORTED for d in mine)
         early = install_failure_rate(mine, cfg)

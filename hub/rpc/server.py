@@ -6,12 +6,19 @@ the artifact's total size and digest; the client verifies the assembled digest.
 ``DeviceService`` (enrolment, ``hub.rpc.devices``) is served when passed in. With device
 client certificates on (:mod:`hub.rpc.auth`) a second port requires one, and artifact
 calls without one are refused.
+
+Downloads are admitted by :class:`hub.rpc.slots.DownloadSlots`: as many streams at once as
+the server has worker threads for (less a few reserved); one beyond is refused at once with
+``RESOURCE_EXHAUSTED`` and a ``retry-after-ms`` hint instead of waiting unserved inside
+gRPC. ``Capacity`` reports the slots (the rollout controller admits deploys by them).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -21,6 +28,7 @@ import grpc
 
 from hub.core.artifacts import ArtifactNotFound, ArtifactStore
 from hub.rpc.auth import DeviceCertAuth, DeviceCertInterceptor
+from hub.rpc.slots import RETRY_AFTER_KEY, DownloadSlots, SlotsSnapshot, stream_capacity
 from proto import services_pb2, services_pb2_grpc
 
 if TYPE_CHECKING:
@@ -29,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
+#: Worker threads of the hub's gRPC server: 128 download streams at once plus the reserve
+#: (:data:`hub.rpc.slots.RESERVED_WORKERS`). A thread mostly waits for its client to read.
+DEFAULT_MAX_WORKERS = 132
 #: Largest chunk sent: 4 MiB less room for the other fields and framing, so one chunk
 #: fits the 4 MiB receive limit every gRPC client has by default.
 MAX_CHUNK_SIZE = 4 * 1024 * 1024 - 4 * 1024
@@ -50,10 +61,12 @@ def _check_digest(digest: str, context: grpc.ServicerContext) -> None:
 
 
 class ArtifactServicer(services_pb2_grpc.ArtifactServiceServicer):
-    """Serves blobs of an :class:`~hub.core.artifacts.ArtifactStore` by digest."""
+    """Serves blobs of an :class:`~hub.core.artifacts.ArtifactStore` by digest, at most
+    ``slots.capacity`` downloads at once."""
 
-    def __init__(self, *, store: ArtifactStore) -> None:
+    def __init__(self, *, store: ArtifactStore, slots: DownloadSlots | None = None) -> None:
         self.store = store
+        self.slots = slots or DownloadSlots(stream_capacity(DEFAULT_MAX_WORKERS))
 
     def _size(self, digest: str, context: grpc.ServicerContext) -> int:
         _check_digest(digest, context)
@@ -68,7 +81,44 @@ class ArtifactServicer(services_pb2_grpc.ArtifactServiceServicer):
         size = self._size(request.digest, context)
         return services_pb2.ArtifactInfo(digest=request.digest, size=size)
 
+    def Capacity(
+        self, request: services_pb2.CapacityRequest, context: grpc.ServicerContext
+    ) -> services_pb2.DownloadCapacity:
+        now = self.slots.snapshot()
+        return services_pb2.DownloadCapacity(
+            capacity=now.capacity,
+            in_flight=now.in_flight,
+            mean_stream_s=now.mean_stream_s,
+            served=now.served,
+            refused=now.refused,
+        )
+
     def Download(
+        self, request: services_pb2.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[services_pb2.DownloadChunk]:
+        if not self.slots.try_acquire():
+            wait = self.slots.snapshot().retry_after_s
+            context.set_trailing_metadata(((RETRY_AFTER_KEY, str(round(wait * 1000))),))
+            _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"all {self.slots.capacity} download slots are busy: retry in {wait:.2f} s",
+            )
+        started, once = time.monotonic(), threading.Lock()
+
+        def release() -> None:
+            if once.acquire(blocking=False):
+                self.slots.release(started)
+
+        # the slot is free when the call ends, whether or not gRPC finishes this generator
+        # (a client that cancels mid-stream)
+        context.add_callback(release)
+        try:
+            yield from self._download(request, context)
+        finally:
+            release()
+
+    def _download(
         self, request: services_pb2.DownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[services_pb2.DownloadChunk]:
         digest = request.digest
@@ -140,6 +190,7 @@ class GrpcListening:
     server: grpc.Server
     port: int
     mtls_port: int | None = None
+    slots: DownloadSlots | None = None
 
     @property
     def artifact_port(self) -> int:
@@ -189,12 +240,21 @@ class GrpcService:
         if self.listening is not None:
             self.listening.server.stop(2.0)
 
+    def capacity(self) -> SlotsSnapshot | None:
+        """The download slots now (None before the server started)."""
+        listening = self.listening
+        if listening is None or listening.slots is None:
+            return None
+        return listening.slots.snapshot()
+
     def health(self) -> dict[str, object]:
         listening = self.listening
+        slots = self.capacity()
         return {
             "running": listening is not None,
             "port": listening.port if listening else None,
             "artifact_port": listening.artifact_port if listening else None,
+            "downloads": slots.to_dict() if slots is not None else None,
         }
 
 
@@ -203,7 +263,7 @@ def start_grpc_server(
     store: ArtifactStore,
     host: str,
     port: int,
-    max_workers: int = 16,
+    max_workers: int = DEFAULT_MAX_WORKERS,
     devices: services_pb2_grpc.DeviceServiceServicer | None = None,
     tls: TlsFiles | None = None,
     device_certs: DeviceCertAuth | None = None,
@@ -229,7 +289,7 @@ def serve_grpc(
     store: ArtifactStore,
     host: str,
     port: int,
-    max_workers: int = 16,
+    max_workers: int = DEFAULT_MAX_WORKERS,
     devices: services_pb2_grpc.DeviceServiceServicer | None = None,
     tls: TlsFiles | None = None,
     device_certs: DeviceCertAuth | None = None,
@@ -237,8 +297,10 @@ def serve_grpc(
     """Start the hub's gRPC server on ``port`` (0: a free one).
 
     ``devices`` (``hub.rpc.devices.DeviceServicer``) serves enrolment beside the artifacts.
-    Each running ``Download`` holds one of the ``max_workers`` threads; further calls
-    queue. Stop it with ``server.stop(grace)``. With ``tls`` the port speaks TLS only
+    Each running ``Download`` holds one of the ``max_workers`` threads; at most
+    ``max_workers - RESERVED_WORKERS`` run at once, a further one is refused at once
+    (``RESOURCE_EXHAUSTED``, ``retry-after-ms``) rather than queued unserved. Stop it with
+    ``server.stop(grace)``. With ``tls`` the port speaks TLS only
     (``grpc.ssl_server_credentials``); plaintext clients fail the handshake. With
     ``device_certs`` (needs ``tls``) a second port, ``device_certs.port``, requires a
     device client certificate, and every method but enrolment needs one (on both ports).
@@ -251,10 +313,16 @@ def serve_grpc(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edgeloop-grpc"),
         interceptors=interceptors,
+        # A call beyond the threads is refused at once (RESOURCE_EXHAUSTED, by gRPC itself,
+        # no thread needed) instead of queueing unserved until the caller's timeout.
+        maximum_concurrent_rpcs=max_workers,
         # Fail on a port already in use instead of silently sharing it.
         options=[("grpc.so_reuseport", 0)],
     )
-    services_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(store=store), server)
+    slots = DownloadSlots(stream_capacity(max_workers))
+    services_pb2_grpc.add_ArtifactServiceServicer_to_server(
+        ArtifactServicer(store=store, slots=slots), server
+    )
     if devices is not None:
         services_pb2_grpc.add_DeviceServiceServicer_to_server(devices, server)
     bound = _listen(server, host, port, None if tls is None else tls.grpc_server_credentials())
@@ -270,7 +338,7 @@ def serve_grpc(
             "gRPC artifacts on %s (TLS, device client certificate required)",
             _address(host, mtls_port),
         )
-    return GrpcListening(server=server, port=bound, mtls_port=mtls_port)
+    return GrpcListening(server=server, port=bound, mtls_port=mtls_port, slots=slots)
 
 
 def _listen(

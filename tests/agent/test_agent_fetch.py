@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import random
 import select
 import shutil
 import signal
@@ -22,11 +23,20 @@ from typing import Any
 import grpc
 import pytest
 
-from edge_agent._fetch import Backoff, DownloadError, download_bundle
+from edge_agent._fetch import (
+    BUSY_SERVER_WAIT_S,
+    MAX_SLOT_WAIT_S,
+    Backoff,
+    DownloadError,
+    download_bundle,
+    retry_after,
+    slot_wait,
+)
 from hub.core.artifacts import FileArtifactStore, sha256_digest
 from hub.rpc import server as grpc_server
 from hub.rpc.server import ArtifactServicer, start_grpc_server
-from proto import services_pb2
+from hub.rpc.slots import RESERVED_WORKERS
+from proto import services_pb2, services_pb2_grpc
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,8 +56,8 @@ Fault = Callable[
 class RecordingServicer(ArtifactServicer):
     """The hub's servicer, recording requests; ``faults[k]`` alters the k-th Download."""
 
-    def __init__(self, *, store: FileArtifactStore) -> None:
-        super().__init__(store=store)
+    def __init__(self, *, store: FileArtifactStore, **kwargs: Any) -> None:
+        super().__init__(store=store, **kwargs)
         self.offsets: list[int] = []
         self.stats = 0
         self.faults: list[Fault] = []
@@ -110,8 +120,8 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
     store.put_bytes(BLOB)
     made: list[RecordingServicer] = []
 
-    def factory(*, store: FileArtifactStore) -> RecordingServicer:
-        made.append(RecordingServicer(store=store))
+    def factory(*, store: FileArtifactStore, **kwargs: Any) -> RecordingServicer:
+        made.append(RecordingServicer(store=store, **kwargs))
         return made[-1]
 
     monkeypatch.setattr(grpc_server, "ArtifactServicer", factory)
@@ -488,3 +498,53 @@ def test_sigkill_mid_download_then_rerun_completes(hub: Hub, tmp_path: Path) -> 
     assert "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() == digest
     assert not partial.exists()
     assert hub.servicer.offsets == [0, held]
+
+
+def test_a_device_the_hub_has_no_slot_for_waits_instead_of_failing(tmp_path: Path) -> None:
+    """One download slot, held by another client for 0.6 s: the agent is refused
+    (RESOURCE_EXHAUSTED with the hub's hint), waits, and downloads; with ``retries=0``,
+    so the waits were not counted as failed attempts. Before, such a call sat unserved
+    inside gRPC until the 60 s read timeout."""
+    store = FileArtifactStore(root=tmp_path / "hub")
+    store.put_bytes(BLOB)
+    server, port = start_grpc_server(
+        store=store, host="127.0.0.1", port=0, max_workers=RESERVED_WORKERS + 1
+    )
+    endpoint = f"127.0.0.1:{port}"
+    options = [("grpc.http2.bdp_probe", 0)]  # the holder's stream cannot finish unread
+    try:
+        with grpc.insecure_channel(endpoint, options=options) as channel:
+            stub = services_pb2_grpc.ArtifactServiceStub(channel)
+            holder = stub.Download(services_pb2.DownloadRequest(digest=DIGEST, chunk_size=CHUNK))
+            next(holder)
+            threading.Timer(0.6, holder.cancel).start()
+            counts: Counter[str] = Counter()
+            waited: list[float] = []
+            path = fetch(endpoint, tmp_path / "dest", retries=0, rejected=counts, waited=waited)
+        assert_complete(path, tmp_path / "dest")
+        assert counts["slot_busy"] == len(waited) >= 1
+        assert 0.3 < sum(waited) < 30
+    finally:
+        server.stop(None).wait()
+
+
+def test_slot_waits_follow_the_hint_grow_and_are_capped() -> None:
+    rng = random.Random(7)
+    first = [slot_wait(0.1, 1, rng) for _ in range(200)]
+    assert min(first) >= 0.1 and max(first) < 0.2
+    assert all(0.4 <= slot_wait(0.1, 3, rng) < 0.8 for _ in range(50))
+    assert slot_wait(0.1, 50, rng) <= MAX_SLOT_WAIT_S and slot_wait(100, 1, rng) == MAX_SLOT_WAIT_S
+
+
+def test_what_counts_as_a_refusal_for_want_of_a_slot() -> None:
+    def error(code: grpc.StatusCode, details: str, *trailing: tuple[str, str]) -> Any:
+        return grpc.aio.AioRpcError(
+            code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details=details
+        )
+
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert retry_after(error(exhausted, "busy", ("retry-after-ms", "250"))) == 0.25
+    # gRPC's own refusal of a call beyond the server's threads: no hint, a default wait
+    assert retry_after(error(exhausted, "Concurrent RPC limit exceeded!")) == BUSY_SERVER_WAIT_S
+    assert retry_after(error(exhausted, "received message larger than max")) is None
+    assert retry_after(error(grpc.StatusCode.UNAVAILABLE, "down")) is None

@@ -182,8 +182,16 @@ class Fleet:
 
 
 @contextlib.asynccontextmanager
-async def fleet_of(hub: Hub, broker: EmbeddedBroker, tmp: Path) -> AsyncIterator[tuple[Fleet, Any]]:
-    """A fleet, with the hub's ingest and rollout controller running (threads) on SQLite."""
+async def fleet_of(
+    hub: Hub,
+    broker: EmbeddedBroker,
+    tmp: Path,
+    *,
+    endpoint: str | None = None,
+    capacity: Callable[[], Any] | None = None,
+) -> AsyncIterator[tuple[Fleet, Any]]:
+    """A fleet, with the hub's ingest and rollout controller running (threads) on SQLite.
+    ``endpoint``/``capacity``: another artifact server for the deploys, and its slots."""
     from hub.ingest import IngestWorker
     from hub.rollouts.controller import RolloutController
 
@@ -201,8 +209,9 @@ async def fleet_of(hub: Hub, broker: EmbeddedBroker, tmp: Path) -> AsyncIterator
         engine=engine,
         mqtt_url=broker.url,
         fleet=fleet.name,
-        artifact_endpoint=hub.endpoint,
+        artifact_endpoint=endpoint or hub.endpoint,
         tick_s=0.2,
+        capacity=capacity,
     )
     with ingest, controller:
         try:

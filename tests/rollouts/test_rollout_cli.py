@@ -42,6 +42,7 @@ def test_rollout_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert code == 0 and out["id"] == rid and out["state"] == "running"
     assert [p["state"] for p in out["phases"]] == ["commanding", "pending"]
     assert all({"state", "devices", "gates"} <= set(p) for p in out["phases"])
+    assert out["queue"]["waiting_for_slot"] == 0 and out["queue"]["admission_wait"]["devices"] == 0
     code, out = run(capsys, tmp_path, "pause", rid, "--reason", "lunch")
     assert code == 0 and out["state"] == "paused" and out["reason"] == "lunch"
     code, out = run(capsys, tmp_path, "approve", rid)

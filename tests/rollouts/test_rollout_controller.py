@@ -293,9 +293,10 @@ def test_device_rows_follow_their_events_while_the_gates_are_evaluated(
 
 def test_a_tick_loads_only_the_rows_it_can_change(engine: Engine) -> None:
     """A tick used to load every device row and every device (with its state JSON) as ORM
-    objects, so its cost grew with the devices already done. Settled rows are now read as
-    plain columns and device states only for the devices that need them; the settled rows
-    still count in the gates and are still rolled back."""
+    objects, so its cost grew with the devices already done. Rows are now read as plain
+    columns (the live ones written back as a batched UPDATE of what changed), device states
+    only for the devices that need them; the settled rows still count in the gates and are
+    still rolled back."""
     rollout_id, publisher = _setup(engine, 6)
     ctl = _controller(engine, publisher)
     ctl.tick()
@@ -320,7 +321,7 @@ def test_a_tick_loads_only_the_rows_it_can_change(engine: Engine) -> None:
     finally:
         event.remove(RolloutDevice, "load", on_row)
         event.remove(Device, "load", on_device)
-    assert sorted(loaded) == [r.device_id for r in rows[4:]]  # the two still in flight
+    assert loaded == []  # not even the two still in flight: plain columns
     assert devices == []
     # one failure among six reports: the settled rows count in the gate ...
     _event(engine, rows[4], "failed")
@@ -335,3 +336,152 @@ def test_a_tick_loads_only_the_rows_it_can_change(engine: Engine) -> None:
     ctl.tick()
     rolled = sorted(c.device_id for c in publisher.sent if c.HasField("rollback"))
     assert rolled == sorted(r.device_id for r in rows if r.device_id != rows[4].device_id)
+
+
+def test_a_tick_writes_only_the_columns_it_changed(engine: Engine) -> None:
+    """Live rows are written back column by column: what an operator (or another writer)
+    changed in another column between the read and the write stays as it was."""
+    from hub.rollouts import _rows as rows_mod
+
+    rollout_id, publisher = _setup(engine, 3)
+    _controller(engine, publisher).tick()
+    with session_scope(engine) as s:
+        live, _, _ = rows_mod.live_rows(s, rollout_id)
+    assert [r.changes() for r in live] == [{}, {}, {}]
+    with session_scope(engine) as s:  # another writer, after the read
+        row = s.get(RolloutDevice, (rollout_id, "d01"))
+        assert row is not None
+        row.reason = "set elsewhere"
+        s.add(row)
+    live[1].state = "downloading"
+    assert live[1].changes() == {"state": "downloading"}
+    with session_scope(engine) as s:
+        assert rows_mod.save(s, live) == 1
+    assert live[1].changes() == {}
+    rows = _rows(engine, rollout_id)
+    assert rows["d01"].state == "downloading" and rows["d01"].reason == "set elsewhere"
+    assert rows["d00"].state == rows["d02"].state == "commanded"
+
+
+def test_new_deploys_go_only_into_the_artifact_servers_free_download_slots(
+    engine: Engine,
+) -> None:
+    """Admission by the server's real capacity, not a fixed number: with 5 slots, 2 of
+    them streaming, 3 devices are commanded; commanded devices that have not started
+    their download hold a slot each until they stream; slots that free up are filled."""
+    from hub.rpc.slots import SlotsSnapshot
+
+    rollout_id, publisher = _setup(engine, 12)
+    slots = {"capacity": 5, "in_flight": 2}
+
+    def capacity() -> SlotsSnapshot:
+        return SlotsSnapshot(mean_stream_s=0.1, served=0, refused=0, **slots)
+
+    ctl = RolloutController(
+        engine=engine,
+        mqtt_url="mqtt://127.0.0.1:1",
+        artifact_endpoint="127.0.0.1:1",
+        max_commands_per_s=100000,
+        publisher=publisher,  # type: ignore[arg-type]
+        capacity=capacity,
+    )
+    ctl.tick()
+    assert len(publisher.sent) == 3
+    slots["in_flight"] = 0
+    ctl.tick()  # 5 free, but the 3 commanded devices will need theirs
+    assert len(publisher.sent) == 5
+    commanded = [r for r in _rows(engine, rollout_id).values() if r.command_id]
+    for row in commanded:  # all five stream now (the server counts them)
+        _event(engine, row, "downloading")
+    slots["in_flight"] = 5
+    ctl.tick()
+    assert len(publisher.sent) == 5
+    for row in commanded[:2]:  # two finished
+        _event(engine, row, "healthy")
+    slots["in_flight"] = 3
+    ctl.tick()
+    assert len(publisher.sent) == 7
+    assert ctl.health()["download_slots"]["free"] == 2
+    assert ctl.health()["tick_cpu_s"] > 0  # the controller's own CPU, counted per tick
+    with session_scope(engine) as s:
+        from hub.rollouts.views import rollout_view
+
+        queue = rollout_view(s, service.get_rollout(s, rollout_id=rollout_id))["queue"]
+    assert queue["waiting_for_slot"] == 5 and queue["oldest_wait_s"] >= 0
+    assert (queue["commanded"], queue["downloading"]) == (2, 3)
+    assert queue["admission_wait"]["devices"] == 7
+
+
+def test_without_an_answer_from_the_artifact_server_the_fixed_limit_applies(
+    engine: Engine,
+) -> None:
+    _, publisher = _setup(engine, 6)
+
+    def capacity() -> None:
+        raise ConnectionError("the artifact server is restarting (test)")
+
+    ctl = RolloutController(
+        engine=engine,
+        mqtt_url="mqtt://127.0.0.1:1",
+        artifact_endpoint="127.0.0.1:1",
+        max_commands_per_s=100000,
+        max_concurrent_downloads=4,
+        publisher=publisher,  # type: ignore[arg-type]
+        capacity=capacity,
+    )
+    ctl.tick()
+    assert len(publisher.sent) == 4 and ctl.errors == 0
+
+
+def test_waiting_rows_are_read_as_columns_and_loaded_only_to_be_commanded_or_skipped(
+    engine: Engine,
+) -> None:
+    """Rows waiting for a command (most of a big rollout while a phase runs) are columns
+    (``live_rows``' second list); a tick loads only those it commands or skips. A device
+    removed from the registry while waiting is skipped when its turn comes."""
+    from hub.rollouts import _rows as rows_mod
+
+    rollout_id, publisher = _setup(engine, 5)
+    with session_scope(engine) as s:
+        rollout = service.get_rollout(s, rollout_id=rollout_id)
+        rollout.max_concurrent_downloads = 2
+        s.add(rollout)
+    _controller(engine, publisher).tick()
+    assert len(publisher.sent) == 2
+    with session_scope(engine) as s:
+        live, waiting, settled = rows_mod.live_rows(s, rollout_id)
+    assert [r.state for r in live] == ["commanded"] * 2 and settled == []
+    assert [(w.device_id, w.state) for w in waiting] == [(f"d0{i}", "pending") for i in (2, 3, 4)]
+    with session_scope(engine) as s:  # d02 leaves the registry
+        device = s.get(Device, "d02")
+        assert device is not None
+        s.delete(device)
+    for row in _rows(engine, rollout_id).values():
+        if row.command_id:
+            _event(engine, row, "healthy")
+    _controller(engine, publisher).tick()  # a fresh controller: no cached members
+    rows = _rows(engine, rollout_id)
+    assert rows["d02"].state == "skipped" and "no longer matches" in rows["d02"].reason
+    assert [c.device_id for c in publisher.sent[2:]] == ["d03", "d04"]
+
+
+def test_the_outbox_is_read_when_a_tick_staged_commands_and_at_least_every_second(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, publisher = _setup(engine, 3)
+    reads: list[str] = []
+    real = controller_mod.publish_staged
+
+    def counting(engine: Engine, rollout_id: str, **kw: object) -> int:
+        reads.append(rollout_id)
+        return real(engine, rollout_id, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(controller_mod, "publish_staged", counting)
+    ctl = _controller(engine, publisher)
+    ctl.tick()
+    assert len(reads) == 1 and len(publisher.sent) == 3
+    ctl.tick()  # nothing staged, the outbox read a moment ago: not read
+    assert len(reads) == 1
+    monkeypatch.setattr(controller_mod, "OUTBOX_CHECK_S", 0.0)
+    ctl.tick()  # the safety net (commands staged by an earlier controller)
+    assert len(reads) == 2

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+from hub.core.artifacts import FileArtifactStore
 from hub.core.db import session_scope
 from hub.datasets.sources import load_source
 from hub.mqtt.broker import EmbeddedBroker
 from hub.rollouts import service
+from hub.rpc.server import serve_grpc
+from hub.rpc.slots import RESERVED_WORKERS
 from tests.rollouts.fleet import Fleet, Hub, fleet_of
 
 DIGITS = load_source("sklearn:digits")
@@ -284,3 +288,57 @@ def test_controller_sigkill_mid_rollout_resumes_without_double_commands(
 
     asyncio.run(scenario())
     engine.dispose()
+
+
+def test_deploys_are_admitted_by_the_artifact_servers_download_slots(
+    rollout_hub: Hub, mosquitto: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """An artifact server with 2 download slots and 8 devices: the controller commands
+    new deploys only into free slots (reported by the server), the rest wait their turn
+    at the hub, and the rollout's report shows it; every device ends healthy."""
+    hub = rollout_hub
+    store = FileArtifactStore(root=hub.root / "artifacts")
+    small = serve_grpc(store=store, host="127.0.0.1", port=0, max_workers=RESERVED_WORKERS + 2)
+    slots = small.slots
+    assert slots is not None and slots.capacity == 2
+
+    async def scenario() -> None:
+        async with fleet_of(
+            hub,
+            mosquitto,
+            tmp_path,
+            endpoint=f"127.0.0.1:{small.port}",
+            capacity=slots.snapshot,
+        ) as (fleet, controller):
+            ids = [f"q-{i:02d}" for i in range(8)]
+            for d in ids:
+                fleet.register(d)
+                await fleet.start(d)
+            await fleet.online(*ids)
+            rid = fleet.create(digest=hub.bundles.v1, version="1", selector="all", phases="100%")
+            waiting: list[int] = []
+
+            def done(view: dict[str, Any]) -> bool:
+                waiting.append(view["queue"]["waiting_for_slot"])
+                return bool(view["state"] == "completed")
+
+            view = await fleet.until(rid, done, within=120)
+            assert view["device_states"] == {"healthy": len(ids)}
+            assert all(fleet.serving(d) == hub.bundles.v1 for d in ids)
+            assert max(waiting) > 0  # devices queued at the hub for a slot
+            queue = view["queue"]
+            assert queue["admission_wait"]["devices"] == len(ids)
+            assert queue["admission_wait"]["max_s"] > 0
+            assert queue["waiting_for_slot"] == 0
+            now = slots.snapshot()
+            assert now.served >= len(ids) and now.in_flight == 0
+            # refusals are rare (a device can start streaming a moment before its event
+            # reaches the hub) and, when they happen, waited out, never a failure
+            assert now.refused <= len(ids)
+            assert controller.health()["download_slots"]["capacity"] == 2
+            assert controller.errors == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        small.server.stop(None).wait()
