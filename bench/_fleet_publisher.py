@@ -123,7 +123,7 @@ class Publisher:
 
     def _on_message(self, _c: mqtt.Client, i: int, message: mqtt.MQTTMessage) -> None:
         ack = pb.DeliveryAck()
-        ack.ParseFromString(message.payload)
+        ack.ParseFromString(bytes(message.payload))
         waiting = self.awaiting[i]
         for r in ack.ranges:
             if r.stream == "telemetry":
