@@ -223,3 +223,42 @@ def bayesian_bootstrap_counts(
     pos = np.searchsorted((cum + offset).ravel(), (u + offset).ravel(), side="right")
     pos = np.minimum(pos, size * rows - 1)
     return np.bincount(pos, minlength=size * rows).reshape(size, rows).astype(np.float64)
+
+
+class TableVerdict:
+    """The reporting half of a detector tested against one :class:`NullTable` at the last
+    window's size ``_n``: score, verdict, p-value, thresholds and reset (shared by the
+    histogram tests and the output rank test; their ``update`` sets the fields)."""
+
+    _table: NullTable
+    _n: int
+    _score: float
+    _detected: bool
+    _p: float | None
+
+    @property
+    def drift_detected(self) -> bool:
+        return self._detected
+
+    @property
+    def score(self) -> float:
+        return self._score
+
+    @property
+    def threshold(self) -> float:
+        """Calibrated for the last window's size (``window_size`` before any)."""
+        return self._table.threshold(self._n)
+
+    @property
+    def p_value(self) -> float | None:
+        return self._p
+
+    def threshold_at(self, false_alarm_rate: float) -> float:
+        return self._table.threshold_at(false_alarm_rate, self._n)
+
+    def reset(self) -> None:
+        self._detected, self._score, self._p = False, 0.0, None
+        self._n = self._table.window_size
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(score={self._score:.3g}, drift={self._detected})"

@@ -13,6 +13,7 @@ from scipy import special
 from hub.monitoring.detectors._base import FloatArray, IntArray, Window
 from hub.monitoring.detectors._calibration import (
     NullTable,
+    TableVerdict,
     bayesian_bootstrap_counts,
     chi2_logsf,
     n_boot_for,
@@ -31,7 +32,7 @@ def _chi2_logsf(x: FloatArray, df: FloatArray) -> FloatArray:
     return np.asarray(special.log_ndtr(-z), np.float64)
 
 
-class _CountsTest:
+class _CountsTest(TableVerdict):
     """Shared core: a family of histograms (the reference's counts) against a window's.
 
     Per histogram the G statistic (likelihood-ratio chi-square) of the window's counts
@@ -228,33 +229,6 @@ class _CountsTest:
         self._score = float(-(self._log_p(rows)[0] if fast is None else fast) / LN10)
         self._detected = self._score > self._table.threshold(n)
         self._p = self._table.p_value(self._score, n)
-
-    @property
-    def drift_detected(self) -> bool:
-        return self._detected
-
-    @property
-    def score(self) -> float:
-        return self._score
-
-    @property
-    def threshold(self) -> float:
-        """Calibrated for the last window's size (``window_size`` before any)."""
-        return self._table.threshold(self._n)
-
-    @property
-    def p_value(self) -> float | None:
-        return self._p
-
-    def threshold_at(self, false_alarm_rate: float) -> float:
-        return self._table.threshold_at(false_alarm_rate, self._n)
-
-    def reset(self) -> None:
-        self._detected, self._score, self._p = False, 0.0, None
-        self._n = self._table.window_size
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(score={self._score:.3g}, drift={self._detected})"
 
 
 class FeatureChi2(_CountsTest):

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import special
 
 from hub.monitoring.detectors._base import FloatArray, IntArray, Window
-from hub.monitoring.detectors._calibration import NullTable, n_boot_for, null_counts
+from hub.monitoring.detectors._calibration import NullTable, TableVerdict, n_boot_for, null_counts
 
 __all__ = ["OutputRank"]
 
@@ -37,7 +37,7 @@ LN10 = math.log(10.0)
 LESS_SURE = 0.8  # W: the share of the rate spent on "the model grew less sure"
 
 
-class OutputRank:
+class OutputRank(TableVerdict):
     """Binned rank test of the window's top-1 confidence (or anomaly score) against the
     reference's histogram of it, both directions, 80% of the rate on "less sure" (see the
     module docstring for the statistic).
@@ -129,30 +129,3 @@ class OutputRank:
         self._score = float(self._scores(c[None, :].astype(np.float64))[0])
         self._detected = self._score > self._table.threshold(n)
         self._p = self._table.p_value(self._score, n)
-
-    @property
-    def drift_detected(self) -> bool:
-        return self._detected
-
-    @property
-    def score(self) -> float:
-        return self._score
-
-    @property
-    def threshold(self) -> float:
-        """Calibrated for the last window's size (``window_size`` before any)."""
-        return self._table.threshold(self._n)
-
-    @property
-    def p_value(self) -> float | None:
-        return self._p
-
-    def threshold_at(self, false_alarm_rate: float) -> float:
-        return self._table.threshold_at(false_alarm_rate, self._n)
-
-    def reset(self) -> None:
-        self._detected, self._score, self._p = False, 0.0, None
-        self._n = self._table.window_size
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(score={self._score:.3g}, drift={self._detected})"
