@@ -139,6 +139,25 @@ class Hub:
             time.sleep(0.3)
         raise RuntimeError(f"hub did not answer /healthz in 90 s: see {self.log}")
 
+    def cpu_s(self) -> float:
+        """CPU seconds of the hub: its process and its children but the broker (the
+        ingest's decode process with ``EDGELOOP_INGEST_DECODE_PROCESS``)."""
+        total = _cpu(self.process)
+        for child in self.process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "mosquitto" not in child.name():
+                    total += _cpu(child)
+        return total
+
+    def rss_mb(self) -> float:
+        """Resident memory of the hub's process and its children but the broker."""
+        total = _rss_mb(self.process)
+        for child in self.process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "mosquitto" not in child.name():
+                    total += _rss_mb(child)
+        return total
+
     def broker(self) -> psutil.Process | None:
         for child in self.process.children(recursive=True):
             with contextlib.suppress(psutil.Error):
@@ -322,7 +341,7 @@ def _phases(
     start = time.monotonic()
     onset = start + clean_s
     end = onset + drift_s
-    last = {"hub": _cpu(hub.process), "broker": _cpu(broker), "pub": _cpu(pub), "t": start}
+    last = {"hub": hub.cpu_s(), "broker": _cpu(broker), "pub": _cpu(pub), "t": start}
     out: list[dict[str, Any]] = []
     drifting = False
     while time.monotonic() < end:
@@ -331,7 +350,7 @@ def _phases(
             publisher.send_signal(signal.SIGUSR1)
             drifting = True
             out.append({"onset_at": time.time()})
-        now = {"hub": _cpu(hub.process), "broker": _cpu(broker), "pub": _cpu(pub)}
+        now = {"hub": hub.cpu_s(), "broker": _cpu(broker), "pub": _cpu(pub)}
         wall = time.monotonic()
         dt = wall - last["t"]
         status: dict[str, Any] = {}
@@ -346,7 +365,7 @@ def _phases(
             "hub_cores": (now["hub"] - last["hub"]) / dt,
             "broker_cores": (now["broker"] - last["broker"]) / dt,
             "publisher_cores": (now["pub"] - last["pub"]) / dt,
-            "hub_rss_mb": _rss_mb(hub.process),
+            "hub_rss_mb": hub.rss_mb(),
             "broker_rss_mb": _rss_mb(broker),
             "publisher_rss_mb": _rss_mb(pub),
             "monitor_lag_s": monitor.get("lag_s"),
@@ -448,6 +467,12 @@ def _result(
     details = {
         "devices": n,
         "database": database,
+        # hub settings this run changed from their defaults (the environment hub serve saw)
+        "hub_settings": {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith("EDGELOOP_") and not k.startswith(("EDGELOOP_FLEET_", "EDGELOOP_TEST"))
+        },
         "windows_per_device_s": 1 / CHECK_S,
         "clean_minutes": round(sum(1 for s in rows if not s["drift"]) * CHECK_S / 60, 1),
         "enroll_s": round(enroll_s, 1),
