@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from edgeloop_cli._client import Target
+from edgeloop_cli._client import Target, connect
 from edgeloop_cli._common import JsonFlag
 from edgeloop_cli.errors import CliError
 from edgeloop_cli.output import emit, emit_error, stderr
@@ -50,11 +50,26 @@ def _data_dir(ctx: typer.Context) -> Path:
         ) from exc
 
 
+def _hub_key(ctx: typer.Context) -> dict[str, str] | None:
+    """The running hub's current public key (``{"key_id", "pem"}``) under ``--hub``, else None:
+    a CLI talking to a hub must never sign or verify with a key of its own machine."""
+    found = ctx.find_root().obj
+    if not (isinstance(found, Target) and found.hub_url):
+        return None
+    with connect(found) as client:
+        key: dict[str, str] = client.get("/keys/public")
+    return key
+
+
 def _trusted_key(ctx: typer.Context, public_key: Path | None) -> Ed25519PublicKey:
-    """The key to verify with: --public-key FILE, else the hub's own signing key."""
+    """The key to verify with: --public-key FILE, else the hub's own signing key (from the
+    hub under ``--hub``, from the data dir in-process)."""
     try:
         if public_key is not None:
             return load_public_key(public_key)
+        from_hub = _hub_key(ctx)
+        if from_hub is not None:
+            return load_public_key(from_hub["pem"].encode())
         path = bundle_signing_key_path(_data_dir(ctx))
         if not path.exists():
             raise _NoKey(
@@ -146,20 +161,26 @@ def public_key_cmd(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """The hub's bundle-signing public key, for provisioning devices (agents verify with it)."""
-    path = bundle_signing_key_path(_data_dir(ctx))
-    try:
-        from model_packager.signing import load_or_create_private_key, public_key_pem
+    """The hub's bundle-signing public key, for provisioning devices (agents verify with it).
 
-        private = load_or_create_private_key(path)
-    except InsecureKeyFileError as exc:
-        emit_error(message=str(exc), code="insecure_key_file", as_json=as_json)
-        raise typer.Exit(code=2) from None
-    pem = public_key_pem(private).decode()
+    Under ``--hub`` the running hub's key; in-process the data dir's (created on first use)."""
+    from_hub = _hub_key(ctx)
+    if from_hub is not None:
+        kid, pem = from_hub["key_id"], from_hub["pem"]
+    else:
+        path = bundle_signing_key_path(_data_dir(ctx))
+        try:
+            from model_packager.signing import load_or_create_private_key, public_key_pem
+
+            private = load_or_create_private_key(path)
+        except InsecureKeyFileError as exc:
+            emit_error(message=str(exc), code="insecure_key_file", as_json=as_json)
+            raise typer.Exit(code=2) from None
+        kid, pem = key_id(private.public_key()), public_key_pem(private).decode()
     if out is not None:
         out.write_text(pem)
     emit(
-        {"key_id": key_id(private.public_key()), "pem": pem, "path": str(out) if out else None},
+        {"key_id": kid, "pem": pem, "path": str(out) if out else None},
         as_json=as_json,
         columns=["key_id", "path"],
     )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated, Any
 
 import typer
 
-from edgeloop_cli._client import connect
+from edgeloop_cli._client import HubClient, connect
 from edgeloop_cli._common import JsonFlag, target
-from edgeloop_cli.output import emit
+from edgeloop_cli.output import emit, emit_error, progress_bar
 
 app = typer.Typer(help="Phased rollouts: create, watch, pause, roll back.", no_args_is_help=True)
 COLUMNS = ["id", "model", "version", "state", "phase", "selector", "reason", "created_at"]
@@ -26,6 +27,21 @@ SHOW = [
     "queue",
 ]
 ReasonOpt = Annotated[str, typer.Option(help="why (kept in the rollout's event log)")]
+#: Rollout states that do not change any more (hub.rollouts.service.FINAL).
+FINAL_STATES = {"completed", "rolled_back", "cancelled"}
+#: Exit status of ``rollout wait`` when the rollout ended other than completed, and on timeout.
+EXIT_NOT_COMPLETED = 1
+EXIT_TIMEOUT = 3
+WaitFlag = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        help="wait until the rollout ends (progress on stderr); exit 0 only when it completed",
+    ),
+]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", help="seconds to wait before giving up (exit 3)")
+]
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -78,6 +94,8 @@ def create(
     promote_alias: Annotated[
         str, typer.Option(help="alias moved to the version when it completes ('' = none)")
     ] = "production",
+    wait: WaitFlag = False,
+    timeout: TimeoutOpt = 1800.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Start a rollout of MODEL@VERSION to the devices SELECTOR matches."""
@@ -112,8 +130,81 @@ def create(
         "shadow": shadow_cfg,
         "promote_alias": promote_alias,
     }
+    if wait:
+        _need_hub(ctx, as_json=as_json)
     with connect(target(ctx)) as client:
-        emit(client.post("/rollouts", json=body), as_json=as_json, columns=SHOW)
+        made = client.post("/rollouts", json=body)
+        if wait:
+            _wait(client, str(made["id"]), timeout=timeout, as_json=as_json)
+            return
+    emit(made, as_json=as_json, columns=SHOW)
+
+
+def _need_hub(ctx: typer.Context, *, as_json: bool) -> None:
+    if not target(ctx).hub_url:
+        emit_error(
+            message="rollouts advance only while a hub runs (`edgeloop hub serve`): "
+            "wait through it with --hub URL (or EDGELOOP_HUB_URL)",
+            code="needs_hub",
+            as_json=as_json,
+        )
+        raise typer.Exit(code=2)
+
+
+def _describe(view: dict[str, Any]) -> str:
+    states = view.get("device_states") or {}
+    phases = view.get("phases") or []
+    where = f"phase {int(view.get('phase', 0)) + 1}/{len(phases)}" if phases else ""
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    return f"{view['id']} {view['state']} {where}: {counts or 'no devices yet'}"
+
+
+def _wait(client: HubClient, rollout_id: str, *, timeout: float, as_json: bool) -> None:
+    """Poll the rollout until it is in a final state; print it; exit non-zero unless it
+    completed (1), or on timeout (3)."""
+    deadline = time.monotonic() + timeout
+    view: dict[str, Any] = client.get(f"/rollouts/{rollout_id}")
+    with progress_bar(transient=as_json) as bar:
+        task = bar.add_task(_describe(view), total=max(1, len(view.get("phases") or [])))
+        while True:
+            phases = view.get("phases") or []
+            done = sum(1 for p in phases if p.get("state") in {"passed", "advanced"})
+            bar.update(task, description=_describe(view), completed=done)
+            if view["state"] in FINAL_STATES or time.monotonic() >= deadline:
+                break
+            time.sleep(1.0)
+            view = client.get(f"/rollouts/{rollout_id}")
+    if view["state"] not in FINAL_STATES:
+        emit_error(
+            message=f"rollout {rollout_id} is still {view['state']} after {timeout:g} s "
+            f"(it goes on: `edgeloop rollout wait {rollout_id}` again, or `rollout show`)",
+            code="timeout",
+            as_json=as_json,
+        )
+        raise typer.Exit(code=EXIT_TIMEOUT)
+    emit(view, as_json=as_json, columns=SHOW)
+    if view["state"] != "completed":
+        if not as_json:
+            emit_error(
+                message=f"rollout {rollout_id} ended {view['state']}: {view.get('reason') or ''}",
+                code=f"rollout_{view['state']}",
+                as_json=False,
+            )
+        raise typer.Exit(code=EXIT_NOT_COMPLETED)
+
+
+@app.command("wait")
+def wait_(
+    ctx: typer.Context,
+    rollout_id: str,
+    timeout: TimeoutOpt = 1800.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Wait until ROLLOUT_ID ends, with progress; exit 0 when it completed, 1 when it was
+    rolled back or cancelled, 3 on timeout."""
+    _need_hub(ctx, as_json=as_json)
+    with connect(target(ctx)) as client:
+        _wait(client, rollout_id, timeout=timeout, as_json=as_json)
 
 
 @app.command("show")

@@ -18,6 +18,19 @@ api_tokens = typer.Typer(help="Admin-API tokens with scopes (read, admin).", no_
 TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="key=value, repeatable")]
 TOKEN_COLUMNS = ["id", "name", "group", "tags", "uses", "max_uses", "expires_at", "revoked_at"]
 API_COLUMNS = ["id", "name", "scope", "created_at", "revoked_at"]
+QuietFlag = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="print only the token (for a shell variable: TOKEN=$(... -q))"
+    ),
+]
+
+
+def _created(made: dict[str, object], *, as_json: bool, quiet: bool) -> None:
+    if quiet and not as_json:
+        print(made["token"])
+    else:
+        emit(made, as_json=as_json)
 
 
 @enroll_tokens.command("create")
@@ -28,6 +41,7 @@ def token_create(
     uses: Annotated[int, typer.Option(help="how many enrolments it allows", min=1)] = 1,
     expires_in: Annotated[int, typer.Option(help="lifetime in seconds", min=1)] = 24 * 3600,
     name: Annotated[str, typer.Option(help="a note for operators")] = "",
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an enrolment token (shown once)."""
@@ -39,7 +53,7 @@ def token_create(
         "name": name,
     }
     with connect(target(ctx)) as client:
-        emit(client.post("/enrollment-tokens", json=body), as_json=as_json)
+        _created(client.post("/enrollment-tokens", json=body), as_json=as_json, quiet=quiet)
 
 
 @enroll_tokens.command("list")
@@ -79,11 +93,13 @@ def api_create(
     ctx: typer.Context,
     name: Annotated[str, typer.Option(help="who or what uses it")],
     scope: Annotated[str, typer.Option(help="read | admin")] = "read",
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API token (shown once)."""
     with connect(target(ctx)) as client:
-        emit(client.post("/tokens", json={"name": name, "scope": scope}), as_json=as_json)
+        made = client.post("/tokens", json={"name": name, "scope": scope})
+    _created(made, as_json=as_json, quiet=quiet)
 
 
 @api_tokens.command("list")

@@ -167,6 +167,13 @@ class KeysPublic(BaseModel):
     counts: dict[str, int]
 
 
+class PublicKeyPublic(BaseModel):
+    """The current bundle-signing public key, for provisioning devices."""
+
+    key_id: str
+    pem: str
+
+
 class KeyRotationPublic(BaseModel):
     key_id: str
     retired_key_id: str

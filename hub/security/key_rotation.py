@@ -40,6 +40,7 @@ from model_packager.signing import (
     key_id,
     load_or_create_private_key,
     public_key_bytes,
+    public_key_pem,
     rotation_message,
 )
 from proto import messages_pb2 as pb
@@ -99,6 +100,12 @@ def key_status(engine: Engine, data_dir: Path) -> dict[str, Any]:
         counts[status] += 1
         per_device[device.id] = {"key_id": reported, "status": status, "online": device.online}
     return {"key_id": current, "retired": retired, "devices": per_device, "counts": counts}
+
+
+def current_public_key(data_dir: Path) -> tuple[str, str]:
+    """The current signing key's id and its public key as PEM."""
+    private = _current(data_dir)
+    return key_id(private), public_key_pem(private).decode()
 
 
 def _current(data_dir: Path) -> Ed25519PrivateKey:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from hub.api.deps import ContextDep
-from hub.api.public import KeyRotationPublic, KeysPublic
-from hub.security.key_rotation import key_status
+from hub.api.public import KeyRotationPublic, KeysPublic, PublicKeyPublic
+from hub.security.key_rotation import current_public_key, key_status
 from hub.security.keys import rotate_bundle_key
 
 router = APIRouter(prefix="/keys", tags=["keys"])
@@ -16,6 +16,13 @@ router = APIRouter(prefix="/keys", tags=["keys"])
 def show_keys(context: ContextDep) -> KeysPublic:
     """The current key id, the retired ones, and the key each device reports trusting."""
     return KeysPublic.model_validate(key_status(context.engine, context.settings.data_dir))
+
+
+@router.get("/public", response_model=PublicKeyPublic)
+def public_key(context: ContextDep) -> PublicKeyPublic:
+    """The current bundle-signing public key (PEM): what devices verify bundles with."""
+    kid, pem = current_public_key(context.settings.data_dir)
+    return PublicKeyPublic(key_id=kid, pem=pem)
 
 
 @router.post("/rotate", response_model=KeyRotationPublic)
