@@ -30,7 +30,7 @@ def live_hub(tmp_path: Path) -> Iterator[tuple[list[str], HubSettings]]:
     """The admin API on a real socket (no rollout controller: rollouts stay where they are)."""
     import uvicorn
 
-    settings = HubSettings(data_dir=tmp_path / "hub", admin_token=TOKEN)  # type: ignore[arg-type]
+    settings = HubSettings(data_dir=tmp_path / "hub", admin_token=TOKEN)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(create_app(settings), log_level="warning", log_config=None)
