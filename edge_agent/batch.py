@@ -6,9 +6,10 @@ loads it with :func:`~edge_agent._runtime.load_slot`, checks the self-test (not 
 budget: a batch job is about throughput) and predicts the records in batches.
 
 Inputs: ``.npz`` with an array ``X`` or ``features`` (``[N, *raw_shape]`` or flat
-``[N, features]``) and optionally ``ids``; or ``.csv`` of numeric columns, with an optional
-header (columns named like the manifest's ``feature_names`` are picked by name, an ``id``
-column is kept as the record ids). Outputs: ``.npz`` with ``ids`` (prediction ids),
+``[N, features]``, or one record: the rule of :mod:`edge_agent.inputs`) and optionally
+``ids``; or ``.csv`` of numeric columns, with an optional header (columns named like the
+manifest's ``feature_names`` are picked by name, so a ``dataset export`` table works, and an
+``id`` column is kept as the record ids). Outputs: ``.npz`` with ``ids`` (prediction ids),
 ``outputs``, ``labels`` (classifiers) or ``scores`` (reconstruction models) and
 ``record_ids`` when the input had them; or ``.csv`` with one row per record.
 """
