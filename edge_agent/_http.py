@@ -1,6 +1,7 @@
 """The local inference endpoint: a small JSON-over-HTTP API on loopback.
 
-* ``POST /v1/predict`` ``{"inputs": [...]}`` (one raw record or a batch, nested lists) ->
+* ``POST /v1/predict`` ``{"inputs": [...]}`` (one raw record or a batch, nested lists, shaped
+  or flat: the rule of :mod:`edge_agent.inputs`) ->
   ``{"ids", "outputs", "labels", "scores", "model", "version", "variant", "latency_ms"}``
 * ``POST /v1/feedback`` ``{"prediction_id": ..., "label": index or name}`` or
   ``{"prediction_id": ..., "value": number}`` -> 202, each with an optional ``"source"`` (the

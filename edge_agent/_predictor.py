@@ -34,6 +34,7 @@ from edge_agent._prediction import (
     ShadowReport,
     reconstruction_error,
 )
+from edge_agent.inputs import as_records, records_error
 
 __all__ = [
     "NoModelLoaded",
@@ -84,11 +85,7 @@ class _Compiled:
         return _divide(x if self.zero_mean else _subtract(x, self.mean), self.scale)
 
     def shape_error(self, shape: tuple[int, ...]) -> str:
-        dims = ", ".join(map(str, self.raw_shape))
-        return (
-            f"{self.name}@{self.version} expects raw records of shape [{dims}] (one record) "
-            f"or [N, {dims}] (a batch), got {list(shape)}"
-        )
+        return records_error(shape, self.raw_shape, model=f"{self.name}@{self.version}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +207,9 @@ class Predictor:
     # -- predicting -----------------------------------------------------------------------
 
     def predict(self, raw: npt.ArrayLike) -> Prediction:
-        """Predict a batch ``[N, *raw_shape]`` or one record ``[*raw_shape]`` of raw values.
+        """Predict a batch ``[N, *raw_shape]`` or one record ``[*raw_shape]`` of raw values,
+        or the same flat (``[N, prod(raw_shape)]``, ``[prod(raw_shape)]``): the input rule of
+        :mod:`edge_agent.inputs`.
 
         Raises ``ValueError`` (wrong shape/dtype), :class:`NoModelLoaded`, or
         :class:`PredictionError` when the runtime fails.
@@ -227,8 +226,10 @@ class Predictor:
                 raise ValueError("raw records: got an empty batch")
         elif shape == active.raw_shape:
             n = 1  # one record: the reshape below adds the batch axis
-        else:
-            raise ValueError(active.shape_error(shape))
+        else:  # flat records, or a wrong shape: the input rule (the branches above inline it)
+            shaped = as_records(x, active.raw_shape, model=f"{active.name}@{active.version}")
+            x = shaped.copy() if x is raw else shaped  # a view of the caller's array: own it
+            shape, n = x.shape, x.shape[0]
         if x.dtype is not _F32:
             if x.dtype.kind not in "biuf":
                 raise ValueError(f"raw records must be real numbers, got dtype {x.dtype}")

@@ -6,9 +6,10 @@ loads it with :func:`~edge_agent._runtime.load_slot`, checks the self-test (not 
 budget: a batch job is about throughput) and predicts the records in batches.
 
 Inputs: ``.npz`` with an array ``X`` or ``features`` (``[N, *raw_shape]`` or flat
-``[N, features]``) and optionally ``ids``; or ``.csv`` of numeric columns, with an optional
-header (columns named like the manifest's ``feature_names`` are picked by name, an ``id``
-column is kept as the record ids). Outputs: ``.npz`` with ``ids`` (prediction ids),
+``[N, features]``, or one record: the rule of :mod:`edge_agent.inputs`) and optionally
+``ids``; or ``.csv`` of numeric columns, with an optional header (columns named like the
+manifest's ``feature_names`` are picked by name, so a ``dataset export`` table works, and an
+``id`` column is kept as the record ids). Outputs: ``.npz`` with ``ids`` (prediction ids),
 ``outputs``, ``labels`` (classifiers) or ``scores`` (reconstruction models) and
 ``record_ids`` when the input had them; or ``.csv`` with one row per record.
 """
@@ -30,6 +31,7 @@ import numpy as np
 from edge_agent._predictor import Prediction, Predictor
 from edge_agent._runtime import DEFAULT_PREFER, LoadedModel, health_check, load_slot
 from edge_agent.errors import BatchError
+from edge_agent.inputs import as_records
 from model_packager.bundle import PublicKeyLike, open_bundle
 
 __all__ = ["BatchError", "BatchSummary", "predict_batch", "read_records"]
@@ -103,15 +105,10 @@ def read_records(path: Path, model: LoadedModel) -> tuple[np.ndarray, list[str] 
         x, record_ids = _read_csv(path, model.manifest["input"].get("feature_names") or [])
     else:
         raise ValueError(f"inputs must be one of {list(FORMATS)}, got {path.name}")
-    raw_shape = tuple(model.preprocess.raw_shape)
-    if x.shape[1:] != raw_shape:
-        if x.ndim == 2 and x.shape[1] == math.prod(raw_shape):
-            x = x.reshape(len(x), *raw_shape)
-        else:
-            raise ValueError(
-                f"{path.name}: records of shape {list(x.shape[1:])} do not fit the model's raw "
-                f"records {list(raw_shape)} ({math.prod(raw_shape)} values)"
-            )
+    try:  # the input rule of every predict path: shaped or flat records
+        x = as_records(x, tuple(model.preprocess.raw_shape), model=model.ref)
+    except ValueError as exc:
+        raise ValueError(f"{path.name}: {exc}") from exc
     if record_ids is not None and len(record_ids) != len(x):
         raise ValueError(f"{path.name}: {len(record_ids)} ids for {len(x)} records")
     return x, record_ids

@@ -16,6 +16,10 @@ app = typer.Typer(
     help="Import, inspect, validate and export dataset versions.", no_args_is_help=True
 )
 
+EXPORT_FORMATS = ("npz", "csv", "parquet")
+#: the exit status of `dataset import` (the version is stored) and `dataset validate` when the
+#: data failed validation; errors (nothing stored) exit 1 too, with {"error", "code"}
+VALIDATION_FAILED = 1
 SUMMARY = ["ref", "digest", "num_records", "splits", "validation_status", "parent", "created_at"]
 
 
@@ -59,12 +63,21 @@ def import_(
                 f"{source!r} is neither a file here nor a built-in source (e.g. sklearn:digits)",
                 code="invalid_input",
             )
+    failed = result["validation_status"] == "failed"
     if not as_json:
         verb = "created" if result["created"] else "unchanged, already stored as"
-        stderr.print(f"{verb} {result['ref']} ({result['validation_status']})")
-        if result["validation_status"] == "failed":
-            stderr.print(result["validation"].get("text") or "validation failed; see dataset show")
+        stderr.print(f"{verb} {result['ref']} ({result['validation_status']})", markup=False)
+        if failed:
+            stderr.print(_report_text(result["validation"]), markup=False, highlight=False)
     emit(result, as_json=as_json, columns=SUMMARY)
+    if failed:  # stored, but training is blocked: a script must not carry on as if it passed
+        if not as_json:
+            stderr.print(
+                f"{result['ref']} is stored but failed validation (exit 1): fix the data, or "
+                f"edgeloop dataset override {result['ref']} --reason '...'",
+                markup=False,
+            )
+        raise typer.Exit(code=VALIDATION_FAILED)
 
 
 @app.command("list")
@@ -102,10 +115,10 @@ def validate(
         )
     if as_json:
         emit(report, as_json=True)
-    else:
-        stderr.print(report["text"])
+    else:  # not rich markup: "[skip]" is text
+        stderr.print(report["text"], markup=False, highlight=False)
     if not report["passed"]:
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=VALIDATION_FAILED)
 
 
 @app.command("override")
@@ -125,15 +138,43 @@ def override(
 def export(
     ctx: typer.Context,
     ref: str,
-    output: Annotated[Path, typer.Argument(help="where to write the .npz")],
+    output: Annotated[Path, typer.Argument(help="where to write it: .npz, .csv or .parquet")],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="npz, csv or parquet (default: from OUTPUT's suffix, else npz)"
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Write a version's records byte-for-byte as stored (.npz)."""
+    """Write a version's records: .npz byte-for-byte as stored, or a .csv / .parquet table
+    (id, one column per flattened feature such as px_0_0..px_7_7, label) that `dataset
+    import` reads back to the same records."""
+    suffix = output.suffix.lower().lstrip(".")
+    chosen = format or {"csv": "csv", "parquet": "parquet", "pq": "parquet"}.get(suffix, "npz")
+    if chosen not in EXPORT_FORMATS:
+        raise CliError(f"--format {chosen!r}: use one of {', '.join(EXPORT_FORMATS)}", code="usage")
     with connect(target(ctx)) as client:
         info = client.get(_ref_path(ref))
-        data = client.get(_ref_path(ref) + "/data")
+        data = client.get(_ref_path(ref) + "/data", params={"format": chosen})
     output.write_bytes(data)
     emit(
-        {"ref": info["ref"], "path": str(output), "size": len(data), "digest": info["digest"]},
+        {
+            "ref": info["ref"],
+            "path": str(output.resolve()),
+            "format": chosen,
+            "size": len(data),
+            "digest": info["digest"],
+        },
         as_json=as_json,
     )
+
+
+def _report_text(validation: dict[str, Any]) -> str:
+    """A stored validation report as text (what ``dataset validate`` prints)."""
+    from hub.datasets import ValidationReport
+
+    try:
+        return ValidationReport.model_validate(validation).render_text()
+    except ValueError:
+        return "validation failed; see: edgeloop dataset show NAME@VERSION"

@@ -6,6 +6,7 @@ the hub runs them and the CLI waits.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -106,9 +107,20 @@ def package(
     max_accuracy_drop: Annotated[
         float, typer.Option(help="int8 may lose at most this many points")
     ] = 1.0,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="also write the signed bundle (one ZIP file) here; a folder gets "
+            "MODEL-VERSION.zip. Default: only the hub's artifact store (its path is printed)",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Package a model version into a signed bundle (int8 ONNX, TFLite) and register it."""
+    """Package a model version into a signed bundle (int8 ONNX, TFLite) and register it.
+
+    Prints the bundle's path (``bundle``): give it to ``edgeloop bundle verify`` or
+    ``edgeloop agent predict-batch``."""
     chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
     t = target(ctx)
     if t.hub_url:
@@ -140,6 +152,10 @@ def package(
                 on_step=lambda msg: bar.update(task, description=msg),
             )
         result = outcome_json(outcome)
+        result["bundle"] = str(Path(result["bundle"]).resolve())
+    if out is not None:
+        result["stored"] = result["bundle"]
+        result["bundle"] = str(_write_bundle(t, result, out))
     for note in result.get("notes", []):
         stderr.print(f"[yellow]note[/]: {note}")
     if as_json:
@@ -151,4 +167,24 @@ def package(
         key="variants",
         columns=["file", "precision", "size_bytes", "accuracy", "latency_ms_b1", "throughput_b64"],
     )
-    stderr.print(f"bundle {result['bundle']} ({result['digest']})")
+    where = " on the hub's machine (--out FILE writes a copy here)" if t.hub_url and not out else ""
+    stderr.print(f"bundle {result['bundle']}{where}", markup=False, highlight=False)
+    stderr.print(f"digest {result['digest']}", markup=False, highlight=False)
+
+
+def _write_bundle(t: Target, result: dict[str, Any], out: Path) -> Path:
+    """Write the packaged bundle to ``out`` (a folder: ``MODEL-VERSION.zip`` in it), whole or
+    not at all; the hub's copy (``--hub``: downloaded) is the source."""
+    if out.is_dir():
+        out = out / f"{str(result['model']).replace('@', '-')}.zip"
+    out = out.expanduser().resolve()
+    if t.hub_url:
+        with connect(t) as client:
+            data = client.get(f"/bundles/{result['digest']}/file")
+    else:
+        data = Path(result["bundle"]).read_bytes()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_bytes(data)
+    partial.replace(out)
+    return out

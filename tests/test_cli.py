@@ -56,7 +56,7 @@ def test_file_import_validate_override(tmp_path: Path, capsys: pytest.CaptureFix
     code, made = run(
         capsys, *dd, "dataset", "import", str(shifted), "--name", "s", "--append", "--json"
     )
-    assert code == 0 and made["validation_status"] == "failed" and made["version"] == 2
+    assert code == 1 and made["validation_status"] == "failed" and made["version"] == 2
     code, fixed = run(capsys, *dd, "dataset", "override", "s@2", "--reason", "ok", "--json")
     assert code == 0 and fixed["validation_status"] == "overridden"
 

@@ -193,11 +193,17 @@ def test_tflite_missing_is_a_note_by_default_and_an_error_when_asked(
 
 def test_cli_package_and_verify(hub: Hub, capsys: pytest.CaptureFixture[str]) -> None:
     dd = ["--data-dir", str(hub.settings.data_dir)]
-    code = main([*dd, "package", "vibration-ae@1", "--formats", "onnx", "--json"])
+    out = hub.settings.data_dir / "out" / "bundle.zip"
+    code = main(
+        [*dd, "package", "vibration-ae@1", "--formats", "onnx", "--out", str(out), "--json"]
+    )
     result = json.loads(capsys.readouterr().out)
     assert code == 0, result
     for key in ("bundle", "digest", "variants"):
         assert key in result
+    # --out: the bundle is written there too, both full paths printed; the stored one stays
+    assert result["bundle"] == str(out.resolve()) and Path(result["stored"]).is_absolute()
+    assert out.read_bytes() == Path(result["stored"]).read_bytes()
     for key in ("format", "precision", "size_bytes", "accuracy", "latency_ms_b1"):
         assert key in result["variants"][0]
     code = main([*dd, "bundle", "verify", result["bundle"], "--json"])

@@ -7,7 +7,9 @@ A version is immutable: importing the same content again returns the existing ve
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
+import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -103,9 +105,12 @@ def import_dataset(
     """
     if not name or "@" in name or "/" in name:
         raise InvalidInput(f"dataset name {name!r} must be non-empty without '@' or '/'")
-    new = records if records is not None else load_source(source)
     parent = _latest(session, name=name)
+    if records is None:
+        layout = schema or (DatasetSchema.model_validate(parent.data_schema) if parent else None)
+        records = load_source(source, schema=layout, target=parent.ref if parent else name)
     parent_records = load_records(session, store, version=parent) if parent else None
+    new = adopt_label_names(records, parent_records)
     merged = new
     if append and parent_records is not None and parent is not None:
         try:
@@ -185,10 +190,43 @@ def validate_against_latest(
     """Dry run: how would ``records`` fare as the next version of ``name``? Stores nothing."""
     parent = _latest(session, name=name)
     parent_records = load_records(session, store, version=parent) if parent else None
+    records = adopt_label_names(records, parent_records)
     schema = DatasetSchema.model_validate(parent.data_schema) if parent else infer_schema(records)
     report = validate_records(records, schema=schema, reference=parent_records, alpha=alpha)
     report.reference_version = parent.ref if parent else None
     return report
+
+
+def next_layout(session: Session, *, name: str) -> tuple[DatasetSchema | None, str]:
+    """The schema a file imported as the next version of ``name`` is laid out by (None for a
+    new dataset) and the version it comes from (``digits@1``; ``name`` when there is none):
+    for :func:`~hub.datasets.sources.load_source`."""
+    parent = _latest(session, name=name)
+    if parent is None:
+        return None, name
+    return DatasetSchema.model_validate(parent.data_schema), parent.ref
+
+
+def adopt_label_names(records: RecordSet, parent: RecordSet | None) -> RecordSet:
+    """``records`` with the parent version's label names, when its labels can be read so.
+
+    A CSV or ``.npz`` without label names has class indices (``0``..``9``): they take the
+    parent's names. Labels given by name (``"cat"``) become the parent's indices for those
+    names. Anything else is left as it is (the merge or the validation reports it)."""
+    if parent is None or parent.label_names is None or records.labels is None:
+        return records
+    names = parent.label_names
+    if records.label_names == names:
+        return records
+    if records.label_names is None:
+        if records.labels.size and int(records.labels.max()) >= len(names):
+            return records
+        return replace(records, label_names=names)
+    lookup = {label: i for i, label in enumerate(names)}
+    if not set(records.label_names) <= lookup.keys():
+        return records
+    remap = np.array([lookup[label] for label in records.label_names], dtype=np.int64)
+    return replace(records, labels=remap[records.labels], label_names=names)
 
 
 def override_validation(session: Session, *, ref: str, reason: str) -> DatasetVersion:

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +20,11 @@ import pandas as pd
 from hub.core.errors import InvalidInput
 from hub.datasets.records import RecordSet
 
+if TYPE_CHECKING:  # (validation imports scipy: not needed to read a file)
+    from hub.datasets.validation import DatasetSchema
+
 FILE_SUFFIXES = (".npz", ".csv", ".parquet", ".pq")
+SHOWN = 5  # how many column names an error lists
 VIBRATION_SEED = 20240611
 VIBRATION_AXES = ("ax", "ay", "az")
 
@@ -68,7 +72,12 @@ def _help() -> str:
 
 
 def load_source(
-    source: str, *, label_column: str | None = "label", id_column: str | None = "id"
+    source: str,
+    *,
+    label_column: str | None = "label",
+    id_column: str | None = "id",
+    schema: DatasetSchema | None = None,
+    target: str = "the dataset",
 ) -> RecordSet:
     """Records from a built-in source or a file.
 
@@ -79,11 +88,14 @@ def load_source(
     * ``.csv`` / ``.parquet``: ``id_column`` and ``label_column`` if present; every other
       column is a numeric feature.
 
-    ``label_column=None`` loads a file as unlabelled and ``id_column=None`` ignores stored ids
-    (for ``.npz`` too); built-in sources ignore both. Without ids, a record's id is the first
-    16 hex of the sha256 of its row (features as float32, then the label), with ``-1``, ``-2``..
-    appended to repeats of an identical row. Non-negative integer labels are kept; other label
-    values (strings, negatives) become indices into sorted ``label_names``.
+    ``schema`` (the dataset's, named ``target`` in messages, e.g. ``digits@1``) lays out a file
+    whose records are flat for a dataset whose records are shaped (e.g. ``8x8``): see
+    :func:`fit_layout`. ``label_column=None`` loads a file as unlabelled and ``id_column=None``
+    ignores stored ids (for ``.npz`` too); built-in sources ignore all three. Without ids, a
+    record's id is the first 16 hex of the sha256 of its row (features as float32 in the
+    dataset's layout, then the label), with ``-1``, ``-2``.. appended to repeats of an
+    identical row. Non-negative integer labels are kept; other label values (strings,
+    negatives) become indices into sorted ``label_names``.
     """
     if source in BUILTIN_SOURCES:
         return BUILTIN_SOURCES[source]()
@@ -95,7 +107,13 @@ def load_source(
             raise SourceError(f"no such file: {str(path)!r}; check the path, or {_help()}")
         try:
             if suffix == ".npz":
-                return _from_npz(path, label_column=label_column, id_column=id_column)
+                return _from_npz(
+                    path,
+                    label_column=label_column,
+                    id_column=id_column,
+                    schema=schema,
+                    target=target,
+                )
             reader = pd.read_csv if suffix == ".csv" else pd.read_parquet
             frame = reader(path)
         except SourceError:
@@ -103,7 +121,12 @@ def load_source(
         except Exception as exc:
             raise SourceError(f"cannot read {str(path)!r} as {suffix}: {exc}") from exc
         return records_from_frame(
-            frame, label_column=label_column, id_column=id_column, origin=str(path)
+            frame,
+            label_column=label_column,
+            id_column=id_column,
+            origin=str(path),
+            schema=schema,
+            target=target,
         )
     scheme = source.split(":", 1)[0] if ":" in source else None
     if scheme in {name.split(":", 1)[0] for name in BUILTIN_SOURCES}:
@@ -183,14 +206,82 @@ def _ids(values: npt.NDArray[Any], *, origin: str, column: str) -> npt.NDArray[n
     return ids
 
 
+def px_names(shape: tuple[int, ...]) -> tuple[str, ...]:
+    """``px_<i>_<j>..`` column names of a record of ``shape``, in row-major order."""
+    return tuple("px_" + "_".join(map(str, idx)) for idx in np.ndindex(*shape))
+
+
+def fit_layout(
+    flat: npt.NDArray[np.float32],
+    columns: tuple[str, ...],
+    schema: DatasetSchema | None,
+    *,
+    origin: str,
+    target: str,
+    label_column: str | None = "label",
+) -> tuple[npt.NDArray[np.float32], tuple[str, ...]]:
+    """Flat features ``(N, K)`` named ``columns`` → the layout of a shaped ``schema``.
+
+    Nothing changes unless the schema's records have two or more axes (an image ``8x8``, a
+    ``3x64`` window). Then the ``K`` columns are the record's values: named like the schema's
+    feature names or ``px_<i>_<j>`` (:func:`px_names`), in any order; or, when none is so
+    named, ``K`` columns in row-major order. The result has the schema's shape and feature
+    names; anything else is a :class:`SourceError` that says which columns are expected.
+    """
+    shape = tuple(schema.feature_shape) if schema is not None else ()
+    if schema is None or len(shape) < 2 or flat.ndim != 2:
+        return flat, columns
+    size = math.prod(shape)
+    names = tuple(schema.feature_names)
+    for wanted in (names, px_names(shape)):
+        if len(columns) == size and set(columns) == set(wanted):
+            position = {c: i for i, c in enumerate(columns)}
+            order = [position[w] for w in wanted]
+            return flat[:, order].reshape(flat.shape[0], *shape), names
+    known = set(names) | set(px_names(shape))
+    named = [c for c in columns if c in known]
+    if len(columns) == size and not named:
+        return flat.reshape(flat.shape[0], *shape), names
+    dims = "x".join(map(str, shape))
+    label = f" plus {label_column!r}" if schema.labelled and label_column else ""
+    message = (
+        f"{origin} has {len(columns)} feature columns, {target} expects {size} = {dims} "
+        f"(columns {names[0]}..{names[-1]} in any order, or {size} feature columns in row-major "
+        f"order named otherwise){label}, and optionally 'id'"
+    )
+    if named:
+        wanted_names = names if set(named) <= set(names) else px_names(shape)
+        missing = [w for w in wanted_names if w not in set(columns)]
+        extra = [c for c in columns if c not in set(wanted_names)]
+        if missing:
+            message += f"; missing: {missing[:SHOWN]}"
+        if extra:
+            message += f"; not features of {target}: {extra[:SHOWN]}"
+    raise SourceError(message + ". Fix the file's columns, or import it as another dataset")
+
+
+def records_to_frame(records: RecordSet) -> pd.DataFrame:
+    """Records → a table that :func:`records_from_frame` reads back to the same records: ``id``,
+    one column per flattened feature (the feature names, row-major: ``px_0_0``..), ``label``
+    (the class index) when labelled. Float32 values survive a CSV round trip exactly."""
+    frame = pd.DataFrame(records.flat_features(), columns=list(records.feature_names))
+    frame.insert(0, "id", records.ids.tolist())
+    if records.labels is not None:
+        frame["label"] = records.labels
+    return frame
+
+
 def records_from_frame(
     frame: pd.DataFrame,
     *,
     label_column: str | None = "label",
     id_column: str | None = "id",
     origin: str = "table",
+    schema: DatasetSchema | None = None,
+    target: str = "the dataset",
 ) -> RecordSet:
-    """A table → records: optional id and label columns, every other column a numeric feature."""
+    """A table → records: optional id and label columns, every other column a numeric feature
+    (laid out by a shaped ``schema``: :func:`fit_layout`)."""
     frame = frame.rename(columns=str)
     use_ids = id_column is not None and id_column in frame.columns
     use_labels = label_column is not None and label_column in frame.columns
@@ -207,6 +298,14 @@ def records_from_frame(
             f"{label_column!r}: pass id_column=/label_column= if yours are named differently)"
         )
     features = frame[feature_columns].to_numpy(dtype=np.float32, na_value=np.nan)
+    features, feature_names = fit_layout(
+        features,
+        tuple(feature_columns),
+        schema,
+        origin=origin,
+        target=target,
+        label_column=label_column,
+    )
     labels, label_names, label_text = None, None, None
     if use_labels:
         assert label_column is not None
@@ -223,14 +322,21 @@ def records_from_frame(
             ids=ids,
             features=features,
             labels=labels,
-            feature_names=tuple(feature_columns),
+            feature_names=feature_names,
             label_names=label_names,
         )
     except ValueError as exc:
         raise SourceError(f"{origin}: {exc}") from exc
 
 
-def _from_npz(path: Path, *, label_column: str | None, id_column: str | None) -> RecordSet:
+def _from_npz(
+    path: Path,
+    *,
+    label_column: str | None,
+    id_column: str | None,
+    schema: DatasetSchema | None,
+    target: str,
+) -> RecordSet:
     origin = str(path)
     with np.load(path, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in npz.files}
@@ -253,6 +359,16 @@ def _from_npz(path: Path, *, label_column: str | None, id_column: str | None) ->
                 f"{origin}: {name!r} must have shape ({n},); got {arrays[name].shape}"
             )
     features = features.astype(np.float32)
+    if "feature_names" in arrays:
+        feature_names = tuple(str(v) for v in arrays["feature_names"].tolist())
+    else:
+        feature_names = _default_feature_names(features.shape[1:])
+        if schema is not None and list(features.shape[1:]) == schema.feature_shape:
+            feature_names = tuple(schema.feature_names)  # unnamed, in the dataset's layout
+    if features.ndim == 2 and len(feature_names) == features.shape[1]:
+        features, feature_names = fit_layout(
+            features, feature_names, schema, origin=origin, target=target, label_column="y"
+        )
     label_key = next((k for k in ("y", "labels") if k in arrays), None)
     labels, label_names, label_text = None, None, None
     if label_key is not None and label_column is not None:
@@ -265,10 +381,6 @@ def _from_npz(path: Path, *, label_column: str | None, id_column: str | None) ->
         ids = _ids(arrays["ids"], origin=origin, column="ids")
     else:
         ids = content_ids(features, label_text)
-    if "feature_names" in arrays:
-        feature_names = tuple(str(v) for v in arrays["feature_names"].tolist())
-    else:
-        feature_names = _default_feature_names(features.shape[1:])
     try:
         return RecordSet(
             ids=ids,

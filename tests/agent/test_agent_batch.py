@@ -141,7 +141,9 @@ def test_unverified_bundles_and_bad_inputs_are_refused(
         )
     assert not output.exists()
     np.savez(tmp_path / "wrong.npz", X=np.zeros((3, 7)))
-    with pytest.raises(ValueError, match=r"do not fit the model's raw records \[8, 8\]"):
+    with pytest.raises(
+        ValueError, match=r"wrong.npz: digits-mlp@1 expects raw records of shape \[8, 8\]"
+    ):
         predict_batch(
             bundle=digits_bundle.path,
             public_key=digits_bundle.public_key,

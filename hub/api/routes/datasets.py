@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, StrictBool, StrictFloat, StringConstraints
+from sqlmodel import Session
 
 from hub.api.deps import NAME_PATTERN, ContextDep, NamePath, SessionDep, StoreDep, VersionPath
 from hub.api.public import DatasetImportPublic, ValidationReportPublic
 from hub.core.errors import InvalidInput
-from hub.datasets import service
-from hub.datasets.sources import SourceError, known_sources, load_builtin, load_source
+from hub.datasets import RecordSet, service
+from hub.datasets.sources import (
+    SourceError,
+    known_sources,
+    load_builtin,
+    load_source,
+    records_to_frame,
+)
 from hub.registry import models as registry
 from hub.tables import DatasetVersionPublic, ModelVersionPublic
 
@@ -51,7 +58,10 @@ def _builtin(source: str) -> Any:
         raise InvalidInput(str(exc)) from exc
 
 
-async def _load_upload(upload: UploadFile, *, limit: int) -> Any:
+async def _load_upload(upload: UploadFile, *, limit: int, session: Session, name: str) -> RecordSet:
+    """The uploaded file's records, laid out like the latest version of ``name`` (a flat CSV
+    for a dataset of 8x8 images: :func:`~hub.datasets.sources.fit_layout`)."""
+    schema, target = service.next_layout(session, name=name)
     suffix = Path(upload.filename or "upload.csv").suffix.lower()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"upload{suffix}"
@@ -63,7 +73,7 @@ async def _load_upload(upload: UploadFile, *, limit: int) -> Any:
                     raise InvalidInput(f"upload is larger than the limit of {limit} bytes")
                 fh.write(block)
         try:
-            return load_source(str(path))
+            return load_source(str(path), schema=schema, target=target)
         except SourceError as exc:
             raise InvalidInput(str(exc).replace(str(path), upload.filename or "upload")) from exc
 
@@ -107,7 +117,9 @@ async def import_upload(
     append: Annotated[bool, Form()] = False,
     alpha: Annotated[float, Form(gt=0, lt=1)] = service.DEFAULT_ALPHA,
 ) -> DatasetImportPublic:
-    records = await _load_upload(file, limit=ctx.settings.max_upload_bytes)
+    records = await _load_upload(
+        file, limit=ctx.settings.max_upload_bytes, session=session, name=name
+    )
     version, created = service.import_dataset(
         session,
         store,
@@ -131,7 +143,9 @@ async def validate_upload(
     alpha: Annotated[float, Form(gt=0, lt=1)] = service.DEFAULT_ALPHA,
 ) -> ValidationReportPublic:
     """Dry run: validate a file as if it were the next version of ``name``; stores nothing."""
-    records = await _load_upload(file, limit=ctx.settings.max_upload_bytes)
+    records = await _load_upload(
+        file, limit=ctx.settings.max_upload_bytes, session=session, name=name
+    )
     report = service.validate_against_latest(
         session, store, name=name, records=records, alpha=alpha
     )
@@ -149,16 +163,37 @@ def show(name: NamePath, version: VersionPath, session: SessionDep) -> DatasetVe
     responses={200: {"content": {"application/octet-stream": {}}}},
     response_model=None,
 )
-def export(name: NamePath, version: VersionPath, session: SessionDep, store: StoreDep) -> Response:
-    """The version's records (.npz) byte-for-byte as stored."""
+def export(
+    name: NamePath,
+    version: VersionPath,
+    session: SessionDep,
+    store: StoreDep,
+    format: Annotated[
+        Literal["npz", "csv", "parquet"],
+        Query(
+            description="npz: byte-for-byte as stored; csv/parquet: a table (id, one column "
+            "per flattened feature, e.g. px_0_0..px_7_7, label) that imports back to the "
+            "same records"
+        ),
+    ] = "npz",
+) -> Response:
+    """The version's records: the stored .npz byte-for-byte, or as a CSV / Parquet table."""
     found = service.get_version(session, ref=f"{name}@{version}")
-    data = store.get_bytes(found.artifact_digest)
+    if format == "npz":
+        data = store.get_bytes(found.artifact_digest)
+    else:
+        frame = records_to_frame(service.load_records(session, store, version=found))
+        data = (
+            frame.to_csv(index=False).encode("utf-8")
+            if format == "csv"
+            else frame.to_parquet(index=False)
+        )
     return Response(
         data,
-        media_type="application/octet-stream",
+        media_type="text/csv" if format == "csv" else "application/octet-stream",
         headers={
             "X-Edgeloop-Digest": found.artifact_digest,
-            "Content-Disposition": f'attachment; filename="{found.name}-{found.version}.npz"',
+            "Content-Disposition": f'attachment; filename="{found.name}-{found.version}.{format}"',
         },
     )
 
