@@ -414,7 +414,11 @@ def promote_now(
     log_event(session, rollout, "promote_requested", reason, data={"unverified": unverified})
     promote(session, rollout, evidence, override=override)
     if (rollout.promotion or {}).get("promoted"):
-        rollout.reason = f"every phase passed its gates; {rollout.promotion['detail']}"
+        status = rollout.promotion["status"]
+        rollout.reason = (
+            f"every phase passed its gates; {alias} -> version {rollout.version} "
+            f"({status}, promoted by an operator)"
+        )
     rollout.updated_at = utcnow()
     session.add(rollout)
     session.flush()
