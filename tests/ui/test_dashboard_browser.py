@@ -270,6 +270,54 @@ def test_read_only_token_sees_no_buttons_and_its_posts_are_refused(
     assert _state(hub_server, rollout.id) == before
 
 
+def test_monitoring_page_shows_what_monitor_status_shows(
+    browser: Any, hub_server: Hub, artifacts_dir: Path
+) -> None:
+    """Windows the monitor has read for a version it cannot score (no bundle with a reference
+    profile): ``monitor status`` lists them, and so does the page (it said "Nothing monitored
+    yet")."""
+    from hub.monitoring import evaluate
+    from hub.monitoring.status import monitor_status
+    from hub.tables import TelemetryWindowRow
+
+    now = datetime.now(UTC)
+    with Session(hub_server.engine) as s:
+        for i in range(5):
+            s.add(
+                TelemetryWindowRow(
+                    device_id=LAB_DEVICES[i % 2],
+                    seq=900 + i,
+                    model="quiet-model",
+                    version="3",
+                    window_start=now,
+                    window_end=now,
+                    count=40,
+                )
+            )
+        s.commit()
+    evaluate(hub_server.engine)
+    with Session(hub_server.engine) as s:
+        (status,) = monitor_status(s, model="quiet-model")["versions"]
+    assert (status["windows"], status["predictions"], status["devices"]) == (5, 200, 2)
+    assert status["scores"] == []
+    sign_in(browser, hub_server.url, ADMIN_TOKEN, to="/ui/monitoring?model=quiet-model")
+    row = "#status-quiet-model-3"
+    wait_for(browser, _has(row))
+    assert attrs(browser, row, "data-windows") == ["5"]
+    assert attrs(browser, row, "data-predictions") == ["200"]
+    assert "none yet" in text(browser, row)
+    assert "Nothing monitored" not in text(browser, "main")
+    assert "no scores yet" in text(browser, "#panel-quiet-model-3")
+    # every version monitor status lists is on the unfiltered page, scored ones with charts
+    browser.get(f"{hub_server.url}/ui/monitoring")
+    wait_for(browser, _has(row))
+    with Session(hub_server.engine) as s:
+        listed = {f"{v['model']}@{v['version']}" for v in monitor_status(s)["versions"]}
+    shown = {t.split()[0] for t in texts(browser, "#monitor-status tr.monitored")}
+    assert shown == listed
+    screenshot(browser, artifacts_dir, "monitoring_status")
+
+
 def test_unverified_promotion_is_visible_on_the_rollout_and_registry_pages(
     browser: Any, hub_server: Hub, mosquitto: Any, artifacts_dir: Path
 ) -> None:
