@@ -235,6 +235,10 @@ class PromotionEvidencePublic(BaseModel):
     missing: list[str] = Field(description="required gates that had no data")
     failed: list[str]
     labels_flow: bool = Field(description="label feedback came from the rollout's devices")
+    previous_versions: list[str] = Field(
+        description="versions the rollout's devices ran before (none: a first deployment, "
+        "nothing for the accuracy gate to compare with)"
+    )
 
 
 class PromotionPublic(BaseModel):

@@ -527,6 +527,7 @@ class Evidence:
     gates: dict[str, str]
     required: tuple[str, ...]
     labels_flow: bool
+    previous_versions: tuple[str, ...] = ()
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -567,6 +568,7 @@ class Evidence:
             "missing": list(self.missing),
             "failed": list(self.failed),
             "labels_flow": self.labels_flow,
+            "previous_versions": list(self.previous_versions),
         }
 
 
@@ -593,12 +595,18 @@ def labels_flow(session: Session, scope: Scope, cfg: Mapping[str, Any]) -> bool:
 def promotion_evidence(
     session: Session, scope: Scope, cfg: Mapping[str, Any], results: Sequence[GateResult]
 ) -> Evidence:
-    """The evidence ``results`` (an evaluation over ``scope``) give a promotion."""
+    """The evidence ``results`` (an evaluation over ``scope``) give a promotion.
+
+    ``accuracy_where_labelled`` needs the accuracy gate's data where labels flow from the
+    rollout's devices *and* they ran a previous version of the model: a first deployment has
+    nothing for the gate to compare with (it can never have data), so there the other
+    required gates are the evidence (``previous_versions`` is empty in the record)."""
     flow = labels_flow(session, scope, cfg)
+    previous = tuple(sorted(scope.previous_versions))
     required: list[str] = []
     for name in cfg["promotion_evidence"]:
         gate = "accuracy" if name == WHERE_LABELLED else name
-        if (name != WHERE_LABELLED or flow) and gate not in required:
+        if (name != WHERE_LABELLED or (flow and previous)) and gate not in required:
             required.append(gate)
     return Evidence(
         gates={
@@ -607,4 +615,5 @@ def promotion_evidence(
         },
         required=tuple(required),
         labels_flow=flow,
+        previous_versions=previous,
     )

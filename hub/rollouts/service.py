@@ -404,6 +404,19 @@ def promote_now(
         )
     if (rollout.promotion or {}).get("promoted"):
         raise Conflict(f"rollout {rollout_id} already moved {alias} to version {rollout.version}")
+    finished = aware(rollout.finished_at)
+    moved = [
+        m
+        for m in registry.alias_history(session, model_name=rollout.model)
+        if m.alias == alias and finished is not None and (aware(m.at) or finished) > finished
+    ]
+    if moved:
+        raise Conflict(
+            f"{alias} was moved since this rollout ended (to version {moved[-1].to_version} at "
+            f"{moved[-1].at:%Y-%m-%d %H:%M:%S}); promoting it now could move {alias} back. "
+            f"Move it by hand if that is meant: edgeloop model alias {rollout.model} {alias} "
+            f"{rollout.version}"
+        )
     evidence = evidence_now(session, rollout)
     if not evidence.verified and not unverified:
         raise Conflict(

@@ -51,16 +51,19 @@ def engine(database_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
-def _world(engine: Engine, root: Path) -> None:
-    """``m`` versions 1 and 2 (production -> 1, by hand), three devices serving m@1."""
+def _world(engine: Engine, root: Path, *, serving: bool = True) -> None:
+    """``m`` versions 1 and 2 (production -> 1, by hand), three devices serving m@1 (or,
+    not ``serving``, nothing yet)."""
     store = FileArtifactStore(root=root / "artifacts")
     with session_scope(engine) as s:
         for n in (1, 2):
             registry.register_version(s, store, model_name=MODEL, data=f"model {n}".encode())
         registry.set_alias(s, model_name=MODEL, alias="production", version=1)
         for d in DEVICES:
-            active = {"model": MODEL, "version": "1", "status": "SLOT_STATUS_ACTIVE"}
-            s.add(Device(id=d, online=True, state={"online": True, "active": active}))
+            state: dict[str, Any] = {"online": True}
+            if serving:
+                state["active"] = {"model": MODEL, "version": "1", "status": "SLOT_STATUS_ACTIVE"}
+            s.add(Device(id=d, online=True, state=state))
 
 
 def _create(engine: Engine, **kwargs: Any) -> str:
@@ -208,6 +211,20 @@ def test_no_evidence_leaves_production_until_the_data_comes(
         service.promote_now(s, rollout_id=rid)
 
 
+def test_a_withheld_promotion_never_moves_the_alias_back(
+    engine: Engine, controller: RolloutController, tmp_path: Path
+) -> None:
+    _world(engine, tmp_path)
+    rid = _create(engine)
+    _run_to_completion(engine, controller, rid)
+    assert _view(engine, rid)["promotion"]["status"] == "withheld"
+    with session_scope(engine) as s:  # meanwhile production moved on (by hand, here)
+        registry.set_alias(s, model_name=MODEL, alias="production", version=1)
+    with session_scope(engine) as s, pytest.raises(Conflict, match="was moved since"):
+        service.promote_now(s, rollout_id=rid, unverified=True)
+    assert _production(engine) == 1
+
+
 def test_where_labels_flow_the_accuracy_gate_needs_data_and_an_override_is_unverified(
     engine: Engine, controller: RolloutController, tmp_path: Path
 ) -> None:
@@ -222,6 +239,7 @@ def test_where_labels_flow_the_accuracy_gate_needs_data_and_an_override_is_unver
     evidence = promotion["evidence"]
     assert evidence["labels_flow"] and evidence["required"] == ["error_rate", "accuracy"]
     assert evidence["missing"] == ["accuracy"] and evidence["gates"]["error_rate"] == "passed"
+    assert evidence["previous_versions"] == ["1"]
     assert _production(engine) == 1
 
     with session_scope(engine) as s:
@@ -252,6 +270,25 @@ def test_enough_labels_verify_the_promotion_at_completion(
     assert promotion["status"] == "verified" and promotion["promoted"]
     assert promotion["evidence"]["gates"]["accuracy"] == "passed"
     assert _production(engine) == 2 and _moves(engine)[-1].verified is True
+
+
+def test_a_first_deployment_with_labels_is_verified_on_its_error_rate(
+    engine: Engine, controller: RolloutController, tmp_path: Path
+) -> None:
+    """Devices that served no version of the model before: the accuracy gate has nothing to
+    compare with (it can never have data), so labels flowing do not make it required."""
+    _world(engine, tmp_path, serving=False)
+    rid = _create(engine)
+    _telemetry(engine, "2")
+    _labels(engine, "2", per_device=10)
+    _run_to_completion(engine, controller, rid)
+    promotion = _view(engine, rid)["promotion"]
+    evidence = promotion["evidence"]
+    assert evidence["labels_flow"] and evidence["previous_versions"] == []
+    assert (
+        evidence["required"] == ["error_rate"] and evidence["gates"]["accuracy"] == "insufficient"
+    )
+    assert promotion["status"] == "verified" and _production(engine) == 2
 
 
 def test_promote_unverified_moves_the_alias_and_records_it(
