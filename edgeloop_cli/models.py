@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -79,6 +79,33 @@ def alias(
             "PUT", f"/models/{model}/aliases/{alias}", json={"version": version}
         )
     emit(result, as_json=as_json, columns=VERSION_COLUMNS)
+
+
+HISTORY_COLUMNS = ["at", "alias", "from_version", "to_version", "promotion", "rollout_id"]
+
+
+def _promotion(move: dict[str, Any]) -> str:
+    """How an alias move was made: by hand, or a rollout's verified / UNVERIFIED promotion
+    (with the gates that had no data)."""
+    if move.get("verified") is None:
+        return "by hand" if not move.get("rollout_id") else ""
+    if move["verified"]:
+        return "verified"
+    evidence = move.get("evidence") or {}
+    gates = evidence.get("gates") or {}
+    missing = evidence.get("missing") or [g for g, s in gates.items() if s == "insufficient"]
+    return "UNVERIFIED" + (f": no data for {', '.join(missing)}" if missing else "")
+
+
+@app.command("history")
+def history(ctx: typer.Context, model: str, as_json: JsonFlag = False) -> None:
+    """Every move of MODEL's aliases: when, from and to which version, and whether a rollout's
+    promotion was verified by its gates."""
+    with connect(target(ctx)) as client:
+        moves = client.get(f"/models/{model}/aliases/history")
+    if not as_json:
+        moves = [{**m, "promotion": _promotion(m)} for m in moves]
+    emit(moves, as_json=as_json, columns=HISTORY_COLUMNS, key="moves")
 
 
 @app.command("register")

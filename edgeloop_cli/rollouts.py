@@ -13,12 +13,23 @@ from edgeloop_cli._common import JsonFlag, target
 from edgeloop_cli.output import emit, emit_error, progress_bar
 
 app = typer.Typer(help="Phased rollouts: create, watch, pause, roll back.", no_args_is_help=True)
-COLUMNS = ["id", "model", "version", "state", "phase", "selector", "reason", "created_at"]
+COLUMNS = [
+    "id",
+    "model",
+    "version",
+    "state",
+    "promotion",
+    "phase",
+    "selector",
+    "reason",
+    "created_at",
+]
 SHOW = [
     "id",
     "model",
     "version",
     "state",
+    "promotion",
     "phase",
     "selector",
     "reason",
@@ -42,6 +53,28 @@ WaitFlag = Annotated[
 TimeoutOpt = Annotated[
     float, typer.Option("--timeout", help="seconds to wait before giving up (exit 3)")
 ]
+
+
+def promotion_text(promotion: dict[str, Any] | None, *, long: bool = False) -> str:
+    """A rollout's promotion for people: ``verified``, ``UNVERIFIED``, ``withheld`` (the alias
+    was not moved) ...; ``long``: with the alias, version and what the gates had."""
+    if not promotion:
+        return ""
+    status = str(promotion.get("status", ""))
+    word = "UNVERIFIED" if status == "unverified" else status
+    if not long:
+        return word
+    alias = promotion.get("alias") or "no alias"
+    detail = promotion.get("detail") or ""
+    return f"{word} ({alias}): {detail}" if detail else f"{word} ({alias})"
+
+
+def _readable(view: dict[str, Any], *, long: bool) -> dict[str, Any]:
+    return {**view, "promotion": promotion_text(view.get("promotion"), long=long)}
+
+
+def _emit_rollout(view: dict[str, Any], *, as_json: bool) -> None:
+    emit(view if as_json else _readable(view, long=True), as_json=as_json, columns=SHOW)
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -137,7 +170,7 @@ def create(
         if wait:
             _wait(client, str(made["id"]), timeout=timeout, as_json=as_json)
             return
-    emit(made, as_json=as_json, columns=SHOW)
+    _emit_rollout(made, as_json=as_json)
 
 
 def _need_hub(ctx: typer.Context, *, as_json: bool) -> None:
@@ -182,7 +215,7 @@ def _wait(client: HubClient, rollout_id: str, *, timeout: float, as_json: bool) 
             as_json=as_json,
         )
         raise typer.Exit(code=EXIT_TIMEOUT)
-    emit(view, as_json=as_json, columns=SHOW)
+    _emit_rollout(view, as_json=as_json)
     if view["state"] != "completed":
         if not as_json:
             emit_error(
@@ -209,9 +242,10 @@ def wait_(
 
 @app.command("show")
 def show(ctx: typer.Context, rollout_id: str, as_json: JsonFlag = False) -> None:
-    """Phases (state, devices, gate values with thresholds) and per-device status."""
+    """Phases (state, devices, gate values with thresholds), per-device status, and whether
+    its promotion was verified (its gates had data) or not."""
     with connect(target(ctx)) as client:
-        emit(client.get(f"/rollouts/{rollout_id}"), as_json=as_json, columns=SHOW)
+        _emit_rollout(client.get(f"/rollouts/{rollout_id}"), as_json=as_json)
 
 
 @app.command("list")
@@ -223,7 +257,30 @@ def list_(
     params = {"state": state} if state else {}
     with connect(target(ctx)) as client:
         found = client.get("/rollouts", params=params)
+    if not as_json:
+        found = [_readable(r, long=False) for r in found]
     emit(found, as_json=as_json, columns=COLUMNS, key="rollouts")
+
+
+@app.command("promote")
+def promote(
+    ctx: typer.Context,
+    rollout_id: str,
+    unverified: Annotated[
+        bool,
+        typer.Option(
+            "--unverified",
+            help="move the alias even without the gates' evidence (recorded as unverified)",
+        ),
+    ] = False,
+    reason: ReasonOpt = "operator",
+    as_json: JsonFlag = False,
+) -> None:
+    """Move a completed rollout's alias (e.g. production) that was not moved for lack of
+    evidence: its gates are evaluated again now."""
+    body = {"unverified": unverified, "reason": reason}
+    with connect(target(ctx)) as client:
+        _emit_rollout(client.post(f"/rollouts/{rollout_id}/promote", json=body), as_json=as_json)
 
 
 def _action(name: str, doc: str) -> None:
@@ -235,11 +292,7 @@ def _action(name: str, doc: str) -> None:
     ) -> None:
         with connect(target(ctx)) as client:
             body = None if name == "retry" else {"reason": reason}
-            emit(
-                client.post(f"/rollouts/{rollout_id}/{name}", json=body),
-                as_json=as_json,
-                columns=SHOW,
-            )
+            _emit_rollout(client.post(f"/rollouts/{rollout_id}/{name}", json=body), as_json=as_json)
 
     command.__doc__ = doc
     app.command(name)(command)

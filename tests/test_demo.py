@@ -55,6 +55,12 @@ def test_demo_closes_the_loop(tmp_path: Path) -> None:
     # retrained, canaried and promoted
     assert summary["versions"] == ["1", "2"] and summary["canary_state"] == "completed", summary
     assert summary["canary_started_after_s"] > 0
+    # production moved on evidence: the gates had error-rate data and, labels flowing,
+    # accuracy data (issue #21)
+    assert summary["canary_promotion"] == "verified", summary
+    # the first rollout (a first deployment: error-rate data is its evidence) is verified in
+    # a normal run; withheld, never unverified, if its devices sent too little telemetry
+    assert summary["first_promotion"] in {"verified", "withheld"}, summary
     # the drifted cohort recovers to within 2 pp of the oracle: its 95% interval reaches it
     oracle = summary["oracle_accuracy"]["accuracy"]["drifted"]
     after = drifted["after"]

@@ -95,6 +95,14 @@ def _value(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def _promotion(view: dict[str, Any]) -> str:
+    """A rollout's promotion in one phrase: status, alias and what its gates lacked."""
+    promotion = view.get("promotion") or {}
+    status, alias = promotion.get("status", "none"), promotion.get("alias", "")
+    missing = (promotion.get("evidence") or {}).get("missing") or []
+    return f"{status} ({alias})" + (f": no data for {', '.join(missing)}" if missing else "")
+
+
 async def _follow_rollout(
     hub: HubProcess, rollout_id: str, *, timeline: Timeline, total: int, timeout_s: float
 ) -> dict[str, Any]:
@@ -286,7 +294,10 @@ async def _story(hub: HubProcess, options: DemoOptions, timeline: Timeline) -> d
         timeline.mark("rollout1_end")
         if done["state"] != "completed":
             raise DemoError(f"the first rollout ended {done['state']}: {done.get('reason')}")
-        say(f"   {done['state']}: every device serves {MODEL}@{trained['version']}")
+        say(
+            f"   {done['state']}: every device serves {MODEL}@{trained['version']}; "
+            f"promotion {_promotion(done)}"
+        )
         await asyncio.sleep(options.baseline_s)
         timeline.mark("drift_onset")
         fleet.begin_drift()
@@ -326,6 +337,7 @@ async def _story(hub: HubProcess, options: DemoOptions, timeline: Timeline) -> d
         )
         timeline.mark("canary_end")
         say(f"[bold]10. canary[/] {canary['state']} ({canary.get('reason') or 'all gates passed'})")
+        say(f"   promotion {_promotion(canary)}")
         with progress(f"11. measuring the promoted model for {options.after_s:.0f} s"):
             await asyncio.sleep(options.after_s)
         timeline.mark("end")
@@ -353,6 +365,8 @@ async def _story(hub: HubProcess, options: DemoOptions, timeline: Timeline) -> d
         "second_version": str(event.get("model_version") or ""),
         "canary_state": canary["state"],
         "canary_reason": canary.get("reason") or "",
+        "first_promotion": (done.get("promotion") or {}).get("status", ""),
+        "canary_promotion": (canary.get("promotion") or {}).get("status", ""),
         "first_accuracy_test": trained["metrics"]["test_accuracy"],
         "counters": counters,
         "trigger": event,
@@ -520,6 +534,9 @@ def summarize(
         "labels": len(record.labels),
         "canary_state": story["canary_state"],
         "canary_reason": story["canary_reason"],
+        # verified | unverified | withheld: whether production moved on the gates' evidence
+        "first_promotion": story["first_promotion"],
+        "canary_promotion": story["canary_promotion"],
         "open_alerts_on_new_version": story["open_alerts_on_new_version"],
         "versions": [v1, v2],
         "deviations": deviations(options),

@@ -44,6 +44,8 @@ __all__ = [
     "MonitorStatusPublic",
     "PackageOutcomePublic",
     "PolicyListPublic",
+    "PromotionEvidencePublic",
+    "PromotionPublic",
     "RolloutPublic",
     "RolloutSummaryPublic",
     "TrainOutcomePublic",
@@ -90,6 +92,15 @@ class AliasMovePublic(BaseModel):
     from_version: int | None
     to_version: int | None
     at: datetime
+    rollout_id: str = Field(description="the rollout whose promotion moved it ('' by hand)")
+    verified: bool | None = Field(
+        description="a rollout's promotion: whether its gates had the evidence it needed "
+        "(false: promoted without it, by override); null: moved by hand"
+    )
+    evidence: dict[str, Any] = Field(
+        description="a rollout's promotion: verified, gates (passed | failed | insufficient), "
+        "required, missing, failed, labels_flow; {} by hand"
+    )
 
 
 class BundleRefPublic(BaseModel):
@@ -224,6 +235,33 @@ class EvaluationPublic(BaseModel):
     seconds: float = Field(description="how long the evaluation took")
 
 
+class PromotionEvidencePublic(BaseModel):
+    verified: bool
+    gates: dict[str, str] = Field(description="gate -> passed | failed | insufficient")
+    required: list[str] = Field(description="gates whose data the promotion needed")
+    missing: list[str] = Field(description="required gates that had no data")
+    failed: list[str]
+    labels_flow: bool = Field(description="label feedback came from the rollout's devices")
+    previous_versions: list[str] = Field(
+        description="versions the rollout's devices ran before (none: a first deployment, "
+        "nothing for the accuracy gate to compare with)"
+    )
+
+
+class PromotionPublic(BaseModel):
+    """What a completed rollout did with its ``promote_alias`` (docs/ROLLOUTS.md)."""
+
+    alias: str
+    version: str
+    status: str = Field(description="verified | unverified | withheld | failed | none")
+    promoted: bool
+    verified: bool
+    evidence: PromotionEvidencePublic
+    override: str = Field(description="the operator's reason for an unverified promotion")
+    detail: str
+    at: str
+
+
 class RolloutSummaryPublic(BaseModel):
     id: str
     model: str
@@ -234,6 +272,7 @@ class RolloutSummaryPublic(BaseModel):
     reason: str
     created_at: str
     finished_at: str | None
+    promotion: PromotionPublic | None = Field(description="null until the last phase passed")
 
 
 class RolloutPublic(RolloutSummaryPublic):

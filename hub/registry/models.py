@@ -123,8 +123,19 @@ def aliases_of(session: Session, *, model_name: str) -> dict[str, int]:
     return {alias.alias: version.version for alias, version in rows}
 
 
-def set_alias(session: Session, *, model_name: str, alias: str, version: int) -> ModelAlias:
-    """Point ``alias`` at ``version`` (moving it if it pointed elsewhere); recorded in history."""
+def set_alias(
+    session: Session,
+    *,
+    model_name: str,
+    alias: str,
+    version: int,
+    rollout_id: str = "",
+    verified: bool | None = None,
+    evidence: Mapping[str, Any] | None = None,
+) -> ModelAlias:
+    """Point ``alias`` at ``version`` (moving it if it pointed elsewhere); recorded in history.
+    A rollout's promotion passes its id, whether it was ``verified`` and the ``evidence``
+    (each gate's outcome), which the history keeps."""
     if not ALIAS.match(alias) or alias in RESERVED_ALIASES:
         raise InvalidInput(
             f"alias {alias!r}: lower-case letters, digits, '_' or '-', starting with a letter; "
@@ -144,6 +155,9 @@ def set_alias(session: Session, *, model_name: str, alias: str, version: int) ->
             alias=alias,
             from_version=previous.version if previous else None,
             to_version=target.version,
+            rollout_id=rollout_id,
+            verified=verified,
+            evidence=dict(evidence or {}),
         )
     )
     session.flush()

@@ -29,7 +29,13 @@ from hub.rollouts._progress import MAX_ROLLBACK_ATTEMPTS, NUDGE_GRACE_S, Slots, 
 from hub.rollouts._rows import Live, Member, Settled
 from hub.rollouts._sync import IN_FLIGHT, REPORTED, S
 from hub.rollouts.events import log_event
-from hub.rollouts.gates import Scope, evaluate, install_failure_rate, merged_gates
+from hub.rollouts.gates import (
+    Scope,
+    evaluate,
+    install_failure_rate,
+    merged_gates,
+    promotion_evidence,
+)
 from hub.rollouts.service import promote
 from hub.rpc.slots import SlotsSnapshot
 from hub.tables.rollouts import Rollout, RolloutShadow, RolloutState
@@ -315,9 +321,8 @@ class RolloutController(Periodic):
             log_event(session, rollout, "paused", rollout.reason)
             return
         since = aware(rollout.created_at) or utcnow()
-        results = evaluate(
-            session, Scope(rollout=rollout, devices=mine, since=since, now=utcnow()), cfg
-        )
+        scope = Scope(rollout=rollout, devices=mine, since=since, now=utcnow())
+        results = evaluate(session, scope, cfg)
         gates = [g.to_dict() for g in results]
         if not all(g.passed for g in results):
             self._gates_failed(session, rollout, gates, early_fail=False)
@@ -328,7 +333,7 @@ class RolloutController(Periodic):
             rollout.state, rollout.finished_at = R.COMPLETED, utcnow()
             rollout.reason = "every phase passed its gates"
             log_event(session, rollout, "completed", rollout.reason)
-            promote(session, rollout)
+            promote(session, rollout, promotion_evidence(session, scope, cfg, results))
         else:
             rollout.phase += 1
             rollout.phase_started_at = rollout.phase_commanded_at = None

@@ -15,6 +15,12 @@ Inputs are what the ingest stores (``hub.tables.fleet``) and monitoring's ``Aler
   of devices in label quarantine (``hub.triggers.label_quality``);
 - ``shadow_agreement``: agreed / compared of windows that shadowed the candidate;
 - ``drift``: open drift alerts for the candidate version.
+
+Promotion evidence (:func:`promotion_evidence`): which gates of the final evaluation had
+data. The rollout moves its ``promote_alias`` only when the gates named in
+``promotion_evidence`` had data (default: ``error_rate``, and ``accuracy`` where label
+feedback flows for the rollout's devices), unless ``promote_unverified`` is set; the move is
+recorded as verified or not (docs/ROLLOUTS.md, "Promotion").
 """
 
 from __future__ import annotations
@@ -53,7 +59,16 @@ DEFAULT_GATES: dict[str, Any] = {
     # accuracy on yesterday's inputs is not what it scores on today's.
     "baseline_since": None,
     "require_data": [],
+    # the gates whose data a promotion needs to count as verified; the rollout moves its
+    # promote_alias only then, unless promote_unverified (see promotion_evidence)
+    "promotion_evidence": ["error_rate", "accuracy_where_labelled"],
+    "promote_unverified": False,
 }
+#: Gates that can lack data (``drift`` always has its count of alerts).
+DATA_GATES = ("install_failure_rate", "error_rate", "latency_p95", "accuracy", "shadow_agreement")
+#: In ``promotion_evidence``: the accuracy gate's data is needed where labels flow (label
+#: feedback for the model from the rollout's devices), not otherwise.
+WHERE_LABELLED = "accuracy_where_labelled"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +109,21 @@ def merged_gates(overrides: dict[str, Any] | None) -> dict[str, Any]:
             f"unknown gate settings {sorted(unknown)}; known: {sorted(DEFAULT_GATES)}"
         )
     merged = {**DEFAULT_GATES, **(overrides or {})}
+    evidence = merged["promotion_evidence"]
+    known = {*DATA_GATES, WHERE_LABELLED}
+    if (
+        not isinstance(evidence, list)
+        or not evidence
+        or not all(isinstance(g, str) and g in known for g in evidence)
+    ):
+        raise InvalidInput(
+            f"promotion_evidence must be a non-empty list of {sorted(known)}; got {evidence!r} "
+            '(to promote without evidence set "promote_unverified": true)'
+        )
+    if not isinstance(merged["promote_unverified"], bool):
+        raise InvalidInput(
+            f"promote_unverified must be true or false; got {merged['promote_unverified']!r}"
+        )
     if merged["baseline_since"] is not None:
         try:
             _parse_since(merged["baseline_since"])
@@ -486,3 +516,104 @@ def evaluate(session: Session, scope: Scope, cfg: dict[str, Any]) -> list[GateRe
         *quality_gates(session, scope, cfg),
         drift_gate(session, scope, cfg),
     ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evidence:
+    """What a promotion rests on: each gate's outcome in the final evaluation (``passed``,
+    ``failed`` or ``insufficient``), the gates whose data was required (``promotion_evidence``
+    resolved: ``accuracy`` only where labels flow), and those that lacked it."""
+
+    gates: dict[str, str]
+    required: tuple[str, ...]
+    labels_flow: bool
+    previous_versions: tuple[str, ...] = ()
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return tuple(
+            g for g in self.required if self.gates.get(g, "insufficient") == "insufficient"
+        )
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return tuple(g for g, state in self.gates.items() if state == "failed")
+
+    @property
+    def verified(self) -> bool:
+        return not self.missing and not self.failed
+
+    @property
+    def insufficient(self) -> tuple[str, ...]:
+        return tuple(g for g, state in self.gates.items() if state == "insufficient")
+
+    def why(self) -> str:
+        """One line: what the gates had (and lacked)."""
+        parts = []
+        if self.missing:
+            parts.append(f"no data for {', '.join(self.missing)}")
+        if self.failed:
+            parts.append(f"failing now: {', '.join(self.failed)}")
+        with_data = [g for g, state in self.gates.items() if state == "passed" and g in DATA_GATES]
+        parts.append(f"gates with data: {', '.join(with_data) or 'none'}")
+        if self.insufficient:
+            parts.append(f"insufficient: {', '.join(self.insufficient)}")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verified": self.verified,
+            "gates": dict(self.gates),
+            "required": list(self.required),
+            "missing": list(self.missing),
+            "failed": list(self.failed),
+            "labels_flow": self.labels_flow,
+            "previous_versions": list(self.previous_versions),
+        }
+
+
+def labels_flow(session: Session, scope: Scope, cfg: Mapping[str, Any]) -> bool:
+    """Whether label feedback for the rollout's model comes from its devices: any label since
+    the rollout started or the accuracy baseline's window began (the earlier), devices in
+    label quarantine left out (their labels never count)."""
+    r = scope.rollout
+    since = min(scope.since, baseline_start(scope.now, cfg))
+    found = session.exec(
+        select(FeedbackLabelRow.id)
+        .where(
+            FeedbackLabelRow.model == r.model,
+            col(FeedbackLabelRow.device_id).in_(scope.device_ids),
+            col(FeedbackLabelRow.device_id).not_in(_quarantined(session, r.model)),
+            FeedbackLabelRow.at >= since,
+            col(FeedbackLabelRow.label).is_not(None),
+        )
+        .limit(1)
+    ).first()
+    return found is not None
+
+
+def promotion_evidence(
+    session: Session, scope: Scope, cfg: Mapping[str, Any], results: Sequence[GateResult]
+) -> Evidence:
+    """The evidence ``results`` (an evaluation over ``scope``) give a promotion.
+
+    ``accuracy_where_labelled`` needs the accuracy gate's data where labels flow from the
+    rollout's devices *and* they ran a previous version of the model: a first deployment has
+    nothing for the gate to compare with (it can never have data), so there the other
+    required gates are the evidence (``previous_versions`` is empty in the record)."""
+    flow = labels_flow(session, scope, cfg)
+    previous = tuple(sorted(scope.previous_versions))
+    required: list[str] = []
+    for name in cfg["promotion_evidence"]:
+        gate = "accuracy" if name == WHERE_LABELLED else name
+        if (name != WHERE_LABELLED or (flow and previous)) and gate not in required:
+            required.append(gate)
+    return Evidence(
+        gates={
+            g.name: "insufficient" if g.insufficient_data else ("passed" if g.passed else "failed")
+            for g in results
+        },
+        required=tuple(required),
+        labels_flow=flow,
+        previous_versions=previous,
+    )

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, select
 
-from hub.core.clock import utcnow
+from hub.core.clock import aware, utcnow
 from hub.core.errors import Conflict, InvalidInput, NotFound
 from hub.registry import models as registry
 from hub.rollouts import _shadow
 from hub.rollouts.events import log_event
-from hub.rollouts.gates import merged_gates
+from hub.rollouts.gates import Evidence, Scope, evaluate, merged_gates, promotion_evidence
 from hub.rollouts.phases import parse_phases
 from hub.rollouts.selectors import parse_selector
 from hub.tables import Bundle
@@ -306,25 +306,133 @@ def retry_failed(session: Session, *, rollout_id: str) -> Rollout:
     return rollout
 
 
-def promote(session: Session, rollout: Rollout) -> None:
-    """Point the rollout's ``promote_alias`` at its version (``registry.set_alias``, which
-    records the move in the alias history); the outcome is a rollout event. A version the
-    registry does not know (a bundle given by digest) is an event too, never an error."""
+def evidence_now(session: Session, rollout: Rollout) -> Evidence:
+    """Every gate over the rollout's devices as they stand now, and the promotion evidence
+    they give (what ``promote_now`` decides on)."""
+    cfg = merged_gates(rollout.gates)
+    devices = [d for d in devices_of(session, rollout_id=rollout.id) if d.phase >= 0]
+    scope = Scope(
+        rollout=rollout, devices=devices, since=aware(rollout.created_at) or utcnow(), now=utcnow()
+    )
+    return promotion_evidence(session, scope, cfg, evaluate(session, scope, cfg))
+
+
+def promote(session: Session, rollout: Rollout, evidence: Evidence, *, override: str = "") -> bool:
+    """Decide the promotion of a completed rollout and record it in ``rollout.promotion``.
+
+    The ``promote_alias`` moves (``registry.set_alias``; the alias history keeps the rollout,
+    ``verified`` and the evidence) when ``evidence`` verifies it, or without that evidence
+    when the gate setting ``promote_unverified`` is set or an operator gives an ``override``
+    reason; otherwise the alias stays (``promotion_withheld`` event, and the rollout's reason
+    says what is missing and what to run). A version the registry does not know (a bundle
+    given by digest) is a ``promotion_failed`` event, never an error. True when it moved."""
     alias = rollout.promote_alias
+    cfg = merged_gates(rollout.gates)
+    record: dict[str, Any] = {
+        "alias": alias,
+        "version": rollout.version,
+        "verified": evidence.verified,
+        "evidence": evidence.to_dict(),
+        "override": override,
+        "at": utcnow().isoformat(),
+    }
     if not alias:
-        return
+        rollout.promotion = {**record, "status": "none", "promoted": False, "detail": ""}
+        return False
+    if not (evidence.verified or cfg["promote_unverified"] or override):
+        detail = (
+            f"{alias} not moved: {evidence.why()}. Once the gates have data: "
+            f"edgeloop rollout promote {rollout.id}; without it: "
+            f"edgeloop rollout promote {rollout.id} --unverified --reason WHY"
+        )
+        rollout.promotion = {**record, "status": "withheld", "promoted": False, "detail": detail}
+        rollout.reason = f"{rollout.reason}; {alias} not moved: no data for " + ", ".join(
+            evidence.missing or evidence.failed
+        )
+        log_event(session, rollout, "promotion_withheld", detail, data=rollout.promotion)
+        return False
     try:
         with session.begin_nested():
             registry.set_alias(
-                session, model_name=rollout.model, alias=alias, version=int(rollout.version)
+                session,
+                model_name=rollout.model,
+                alias=alias,
+                version=int(rollout.version),
+                rollout_id=rollout.id,
+                verified=evidence.verified,
+                evidence=evidence.to_dict(),
             )
     except (ValueError, NotFound, InvalidInput) as exc:
-        log_event(session, rollout, "promotion_failed", f"{alias}: {exc}", data={"alias": alias})
-        return
+        detail = f"{alias}: {exc}"
+        rollout.promotion = {**record, "status": "failed", "promoted": False, "detail": detail}
+        log_event(session, rollout, "promotion_failed", detail, data={"alias": alias})
+        return False
+    status = "verified" if evidence.verified else "unverified"
+    detail = f"{rollout.model}@{alias} -> version {rollout.version} ({status}"
+    if not evidence.verified:
+        why = f"override: {override}" if override else "promote_unverified is set"
+        detail += f": {evidence.why()}; {why}"
+    detail += ")"
+    rollout.promotion = {**record, "status": status, "promoted": True, "detail": detail}
     log_event(
         session,
         rollout,
         "promoted",
-        f"{rollout.model}@{alias} -> version {rollout.version}",
-        data={"alias": alias, "version": rollout.version},
+        detail,
+        data={"alias": alias, "version": rollout.version, "verified": evidence.verified},
     )
+    return True
+
+
+def promote_now(
+    session: Session, *, rollout_id: str, unverified: bool = False, reason: str = "operator"
+) -> Rollout:
+    """An operator promotes a completed rollout whose promotion was withheld (or failed): the
+    gates are evaluated again over its devices now; the alias moves when they verify it, or
+    with ``unverified`` (recorded as an unverified promotion, ``reason`` as the override)."""
+    rollout = get_rollout(session, rollout_id=rollout_id)
+    if rollout.state != RolloutState.COMPLETED:
+        raise Conflict(
+            f"rollout {rollout_id} is {rollout.state}; only a completed rollout is promoted "
+            "(every device it targets runs the version)"
+        )
+    alias = rollout.promote_alias
+    if not alias:
+        raise Conflict(
+            f"rollout {rollout_id} has no promote_alias; move an alias by hand: "
+            f"edgeloop model alias {rollout.model} ALIAS {rollout.version}"
+        )
+    if (rollout.promotion or {}).get("promoted"):
+        raise Conflict(f"rollout {rollout_id} already moved {alias} to version {rollout.version}")
+    finished = aware(rollout.finished_at)
+    moved = [
+        m
+        for m in registry.alias_history(session, model_name=rollout.model)
+        if m.alias == alias and finished is not None and (aware(m.at) or finished) > finished
+    ]
+    if moved:
+        raise Conflict(
+            f"{alias} was moved since this rollout ended (to version {moved[-1].to_version} at "
+            f"{moved[-1].at:%Y-%m-%d %H:%M:%S}); promoting it now could move {alias} back. "
+            f"Move it by hand if that is meant: edgeloop model alias {rollout.model} {alias} "
+            f"{rollout.version}"
+        )
+    evidence = evidence_now(session, rollout)
+    if not evidence.verified and not unverified:
+        raise Conflict(
+            f"{alias} not moved: {evidence.why()}. Wait for the data, or promote without it: "
+            f"edgeloop rollout promote {rollout_id} --unverified --reason WHY"
+        )
+    override = "" if evidence.verified else (reason or "operator")
+    log_event(session, rollout, "promote_requested", reason, data={"unverified": unverified})
+    promote(session, rollout, evidence, override=override)
+    if (rollout.promotion or {}).get("promoted"):
+        status = rollout.promotion["status"]
+        rollout.reason = (
+            f"every phase passed its gates; {alias} -> version {rollout.version} "
+            f"({status}, promoted by an operator)"
+        )
+    rollout.updated_at = utcnow()
+    session.add(rollout)
+    session.flush()
+    return rollout

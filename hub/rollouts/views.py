@@ -132,6 +132,8 @@ def summary(rollout: Rollout) -> dict[str, Any]:
         "reason": rollout.reason,
         "created_at": rollout.created_at.isoformat(),
         "finished_at": rollout.finished_at.isoformat() if rollout.finished_at else None,
+        # what the rollout did with its promote_alias (None until its last phase passed)
+        "promotion": dict(rollout.promotion) if rollout.promotion else None,
     }
 
 

@@ -136,6 +136,12 @@ class AliasMove(SQLModel, table=True):
     from_version: int | None
     to_version: int | None
     at: datetime = Field(default_factory=utcnow)
+    # a move by a rollout's promotion: the rollout, whether its gates had the evidence the
+    # promotion needed (False: promoted without it, by override), and each gate's outcome
+    # (passed | failed | insufficient). By hand (PUT .../aliases/...): "", None, {}.
+    rollout_id: str = Field(default="", max_length=64)
+    verified: bool | None = None
+    evidence: dict[str, Any] = json_field()
 
 
 class BundleBase(SQLModel):

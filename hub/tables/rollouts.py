@@ -78,6 +78,9 @@ class Rollout(SQLModel, table=True):
     phase_commanded_at: datetime | None = None
     approved_phase: int = -1
     phase_results: dict[str, Any] = json_field()  # str(phase) -> {"state", "gates", "at"}
+    # once the last phase passed: alias, status (verified | unverified | withheld | none),
+    # promoted, verified, the evidence (hub.rollouts.gates.Evidence), detail, at
+    promotion: dict[str, Any] = json_field()
     reason: str = ""
     created_by: str = Field(default="", max_length=128)
     created_at: datetime = Field(default_factory=utcnow, index=True)

@@ -93,14 +93,22 @@ def alerts(session: Session, *, model: str = "", limit: int = 50) -> list[Alert]
 
 
 def monitoring_view(session: Session, *, model: str = "", version: str = "") -> dict[str, Any]:
-    versions = monitored_versions(session)
+    """What ``edgeloop monitor status`` shows (the same ``monitor_status``: per version the
+    windows, predictions and devices the monitor has read, live and evaluated accuracy,
+    latest scores, open alerts; the monitor's lag), then the charts of the versions with
+    scores and the alerts."""
+    from hub.monitoring.status import monitor_status
+
+    status = monitor_status(session, model=model or None)
+    rows = [v for v in status["versions"] if not version or v["version"] == version]
+    seen = {(v["model"], v["version"]) for v in status["versions"]}
+    versions = sorted(set(monitored_versions(session)) | seen)
     chosen = [
         (m, v) for m, v in versions if (not model or m == model) and (not version or v == version)
     ]
-    from hub.monitoring.status import monitor_lag
-
     return {
-        "lag": monitor_lag(session, versions=versions),
+        "lag": status["monitor"],
+        "status": rows,
         "versions": versions,
         "model": model,
         "version": version,

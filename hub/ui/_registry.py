@@ -8,14 +8,34 @@ from sqlmodel import Session
 
 from hub.datasets import service as datasets
 from hub.registry import models as registry
-from hub.tables import DatasetVersion
+from hub.tables import AliasMove, DatasetVersion
+
+
+def _move(m: AliasMove) -> dict[str, Any]:
+    """One alias move for the pages: ``promotion`` says how it was made: ``verified`` or
+    ``unverified`` (a rollout's promotion, its gates had the evidence or not; ``missing``:
+    the gates that had no data), ``by hand``."""
+    evidence = m.evidence or {}
+    promotion = "by hand" if m.verified is None else ("verified" if m.verified else "unverified")
+    return {
+        "alias": m.alias,
+        "from": m.from_version,
+        "to": m.to_version,
+        "at": m.at,
+        "rollout_id": m.rollout_id,
+        "promotion": promotion,
+        "missing": list(evidence.get("missing") or []),
+        "gates": dict(evidence.get("gates") or {}),
+    }
 
 
 def models_overview(session: Session) -> list[dict[str, Any]]:
-    """Every registered model with its versions (newest first) and aliases."""
+    """Every registered model with its versions (newest first) and aliases; ``moves``: each
+    alias's latest move (how it was made: a verified or unverified promotion, by hand)."""
     out = []
     for model in registry.list_models(session):
         aliases = registry.aliases_of(session, model_name=model.name)
+        latest = {m.alias: _move(m) for m in registry.alias_history(session, model_name=model.name)}
         versions = sorted(
             registry.list_versions(session, model_name=model.name),
             key=lambda v: v.version,
@@ -26,6 +46,7 @@ def models_overview(session: Session) -> list[dict[str, Any]]:
                 "name": model.name,
                 "description": model.description,
                 "aliases": dict(sorted(aliases.items())),
+                "moves": {a: latest[a] for a in aliases if a in latest},
                 "versions": [
                     {
                         "version": v.version,
@@ -68,10 +89,7 @@ def version_detail(session: Session, *, name: str, version: str) -> dict[str, An
         "version": mv.version,
         "lineage": lineage,
         "bundles": bundles,
-        "alias_history": [
-            {"alias": m.alias, "from": m.from_version, "to": m.to_version, "at": m.at}
-            for m in registry.alias_history(session, model_name=name)
-        ],
+        "alias_history": [_move(m) for m in registry.alias_history(session, model_name=name)],
     }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from sqlmodel import Session
@@ -34,6 +36,16 @@ ACTIONS: dict[str, tuple[frozenset[str], str]] = {
         frozenset(service.ACTIVE | {RolloutState.COMPLETED, RolloutState.CANCELLED}),
         "Roll back every device of this rollout to its previous model?",
     ),
+    # a completed rollout whose promotion was withheld for lack of evidence
+    "promote": (
+        frozenset({RolloutState.COMPLETED}),
+        "Evaluate the gates again and move the alias if they now have the evidence?",
+    ),
+    "promote_unverified": (
+        frozenset({RolloutState.COMPLETED}),
+        "Move the alias to this version WITHOUT the gates' evidence? It is recorded as an "
+        "unverified promotion.",
+    ),
 }
 
 
@@ -64,6 +76,9 @@ def available_actions(rollout: dict[str, Any]) -> list[dict[str, str]]:
     for name, (states, question) in ACTIONS.items():
         if rollout["state"] not in states or (name == "advance" and last_phase):
             continue
+        withheld = (rollout.get("promotion") or {}).get("status") == "withheld"
+        if name.startswith("promote") and not withheld:
+            continue
         out.append({"name": name, "confirm": question})
     return out
 
@@ -82,11 +97,13 @@ def rollout_detail(session: Session, *, rollout_id: str) -> dict[str, Any]:
 
 def act(session: Session, *, rollout_id: str, action: str, reason: str) -> Rollout:
     """Run one operator action through the rollout service (Conflict when not allowed)."""
-    operation = {
+    operations: dict[str, Callable[..., Rollout]] = {
         "pause": service.pause,
         "resume": service.resume,
         "approve": service.approve,
         "advance": service.advance,
         "rollback": service.rollback,
-    }[action]
-    return operation(session, rollout_id=rollout_id, reason=reason)
+        "promote": service.promote_now,
+        "promote_unverified": partial(service.promote_now, unverified=True),
+    }
+    return operations[action](session, rollout_id=rollout_id, reason=reason)

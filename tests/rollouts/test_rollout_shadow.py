@@ -44,9 +44,18 @@ def test_shadow_phase_gates_on_agreement_then_promotes(
             for i, d in enumerate(ids):
                 fleet.register(d, group="a" if i % 2 else "b")
                 await fleet.start(d)
-            base = fleet.create(digest=hub.bundles.v1, version="1", selector="all", phases="100%")
+            # nothing serves before v1, so its gates have no telemetry: production moves
+            # only because this rollout allows an unverified promotion, and says so
+            base = fleet.create(
+                digest=hub.bundles.v1,
+                version="1",
+                selector="all",
+                phases="100%",
+                gates={"promote_unverified": True},
+            )
             view = await fleet.until(base, lambda v: v["state"] == "completed")
             assert any(e["kind"] == "promoted" for e in view["events"])
+            assert view["promotion"]["status"] == "unverified"
             with session_scope(fleet.engine) as s:
                 assert registry.aliases_of(s, model_name="digits-mlp")["production"] == 1
 
@@ -109,6 +118,10 @@ def test_shadow_phase_gates_on_agreement_then_promotes(
                 assert registry.aliases_of(s, model_name="digits-mlp")["production"] == 2
                 moves = registry.alias_history(s, model_name="digits-mlp")
                 assert [(m.from_version, m.to_version) for m in moves] == [(None, 1), (1, 2)]
+                # v2 served traffic in its phases: the error-rate gate had data (no labels
+                # flow here, so the accuracy gate's were not needed)
+                assert [m.verified for m in moves] == [False, True]
+            assert view["promotion"]["status"] == "verified"
             assert controller.errors == 0
 
     asyncio.run(scenario())

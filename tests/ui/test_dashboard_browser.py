@@ -268,3 +268,130 @@ def test_read_only_token_sees_no_buttons_and_its_posts_are_refused(
     )
     assert status == 403
     assert _state(hub_server, rollout.id) == before
+
+
+def test_monitoring_page_shows_what_monitor_status_shows(
+    browser: Any, hub_server: Hub, artifacts_dir: Path
+) -> None:
+    """Windows the monitor has read for a version it cannot score (no bundle with a reference
+    profile): ``monitor status`` lists them, and so does the page (it said "Nothing monitored
+    yet")."""
+    from hub.monitoring import evaluate
+    from hub.monitoring.status import monitor_status
+    from hub.tables import TelemetryWindowRow
+
+    now = datetime.now(UTC)
+    with Session(hub_server.engine) as s:
+        for i in range(5):
+            s.add(
+                TelemetryWindowRow(
+                    device_id=LAB_DEVICES[i % 2],
+                    seq=900 + i,
+                    model="quiet-model",
+                    version="3",
+                    window_start=now,
+                    window_end=now,
+                    count=40,
+                )
+            )
+        s.commit()
+    evaluate(hub_server.engine)
+    with Session(hub_server.engine) as s:
+        (status,) = monitor_status(s, model="quiet-model")["versions"]
+    assert (status["windows"], status["predictions"], status["devices"]) == (5, 200, 2)
+    assert status["scores"] == []
+    sign_in(browser, hub_server.url, ADMIN_TOKEN, to="/ui/monitoring?model=quiet-model")
+    row = "#status-quiet-model-3"
+    wait_for(browser, _has(row))
+    assert attrs(browser, row, "data-windows") == ["5"]
+    assert attrs(browser, row, "data-predictions") == ["200"]
+    assert "none yet" in text(browser, row)
+    assert "Nothing monitored" not in text(browser, "main")
+    assert "no scores yet" in text(browser, "#panel-quiet-model-3")
+    # every version monitor status lists is on the unfiltered page, scored ones with charts
+    browser.get(f"{hub_server.url}/ui/monitoring")
+    wait_for(browser, _has(row))
+    with Session(hub_server.engine) as s:
+        listed = {f"{v['model']}@{v['version']}" for v in monitor_status(s)["versions"]}
+    shown = {t.split()[0] for t in texts(browser, "#monitor-status tr.monitored")}
+    assert shown == listed
+    screenshot(browser, artifacts_dir, "monitoring_status")
+
+
+def test_unverified_promotion_is_visible_on_the_rollout_and_registry_pages(
+    browser: Any, hub_server: Hub, mosquitto: Any, artifacts_dir: Path
+) -> None:
+    """A rollout to the lab devices, which send no telemetry: it completes, production is
+    not moved (no error-rate data); the operator promotes it anyway from the dashboard, and
+    the rollout, the rollout list, the models page and the alias history say unverified."""
+    from hub.core.db import session_scope
+    from hub.rollouts import service
+    from hub.rollouts.controller import RolloutController
+    from hub.tables import DeploymentEventRow
+
+    with session_scope(hub_server.engine) as s:
+        rollout_id = service.create_rollout(
+            s,
+            model=MODEL,
+            version=str(hub_server.world.version),
+            selector="group:lab",
+            phases="100%",
+            bake_s=0,
+        ).id
+    controller = RolloutController(
+        engine=hub_server.engine,
+        mqtt_url=mosquitto.url,
+        artifact_endpoint="127.0.0.1:1",
+        fleet=f"ui-{uuid.uuid4().hex[:8]}",
+    )
+    controller.publisher.start()
+    try:
+        controller.tick()
+        with session_scope(hub_server.engine) as s:
+            for d in service.devices_of(s, rollout_id=rollout_id):
+                s.add(
+                    DeploymentEventRow(
+                        event_id=uuid.uuid4().hex,
+                        device_id=d.device_id,
+                        command_id=d.command_id,
+                        rollout_id=rollout_id,
+                        kind="healthy",
+                        at=datetime.now(UTC),
+                    )
+                )
+        controller.tick()
+    finally:
+        controller.publisher.stop()
+    assert _state(hub_server, rollout_id) == "completed"
+
+    sign_in(browser, hub_server.url, ADMIN_TOKEN, to="/ui/rollouts")
+    row = f"#rollout-{rollout_id} td.promotion"
+    assert attrs(browser, row, "data-status") == ["withheld"]
+    browser.get(f"{hub_server.url}/ui/rollouts/{rollout_id}")
+    wait_for(browser, _has("#promotion"))
+    assert attrs(browser, "#promotion", "data-status") == ["withheld"]
+    assert "no data for error_rate" in text(browser, "#promotion")
+    assert attrs(browser, "#promotion .evidence[data-gate=error_rate]", "data-state") == [
+        "insufficient"
+    ]
+    screenshot(browser, artifacts_dir, "rollout_promotion_withheld")
+    _click_confirmed(browser, "promote")  # the gates still have no data: refused, said why
+    wait_for(browser, lambda d: "no data for error_rate" in text(d, "#flash"))
+    assert attrs(browser, "#promotion", "data-status") == ["withheld"]
+    _click_confirmed(browser, "promote_unverified")
+    wait_for(browser, lambda d: attrs(d, "#promotion", "data-status") == ["unverified"])
+    assert attrs(browser, "#promotion", "data-verified") == ["false"]
+    assert count(browser, "#action-promote_unverified") == 0
+    screenshot(browser, artifacts_dir, "rollout_promotion_unverified")
+
+    browser.get(f"{hub_server.url}/ui/models")
+    badge = f"#alias-{MODEL}-production"
+    wait_for(browser, _has(badge))
+    assert attrs(browser, badge, "data-promotion") == ["unverified"]
+    assert "(unverified)" in text(browser, badge)
+    browser.get(f"{hub_server.url}/ui/models/{MODEL}/{hub_server.world.version}")
+    wait_for(browser, _has("#alias-history"))
+    moves = attrs(browser, "#alias-history tr.alias-move", "data-promotion")
+    assert moves[-1] == "unverified"
+    last = texts(browser, "#alias-history tr.alias-move")[-1]
+    assert rollout_id in last and "no data for error_rate" in last

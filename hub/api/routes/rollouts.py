@@ -96,6 +96,29 @@ _ACTIONS = {
 }
 
 
+class PromoteRequest(BaseModel):
+    unverified: bool = Field(
+        default=False,
+        description="move the alias even when the gates lack the evidence (recorded as an "
+        "unverified promotion, the reason as the override)",
+    )
+    reason: str = Field(default="operator", max_length=2000)
+
+
+@router.post("/{rollout_id}/promote", response_model=RolloutPublic)
+def promote(
+    rollout_id: RolloutIdPath, session: SessionDep, body: PromoteRequest | None = None
+) -> RolloutPublic:
+    """Move a completed rollout's ``promote_alias`` whose promotion was withheld: its gates
+    are evaluated again now; 409 when they still lack the evidence (``unverified`` promotes
+    anyway, recorded as such) or the rollout is not completed."""
+    body = body or PromoteRequest()
+    rollout = service.promote_now(
+        session, rollout_id=rollout_id, unverified=body.unverified, reason=body.reason
+    )
+    return _view(session, rollout)
+
+
 @router.post("/{rollout_id}/retry", response_model=RolloutPublic)
 def retry(rollout_id: RolloutIdPath, session: SessionDep) -> RolloutPublic:
     return _view(session, service.retry_failed(session, rollout_id=rollout_id))
