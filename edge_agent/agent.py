@@ -33,7 +33,7 @@ from edge_agent._slots import SlotInfo, SlotStore
 from edge_agent._telemetry import WindowAggregator
 from edge_agent._trust import TrustedKey
 from edge_agent.queue import OutboundQueue
-from edge_agent.settings import AgentSettings
+from edge_agent.settings import AgentSettings, shown_url
 from proto import messages_pb2 as pb
 from proto.topics import Topics
 
@@ -117,6 +117,12 @@ class Agent:
         await self.stop()
 
     async def start(self) -> None:
+        log.info(
+            "agent %s: state in %s, broker %s",
+            self.settings.device_id,
+            self.device_dir,
+            shown_url(self.settings.mqtt_url),
+        )
         await asyncio.to_thread(self.slots.recover)
         active = self.slots.active()
         if active is not None:
@@ -133,6 +139,7 @@ class Agent:
                 port=self.settings.http_port,
                 status=lambda: {
                     "delivery": self.session.delivery_stats(),
+                    "mqtt": self.session.connection_stats(),
                     "rejected": self.rejected(),
                 },
             )
