@@ -16,8 +16,8 @@ import hub
 from hub.core.context import HubContext
 from hub.core.db import session_scope
 from hub.core.errors import EdgeloopError, NotFound
-from hub.ui import _filters, _fleet, _monitoring, _registry, _rollouts
 from hub.core.settings import TOKEN_FILE
+from hub.ui import _filters, _fleet, _monitoring, _registry, _rollouts
 from hub.ui._auth import (
     COOKIE,
     COOKIE_PATH,
