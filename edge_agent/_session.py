@@ -224,8 +224,8 @@ class MqttSession:
                     self.stats.login_refused += 1
                     refused_in_a_row += 1
                     refused_delays = refused_delays or refusals.delays()
-                    # the first refusal may be a broker still loading a login made a moment
-                    # ago (enrolment reloads it, debounced): the hint comes at the second
+                    # one refusal may be transient (a broker re-reading its login files as
+                    # another device enrols): the hint comes at the second in a row
                     now = time.monotonic()
                     if refused_in_a_row >= 2 and now - hinted_at >= HINT_EVERY_S:
                         hinted_at = now
