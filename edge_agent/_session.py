@@ -53,8 +53,8 @@ _MAX_SEQ = 2**63 - 1  # SQLite INTEGER: a larger seq cannot name a queued item
 # and 5 as these too) and the v3.1.1 codes themselves, in case a client reports them raw.
 LOGIN_REFUSED_CODES = frozenset({134, 135})  # bad user name or password, not authorized
 LOGIN_REFUSED_V3 = frozenset({4, 5})
-LOGIN_RETRY_INITIAL_S = 1.0  # a refused login: the first retry (a just-made login may still
-LOGIN_RETRY_CAP_S = 120.0  # be loading at the broker), doubling up to this
+LOGIN_RETRY_INITIAL_S = 1.0  # a refused login: the first retry, doubling up to
+LOGIN_RETRY_CAP_S = 120.0  # this (nothing changes until someone enrols the device)
 HINT_EVERY_S = 600.0  # a still-refused login repeats the hint this rarely
 
 
@@ -390,20 +390,24 @@ def login_refused_hint(settings: AgentSettings, reason: str) -> str:
     default_dir = DEFAULT_DATA_DIR.expanduser().resolve()
     agent_dir = "" if settings.data_dir == default_dir else f" --agent-dir {settings.data_dir}"
     stored = settings.device_dir / ENROLLMENT_FILE
+    grpc, hub_url = f"{host}:50051", f"http://{host}:8000"  # a hub on its default ports
+    enroll = f"edgeloop agent enroll --device-id {device}{agent_dir} --token TOKEN --grpc {grpc}"
     if settings.mqtt_username is None:
         why = f"device {device} has no login: it is not enrolled (no {stored})"
+        then = (
+            f"restart this agent with `edgeloop agent run --device-id {device}{agent_dir} "
+            f"--enroll-token TOKEN --grpc {grpc}` (or run `{enroll}` first)"
+        )
     else:
         why = (
             f"the login of device {device} (from {stored} or EDGELOOP_AGENT_MQTT_*) was "
             "refused: revoked, or made by another hub"
         )
+        then = f"run `{enroll}` (it replaces the stored login) and restart this agent"
     return (
         f"the broker at {shown_url(settings.mqtt_url)} refused the login ({reason}): {why}. "
-        f"To enrol: on the hub, `edgeloop --hub http://{host}:8000 device token create` prints "
-        f"a one-time token; then restart this agent with `edgeloop agent run --device-id "
-        f"{device}{agent_dir} --enroll-token TOKEN --grpc {host}:50051` (or run `edgeloop "
-        f"agent enroll --device-id {device}{agent_dir} --token TOKEN --grpc {host}:50051` "
-        f"first). Trying again every {LOGIN_RETRY_CAP_S:g} s at most."
+        f"To enrol: on the hub, `edgeloop --hub {hub_url} device token create` prints a "
+        f"one-time token; then {then}. Trying again every {LOGIN_RETRY_CAP_S:g} s at most."
     )
 
 

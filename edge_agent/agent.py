@@ -76,6 +76,7 @@ class Agent:
         self._handoff = Handoff(recent=self._recent, limit=PENDING_LIMIT)
         self._model: LoadedModel | None = None
         self._stop = asyncio.Event()
+        self._stopping: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._api: LocalApi | None = None
         self.session = MqttSession(
@@ -151,8 +152,13 @@ class Agent:
         ]
 
     async def stop(self) -> None:
-        if self._stop.is_set():
-            return
+        """Stop and return once stopped; every caller waits for the one shutdown (a signal
+        handler's ``stop()`` and the ``async with`` exit: the offline state goes out first)."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._stopping)
+
+    async def _shutdown(self) -> None:
         self._stop.set()
         self._flush(force=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from typing import Any, TypeVar
 
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from uvicorn.config import LOGGING_CONFIG
 
@@ -75,9 +76,9 @@ def _shown_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def sign_in_lines(settings: HubSettings, app: Any, *, grpc: str) -> list[str]:
+def sign_in_lines(settings: HubSettings, app: FastAPI | None, *, grpc: str) -> list[str]:
     """What ``hub serve`` says about signing in: where the admin token is (never the token),
-    a one-time dashboard link in dev mode, and how a device joins."""
+    a one-time dashboard link in dev mode (``app``: the one serving it), how a device joins."""
     base = f"http://{_shown_host(settings.api_host)}:{settings.api_port}"
     if settings.admin_token is not None:
         where = "the one in EDGELOOP_ADMIN_TOKEN"
@@ -87,7 +88,7 @@ def sign_in_lines(settings: HubSettings, app: Any, *, grpc: str) -> list[str]:
         where = f"in {path} (0600)"
         cli = f"for the CLI: export EDGELOOP_ADMIN_TOKEN=$(cat {path})"
     lines = []
-    if settings.mode == "dev":
+    if settings.mode == "dev" and app is not None:
         lines.append(
             f"dashboard: {login_link(app, base)} (signs you in once, within "
             f"{LOGIN_CODE_TTL_S / 60:g} minutes)"

@@ -179,6 +179,11 @@ def test_agent_run_enroll_token_joins_in_one_step(hub: Hub, tmp_path: Path) -> N
     first.terminate()
     assert first.wait(timeout=20) == 0, hub.logs()
 
+    def offline() -> bool:  # a clean stop says so on the retained state before it exits
+        return api.get("/devices/cam-1").json()["online"] is False
+
+    until("the device offline after SIGTERM", offline, hub.logs)
+
     # a restart with the same (now spent) token uses the stored login
     http_port = free_port()
     again = hub.procs.start("agent-cam-1-again", [*args, "--http-port", str(http_port)], {})
@@ -198,6 +203,17 @@ def test_agent_run_enroll_token_joins_in_one_step(hub: Hub, tmp_path: Path) -> N
     assert "already enrolled" in restarted and "--enroll-token not used" in restarted
     for name in ("agent-cam-1.log", "agent-cam-1-again.log"):
         assert token not in (hub.procs.folder / name).read_text()
+
+    # revoked: the broker cuts it off and refuses the stored login; the hint says to enrol
+    # again with `agent enroll` (which replaces the login; --enroll-token would skip it)
+    assert api.post("/devices/cam-1/revoke").status_code == 200
+
+    def told() -> str | None:
+        printed = (hub.procs.folder / "agent-cam-1-again.log").read_text()
+        return printed if "replaces the stored login" in printed else None
+
+    hint = " ".join(until("the revoked login explained", told, hub.logs).split())
+    assert f"edgeloop agent enroll --device-id cam-1 --agent-dir {agent_dir}" in hint, hint
 
 
 def test_a_refused_enroll_token_says_what_to_do(hub: Hub, tmp_path: Path) -> None:
