@@ -11,6 +11,12 @@ the hub's ``DeliveryAck`` (``devices/<id>/ack``) covers their seq: after the PUB
 is "sent, awaiting the hub" and is sent again after ``hub_ack_timeout_s`` and on every
 reconnect, so what a broker crash loses after its PUBACK still reaches the hub (which drops
 repeats by seq, events by event_id).
+
+A broker that refuses the login (CONNACK "not authorized" / "bad user name or password": the
+device is not enrolled, or its login was revoked) is not a network fault: the session logs
+one error that says how to enrol (:func:`login_refused_hint`), counts it in
+``SessionStats.login_refused`` and tries again on a slower backoff of its own, repeating the
+hint only every :data:`HINT_EVERY_S`.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent._fetch import Backoff
 from edge_agent._tls import mqtt_tls_params
 from edge_agent.queue import OutboundQueue, QueuedItem
-from edge_agent.settings import AgentSettings
+from edge_agent.settings import DEFAULT_DATA_DIR, ENROLLMENT_FILE, AgentSettings, shown_url
 from proto import messages_pb2 as pb
 from proto.topics import Topics
 
@@ -42,6 +49,13 @@ DRAIN_BATCH = 20
 IDLE_RECHECK_S = 30.0
 STREAMS = ("events", "telemetry", "feedback")
 _MAX_SEQ = 2**63 - 1  # SQLite INTEGER: a larger seq cannot name a queued item
+# CONNACK refusals of the login: MQTT 5 reason codes (paho reports v3.1.1's return codes 4
+# and 5 as these too) and the v3.1.1 codes themselves, in case a client reports them raw.
+LOGIN_REFUSED_CODES = frozenset({134, 135})  # bad user name or password, not authorized
+LOGIN_REFUSED_V3 = frozenset({4, 5})
+LOGIN_RETRY_INITIAL_S = 1.0  # a refused login: the first retry, doubling up to
+LOGIN_RETRY_CAP_S = 120.0  # this (nothing changes until someone enrols the device)
+HINT_EVERY_S = 600.0  # a still-refused login repeats the hint this rarely
 
 
 @dataclass
@@ -55,6 +69,7 @@ class SessionStats:
     hub_acked: int = 0  # queued items those acks removed
     malformed_acks: int = 0  # DeliveryAck payloads that did not parse or named nothing valid
     errors: int = 0  # unexpected errors that ended a connection (it reconnects)
+    login_refused: int = 0  # connects the broker refused for the login (not enrolled, revoked)
     last_error: str = ""
     connected: bool = field(default=False)
 
@@ -118,6 +133,16 @@ class MqttSession:
             "malformed_acks": self.stats.malformed_acks,
         }
 
+    def connection_stats(self) -> dict[str, object]:
+        """The broker connection, for the local health endpoint: whether it is up, and how
+        many connects the broker refused for the login (see :func:`login_refused_hint`)."""
+        return {
+            "connected": self.stats.connected,
+            "connects": self.stats.connects,
+            "login_refused": self.stats.login_refused,
+            "last_error": self.stats.last_error,
+        }
+
     def _client(self) -> aiomqtt.Client:
         s = self._settings
         will = aiomqtt.Will(
@@ -175,14 +200,38 @@ class MqttSession:
     async def _stay_connected(
         self, stop: asyncio.Event, backoff: Backoff, delays: Iterator[float]
     ) -> None:
+        refusals = Backoff(
+            initial=max(LOGIN_RETRY_INITIAL_S, self._settings.reconnect_initial_s),
+            cap=max(LOGIN_RETRY_CAP_S, self._settings.reconnect_max_s),
+        )
+        refused_delays: Iterator[float] | None = None  # while the login is refused
+        refused_in_a_row, hinted_at = 0, -HINT_EVERY_S
         while not stop.is_set():
+            refused = False
             try:
                 async with self._client() as client:
                     self.stats.connects += 1
                     self.stats.connected = True
-                    delays = backoff.delays()
-                    log.info("connected to %s", self._settings.mqtt_url)
+                    delays, refused_delays, refused_in_a_row = backoff.delays(), None, 0
+                    log.info("connected to %s", shown_url(self._settings.mqtt_url))
                     await self._connected(client, stop)
+            except MqttConnectError as exc:
+                self.stats.last_error = str(exc)
+                if not login_refused(exc):
+                    log.warning("MQTT connection refused: %s", exc)
+                else:
+                    refused = True
+                    self.stats.login_refused += 1
+                    refused_in_a_row += 1
+                    refused_delays = refused_delays or refusals.delays()
+                    # one refusal may be transient (a broker re-reading its login files as
+                    # another device enrols): the hint comes at the second in a row
+                    now = time.monotonic()
+                    if refused_in_a_row >= 2 and now - hinted_at >= HINT_EVERY_S:
+                        hinted_at = now
+                        log.error("%s", login_refused_hint(self._settings, str(exc)))
+                    else:
+                        log.info("the broker refused the login (%s); trying again", exc)
             except aiomqtt.MqttError as exc:
                 self.stats.last_error = str(exc)
                 log.warning("MQTT connection lost or refused: %s", exc)
@@ -196,8 +245,9 @@ class MqttSession:
                 self.stats.connected = False
             if stop.is_set():
                 break
+            wait = next(refused_delays) if refused and refused_delays else next(delays)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(next(delays)):
+                async with asyncio.timeout(wait):
                     await stop.wait()
 
     async def _connected(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
@@ -323,6 +373,42 @@ class MqttSession:
         self.stats.published += 1
         if item.sent_at is not None:
             self.stats.resent += 1
+
+
+def login_refused(exc: MqttConnectError) -> bool:
+    """Whether the broker refused the connect for the login (not for being unavailable)."""
+    rc = exc.rc
+    if isinstance(rc, int):
+        return rc in LOGIN_REFUSED_V3 or rc in LOGIN_REFUSED_CODES
+    value = getattr(rc, "value", None)
+    return isinstance(value, int) and value in LOGIN_REFUSED_CODES
+
+
+def login_refused_hint(settings: AgentSettings, reason: str) -> str:
+    """What a refused login means and the commands that fix it (enrol), for this device."""
+    device, host = settings.device_id, settings.mqtt_host
+    default_dir = DEFAULT_DATA_DIR.expanduser().resolve()
+    agent_dir = "" if settings.data_dir == default_dir else f" --agent-dir {settings.data_dir}"
+    stored = settings.device_dir / ENROLLMENT_FILE
+    grpc, hub_url = f"{host}:50051", f"http://{host}:8000"  # a hub on its default ports
+    enroll = f"edgeloop agent enroll --device-id {device}{agent_dir} --token TOKEN --grpc {grpc}"
+    if settings.mqtt_username is None:
+        why = f"device {device} has no login: it is not enrolled (no {stored})"
+        then = (
+            f"restart this agent with `edgeloop agent run --device-id {device}{agent_dir} "
+            f"--enroll-token TOKEN --grpc {grpc}` (or run `{enroll}` first)"
+        )
+    else:
+        why = (
+            f"the login of device {device} (from {stored} or EDGELOOP_AGENT_MQTT_*) was "
+            "refused: revoked, or made by another hub"
+        )
+        then = f"run `{enroll}` (it replaces the stored login) and restart this agent"
+    return (
+        f"the broker at {shown_url(settings.mqtt_url)} refused the login ({reason}): {why}. "
+        f"To enrol: on the hub, `edgeloop --hub {hub_url} device token create` prints a "
+        f"one-time token; then {then}. Trying again every {LOGIN_RETRY_CAP_S:g} s at most."
+    )
 
 
 def no_delay(client: aiomqtt.Client) -> None:

@@ -33,7 +33,7 @@ from edge_agent._slots import SlotInfo, SlotStore
 from edge_agent._telemetry import WindowAggregator
 from edge_agent._trust import TrustedKey
 from edge_agent.queue import OutboundQueue
-from edge_agent.settings import AgentSettings
+from edge_agent.settings import AgentSettings, shown_url
 from proto import messages_pb2 as pb
 from proto.topics import Topics
 
@@ -76,6 +76,7 @@ class Agent:
         self._handoff = Handoff(recent=self._recent, limit=PENDING_LIMIT)
         self._model: LoadedModel | None = None
         self._stop = asyncio.Event()
+        self._stopping: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._api: LocalApi | None = None
         self.session = MqttSession(
@@ -117,6 +118,12 @@ class Agent:
         await self.stop()
 
     async def start(self) -> None:
+        log.info(
+            "agent %s: state in %s, broker %s",
+            self.settings.device_id,
+            self.device_dir,
+            shown_url(self.settings.mqtt_url),
+        )
         await asyncio.to_thread(self.slots.recover)
         active = self.slots.active()
         if active is not None:
@@ -133,6 +140,7 @@ class Agent:
                 port=self.settings.http_port,
                 status=lambda: {
                     "delivery": self.session.delivery_stats(),
+                    "mqtt": self.session.connection_stats(),
                     "rejected": self.rejected(),
                 },
             )
@@ -144,8 +152,13 @@ class Agent:
         ]
 
     async def stop(self) -> None:
-        if self._stop.is_set():
-            return
+        """Stop and return once stopped; every caller waits for the one shutdown (a signal
+        handler's ``stop()`` and the ``async with`` exit: the offline state goes out first)."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._stopping)
+
+    async def _shutdown(self) -> None:
         self._stop.set()
         self._flush(force=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)

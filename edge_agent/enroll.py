@@ -21,6 +21,7 @@ import grpc
 
 from edge_agent._tls import new_client_key, sync_channel
 from edge_agent.errors import EnrollError
+from edge_agent.settings import ENROLLMENT_FILE
 from model_packager.files import write_private
 from proto import services_pb2, services_pb2_grpc
 
@@ -36,7 +37,6 @@ __all__ = [
     "stored_enrollment",
 ]
 
-ENROLLMENT_FILE = "enrollment.json"
 PUBLIC_KEY_FILE = "hub.pub"
 CLIENT_CERT_FILE, CLIENT_KEY_FILE, CLIENT_CA_FILE = "client.pem", "client.key", "client-ca.pem"
 

@@ -16,9 +16,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge_agent.errors import AgentSettingsError
 
-__all__ = ["DEFAULT_PREFER", "AgentSettings", "AgentSettingsError"]
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_PREFER",
+    "ENROLLMENT_FILE",
+    "AgentSettings",
+    "AgentSettingsError",
+    "shown_url",
+]
 
 DEFAULT_PREFER = ("onnx:int8", "onnx:fp32", "tflite:int8", "tflite:fp32")
+DEFAULT_DATA_DIR = Path("~/.edgeloop-agent")  # the agent's state folder (--agent-dir)
+ENROLLMENT_FILE = "enrollment.json"  # what `edgeloop agent enroll` stored, per device
 
 
 class AgentSettings(BaseSettings):
@@ -28,7 +37,7 @@ class AgentSettings(BaseSettings):
     )
 
     device_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-    data_dir: Path = Path("~/.edgeloop-agent")
+    data_dir: Path = DEFAULT_DATA_DIR
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
@@ -79,7 +88,7 @@ class AgentSettings(BaseSettings):
         if not isinstance(data, dict) or not data.get("device_id"):
             return data
         folder = Path(data.get("data_dir") or cls.model_fields["data_dir"].default)
-        path = folder.expanduser().resolve() / str(data["device_id"]) / "enrollment.json"
+        path = folder.expanduser().resolve() / str(data["device_id"]) / ENROLLMENT_FILE
         try:
             stored = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -147,3 +156,11 @@ class AgentSettings(BaseSettings):
     @property
     def device_dir(self) -> Path:
         return self.data_dir / self.device_id
+
+
+def shown_url(url: str) -> str:
+    """A broker URL as it may be shown: without a ``user:password@`` part."""
+    parsed = urlparse(url)
+    if "@" not in parsed.netloc:
+        return url
+    return parsed._replace(netloc=parsed.netloc.rsplit("@", 1)[1]).geturl()

@@ -101,12 +101,19 @@ def root(
 @hub_app.command("serve")
 def serve(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option(help="API address")] = None,
+    host: Annotated[str | None, typer.Option(help="API address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="API port (default 8000)")] = None,
     grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051)")] = None,
     grpc_mtls_port: Annotated[
         int | None,
         typer.Option(help="with client certificates: the download port (default 50052)"),
+    ] = None,
+    mqtt_port: Annotated[
+        int | None,
+        typer.Option(
+            help="the embedded broker's port for devices (default 1884; "
+            "EDGELOOP_EMBEDDED_MQTT_PORT)"
+        ),
     ] = None,
     mqtt_url: Annotated[
         str | None, typer.Option(help="external broker; unset: start an embedded one")
@@ -118,9 +125,18 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Serve the admin API (docs at /docs), gRPC artifacts and the embedded broker."""
+    """Serve the admin API (docs at /docs), gRPC artifacts and the embedded broker.
+
+    It prints a one-time dashboard sign-in link and where the admin token is (never the token).
+    """
     from hub.serve import serve as run_server
 
+    if mqtt_port is not None and mqtt_url is not None:
+        raise typer.BadParameter(
+            "--mqtt-port is the embedded broker's port; with --mqtt-url (an external broker) "
+            "no broker is started: give one of them",
+            param_hint="--mqtt-port",
+        )
     target: Target = ctx.find_root().obj
     logging.getLogger().setLevel(logging.INFO)
     settings = load_settings(
@@ -129,6 +145,7 @@ def serve(
         api_port=port,
         grpc_port=grpc_port,
         grpc_mtls_port=grpc_mtls_port,
+        embedded_mqtt_port=mqtt_port,
         mqtt_url=mqtt_url,
         tls_self_signed=tls_self_signed,
     )

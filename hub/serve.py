@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from typing import Any, TypeVar
 
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from uvicorn.config import LOGGING_CONFIG
 
@@ -25,7 +26,7 @@ from hub.core.db import make_engine
 from hub.core.errors import EdgeloopError
 from hub.core.redact import redact_url, redacting_log_config
 from hub.core.service import Service
-from hub.core.settings import HubSettings
+from hub.core.settings import TOKEN_FILE, HubSettings
 from hub.fleet.commands import CommandPublisher
 from hub.ingest.serve import hub_ingest_worker
 from hub.monitoring.serve import monitor_service
@@ -41,6 +42,7 @@ from hub.security.key_rotation import KeyRotationSender
 from hub.security.runtime import Security, device_artifact_endpoint, device_endpoints
 from hub.tables import create_all
 from hub.triggers.serve import trigger_service
+from hub.ui import LOGIN_CODE_TTL_S, login_link
 from proto.topics import Topics
 
 log = logging.getLogger("edgeloop.hub")
@@ -65,6 +67,39 @@ def serve(settings: HubSettings) -> None:
         _serve(settings)
     except _Stop as stop:
         log.info("hub stopped (%s)", stop)
+
+
+def _shown_host(host: str) -> str:
+    """The host of a URL to this hub: a wildcard bind is reached on loopback."""
+    if host in {"", "0.0.0.0", "::"}:
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def sign_in_lines(settings: HubSettings, app: FastAPI | None, *, grpc: str) -> list[str]:
+    """What ``hub serve`` says about signing in: where the admin token is (never the token),
+    a one-time dashboard link in dev mode (``app``: the one serving it), how a device joins."""
+    base = f"http://{_shown_host(settings.api_host)}:{settings.api_port}"
+    if settings.admin_token is not None:
+        where = "the one in EDGELOOP_ADMIN_TOKEN"
+        cli = "the CLI reads EDGELOOP_ADMIN_TOKEN"
+    else:
+        path = settings.data_dir / TOKEN_FILE
+        where = f"in {path} (0600)"
+        cli = f"for the CLI: export EDGELOOP_ADMIN_TOKEN=$(cat {path})"
+    lines = []
+    if settings.mode == "dev" and app is not None:
+        lines.append(
+            f"dashboard: {login_link(app, base)} (signs you in once, within "
+            f"{LOGIN_CODE_TTL_S / 60:g} minutes)"
+        )
+    lines += [
+        f"admin token: {where}; sign in at {base}/ui/login with it; {cli}",
+        f"devices: `edgeloop --hub {base} device token create` makes an enrolment token; "
+        f"a device joins with `edgeloop agent run --device-id ID --enroll-token TOKEN "
+        f"--grpc {grpc}`",
+    ]
+    return lines
 
 
 def _device_certs(settings: HubSettings, engine: Engine) -> DeviceCertAuth | None:
@@ -181,6 +216,8 @@ def _serve(settings: HubSettings) -> None:
             broker_kind,
             settings.data_dir,
         )
+        for line in sign_in_lines(settings, app, grpc=f"{settings.grpc_host}:{rpc.port}"):
+            log.info("%s", line)
         uvicorn.run(
             app,
             host=settings.api_host,

@@ -13,9 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from hub.ui._auth import LoginRequired
+from hub.ui._auth import LOGIN_CODE_TTL_S, LoginRequired, OneTimeLogins
 
-__all__ = ["install"]
+__all__ = ["LOGIN_CODE_TTL_S", "install", "login_link"]
 
 
 def _login_required(request: Request, exc: Exception) -> Response:
@@ -36,3 +36,11 @@ def install(app: FastAPI) -> None:
     )
     app.include_router(router)
     app.add_exception_handler(LoginRequired, _login_required)
+    app.state.ui_logins = OneTimeLogins()
+
+
+def login_link(app: FastAPI, base_url: str, *, ttl_s: float = LOGIN_CODE_TTL_S) -> str:
+    """A one-time dashboard sign-in link (``/ui/login?code=...``) for an app with the
+    dashboard installed: it works once, within ``ttl_s``, and signs in as admin."""
+    logins: OneTimeLogins = app.state.ui_logins
+    return f"{base_url.rstrip('/')}/ui/login?code={logins.issue(ttl_s)}"

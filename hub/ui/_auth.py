@@ -6,12 +6,20 @@ Browsers cannot send bearer headers on navigation, so a token is handed over onc
 :func:`hub.security.api_tokens.scope_of`, so a revoked token stops working at once. Actions are POST
 forms that carry a CSRF token: an HMAC of the cookie's token under the hub's admin token, so
 it is tied to the cookie, needs no server-side state and survives restarts.
+
+``hub serve`` also prints a one-time sign-in link (``/ui/login?code=...``): a random code
+held in memory by :class:`OneTimeLogins`, good for one use within a few minutes, that
+``/ui/login`` exchanges for the admin token's cookie. No long-lived secret is printed; once
+used or expired the code is worth nothing (so it may show in the access log).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
+import threading
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -24,6 +32,7 @@ from hub.tables import TokenScope
 
 COOKIE = "edgeloop_ui"
 COOKIE_PATH = "/ui"
+LOGIN_CODE_TTL_S = 15 * 60.0  # how long hub serve's one-time sign-in link works
 
 
 class LoginRequired(EdgeloopError):
@@ -88,3 +97,29 @@ def require_action(request: Request, user: UiUser, *, csrf: str) -> None:
         authorize(context.engine, token=user.token, admin_token=context.admin_token, method="POST")
     except Unauthorized as exc:
         raise LoginRequired(exc.message) from None
+
+
+class OneTimeLogins:
+    """Single-use, short-lived sign-in codes (in memory: a restart forgets them)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._expiry: dict[str, float] = {}  # sha256 of a code -> monotonic deadline
+
+    def issue(self, ttl_s: float = LOGIN_CODE_TTL_S) -> str:
+        code = secrets.token_urlsafe(24)
+        with self._lock:
+            now = time.monotonic()
+            self._expiry = {k: t for k, t in self._expiry.items() if t > now}
+            self._expiry[_digest(code)] = now + ttl_s
+        return code
+
+    def redeem(self, code: str) -> bool:
+        """True once for a code issued less than its ttl ago; False ever after."""
+        with self._lock:
+            deadline = self._expiry.pop(_digest(code), None)
+        return deadline is not None and deadline > time.monotonic()
+
+
+def _digest(code: str) -> str:
+    return hashlib.sha256(code.encode()).hexdigest()

@@ -16,11 +16,14 @@ import hub
 from hub.core.context import HubContext
 from hub.core.db import session_scope
 from hub.core.errors import EdgeloopError, NotFound
+from hub.core.settings import TOKEN_FILE
 from hub.ui import _filters, _fleet, _monitoring, _registry, _rollouts
 from hub.ui._auth import (
     COOKIE,
     COOKIE_PATH,
+    LOGIN_CODE_TTL_S,
     LoginRequired,
+    OneTimeLogins,
     UiUser,
     check_token,
     current_user,
@@ -128,10 +131,28 @@ def home() -> Response:
 
 
 @router.get("/login", response_class=HTMLResponse, response_model=None)
-def login_page(request: Request, token: str = "", next: str = "") -> Response:
+def login_page(request: Request, token: str = "", code: str = "", next: str = "") -> Response:
     if token:
         return _signed_in(request, token, next)
+    if code:  # hub serve's one-time link: trades for the admin token's cookie
+        logins: OneTimeLogins | None = getattr(request.app.state, "ui_logins", None)
+        if logins is None or not logins.redeem(code):
+            return _login_form(request, message=_spent_code(request), status_code=401)
+        return _signed_in(request, _context(request).admin_token, next)
     return _login_form(request)
+
+
+def _spent_code(request: Request) -> str:
+    settings = _context(request).settings
+    where = (
+        "EDGELOOP_ADMIN_TOKEN"
+        if settings.admin_token is not None
+        else str(settings.data_dir / TOKEN_FILE)
+    )
+    return (
+        "this sign-in link was used already or has expired (it works once, for "
+        f"{LOGIN_CODE_TTL_S / 60:g} minutes): paste the admin token (in {where}) below"
+    )
 
 
 @router.post("/login", response_class=HTMLResponse, response_model=None)
