@@ -39,8 +39,6 @@ NOT_RUN = {
     "`make bench` runs the benchmarks (hours)",
     "edgeloop hub serve  ": "foreground servers: tests/test_hub_serve.py runs both forms "
     "(SQLite, PostgreSQL); the quick start below runs the same command in the background",
-    "pip install": "installs into the device's Python: tests/agent/test_agent_install.py "
-    "installs the agent extra into a fresh venv and checks that it pulls no torch",
 }
 
 #: README's default port -> the setting that moves it (None: only the text names it).
@@ -96,6 +94,8 @@ def _script(blocks: list[Block], ports: dict[int, int]) -> str:
     """One bash script: each block announced on stderr, then run as written (ports moved)."""
     parts = [
         "set -euo pipefail",
+        "PS4='+ [${SECONDS}s] '",  # each command in the log, with the seconds it started at
+        "set -x",
         # which README line failed, for the test's message
         "trap 'echo \"README-FAILED at script line $LINENO: $BASH_COMMAND\" >&2' ERR",
     ]
@@ -162,8 +162,15 @@ def test_every_readme_command_block_runs_as_written(tmp_path: Path) -> None:
             _stop_group(proc.pid)
     output = log.read_text(errors="replace")
     tail = "\n".join(output.splitlines()[-80:])
+    for name in ("hub.log", "agent.log"):  # what the blocks' background processes said
+        if (work / name).exists():
+            lines = (work / name).read_text(errors="replace").splitlines()[-25:]
+            tail += f"\n--- {name} (last lines) ---\n" + "\n".join(lines)
     assert rc is not None, f"README blocks still running after 420 s:\n{tail}"
     assert rc == 0 and "README-DONE" in output, f"README blocks failed (rc {rc}):\n{tail}"
+    # the device answered the README's curl with a prediction: the digit of sklearn's first
+    # record (a zero) read as a zero by the model the rollout installed
+    assert '"labels": ["0"]' in output and '"model": "digits-cnn"' in output, tail
 
 
 def _stop_group(pgid: int) -> None:
