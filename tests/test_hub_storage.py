@@ -279,3 +279,44 @@ def test_json_columns_round_trip_what_orjson_refuses(database_url: str) -> None:
             assert math.isnan(a.pending["nan"]) and a.pending["inf"] == math.inf
         assert b.pending == plain
     engine.dispose()
+
+
+def test_a_database_from_an_older_release_gets_the_new_columns(database_url: str) -> None:
+    """``create_all`` adds the columns a newer release added (here: the promotion evidence of
+    #21), with their defaults in the rows from before, so an upgraded hub starts on old data."""
+    from sqlalchemy import text
+    from sqlmodel import select
+
+    from hub.tables import AliasMove, Rollout, add_missing_columns
+
+    engine = make_engine(database_url)
+    try:
+        create_all(engine)
+        with engine.begin() as conn:  # what an older hub's database looked like
+            for table, column in [
+                ("rollout", "promotion"),
+                ("alias_move", "rollout_id"),
+                ("alias_move", "verified"),
+                ("alias_move", "evidence"),
+            ]:
+                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+            conn.execute(
+                text(
+                    "INSERT INTO alias_move (model_name, alias, from_version, to_version, at)"
+                    " VALUES ('m', 'production', NULL, 1, CURRENT_TIMESTAMP)"
+                )
+            )
+        assert sorted(add_missing_columns(engine)) == [
+            "alias_move.evidence",
+            "alias_move.rollout_id",
+            "alias_move.verified",
+            "rollout.promotion",
+        ]
+        assert add_missing_columns(engine) == []  # nothing twice
+        create_all(engine)  # what every start runs: idempotent
+        with Session(engine) as s:
+            old = s.exec(select(AliasMove)).one()
+            assert (old.rollout_id, old.verified, old.evidence) == ("", None, {})
+            assert s.exec(select(Rollout)).all() == []
+    finally:
+        engine.dispose()
