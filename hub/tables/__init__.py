@@ -1,6 +1,7 @@
 """SQLModel tables and their API families (Base / Create / Public / table), and the schema's
 ``create_all`` / ``drop_all`` (importing this package registers every table)."""
 
+import contextlib
 import json
 import logging
 from enum import Enum
@@ -214,10 +215,9 @@ def add_missing_columns(engine: Engine) -> list[str]:
             )
             value = _fill_value(table.name, column)
             if value is not None:
-                try:
+                # no literal for it (a datetime, say): nullable, rows before hold NULL
+                with contextlib.suppress(sa.exc.CompileError, NotImplementedError, TypeError):
                     ddl += f" NOT NULL DEFAULT {_literal(engine, value, column)}"
-                except (sa.exc.CompileError, NotImplementedError, TypeError):
-                    pass  # no literal for it (a datetime, say): nullable, rows before hold NULL
             statements.append(ddl)
             added.append(f"{table.name}.{column.name}")
     if statements:
