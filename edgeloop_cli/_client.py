@@ -5,6 +5,7 @@ Both go through the same admin API, so the CLI and the API cannot drift apart.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,11 +48,14 @@ class HubClient:
         self._http = http
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        import httpx  # lazily: an agent-only install has no httpx
-
         try:
             response = self._http.request(method, "/api/v1" + path, **kwargs)
-        except httpx.TransportError as exc:
+        except Exception as exc:
+            # httpx only where a --hub client imported it (~0.2 s in-process, where the
+            # client is Starlette's test client and nothing travels)
+            httpx = sys.modules.get("httpx")
+            if httpx is None or not isinstance(exc, httpx.TransportError):
+                raise
             raise CliError(
                 f"cannot reach the hub at {self._http.base_url} ({exc}); is `edgeloop hub serve` "
                 "running, or did you mean --data-dir?",

@@ -3,35 +3,40 @@
 The database and artifact-store side lives in :mod:`hub.datasets.service`.
 """
 
-from hub.datasets.records import RecordDiff, RecordSet
-from hub.datasets.sources import (
-    BUILTIN_SOURCES,
-    SourceError,
-    content_ids,
-    known_sources,
-    load_builtin,
-    load_source,
-    make_vibration,
-    records_from_frame,
-    register_source,
-)
-from hub.datasets.splits import (
-    DEFAULT_FRACTIONS,
-    SOURCE_MARK,
-    assign_splits,
-    check_fractions,
-    split_counts,
-    split_key,
-    split_of,
-    split_records,
-)
-from hub.datasets.validation import (
-    CheckResult,
-    DatasetSchema,
-    ValidationReport,
-    infer_schema,
-    validate_records,
-)
+from typing import TYPE_CHECKING
+
+from hub._lazy import attributes
+
+if TYPE_CHECKING:
+    from hub.datasets.records import RecordDiff, RecordSet
+    from hub.datasets.sources import (
+        BUILTIN_SOURCES,
+        SourceError,
+        content_ids,
+        known_sources,
+        load_builtin,
+        load_source,
+        make_vibration,
+        records_from_frame,
+        register_source,
+    )
+    from hub.datasets.splits import (
+        DEFAULT_FRACTIONS,
+        SOURCE_MARK,
+        assign_splits,
+        check_fractions,
+        split_counts,
+        split_key,
+        split_of,
+        split_records,
+    )
+    from hub.datasets.validation import (
+        CheckResult,
+        DatasetSchema,
+        ValidationReport,
+        infer_schema,
+        validate_records,
+    )
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -59,3 +64,32 @@ __all__ = [
     "split_records",
     "validate_records",
 ]
+
+_ORIGIN = {
+    "BUILTIN_SOURCES": "sources",
+    "CheckResult": "validation",
+    "DEFAULT_FRACTIONS": "splits",
+    "DatasetSchema": "validation",
+    "RecordDiff": "records",
+    "RecordSet": "records",
+    "SOURCE_MARK": "splits",
+    "SourceError": "sources",
+    "ValidationReport": "validation",
+    "assign_splits": "splits",
+    "check_fractions": "splits",
+    "content_ids": "sources",
+    "infer_schema": "validation",
+    "known_sources": "sources",
+    "load_builtin": "sources",
+    "load_source": "sources",
+    "make_vibration": "sources",
+    "records_from_frame": "sources",
+    "register_source": "sources",
+    "split_counts": "splits",
+    "split_key": "splits",
+    "split_of": "splits",
+    "split_records": "splits",
+    "validate_records": "validation",
+}
+
+__getattr__ = attributes(__name__, _ORIGIN)
