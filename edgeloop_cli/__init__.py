@@ -36,7 +36,6 @@ from edgeloop_cli._client import Target
 from edgeloop_cli.output import emit, emit_error
 from hub.core.errors import EdgeloopError
 from hub.core.redact import install_log_redaction
-from hub.core.settings import SettingsError, load_settings
 
 __all__ = ["app", "main"]
 
@@ -119,6 +118,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the admin API (docs at /docs), gRPC artifacts and the embedded broker."""
+    from hub.core.settings import load_settings
     from hub.serve import serve as run_server
 
     target: Target = ctx.find_root().obj
@@ -178,16 +178,23 @@ def version(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     emit({"version": hub.__version__}, as_json=as_json)
 
 
+def _is_settings_error(exc: Exception) -> bool:
+    # hub.core.settings (pydantic-settings) is imported only by the commands that read
+    # settings: if it is not loaded, no SettingsError was raised
+    settings = sys.modules.get("hub.core.settings")
+    return settings is not None and isinstance(exc, settings.SettingsError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns every error into a clear message and exit code."""
     args = sys.argv[1:] if argv is None else argv
     as_json = "--json" in args
     try:
         result = app(args=args, prog_name="edgeloop", standalone_mode=False)
-    except (SettingsError, ValidationError) as exc:  # (SettingsError is an EdgeloopError too)
-        emit_error(message=f"bad settings: {exc}", code="settings", as_json=as_json)
-        return 2
-    except EdgeloopError as exc:
+    except (ValidationError, EdgeloopError) as exc:
+        if isinstance(exc, ValidationError) or _is_settings_error(exc):
+            emit_error(message=f"bad settings: {exc}", code="settings", as_json=as_json)
+            return 2
         emit_error(message=exc.message, code=exc.code, as_json=as_json)
         return 1
     except typer.Exit as exc:
