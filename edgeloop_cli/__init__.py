@@ -33,6 +33,8 @@ from edgeloop_cli import (
     tuning,
 )
 from edgeloop_cli._client import Target
+from edgeloop_cli._quiet import configure as configure_logging
+from edgeloop_cli._quiet import unfiltered
 from edgeloop_cli.output import emit, emit_error
 from hub.core.errors import EdgeloopError
 from hub.core.redact import install_log_redaction
@@ -86,15 +88,23 @@ def root(
             envvar="EDGELOOP_ADMIN_TOKEN", help="admin token for --hub", show_default=False
         ),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log to stderr")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="log at INFO, and show what dependencies print (warnings, logs, C++ logs)",
+        ),
+    ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose=verbose)
     install_log_redaction()  # no password in a URL, no ?token= reaches a log line
-    ctx.obj = Target(data_dir=str(data_dir) if data_dir else None, hub_url=hub_url, token=token)
+    ctx.obj = Target(
+        data_dir=str(data_dir) if data_dir else None,
+        hub_url=hub_url,
+        token=token,
+        verbose=verbose,
+    )
 
 
 @hub_app.command("serve")
@@ -122,6 +132,7 @@ def serve(
     from hub.serve import serve as run_server
 
     target: Target = ctx.find_root().obj
+    unfiltered()  # the server's log shows its dependencies' records too
     logging.getLogger().setLevel(logging.INFO)
     settings = load_settings(
         data_dir=target.data_dir,

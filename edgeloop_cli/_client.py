@@ -20,6 +20,7 @@ class Target:
     data_dir: str | None
     hub_url: str | None
     token: str | None
+    verbose: bool = False  # -v: dependencies' warnings and logs too
 
 
 class _Http(Protocol):

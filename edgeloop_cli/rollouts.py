@@ -9,22 +9,12 @@ import typer
 
 from edgeloop_cli._client import connect
 from edgeloop_cli._common import JsonFlag, target
-from edgeloop_cli.output import emit
+from edgeloop_cli.output import emit, key_values, number, print_human
 
 app = typer.Typer(help="Phased rollouts: create, watch, pause, roll back.", no_args_is_help=True)
 COLUMNS = ["id", "model", "version", "state", "phase", "selector", "reason", "created_at"]
-SHOW = [
-    "id",
-    "model",
-    "version",
-    "state",
-    "phase",
-    "selector",
-    "reason",
-    "phases",
-    "device_states",
-    "queue",
-]
+# rollout show for people: these as tables of their own, every other key as `key value` rows
+DETAIL = ("phases", "devices", "device_states", "events")
 ReasonOpt = Annotated[str, typer.Option(help="why (kept in the rollout's event log)")]
 
 
@@ -113,14 +103,56 @@ def create(
         "promote_alias": promote_alias,
     }
     with connect(target(ctx)) as client:
-        emit(client.post("/rollouts", json=body), as_json=as_json, columns=SHOW)
+        _emit(client.post("/rollouts", json=body), as_json=as_json)
+
+
+def _gate_line(gate: dict[str, Any]) -> str:
+    def shown(value: Any) -> str:
+        return number(value) if isinstance(value, float) else str(value)
+
+    if gate.get("insufficient_data"):
+        verdict = f"insufficient data ({gate.get('samples', 0)} samples)"
+    else:
+        verdict = "passed" if gate.get("passed") else "FAILED"
+    value = "-" if gate.get("value") is None else shown(gate["value"])
+    return f"{gate.get('name')}: {value} vs threshold {shown(gate.get('threshold'))}, {verdict}"
+
+
+def _emit(found: dict[str, Any], *, as_json: bool) -> None:
+    """A rollout: its summary, then a table per phase (devices and each gate against its
+    threshold), then its devices; ``--json`` as the API returns it."""
+    if as_json:
+        emit(found, as_json=True)
+        return
+    print_human(key_values({k: v for k, v in found.items() if k not in DETAIL}))
+    phases = [
+        {
+            "phase": p.get("index"),
+            "size": p.get("size"),
+            "approval": p.get("approval"),
+            "state": p.get("state"),
+            "devices": p.get("devices"),
+            "gates": "\n".join(_gate_line(g) for g in p.get("gates") or []),
+        }
+        for p in found.get("phases") or []
+    ]
+    if phases:
+        emit(phases, as_json=False, key="phases")
+    devices = found.get("devices") or []
+    if devices:
+        emit(
+            devices,
+            as_json=False,
+            key="devices",
+            columns=["id", "phase", "state", "late", "attempts", "previous_version", "reason"],
+        )
 
 
 @app.command("show")
 def show(ctx: typer.Context, rollout_id: str, as_json: JsonFlag = False) -> None:
     """Phases (state, devices, gate values with thresholds) and per-device status."""
     with connect(target(ctx)) as client:
-        emit(client.get(f"/rollouts/{rollout_id}"), as_json=as_json, columns=SHOW)
+        _emit(client.get(f"/rollouts/{rollout_id}"), as_json=as_json)
 
 
 @app.command("list")
@@ -144,11 +176,7 @@ def _action(name: str, doc: str) -> None:
     ) -> None:
         with connect(target(ctx)) as client:
             body = None if name == "retry" else {"reason": reason}
-            emit(
-                client.post(f"/rollouts/{rollout_id}/{name}", json=body),
-                as_json=as_json,
-                columns=SHOW,
-            )
+            _emit(client.post(f"/rollouts/{rollout_id}/{name}", json=body), as_json=as_json)
 
     command.__doc__ = doc
     app.command(name)(command)
