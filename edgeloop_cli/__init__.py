@@ -7,6 +7,7 @@ Every command takes ``--json`` (one JSON object on stdout; errors as
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -198,7 +199,18 @@ def _is_settings_error(exc: Exception) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the CLI and turns every error into a clear message and exit code."""
-    args = sys.argv[1:] if argv is None else argv
+    code = _main(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # the process's own command line: it exits next
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # the interpreter's last garbage collection over every object of the web stack and
+        # the hub takes ~0.4 s, a third of an in-process command; exiting without it loses
+        # nothing (files are closed, stdout and stderr flushed, atexit handlers still run)
+        gc.freeze()
+    return code
+
+
+def _main(args: list[str]) -> int:
     as_json = "--json" in args
     try:
         result = app(args=args, prog_name="edgeloop", standalone_mode=False)

@@ -53,7 +53,7 @@ def configure(*, verbose: bool) -> None:
     """Logging for the CLI process (once, from the root callback)."""
     root = logging.getLogger()
     if not root.handlers:  # a test runner's own capture stays as it is
-        handler = logging.StreamHandler(_ConsoleStream())  # type: ignore[arg-type]
+        handler = logging.StreamHandler(_ConsoleStream())
         handler.setFormatter(logging.Formatter(FORMAT))
         if not verbose:
             handler.addFilter(_FILTER)
@@ -61,7 +61,7 @@ def configure(*, verbose: bool) -> None:
         root.setLevel(logging.INFO if verbose else logging.WARNING)
     if verbose:
         return
-    _WARNING_FILTERS[:] = warnings.filters
+    _WARNING_FILTERS[:] = list(warnings.filters)
     warnings.filterwarnings("ignore")  # other packages' warnings ...
     warnings.filterwarnings("default", module=_OURS_PATTERN)  # ... but ours
     logging.captureWarnings(True)  # ours as log lines, which reach the terminal
@@ -72,7 +72,11 @@ def unfiltered() -> None:
     for handler in logging.getLogger().handlers:
         handler.removeFilter(_FILTER)
     if _WARNING_FILTERS:
-        warnings.filters[:] = _WARNING_FILTERS
+        warnings.resetwarnings()
+        for action, message, category, module, lineno in reversed(_WARNING_FILTERS):
+            # (a regex, or a plain string in the interpreter's own default filters)
+            text, where = getattr(message, "pattern", message), getattr(module, "pattern", module)
+            warnings.filterwarnings(action, text or "", category, where or "", lineno)
         warnings.filterwarnings("default", module=_OURS_PATTERN)  # (and clears the cache)
         logging.captureWarnings(False)
 
@@ -81,10 +85,11 @@ def unfiltered() -> None:
 def native_stderr_captured(*, verbose: bool) -> Iterator[None]:
     """Run heavy dependencies with fd 2 captured (see the module doc); a no-op with ``-v``
     or when stderr is not the process's own (a test runner capturing it)."""
-    if verbose or sys.stderr is not sys.__stderr__ or not _has_fd2():
+    own = sys.stderr
+    if verbose or own is not sys.__stderr__ or own is None or not _has_fd2():
         yield
         return
-    sys.stderr.flush()
+    own.flush()
     saved = os.dup(2)
     terminal: IO[Any] = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8")
     with tempfile.TemporaryFile() as sink:
@@ -111,7 +116,8 @@ def _has_fd2() -> bool:
 
 def _restore(saved: int, terminal: IO[Any]) -> None:
     if stderr.file is terminal:
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
         stderr.file = None  # type: ignore[assignment]  # None: sys.stderr, looked up per write

@@ -147,8 +147,9 @@ def human(value: Any) -> RenderableType:
     if isinstance(value, Mapping):
         if not value:
             return Text("")
-        if len(value) > 1 and all(isinstance(v, Mapping) and v for v in value.values()):
-            # {"cam-1": {...}, "cam-2": {...}}: a table, one row per key
+        items = list(value.values())
+        alike = all(isinstance(v, Mapping) and v for v in items)  # {"cam-1": {..}, ...}
+        if len(items) > 1 and alike and len({tuple(v) for v in items}) == 1:
             rows = [{"": key, **item} for key, item in value.items()]
             return _table(rows, box_style=box.SIMPLE_HEAD)
         grid = Table.grid(padding=(0, 1))
@@ -184,9 +185,7 @@ def _table(
     cols = list(columns or dict.fromkeys(k for row in rows for k in row))
     table = Table(box=box_style)
     for col in cols:
-        table.add_column(
-            label(col, labels), overflow="fold", no_wrap=_no_wrap(rows, col)
-        )
+        table.add_column(label(col, labels), overflow="fold", no_wrap=_no_wrap(rows, col))
     for row in rows:
         table.add_row(*(human(row.get(c)) for c in cols))
     return table
