@@ -67,20 +67,30 @@ def _console() -> Console:
 
 
 def _fit(renderable: RenderableType, console: Console) -> RenderableType:
-    """A table wider than the terminal: every column may fold, the widest first (a folded id
-    is still whole; with ids kept on one line rich squeezes the other columns to nothing)."""
-    if isinstance(renderable, Table):
-        natural = Measurement.get(console, console.options.update_width(10_000), renderable)
-        if natural.maximum > console.width:
-            for column in renderable.columns:
-                column.no_wrap = False
+    """A table wider than the terminal: the text columns wrap at their spaces first; only if
+    that cannot make it fit may every column fold, the widest first (a folded id is still
+    whole; rich would otherwise squeeze the columns that may wrap to nothing)."""
+    if not isinstance(renderable, Table):
+        return renderable
+    wide = console.options.update_width(10_000)
+    natural = Measurement.get(console, wide, renderable).maximum
+    if natural <= console.width:
+        return renderable
+    spare = 0  # what wrapping the text columns at their spaces gives back
+    for column in renderable.columns:
+        if not column.no_wrap:
+            sizes = [Measurement.get(console, wide, c) for c in (column.header, *column.cells)]
+            spare += max(m.maximum for m in sizes) - max(m.minimum for m in sizes)
+    if natural - spare > console.width:
+        for column in renderable.columns:
+            column.no_wrap = False
     return renderable
 
 
 def print_human(renderable: RenderableType) -> None:
     """Print a table or tree on stdout (full width when stdout is a pipe or a file)."""
     console = _console()
-    console.print(_fit(renderable, console))
+    console.print(_fit(renderable, console), soft_wrap=False)  # a tree's lines wrap, not crop
 
 
 def number(value: float) -> str:
@@ -152,6 +162,8 @@ def human(value: Any) -> RenderableType:
         if len(items) > 1 and alike and len({tuple(v) for v in items}) == 1:
             rows = [{"": key, **item} for key, item in value.items()]
             return _table(rows, box_style=box.SIMPLE_HEAD)
+        if all(_is_scalar(v) for v in items):  # lines that wrap at their spaces, in any cell
+            return Text("\n".join(f"{key}: {_scalar(item)}" for key, item in value.items()))
         grid = Table.grid(padding=(0, 1))
         grid.add_column(style="dim", overflow="fold")
         grid.add_column(overflow="fold")
