@@ -5,6 +5,7 @@ Both go through the same admin API, so the CLI and the API cannot drift apart.
 
 from __future__ import annotations
 
+import gc
 import sys
 import warnings
 from collections.abc import Iterator
@@ -83,6 +84,19 @@ class HubClient:
 
 
 @contextmanager
+def _no_collection() -> Iterator[None]:
+    """The garbage collector off while the web stack and the hub are imported: it would walk
+    every new class and schema again and again (~0.3 s of an in-process command's start)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@contextmanager
 def connect(target: Target) -> Iterator[HubClient]:
     if target.hub_url:
         import httpx
@@ -92,16 +106,17 @@ def connect(target: Target) -> Iterator[HubClient]:
             yield HubClient(http=http)
         return
     # In-process: the same app, on the data dir's database and artifacts, no network.
-    with warnings.catch_warnings():  # starlette asks for httpx2; httpx (pinned) works the same
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from starlette.testclient import TestClient
+    with _no_collection():  # ~2,000 modules of classes that live as long as the process
+        with warnings.catch_warnings():  # starlette asks for httpx2; httpx (pinned) is the same
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from starlette.testclient import TestClient
 
-    from hub.api import create_app
-    from hub.core.settings import load_settings
+        from hub.api import create_app
+        from hub.core.settings import load_settings
 
-    settings = load_settings(data_dir=target.data_dir)
-    token = target.token or settings.resolved_admin_token()
-    app = create_app(settings)
+        settings = load_settings(data_dir=target.data_dir)
+        token = target.token or settings.resolved_admin_token()
+        app = create_app(settings)
     with TestClient(
         app,
         base_url="http://edgeloop.local",
