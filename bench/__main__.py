@@ -20,6 +20,7 @@ BENCHMARKS = [
     "loop",
     "monitor",
     "fleet",
+    "cli",
 ]
 # `make bench` runs these; the loop (12 whole loops, 1-2 hours) and the monitor at 10,000
 # devices (~25 simulated minutes) and a real hub with 10,000 devices (~30 minutes) run on

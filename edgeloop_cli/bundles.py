@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -12,17 +12,9 @@ from edgeloop_cli._client import Target, connect
 from edgeloop_cli._common import JsonFlag
 from edgeloop_cli.errors import CliError
 from edgeloop_cli.output import emit, emit_error, stderr
-from hub.core.settings import SettingsError, load_settings
-from hub.security.keys import bundle_signing_key_path, retired_key, retired_key_ids
-from model_packager.bundle import verify_bundle
-from model_packager.signing import (
-    Ed25519PublicKey,
-    InsecureKeyFileError,
-    KeyMaterialError,
-    key_id,
-    load_private_key,
-    load_public_key,
-)
+
+if TYPE_CHECKING:  # the rest on use: every command's start-up imports this module
+    from model_packager.signing import Ed25519PublicKey
 
 app = typer.Typer(help="Verify signed model bundles.", no_args_is_help=True)
 
@@ -39,6 +31,8 @@ class _NoKey(CliError):
 
 
 def _data_dir(ctx: typer.Context) -> Path:
+    from hub.core.settings import SettingsError, load_settings
+
     found = ctx.find_root().obj
     if isinstance(found, Target) and found.data_dir:
         return Path(found.data_dir).expanduser().resolve()
@@ -64,6 +58,14 @@ def _hub_key(ctx: typer.Context) -> dict[str, str] | None:
 def _trusted_key(ctx: typer.Context, public_key: Path | None) -> Ed25519PublicKey:
     """The key to verify with: --public-key FILE, else the hub's own signing key (from the
     hub under ``--hub``, from the data dir in-process)."""
+    from hub.security.keys import bundle_signing_key_path
+    from model_packager.signing import (
+        InsecureKeyFileError,
+        KeyMaterialError,
+        load_private_key,
+        load_public_key,
+    )
+
     try:
         if public_key is not None:
             return load_public_key(public_key)
@@ -100,6 +102,9 @@ def verify(
     as_json: JsonFlag = False,
 ) -> None:
     """Check FILE's structure, signature and digests; exit 1 when it is not valid."""
+    from model_packager.bundle import verify_bundle
+    from model_packager.signing import key_id
+
     try:
         key = _trusted_key(ctx, public_key)
     except _NoKey as exc:
@@ -141,6 +146,8 @@ def verify(
 
 
 def _retired_public_keys(ctx: typer.Context) -> list[Ed25519PublicKey]:
+    from hub.security.keys import retired_key, retired_key_ids
+
     try:
         data_dir = _data_dir(ctx)
     except _NoKey:
@@ -164,14 +171,20 @@ def public_key_cmd(
     """The hub's bundle-signing public key, for provisioning devices (agents verify with it).
 
     Under ``--hub`` the running hub's key; in-process the data dir's (created on first use)."""
+    from hub.security.keys import bundle_signing_key_path
+    from model_packager.signing import (
+        InsecureKeyFileError,
+        key_id,
+        load_or_create_private_key,
+        public_key_pem,
+    )
+
     from_hub = _hub_key(ctx)
     if from_hub is not None:
         kid, pem = from_hub["key_id"], from_hub["pem"]
     else:
         path = bundle_signing_key_path(_data_dir(ctx))
         try:
-            from model_packager.signing import load_or_create_private_key, public_key_pem
-
             private = load_or_create_private_key(path)
         except InsecureKeyFileError as exc:
             emit_error(message=str(exc), code="insecure_key_file", as_json=as_json)

@@ -21,6 +21,22 @@ EXPORT_FORMATS = ("npz", "csv", "parquet")
 #: data failed validation; errors (nothing stored) exit 1 too, with {"error", "code"}
 VALIDATION_FAILED = 1
 SUMMARY = ["ref", "digest", "num_records", "splits", "validation_status", "parent", "created_at"]
+LIST_COLUMNS = ["ref", "num_records", "splits", "validation_status", "parent", "created_at"]
+LABELS = {"num_records": "records", "validation_status": "validation"}
+
+
+def _checks(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """A validation report for people: one row per check (``--json`` has the check data)."""
+    rows = []
+    for check in report.get("checks", []):
+        if check.get("skipped"):
+            result = "skipped"
+        elif check.get("passed"):
+            result = "ok"
+        else:
+            result = f"FAILED ({check.get('severity', 'error')})"
+        rows.append({"check": check.get("name"), "result": result, "detail": check.get("detail")})
+    return rows
 
 
 def _ref_path(ref: str) -> str:
@@ -69,7 +85,7 @@ def import_(
         stderr.print(f"{verb} {result['ref']} ({result['validation_status']})", markup=False)
         if failed:
             stderr.print(_report_text(result["validation"]), markup=False, highlight=False)
-    emit(result, as_json=as_json, columns=SUMMARY)
+    emit(result, as_json=as_json, columns=SUMMARY, labels=LABELS)
     if failed:  # stored, but training is blocked: a script must not carry on as if it passed
         if not as_json:
             stderr.print(
@@ -89,7 +105,7 @@ def list_(
     """List dataset versions."""
     with connect(target(ctx)) as client:
         rows = client.get("/datasets", params={"name": name} if name else None)
-    emit(rows, as_json=as_json, columns=SUMMARY, key="datasets")
+    emit(rows, as_json=as_json, columns=LIST_COLUMNS, key="datasets", labels=LABELS)
 
 
 @app.command("show")
@@ -97,7 +113,11 @@ def show(ctx: typer.Context, ref: str, as_json: JsonFlag = False) -> None:
     """Show NAME@VERSION (VERSION may be 'latest'): splits, validation, lineage."""
     with connect(target(ctx)) as client:
         result = client.get(_ref_path(ref))
-    emit(result, as_json=as_json)
+    if as_json:
+        emit(result, as_json=True)
+        return
+    view = {**result, "validation": _checks(result.get("validation") or {})}
+    emit(view, as_json=False, labels={**LABELS, "validation": "checks"})
 
 
 @app.command("validate")
@@ -131,7 +151,7 @@ def override(
     """Allow training on a version that failed validation (recorded with the reason)."""
     with connect(target(ctx)) as client:
         result = client.post(_ref_path(ref) + "/override", json={"reason": reason})
-    emit(result, as_json=as_json, columns=[*SUMMARY, "override_reason"])
+    emit(result, as_json=as_json, columns=[*SUMMARY, "override_reason"], labels=LABELS)
 
 
 @app.command("export")

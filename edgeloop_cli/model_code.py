@@ -25,13 +25,18 @@ def _group() -> None:
 
 @app.command("check")
 def check(
+    ctx: typer.Context,
     spec: Annotated[str, typer.Argument(help="built-in spec name or package.module:Class")],
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Build SPEC, train a few steps, export to ONNX, check parity, quantize, run its tests."""
-    from hub.training.check import check_spec  # lazily: torch is a hub dependency
+    from edgeloop_cli._quiet import native_stderr_captured
 
-    report = check_spec(spec)
+    verbose = bool(getattr(ctx.find_root().obj, "verbose", False))  # (this app alone: no -v)
+    with native_stderr_captured(verbose=verbose):
+        from hub.training.check import check_spec  # lazily: torch is a hub dependency
+
+        report = check_spec(spec)
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict()) + "\n")
     else:

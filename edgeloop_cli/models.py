@@ -5,17 +5,20 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from edgeloop_cli._client import connect
 from edgeloop_cli._common import JsonFlag, target
 from edgeloop_cli.errors import CliError
-from edgeloop_cli.output import emit
+from edgeloop_cli.output import emit, human, number, print_human, tree
 
 app = typer.Typer(help="The model registry: versions, aliases, lineage.", no_args_is_help=True)
 runs = typer.Typer(help="Training runs: params, metrics, artifacts.", no_args_is_help=True)
 
 VERSION_COLUMNS = ["ref", "aliases", "run_id", "metrics", "artifact_size", "created_at"]
 RUN_COLUMNS = ["id", "spec", "status", "dataset_version", "code_version", "metrics", "started_at"]
+RUN_LIST_COLUMNS = ["id", "spec", "status", "dataset_version", "metrics", "started_at"]
+MODEL_LABELS = {"latest_version": "latest"}
 
 
 def _split(ref: str) -> tuple[str, str]:
@@ -31,7 +34,7 @@ def _split(ref: str) -> tuple[str, str]:
 def list_(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Registered models with their latest version and aliases."""
     with connect(target(ctx)) as client:
-        emit(client.get("/models"), as_json=as_json, key="models")
+        emit(client.get("/models"), as_json=as_json, key="models", labels=MODEL_LABELS)
 
 
 @app.command("show")
@@ -55,7 +58,50 @@ def lineage(ctx: typer.Context, ref: str, as_json: JsonFlag = False) -> None:
     """Version -> run -> dataset version (and ancestors) -> code version, and bundles."""
     name, selector = _split(ref)
     with connect(target(ctx)) as client:
-        emit(client.get(f"/models/{name}/versions/{selector}/lineage"), as_json=as_json)
+        found = client.get(f"/models/{name}/versions/{selector}/lineage")
+    if as_json:
+        emit(found, as_json=True)
+        return
+    print_human(_lineage_tree(found))
+
+
+def _words(*parts: Any) -> Text:
+    return Text("  ".join(str(p) for p in parts if p not in (None, "")))
+
+
+def _lineage_tree(found: dict[str, Any]) -> Any:
+    """model version -> run (params, code) -> dataset version -> its ancestors; bundles."""
+    mv = found["model_version"]
+    aliases = ", ".join(mv.get("aliases") or [])
+    root = tree(_words(mv["ref"], f"aliases: {aliases}" if aliases else ""))
+    root.add(_words("model", mv.get("artifact_digest"), f"{mv.get('artifact_size')} bytes"))
+    if mv.get("metrics"):
+        root.add("metrics").add(human(mv["metrics"]))
+    run = found.get("run")
+    if run is None:
+        root.add("run: none (registered without a tracked run)")
+    else:
+        branch = root.add(_words("run", run["id"], run.get("spec"), run.get("status")))
+        if run.get("params"):
+            branch.add("params").add(human(run["params"]))
+        branch.add(_words("code", found.get("code_version")))
+    dataset = found.get("dataset_version")
+    if dataset is not None:
+        node = root.add(_words("dataset", dataset["ref"], dataset.get("digest")))
+        for parent in found.get("dataset_ancestry") or []:
+            node = node.add(_words("parent", parent))
+    bundles = found.get("bundles") or []
+    node = root.add(f"bundles ({len(bundles)})")
+    for bundle in bundles:
+        size = bundle.get("size")
+        node.add(
+            _words(
+                bundle["digest"],
+                f"{number(size) if isinstance(size, float) else size} bytes",
+                ", ".join(bundle.get("formats") or []),
+            )
+        )
+    return root
 
 
 @app.command("alias")
@@ -133,7 +179,7 @@ def list_runs(
     """Training runs, newest first."""
     with connect(target(ctx)) as client:
         rows = client.get("/runs", params={"spec": spec} if spec else None)
-    emit(rows, as_json=as_json, columns=RUN_COLUMNS, key="runs")
+    emit(rows, as_json=as_json, columns=RUN_LIST_COLUMNS, key="runs")
 
 
 @runs.command("show")

@@ -50,7 +50,12 @@ def status(
         }
         for v in found["versions"]
     ]
-    emit(rows, as_json=False, key="versions")
+    labels = {
+        "live_accuracy": "live accuracy (from field labels)",
+        "labels": "field labels",
+        "evaluated_accuracy": "accuracy when packaged (test split)",
+    }
+    emit(rows, as_json=False, key="versions", labels=labels)
     lag = found.get("monitor") or {}
     cycle = lag.get("last_cycle_s")
     typer.echo(

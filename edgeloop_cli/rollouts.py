@@ -10,7 +10,7 @@ import typer
 
 from edgeloop_cli._client import HubClient, connect
 from edgeloop_cli._common import JsonFlag, target
-from edgeloop_cli.output import emit, emit_error, progress_bar
+from edgeloop_cli.output import emit, emit_error, key_values, number, print_human, progress_bar
 
 app = typer.Typer(help="Phased rollouts: create, watch, pause, roll back.", no_args_is_help=True)
 COLUMNS = [
@@ -24,19 +24,8 @@ COLUMNS = [
     "reason",
     "created_at",
 ]
-SHOW = [
-    "id",
-    "model",
-    "version",
-    "state",
-    "promotion",
-    "phase",
-    "selector",
-    "reason",
-    "phases",
-    "device_states",
-    "queue",
-]
+# rollout show for people: these as tables of their own, every other key as `key value` rows
+DETAIL = ("phases", "devices", "device_states", "events")
 ReasonOpt = Annotated[str, typer.Option(help="why (kept in the rollout's event log)")]
 #: Rollout states that do not change any more (hub.rollouts.service.FINAL).
 FINAL_STATES = {"completed", "rolled_back", "cancelled"}
@@ -74,7 +63,9 @@ def _readable(view: dict[str, Any], *, long: bool) -> dict[str, Any]:
 
 
 def _emit_rollout(view: dict[str, Any], *, as_json: bool) -> None:
-    emit(view if as_json else _readable(view, long=True), as_json=as_json, columns=SHOW)
+    """A rollout as the API returns it (``--json``), or for people: its promotion in words,
+    then :func:`_emit`'s tables."""
+    _emit(view if as_json else _readable(view, long=True), as_json=as_json)
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -238,6 +229,48 @@ def wait_(
     _need_hub(ctx, as_json=as_json)
     with connect(target(ctx)) as client:
         _wait(client, rollout_id, timeout=timeout, as_json=as_json)
+
+
+def _gate_line(gate: dict[str, Any]) -> str:
+    def shown(value: Any) -> str:
+        return number(value) if isinstance(value, float) else str(value)
+
+    if gate.get("insufficient_data"):
+        verdict = f"insufficient data ({gate.get('samples', 0)} samples)"
+    else:
+        verdict = "passed" if gate.get("passed") else "FAILED"
+    value = "-" if gate.get("value") is None else shown(gate["value"])
+    return f"{gate.get('name')}: {value} vs threshold {shown(gate.get('threshold'))}, {verdict}"
+
+
+def _emit(found: dict[str, Any], *, as_json: bool) -> None:
+    """A rollout: its summary, then a table per phase (devices and each gate against its
+    threshold), then its devices; ``--json`` as the API returns it."""
+    if as_json:
+        emit(found, as_json=True)
+        return
+    print_human(key_values({k: v for k, v in found.items() if k not in DETAIL}))
+    phases = [
+        {
+            "phase": p.get("index"),
+            "size": p.get("size"),
+            "approval": p.get("approval"),
+            "state": p.get("state"),
+            "devices": p.get("devices"),
+            "gates": "\n".join(_gate_line(g) for g in p.get("gates") or []),
+        }
+        for p in found.get("phases") or []
+    ]
+    if phases:
+        emit(phases, as_json=False, key="phases")
+    devices = found.get("devices") or []
+    if devices:
+        emit(
+            devices,
+            as_json=False,
+            key="devices",
+            columns=["id", "phase", "state", "late", "attempts", "previous_version", "reason"],
+        )
 
 
 @app.command("show")

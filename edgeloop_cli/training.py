@@ -13,7 +13,8 @@ import typer
 
 from edgeloop_cli._client import Target, connect
 from edgeloop_cli._common import JsonFlag, parse_pairs, target
-from edgeloop_cli.output import emit, progress, progress_bar, stderr
+from edgeloop_cli._quiet import native_stderr_captured
+from edgeloop_cli.output import emit, metric_label, progress, progress_bar, stderr
 
 TRAIN_COLUMNS = ["run_id", "model", "version", "metrics", "dataset_version", "candidate"]
 
@@ -73,7 +74,7 @@ def train(
 
         _, engine, store = _local(t)
         epochs = int(get_spec(spec).params(params)["epochs"])
-        with progress_bar(transient=as_json) as bar:
+        with native_stderr_captured(verbose=t.verbose), progress_bar(transient=as_json) as bar:
             task = bar.add_task(f"training {spec}", total=epochs)
 
             def on_epoch(result: Any) -> None:
@@ -131,18 +132,19 @@ def package(
                 json={"formats": chosen, "max_accuracy_drop": max_accuracy_drop},
             )
     else:
-        from hub.packaging.service import PackageOptions, outcome_json
-        from hub.packaging.service import package as run_package
-        from hub.security.keys import bundle_signing_key
-
-        settings, engine, store = _local(t)
-        options = PackageOptions(
-            formats=tuple(chosen or ("onnx", "tflite")),
-            formats_explicit=chosen is not None,
-            max_accuracy_drop=max_accuracy_drop,
-        )
-        with progress_bar(transient=as_json) as bar:
+        with native_stderr_captured(verbose=t.verbose), progress_bar(transient=as_json) as bar:
             task = bar.add_task(f"packaging {ref}", total=None)
+            # imported here: LiteRT and TensorFlow log to fd 2 as they load
+            from hub.packaging.service import PackageOptions, outcome_json
+            from hub.packaging.service import package as run_package
+            from hub.security.keys import bundle_signing_key
+
+            settings, engine, store = _local(t)
+            options = PackageOptions(
+                formats=tuple(chosen or ("onnx", "tflite")),
+                formats_explicit=chosen is not None,
+                max_accuracy_drop=max_accuracy_drop,
+            )
             outcome = run_package(
                 engine,
                 store,
@@ -161,11 +163,18 @@ def package(
     if as_json:
         emit(result, as_json=True)
         return
+    metric = metric_label(result.get("metric") or "test_accuracy")
     emit(
         result["variants"],
         as_json=False,
         key="variants",
         columns=["file", "precision", "size_bytes", "accuracy", "latency_ms_b1", "throughput_b64"],
+        labels={
+            "size_bytes": "size (bytes)",
+            "accuracy": f"{metric} (%)",
+            "latency_ms_b1": "latency, batch of 1 (ms)",
+            "throughput_b64": "throughput, batches of 64 (records/s)",
+        },
     )
     where = " on the hub's machine (--out FILE writes a copy here)" if t.hub_url and not out else ""
     stderr.print(f"bundle {result['bundle']}{where}", markup=False, highlight=False)

@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from edgeloop_cli._common import JsonFlag, target
-from edgeloop_cli.output import emit, progress_bar
+from edgeloop_cli._quiet import native_stderr_captured
+from edgeloop_cli.output import emit, metric_label, progress_bar
 from hub.core.errors import InvalidInput
 
 TUNE_COLUMNS = [
@@ -60,14 +61,14 @@ def tune(
 
     chosen = tuple(o.strip() for o in objectives.split(",") if o.strip())
     settings, engine, store = _local(t)
-    with progress_bar(transient=as_json) as bar:
+    with native_stderr_captured(verbose=t.verbose), progress_bar(transient=as_json) as bar:
         task = bar.add_task(f"tuning {spec}", total=trials)
         best: list[float] = []
 
         def on_trial(report: TrialReport) -> None:
             if report.state == "complete" and report.value is not None:
                 best.append(max([report.value, *best]))
-            shown = f", best {best[-1]:.4g}" if best else ""
+            shown = f", best {metric_label(report.metric)} {best[-1]:.4g}" if best else ""
             bar.update(
                 task,
                 advance=1,
@@ -88,4 +89,6 @@ def tune(
             max_epochs=max_epochs,
         )
     engine.dispose()
-    emit(result_json(outcome), as_json=as_json, columns=TUNE_COLUMNS)
+    result = result_json(outcome)
+    labels = {"best_value": f"best {metric_label(outcome.metric)}", "best_params": "best params"}
+    emit(result, as_json=as_json, columns=TUNE_COLUMNS, labels=labels)

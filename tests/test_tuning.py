@@ -205,6 +205,7 @@ def test_cli_tunes_locally_and_refuses_a_remote_hub(tmp_path: Path) -> None:
         "study",
         "best_params",
         "best_value",
+        "metric",
         "trials",
         "pruned",
         "run_id",
@@ -212,6 +213,7 @@ def test_cli_tunes_locally_and_refuses_a_remote_hub(tmp_path: Path) -> None:
         "version",
     }
     assert body["study"] == "cli" and body["trials"] == 2 and body["version"] == 1
+    assert body["metric"] == "val_accuracy"  # what best_value is
     remote = _cli(Target(data_dir=None, hub_url="http://hub:8000", token=None))
     refused = runner.invoke(remote, [*args, "--json"])
     assert isinstance(refused.exception, InvalidInput)

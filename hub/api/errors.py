@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub.core.artifacts import ArtifactCorrupt, ArtifactNotFound
@@ -126,6 +129,9 @@ def _database(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    psycopg = sys.modules.get("psycopg")  # imported where PostgreSQL is used, not here (0.1 s)
+    if psycopg is not None and isinstance(exc, psycopg.DataError) and _nul_refused(exc):
+        return _database(request, exc)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
         {"error": "internal error; see the hub's log", "code": "internal"}, status_code=500
@@ -139,16 +145,47 @@ class _PathMethods:
     methods: frozenset[str]
 
 
+def _operations(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[tuple[str, set[str]]]:
+    """(path template, methods) of each documented route, from the routers as declared.
+    FastAPI keeps an included router as a lazy wrapper (``original_router`` +
+    ``include_context``); anything else unknown raises :class:`LookupError`."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            if route.include_in_schema:
+                yield prefix + route.path_format, set(route.methods or ())
+            continue
+        router = getattr(route, "original_router", None)
+        context = getattr(route, "include_context", None)
+        if router is not None and context is not None:
+            if context.include_in_schema:
+                yield from _operations(router.routes, prefix + context.prefix)
+        elif not isinstance(route, Mount | Route):  # docs pages and static files: no schema
+            raise LookupError(f"unknown route type {type(route).__name__}")
+
+
 def _documented_paths(app: FastAPI) -> list[_PathMethods]:
+    """The paths and methods of the OpenAPI document, read from the routes it is made of:
+    building the document, or FastAPI's per-route contexts, takes 0.3-1 s on the first
+    request of every process (each in-process CLI command)."""
+    operations: dict[str, set[str]] = {}
+    try:
+        for template, methods in _operations(app.routes):
+            operations.setdefault(template, set()).update(methods)
+    except LookupError:  # a FastAPI that wraps routes otherwise: its own (slower) walk
+        operations.clear()
+        for context in iter_route_contexts(app.routes):
+            path, declared = context.path_format, context.methods
+            if isinstance(context.original_route, APIRoute) and context.include_in_schema:
+                operations.setdefault(path or "", set()).update(declared or ())
     found = []
-    for template, operations in app.openapi().get("paths", {}).items():
+    for template, methods in operations.items():
         parts = template.strip("/").split("/")
         regex = "/".join("[^/]+" if "{" in part else re.escape(part) for part in parts)
         found.append(
             _PathMethods(
                 pattern=re.compile(f"^/{regex}/?$"),
                 concreteness=tuple(int("{" in part) for part in parts),
-                methods=frozenset(m.upper() for m in operations),
+                methods=frozenset(m.upper() for m in methods),
             )
         )
     return found
@@ -195,5 +232,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ArtifactNotFound, _artifact_missing)
     app.add_exception_handler(ArtifactCorrupt, _artifact_corrupt)
     app.add_exception_handler(DBAPIError, _database)
-    app.add_exception_handler(psycopg.DataError, _database)
     app.add_exception_handler(Exception, _unexpected)

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from scipy import stats
 
+from hub._lazy import module
 from hub.datasets.records import RecordSet
+
+if TYPE_CHECKING:
+    from scipy import stats
+else:
+    stats = module("scipy.stats")  # ~1 s; only the drift checks use it
 
 MAX_DRIFT_ROWS = 5000  # per side; a fixed-seed subsample of the id-sorted records beyond that
 MIN_DRIFT_ROWS = 20  # fewer new records than this: drift is not tested (too little evidence)

@@ -438,6 +438,7 @@ def outcome_json(outcome: PackageOutcome) -> dict[str, Any]:
         "size_bytes": outcome.bundle.size,
         "model": outcome.manifest["model"],
         "variants": outcome.variants,
+        "metric": f"test_{outcome.manifest['metric']}",  # what each variant's accuracy is
         "quantization": outcome.manifest["quantization"],
         "notes": outcome.notes,
     }

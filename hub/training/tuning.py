@@ -44,6 +44,7 @@ class TrialReport:
 
     number: int
     state: str  # "complete" | "pruned" | "fail"
+    metric: str  # what value is: "val_" + the spec's primary metric, e.g. "val_accuracy"
     value: float | None  # the primary metric on the val split (last epoch reported)
     size: int | None  # parameter count
     params: dict[str, Any]
@@ -54,6 +55,7 @@ class TuneResult:
     study_name: str
     best_params: dict[str, Any]  # the full parameter set the registered model trained with
     best_value: float  # the chosen trial's val primary metric
+    metric: str  # what best_value is: "val_" + the spec's primary metric
     trials: int  # trials in the study (all workers)
     pruned: int
     run_id: str
@@ -254,6 +256,7 @@ def tune(
                 TrialReport(
                     number=frozen.number,
                     state=frozen.state.name.lower(),
+                    metric=f"val_{metric}",
                     value=None if value is None else float(value),
                     size=frozen.user_attrs.get(SIZE),
                     params=dict(frozen.params),
@@ -290,6 +293,7 @@ def tune(
         study_name=name,
         best_params=spec.params(best_params),
         best_value=best_value,
+        metric=f"val_{metric}",
         trials=len(done),
         pruned=pruned,
         run_id=outcome.run.id,
@@ -315,6 +319,7 @@ def result_json(result: TuneResult) -> dict[str, Any]:
         "study": result.study_name,
         "best_params": result.best_params,
         "best_value": result.best_value,
+        "metric": result.metric,  # what best_value is, e.g. "val_accuracy"
         "trials": result.trials,
         "pruned": result.pruned,
         "run_id": result.run_id,

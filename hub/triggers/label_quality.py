@@ -44,17 +44,23 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import binom
 from sqlmodel import Session, col, select
 
+from hub._lazy import module
 from hub.core.clock import aware, utcnow
 from hub.core.errors import Conflict, InvalidInput
 from hub.datasets.records import RecordSet
 from hub.tables.fleet import FieldSample
 from hub.tables.quality import LabelQuarantine
+
+if TYPE_CHECKING:
+    from scipy import stats as scipy_stats
+else:
+    scipy_stats = module("scipy.stats")  # ~1 s, for one test; not on every hub start
 
 log = logging.getLogger("edgeloop.triggers")
 
@@ -139,7 +145,7 @@ def consensus_check(
         baseline = others_bad / others_n if others_n else 0.0
         null = min(baseline + MARGIN, 0.999)
         # Bonferroni: the bound holds over all the devices tested together
-        p_value = float(binom.sf(int(bad[i]) - 1, int(n[i]), null)) * tested_devices
+        p_value = float(scipy_stats.binom.sf(int(bad[i]) - 1, int(n[i]), null)) * tested_devices
         out[name] = DeviceLabels(
             device_id=name,
             labels=int(n[i]),
