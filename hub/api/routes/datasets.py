@@ -160,7 +160,12 @@ def show(name: NamePath, version: VersionPath, session: SessionDep) -> DatasetVe
 @router.get(
     "/{name}/versions/{version}/data",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        200: {
+            "description": "npz and parquet as application/octet-stream, csv as text/csv",
+            "content": {"application/octet-stream": {}, "text/csv": {}},
+        }
+    },
     response_model=None,
 )
 def export(
