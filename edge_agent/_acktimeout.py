@@ -1,7 +1,7 @@
 """When to send again what the broker has but the hub has not acknowledged (``hub_ack``).
 
 A fixed timeout turns a hub that falls behind into a storm: at 5,000 devices with the
-ingest ~4 minutes behind, a 30 s timeout re-sent every window ~8 times (984,113 repeats for
+ingest ~4 minutes behind, a 30 s timeout re-sent every window ~4 times (984,113 repeats for
 230,888 windows, `make bench-fleet`), which pushed the hub further behind. This is the
 retransmission timer of TCP (RFC 6298) over the hub's acknowledgement latency instead:
 
