@@ -41,6 +41,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench._digits import MODEL, VERSION, Registered, sketch
+from edge_agent import AckTimeout
 from proto import messages_pb2 as pb
 from proto.topics import Topics
 
@@ -49,7 +50,8 @@ PREDICTIONS = 10.0  # mean per window
 SAMPLES = 2
 POOL = 3000  # pre-sketched windows per pool
 LATENCY_EDGES = [1.0, 2.0, 5.0, 10.0, 20.0]
-HUB_ACK_TIMEOUT_S = 30.0  # the agent's default hub_ack_timeout_s
+HUB_ACK_TIMEOUT_S = 30.0  # the agent's default hub_ack_timeout_s: AckTimeout's floor
+HUB_ACK_MAX_TIMEOUT_S = 600.0  # the agent's default hub_ack_max_timeout_s
 
 
 def _pool(reg: Registered, x_all: np.ndarray, *, drifted: bool, seed: int) -> list[Any]:
@@ -109,8 +111,14 @@ class Publisher:
         self.down: set[int] = set()
         self.opened: set[int] = set()
         self.stop = False
-        # per device: seq -> (payload, last sent) until the hub's DeliveryAck covers it
-        self.awaiting: list[dict[int, tuple[bytes, float]]] = [{} for _ in range(n)]
+        # per device: seq -> (payload, last sent, sends) until the hub's DeliveryAck covers it
+        self.awaiting: list[dict[int, tuple[bytes, float, int]]] = [{} for _ in range(n)]
+        # per device: the agent's adaptive hub-ack timeout (edge_agent.AckTimeout), mirrored
+        self.timers = [
+            AckTimeout(floor_s=HUB_ACK_TIMEOUT_S, max_s=HUB_ACK_MAX_TIMEOUT_S) for _ in range(n)
+        ]
+        self.backed_off_at = np.zeros(n)
+        self.timeout_rounds = 0
         self.hub_acked = 0
         self.resent = 0
 
@@ -125,11 +133,17 @@ class Publisher:
         ack = pb.DeliveryAck()
         ack.ParseFromString(bytes(message.payload))
         waiting = self.awaiting[i]
+        oldest_once: float | None = None
         for r in ack.ranges:
             if r.stream == "telemetry":
                 for seq in range(r.first, r.last + 1):
-                    if waiting.pop(seq, None) is not None:
+                    entry = waiting.pop(seq, None)
+                    if entry is not None:
                         self.hub_acked += 1
+                        if entry[2] == 1:  # Karn: only items sent once are timed
+                            oldest_once = min(entry[1], oldest_once or entry[1])
+        if oldest_once is not None:
+            self.timers[i].sample(time.time() - oldest_once)
 
     def _on_disconnect(self, _c: mqtt.Client, i: int, _f: Any, _rc: Any, _p: Any) -> None:
         if self.connected[i]:
@@ -250,7 +264,7 @@ class Publisher:
         )
         payload = template + header.SerializeToString()
         info = self.clients[i].publish(self.topics.telemetry(device), payload, qos=1)
-        self.awaiting[i][seq] = (payload, now)
+        self.awaiting[i][seq] = (payload, now, 1)
         self.published += 1
         self.inflight[(i, info.mid)] = (i, seq)
         self.dirty.add(i)
@@ -259,15 +273,22 @@ class Publisher:
         for i, waiting in enumerate(self.awaiting):
             if not waiting or not self.connected[i]:
                 continue
-            for seq, (payload, sent) in list(waiting.items()):
-                if now - sent >= HUB_ACK_TIMEOUT_S:
+            timeout = self.timers[i].seconds
+            timed_out = False
+            for seq, (payload, sent, sends) in list(waiting.items()):
+                if now - sent >= timeout:
                     info = self.clients[i].publish(
                         self.topics.telemetry(self.devices[i]), payload, qos=1
                     )
                     self.inflight[(i, info.mid)] = (i, seq)
-                    waiting[seq] = (payload, now)
+                    waiting[seq] = (payload, now, sends + 1)
                     self.resent += 1
                     self.dirty.add(i)
+                    timed_out = True
+            if timed_out and now - self.backed_off_at[i] >= timeout:
+                self.backed_off_at[i] = now
+                self.timers[i].timed_out()
+                self.timeout_rounds += 1
 
     def drain(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -314,6 +335,9 @@ def main(path: str) -> int:
                 "hub_acked": pub.hub_acked,
                 "awaiting_hub_ack": sum(len(w) for w in pub.awaiting),
                 "resent": pub.resent,
+                "timeout_rounds": pub.timeout_rounds,
+                "ack_timeout_s_p50": float(np.median([t.seconds for t in pub.timers])),
+                "ack_timeout_s_max": max(t.seconds for t in pub.timers),
                 "connected": int(pub.connected.sum()),
                 "connect_s": connect_s,
                 "lost_connections": pub.lost_connections,

@@ -6,6 +6,7 @@ This package never imports ``hub`` or ``torch``: ``pip install edgeloop[agent]``
 
 from typing import TYPE_CHECKING, Any
 
+from edge_agent._acktimeout import AckTimeout
 from edge_agent._predictor import Prediction, Predictor, ShadowReport
 from edge_agent._runtime import (
     HealthReport,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from edge_agent.agent import Agent
 
 __all__ = [
+    "AckTimeout",
     "Agent",
     "AgentError",
     "AgentSettings",

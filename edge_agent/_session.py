@@ -8,9 +8,11 @@ PUBACK, so a broker away for hours or an agent restart loses nothing.
 
 With ``delivery = "hub_ack"`` telemetry, feedback and deployment events leave it only when
 the hub's ``DeliveryAck`` (``devices/<id>/ack``) covers their seq: after the PUBACK an item
-is "sent, awaiting the hub" and is sent again after ``hub_ack_timeout_s`` and on every
-reconnect, so what a broker crash loses after its PUBACK still reaches the hub (which drops
-repeats by seq, events by event_id).
+is "sent, awaiting the hub" and is sent again when no ack came within the adaptive timeout
+(:class:`edge_agent.AckTimeout`: the hub's measured ack latency, at least
+``hub_ack_timeout_s``, backing off while the hub is behind) and on every reconnect, so what
+a broker crash loses after its PUBACK still reaches the hub (which drops repeats by seq,
+events by event_id).
 
 A broker that refuses the login (CONNACK "not authorized" / "bad user name or password": the
 device is not enrolled, or its login was revoked) is not a network fault: the session logs
@@ -34,6 +36,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent._acktimeout import AckTimeout
 from edge_agent._fetch import Backoff
 from edge_agent._tls import mqtt_tls_params
 from edge_agent.queue import OutboundQueue, QueuedItem
@@ -68,6 +71,8 @@ class SessionStats:
     hub_acks: int = 0  # DeliveryAck messages received
     hub_acked: int = 0  # queued items those acks removed
     malformed_acks: int = 0  # DeliveryAck payloads that did not parse or named nothing valid
+    timeout_rounds: int = 0  # rounds of items sent again for want of a hub ack in time
+    ack_timeout_s: float = 0.0  # the hub-ack timeout now (AckTimeout.seconds)
     errors: int = 0  # unexpected errors that ended a connection (it reconnects)
     login_refused: int = 0  # connects the broker refused for the login (not enrolled, revoked)
     last_error: str = ""
@@ -99,6 +104,12 @@ class MqttSession:
         self._connected_at = 0.0  # wall clock: items sent before it are due again
         self._commands: asyncio.Queue[bytes] = asyncio.Queue()  # made anew by run()
         self.stats = SessionStats()
+        self._ack_timeout = AckTimeout(
+            floor_s=settings.hub_ack_timeout_s,
+            max_s=max(settings.hub_ack_timeout_s, settings.hub_ack_max_timeout_s),
+        )
+        self._backed_off_at = 0.0  # wall clock of the last timed-out round (one per timeout)
+        self.stats.ack_timeout_s = self._ack_timeout.seconds
         self._topic_for = {
             "events": topics.events(settings.device_id),
             "telemetry": topics.telemetry(settings.device_id),
@@ -327,15 +338,35 @@ class MqttSession:
                 "ignoring %d invalid range(s) of a delivery ack", len(ack.ranges) - len(valid)
             )
         self.stats.hub_acks += 1
+        now = time.time()
+        oldest_once: float | None = None
         for r in valid:
-            self.stats.hub_acked += self._queue.ack_seqs(r.stream, r.first, r.last)
+            acked = self._queue.ack_range(r.stream, r.first, r.last)
+            self.stats.hub_acked += acked.count
+            if acked.sent_once_at:
+                first = min(acked.sent_once_at)
+                oldest_once = first if oldest_once is None else min(oldest_once, first)
+        if oldest_once is not None:  # one sample per ack: its longest wait (conservative)
+            self._ack_timeout.sample(now - oldest_once)
+            self.stats.ack_timeout_s = self._ack_timeout.seconds
 
     def _due(self) -> list[QueuedItem]:
         if not self._hub_ack:
             return self._queue.peek(limit=DRAIN_BATCH)
-        timeout = self._settings.hub_ack_timeout_s
-        before = max(self._connected_at, time.time() - timeout)
-        return self._queue.peek(limit=DRAIN_BATCH, sent_before=before)
+        now = time.time()
+        timeout = self._ack_timeout.seconds
+        items = self._queue.peek(
+            limit=DRAIN_BATCH, sent_before=max(self._connected_at, now - timeout)
+        )
+        timed_out = any(
+            item.sent_at is not None and item.sent_at >= self._connected_at for item in items
+        )
+        if timed_out and now - self._backed_off_at >= timeout:  # once per timeout, not batch
+            self._backed_off_at = now
+            self._ack_timeout.timed_out()
+            self.stats.timeout_rounds += 1
+            self.stats.ack_timeout_s = self._ack_timeout.seconds
+        return items
 
     def _idle_wait_s(self) -> float:
         """How long an empty drain may sleep: until the oldest item awaiting the hub's ack is
@@ -345,7 +376,7 @@ class MqttSession:
         oldest = self._queue.oldest_sent_at()
         if oldest is None:
             return IDLE_RECHECK_S
-        due_in = oldest + self._settings.hub_ack_timeout_s - time.time()
+        due_in = oldest + self._ack_timeout.seconds - time.time()
         return min(max(due_in, 0.05), IDLE_RECHECK_S)
 
     async def _drain(self, client: aiomqtt.Client) -> None:

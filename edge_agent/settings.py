@@ -73,7 +73,15 @@ class AgentSettings(BaseSettings):
         "when the hub's DeliveryAck covers it (needs a hub that acks; enrolment sets hub_ack)",
     )
     hub_ack_timeout_s: float = Field(
-        default=30.0, gt=0, description="hub_ack: send an item again when no ack came in time"
+        default=30.0,
+        gt=0,
+        description="hub_ack: the least time an item waits for the hub's ack before it is "
+        "sent again (the timeout adapts to the hub's measured ack latency above it)",
+    )
+    hub_ack_max_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="hub_ack: the most the adaptive timeout grows to (while the hub is behind)",
     )
     http_port: int | None = Field(default=None, ge=0, le=65535, description="None: no local API")
     reconnect_initial_s: float = Field(default=0.5, gt=0)

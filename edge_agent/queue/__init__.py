@@ -10,9 +10,17 @@ surface is this module's ``__all__``.
 from edge_agent.queue._outbound import (
     DEFAULT_DROPPABLE,
     DEFAULT_MAX_BYTES,
+    Acked,
     OutboundQueue,
     QueuedItem,
 )
 from edge_agent.queue._schema import ITEM_OVERHEAD
 
-__all__ = ["DEFAULT_DROPPABLE", "DEFAULT_MAX_BYTES", "ITEM_OVERHEAD", "OutboundQueue", "QueuedItem"]
+__all__ = [
+    "DEFAULT_DROPPABLE",
+    "DEFAULT_MAX_BYTES",
+    "ITEM_OVERHEAD",
+    "Acked",
+    "OutboundQueue",
+    "QueuedItem",
+]

@@ -73,6 +73,14 @@ class QueuedItem:
     sent_at: float | None = None  # when the broker PUBACKed it (hub_ack delivery only)
 
 
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """What a hub ack removed: how many items, and when those sent exactly once were sent."""
+
+    count: int
+    sent_once_at: tuple[float, ...]
+
+
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -251,23 +259,32 @@ class OutboundQueue:
 
         def run() -> None:
             with self._transaction() as conn:
-                conn.execute("UPDATE items SET sent_at = ? WHERE id = ?", (self._clock(), item_id))
+                conn.execute(
+                    "UPDATE items SET sent_at = ?, sends = sends + 1 WHERE id = ?",
+                    (self._clock(), item_id),
+                )
 
         self._guard(run)
 
     def ack_seqs(self, stream: str, first: int, last: int) -> int:
         """Delete the stream's items with ``first <= seq <= last`` (the hub handled them,
         sent or not); returns how many there were."""
+        return self.ack_range(stream, first, last).count
 
-        def run() -> int:
+    def ack_range(self, stream: str, first: int, last: int) -> Acked:
+        """:meth:`ack_seqs`, also saying when the removed items that were sent exactly once
+        were sent (the hub's ack latency, for :class:`edge_agent.AckTimeout`)."""
+
+        def run() -> Acked:
             with self._transaction() as conn:
                 rows = conn.execute(
                     "DELETE FROM items WHERE stream = ? AND seq BETWEEN ? AND ?"
-                    " RETURNING length(payload)",
+                    " RETURNING length(payload), sent_at, sends",
                     (stream, first, last),
                 ).fetchall()
             self._total -= sum(int(r[0]) + ITEM_OVERHEAD for r in rows)
-            return len(rows)
+            once = tuple(float(r[1]) for r in rows if r[2] == 1 and r[1] is not None)
+            return Acked(count=len(rows), sent_once_at=once)
 
         return self._guard(run)
 

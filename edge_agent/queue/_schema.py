@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS items (
     created_at REAL NOT NULL,
     carries INTEGER NOT NULL DEFAULT 0,  -- earlier drops this item reports (take_dropped)
     sent_at REAL,  -- delivery = "hub_ack": when the broker PUBACKed it (NULL: not yet)
+    sends INTEGER NOT NULL DEFAULT 0,  -- hub_ack: PUBACKed publishes (Karn: time only 1s)
     UNIQUE (stream, seq)
 );
 CREATE TABLE IF NOT EXISTS streams (
@@ -34,6 +35,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 _ADDED_COLUMNS = (
     ("carries", "INTEGER NOT NULL DEFAULT 0"),
     ("sent_at", "REAL"),
+    ("sends", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 
