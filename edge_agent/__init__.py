@@ -4,19 +4,9 @@ inference API, telemetry with store-and-forward.
 This package never imports ``hub`` or ``torch``: ``pip install edgeloop[agent]`` is enough.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from edge_agent._acktimeout import AckTimeout
-from edge_agent._predictor import Prediction, Predictor, ShadowReport
-from edge_agent._runtime import (
-    HealthReport,
-    LoadedModel,
-    check_slot,
-    choose_variant,
-    health_check,
-    load_slot,
-)
-from edge_agent.batch import BatchSummary, predict_batch
 from edge_agent.errors import (
     AgentError,
     AgentSettingsError,
@@ -30,10 +20,21 @@ from edge_agent.errors import (
     RotationRefused,
     SlotError,
 )
-from edge_agent.settings import AgentSettings
 
 if TYPE_CHECKING:
+    from edge_agent._acktimeout import AckTimeout
+    from edge_agent._predictor import Prediction, Predictor, ShadowReport
+    from edge_agent._runtime import (
+        HealthReport,
+        LoadedModel,
+        check_slot,
+        choose_variant,
+        health_check,
+        load_slot,
+    )
     from edge_agent.agent import Agent
+    from edge_agent.batch import BatchSummary, predict_batch
+    from edge_agent.settings import AgentSettings
 
 __all__ = [
     "AckTimeout",
@@ -64,11 +65,28 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """``edge_agent.Agent`` loads the agent (MQTT, gRPC, HTTP) on first use, so importing
-    the package for its settings or errors stays cheap."""
-    if name == "Agent":
-        from edge_agent.agent import Agent
+# name -> the module that defines it, imported on first use: importing the package (for its
+# errors, or ``edge_agent.settings`` for the CLI's help) loads no numpy, onnxruntime or MQTT
+_ORIGIN = {
+    "AckTimeout": "_acktimeout",
+    "Agent": "agent",
+    "AgentSettings": "settings",
+    "BatchSummary": "batch",
+    "HealthReport": "_runtime",
+    "LoadedModel": "_runtime",
+    "Prediction": "_predictor",
+    "Predictor": "_predictor",
+    "ShadowReport": "_predictor",
+    "check_slot": "_runtime",
+    "choose_variant": "_runtime",
+    "health_check": "_runtime",
+    "load_slot": "_runtime",
+    "predict_batch": "batch",
+}
 
-        return Agent
+
+def __getattr__(name: str) -> Any:
+    """``edge_agent.Predictor`` (and the rest of ``__all__``) loads its module on first use."""
+    if name in _ORIGIN:
+        return getattr(importlib.import_module(f"edge_agent.{_ORIGIN[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

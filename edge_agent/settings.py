@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge_agent.errors import AgentSettingsError
+from edge_agent.paths import DEFAULT_DATA_DIR, ENROLLMENT_FILE
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -26,8 +27,6 @@ __all__ = [
 ]
 
 DEFAULT_PREFER = ("onnx:int8", "onnx:fp32", "tflite:int8", "tflite:fp32")
-DEFAULT_DATA_DIR = Path("~/.edgeloop-agent")  # the agent's state folder (--agent-dir)
-ENROLLMENT_FILE = "enrollment.json"  # what `edgeloop agent enroll` stored, per device
 
 
 class AgentSettings(BaseSettings):

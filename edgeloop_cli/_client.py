@@ -116,7 +116,7 @@ def connect(target: Target) -> Iterator[HubClient]:
 
         settings = load_settings(data_dir=target.data_dir)
         token = target.token or settings.resolved_admin_token()
-        app = create_app(settings)
+        app = create_app(settings, dashboard=False)  # no /ui in-process
     with TestClient(
         app,
         base_url="http://edgeloop.local",

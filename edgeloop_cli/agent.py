@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from edge_agent.settings import DEFAULT_DATA_DIR, ENROLLMENT_FILE
+from edge_agent.paths import DEFAULT_DATA_DIR, ENROLLMENT_FILE
 from edgeloop_cli._common import JsonFlag, parse_pairs
 from edgeloop_cli.output import emit, progress_bar, stderr
 from hub.core.errors import BundleRejected, InvalidInput

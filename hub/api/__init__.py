@@ -9,7 +9,6 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 import hub
-from hub import ui
 from hub.api import errors
 from hub.api.deps import ContextDep, check_request, require_admin
 from hub.api.public import HealthPublic
@@ -32,9 +31,13 @@ API_PREFIX = "/api/v1"
 
 
 def create_app(
-    settings: HubSettings, *, extra_health: Callable[[], dict[str, Any]] | None = None
+    settings: HubSettings,
+    *,
+    extra_health: Callable[[], dict[str, Any]] | None = None,
+    dashboard: bool = True,
 ) -> FastAPI:
-    """An app on the settings' database and artifact store (tables created on start)."""
+    """An app on the settings' database and artifact store (tables created on start);
+    ``dashboard``: with the web dashboard at ``/ui`` (the CLI's in-process API has none)."""
     engine = make_engine(settings.resolved_database_url)
     context = HubContext(
         settings=settings,
@@ -58,7 +61,10 @@ def create_app(
     )
     app.state.hub = context
     errors.install(app)
-    ui.install(app)  # the dashboard at /ui (hub/ui)
+    if dashboard:
+        from hub import ui
+
+        ui.install(app)  # the dashboard at /ui (hub/ui)
 
     @app.get(
         "/healthz", tags=["health"], response_model=HealthPublic, response_model_exclude_none=True

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hub.datasets.validation import ValidationReport
+from hub.datasets.reports import ValidationReport
 from hub.tables import (
     AlertPublic,
     ApiTokenPublic,

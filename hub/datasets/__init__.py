@@ -9,6 +9,7 @@ from hub._lazy import attributes
 
 if TYPE_CHECKING:
     from hub.datasets.records import RecordDiff, RecordSet
+    from hub.datasets.reports import CheckResult, DatasetSchema, ValidationReport
     from hub.datasets.sources import (
         BUILTIN_SOURCES,
         SourceError,
@@ -34,9 +35,6 @@ if TYPE_CHECKING:
         split_records,
     )
     from hub.datasets.validation import (
-        CheckResult,
-        DatasetSchema,
-        ValidationReport,
         infer_schema,
         validate_records,
     )
@@ -73,14 +71,14 @@ __all__ = [
 
 _ORIGIN = {
     "BUILTIN_SOURCES": "sources",
-    "CheckResult": "validation",
+    "CheckResult": "reports",
     "DEFAULT_FRACTIONS": "splits",
-    "DatasetSchema": "validation",
+    "DatasetSchema": "reports",
     "RecordDiff": "records",
     "RecordSet": "records",
     "SOURCE_MARK": "splits",
     "SourceError": "sources",
-    "ValidationReport": "validation",
+    "ValidationReport": "reports",
     "assign_splits": "splits",
     "check_fractions": "splits",
     "content_ids": "sources",

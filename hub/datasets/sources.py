@@ -23,7 +23,7 @@ from hub.datasets.records import RecordSet
 if TYPE_CHECKING:  # (validation imports scipy: not needed to read a file)
     import pandas as pd
 
-    from hub.datasets.validation import DatasetSchema
+    from hub.datasets.reports import DatasetSchema
 else:
     pd = module("pandas")  # ~0.4 s; only files and tables need it
 
