@@ -1,5 +1,6 @@
 """Dependencies' warnings and logs stay off the terminal unless ``-v`` (real processes: the
-quiet mode works on the process's own file descriptor 2, which in-process tests replace)."""
+quiet mode works on the process's own file descriptor 2, which in-process tests replace).
+The real ``tune`` and ``package`` are checked quiet by tests/test_readme.py, which runs them."""
 
 from __future__ import annotations
 
@@ -8,11 +9,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-
-from hub.core.artifacts import FileArtifactStore
-from hub.core.db import make_engine, session_scope
-from hub.datasets import service as datasets
-from hub.tables import create_all
 
 EDGELOOP = [sys.executable, "-m", "edgeloop_cli"]
 OPTUNA_LINE = "[I 20"  # Optuna's default handler: "[I 2026-01-01 12:00:00,000] Trial 0 ..."
@@ -69,26 +65,3 @@ def _run(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
         env={**os.environ, "COLUMNS": "200"},
         timeout=300,
     )
-
-
-def test_tune_and_package_print_only_our_lines(tmp_path: Path) -> None:
-    """The real commands on the cheapest model. Before: Optuna's [I ...] lines on tune; on
-    package ~20 lines of converter FutureWarnings, torchao warnings and LiteRT's C++ logs
-    (-v brings them back: that mechanism is checked above, cheaply)."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
-    create_all(engine)
-    with session_scope(engine) as s:
-        store = FileArtifactStore(root=tmp_path / "artifacts")
-        datasets.import_dataset(s, store, name="d", source="sklearn:digits")
-    engine.dispose()
-    tune = ["tune", "--spec", "digits-mlp", "--dataset", "d@1", "--trials", "1"]
-    quiet = _run(*tune, "--max-epochs", "1", data_dir=tmp_path)
-    assert quiet.returncode == 0, quiet.stderr
-    assert "best validation accuracy" in quiet.stdout  # the metric named, not "best_value"
-    assert OPTUNA_LINE not in quiet.stderr and "Warning" not in quiet.stderr, quiet.stderr
-
-    quiet = _run("package", "digits-mlp@1", "--formats", "onnx,tflite", data_dir=tmp_path)
-    assert quiet.returncode == 0, quiet.stderr
-    assert "test accuracy (%)" in quiet.stdout and "model.int8.tflite" in quiet.stdout
-    lines = [line for line in quiet.stderr.splitlines() if line.strip()]
-    assert all(line.startswith(("packaging", "profiling", "bundle ")) for line in lines), lines

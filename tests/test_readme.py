@@ -171,6 +171,11 @@ def test_every_readme_command_block_runs_as_written(tmp_path: Path) -> None:
     # the device answered the README's curl with a prediction: the digit of sklearn's first
     # record (a zero) read as a zero by the model the rollout installed
     assert '"labels": ["0"]' in output and '"model": "digits-cnn"' in output, tail
+    # human output, quiet: tune names its metric, package its accuracy; no dependency's
+    # warnings, Optuna's [I ...] lines or LiteRT's C++ logs (they show with -v: test_cli_quiet)
+    assert "best validation accuracy" in output and "test accuracy (%)" in output
+    for noise in ("FutureWarning", "[I 20", "flatbuffer_export.cc", "XNNPACK"):
+        assert noise not in output, noise
 
 
 def _stop_group(pgid: int) -> None:
