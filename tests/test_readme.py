@@ -34,7 +34,7 @@ README = ROOT / "README.md"
 
 #: First command line of a block -> why this test does not run it (it is checked elsewhere).
 NOT_RUN = {
-    "make demo": "`make test` is this suite; `make demo` is tests/test_demo.py + CI's demo run",
+    "make demo": "`make test` is this suite; tests/test_demo.py runs the demo's loop, shorter",
     "make lint": "CI runs `make lint`; `make proto` is checked by tests/test_proto.py; "
     "`make bench` runs the benchmarks (hours)",
     "edgeloop hub serve  ": "foreground servers: tests/test_hub_serve.py runs both forms "
