@@ -6,9 +6,6 @@ process (``--data-dir``) and over HTTP (``--hub``) alike."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from fastapi.testclient import TestClient
 from edgeloop_cli import main
 from hub.api import create_app
 from hub.core.settings import HubSettings
+from tests.fixtures.live_api import live_api
 
 TOKEN = "s" * 40
 
@@ -110,24 +108,11 @@ def test_cli_uploads_files_in_process(
 def test_cli_uploads_files_over_http(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uvicorn
-
     settings = HubSettings(data_dir=tmp_path / "hub", admin_token=TOKEN)  # type: ignore[arg-type]
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    # log_config=None: uvicorn must not point its loggers at this test's captured stderr
-    # (closed when the test ends; a later log line would write to a closed file)
-    config = uvicorn.Config(create_app(settings), log_level="warning", log_config=None)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.05)
-    try:
+    with live_api(settings) as url:
         monkeypatch.chdir(tmp_path)
         _csv(tmp_path / "field.csv")
-        hub = ["--hub", f"http://127.0.0.1:{sock.getsockname()[1]}", "--token", TOKEN]
+        hub = ["--hub", url, "--token", TOKEN]
         code, made = _cli(
             capsys, *hub, "dataset", "import", "field.csv", "--name", "digits", "--json"
         )
@@ -136,6 +121,3 @@ def test_cli_uploads_files_over_http(
             capsys, *hub, "dataset", "import", "sklearn:iris", "--name", "iris", "--json"
         )
         assert code == 0 and made["source"] == "sklearn:iris"
-    finally:
-        server.should_exit = True
-        thread.join(10)

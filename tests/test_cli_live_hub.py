@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +12,13 @@ from typing import Any
 import pytest
 
 from edgeloop_cli import main
-from hub.api import create_app
 from hub.core.db import make_engine, session_scope
 from hub.core.settings import HubSettings
 from hub.rollouts import service
 from hub.security.keys import bundle_signing_key
 from hub.tables import Device, create_all
 from model_packager.signing import key_id
+from tests.fixtures.live_api import live_api
 
 TOKEN = "t" * 40
 
@@ -28,23 +26,9 @@ TOKEN = "t" * 40
 @pytest.fixture
 def live_hub(tmp_path: Path) -> Iterator[tuple[list[str], HubSettings]]:
     """The admin API on a real socket (no rollout controller: rollouts stay where they are)."""
-    import uvicorn
-
     settings = HubSettings(data_dir=tmp_path / "hub", admin_token=TOKEN)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(settings), log_level="warning", log_config=None)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.05)
-    try:
-        yield ["--hub", f"http://127.0.0.1:{sock.getsockname()[1]}", "--token", TOKEN], settings
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with live_api(settings) as url:
+        yield ["--hub", url, "--token", TOKEN], settings
 
 
 def _json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
