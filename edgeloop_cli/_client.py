@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -46,10 +46,13 @@ class _Http(Protocol):
 class HubClient:
     """A thin JSON client over the admin API (``/api/v1``)."""
 
-    def __init__(self, *, http: _Http) -> None:
+    def __init__(self, *, http: _Http, before: Callable[[str], None] | None = None) -> None:
         self._http = http
+        self._before = before  # in-process: include the routes ``path`` needs first
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self._before is not None:
+            self._before(path)
         try:
             response = self._http.request(method, "/api/v1" + path, **kwargs)
         except Exception as exc:
@@ -111,16 +114,22 @@ def connect(target: Target) -> Iterator[HubClient]:
             warnings.simplefilter("ignore", DeprecationWarning)
             from starlette.testclient import TestClient
 
-        from hub.api import create_app
+        from hub.api import create_app, include_routes, routes_for
         from hub.core.settings import load_settings
 
         settings = load_settings(data_dir=target.data_dir)
         token = target.token or settings.resolved_admin_token()
-        app = create_app(settings, dashboard=False)  # no /ui in-process
+        # no /ui, and only the route modules each request needs (~0.3 s of imports saved)
+        app = create_app(settings, dashboard=False, routes=())
+
+    def before(path: str) -> None:
+        with _no_collection():
+            include_routes(app, routes_for(path))
+
     with TestClient(
         app,
         base_url="http://edgeloop.local",
         raise_server_exceptions=False,
         headers={"Authorization": f"Bearer {token}"},
-    ) as http:
-        yield HubClient(http=http)
+    ) as in_process:
+        yield HubClient(http=in_process, before=before)

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 # seconds each at import: torch ~2, scipy.stats ~1, pandas ~0.4, ...
 MODEL_RUNTIMES = [
@@ -70,3 +71,30 @@ def test_help_and_hub_commands_load_no_hub_server_either() -> None:
     assert codes == [0, 1]
     heavy = loaded & {*MODEL_RUNTIMES, *WEB_AND_DATABASE}
     assert not heavy, sorted(heavy)
+
+
+def test_serves_names_the_modules_of_every_route() -> None:
+    """The in-process API includes route modules by a request's first path segment
+    (``hub.api.SERVES``): each module's operations must sit under segments that name it, and
+    an app built on demand must end with the same OpenAPI document as the whole one."""
+    from hub.api import API_PREFIX, ROUTE_MODULES, SERVES, create_app, include_routes, routes_for
+    from hub.core.settings import HubSettings
+
+    settings = HubSettings(data_dir=Path("/nonexistent"), admin_token="t" * 40)
+
+    def paths(app: Any) -> dict[str, Any]:
+        found: dict[str, Any] = app.openapi()["paths"]
+        return found
+
+    for name in ROUTE_MODULES:
+        only = paths(create_app(settings, dashboard=False, routes=[name]))
+        assert only, name
+        for path in only:
+            if path.startswith(API_PREFIX):
+                first = path.removeprefix(API_PREFIX).lstrip("/").split("/", 1)[0]
+                assert name in SERVES.get(first, ()), (name, path)
+    lazy = create_app(settings, dashboard=False, routes=())
+    for first in SERVES:
+        include_routes(lazy, routes_for(f"{API_PREFIX}/{first}/x"))
+    assert paths(lazy) == paths(create_app(settings, dashboard=False))
+    assert routes_for("/nothing-known") == ROUTE_MODULES

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import importlib
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,22 +13,70 @@ import hub
 from hub.api import errors
 from hub.api.deps import ContextDep, check_request, require_admin
 from hub.api.public import HealthPublic
-from hub.api.routes import bundles, datasets, devices, models, runs, training
-from hub.api.routes import ingest as ingest_routes
-from hub.api.routes import keys as key_routes
-from hub.api.routes import monitor as monitor_routes
-from hub.api.routes import rollouts as rollout_routes
-from hub.api.routes import security as security_routes
-from hub.api.routes import triggers as trigger_routes
 from hub.core.artifacts import open_store
 from hub.core.context import HubContext
 from hub.core.db import make_engine
 from hub.core.settings import HubSettings
 from hub.tables import create_all
 
-__all__ = ["API_PREFIX", "create_app"]
+__all__ = ["API_PREFIX", "ROUTE_MODULES", "SERVES", "create_app", "include_routes", "routes_for"]
 
 API_PREFIX = "/api/v1"
+
+#: The admin API's route modules (``hub.api.routes.<name>``), in the order they are included.
+ROUTE_MODULES = (
+    "datasets",
+    "runs",
+    "models",
+    "bundles",
+    "devices",
+    "training",
+    "ingest",
+    "monitor",
+    "triggers",
+    "rollouts",
+    "security",
+    "keys",
+)
+#: The first path segment under ``/api/v1`` -> the route modules with routes under it (a test
+#: checks it against every route), so the CLI's in-process API loads only what a command asks.
+SERVES: dict[str, tuple[str, ...]] = {
+    "datasets": ("datasets",),
+    "runs": ("runs",),
+    "models": ("models", "bundles", "training"),
+    "bundles": ("bundles",),
+    "devices": ("devices", "security"),
+    "training-runs": ("training",),
+    "ingest": ("ingest",),
+    "monitor": ("monitor",),
+    "triggers": ("triggers",),
+    "rollouts": ("rollouts",),
+    "enrollment-tokens": ("security",),
+    "tokens": ("security",),
+    "keys": ("keys",),
+}
+
+
+def routes_for(path: str) -> tuple[str, ...]:
+    """The route modules serving ``path`` (under ``/api/v1``, with or without the prefix);
+    every module for a path no entry of :data:`SERVES` names."""
+    rest = path.removeprefix(API_PREFIX).lstrip("/")
+    return SERVES.get(rest.split("/", 1)[0].split("?", 1)[0], ROUTE_MODULES)
+
+
+def include_routes(app: FastAPI, names: Iterable[str]) -> None:
+    """Import and include the route modules ``names`` not yet included, in
+    :data:`ROUTE_MODULES` order (each behind the admin-token and request guards)."""
+    wanted = set(names)
+    included: set[str] = app.state.route_modules
+    guarded = [Depends(require_admin), Depends(check_request)]
+    for name in ROUTE_MODULES:
+        if name in wanted and name not in included:
+            module = importlib.import_module(f"hub.api.routes.{name}")
+            app.include_router(
+                module.router, prefix=API_PREFIX, dependencies=guarded, responses=errors.RESPONSES
+            )
+            included.add(name)
 
 
 def create_app(
@@ -35,9 +84,12 @@ def create_app(
     *,
     extra_health: Callable[[], dict[str, Any]] | None = None,
     dashboard: bool = True,
+    routes: Iterable[str] | None = None,
 ) -> FastAPI:
     """An app on the settings' database and artifact store (tables created on start);
-    ``dashboard``: with the web dashboard at ``/ui`` (the CLI's in-process API has none)."""
+    ``dashboard``: with the web dashboard at ``/ui`` (the CLI's in-process API has none);
+    ``routes``: only these route modules now (default: all; :func:`include_routes` adds
+    more later: the CLI's in-process API includes what each request needs)."""
     engine = make_engine(settings.resolved_database_url)
     context = HubContext(
         settings=settings,
@@ -79,23 +131,6 @@ def create_app(
             **(extra_health() if extra_health else {}),
         )
 
-    guarded = [Depends(require_admin), Depends(check_request)]
-    for router in (
-        datasets.router,
-        runs.router,
-        models.router,
-        bundles.router,
-        devices.router,
-        training.router,
-        ingest_routes.router,
-        monitor_routes.router,
-        trigger_routes.router,
-        rollout_routes.router,
-        security_routes.router,
-        key_routes.router,
-    ):
-        app.include_router(
-            router, prefix=API_PREFIX, dependencies=guarded, responses=errors.RESPONSES
-        )
-
+    app.state.route_modules = set()
+    include_routes(app, ROUTE_MODULES if routes is None else routes)
     return app

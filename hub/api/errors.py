@@ -201,13 +201,15 @@ class MethodNotAllowed:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._paths: list[_PathMethods] | None = None
+        self._routes = 0  # how many routes the app had when _paths was read (they may grow)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self._paths is None:
-            self._paths = _documented_paths(scope["app"])
+        routes = len(scope["app"].routes)
+        if self._paths is None or routes != self._routes:
+            self._paths, self._routes = _documented_paths(scope["app"]), routes
         path = scope["path"]
         matching = [p for p in self._paths if p.pattern.match(path)]
         if matching:

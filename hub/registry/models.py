@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, select
 
+from hub._lazy import module
 from hub.core.artifacts import ArtifactStore
 from hub.core.clock import utcnow
 from hub.core.errors import Conflict, InvalidInput, NotFound, parse_ref
-from hub.datasets import service as datasets
 from hub.registry import tracking
 from hub.tables import (
     AliasMove,
@@ -22,6 +22,11 @@ from hub.tables import (
     RegisteredModel,
     TrainingRun,
 )
+
+if TYPE_CHECKING:
+    from hub.datasets import service as datasets
+else:  # numpy and the record sources: only lineage and run creation read datasets
+    datasets = module("hub.datasets.service")
 
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

@@ -5,15 +5,20 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, col, select
 
+from hub._lazy import module
 from hub.core.artifacts import ArtifactStore
 from hub.core.clock import utcnow
 from hub.core.errors import Conflict, InvalidInput, NotFound
-from hub.datasets import service as datasets
 from hub.tables import RunArtifact, RunMetric, RunPublic, TrainingRun
+
+if TYPE_CHECKING:
+    from hub.datasets import service as datasets
+else:  # numpy and the record sources: only lineage and run creation read datasets
+    datasets = module("hub.datasets.service")
 
 RUN_STATUSES = {"running", "finished", "failed"}
 ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
