@@ -11,7 +11,6 @@ from hub.api.deps import ContextDep, DeviceIdPath, SessionDep
 from hub.core.errors import InvalidInput
 from hub.fleet import devices
 from hub.tables import DeviceCreate, DevicePublic, DeviceUpdate, LabelQuarantinePublic
-from hub.triggers import lift_quarantine, list_quarantine
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -57,6 +56,8 @@ def quarantine(
 ) -> list[LabelQuarantinePublic]:
     """Devices whose labels are kept out of retraining and canary gates (label consensus);
     ``lifted=true`` lists the lifted ones instead."""
+    from hub.triggers import list_quarantine  # (numpy, the trigger machinery: on use)
+
     rows = list_quarantine(session, model=model, active=not lifted)
     return [LabelQuarantinePublic.model_validate(r) for r in rows]
 
@@ -66,6 +67,8 @@ def lift(
     device_id: DeviceIdPath, body: LiftQuarantine, session: SessionDep
 ) -> list[LabelQuarantinePublic]:
     """Trust the device's labels again (tested anew on samples from now on)."""
+    from hub.triggers import lift_quarantine
+
     rows = lift_quarantine(session, device_id=device_id, reason=body.reason, model=body.model)
     return [LabelQuarantinePublic.model_validate(r) for r in rows]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import APIRouter, Request
 from pydantic import Field
 from sqlmodel import SQLModel
@@ -15,15 +17,16 @@ from hub.api.public import (
     EnrollmentTokenCreatedPublic,
 )
 from hub.fleet import devices
-from hub.mqtt.auth import BrokerAuth
 from hub.security import api_tokens, enrollment
-from hub.security.runtime import Security
 from hub.tables import (
     ApiTokenCreate,
     ApiTokenPublic,
     EnrollmentTokenCreate,
     EnrollmentTokenPublic,
 )
+
+if TYPE_CHECKING:  # the broker's password file and the device CA load when enrolment runs
+    from hub.security.runtime import Security
 
 enrollment_tokens = APIRouter(prefix="/enrollment-tokens", tags=["security"])
 device_credentials = APIRouter(prefix="/devices", tags=["security"])
@@ -38,6 +41,9 @@ class AdminEnroll(SQLModel):
 
 def security(request: Request, context: ContextDep) -> Security:
     """The app's Security (``hub serve`` sets one with the live endpoints); else built once."""
+    from hub.mqtt.auth import BrokerAuth
+    from hub.security.runtime import Security
+
     found: Security | None = getattr(request.app.state, "security", None)
     if found is None:
         found = Security(
