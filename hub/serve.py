@@ -28,11 +28,10 @@ from hub.core.redact import redact_url, redacting_log_config
 from hub.core.service import Service
 from hub.core.settings import TOKEN_FILE, HubSettings
 from hub.fleet.commands import CommandPublisher
-from hub.ingest.serve import hub_ingest_worker
+from hub.ingest.serve import broker_ingest_worker
 from hub.monitoring.serve import monitor_service
 from hub.mqtt.auth import BrokerAuth, hub_mqtt_url
 from hub.mqtt.embedded import embedded_broker
-from hub.mqtt.features import broker_features, use_shared_ingest
 from hub.retention.service import retention_service
 from hub.rollouts.controller import RolloutController
 from hub.rpc.auth import DeviceCertAuth
@@ -153,26 +152,14 @@ def _serve(settings: HubSettings) -> None:
                 device_certs=_device_certs(settings, engine),
             )
         )
-        # $share ingest only on a broker with MQTT 5 and $share (amqtt, NATS and RabbitMQ
-        # have neither: a $share filter there subscribes to nothing); else one worker on
-        # plain persistent subscriptions (hub/mqtt/features.py, docs/BROKERS.md)
-        features = broker_features(
-            told=settings.mqtt_broker,
+        # $share ingest only on a broker with MQTT 5 and $share, else one worker on plain
+        # persistent subscriptions (hub/mqtt/features.py, docs/BROKERS.md)
+        worker, features = broker_ingest_worker(
+            settings,
+            mqtt_url=hub_mqtt,
             embedded=None if broker_kind == "external" else broker_kind.removeprefix("embedded-"),
-            hub_url=hub_mqtt,
-            topic_base=Topics(prefix=settings.topic_prefix, fleet=settings.fleet).base,
-            ingest_shared=settings.ingest_shared,
         )
-        shared = use_shared_ingest(requested=settings.ingest_shared, features=features)
-        if settings.ingest_shared and not shared:
-            log.warning(
-                "EDGELOOP_INGEST_SHARED is on but the broker (%s, %s) lacks %s: one ingest "
-                "worker on plain persistent subscriptions instead",
-                features.broker,
-                features.source,
-                "MQTT 5" if not features.mqtt5 else "shared subscriptions",
-            )
-        ingest = run(hub_ingest_worker(settings, mqtt_url=hub_mqtt, shared=shared))
+        ingest = run(worker)
         if (retention := retention_service(settings)) is not None:
             run(retention)
         if settings.trigger_interval_s > 0:
@@ -212,7 +199,7 @@ def _serve(settings: HubSettings) -> None:
                     "url": redact_url(mqtt_url),
                     "broker": broker_kind,
                     "features": features.as_dict(),
-                    "ingest_shared": shared,
+                    "ingest_shared": worker.shared,
                 },
                 "grpc": f"{settings.grpc_host}:{rpc.port}",
                 "grpc_artifacts": f"{settings.grpc_host}:{rpc.artifact_port}",

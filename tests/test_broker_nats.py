@@ -2,11 +2,12 @@
 
 NATS 2.9 speaks MQTT 3.1.1 only, QoS 0/1, has no ``$share``, refuses ``.`` in topics, and
 keeps sessions and retained messages in JetStream. The first test measures each of those on
-a private ``nats-server`` (the rows of docs/BROKERS.md); the second runs a real ``hub serve``
-on it with ``$share`` ingest asked for, which the hub finds the broker lacks and answers with
-one ingest worker on plain persistent subscriptions, and a real agent that is not enrolled
-(a device added by the admin API, the hub's public key given): every prediction it makes is
-stored once, and a rollout's deploy command reaches it and is applied.
+a private ``nats-server`` (the rows of docs/BROKERS.md). The second runs the hub's ingest
+(built as ``hub serve`` builds it, with ``$share`` asked for: the hub finds the broker lacks
+it and runs one worker on plain persistent subscriptions), its gRPC artifact server and its
+rollout controller on that broker, and a real agent that is not enrolled (a device added to
+the registry, the hub's public key given): every prediction it makes is stored once, and a
+rollout's deploy command reaches it and is applied.
 """
 
 from __future__ import annotations
@@ -18,23 +19,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy.engine import Engine
 
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
-from hub.core.db import make_engine
+from hub.core.artifacts import open_store
+from hub.core.db import make_engine, session_scope
 from hub.core.settings import HubSettings
 from hub.datasets.sources import load_source
+from hub.ingest.serve import broker_ingest_worker
 from hub.mqtt.broker import EmbeddedBroker
 from hub.mqtt.features import KNOWN, probe_features
+from hub.rollouts import service
+from hub.rollouts.controller import RolloutController
+from hub.rollouts.views import rollout_view
+from hub.rpc.server import start_grpc_server
 from hub.security.keys import bundle_public_key
-from tests.faults._telemetry import Stored, stored
+from hub.tables import Device
+from tests.faults._telemetry import stored
 from tests.fixtures.brokers import NatsMqtt
-from tests.fixtures.hub_procs import prepare_hub
-from tests.test_hub_serve import _serve, _stop
 
 pytestmark = pytest.mark.timeout(180)
 DIGITS = load_source("sklearn:digits").features
@@ -110,120 +116,114 @@ def test_what_nats_mqtt_has_and_lacks(nats_mqtt: NatsMqtt, mosquitto: EmbeddedBr
         dotted.close()
 
 
-def hub_and_agent_through(broker_url: str, tmp_path: Path, log: Callable[[], str]) -> None:
-    """A real ``hub serve`` and a not-enrolled agent on the broker at ``broker_url``: every
-    prediction stored once, a rollout's deploy applied. (Also run by hand on RabbitMQ.)"""
-    data = tmp_path / "data"
-    prepare_hub(data)  # digits-mlp@1 packaged and signed by this hub's key
-    key_file = tmp_path / "hub.pub"
-    key_file.write_bytes(bundle_public_key(HubSettings(data_dir=data)).hex().encode())
-    proc, url, hub_log = _serve(
-        tmp_path,
-        EDGELOOP_MQTT_URL=broker_url,
-        EDGELOOP_INGEST_SHARED="1",  # asked for; a broker without $share must not get it
-        EDGELOOP_ROLLOUT_TICK_S="0.2",
-        EDGELOOP_INGEST_ACK_INTERVAL_S="0.2",
-        EDGELOOP_TRIGGER_INTERVAL_S="0",
-        EDGELOOP_MONITOR_INTERVAL_S="0",
+def hub_and_agent_through(broker_url: str, data: Path, tmp_path: Path) -> None:
+    """The hub's ingest (built as ``hub serve`` builds it, ``$share`` asked for), gRPC and
+    rollout controller on ``data`` (a prepared hub data dir) and a not-enrolled agent, all
+    on the broker at ``broker_url``: every prediction stored once, a rollout's deploy
+    applied. (Also run by hand on RabbitMQ: docs/BROKERS.md.)"""
+    settings = HubSettings(
+        data_dir=data,
+        mqtt_url=broker_url,
+        ingest_shared=True,  # asked for; a broker without $share must not get it
+        ingest_batch_interval_s=0.1,
+        ingest_ack_interval_s=0.2,
     )
-
-    def logs() -> str:
-        return f"--- hub ---\n{hub_log.read_text()[-4000:]}\n--- broker ---\n{log()}"
-
-    token = (data / "admin_token").read_text().strip()
-    http = httpx.Client(
-        base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    worker, features = broker_ingest_worker(settings, mqtt_url=broker_url, embedded=None)
+    assert features.source == "probed" and not features.shared_subscriptions, features
+    assert not worker.shared
+    engine = make_engine(settings.resolved_database_url)
+    server, port = start_grpc_server(
+        store=open_store(settings.resolved_artifact_url), host="127.0.0.1", port=0
+    )
+    controller = RolloutController(
+        engine=engine,
+        mqtt_url=broker_url,
+        fleet=settings.fleet,
+        artifact_endpoint=f"127.0.0.1:{port}",
+        tick_s=0.2,
+    )
+    with session_scope(engine) as s:
+        s.add(Device(id="nd-1", group="nats"))  # added, never enrolled
+    key_file = tmp_path / "hub.pub"
+    key_file.write_bytes(bundle_public_key(settings).hex().encode())
+    agent = AgentSettings(
+        device_id="nd-1",
+        data_dir=tmp_path / "agent",
+        mqtt_url=broker_url,
+        public_key=key_file,
+        probation_s=0.0,
+        reconnect_initial_s=0.1,
+        reconnect_max_s=0.5,
+        telemetry_tick_s=0.1,
+        telemetry_window_s=0.3,
+        telemetry_max_predictions=7,
     )
     try:
-        mqtt_health = httpx.get(f"{url}/healthz", timeout=5).json()["mqtt"]
-        assert mqtt_health["features"]["source"] == "probed", mqtt_health
-        assert mqtt_health["features"]["shared_subscriptions"] is False, mqtt_health
-        assert mqtt_health["ingest_shared"] is False, mqtt_health
-        assert "one ingest worker on plain persistent subscriptions" in hub_log.read_text()
-        made = http.post("/devices", json={"id": "nd-1", "group": "nats"})
-        assert made.status_code == 201, made.text
-        settings = AgentSettings(
-            device_id="nd-1",
-            data_dir=tmp_path / "agent",
-            mqtt_url=broker_url,
-            public_key=key_file,
-            probation_s=0.0,
-            reconnect_initial_s=0.1,
-            reconnect_max_s=0.5,
-            telemetry_tick_s=0.1,
-            telemetry_window_s=0.3,
-            telemetry_max_predictions=7,
-        )
-        engine = make_engine(HubSettings(data_dir=data).resolved_database_url)
-        try:
-            asyncio.run(_agent_story(settings, http, lambda: stored(engine, "nd-1"), logs))
-            got = stored(engine, "nd-1")
-            assert got.predictions == PREDICTIONS, got
-            assert got.seqs == list(range(1, len(got.seqs) + 1)), got.seqs
-            assert len(got.seqs) >= 2 and got.missing == 0, got
-        finally:
-            engine.dispose()
+        with worker, controller:
+            asyncio.run(_agent_story(agent, engine))
+        got = stored(engine, "nd-1")
+        assert got.predictions == PREDICTIONS, got
+        assert got.seqs == list(range(1, len(got.seqs) + 1)), got.seqs
+        assert len(got.seqs) >= 2 and got.missing == 0, got
+        assert worker.stats().duplicates >= 0  # (redeliveries, if any, were dropped)
     finally:
-        http.close()
-        _stop(proc)
+        server.stop(None)
+        engine.dispose()
 
 
 PREDICTIONS = 60
 
 
-async def _agent_story(
-    settings: AgentSettings,
-    http: httpx.Client,
-    stored_now: Callable[[], Stored],
-    logs: Callable[[], str],
-) -> None:
-    async def until(what: str, probe: Callable[[], Any]) -> Any:
-        deadline = time.monotonic() + WAIT_S
-        while time.monotonic() < deadline:
-            if found := await asyncio.to_thread(probe):
-                return found
-            await asyncio.sleep(0.1)
-        pytest.fail(f"{what}: not within {WAIT_S:g}s\n{logs()}")
+async def _until(what: str, probe: Callable[[], Any]) -> Any:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if found := await asyncio.to_thread(probe):
+            return found
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{what}: not within {WAIT_S:g}s")
+
+
+async def _agent_story(settings: AgentSettings, engine: Engine) -> None:
+    def online() -> bool:
+        with session_scope(engine) as s:
+            device = s.get(Device, "nd-1")
+            return device is not None and bool(device.online)
 
     async with Agent(settings=settings) as agent:
-        await until(
-            "the device online at the hub", lambda: http.get("/devices/nd-1").json()["online"]
-        )
-        made = await asyncio.to_thread(
-            http.post,
-            "/rollouts",
-            json={
-                "model": "digits-mlp",
-                "version": "1",
-                "selector": "group:nats",
-                "phases": "100%",
-                "bake_s": 0.5,
-                "probation_s": 0,
-                "gates": {},
-            },
-        )
-        assert made.status_code == 201, made.text
-        rollout = made.json()["id"]
+        await _until("the device online at the hub", online)
+        with session_scope(engine) as s:
+            rollout = service.create_rollout(
+                s,
+                model="digits-mlp",
+                version="1",
+                selector="group:nats",
+                phases="100%",
+                bake_s=0.5,
+                probation_s=0,
+                gates={},
+            ).id
 
         def completed() -> dict[str, Any] | None:
-            view = dict(http.get(f"/rollouts/{rollout}").json())
+            with session_scope(engine) as s:
+                view = rollout_view(s, service.get_rollout(s, rollout_id=rollout))
             assert view["state"] not in {"failed", "rolled_back", "cancelled"}, view
             return view if view["state"] == "completed" else None
 
-        done = await until("the rollout completed", completed)
+        done = await _until("the rollout completed", completed)
         assert {d["id"]: d["state"] for d in done["devices"]} == {"nd-1": "healthy"}
         active = agent.slots.active()
-        assert active is not None and active.version == "1", active
+        assert active is not None and str(active.version) == "1", active
         for start in range(0, PREDICTIONS, 6):  # a few windows' worth, over a few ticks
-            result = agent.predict(DIGITS[start : start + 6])
-            assert len(result.ids) == 6
+            assert len(agent.predict(DIGITS[start : start + 6]).ids) == 6
             await asyncio.sleep(0.05)
-        await until(
+        await _until(
             "every prediction in the stored telemetry",
-            lambda: stored_now().predictions >= PREDICTIONS,
+            lambda: stored(engine, "nd-1").predictions >= PREDICTIONS,
         )
         await asyncio.sleep(1.0)  # a window stored twice would show up now
 
 
-def test_hub_and_agent_through_nats(nats_mqtt: NatsMqtt, tmp_path: Path) -> None:
-    hub_and_agent_through(nats_mqtt.url, tmp_path, nats_mqtt.log)
+def test_hub_and_agent_through_nats(
+    nats_mqtt: NatsMqtt, prepared_hub: Path, tmp_path: Path
+) -> None:
+    hub_and_agent_through(nats_mqtt.url, prepared_hub, tmp_path)
