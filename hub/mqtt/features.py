@@ -91,7 +91,7 @@ KNOWN: dict[str, BrokerFeatures] = {
     "mosquitto": _known("mosquitto", mqtt5=True, shared=True, qos2=True, retained=True, dots=True),
     "nats": _known("nats", mqtt5=False, shared=False, qos2=False, retained=True, dots=False),
     "rabbitmq": _known(
-        "rabbitmq", mqtt5=False, shared=False, qos2=False, retained=False, dots=True
+        "rabbitmq", mqtt5=False, shared=False, qos2=False, retained=False, dots=False
     ),
     "amqtt": _known("amqtt", mqtt5=False, shared=False, qos2=True, retained=True, dots=True),
     # documented only (vendors' docs): MQTT 5 with $share
@@ -162,7 +162,7 @@ def _shared_round_trip(client: mqtt.Client, *, topic_base: str, deadline: float)
     topic = f"{topic_base}/hub/probe/{nonce}"
     got: list[bytes] = []
     acked: list[bool] = []
-    client.on_message = lambda _c, _u, message: got.append(message.payload)
+    client.on_message = lambda _c, _u, message: got.append(bytes(message.payload))
     client.on_subscribe = lambda _c, _u, _mid, codes, _p: acked.append(
         not any(code.is_failure for code in codes)
     )
