@@ -227,3 +227,29 @@ def test_hub_and_agent_through_nats(
     nats_mqtt: NatsMqtt, prepared_hub: Path, tmp_path: Path
 ) -> None:
     hub_and_agent_through(nats_mqtt.url, prepared_hub, tmp_path)
+
+
+def test_a_broker_named_in_the_settings_is_not_probed_and_guards_its_topics() -> None:
+    from hub.core.settings import SettingsError
+    from hub.mqtt.features import broker_features
+
+    told = broker_features(
+        told="nats",
+        embedded=None,
+        hub_url="mqtt://127.0.0.1:1",  # never connected to: the settings said what it is
+        topic_base="edgeloop/v1/site-a",
+        ingest_shared=True,
+    )
+    assert (told.source, told.mqtt5, told.shared_subscriptions) == ("told", False, False)
+    with pytest.raises(SettingsError, match="does not allow"):
+        broker_features(
+            told="rabbitmq",
+            embedded=None,
+            hub_url="mqtt://127.0.0.1:1",
+            topic_base="edgeloop/v1/site.a",
+            ingest_shared=False,
+        )
+    embedded = broker_features(
+        told="auto", embedded="amqtt", hub_url="", topic_base="x", ingest_shared=True
+    )
+    assert (embedded.source, embedded.shared_subscriptions) == ("embedded", False)

@@ -41,6 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from hub.core.settings import SettingsError
 from hub.mqtt.target import MqttTarget
 
 BrokerName = Literal["auto", "mosquitto", "nats", "rabbitmq", "emqx", "hivemq", "vernemq", "amqtt"]
@@ -190,6 +191,12 @@ def broker_features(
     if embedded is not None:
         return replace(KNOWN[embedded], source="embedded")
     if told != "auto":
+        if KNOWN[told].dots_in_topics is False and "." in topic_base:
+            raise SettingsError(
+                f"topics under {topic_base!r} have a '.', which {told} does not allow in a "
+                "topic (NATS closes the connection, RabbitMQ makes it a level separator): "
+                "choose an EDGELOOP_FLEET and EDGELOOP_TOPIC_PREFIX without one"
+            )
         return KNOWN[told]
     if not ingest_shared:
         return BrokerFeatures(
