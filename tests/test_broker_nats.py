@@ -30,6 +30,7 @@ from hub.core.artifacts import open_store
 from hub.core.db import make_engine, session_scope
 from hub.core.settings import HubSettings
 from hub.datasets.sources import load_source
+from hub.ingest.__main__ import main as ingest_main
 from hub.ingest.serve import broker_ingest_worker
 from hub.mqtt.broker import EmbeddedBroker
 from hub.mqtt.features import KNOWN, probe_features
@@ -81,6 +82,9 @@ def test_what_nats_mqtt_has_and_lacks(nats_mqtt: NatsMqtt, mosquitto: EmbeddedBr
     assert (KNOWN["nats"].mqtt5, KNOWN["nats"].shared_subscriptions) == (False, False)
     on_mosquitto = probe_features(mosquitto.url, topic_base=base)
     assert (on_mosquitto.mqtt5, on_mosquitto.shared_subscriptions) == (True, True)
+    # an extra ingest worker (python -m hub.ingest) would subscribe to nothing: it refuses
+    extra = ["--database-url", "sqlite://", "--mqtt-url", nats_mqtt.url, "--fleet", "x"]
+    assert ingest_main(extra) == 2
 
     port = nats_mqtt.port
     pub = _Client(port, "pub")
