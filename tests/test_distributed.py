@@ -22,6 +22,7 @@ from hub.training.distributed import (
     shard_indices,
     write_training_npz,
 )
+from hub.training.distributed import main as distributed_main
 from hub.training.loop import predict
 from tests.fixtures.ports import free_port
 
@@ -170,13 +171,22 @@ def test_torchrun_two_nodes_of_two_ranks_train_one_model(digits_npz: Path, tmp_p
     assert _val_accuracy(out, digits_npz) > 80.0
 
 
-def test_single_process_without_torchrun(digits_npz: Path, tmp_path: Path) -> None:
+def test_single_process_without_torchrun(
+    digits_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry point alone is a world of one: run in this process (no interpreter to start,
+    torch already imported), so the two-node test above costs the suite less."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
     out = tmp_path / "single.pt"
-    cmd = [sys.executable, *_args(digits_npz, out, 4)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    threads = torch.get_num_threads()
+    try:
+        assert distributed_main(_args(digits_npz, out, 4)[2:]) == 0
+    finally:
+        torch.set_num_threads(threads)  # train() takes one thread, as a rank does
     summary = json.loads(history_path(out).read_text())
     assert summary["world_size"] == 1
+    assert [r["rank"] for r in summary["ranks"]] == [0] and summary["written_by"]["rank"] == 0
     trained = load_model(out.read_bytes())
     assert trained.labels == [str(d) for d in range(10)]
     assert _val_accuracy(out, digits_npz) > 80.0
