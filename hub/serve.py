@@ -28,7 +28,7 @@ from hub.core.redact import redact_url, redacting_log_config
 from hub.core.service import Service
 from hub.core.settings import TOKEN_FILE, HubSettings
 from hub.fleet.commands import CommandPublisher
-from hub.ingest.serve import hub_ingest_worker
+from hub.ingest.serve import broker_ingest_worker
 from hub.monitoring.serve import monitor_service
 from hub.mqtt.auth import BrokerAuth, hub_mqtt_url
 from hub.mqtt.embedded import embedded_broker
@@ -152,14 +152,14 @@ def _serve(settings: HubSettings) -> None:
                 device_certs=_device_certs(settings, engine),
             )
         )
-        # amqtt has no $share: a single worker on plain filters there.
-        ingest = run(
-            hub_ingest_worker(
-                settings,
-                mqtt_url=hub_mqtt,
-                shared=settings.ingest_shared and broker_kind != "embedded-amqtt",
-            )
+        # $share ingest only on a broker with MQTT 5 and $share, else one worker on plain
+        # persistent subscriptions (hub/mqtt/features.py, docs/BROKERS.md)
+        worker, features = broker_ingest_worker(
+            settings,
+            mqtt_url=hub_mqtt,
+            embedded=None if broker_kind == "external" else broker_kind.removeprefix("embedded-"),
         )
+        ingest = run(worker)
         if (retention := retention_service(settings)) is not None:
             run(retention)
         if settings.trigger_interval_s > 0:
@@ -195,7 +195,12 @@ def _serve(settings: HubSettings) -> None:
 
         def health() -> dict[str, Any]:
             return {
-                "mqtt": {"url": redact_url(mqtt_url), "broker": broker_kind},
+                "mqtt": {
+                    "url": redact_url(mqtt_url),
+                    "broker": broker_kind,
+                    "features": features.as_dict(),
+                    "ingest_shared": worker.shared,
+                },
                 "grpc": f"{settings.grpc_host}:{rpc.port}",
                 "grpc_artifacts": f"{settings.grpc_host}:{rpc.artifact_port}",
                 "services": {service.name: service.health() for service in services},

@@ -42,6 +42,7 @@ __all__ = [
     "LineagePublic",
     "ModelSummaryPublic",
     "MonitorStatusPublic",
+    "MqttHealthPublic",
     "PackageOutcomePublic",
     "PolicyListPublic",
     "PromotionEvidencePublic",
@@ -56,6 +57,18 @@ __all__ = [
 ]
 
 
+class MqttHealthPublic(BaseModel):
+    """Where the broker listens, which one it is, and what the hub found it offers
+    (hub/mqtt/features.py): ``ingest_shared`` says whether ingest uses ``$share``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    url: str
+    broker: str
+    features: dict[str, Any] | None = None
+    ingest_shared: bool | None = None
+
+
 class HealthPublic(BaseModel):
     """``/healthz``; ``hub serve`` adds where its broker and gRPC listen and each background
     service's ``health()`` (``services``: name -> facts, ``running`` among them)."""
@@ -65,7 +78,7 @@ class HealthPublic(BaseModel):
     status: str
     version: str
     database: str
-    mqtt: dict[str, str] | None = None
+    mqtt: MqttHealthPublic | None = None
     grpc: str | None = None
     grpc_artifacts: str | None = None
     services: dict[str, dict[str, Any]] | None = None

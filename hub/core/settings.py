@@ -49,6 +49,14 @@ class HubSettings(BaseSettings):
     mqtt_url: str | None = Field(
         default=None, description="mqtt://host:port of an external broker; unset: embedded broker"
     )
+    mqtt_broker: Literal[
+        "auto", "mosquitto", "nats", "rabbitmq", "emqx", "hivemq", "vernemq", "amqtt"
+    ] = Field(
+        default="auto",
+        description="the external broker (mqtt_url) is this one: the hub uses $share ingest "
+        "only where it has MQTT 5 and shared subscriptions (hub/mqtt/features.py, "
+        "docs/BROKERS.md); auto: asks the broker when ingest_shared is on",
+    )
     embedded_broker: Literal["auto", "mosquitto", "amqtt"] = "auto"
     embedded_mqtt_port: int = Field(default=1884, ge=0, le=65535)
     embedded_mqtt_internal_port: int = Field(

@@ -19,7 +19,9 @@ from pathlib import Path
 from hub.core.db import make_engine
 from hub.core.redact import install_log_redaction
 from hub.ingest.worker import IngestWorker
+from hub.mqtt.features import probe_features, use_shared_ingest
 from hub.tables import create_all
+from proto.topics import Topics
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet", default="default")
     p.add_argument("--topic-prefix", default="edgeloop/v1")
     p.add_argument("--client-id", default="edgeloop-hub-ingest")
-    p.add_argument("--no-shared", action="store_true", help="plain filters (amqtt has no $share)")
+    p.add_argument(
+        "--no-shared",
+        action="store_true",
+        help="plain filters (amqtt, NATS, RabbitMQ have no $share)",
+    )
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--batch-interval-s", type=float, default=0.2)
     p.add_argument("--max-payload-bytes", type=int, default=1_048_576)
@@ -60,6 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     install_log_redaction()
+    if not args.no_shared:
+        base = Topics(prefix=args.topic_prefix, fleet=args.fleet).base
+        features = probe_features(args.mqtt_url, topic_base=base)
+        if not use_shared_ingest(requested=True, features=features):
+            print(
+                "this broker has no $share (or no MQTT 5): extra ingest workers cannot split "
+                "the load there; run the hub's one worker (or this one with --no-shared) "
+                "(docs/BROKERS.md)",
+                file=sys.stderr,
+            )
+            return 2
     engine = make_engine(args.database_url)
     create_all(engine)
     stop = threading.Event()

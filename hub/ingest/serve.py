@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from hub.core.db import make_engine
 from hub.core.settings import HubSettings
 from hub.ingest.worker import IngestWorker
+from hub.mqtt.features import BrokerFeatures, broker_features, use_shared_ingest
 from hub.tables import create_all
+from proto.topics import Topics
+
+log = logging.getLogger(__name__)
 
 
 def hub_ingest_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> IngestWorker:
@@ -35,3 +41,30 @@ def hub_ingest_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> 
         ack_interval_s=settings.ingest_ack_interval_s or None,
     )
     return worker
+
+
+def broker_ingest_worker(
+    settings: HubSettings, *, mqtt_url: str, embedded: str | None
+) -> tuple[IngestWorker, BrokerFeatures]:
+    """``hub serve``'s ingest worker, fitted to its broker: ``$share`` only where the broker
+    has MQTT 5 and shared subscriptions (``embedded``: the embedded broker's kind; else the
+    one ``EDGELOOP_MQTT_BROKER`` names, or what a probe finds: hub/mqtt/features.py). amqtt,
+    NATS and RabbitMQ have neither: a ``$share`` filter there subscribes to nothing, so the
+    hub runs one worker on plain persistent subscriptions, which is also its default."""
+    features = broker_features(
+        told=settings.mqtt_broker,
+        embedded=embedded,
+        hub_url=mqtt_url,
+        topic_base=Topics(prefix=settings.topic_prefix, fleet=settings.fleet).base,
+        ingest_shared=settings.ingest_shared,
+    )
+    shared = use_shared_ingest(requested=settings.ingest_shared, features=features)
+    if settings.ingest_shared and not shared:
+        log.warning(
+            "EDGELOOP_INGEST_SHARED is on but the broker (%s, %s) lacks %s: one ingest "
+            "worker on plain persistent subscriptions instead",
+            features.broker,
+            features.source,
+            "MQTT 5" if not features.mqtt5 else "shared subscriptions",
+        )
+    return hub_ingest_worker(settings, mqtt_url=mqtt_url, shared=shared), features

@@ -166,11 +166,17 @@ class IngestWorker:
         with self._lock:
             self._commit(force=True)
 
+    @property
+    def shared(self) -> bool:
+        """Whether it subscribes through ``$share`` (hub/mqtt/features.py)."""
+        return self._shared
+
     def health(self) -> ServiceHealth:
         stats = self.stats()
         return {
             "running": self._thread.is_alive(),
             "connected": stats.connected,
+            "shared": self._shared,  # $share subscriptions (hub/mqtt/features.py)
             "received": stats.received,
             "stored": stats.stored,
             "duplicates": stats.duplicates,

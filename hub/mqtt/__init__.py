@@ -7,7 +7,17 @@ clients connect (``target.MqttTarget``).
 
 from hub._lazy import submodules
 
-__all__ = ["amqtt", "auth", "broker", "debounce", "embedded", "mosquitto", "net", "target"]
+__all__ = [
+    "amqtt",
+    "auth",
+    "broker",
+    "debounce",
+    "embedded",
+    "features",
+    "mosquitto",
+    "net",
+    "target",
+]
 
 
 __getattr__ = submodules(__name__, __all__)

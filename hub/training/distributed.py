@@ -13,7 +13,16 @@ buffers (BatchNorm statistics) are averaged across ranks after every epoch, so a
 with the same model. Rank 0 evaluates on the val split, writes the model artifact
 (:func:`hub.training.artifact.dump_model`) to ``--out`` and the history to
 ``<out stem>.history.json``; every rank writes the sha256 of its final state dict to
-``<out>.rank<N>.sha256``.
+``<out>.rank<N>.sha256``; the history's ``ranks`` lists every rank (its node, host,
+launcher pid, the training rows it stepped on, its checksum).
+
+Across machines, the same module under torchrun's c10d rendezvous (docs/SCALE_OUT.md)::
+
+    torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d \\
+        --rdzv-endpoint HOST0:29400 --rdzv-id JOB -m hub.training.distributed ...
+
+``--out`` must be a path on rank 0's machine (only rank 0 writes the model and history; every
+rank writes its checksum file under the same path on its own machine).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -179,6 +189,7 @@ def train(
         else contextlib.nullcontext()
     )
     history: list[EpochResult] = []
+    samples = 0  # training rows this rank stepped on, all epochs
     for epoch in range(n_epochs):
         ddp.train()
         shard = shard_indices(len(x_all), epoch=epoch, seed=seed, rank=world.rank, world=world.size)
@@ -194,6 +205,7 @@ def train(
             optimizer.step()
             totals[0] += float(loss.detach()) * len(index)
             totals[1] += len(index)
+            samples += len(index)
         scheduler.step()
         _sync_buffers(module, world)
         dist.all_reduce(totals, op=dist.ReduceOp.SUM)
@@ -208,6 +220,8 @@ def train(
     module.to("cpu")
     checksum = state_checksum(module)
     Path(f"{out}.rank{world.rank}.sha256").write_text(checksum + "\n")
+    ranks: list[Any] = [None] * world.size  # who took part: one entry per rank
+    dist.all_gather_object(ranks, _rank_facts(world, samples=samples, checksum=checksum))
     if world.rank == 0:
         trained = TrainedModel(
             spec=spec,
@@ -228,11 +242,27 @@ def train(
             "world_size": world.size,
             "backend": world.backend,
             "checksum": checksum,
+            "ranks": ranks,
+            "written_by": ranks[0],
             "epochs": [h.__dict__ for h in history],
         }
         history_path(out).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     dist.barrier()
     return history
+
+
+def _rank_facts(world: World, *, samples: int, checksum: str) -> dict[str, Any]:
+    """What one rank says of itself in the history: where it ran (torchrun's node =
+    ``GROUP_RANK``, its host, its launcher's pid) and how many training rows it stepped on."""
+    return {
+        "rank": world.rank,
+        "local_rank": world.local_rank,
+        "node_rank": int(os.environ.get("GROUP_RANK", "0")),
+        "host": socket.gethostname(),
+        "launcher_pid": os.getppid(),
+        "samples": samples,
+        "checksum": checksum,
+    }
 
 
 def history_path(out: Path) -> Path:

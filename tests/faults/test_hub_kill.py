@@ -29,7 +29,7 @@ from hub.core.settings import HubSettings
 from hub.tables import DeploymentEventRow
 from tests.faults._telemetry import stored, table
 from tests.fixtures.brokers import require_mosquitto
-from tests.fixtures.hub_procs import Procs, enroll, prepare_hub, until, until_up
+from tests.fixtures.hub_procs import Procs, enroll, until, until_up
 from tests.fixtures.ports import free_port as _free_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -85,10 +85,11 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         running.stop_all()
 
 
-def test_hub_sigkill_during_a_rollout_phase_and_during_ingest(procs: Procs, tmp_path: Path) -> None:
+def test_hub_sigkill_during_a_rollout_phase_and_during_ingest(
+    procs: Procs, tmp_path: Path, prepared_hub: Path
+) -> None:
     require_mosquitto()
-    data = tmp_path / "hub"
-    prepare_hub(data)
+    data = prepared_hub
     api, grpc_port, mqtt_port = _free_port(), _free_port(), _free_port()
     env = {
         "EDGELOOP_DATA_DIR": str(data),

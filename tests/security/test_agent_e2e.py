@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.fixtures.brokers import require_mosquitto
-from tests.fixtures.hub_procs import Procs, enroll, prepare_hub, until, until_up
+from tests.fixtures.hub_procs import Procs, enroll, until, until_up
 from tests.fixtures.ports import free_port as _free_port
 
 DEVICE = "e2e-dev-1"
@@ -40,16 +40,17 @@ MODES = {"password": False, "client-certs": True}
 
 
 @pytest.fixture(scope="module")
-def hubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Hub]]:
+def hubs(
+    tmp_path_factory: pytest.TempPathFactory, prepared_hub_template: Path
+) -> Iterator[dict[str, Hub]]:
     """One ``hub serve`` per mode, started together (each takes seconds to come up)."""
     require_mosquitto()
     root = tmp_path_factory.mktemp("e2e-hubs")
-    prepare_hub(root / "prepared")  # train + package once, copy per hub
     procs = Procs(root)
     started: dict[str, Hub] = {}
     try:
         for mode, client_certs in MODES.items():
-            data = Path(shutil.copytree(root / "prepared", root / mode))
+            data = Path(shutil.copytree(prepared_hub_template, root / mode))
             api, grpc_port, mqtt_port, mtls_port = (_free_port() for _ in range(4))
             env = {
                 "EDGELOOP_DATA_DIR": str(data),

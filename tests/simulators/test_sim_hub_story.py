@@ -18,7 +18,6 @@ from hub.core.settings import HubSettings
 from hub.mqtt.broker import EmbeddedBroker
 from hub.security.keys import bundle_public_key
 from tests.fixtures.brokers import require_mosquitto
-from tests.fixtures.hub_procs import prepare_hub
 from tests.test_hub_serve import _serve, _stop
 
 DEVICES = 4
@@ -51,10 +50,12 @@ def _roll_out_when_online(url: str, token: str, made: dict[str, Any]) -> None:
 
 
 def test_sim_run_reports_the_hubs_rollout_timeline(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], mosquitto_fresh: EmbeddedBroker
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mosquitto_fresh: EmbeddedBroker,
+    prepared_hub: Path,  # tmp_path/data: digits-mlp@1 packaged and signed by this hub's key
 ) -> None:
     require_mosquitto()
-    prepare_hub(tmp_path / "data")  # digits-mlp@1 packaged and signed by this hub's key
     key_file = tmp_path / "hub.pub"
     key_file.write_bytes(bundle_public_key(HubSettings(data_dir=tmp_path / "data")).hex().encode())
     proc, url, _log = _serve(
