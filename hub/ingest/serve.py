@@ -8,11 +8,13 @@ from hub.ingest.worker import IngestWorker
 from hub.tables import create_all
 
 
-def hub_ingest_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> IngestWorker:
+def hub_ingest_worker(
+    settings: HubSettings, *, mqtt_url: str, shared: bool, client_id: str = "edgeloop-hub-ingest"
+) -> IngestWorker:
     """The hub's in-process worker, not yet started. ``shared=False``: plain persistent
     subscriptions over MQTT 3.1.1 (the default, and the only choice on amqtt, which has
     neither ``$share`` nor MQTT 5); ``shared=True`` (``EDGELOOP_INGEST_SHARED``): ``$share``
-    over MQTT 5.
+    over MQTT 5. ``client_id``: its MQTT session (one per ingest replica).
 
     It decodes and stores in a child process when ``ingest_decode_process``
     (``EDGELOOP_INGEST_DECODE_PROCESS``). Retention (the telemetry roll-up included) runs in
@@ -26,6 +28,7 @@ def hub_ingest_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> 
         fleet=settings.fleet,
         topic_prefix=settings.topic_prefix,
         shared=shared,
+        client_id=client_id,
         batch_size=settings.ingest_batch_size,
         batch_interval_s=settings.ingest_batch_interval_s,
         max_payload_bytes=settings.ingest_max_payload_bytes,
