@@ -20,7 +20,8 @@ On PostgreSQL the holder also keeps a session advisory lock on one dedicated con
 server drops the connection and its lock; a standby whose ``pg_try_advisory_lock`` then
 succeeds takes the lease at its next tick, without waiting for the expiry. A hung holder
 keeps its connection: then the expiry decides. SQLite (one machine) has no advisory locks:
-there the expiry alone decides.
+there the expiry decides, except that a holder on the same host whose process is gone (a hub
+restarted after a crash) is taken over at once; that holds on PostgreSQL too.
 """
 
 from __future__ import annotations
@@ -304,8 +305,9 @@ class ClusterMember(Periodic):
             else:
                 self._lost(name)
             return
-        # the holder is gone when its advisory lock is free (PostgreSQL) or its lease expired
-        gone = expired or (row.locked and self._try_lock(name))
+        # the holder is gone when its lease expired, its advisory lock is free (PostgreSQL),
+        # or it ran on this host and its process is no more (a restarted single hub)
+        gone = expired or (row.locked and self._try_lock(name)) or self._dead_here(row.holder)
         if not gone:
             self._lost(name)
             return
@@ -315,6 +317,20 @@ class ClusterMember(Periodic):
             self._won(name, term, started, previous=None if mine else row.holder)
         else:
             self._lost(name)
+
+    def _dead_here(self, holder: str) -> bool:
+        """The holder's replica row names this host and a process that no longer exists."""
+        with Session(self.engine) as s:
+            replica = s.get(ClusterReplica, holder)
+        if replica is None or replica.host != socket.gethostname() or replica.pid == os.getpid():
+            return False
+        try:
+            os.kill(replica.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # it exists (another user's process)
+            return False
+        return False
 
     def _swap(
         self,

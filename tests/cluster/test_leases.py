@@ -4,17 +4,22 @@ PostgreSQL, in one process: one holder at a time, takeover after the holder stop
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy.engine import Engine
 
 from hub.cluster.member import ClusterMember, parse_components, rendezvous_owner
 from hub.cluster.status import cluster_status
-from hub.core.db import make_engine
+from hub.core.clock import utcnow
+from hub.core.db import make_engine, session_scope
 from hub.core.errors import InvalidInput
-from hub.tables import create_all
+from hub.tables import ClusterLease, ClusterReplica, create_all
 
 LEASE_S = 1.5
 
@@ -125,3 +130,26 @@ def test_components_and_rendezvous_ownership() -> None:
     three = {k: rendezvous_owner(["r1", "r2", "r3"], k) for k in keys}
     # a replica joining takes keys only for itself: nothing moves between r1 and r2
     assert all(three[k] in (two[k], "r3") for k in keys)
+
+
+def test_a_holder_whose_process_is_gone_on_this_host_is_taken_over_at_once(
+    engine: Engine,
+) -> None:
+    """A single hub SIGKILLed and started again (new replica id) leads from its start."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    a = _member(engine, "a")
+    a.start()
+    a.stop()  # its lease and row, as a SIGKILLed process leaves them:
+    with session_scope(engine) as s:
+        s.add(ClusterReplica(id="a", host=socket.gethostname(), pid=dead.pid, components=[]))
+        lease = s.get(ClusterLease, "rollouts")
+        assert lease is not None
+        lease.expires_at = utcnow() + timedelta(seconds=60)
+        s.add(lease)
+    b = _member(engine, "b")
+    b.start()
+    try:
+        assert b.holds("rollouts")
+    finally:
+        b.stop()
