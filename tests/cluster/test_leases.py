@@ -4,16 +4,19 @@ PostgreSQL, in one process: one holder at a time, takeover after the holder stop
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
 
+from edgeloop_cli import main
 from hub.cluster.member import ClusterMember, parse_components, rendezvous_owner
 from hub.cluster.status import cluster_status
 from hub.core.clock import utcnow
@@ -153,3 +156,23 @@ def test_a_holder_whose_process_is_gone_on_this_host_is_taken_over_at_once(
         assert b.holds("rollouts")
     finally:
         b.stop()
+
+
+def test_cluster_status_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    create_all(engine)
+    member = _member(engine, "cli-1")
+    member.start()
+    try:
+        code = main(["--data-dir", str(tmp_path), "cluster", "status", "--json"])
+        shown = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    finally:
+        member.stop()
+        engine.dispose()
+    assert code == 0
+    assert [r["id"] for r in shown["replicas"]] == ["cli-1"]
+    assert shown["replicas"][0]["alive"] and shown["components"]["controller"] == ["cli-1"]
+    assert shown["components"]["api"] == []
+    (lease,) = shown["leases"]
+    assert lease["name"] == "rollouts" and lease["holder"] == "cli-1"
+    assert lease["component"] == "controller" and lease["valid"] and lease["holder_alive"]
