@@ -74,6 +74,7 @@ def test_one_holder_then_takeover_when_it_stops_renewing(engine: Engine) -> None
         _hang(a)
         taken = _until(lambda: b.holds("rollouts"), within=3 * LEASE_S)
         assert not a.holds("rollouts")  # a stopped counting itself the holder first
+        print(f"takeover after a hang: {taken:.2f} s (lease {LEASE_S:g} s)")
         assert taken <= LEASE_S + LEASE_S / 3 + 0.5, taken
         (lease,) = cluster_status(engine, lease_s=LEASE_S)["leases"]
         assert (lease["holder"], lease["term"]) == ("b", 2)
@@ -95,6 +96,7 @@ def test_a_graceful_stop_hands_the_lease_over_at_once(engine: Engine) -> None:
         assert a.holds("rollouts")
         a.stop()
         took = _until(lambda: b.holds("rollouts"), within=2 * LEASE_S)
+        print(f"handover after a clean stop: {took:.2f} s (lease {LEASE_S:g} s)")
         assert took <= LEASE_S / 3 + 0.5, took
         assert [r["id"] for r in cluster_status(engine, lease_s=LEASE_S)["replicas"]] == ["b"]
     finally:
@@ -115,6 +117,7 @@ def test_postgres_takeover_when_the_holders_connection_dies(postgres_url: str) -
         assert a._conn is not None
         a._conn.invalidate()  # the server drops its session and advisory lock
         took = _until(lambda: b.holds("rollouts"), within=3 * LEASE_S)
+        print(f"takeover after the holder's connection died: {took:.2f} s (lease {LEASE_S:g} s)")
         assert took < LEASE_S * 0.9, took
     finally:
         b.stop()
