@@ -185,6 +185,9 @@ def _evaluate_batch(
     with session_scope(engine) as s, s.no_autoflush:
         if not try_transaction_lock(s, f"monitor:{model}@{version}"):
             return None
+        key = (model, version)
+        if key in cache.heads and cache.heads[key] != _heads(s, model=model, version=version):
+            cache.forget(model=model, version=version)  # another replica moved on: rebuild
         book = AlertBook(
             s, model=model, version=version, now=report.at, resolve_after=config.resolve_after
         )
@@ -212,10 +215,23 @@ def _evaluate_batch(
         )
         book.write_scores()
         s.flush()
+        cache.heads[key] = _heads(s, model=model, version=version)
     report.scores += book.scores
     report.opened.extend(book.opened)
     report.resolved.extend(book.resolved)
     return max(rows, labels) >= config.batch_rows
+
+
+def _heads(session: Session, *, model: str, version: str) -> dict[str, int]:
+    """The version's read cursors: stream -> last row id."""
+    rows = session.exec(
+        select(MonitorCursor.stream, MonitorCursor.last_id).where(
+            MonitorCursor.model == model,
+            MonitorCursor.version == version,
+            MonitorCursor.scope == HEAD,
+        )
+    ).all()
+    return {stream: int(last) for stream, last in rows}
 
 
 def _pending_versions(session: Session, cache: DetectorCache) -> list[tuple[str, str]]:

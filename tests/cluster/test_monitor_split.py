@@ -121,8 +121,11 @@ def test_two_replicas_split_the_versions(engine: Engine, fresh_postgres: str) ->
     ]
     for member in members:
         member.start()
-    for member in members:
-        member.tick()  # each sees the other live
+    for _ in range(100):  # each sees the other live (within a tick: a third of the lease)
+        if all(len(m.health()["live"].get("monitor", [])) == 2 for m in members):
+            break
+        threading.Event().wait(0.05)
+    assert all(len(m.health()["live"]["monitor"]) == 2 for m in members)
     try:
         fleets = _drift(engine)
         replicas = [
