@@ -148,6 +148,7 @@ class ClusterMember(Periodic):
         self._held: dict[str, _Held] = {}
         self._live: dict[str, list[str]] = {}  # component -> live replica ids
         self._mutex = threading.Lock()
+        self._ticking = threading.Lock()
         self._pg = engine.dialect.name == "postgresql"
         self._conn: Connection | None = None  # PostgreSQL: holds the advisory locks
         self._locked: set[str] = set()
@@ -222,6 +223,10 @@ class ClusterMember(Periodic):
     # one tick -----------------------------------------------------------------------------
 
     def tick(self) -> None:
+        with self._ticking:  # one tick at a time (the advisory connection is not shared)
+            self._tick()
+
+    def _tick(self) -> None:
         started = time.monotonic()
         self._heartbeat()
         for name in self._wanted:
