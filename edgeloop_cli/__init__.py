@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from edgeloop_cli import (
     agent,
     bundles,
+    cluster,
     datasets,
     devices,
     ingest,
@@ -67,6 +68,7 @@ app.add_typer(ingest.app, name="ingest")
 app.add_typer(rollouts.app, name="rollout")
 app.add_typer(sim.app, name="sim")
 app.add_typer(keys.app, name="keys")
+app.add_typer(cluster.app, name="cluster")
 app.command("train")(training.train)
 app.command("package")(training.package)
 app.command("tune")(tuning.tune)
@@ -134,6 +136,14 @@ def serve(
             "--tls-self-signed", help="TLS for broker + gRPC with a generated CA (DATA_DIR/tls)"
         ),
     ] = None,
+    components: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGELOOP_COMPONENTS",
+            help="what this process runs: api,grpc,ingest,monitor,controller,triggers "
+            "(default all); several processes on one database split the work",
+        ),
+    ] = None,
 ) -> None:
     """Serve the admin API (docs at /docs), gRPC artifacts and the embedded broker.
 
@@ -160,6 +170,7 @@ def serve(
         embedded_mqtt_port=mqtt_port,
         mqtt_url=mqtt_url,
         tls_self_signed=tls_self_signed,
+        components=components,
     )
     run_server(settings)
 

@@ -21,12 +21,13 @@ from sqlalchemy.engine import Engine
 from uvicorn.config import LOGGING_CONFIG
 
 from hub.api import create_app
+from hub.cluster.member import COMPONENTS, ClusterMember, new_replica_id, parse_components
 from hub.core.artifacts import open_store
 from hub.core.db import make_engine
 from hub.core.errors import EdgeloopError
 from hub.core.redact import redact_url, redacting_log_config
-from hub.core.service import Service
-from hub.core.settings import TOKEN_FILE, HubSettings
+from hub.core.service import Gate, Owning, Periodic, Service
+from hub.core.settings import TOKEN_FILE, HubSettings, SettingsError
 from hub.fleet.commands import CommandPublisher
 from hub.ingest.serve import broker_ingest_worker
 from hub.monitoring.serve import monitor_service
@@ -110,8 +111,32 @@ def _device_certs(settings: HubSettings, engine: Engine) -> DeviceCertAuth | Non
     return DeviceCertAuth(ca_file=ca.ca_file, engine=engine, port=settings.grpc_mtls_port)
 
 
+def _gated(service: S, lease: Gate) -> S:
+    """``service`` (a :class:`Periodic`, or one :class:`Owning` one) ticking only while
+    ``lease`` is held."""
+    inner = service.service if isinstance(service, Owning) else service
+    if not isinstance(inner, Periodic):
+        raise TypeError(f"{service.name} is not a Periodic: it cannot wait for a lease")
+    inner.gate = lease
+    return service
+
+
+def _wait_for_signal() -> None:
+    """A replica without the API: sleep until SIGTERM or SIGINT (``_raise_stop``)."""
+    while True:
+        signal.pause()
+
+
 def _serve(settings: HubSettings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    components = parse_components(settings.components)
+    everything = components == frozenset(COMPONENTS)
+    if settings.mqtt_url is None and not everything:
+        raise SettingsError(
+            f"--components {','.join(sorted(components))}: the replicas of a split hub share "
+            "an external broker; give --mqtt-url (EDGELOOP_MQTT_URL)"
+        )
+    replica = settings.replica_id or new_replica_id()
     services: list[Service] = []
     with ExitStack() as stack:
 
@@ -124,6 +149,15 @@ def _serve(settings: HubSettings) -> None:
         engine = make_engine(settings.resolved_database_url)
         create_all(engine)
         stack.callback(engine.dispose)
+        # first up, last down: the leases it holds gate the singleton services below
+        cluster = run(
+            ClusterMember(
+                engine=engine,
+                components=components,
+                lease_s=settings.cluster_lease_s,
+                replica_id=replica,
+            )
+        )
         broker_auth = BrokerAuth(settings=settings, engine=engine)
         stack.callback(broker_auth.close)
         mqtt_url = hub_broker = settings.mqtt_url
@@ -134,94 +168,137 @@ def _serve(settings: HubSettings) -> None:
             hub_broker = broker.internal_url  # the hub's loopback listener (hub/mqtt/broker.py)
         # The hub's own MQTT clients connect with this (the hub user's login when secured).
         hub_mqtt = hub_mqtt_url(settings, broker_url=hub_broker)
+        # one MQTT session per replica and client when several share the broker
+        suffix = "" if everything and settings.replica_id is None else f"-{replica}"
+        rpc: GrpcService | None = None
+
+        def artifact_port() -> int | None:
+            return rpc.artifact_port if rpc is not None else None
+
         security = Security(
             settings=settings,
             engine=engine,
             broker_auth=broker_auth,
             endpoints=lambda: device_endpoints(
-                settings, mqtt_url=mqtt_url, grpc_port=rpc.artifact_port
+                settings, mqtt_url=mqtt_url, grpc_port=artifact_port()
             ),
         )
-        rpc = run(
-            GrpcService(
-                store=open_store(settings.resolved_artifact_url),
-                host=settings.grpc_host,
-                port=settings.grpc_port,
-                devices=DeviceServicer(security=security),
-                tls=settings.tls_files(),
-                device_certs=_device_certs(settings, engine),
-            )
-        )
-        # $share ingest only on a broker with MQTT 5 and $share, else one worker on plain
-        # persistent subscriptions (hub/mqtt/features.py, docs/BROKERS.md)
-        worker, features = broker_ingest_worker(
-            settings,
-            mqtt_url=hub_mqtt,
-            embedded=None if broker_kind == "external" else broker_kind.removeprefix("embedded-"),
-        )
-        ingest = run(worker)
-        if (retention := retention_service(settings)) is not None:
-            run(retention)
-        if settings.trigger_interval_s > 0:
-            run(trigger_service(settings))
-        if settings.rollout_tick_s > 0:
-            run(
-                RolloutController(
-                    engine=engine,
-                    mqtt_url=hub_mqtt,
-                    artifact_endpoint=device_artifact_endpoint(
-                        settings, grpc_port=rpc.artifact_port
-                    ),
-                    fleet=settings.fleet,
-                    topic_prefix=settings.topic_prefix,
-                    tick_s=settings.rollout_tick_s,
-                    max_commands_per_s=settings.rollout_max_commands_per_s,
-                    max_concurrent_downloads=settings.rollout_max_concurrent_downloads,
-                    capacity=rpc.capacity,  # new deploys only into free download slots
+        if "grpc" in components:
+            rpc = run(
+                GrpcService(
+                    store=open_store(settings.resolved_artifact_url),
+                    host=settings.grpc_host,
+                    port=settings.grpc_port,
+                    devices=DeviceServicer(security=security),
+                    tls=settings.tls_files(),
+                    device_certs=_device_certs(settings, engine),
                 )
             )
-        # devices behind on the bundle key are told to rotate (hub.security.key_rotation),
-        # through a command publisher connected before the sender starts, closed after it
-        publisher = CommandPublisher(
-            mqtt_url=hub_mqtt, topics=Topics(prefix=settings.topic_prefix, fleet=settings.fleet)
-        )
-        publisher.start()
-        stack.callback(publisher.stop)
-        key_rotation = run(
-            KeyRotationSender(engine=engine, data_dir=settings.data_dir, publisher=publisher)
-        )
-        if settings.monitor_interval_s > 0:
-            run(monitor_service(settings, mqtt_url=hub_mqtt))
+        ingest = None
+        features = None
+        if "ingest" in components:
+            # $share ingest only on a broker with MQTT 5 and $share, else one worker on plain
+            # persistent subscriptions (hub/mqtt/features.py, docs/BROKERS.md)
+            worker, features = broker_ingest_worker(
+                settings,
+                mqtt_url=hub_mqtt,
+                embedded=None
+                if broker_kind == "external"
+                else broker_kind.removeprefix("embedded-"),
+                client_id=f"edgeloop-hub-ingest{suffix}",
+            )
+            ingest = run(worker)
+        key_rotation = None
+        if "controller" in components and (retention := retention_service(settings)):
+            run(_gated(retention, cluster.lease("retention")))
+        if "triggers" in components and settings.trigger_interval_s > 0:
+            run(_gated(trigger_service(settings), cluster.lease("triggers")))
+        if "controller" in components:
+            if settings.rollout_tick_s > 0:
+                run(
+                    _gated(
+                        RolloutController(
+                            engine=engine,
+                            mqtt_url=hub_mqtt,
+                            artifact_endpoint=device_artifact_endpoint(
+                                settings, grpc_port=artifact_port()
+                            ),
+                            fleet=settings.fleet,
+                            topic_prefix=settings.topic_prefix,
+                            tick_s=settings.rollout_tick_s,
+                            max_commands_per_s=settings.rollout_max_commands_per_s,
+                            max_concurrent_downloads=settings.rollout_max_concurrent_downloads,
+                            # new deploys only into free download slots (this process's
+                            # artifact server; without one, the fixed limit)
+                            capacity=rpc.capacity if rpc is not None else None,
+                        ),
+                        cluster.lease("rollouts"),
+                    )
+                )
+            # devices behind on the bundle key are told to rotate (hub.security.key_rotation),
+            # through a command publisher connected before the sender starts, closed after it
+            publisher = CommandPublisher(
+                mqtt_url=hub_mqtt,
+                topics=Topics(prefix=settings.topic_prefix, fleet=settings.fleet),
+                client_id=f"edgeloop-hub-keys{suffix}" if suffix else "",
+            )
+            publisher.start()
+            stack.callback(publisher.stop)
+            key_rotation = run(
+                _gated(
+                    KeyRotationSender(
+                        engine=engine, data_dir=settings.data_dir, publisher=publisher
+                    ),
+                    cluster.lease("key-rotation"),
+                )
+            )
+        if "monitor" in components and settings.monitor_interval_s > 0:
+            run(
+                monitor_service(
+                    settings,
+                    mqtt_url=hub_mqtt,
+                    owns=lambda model, version: cluster.owns("monitor", f"{model}@{version}"),
+                    client_id=f"edgeloop-hub-monitor{suffix}",
+                )
+            )
 
         def health() -> dict[str, Any]:
             return {
+                "replica": replica,
+                "components": sorted(components),
                 "mqtt": {
                     "url": redact_url(mqtt_url),
                     "broker": broker_kind,
-                    "features": features.as_dict(),
-                    "ingest_shared": worker.shared,
+                    "features": features.as_dict() if features is not None else None,
+                    "ingest_shared": ingest.shared if ingest is not None else None,
                 },
-                "grpc": f"{settings.grpc_host}:{rpc.port}",
-                "grpc_artifacts": f"{settings.grpc_host}:{rpc.artifact_port}",
+                "grpc": f"{settings.grpc_host}:{rpc.port}" if rpc is not None else None,
+                "grpc_artifacts": (
+                    f"{settings.grpc_host}:{rpc.artifact_port}" if rpc is not None else None
+                ),
                 "services": {service.name: service.health() for service in services},
             }
 
+        grpc_at = f"{settings.grpc_host}:{rpc.port}" if rpc is not None else "elsewhere"
+        log.info(
+            "hub replica %s (%s): gRPC %s, MQTT %s (%s), data in %s",
+            replica,
+            ",".join(sorted(components)),
+            grpc_at,
+            redact_url(mqtt_url),
+            broker_kind,
+            settings.data_dir,
+        )
+        if "api" not in components:
+            _wait_for_signal()
+            return
         app = create_app(settings, extra_health=health)
         app.state.ingest = ingest  # GET /api/v1/ingest/stats reports its counters
         app.state.security = security
         app.state.key_rotation = key_rotation
         app.state.hub_mqtt_url = hub_mqtt  # never logged: it carries the hub's password
-        log.info(
-            "hub on http://%s:%s (docs at /docs), gRPC %s:%s, MQTT %s (%s), data in %s",
-            settings.api_host,
-            settings.api_port,
-            settings.grpc_host,
-            rpc.port,
-            redact_url(mqtt_url),
-            broker_kind,
-            settings.data_dir,
-        )
-        for line in sign_in_lines(settings, app, grpc=f"{settings.grpc_host}:{rpc.port}"):
+        log.info("hub on http://%s:%s (docs at /docs)", settings.api_host, settings.api_port)
+        for line in sign_in_lines(settings, app, grpc=grpc_at):
             log.info("%s", line)
         uvicorn.run(
             app,

@@ -37,6 +37,7 @@ ROUTE_MODULES = (
     "rollouts",
     "security",
     "keys",
+    "cluster",
 )
 #: The first path segment under ``/api/v1`` -> the route modules with routes under it (a test
 #: checks it against every route), so the CLI's in-process API loads only what a command asks.
@@ -54,6 +55,7 @@ SERVES: dict[str, tuple[str, ...]] = {
     "enrollment-tokens": ("security",),
     "tokens": ("security",),
     "keys": ("keys",),
+    "cluster": ("cluster",),
 }
 
 

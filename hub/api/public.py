@@ -372,3 +372,38 @@ class TriggerEventPublic(BaseModel):
 
 class TriggerEventListPublic(BaseModel):
     events: list[TriggerEventPublic]
+
+
+class ReplicaPublic(BaseModel):
+    """One ``hub serve`` process on this database."""
+
+    id: str
+    host: str
+    pid: int
+    components: list[str]
+    started_at: datetime
+    heartbeat_at: datetime
+    alive: bool = Field(description="a heartbeat within one lease period")
+
+
+class LeasePublic(BaseModel):
+    """A singleton's lease and its holder."""
+
+    name: str
+    component: str = Field(description="the component whose replicas compete for it")
+    holder: str
+    holder_alive: bool
+    term: int = Field(description="grows by one at each takeover")
+    acquired_at: datetime
+    renewed_at: datetime
+    expires_at: datetime
+    valid: bool = Field(description="not expired")
+
+
+class ClusterPublic(BaseModel):
+    """The replicas, the live ones per component, and the leases."""
+
+    lease_s: float
+    replicas: list[ReplicaPublic]
+    components: dict[str, list[str]]
+    leases: list[LeasePublic]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
@@ -100,3 +101,23 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for PostgreSQL's advisory locks, from a name."""
+    return int.from_bytes(
+        hashlib.sha256(f"edgeloop:{name}".encode()).digest()[:8], "big", signed=True
+    )
+
+
+def try_transaction_lock(session: Session, name: str) -> bool:
+    """Take the transaction-scoped lock ``name`` without waiting: on PostgreSQL an advisory
+    lock (``pg_try_advisory_xact_lock``, released at commit or rollback), so two hub replicas
+    never work on the same thing at once; False when another transaction holds it. SQLite
+    has one writer per database file anyway: always True there."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    got = session.execute(
+        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": advisory_key(name)}
+    ).scalar_one()
+    return bool(got)

@@ -17,8 +17,10 @@ from typing import Any, Protocol, runtime_checkable
 from hub.core.clock import utcnow
 from hub.core.redact import redact_text
 
-__all__ = ["Owning", "Periodic", "Service", "ServiceHealth"]
+__all__ = ["Gate", "Owning", "Periodic", "Service", "ServiceHealth"]
 
+#: How often a gated service that stands by looks whether it now holds the gate.
+GATE_POLL_S = 0.5
 #: What :meth:`Service.health` returns: JSON-ready facts, ``running`` always among them.
 ServiceHealth = dict[str, Any]
 
@@ -37,6 +39,16 @@ class Service(Protocol):
 
     def health(self) -> ServiceHealth:
         """JSON-ready facts for ``/healthz``; ``running`` among them."""
+
+
+class Gate(Protocol):
+    """Whether this process may do a singleton's work now: a :class:`Periodic` with a
+    ``gate`` ticks only while it is held (``hub.cluster.member.Lease`` implements it: a lease
+    among several hub replicas on one database)."""
+
+    name: str
+
+    def held(self) -> bool: ...
 
 
 class Owning:
@@ -65,6 +77,8 @@ class Periodic:
     ``fixed_rate``: the interval runs from the start of one tick to the next (a tick longer
     than the interval is followed at once); otherwise it is the pause after each tick.
     ``first_after_s``: the wait before the first tick. :meth:`wake` runs the next tick now.
+    ``gate``: when set, a tick runs only while it is held (otherwise the service stands by,
+    counted in ``standby_ticks``).
     A failing tick (a database hiccup, a broker away) is logged as "<what> failed", counted
     in ``failures`` and tried again at the next one; a tick longer than ``slow_s`` is logged.
     """
@@ -92,6 +106,8 @@ class Periodic:
         self.failures = 0
         self.last_tick_at: datetime | None = None
         self.last_error: str | None = None
+        self.gate: Gate | None = None
+        self.standby_ticks = 0
 
     def tick(self) -> object:
         """One pass of the service's work."""
@@ -110,7 +126,9 @@ class Periodic:
         self._wake_event.set()
 
     def health(self) -> ServiceHealth:
+        gate = {} if self.gate is None else {"lease": self.gate.name, "leader": self.gate.held()}
         return {
+            **gate,
             "running": self._thread.is_alive(),
             "interval_s": self.interval_s,
             "ticks": self.ticks,
@@ -128,6 +146,10 @@ class Periodic:
             self._pause(self._first)
         while not self._stop_event.is_set():
             started = time.monotonic()
+            if self.gate is not None and not self.gate.held():  # another replica leads
+                self.standby_ticks += 1
+                self._pause(min(self.interval_s, GATE_POLL_S))
+                continue
             try:
                 self.tick()
                 self.last_error = None

@@ -138,6 +138,25 @@ class HubSettings(BaseSettings):
         default=0.05, ge=0, lt=1, description="degradation: live accuracy this far below eval"
     )
     monitor_min_labels: int = Field(default=50, gt=0, description="labels before accuracy tests")
+    components: str = Field(
+        default="all",
+        description="what this `hub serve` process runs, comma-separated: api, grpc, ingest, "
+        "monitor, controller, triggers (or all); several processes on one database split "
+        "the work (docs/ARCHITECTURE.md, Several hub replicas)",
+    )
+    replica_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="this replica's name among several on one database (unique per process; "
+        "also names its MQTT sessions); unset: host-pid-random",
+    )
+    cluster_lease_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="lease period of singleton work (rollout controller, triggers, retention, "
+        "key rotation) among replicas: a standby takes over at most this long after its "
+        "holder stops renewing (on PostgreSQL within a third of it when the holder dies)",
+    )
     ingest_batch_size: int = Field(default=200, gt=0, description="messages per ingest commit")
     ingest_shared: bool = Field(
         default=False,

@@ -14,11 +14,13 @@ from proto.topics import Topics
 log = logging.getLogger(__name__)
 
 
-def hub_ingest_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> IngestWorker:
+def hub_ingest_worker(
+    settings: HubSettings, *, mqtt_url: str, shared: bool, client_id: str = "edgeloop-hub-ingest"
+) -> IngestWorker:
     """The hub's in-process worker, not yet started. ``shared=False``: plain persistent
     subscriptions over MQTT 3.1.1 (the default, and the only choice on amqtt, which has
     neither ``$share`` nor MQTT 5); ``shared=True`` (``EDGELOOP_INGEST_SHARED``): ``$share``
-    over MQTT 5.
+    over MQTT 5. ``client_id``: its MQTT session (one per ingest replica).
 
     It decodes and stores in a child process when ``ingest_decode_process``
     (``EDGELOOP_INGEST_DECODE_PROCESS``). Retention (the telemetry roll-up included) runs in
@@ -32,6 +34,7 @@ def hub_ingest_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> 
         fleet=settings.fleet,
         topic_prefix=settings.topic_prefix,
         shared=shared,
+        client_id=client_id,
         batch_size=settings.ingest_batch_size,
         batch_interval_s=settings.ingest_batch_interval_s,
         max_payload_bytes=settings.ingest_max_payload_bytes,
@@ -44,7 +47,11 @@ def hub_ingest_worker(settings: HubSettings, *, mqtt_url: str, shared: bool) -> 
 
 
 def broker_ingest_worker(
-    settings: HubSettings, *, mqtt_url: str, embedded: str | None
+    settings: HubSettings,
+    *,
+    mqtt_url: str,
+    embedded: str | None,
+    client_id: str = "edgeloop-hub-ingest",
 ) -> tuple[IngestWorker, BrokerFeatures]:
     """``hub serve``'s ingest worker, fitted to its broker: ``$share`` only where the broker
     has MQTT 5 and shared subscriptions (``embedded``: the embedded broker's kind; else the
@@ -67,4 +74,5 @@ def broker_ingest_worker(
             features.source,
             "MQTT 5" if not features.mqtt5 else "shared subscriptions",
         )
-    return hub_ingest_worker(settings, mqtt_url=mqtt_url, shared=shared), features
+    worker = hub_ingest_worker(settings, mqtt_url=mqtt_url, shared=shared, client_id=client_id)
+    return worker, features

@@ -150,6 +150,10 @@ class DetectorCache:
         # devices already in monitor_device per version (so each is written once)
         self.devices: dict[tuple[str, str], set[str]] = {}
         self.last_cycle: dict[str, Any] | None = None  # the latest evaluation: at, seconds
+        # where this process left each version's read cursors (stream -> last row id): found
+        # elsewhere, another monitor replica evaluated it meanwhile and the open windows in
+        # memory are stale
+        self.heads: dict[tuple[str, str], dict[str, int]] = {}
 
     def scope_states(self, ref: VersionReference) -> ScopeStates:
         """The open windows of ``ref``'s scopes (one set per version and bundle)."""
@@ -257,6 +261,7 @@ class DetectorCache:
         self._scoped = {k: v for k, v in self._scoped.items() if k[0][:2] != (model, version)}
         self._states = {k: v for k, v in self._states.items() if k[:2] != (model, version)}
         self.devices.pop((model, version), None)
+        self.heads.pop((model, version), None)
 
 
 _CACHES: dict[str, DetectorCache] = {}

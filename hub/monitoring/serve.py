@@ -45,6 +45,7 @@ class MonitorLoop(Periodic):
         publisher: AlertPublisher | None = None,
         on_alert: Callable[[Alert], None] | None = None,
         store: ArtifactStore | None = None,
+        owns: Callable[[str, str], bool] | None = None,
     ) -> None:
         # at a fixed rate: a pass that took part of the interval does not delay the next
         super().__init__(
@@ -57,6 +58,8 @@ class MonitorLoop(Periodic):
         self._engine, self._store = engine, store
         self._config, self._publisher, self._on_alert = config, publisher, on_alert
         self.last_report: MonitorReport | None = None
+        #: (model, version) -> whether this replica evaluates it (None: every version)
+        self.owns = owns
 
     def tick(self) -> None:
         self.last_report = evaluate(
@@ -65,17 +68,28 @@ class MonitorLoop(Periodic):
             publisher=self._publisher,
             on_alert=self._on_alert,
             store=self._store,
+            owns=self.owns,
         )
 
 
-def monitor_service(settings: HubSettings, *, mqtt_url: str | None) -> Owning:
-    """The monitoring service (publishing alerts when a broker is known), not yet started."""
+def monitor_service(
+    settings: HubSettings,
+    *,
+    mqtt_url: str | None,
+    owns: Callable[[str, str], bool] | None = None,
+    client_id: str = "edgeloop-hub-monitor",
+) -> Owning:
+    """The monitoring service (publishing alerts when a broker is known), not yet started.
+    ``owns``: with several monitor replicas, the versions this one evaluates (the others'
+    are left to them); ``client_id``: its alert publisher's MQTT session."""
     engine = make_engine(settings.resolved_database_url)
     create_all(engine)
     publisher = None
     if mqtt_url:
         publisher = MqttAlertPublisher(
-            url=mqtt_url, topic=alerts_topic(prefix=settings.topic_prefix, fleet=settings.fleet)
+            url=mqtt_url,
+            topic=alerts_topic(prefix=settings.topic_prefix, fleet=settings.fleet),
+            client_id=client_id,
         )
     loop = MonitorLoop(
         engine=engine,
@@ -83,6 +97,7 @@ def monitor_service(settings: HubSettings, *, mqtt_url: str | None) -> Owning:
         config=MonitorConfig.from_settings(settings),
         publisher=publisher,
         store=open_store(settings.resolved_artifact_url),
+        owns=owns,
     )
     closers = [engine.dispose] if publisher is None else [publisher.close, engine.dispose]
     return Owning(loop, *closers)

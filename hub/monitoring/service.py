@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from hub.core.clock import utcnow
-from hub.core.db import session_scope
+from hub.core.db import session_scope, try_transaction_lock
 from hub.monitoring._alerts import AlertBook
 from hub.monitoring._cache import NOMINAL_RATE, DetectorCache, DetectorSettings, cache_for
 from hub.monitoring._cursors import HEAD
@@ -100,9 +100,18 @@ def evaluate(
     publisher: AlertPublisher | None = None,
     cache: DetectorCache | None = None,
     store: ArtifactStore | None = None,
+    owns: Callable[[str, str], bool] | None = None,
 ) -> MonitorReport:
     """Evaluate everything new since the last call (see the module docstring). ``store``:
-    the artifact store, for the raw reference rows bundles ship (the MMD detector)."""
+    the artifact store, for the raw reference rows bundles ship (the MMD detector).
+
+    ``owns``: with several monitor replicas on one database, whether this one evaluates a
+    (model, version); the others are left alone (their state dropped here, looked at again
+    every pass in case they become this replica's). Each version's batch also takes the
+    version's transaction lock (:func:`hub.core.db.try_transaction_lock`): while two
+    replicas disagree on who owns it (one just joined or left), only one evaluates it at a
+    time, from the cursors the other committed, so no window is scored twice and no scope
+    alerted twice."""
     config = config or MonitorConfig()
     cache = cache or cache_for(str(engine.url), store=store)
     report = MonitorReport(at=now or utcnow())
@@ -110,6 +119,12 @@ def evaluate(
     with cache.lock:
         with Session(engine) as s:
             pending = _pending_versions(s, cache)
+        if owns is not None:
+            others = [p for p in pending if not owns(*p)]
+            for model, version in others:
+                cache.forget(model=model, version=version)
+                cache.retry.add((model, version))
+            pending = [p for p in pending if p not in set(others)]
         for model, version in pending:
             report.versions.append(f"{model}@{version}")
             while True:
@@ -127,6 +142,10 @@ def evaluate(
                     cache.forget(model=model, version=version)
                     cache.retry.add((model, version))  # found again next pass
                     report.errors += 1
+                    break
+                if more is None:  # another replica is on it: look again next pass
+                    cache.forget(model=model, version=version)
+                    cache.retry.add((model, version))
                     break
                 if not more:
                     break
@@ -158,11 +177,17 @@ def _evaluate_batch(
     config: MonitorConfig,
     cache: DetectorCache,
     report: MonitorReport,
-) -> bool:
-    """One transaction; True when a stream filled its batch (more rows may wait)."""
+) -> bool | None:
+    """One transaction; True when a stream filled its batch (more rows may wait); None when
+    another replica holds the version's lock (nothing done)."""
     # Nothing is written until the final flush: the detectors' work (calibration can take
     # seconds) must not hold SQLite's write lock, or ingest and training wait on it.
     with session_scope(engine) as s, s.no_autoflush:
+        if not try_transaction_lock(s, f"monitor:{model}@{version}"):
+            return None
+        key = (model, version)
+        if key in cache.heads and cache.heads[key] != _heads(s, model=model, version=version):
+            cache.forget(model=model, version=version)  # another replica moved on: rebuild
         book = AlertBook(
             s, model=model, version=version, now=report.at, resolve_after=config.resolve_after
         )
@@ -190,10 +215,23 @@ def _evaluate_batch(
         )
         book.write_scores()
         s.flush()
+        cache.heads[key] = _heads(s, model=model, version=version)
     report.scores += book.scores
     report.opened.extend(book.opened)
     report.resolved.extend(book.resolved)
     return max(rows, labels) >= config.batch_rows
+
+
+def _heads(session: Session, *, model: str, version: str) -> dict[str, int]:
+    """The version's read cursors: stream -> last row id."""
+    rows = session.exec(
+        select(MonitorCursor.stream, MonitorCursor.last_id).where(
+            MonitorCursor.model == model,
+            MonitorCursor.version == version,
+            MonitorCursor.scope == HEAD,
+        )
+    ).all()
+    return {stream: int(last) for stream, last in rows}
 
 
 def _pending_versions(session: Session, cache: DetectorCache) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ from pydantic_core import PydanticUndefined
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
+from hub.tables.cluster import ClusterLease, ClusterReplica
 from hub.tables.columns import JsonInt
 from hub.tables.datasets import DatasetVersion, DatasetVersionBase, DatasetVersionPublic
 from hub.tables.devices import Device, DeviceCreate, DevicePublic, DeviceUpdate
@@ -71,6 +72,8 @@ __all__ = [
     "ApiTokenPublic",
     "Bundle",
     "BundlePublic",
+    "ClusterLease",
+    "ClusterReplica",
     "DatasetVersion",
     "DatasetVersionBase",
     "DatasetVersionPublic",
