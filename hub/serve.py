@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from uvicorn.config import LOGGING_CONFIG
 
 from hub.api import create_app
-from hub.core.artifacts import open_store
+from hub.core.artifacts import DownloadLinks, open_store
 from hub.core.db import make_engine
 from hub.core.errors import EdgeloopError
 from hub.core.redact import redact_url, redacting_log_config
@@ -112,6 +112,15 @@ def _device_certs(settings: HubSettings, engine: Engine) -> DeviceCertAuth | Non
 
 def _serve(settings: HubSettings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # the artifact store first: a missing bucket, refused credentials or an unreachable
+    # endpoint stop the hub here, before any broker or listener (ArtifactStoreUnavailable)
+    store = open_store(settings.resolved_artifact_url)
+    store.check()
+    links = (
+        DownloadLinks(store, ttl_s=settings.artifact_presign_ttl_s)
+        if settings.artifact_presign
+        else None
+    )
     services: list[Service] = []
     with ExitStack() as stack:
 
@@ -144,7 +153,7 @@ def _serve(settings: HubSettings) -> None:
         )
         rpc = run(
             GrpcService(
-                store=open_store(settings.resolved_artifact_url),
+                store=store,
                 host=settings.grpc_host,
                 port=settings.grpc_port,
                 devices=DeviceServicer(security=security),
@@ -178,6 +187,7 @@ def _serve(settings: HubSettings) -> None:
                     max_commands_per_s=settings.rollout_max_commands_per_s,
                     max_concurrent_downloads=settings.rollout_max_concurrent_downloads,
                     capacity=rpc.capacity,  # new deploys only into free download slots
+                    bundle_links=links,  # presigned object-store URLs in deploy commands
                 )
             )
         # devices behind on the bundle key are told to rotate (hub.security.key_rotation),
@@ -198,6 +208,11 @@ def _serve(settings: HubSettings) -> None:
                 "mqtt": {"url": redact_url(mqtt_url), "broker": broker_kind},
                 "grpc": f"{settings.grpc_host}:{rpc.port}",
                 "grpc_artifacts": f"{settings.grpc_host}:{rpc.artifact_port}",
+                "artifacts": {
+                    "url": redact_url(settings.resolved_artifact_url),
+                    "presigned_downloads": links is not None,
+                    "presign_failures": links.failures if links is not None else 0,
+                },
                 "services": {service.name: service.health() for service in services},
             }
 

@@ -7,7 +7,12 @@ import pytest
 
 from tests.fixtures.services import MISSING
 
-pytest_plugins = ["tests.fixtures.services", "tests.fixtures.brokers", "tests.fixtures.bundles"]
+pytest_plugins = [
+    "tests.fixtures.services",
+    "tests.fixtures.brokers",
+    "tests.fixtures.bundles",
+    "tests.fixtures.s3",
+]
 
 # what to install for a skip whose reason names it (first match wins)
 INSTALL_HINTS = (
