@@ -21,50 +21,39 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
-from hub.core.errors import EdgeloopError, NotFound
+from hub.core.artifact_types import (
+    CHUNK,
+    ArtifactCorrupt,
+    ArtifactNotFound,
+    ArtifactRef,
+    ArtifactStoreUnavailable,
+    ArtifactUrlInvalid,
+    hex_of,
+    sha256_digest,
+)
+from hub.core.errors import EdgeloopError
 from hub.core.redact import redact_url
 
-CHUNK = 1024 * 1024
 log = logging.getLogger("edgeloop.artifacts")
-
-
-class ArtifactNotFound(NotFound, LookupError):
-    """No artifact with that digest or URI."""
-
-
-class ArtifactCorrupt(EdgeloopError, OSError):
-    """Stored bytes no longer match their digest."""
-
-    code = "artifact_corrupt"
-    status = 500
-
-
-class ArtifactStoreUnavailable(EdgeloopError, OSError):
-    """The store cannot be used: a missing bucket, refused credentials, no connection."""
-
-    code = "artifact_store_unavailable"
-    status = 503
-
-
-class ArtifactUrlInvalid(EdgeloopError, ValueError):
-    """An artifact URL that names no usable store (scheme, bucket, parameters)."""
-
-    code = "artifact_url_invalid"
-    status = 422
-
-
-@dataclass(frozen=True, slots=True)
-class ArtifactRef:
-    """Where a blob lives and what it is."""
-
-    uri: str
-    digest: str  # "sha256:<hex>"
-    size: int
+__all__ = [
+    "CHUNK",
+    "STORE_FACTORIES",
+    "ArtifactCorrupt",
+    "ArtifactNotFound",
+    "ArtifactRef",
+    "ArtifactStore",
+    "ArtifactStoreUnavailable",
+    "ArtifactUrlInvalid",
+    "DownloadLinks",
+    "FileArtifactStore",
+    "hex_of",
+    "open_store",
+    "sha256_digest",
+]
 
 
 class ArtifactStore(Protocol):
@@ -90,18 +79,6 @@ class ArtifactStore(Protocol):
         """A URL that serves the blob without credentials for ``ttl_s`` seconds; None when
         the store has no such URLs (a local folder)."""
         ...
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def hex_of(digest: str) -> str:
-    """The 64 hex digits of a ``sha256:`` digest; :class:`ArtifactNotFound` otherwise."""
-    algo, _, value = digest.partition(":")
-    if algo != "sha256" or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise ArtifactNotFound(f"not a sha256 digest: {digest!r}")
-    return value
 
 
 class FileArtifactStore:

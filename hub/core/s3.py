@@ -27,7 +27,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from hub.core.artifacts import (
+from hub.core.artifact_types import (
     CHUNK,
     ArtifactCorrupt,
     ArtifactNotFound,
