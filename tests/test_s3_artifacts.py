@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
 
 from edge_agent._fetch import download_bundle
@@ -197,6 +198,7 @@ def test_hub_serve_refuses_a_store_it_cannot_use_before_starting_anything(
     assert "no-such-bucket-here" in error["error"] and "does not exist" in error["error"]
     assert "Traceback" not in done.stderr and TEST_SECRET not in done.stdout + done.stderr
     assert "broker" not in done.stderr.lower()  # failed before any broker was started
+    assert "listening" not in done.stderr  # and before the gRPC server
     assert time.monotonic() - started < 30
     presign = _serve_once(tmp_path, (tmp_path / "a").as_uri(), EDGELOOP_ARTIFACT_PRESIGN="1")
     assert presign.returncode == 2 and json.loads(presign.stdout)["code"] == "settings"
@@ -213,3 +215,19 @@ def test_the_standard_aws_variables_configure_the_client(
     store = _store("s3://from-env-bucket/x")  # the endpoint from AWS_ENDPOINT_URL
     store.check()
     assert store.get_bytes(store.put_bytes(b"env").digest) == b"env"
+
+
+def test_hub_serve_on_an_s3_store_with_presigned_downloads(s3_url: str, tmp_path: Path) -> None:
+    from tests.test_hub_serve import _serve, _stop
+
+    proc, url, log = _serve(tmp_path, EDGELOOP_ARTIFACT_URL=s3_url, EDGELOOP_ARTIFACT_PRESIGN="1")
+    try:
+        health = httpx.get(f"{url}/healthz", timeout=10).json()
+        assert health["artifacts"] == {
+            "url": s3_url,
+            "presigned_downloads": True,
+            "presign_failures": 0,
+        }
+    finally:
+        assert _stop(proc) == 0, log.read_text()
+    assert TEST_SECRET not in log.read_text()
