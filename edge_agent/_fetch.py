@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import http.client
 import logging
 import os
 import random
@@ -190,7 +191,7 @@ async def _http_attempt(
         if exc.code in {408, 429} or exc.code >= 500:
             raise _Retry(f"{where}: HTTP {exc.code}", reason=f"http_{exc.code}") from None
         raise _UrlRefused(f"{where}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise _Retry(f"{where}: {why}", reason="http_unreachable") from None
     with response:
@@ -224,7 +225,8 @@ async def _http_attempt(
             try:
                 # the socket's timeout bounds each read: a stalled transfer raises
                 data = await asyncio.to_thread(response.read, min(chunk_size, total - have))
-            except (OSError, ValueError) as exc:  # ValueError: read from a closed response
+            # IncompleteRead: the connection closed early; ValueError: a closed response
+            except (OSError, ValueError, http.client.HTTPException) as exc:
                 raise _Retry(f"{where}: {exc} at byte {have}", reason="http_broken") from None
             if not data:
                 raise _Retry(f"{where}: ended at byte {have} of {total}", reason="truncated")

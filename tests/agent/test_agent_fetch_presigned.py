@@ -91,9 +91,11 @@ def test_resumes_a_partial_file_with_a_range_request(hub: Hub, tmp_path: Path) -
     assert (tmp_path / f"{HEX}.bundle").read_bytes() == BLOB
 
 
-async def _cutting_proxy(upstream: tuple[str, int], *, cut_after: int) -> asyncio.Server:
-    """Forwards to ``upstream``; the first connection's reply is cut (aborted) after
-    ``cut_after`` bytes, later ones are whole."""
+async def _cutting_proxy(
+    upstream: tuple[str, int], *, cut_after: int, reset: bool
+) -> asyncio.Server:
+    """Forwards to ``upstream``; the first connection's reply is cut after ``cut_after``
+    bytes (``reset``: a TCP reset, else an early close), later ones are whole."""
     connections = 0
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int) -> None:
@@ -102,7 +104,10 @@ async def _cutting_proxy(upstream: tuple[str, int], *, cut_after: int) -> asynci
             if sent + len(data) > limit:
                 writer.write(data[: limit - sent])
                 await writer.drain()
-                writer.transport.abort()
+                if reset:
+                    writer.transport.abort()
+                else:
+                    writer.close()
                 return
             writer.write(data)
             sent += len(data)
@@ -125,14 +130,15 @@ async def _cutting_proxy(upstream: tuple[str, int], *, cut_after: int) -> asynci
     return await asyncio.start_server(accept, "127.0.0.1", 0)
 
 
-def test_resumes_after_the_connection_is_cut(hub: Hub, tmp_path: Path) -> None:
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "closed"])
+def test_resumes_after_the_connection_is_cut(hub: Hub, tmp_path: Path, reset: bool) -> None:
     parts = urlsplit(hub.url)
     counts: Counter[str] = Counter()
     offsets: list[int] = []
 
     async def run() -> Path:
         upstream = (parts.hostname or "", parts.port or 80)
-        server = await _cutting_proxy(upstream, cut_after=700_000)
+        server = await _cutting_proxy(upstream, cut_after=700_000, reset=reset)
         port = server.sockets[0].getsockname()[1]
         try:
             return await download_bundle(
