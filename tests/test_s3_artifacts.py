@@ -231,3 +231,31 @@ def test_hub_serve_on_an_s3_store_with_presigned_downloads(s3_url: str, tmp_path
     finally:
         assert _stop(proc) == 0, log.read_text()
     assert TEST_SECRET not in log.read_text()
+
+
+def test_the_cli_imports_trains_and_packages_into_an_s3_store(
+    s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every artifact of the loop (records, the trained model, the bundle) goes to S3; the
+    bundle's URI is printed, and ``--out`` copies it from the store (digest checked)."""
+    from edgeloop_cli import main
+
+    monkeypatch.setenv("EDGELOOP_ARTIFACT_URL", s3_url)
+    dd = ["--data-dir", str(tmp_path / "hub")]
+
+    def cli(*args: str) -> dict[str, object]:
+        code = main([*dd, *args, "--json"])
+        out = json.loads(capsys.readouterr().out)
+        assert code == 0, out
+        return out  # type: ignore[no-any-return]
+
+    cli("dataset", "import", "synthetic:vibration", "--name", "vib")
+    cli("train", "--spec", "vibration-ae", "--dataset", "vib@1", "--param", "epochs=2")
+    out = tmp_path / "bundle.zip"
+    result = cli("package", "vibration-ae@1", "--formats", "onnx", "--out", str(out))
+    store = _store(s3_url)
+    digest = str(result["digest"])
+    assert result["stored"] == f"s3://{store.bucket}/{store.key(digest)}"
+    assert out.read_bytes() == store.get_bytes(digest)
+    keys = store.client.list_objects_v2(Bucket=store.bucket)["KeyCount"]
+    assert keys >= 3 and not (tmp_path / "hub" / "artifacts").exists()
