@@ -180,6 +180,8 @@ async def _http_attempt(
         log.warning("partial %s holds %d bytes of %d: discarded", partial, have, expected_size)
         fh.truncate(0)
         have = 0
+    if expected_size is not None and have == expected_size:  # whole already: check it
+        return await asyncio.to_thread(_finish, partial, final, digest=digest, total=have)
     where = shown_url(url)
     try:
         response = await asyncio.to_thread(_open_url, url, have, timeout_s)

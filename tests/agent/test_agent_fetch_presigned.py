@@ -165,6 +165,13 @@ def test_resumes_after_the_connection_is_cut(hub: Hub, tmp_path: Path, reset: bo
     assert len(resumed) == 1 and 500_000 < resumed[0] < 700_000, resumed
 
 
+def test_a_whole_partial_is_checked_without_a_request(hub: Hub, tmp_path: Path) -> None:
+    (tmp_path / f"{HEX}.partial").write_bytes(BLOB)
+    counts: Counter[str] = Counter()
+    path = fetch(hub, tmp_path, url="http://127.0.0.1:1/nothing-listens", rejected=counts)
+    assert path.read_bytes() == BLOB and not counts
+
+
 def test_an_expired_url_falls_back_to_grpc(hub: Hub, tmp_path: Path) -> None:
     counts: Counter[str] = Counter()
     expired = int((time.time() - 1) * 1000)
