@@ -4,7 +4,9 @@
 ``PREFIX/sha256/<2 hex>/<64 hex>``, like :class:`~hub.core.artifacts.FileArtifactStore`:
 content-addressed, the same bytes stored once. Credentials never go in the URL: boto3's own
 chain finds them (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``,
-``AWS_PROFILE``, an instance role); ``AWS_ENDPOINT_URL`` and ``AWS_REGION`` work too.
+``AWS_PROFILE``, an instance role); ``AWS_ENDPOINT_URL`` and ``AWS_REGION`` work too. The
+hub's credentials need ``s3:GetObject``, ``s3:PutObject`` and ``s3:ListBucket`` on the
+bucket (without ListBucket, S3 answers a missing key with 403, not 404).
 
 Objects larger than ``multipart_threshold`` go up as multipart uploads (boto3's transfer
 manager, parts of ``multipart_chunk`` bytes). An S3 PUT or a completed multipart upload is
