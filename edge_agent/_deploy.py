@@ -228,6 +228,9 @@ class Deployer:
             client_cert=self._client_cert,
             rejected=self.rejected,
             waited=waited,
+            # a presigned object-store URL when the hub gives one; gRPC the fallback
+            url=getattr(target, "bundle_url", ""),
+            url_expires_at_ms=getattr(target, "bundle_url_expires_at", 0),
         )
         # the hub shows how long its download slots kept the device waiting
         why = f"waited {sum(waited):.2f} s for a download slot ({len(waited)}x)" if waited else ""

@@ -8,6 +8,15 @@ whole artifact is there its size and SHA-256 are checked against the requested d
 the file is fsynced and renamed to ``<dest>/<hex>.bundle``, which is returned. The
 bundle's *signature* is checked later, by the install (:mod:`edge_agent._slots`).
 
+With ``url`` (a presigned object-store GET from the deploy command, ``bundle_url``) the
+bytes come over plain HTTP(S) instead (:mod:`urllib.request`, nothing beyond the standard
+library): ``Range: bytes=<partial size>-`` resumes the same partial file, the same size
+and digest check ends it. The URL is used only while ``url_expires_at_ms`` is ahead; once
+it has expired, or the store refuses it (403, 404, any 4xx but 408/429), the download goes
+on from the same partial file over gRPC (counted as ``url_expired`` / ``url_refused``).
+Broken connections and 5xx answers are retried like a broken gRPC stream. The URL is
+never logged whole: its query is a bearer credential.
+
 A hub whose download slots are all taken answers ``RESOURCE_EXHAUSTED`` with a
 ``retry-after-ms`` hint (:mod:`hub.rpc.slots`): the device waits that long (jittered, longer
 after each refusal in a row) and calls again. Such a wait is no failed attempt: it does not
@@ -18,16 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import http.client
 import logging
 import os
 import random
 import re
 import shutil
+import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
+from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
@@ -39,7 +53,14 @@ from proto import services_pb2, services_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "Backoff", "DownloadError", "download_bundle"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "Backoff",
+    "DownloadError",
+    "download_bundle",
+    "shown_url",
+    "url_usable",
+]
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
@@ -108,6 +129,115 @@ class _Retry(AgentError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class _UrlRefused(AgentError):
+    """The presigned URL cannot serve this download: fetch over gRPC instead."""
+
+
+#: Seconds before its expiry a presigned URL is no longer started on.
+URL_EXPIRY_MARGIN_S = 5.0
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its query (a presigned URL's signature): what logs may show."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+def url_usable(url: str, expires_at_ms: int, *, now: float | None = None) -> bool:
+    """A presigned URL worth starting on: http(s), and not within
+    :data:`URL_EXPIRY_MARGIN_S` of its expiry (0: no expiry given)."""
+    if urlsplit(url).scheme not in {"http", "https"}:
+        return False
+    if not expires_at_ms:
+        return True
+    now = time.time() if now is None else now
+    return expires_at_ms / 1000 - now > URL_EXPIRY_MARGIN_S
+
+
+def _open_url(url: str, offset: int, timeout_s: float) -> Any:
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s)
+
+
+async def _http_attempt(
+    *,
+    url: str,
+    digest: str,
+    fh: BinaryIO,
+    partial: Path,
+    final: Path,
+    expected_size: int | None,
+    chunk_size: int,
+    timeout_s: float,
+    on_progress: Callable[[int, int], None] | None,
+) -> Path:
+    """One HTTP GET of the rest of the artifact, appended to the partial file."""
+    have = os.fstat(fh.fileno()).st_size
+    if expected_size is not None and have > expected_size:
+        log.warning("partial %s holds %d bytes of %d: discarded", partial, have, expected_size)
+        fh.truncate(0)
+        have = 0
+    if expected_size is not None and have == expected_size:  # whole already: check it
+        return await asyncio.to_thread(_finish, partial, final, digest=digest, total=have)
+    where = shown_url(url)
+    try:
+        response = await asyncio.to_thread(_open_url, url, have, timeout_s)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code == 416:  # our partial is not a prefix of it: start over
+            fh.truncate(0)
+            raise _Retry(f"{where}: range {have}- not satisfiable", reason="http_416") from None
+        if exc.code in {408, 429} or exc.code >= 500:
+            raise _Retry(f"{where}: HTTP {exc.code}", reason=f"http_{exc.code}") from None
+        raise _UrlRefused(f"{where}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise _Retry(f"{where}: {why}", reason="http_unreachable") from None
+    with response:
+        if response.status == 206:
+            found = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+            if found is None or int(found.group(1)) != have:
+                raise _UrlRefused(f"{where}: a range reply that does not start at byte {have}")
+            total = int(found.group(3))
+        elif response.status == 200:
+            if have:
+                log.info("%s ignored the range: downloading %s from the start", where, digest)
+                fh.truncate(0)
+                have = 0
+            length = response.headers.get("Content-Length")
+            if length is None or not length.isdigit():
+                raise _UrlRefused(f"{where}: no Content-Length")
+            total = int(length)
+        else:
+            raise _UrlRefused(f"{where}: HTTP {response.status}")
+        if expected_size is not None and total != expected_size:
+            raise DownloadError(
+                f"artifact {digest} is {total} bytes at {where}, expected {expected_size}",
+                reason="size_mismatch",
+            )
+        _check_disk(partial.parent, total - have)
+        if have:
+            log.info("resuming download of %s at byte %d of %d over HTTP", digest, have, total)
+        if on_progress is not None:
+            on_progress(have, total)
+        while have < total:
+            try:
+                # the socket's timeout bounds each read: a stalled transfer raises
+                data = await asyncio.to_thread(response.read, min(chunk_size, total - have))
+            # IncompleteRead: the connection closed early; ValueError: a closed response
+            except (OSError, ValueError, http.client.HTTPException) as exc:
+                raise _Retry(f"{where}: {exc} at byte {have}", reason="http_broken") from None
+            if not data:
+                raise _Retry(f"{where}: ended at byte {have} of {total}", reason="truncated")
+            fh.write(data)
+            fh.flush()
+            have += len(data)
+            if on_progress is not None:
+                on_progress(have, total)
+    return await asyncio.to_thread(_finish, partial, final, digest=digest, total=total)
 
 
 def retry_after(exc: grpc.aio.AioRpcError) -> float | None:
@@ -310,6 +440,8 @@ async def download_bundle(
     rejected: Counter[str] | None = None,
     max_wait_s: float = 600.0,
     waited: list[float] | None = None,
+    url: str = "",
+    url_expires_at_ms: int = 0,
 ) -> Path:
     """Download artifact ``digest`` from ``endpoint`` (``host:port``) into ``dest_dir``.
 
@@ -333,6 +465,12 @@ async def download_bundle(
     is waited out (:func:`slot_wait`) without counting as an attempt, up to ``max_wait_s``
     of such waits in all (then it counts as one); each is counted as ``slot_busy`` and its
     seconds appended to ``waited`` (optional).
+
+    ``url`` / ``url_expires_at_ms``: a presigned HTTP(S) URL of the artifact and its expiry
+    (the deploy command's ``bundle_url``): used first while it lasts (Range resume, the same
+    checks), gRPC from ``endpoint`` after it expired or was refused (``url_expired``,
+    ``url_refused``); HTTP failures are counted as ``http_<status>``, ``http_unreachable``,
+    ``http_broken``, ``truncated``.
     """
     counts: Counter[str] = Counter() if rejected is None else rejected
     try:
@@ -356,8 +494,25 @@ async def download_bundle(
             if expected_size is not None:
                 _check_disk(dest_dir, max(0, expected_size - os.fstat(fh.fileno()).st_size))
             attempt = 0
+            use_url = bool(url)
             while True:
+                if use_url and not url_usable(url, url_expires_at_ms):
+                    use_url = False
+                    counts["url_expired"] += 1
+                    log.info("download of %s: the bundle URL expired; over gRPC", digest)
                 try:
+                    if use_url:
+                        return await _http_attempt(
+                            url=url,
+                            digest=digest,
+                            fh=fh,
+                            partial=partial,
+                            final=final,
+                            expected_size=expected_size,
+                            chunk_size=chunk_size,
+                            timeout_s=timeout_s,
+                            on_progress=on_progress,
+                        )
                     return await _attempt(
                         endpoint=endpoint,
                         digest=digest,
@@ -388,12 +543,18 @@ async def download_bundle(
                     counts[f"rpc_{exc.code().name.lower()}"] += 1
                     if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
                         fh.truncate(0)
+                except _UrlRefused as exc:
+                    use_url = False  # no attempt used up: gRPC goes on from the same partial
+                    counts["url_refused"] += 1
+                    log.warning("download of %s: %s; over gRPC", digest, exc)
+                    continue
                 except _Retry as exc:
                     problem = str(exc)
                     counts[exc.reason] += 1
                 if attempt >= retries:
                     raise DownloadError(
-                        f"download of {digest} from {endpoint} failed after {attempt + 1} "
+                        f"download of {digest} from {shown_url(url) if use_url else endpoint} "
+                        f"failed after {attempt + 1} "
                         f"attempt(s): {problem}",
                         reason="retries_exhausted",
                     )

@@ -144,6 +144,9 @@ def serve(
             "(default all); several processes on one database split the work",
         ),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="a start-up error as one JSON object on stdout")
+    ] = False,
 ) -> None:
     """Serve the admin API (docs at /docs), gRPC artifacts and the embedded broker.
 
@@ -151,6 +154,8 @@ def serve(
     """
     from hub.core.settings import load_settings
     from hub.serve import serve as run_server
+
+    del as_json  # main() prints an error as JSON when --json is on the command line
 
     if mqtt_port is not None and mqtt_url is not None:
         raise typer.BadParameter(

@@ -154,7 +154,8 @@ def package(
                 on_step=lambda msg: bar.update(task, description=msg),
             )
         result = outcome_json(outcome)
-        result["bundle"] = str(Path(result["bundle"]).resolve())
+        if "://" not in result["bundle"]:  # a folder store's file (else s3://bucket/key)
+            result["bundle"] = str(Path(result["bundle"]).resolve())
     if out is not None:
         result["stored"] = result["bundle"]
         result["bundle"] = str(_write_bundle(t, result, out))
@@ -190,8 +191,12 @@ def _write_bundle(t: Target, result: dict[str, Any], out: Path) -> Path:
     if t.hub_url:
         with connect(t) as client:
             data = client.get(f"/bundles/{result['digest']}/file")
-    else:
-        data = Path(result["bundle"]).read_bytes()
+    else:  # from the store, any kind, digest checked
+        from hub.core.artifacts import open_store
+        from hub.core.settings import load_settings
+
+        store = open_store(load_settings(data_dir=t.data_dir).resolved_artifact_url)
+        data = store.get_bytes(result["digest"])
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial")
     partial.write_bytes(data)

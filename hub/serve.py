@@ -22,7 +22,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from hub.api import create_app
 from hub.cluster.member import COMPONENTS, ClusterMember, new_replica_id, parse_components
-from hub.core.artifacts import open_store
+from hub.core.artifacts import DownloadLinks, open_store
 from hub.core.db import make_engine
 from hub.core.errors import EdgeloopError
 from hub.core.redact import redact_url, redacting_log_config
@@ -137,6 +137,15 @@ def _serve(settings: HubSettings) -> None:
             "an external broker; give --mqtt-url (EDGELOOP_MQTT_URL)"
         )
     replica = settings.replica_id or new_replica_id()
+    # the artifact store first: a missing bucket, refused credentials or an unreachable
+    # endpoint stop the hub here, before any broker or listener (ArtifactStoreUnavailable)
+    store = open_store(settings.resolved_artifact_url)
+    store.check()
+    links = (
+        DownloadLinks(store, ttl_s=settings.artifact_presign_ttl_s)
+        if settings.artifact_presign
+        else None
+    )
     services: list[Service] = []
     with ExitStack() as stack:
 
@@ -186,7 +195,7 @@ def _serve(settings: HubSettings) -> None:
         if "grpc" in components:
             rpc = run(
                 GrpcService(
-                    store=open_store(settings.resolved_artifact_url),
+                    store=store,
                     host=settings.grpc_host,
                     port=settings.grpc_port,
                     devices=DeviceServicer(security=security),
@@ -231,6 +240,7 @@ def _serve(settings: HubSettings) -> None:
                             # new deploys only into free download slots (this process's
                             # artifact server; without one, the fixed limit)
                             capacity=rpc.capacity if rpc is not None else None,
+                            bundle_links=links,  # presigned object-store URLs
                         ),
                         cluster.lease("rollouts"),
                     )
@@ -276,6 +286,11 @@ def _serve(settings: HubSettings) -> None:
                 "grpc_artifacts": (
                     f"{settings.grpc_host}:{rpc.artifact_port}" if rpc is not None else None
                 ),
+                "artifacts": {
+                    "url": redact_url(settings.resolved_artifact_url),
+                    "presigned_downloads": links is not None,
+                    "presign_failures": links.failures if links is not None else 0,
+                },
                 "services": {service.name: service.health() for service in services},
             }
 

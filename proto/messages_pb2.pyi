@@ -68,7 +68,7 @@ class Command(_message.Message):
     def __init__(self, command_id: _Optional[str] = ..., device_id: _Optional[str] = ..., issued_at: _Optional[int] = ..., deploy: _Optional[_Union[Deploy, _Mapping]] = ..., rollback: _Optional[_Union[Rollback, _Mapping]] = ..., shadow: _Optional[_Union[Shadow, _Mapping]] = ..., config: _Optional[_Union[Config, _Mapping]] = ..., rotate_key: _Optional[_Union[RotateKey, _Mapping]] = ...) -> None: ...
 
 class Deploy(_message.Message):
-    __slots__ = ("rollout_id", "model", "version", "bundle_digest", "bundle_size", "artifact_endpoint", "probation_seconds")
+    __slots__ = ("rollout_id", "model", "version", "bundle_digest", "bundle_size", "artifact_endpoint", "probation_seconds", "bundle_url", "bundle_url_expires_at")
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,8 @@ class Deploy(_message.Message):
     BUNDLE_SIZE_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     PROBATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_URL_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_URL_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     rollout_id: str
     model: str
     version: str
@@ -83,7 +85,9 @@ class Deploy(_message.Message):
     bundle_size: int
     artifact_endpoint: str
     probation_seconds: int
-    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., bundle_digest: _Optional[str] = ..., bundle_size: _Optional[int] = ..., artifact_endpoint: _Optional[str] = ..., probation_seconds: _Optional[int] = ...) -> None: ...
+    bundle_url: str
+    bundle_url_expires_at: int
+    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., bundle_digest: _Optional[str] = ..., bundle_size: _Optional[int] = ..., artifact_endpoint: _Optional[str] = ..., probation_seconds: _Optional[int] = ..., bundle_url: _Optional[str] = ..., bundle_url_expires_at: _Optional[int] = ...) -> None: ...
 
 class Rollback(_message.Message):
     __slots__ = ("rollout_id", "to_version", "reason")
@@ -96,7 +100,7 @@ class Rollback(_message.Message):
     def __init__(self, rollout_id: _Optional[str] = ..., to_version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Shadow(_message.Message):
-    __slots__ = ("rollout_id", "model", "version", "bundle_digest", "bundle_size", "artifact_endpoint", "sample_fraction", "stop")
+    __slots__ = ("rollout_id", "model", "version", "bundle_digest", "bundle_size", "artifact_endpoint", "sample_fraction", "stop", "bundle_url", "bundle_url_expires_at")
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +109,8 @@ class Shadow(_message.Message):
     ARTIFACT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FRACTION_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_URL_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_URL_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     rollout_id: str
     model: str
     version: str
@@ -113,7 +119,9 @@ class Shadow(_message.Message):
     artifact_endpoint: str
     sample_fraction: float
     stop: bool
-    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., bundle_digest: _Optional[str] = ..., bundle_size: _Optional[int] = ..., artifact_endpoint: _Optional[str] = ..., sample_fraction: _Optional[float] = ..., stop: _Optional[bool] = ...) -> None: ...
+    bundle_url: str
+    bundle_url_expires_at: int
+    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., bundle_digest: _Optional[str] = ..., bundle_size: _Optional[int] = ..., artifact_endpoint: _Optional[str] = ..., sample_fraction: _Optional[float] = ..., stop: _Optional[bool] = ..., bundle_url: _Optional[str] = ..., bundle_url_expires_at: _Optional[int] = ...) -> None: ...
 
 class Config(_message.Message):
     __slots__ = ("settings",)

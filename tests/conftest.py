@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.brokers",
     "tests.fixtures.bundles",
     "tests.fixtures.hub_procs",
+    "tests.fixtures.s3",
 ]
 
 # what to install for a skip whose reason names it (first match wins)

@@ -2,45 +2,58 @@
 
 ``file://DIR`` is a content-addressed folder: every blob lives at
 ``DIR/sha256/<2 hex>/<64 hex>`` and its URI is ``file://.../sha256/..``. Writing the
-same bytes twice stores them once. An S3-compatible store is the scale-out path: it
-registers a factory for ``s3`` in :data:`STORE_FACTORIES` and implements the same protocol.
+same bytes twice stores them once. ``s3://BUCKET/PREFIX?endpoint_url=...`` is the
+S3-compatible store (:mod:`hub.core.s3`, boto3; loaded only when such a URL is opened), laid
+out the same way under its prefix, and can sign short-lived download URLs for devices.
+
+``hub serve`` calls :meth:`ArtifactStore.check` before it starts anything else: a missing
+bucket, wrong credentials or an unreachable endpoint stop it at once with
+:class:`ArtifactStoreUnavailable`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlparse
 
-from hub.core.errors import EdgeloopError, NotFound
+from hub.core.artifact_types import (
+    CHUNK,
+    ArtifactCorrupt,
+    ArtifactNotFound,
+    ArtifactRef,
+    ArtifactStoreUnavailable,
+    ArtifactUrlInvalid,
+    hex_of,
+    sha256_digest,
+)
+from hub.core.errors import EdgeloopError
+from hub.core.redact import redact_url
 
-CHUNK = 1024 * 1024
-
-
-class ArtifactNotFound(NotFound, LookupError):
-    """No artifact with that digest or URI."""
-
-
-class ArtifactCorrupt(EdgeloopError, OSError):
-    """Stored bytes no longer match their digest."""
-
-    code = "artifact_corrupt"
-    status = 500
-
-
-@dataclass(frozen=True, slots=True)
-class ArtifactRef:
-    """Where a blob lives and what it is."""
-
-    uri: str
-    digest: str  # "sha256:<hex>"
-    size: int
+log = logging.getLogger("edgeloop.artifacts")
+__all__ = [
+    "CHUNK",
+    "STORE_FACTORIES",
+    "ArtifactCorrupt",
+    "ArtifactNotFound",
+    "ArtifactRef",
+    "ArtifactStore",
+    "ArtifactStoreUnavailable",
+    "ArtifactUrlInvalid",
+    "DownloadLinks",
+    "FileArtifactStore",
+    "hex_of",
+    "open_store",
+    "sha256_digest",
+]
 
 
 class ArtifactStore(Protocol):
@@ -58,16 +71,14 @@ class ArtifactStore(Protocol):
 
     def exists(self, digest: str) -> bool: ...
 
+    def check(self) -> None:
+        """Raise :class:`ArtifactStoreUnavailable` unless blobs can be stored and read."""
+        ...
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _hex(digest: str) -> str:
-    algo, _, value = digest.partition(":")
-    if algo != "sha256" or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise ArtifactNotFound(f"not a sha256 digest: {digest!r}")
-    return value
+    def presigned_url(self, digest: str, *, ttl_s: int) -> str | None:
+        """A URL that serves the blob without credentials for ``ttl_s`` seconds; None when
+        the store has no such URLs (a local folder)."""
+        ...
 
 
 class FileArtifactStore:
@@ -78,7 +89,7 @@ class FileArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, digest: str) -> Path:
-        value = _hex(digest)
+        value = hex_of(digest)
         return self.root / "sha256" / value[:2] / value
 
     def _ref(self, digest: str, path: Path) -> ArtifactRef:
@@ -143,6 +154,50 @@ class FileArtifactStore:
         except ArtifactNotFound:
             return False
 
+    def check(self) -> None:
+        if not (self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)):
+            raise ArtifactStoreUnavailable(f"artifact folder {self.root} is not writable")
+
+    def presigned_url(self, digest: str, *, ttl_s: int) -> str | None:
+        return None
+
+
+class DownloadLinks:
+    """Presigned download URLs for bundle digests, ``(url, expires_at_ms)``, as deploy
+    commands carry them (a :data:`hub.rollouts.controller.BundleLinks`).
+
+    A URL is reused while more than half its ``ttl_s`` is left (one signature per bundle
+    and half-TTL, not one per device); every device gets at least ``ttl_s / 2`` seconds. A
+    store that cannot sign (a folder, an outage) gives None: devices fetch over gRPC.
+    """
+
+    def __init__(
+        self, store: ArtifactStore, *, ttl_s: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store, self.ttl_s, self.clock = store, ttl_s, clock
+        self._cache: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        self.failures = 0
+
+    def __call__(self, digest: str) -> tuple[str, int] | None:
+        now = self.clock()
+        with self._lock:
+            cached = self._cache.get(digest)
+            if cached is not None and cached[1] - now > self.ttl_s / 2:
+                return cached[0], int(cached[1] * 1000)
+        try:
+            url = self.store.presigned_url(digest, ttl_s=self.ttl_s)
+        except (EdgeloopError, OSError) as exc:
+            self.failures += 1
+            log.warning("no presigned URL for %s (devices use gRPC): %s", digest, exc)
+            return None
+        if url is None:
+            return None
+        expires = now + self.ttl_s - 1  # a second's margin for the signing clock
+        with self._lock:
+            self._cache[digest] = (url, expires)
+        return url, int(expires * 1000)
+
 
 def _file_store(url: str) -> ArtifactStore:
     parsed = urlparse(url)
@@ -150,10 +205,13 @@ def _file_store(url: str) -> ArtifactStore:
 
 
 def _s3_store(url: str) -> ArtifactStore:
-    raise NotImplementedError(
-        f"artifact URL {url!r}: the S3-compatible store is the scale-out path and is not built "
-        "yet; use file:///path/to/folder"
-    )
+    try:
+        from hub.core.s3 import s3_store  # boto3: loaded only for an s3:// store
+    except ImportError as exc:  # pragma: no cover - boto3 comes with the hub extra
+        raise ArtifactStoreUnavailable(
+            f"the s3:// artifact store needs boto3 ({exc}); pip install 'edgeloop[hub]'"
+        ) from None
+    return s3_store(url)
 
 
 STORE_FACTORIES: dict[str, Callable[[str], ArtifactStore]] = {
@@ -168,7 +226,8 @@ def open_store(url: str) -> ArtifactStore:
     try:
         factory = STORE_FACTORIES[scheme]
     except KeyError:
-        raise ValueError(
-            f"artifact URL {url!r}: unknown scheme {scheme!r}; known: {sorted(STORE_FACTORIES)}"
+        raise ArtifactUrlInvalid(
+            f"artifact URL {redact_url(url)!r}: unknown scheme {scheme!r}; "
+            f"known: {sorted(STORE_FACTORIES)}"
         ) from None
     return factory(url)

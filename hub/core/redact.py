@@ -49,6 +49,12 @@ _SECRET_PARAMS = (
     "api_key",
     "apikey",
     "secret",
+    # presigned object-store URLs: the signature is a bearer credential until it expires
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "signature",
+    "awsaccesskeyid",
 )
 _QUERY = re.compile(
     r"(?P<head>[?&;](?:" + "|".join(_SECRET_PARAMS) + r")=)[^&#\s'\"]*", re.IGNORECASE

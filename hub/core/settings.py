@@ -44,7 +44,20 @@ class HubSettings(BaseSettings):
         default=None, description="sqlite:///FILE or postgresql://...; default: SQLite in data_dir"
     )
     artifact_url: str | None = Field(
-        default=None, description="file:///DIR (content-addressed); default: data_dir/artifacts"
+        default=None,
+        description="file:///DIR or s3://BUCKET/PREFIX?endpoint_url=..&region=.. (both "
+        "content-addressed; S3 credentials from the AWS_* variables); default: data_dir/artifacts",
+    )
+    artifact_presign: bool = Field(
+        default=False,
+        description="s3:// store: deploy commands carry a presigned download URL, so devices "
+        "fetch bundles from the object store (gRPC stays the fallback)",
+    )
+    artifact_presign_ttl_s: int = Field(
+        default=900,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="how long a presigned download URL works, seconds",
     )
     mqtt_url: str | None = Field(
         default=None, description="mqtt://host:port of an external broker; unset: embedded broker"
@@ -247,6 +260,15 @@ class HubSettings(BaseSettings):
             raise SettingsError(
                 "EDGELOOP_MQTT_CLIENT_CERTS needs TLS: set EDGELOOP_TLS_SELF_SIGNED=1 or "
                 "EDGELOOP_TLS_CERT_FILE + EDGELOOP_TLS_KEY_FILE"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _presign_needs_s3(self) -> HubSettings:
+        if self.artifact_presign and not (self.artifact_url or "").startswith("s3://"):
+            raise SettingsError(
+                "EDGELOOP_ARTIFACT_PRESIGN needs an object store: set EDGELOOP_ARTIFACT_URL="
+                "s3://BUCKET/PREFIX (devices then download from it; gRPC stays the fallback)"
             )
         return self
 

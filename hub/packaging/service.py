@@ -119,10 +119,11 @@ class PackageOptions:
 @dataclass(frozen=True, kw_only=True)
 class PackageOutcome:
     bundle: Bundle
-    path: Path
+    path: Path  # the store's file (a file:// store; see ``uri`` for any other)
     manifest: dict[str, Any]
     variants: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    uri: str = ""  # where the store keeps it: file://... or s3://bucket/key
 
 
 def _sample(n: int, k: int, *, seed: int) -> npt.NDArray[np.intp]:
@@ -374,6 +375,7 @@ def package(
         manifest=info.manifest,
         variants=variants,
         notes=notes,
+        uri=stored.uri,
     )
 
 
@@ -433,7 +435,10 @@ def _samples_npz(
 def outcome_json(outcome: PackageOutcome) -> dict[str, Any]:
     """The CLI contract's keys for ``edgeloop package``."""
     return {
-        "bundle": str(outcome.path),
+        # the file's path in a folder store, else the object's URI (s3://bucket/key)
+        "bundle": str(outcome.path)
+        if not outcome.uri or outcome.uri.startswith("file://")
+        else outcome.uri,
         "digest": outcome.bundle.digest,
         "size_bytes": outcome.bundle.size,
         "model": outcome.manifest["model"],

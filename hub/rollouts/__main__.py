@@ -16,6 +16,7 @@ import threading
 from contextlib import ExitStack
 from pathlib import Path
 
+from hub.core.artifacts import DownloadLinks, open_store
 from hub.core.db import make_engine
 from hub.core.redact import install_log_redaction
 from hub.rollouts.controller import RolloutController
@@ -41,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         help="an artifact server's host:port (plaintext gRPC) whose download slots new"
         " deploys are admitted by (ArtifactService.Capacity); default: only the fixed limit",
     )
+    parser.add_argument(
+        "--presign-artifact-url",
+        default="",
+        help="the hub's s3:// artifact store: deploy commands carry presigned download URLs "
+        "from it (EDGELOOP_ARTIFACT_PRESIGN in hub serve); credentials from AWS_*",
+    )
+    parser.add_argument("--presign-ttl-s", type=int, default=900)
     parser.add_argument("--no-ingest", action="store_true", help="run the controller only")
     parser.add_argument(
         "--stats-file", type=Path, help="write the controller's health (JSON) here on exit"
@@ -52,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     install_log_redaction()
+    links = None
+    if args.presign_artifact_url:
+        store = open_store(args.presign_artifact_url)
+        store.check()  # a store it cannot use stops it here
+        links = DownloadLinks(store, ttl_s=args.presign_ttl_s)
     engine = make_engine(args.database_url)
     create_all(engine)
     stop = threading.Event()
@@ -86,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             max_commands_per_s=args.max_commands_per_s,
             max_concurrent_downloads=args.max_concurrent_downloads,
             capacity=capacity,
+            bundle_links=links,
         )
         stack.enter_context(controller)
         log.info("rollout controller running (tick %.2f s)", args.tick_s)

@@ -39,10 +39,18 @@ class _Unpublished:
 
 
 def publish_staged(
-    engine: Engine, rollout_id: str, *, publisher: CommandPublisher, endpoint: str
+    engine: Engine,
+    rollout_id: str,
+    *,
+    publisher: CommandPublisher,
+    endpoint: str,
+    links: _sync.BundleLinks | None = None,
 ) -> int:
-    """Publish every staged, unpublished command of the rollout; returns how many rows."""
-    count = _publish_shadows(engine, rollout_id, publisher=publisher, endpoint=endpoint)
+    """Publish every staged, unpublished command of the rollout; returns how many rows.
+    ``links``: presigned bundle URLs for the deploy and shadow commands (optional)."""
+    count = _publish_shadows(
+        engine, rollout_id, publisher=publisher, endpoint=endpoint, links=links
+    )
     with Session(engine) as session:
         rollout = session.get(Rollout, rollout_id)
         found = session.exec(
@@ -61,7 +69,7 @@ def publish_staged(
     staged: list[tuple[_Unpublished, str, pb.Command]] = []
     for row in rows:  # a row's deploy goes before its rollback
         if row.command_id and row.published_at is None:
-            command = _sync.deploy_command(rollout, row, endpoint=endpoint)
+            command = _sync.deploy_command(rollout, row, endpoint=endpoint, links=links)
             staged.append((row, "published_at", command))
         if row.rollback_command_id and row.rollback_published_at is None:
             staged.append((row, "rollback_published_at", _sync.rollback_command(rollout, row)))
@@ -73,7 +81,12 @@ def publish_staged(
 
 
 def _publish_shadows(
-    engine: Engine, rollout_id: str, *, publisher: CommandPublisher, endpoint: str
+    engine: Engine,
+    rollout_id: str,
+    *,
+    publisher: CommandPublisher,
+    endpoint: str,
+    links: _sync.BundleLinks | None = None,
 ) -> int:
     with Session(engine) as session:
         rollout = session.get(Rollout, rollout_id)
@@ -91,7 +104,7 @@ def _publish_shadows(
         return 0
     count = 0
     for row in rows:
-        for field, command in _shadow.commands(rollout, row, endpoint=endpoint):
+        for field, command in _shadow.commands(rollout, row, endpoint=endpoint, links=links):
             publisher.publish(command)
             with session_scope(engine) as session:
                 fresh = session.get(RolloutShadow, (row.rollout_id, row.device_id))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -333,7 +334,13 @@ def view(session: Session, rollout: Rollout) -> dict[str, Any] | None:
     }
 
 
-def commands(rollout: Rollout, row: RolloutShadow, *, endpoint: str) -> list[tuple[str, Any]]:
+def commands(
+    rollout: Rollout,
+    row: RolloutShadow,
+    *,
+    endpoint: str,
+    links: Callable[[str], tuple[str, int] | None] | None = None,
+) -> list[tuple[str, Any]]:
     """(field to mark published, command) for this row's unpublished Shadow commands."""
     out: list[tuple[str, Any]] = []
     cfg = parse_shadow(rollout.shadow) or DEFAULTS
@@ -347,6 +354,8 @@ def commands(rollout: Rollout, row: RolloutShadow, *, endpoint: str) -> list[tup
             artifact_endpoint=endpoint,
             sample_fraction=cfg["sample_fraction"],
         )
+        if links is not None and (link := links(rollout.bundle_digest)) is not None:
+            shadow.bundle_url, shadow.bundle_url_expires_at = link
         command = pb.Command(
             command_id=row.command_id,
             device_id=row.device_id,

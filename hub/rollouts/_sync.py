@@ -3,7 +3,7 @@ and the commands a device row stands for (rebuilt identically after a restart)."
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -160,7 +160,15 @@ class Commanded(Protocol):
     def rollback_issued_at_ms(self) -> int: ...
 
 
-def deploy_command(rollout: Rollout, row: Commanded, *, endpoint: str) -> pb.Command:
+#: A short-lived download URL for a bundle digest and when it expires (unix ms), or None:
+#: devices then fetch it over gRPC only. ``hub serve`` gives one signed by the S3 store
+#: (:class:`hub.core.artifacts.DownloadLinks`) when ``EDGELOOP_ARTIFACT_PRESIGN`` is on.
+BundleLinks = Callable[[str], "tuple[str, int] | None"]
+
+
+def deploy_command(
+    rollout: Rollout, row: Commanded, *, endpoint: str, links: BundleLinks | None = None
+) -> pb.Command:
     deploy = pb.Deploy(
         rollout_id=rollout.id,
         model=rollout.model,
@@ -169,6 +177,8 @@ def deploy_command(rollout: Rollout, row: Commanded, *, endpoint: str) -> pb.Com
         bundle_size=rollout.bundle_size,
         artifact_endpoint=endpoint,
     )
+    if links is not None and (link := links(rollout.bundle_digest)) is not None:
+        deploy.bundle_url, deploy.bundle_url_expires_at = link
     if rollout.probation_s is not None:
         deploy.probation_seconds = rollout.probation_s
     return pb.Command(

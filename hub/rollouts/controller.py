@@ -27,7 +27,7 @@ from hub.rollouts import _progress, _rows, _shadow, _sync
 from hub.rollouts._outbox import publish_staged
 from hub.rollouts._progress import MAX_ROLLBACK_ATTEMPTS, NUDGE_GRACE_S, Slots, Tokens
 from hub.rollouts._rows import Live, Member, Settled
-from hub.rollouts._sync import IN_FLIGHT, REPORTED, S
+from hub.rollouts._sync import IN_FLIGHT, REPORTED, BundleLinks, S
 from hub.rollouts.events import log_event
 from hub.rollouts.gates import (
     Scope,
@@ -44,7 +44,13 @@ from proto.topics import Topics
 log = logging.getLogger("edgeloop.rollouts")
 R = RolloutState
 RECONCILED = {R.SHADOWING, R.RUNNING, R.AWAITING_APPROVAL, R.PAUSED, R.ROLLING_BACK}
-__all__ = ["MAX_ROLLBACK_ATTEMPTS", "NUDGE_GRACE_S", "RECONCILED", "RolloutController"]
+__all__ = [
+    "MAX_ROLLBACK_ATTEMPTS",
+    "NUDGE_GRACE_S",
+    "RECONCILED",
+    "BundleLinks",
+    "RolloutController",
+]
 #: A tick slower than this is logged (the controller lagging behind device events).
 SLOW_TICK_S = 5.0
 #: How long a tick reuses the devices matching a rollout's selector (and their online
@@ -75,8 +81,12 @@ class RolloutController(Periodic):
         max_concurrent_downloads: int = 100,
         publisher: CommandPublisher | None = None,
         capacity: Callable[[], SlotsSnapshot | None] | None = None,
+        bundle_links: BundleLinks | None = None,
     ) -> None:
         self.engine, self.endpoint, self.tick_s = engine, artifact_endpoint, tick_s
+        #: presigned download URLs for deploy and shadow commands (``hub serve`` with
+        #: ``EDGELOOP_ARTIFACT_PRESIGN``): devices fetch from the object store, gRPC the fallback
+        self.bundle_links = bundle_links
         self.max_commands_per_s = max_commands_per_s
         self.max_concurrent_downloads = max_concurrent_downloads
         #: the artifact server's download slots (``GrpcService.capacity`` in-process,
@@ -369,5 +379,9 @@ class RolloutController(Periodic):
         """Publish staged commands (shadow starts and stops, then deploys, then rollbacks),
         then mark them published (``_outbox``)."""
         self.published += publish_staged(
-            self.engine, rollout_id, publisher=self.publisher, endpoint=self.endpoint
+            self.engine,
+            rollout_id,
+            publisher=self.publisher,
+            endpoint=self.endpoint,
+            links=self.bundle_links,
         )

@@ -88,7 +88,7 @@ def make_bundles(*, built: list[bytes], key: Any, store: FileArtifactStore, tmp:
         **{name: ref.digest for name, ref in refs.items()},
         sizes={ref.digest: ref.size for ref in refs.values()},
         public_key_file=key_file,
-        raw={"v1": v1, "v2": v2},
+        raw={"v1": v1, "v2": v2, "foreign": foreign},
     )
 
 

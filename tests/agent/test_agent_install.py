@@ -29,6 +29,8 @@ HEAVY = [
     "optuna",
     "amqtt",
     "jax",
+    "boto3",  # the hub's S3 store; the agent downloads presigned URLs with urllib
+    "botocore",
 ]
 
 
@@ -36,7 +38,8 @@ def test_agent_extra_declares_no_heavy_dependency() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = project["dependencies"] + project["optional-dependencies"]["agent"]
     names = {d.split("==")[0].split("[")[0].split(">")[0].lower() for d in declared}
-    assert not names & {"torch", "onnx", "fastapi", "sqlmodel", "scipy", "litert-torch", "httpx"}
+    heavy = {"torch", "onnx", "fastapi", "sqlmodel", "scipy", "litert-torch", "httpx", "boto3"}
+    assert not names & heavy
     assert {"onnxruntime", "ai-edge-litert", "aiomqtt", "grpcio", "cryptography"} <= names
 
 

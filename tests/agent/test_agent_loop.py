@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.settings import AgentSettings
-from hub.core.artifacts import FileArtifactStore
+from hub.core.artifacts import DownloadLinks, FileArtifactStore, open_store
 from hub.core.db import make_engine, session_scope
 from hub.datasets import service as datasets
 from hub.datasets.sources import load_source
@@ -26,6 +27,7 @@ from hub.training.service import train
 from model_packager.signing import generate_private_key
 from proto import messages_pb2 as pb
 from tests.agent.harness import Bundles, Observer, make_bundles
+from tests.fixtures.ports import free_port
 
 K = pb.EventKind
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,6 +148,54 @@ def test_deploy_verify_activate_repeat_and_rollback(
             )
             await obs.wait(lambda: obs.states["dev-1"].active.bundle_digest == bundles.v1, within=5)
             assert agent.predict(DIGITS[:1]).version == first.version
+
+    asyncio.run(scenario())
+
+
+def test_deploy_from_a_presigned_url_with_the_same_checks(
+    hub: tuple[Bundles, str], mosquitto_fresh: EmbeddedBroker, tmp_path: Path, s3_url: str
+) -> None:
+    """The hub's S3 store (a real S3 server process) signs the URL; gRPC is unreachable, so
+    the bundle can only come over HTTP; a bundle signed by another key still never verifies."""
+    bundles, _endpoint = hub
+    store = open_store(s3_url)
+    links = DownloadLinks(store, ttl_s=300)
+
+    def deploy(name: str) -> pb.Command:
+        ref = store.put_bytes(bundles.raw[name])
+        link = links(ref.digest)
+        assert link is not None
+        return pb.Command(
+            command_id=f"url-{name}",
+            device_id="dev-1",
+            issued_at=int(time.time() * 1000),
+            deploy=pb.Deploy(
+                rollout_id="r1",
+                model="digits-mlp",
+                version=name,
+                bundle_digest=ref.digest,
+                bundle_size=ref.size,
+                artifact_endpoint=f"127.0.0.1:{free_port()}",  # nothing listens: no fallback
+                bundle_url=link[0],
+                bundle_url_expires_at=link[1],
+            ),
+        )
+
+    async def scenario() -> None:
+        async with (
+            Observer(broker_port=mosquitto_fresh.port).running() as obs,
+            Agent(settings=_settings(tmp_path, mosquitto_fresh, bundles)) as agent,
+        ):
+            await obs.online("dev-1")
+            await obs.command("dev-1", deploy("v1"))
+            assert (await obs.until_done("dev-1", "url-v1"))[-1] == K.EVENT_KIND_HEALTHY
+            assert agent.slots.active() is not None
+            assert agent.slots.active().digest == bundles.v1  # type: ignore[union-attr]
+            await obs.command("dev-1", deploy("foreign"))
+            kinds = await obs.until_done("dev-1", "url-foreign")
+            assert kinds[-1] == K.EVENT_KIND_FAILED and K.EVENT_KIND_VERIFIED not in kinds
+            assert K.EVENT_KIND_DOWNLOADED in kinds  # the bytes came; the signature did not do
+            assert not agent.rejected().get("url_refused")
 
     asyncio.run(scenario())
 
