@@ -22,6 +22,7 @@ import numpy.typing as npt
 from hub.core.errors import EdgeloopError
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._samples import aware, reservoir_add
+from hub.tables.packed import feature_counts
 
 IntArray = npt.NDArray[np.int64]
 
@@ -49,16 +50,21 @@ class Layout:
         self.size = at + ref.confidence_bins
 
     def row_vector(self, row: Any) -> IntArray:
-        """One row's counts (``row``: anything with ``count``, ``features``,
-        ``output_counts``, ``confidence`` as stored); :class:`BadRow` if they do not fit."""
+        """One row's counts (``row``: anything with ``count``, ``packed``, ``features``,
+        ``output_counts``, ``confidence`` as stored); :class:`BadRow` if they do not fit.
+        The sketches come from the packed column (the device's protobuf, no JSON), or from
+        the JSON column of rows written before it (``hub.tables.packed.feature_counts``)."""
         if row.count < 0:
             raise BadRow(f"negative count {row.count}")
+        try:
+            sketches = feature_counts(row)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadRow(f"malformed feature sketch ({exc!r})") from exc
         got: dict[int, Sequence[Any]] = {}
-        for sketch in row.features or []:
+        for index, counts in sketches:
             try:
-                index, counts = int(sketch["index"]), sketch["counts"]
                 size = len(counts)
-            except (KeyError, TypeError, ValueError) as exc:
+            except TypeError as exc:
                 raise BadRow(f"malformed feature sketch ({exc!r})") from exc
             where = self.features.get(index)
             if where is None:
