@@ -130,7 +130,7 @@ class HubSettings(BaseSettings):
         default=0.05, ge=0, lt=1, description="degradation: live accuracy this far below eval"
     )
     monitor_min_labels: int = Field(default=50, gt=0, description="labels before accuracy tests")
-    ingest_batch_size: int = Field(default=200, gt=0, description="messages per ingest commit")
+    ingest_batch_size: int = Field(default=1000, gt=0, description="messages per ingest commit")
     ingest_shared: bool = Field(
         default=False,
         description="subscribe through $share/hub/... so several ingest workers split the load. "

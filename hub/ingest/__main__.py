@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--topic-prefix", default="edgeloop/v1")
     p.add_argument("--client-id", default="edgeloop-hub-ingest")
     p.add_argument("--no-shared", action="store_true", help="plain filters (amqtt has no $share)")
-    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--batch-interval-s", type=float, default=0.2)
     p.add_argument("--max-payload-bytes", type=int, default=1_048_576)
     p.add_argument("--accept-unknown-devices", action="store_true")
