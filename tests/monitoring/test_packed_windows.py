@@ -17,7 +17,7 @@ from hub.monitoring._drift import COLUMNS
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._windows import BadRow, Layout
 from hub.tables import TelemetryWindowRow, add_missing_columns
-from hub.tables.packed import feature_counts, feature_dicts
+from hub.tables.packed import feature_counts, feature_dicts, pack_window
 from proto import messages_pb2 as pb
 from proto.topics import Topics
 
@@ -111,3 +111,60 @@ def test_a_packed_column_that_does_not_read_is_a_bad_row(packed: bytes) -> None:
     )
     with pytest.raises(BadRow, match="malformed feature sketch"):
         Layout(REFERENCE).row_vector(row)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _unpacked_sketch(index: int, counts: list[int]) -> bytes:
+    """A ``FeatureSketch`` whose counts are sent unpacked (one tag per value): legal proto3."""
+    body = pb.FeatureSketch(index=index).SerializeToString()
+    body += b"".join(b"\x18" + _varint(c) for c in counts)
+    return b"\x6a" + _varint(len(body)) + body  # TelemetryWindow.features (field 13)
+
+
+@pytest.mark.parametrize(
+    "sketches",
+    [
+        [(0, [3, 0, 7]), (1, [1, 8, 1])],  # one byte per count
+        [(0, [127, 128, 300]), (1, [2**40, 0, 16384])],  # multi-byte varints
+        [(1, [1, 8, 1]), (0, [3, 0, 7])],  # out of order
+        [(1, [1, 8, 1])],  # a sketch missing: zeros
+        [(0, [3, 0]), (1, [1, 8, 1])],  # wrong size: bad row
+        [(0, [3, 0, 7]), (5, [1, 8, 1])],  # not in the reference: bad row
+        [(0, [2**63, 0, 0]), (1, [1, 8, 1])],  # beyond int64: bad row
+    ],
+)
+def test_the_vectorised_packed_path_reads_what_the_sketch_by_sketch_path_reads(
+    sketches: list[tuple[int, list[int]]],
+) -> None:
+    layout = Layout(REFERENCE)
+    window = pb.TelemetryWindow(features=[pb.FeatureSketch(index=i, counts=c) for i, c in sketches])
+    unpacked = b"".join(_unpacked_sketch(i, c) for i, c in sketches)
+    rows = [
+        TelemetryWindowRow(
+            device_id="d",
+            seq=1,
+            window_start=T0,
+            window_end=T0,
+            count=1,
+            errors=0,
+            output_counts=[6, 4],
+            packed=packed,
+            features=[{"index": i, "counts": c} for i, c in sketches] if packed is None else [],
+        )
+        for packed in (None, pack_window(window, window.SerializeToString()), b"\x01" + unpacked)
+    ]
+    results = []
+    for row in rows:
+        try:
+            results.append(layout.row_vector(row).tolist())
+        except BadRow:
+            results.append("bad row")
+    assert results[0] == results[1] == results[2]
