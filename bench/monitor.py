@@ -114,9 +114,8 @@ class World:
                     "latency": {"edges": [1.0], "counts": [PREDICTIONS, 0]},
                     "output_counts": classes[k].tolist(),
                     "confidence": {"edges": CONFIDENCE_EDGES, "counts": confidence[k].tolist()},
-                    "features": [
-                        {"index": j, "counts": per_feature[j][k].tolist()} for j in range(64)
-                    ],
+                    "features": [],  # packed, as the ingest stores them (hub.tables.packed)
+                    "packed": _packed(device, seq, [per_feature[j][k] for j in range(64)]),
                     "shadow": {},
                     "num_samples": SAMPLES,
                     "dropped_windows": 0,
@@ -140,6 +139,19 @@ class World:
         with self.engine.begin() as conn:
             conn.execute(TelemetryWindowRow.__table__.insert(), windows)  # type: ignore[attr-defined]
             conn.execute(FieldSample.__table__.insert(), samples)  # type: ignore[attr-defined]
+
+
+def _packed(device: str, seq: int, counts: list[Any]) -> bytes:
+    """A window's sketches as the ingest stores them: the device's protobuf, packed."""
+    from hub.tables.packed import pack_window
+    from proto import messages_pb2 as pb
+
+    window = pb.TelemetryWindow(
+        device_id=device,
+        seq=seq,
+        features=[pb.FeatureSketch(index=j, counts=c.tolist()) for j, c in enumerate(counts)],
+    )
+    return pack_window(window, window.SerializeToString())
 
 
 def _rss_mb() -> float:

@@ -170,7 +170,7 @@ class HubSettings(BaseSettings):
         "key rotation) among replicas: a standby takes over at most this long after its "
         "holder stops renewing (on PostgreSQL within a third of it when the holder dies)",
     )
-    ingest_batch_size: int = Field(default=200, gt=0, description="messages per ingest commit")
+    ingest_batch_size: int = Field(default=1000, gt=0, description="messages per ingest commit")
     ingest_shared: bool = Field(
         default=False,
         description="subscribe through $share/hub/... so several ingest workers split the load. "

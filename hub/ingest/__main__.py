@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plain filters (amqtt, NATS, RabbitMQ have no $share)",
     )
-    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--batch-interval-s", type=float, default=0.2)
     p.add_argument("--max-payload-bytes", type=int, default=1_048_576)
     p.add_argument("--accept-unknown-devices", action="store_true")

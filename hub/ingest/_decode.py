@@ -7,10 +7,8 @@ Rows are plain dicts for SQLAlchemy Core bulk inserts; times are aware UTC datet
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from operator import attrgetter
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -18,6 +16,7 @@ from google.protobuf.message import DecodeError, Message
 
 from hub.core.errors import EdgeloopError
 from hub.tables.devices import DEVICE_ID_PATTERN
+from hub.tables.packed import pack_window
 from proto import messages_pb2 as pb
 from proto.topics import TopicKind, Topics
 
@@ -78,31 +77,10 @@ def ms_to_datetime(ms: int) -> datetime:
 
 
 # The hot path of the ingest worker: ``[:]`` copies a repeated field into a list faster than
-# ``list()``, and the sketches are converted inline (no call per sketch).
+# ``list()``. The feature sketches are not converted at all: the window is stored packed
+# (``hub.tables.packed``).
 def _histogram(h: pb.Histogram) -> dict[str, Any]:
     return {"edges": h.edges[:], "counts": h.counts[:]}
-
-
-_SKETCH = attrgetter(
-    "name", "index", "counts", "min", "max", "sum", "sum_sq", "count", "non_finite"
-)  # one C call per sketch instead of nine attribute loads
-
-
-def _features(sketches: Iterable[pb.FeatureSketch]) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": name,
-            "index": index,
-            "counts": counts[:],
-            "min": lo,
-            "max": hi,
-            "sum": total,
-            "sum_sq": sum_sq,
-            "count": count,
-            "non_finite": non_finite,
-        }
-        for name, index, counts, lo, hi, total, sum_sq, count, non_finite in map(_SKETCH, sketches)
-    ]
 
 
 def _shadow(s: pb.ShadowStats) -> dict[str, Any]:
@@ -224,10 +202,11 @@ def _telemetry(payload: bytes, device_id: str) -> Item:
         "latency": _histogram(w.latency),
         "output_counts": w.output_counts[:],
         "confidence": _histogram(w.confidence),
-        "features": _features(w.features),
+        "features": [],  # (rows before the packed column held the sketches here)
         "shadow": _shadow(w.shadow) if w.HasField("shadow") else {},
         "num_samples": len(samples),
         "dropped_windows": dropped,
+        "packed": pack_window(w, payload),  # the sketches, as sent (after reading samples)
     }
     return Item(
         kind=TopicKind.TELEMETRY, device_id=device_id, seq=w.seq, window=window, samples=samples

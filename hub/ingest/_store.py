@@ -96,21 +96,11 @@ def _sqlite_datetime(value: datetime) -> str:
     return value.isoformat(" ", "microseconds")[:-6]  # (drops "+00:00")
 
 
-def _fragments(row: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """``row`` with its packed JSON columns as orjson fragments (written as they are)."""
-    out = dict(row)
-    for key in keys:
-        value = out[key]
-        if type(value) is JsonText:
-            out[key] = orjson.Fragment(str(value))  # (orjson wants an exact str)
-    return out
-
-
 # Column order of the SQLite fast path's tuples (tests check they cover each table).
 WINDOW_COLUMNS = (
     "device_id", "seq", "group", "model", "version", "bundle_digest", "window_start",
     "window_end", "count", "errors", "latency", "output_counts", "confidence", "features",
-    "shadow", "num_samples", "dropped_windows", "received_at",
+    "shadow", "num_samples", "dropped_windows", "received_at", "packed",
 )  # fmt: skip
 SAMPLE_COLUMNS = (
     "device_id", "prediction_id", "values", "shape", "predicted_label", "model", "version",
@@ -141,6 +131,14 @@ def _sqlite_insert_sql(table: str, columns: tuple[str, ...]) -> str:
 
 _SQLITE_WINDOW = _sqlite_insert_sql("telemetry_window", WINDOW_COLUMNS)
 _SQLITE_SAMPLE = _sqlite_insert_sql("field_sample", SAMPLE_COLUMNS)
+
+
+def _pg_copy_sql(table: str, columns: tuple[str, ...]) -> str:
+    return f"COPY {table} ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in columns)}) FROM STDIN"
+
+
+_PG_WINDOW = _pg_copy_sql("telemetry_window", WINDOW_COLUMNS)
+_PG_SAMPLE = _pg_copy_sql("field_sample", SAMPLE_COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,13 +227,24 @@ def _insert_keys(
         return set()
     if conn.dialect.name == "sqlite":
         return _sqlite_insert_keys(conn, list(seq_items), now=_sqlite_datetime(now))
-    table = _table("seq")
-    stmt = _insert(conn, table).on_conflict_do_nothing(
-        index_elements=["device_id", "stream", "seq"]
-    )
-    rows = [{"device_id": d, "stream": s, "seq": q, "received_at": now} for d, s, q in seq_items]
-    returned = conn.execute(stmt.returning(table.c.device_id, table.c.stream, table.c.seq), rows)
-    return {(d, s, int(q)) for d, s, q in returned.all()}
+    return _pg_insert_keys(conn, list(seq_items), now=now)
+
+
+_PG_KEYS = (
+    "INSERT INTO ingest_seq (device_id, stream, seq, received_at)"
+    " SELECT d, s, q, %s FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[]) AS k(d, s, q)"
+    " ON CONFLICT (device_id, stream, seq) DO NOTHING RETURNING device_id, stream, seq"
+)
+
+
+def _pg_insert_keys(
+    conn: Connection, keys: list[tuple[str, str, int]], *, now: datetime
+) -> set[tuple[str, str, int]]:
+    """PostgreSQL: every key in one statement (three arrays), the new ones returned."""
+    devices, streams, seqs = (list(column) for column in zip(*keys, strict=True))
+    with _cursor(conn, _PG_KEYS) as cursor:
+        cursor.execute(_PG_KEYS, (now, devices, streams, seqs))
+        return {(d, s, int(q)) for d, s, q in cursor.fetchall()}
 
 
 def _sqlite_insert_keys(
@@ -265,20 +274,36 @@ def _write_data(
     if conn.dialect.name == "sqlite":
         _sqlite_write_data(conn, items, groups=groups, now=now)
         return
-    windows: list[dict[str, Any]] = []
-    samples: list[dict[str, Any]] = []
+    windows: list[tuple[Any, ...]] = []
+    samples: list[tuple[Any, ...]] = []
     labels: list[dict[str, Any]] = []
+    js = _json  # (a no-op on what pack() serialised)
     for item in items:
-        if (window := item.window) is not None:
-            group = groups.get(item.device_id, "default")
-            windows.append({**_fragments(window, _WINDOW_JSON), "group": group, "received_at": now})
+        if (w := item.window) is not None:
+            windows.append(
+                (
+                    w["device_id"], w["seq"], groups.get(item.device_id, "default"),
+                    w["model"], w["version"], w["bundle_digest"], w["window_start"],
+                    w["window_end"], w["count"], w["errors"], js(w["latency"]),
+                    js(w["output_counts"]), js(w["confidence"]), js(w["features"]),
+                    js(w["shadow"]), w["num_samples"], w["dropped_windows"], now, w["packed"],
+                )
+            )  # fmt: skip
             samples += [
-                {**_fragments(sample, _SAMPLE_JSON), "received_at": now} for sample in item.samples
-            ]
+                (
+                    s["device_id"], s["prediction_id"], js(s["values"]), js(s["shape"]),
+                    s["predicted_label"], s["model"], s["version"], s["at"], now,
+                )
+                for s in item.samples
+            ]  # fmt: skip
         labels += [{**label, "received_at": now} for label in item.labels]
-    for name, rows in (("window", windows), ("sample", samples), ("label", labels)):
+    for statement, rows in ((_PG_WINDOW, windows), (_PG_SAMPLE, samples)):
         if rows:
-            conn.execute(_table(name).insert(), rows)
+            with _cursor(conn, statement) as cursor, cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+    if labels:
+        conn.execute(_table("label").insert(), labels)
 
 
 def _sqlite_write_data(
@@ -298,7 +323,7 @@ def _sqlite_write_data(
                     dt(w["window_end"]), w["count"], w["errors"], js(w["latency"]),
                     js(w["output_counts"]), js(w["confidence"]), js(w["features"]),
                     js(w["shadow"]),
-                    w["num_samples"], w["dropped_windows"], at,
+                    w["num_samples"], w["dropped_windows"], at, w["packed"],
                 )
             )  # fmt: skip
             samples += [

@@ -68,7 +68,7 @@ class IngestWorker:
         topic_prefix: str = "edgeloop/v1",
         shared: bool = False,
         client_id: str = "edgeloop-hub-ingest",
-        batch_size: int = 200,
+        batch_size: int = 1000,
         batch_interval_s: float = 0.2,
         max_payload_bytes: int = 1_048_576,
         accept_unknown_devices: bool = False,

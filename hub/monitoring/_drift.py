@@ -47,7 +47,8 @@ COLUMNS = tuple(
         _T.count,
         _T.output_counts,
         _T.confidence,
-        _T.features,
+        _T.features,  # rows from before the packed column
+        _T.packed,  # the sketches (hub.tables.packed)
     )
 )
 

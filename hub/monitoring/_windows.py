@@ -22,6 +22,7 @@ import numpy.typing as npt
 from hub.core.errors import EdgeloopError
 from hub.monitoring._reference import VersionReference
 from hub.monitoring._samples import aware, reservoir_add
+from hub.tables.packed import feature_count_bytes, feature_counts
 
 IntArray = npt.NDArray[np.int64]
 
@@ -47,30 +48,55 @@ class Layout:
         at += self.classes
         self.confidence_slice = slice(at, at + ref.confidence_bins)
         self.size = at + ref.confidence_bins
+        # a packed row's sketches in this order and these sizes take the vectorised path
+        self._order = list(self.features)
+        self._sizes = np.array([w.stop - w.start for w in self.features.values()], np.int64)
+        self._bounds = np.concatenate(([0], np.cumsum(self._sizes)))
+
+    def _packed_features(self, packed: bytes) -> IntArray | None:
+        """The features block of a packed row straight from its varint bytes (one numpy
+        decode for all sketches), or None when the row is not the plain case (sketches
+        missing, out of order, of other sizes, unpacked counts): the general path then
+        reads it sketch by sketch and says what is wrong, if anything."""
+        try:
+            sketches = feature_count_bytes(packed)
+        except ValueError as exc:
+            raise BadRow(f"malformed feature sketch ({exc!r})") from exc
+        if [index for index, _ in sketches] != self._order:
+            return None
+        blobs = [blob for _, blob in sketches]
+        b = np.frombuffer(b"".join(blobs), np.uint8)
+        if b.size == self._bounds[-1] and (not b.size or b.max() < 0x80):
+            return b.astype(np.int64)  # every count < 128: one byte each (the usual case)
+        ends = np.flatnonzero(b < 0x80)  # the last byte of each varint
+        if ends.size != self._bounds[-1] or (ends.size and ends[-1] != b.size - 1):
+            return None
+        offsets = np.cumsum([len(blob) for blob in blobs])
+        if not np.array_equal(np.searchsorted(ends, offsets), self._bounds[1:]):
+            return None  # a sketch's counts do not end where its bytes do
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        group = np.repeat(np.arange(ends.size), ends - starts + 1)
+        shift = 7 * (np.arange(b.size) - starts[group])
+        if shift.max() > 63:
+            raise BadRow("malformed counts (varint longer than 64 bits)")
+        values = np.bitwise_or.reduceat(
+            (b & 0x7F).astype(np.uint64) << shift.astype(np.uint64), starts
+        )
+        if values.max() > np.iinfo(np.int64).max:
+            raise BadRow("malformed counts (beyond a signed 64-bit integer)")
+        return values.astype(np.int64)
 
     def row_vector(self, row: Any) -> IntArray:
-        """One row's counts (``row``: anything with ``count``, ``features``,
-        ``output_counts``, ``confidence`` as stored); :class:`BadRow` if they do not fit."""
+        """One row's counts (``row``: anything with ``count``, ``packed``, ``features``,
+        ``output_counts``, ``confidence`` as stored); :class:`BadRow` if they do not fit.
+        The sketches come from the packed column (the device's protobuf, no JSON: decoded
+        with numpy, :meth:`_packed_features`), or from the JSON column of rows written
+        before it (``hub.tables.packed.feature_counts``)."""
         if row.count < 0:
             raise BadRow(f"negative count {row.count}")
-        got: dict[int, Sequence[Any]] = {}
-        for sketch in row.features or []:
-            try:
-                index, counts = int(sketch["index"]), sketch["counts"]
-                size = len(counts)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise BadRow(f"malformed feature sketch ({exc!r})") from exc
-            where = self.features.get(index)
-            if where is None:
-                raise BadRow(f"feature index {index} is not in the reference profile")
-            if size != where.stop - where.start:
-                raise BadRow(
-                    f"feature {index}: {size} counts, the reference has {where.stop - where.start}"
-                )
-            got[index] = counts
-        flat: list[Any] = []
-        for index, where in self.features.items():
-            flat.extend(got.get(index) or [0] * (where.stop - where.start))
+        packed = getattr(row, "packed", None)
+        block = self._packed_features(packed) if packed else None
+        flat: list[Any] = [] if block is not None else self._feature_list(row)
         classes = list(row.output_counts or [])
         if self.kind == "score":
             if classes and len(classes) != self.classes:
@@ -89,9 +115,37 @@ class Layout:
             out = np.asarray(flat, dtype=np.int64)
         except (TypeError, ValueError, OverflowError) as exc:
             raise BadRow(f"malformed counts ({exc!r})") from exc
+        if block is not None:
+            out = np.concatenate((block, out))
         if out.shape != (self.size,) or (out.size and out.min() < 0):
             raise BadRow("negative or malformed counts")
         return out
+
+    def _feature_list(self, row: Any) -> list[Any]:
+        """The features part of a row's counts as a list, sketch by sketch (JSON rows, and
+        packed rows off the vectorised path)."""
+        try:
+            sketches = feature_counts(row)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadRow(f"malformed feature sketch ({exc!r})") from exc
+        got: dict[int, Sequence[Any]] = {}
+        for index, counts in sketches:
+            try:
+                size = len(counts)
+            except TypeError as exc:
+                raise BadRow(f"malformed feature sketch ({exc!r})") from exc
+            where = self.features.get(index)
+            if where is None:
+                raise BadRow(f"feature index {index} is not in the reference profile")
+            if size != where.stop - where.start:
+                raise BadRow(
+                    f"feature {index}: {size} counts, the reference has {where.stop - where.start}"
+                )
+            got[index] = counts
+        flat: list[Any] = []
+        for index, where in self.features.items():
+            flat.extend(got.get(index) or [0] * (where.stop - where.start))
+        return flat
 
     def thin(self, counts: IntArray, n: int, *, seed: int) -> IntArray:
         """Each histogram of ``counts`` with more than ``n`` counts reduced to ``n`` drawn

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import Column, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from hub.core.clock import utcnow
@@ -51,8 +51,12 @@ class DeploymentEventRow(SQLModel, table=True):
 
 class TelemetryWindowRow(SQLModel, table=True):
     """One ``TelemetryWindow``. Histograms are stored as ``{"edges": [...], "counts": [...]}``;
-    ``features`` as a list of dicts with the ``FeatureSketch`` fields; ``shadow`` as a dict
-    with the ``ShadowStats`` fields or ``{}``. ``group`` is the device's group at ingest."""
+    ``shadow`` as a dict with the ``ShadowStats`` fields or ``{}``. ``group`` is the device's
+    group at ingest. ``packed``: the window as the device sent it, less its samples (format
+    byte + protobuf, :mod:`hub.tables.packed`), where the feature sketches are read from;
+    rows written before it (``packed`` NULL) hold them in ``features`` (a list of dicts with
+    the ``FeatureSketch`` fields), newer rows hold ``[]`` there. Read the sketches with
+    ``hub.tables.packed.feature_counts`` / ``feature_dicts`` (either form)."""
 
     __tablename__ = "telemetry_window"
     __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_telemetry_device_seq"),)
@@ -76,6 +80,7 @@ class TelemetryWindowRow(SQLModel, table=True):
     num_samples: int = 0
     dropped_windows: int = bigint_field()
     received_at: datetime = Field(default_factory=utcnow, index=True)
+    packed: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
 
 
 class FeedbackLabelRow(SQLModel, table=True):

@@ -15,6 +15,7 @@ from hub.ingest._decode import (
     Rejected,
     decode,
 )
+from hub.tables.packed import unpack
 from proto import messages_pb2 as pb
 from proto.topics import TopicKind, Topics
 from tests.ingest import helpers as h
@@ -35,7 +36,12 @@ def test_telemetry_window_becomes_rows() -> None:
     assert w["window_start"].tzinfo is not None
     assert w["latency"] == {"edges": [1.0, 5.0], "counts": [8, 1, 1]}
     assert w["output_counts"] == [7, 3] and w["dropped_windows"] == 3 and w["num_samples"] == 2
-    assert w["features"][0]["name"] == "f0" and w["features"][0]["counts"] == [1, 2]
+    assert w["features"] == []  # the sketches are in the packed column, as sent
+    packed = unpack(w["packed"])
+    assert [(f.name, f.index, list(f.counts), f.sum) for f in packed.features] == [
+        ("f0", 0, [1, 2], 1.5)
+    ]
+    assert (packed.device_id, packed.seq, len(packed.samples)) == ("cam-1", 7, 0)  # no samples
     assert w["shadow"] == {}
     assert [s["prediction_id"] for s in item.samples] == ["cam-1-p7-0", "cam-1-p7-1"]
     assert item.samples[0]["predicted_label"] == 1 and item.samples[0]["shape"] == [2]

@@ -14,6 +14,7 @@ from hub.core.db import json_dumps, json_fragment, make_engine
 from hub.ingest._decode import decode
 from hub.ingest._store import pack, write_batch
 from hub.tables import FieldSample, TelemetryWindowRow, create_all
+from hub.tables.packed import feature_counts, feature_dicts
 from proto.topics import Topics
 from tests.ingest import helpers as h
 
@@ -53,6 +54,11 @@ def test_packed_rows_read_back_like_plain_ones(database_url: str) -> None:
         samples = session.exec(select(FieldSample).where(FieldSample.device_id == "p-2")).all()
     for column in JSON_COLUMNS:
         assert getattr(rows["p-2"], column) == getattr(rows["p-1"], column) == plain.window[column]
-    assert rows["p-2"].features[0]["name"] == "f0" and rows["p-2"].features[0]["counts"] == [1, 2]
+    for device in ("p-1", "p-2"):
+        assert feature_dicts(rows[device]) == [
+            {"name": "f0", "index": 0, "counts": [1, 2], "min": 0.0, "max": 0.0, "sum": 1.5,
+             "sum_sq": 0.0, "count": 3, "non_finite": 0}
+        ]  # fmt: skip
+        assert feature_counts(rows[device]) == [(0, [1, 2])]
     assert len(samples) == 2 and all(isinstance(s.values, list) and s.shape for s in samples)
     engine.dispose()

@@ -20,6 +20,7 @@ from hub.ingest import _store as store
 from hub.ingest._decode import WRONG_TOPIC, Rejected, decode, parse_topic
 from hub.ingest._sql import table
 from hub.tables import FieldSample, IngestSeq, TelemetryWindowRow, create_all
+from hub.tables.packed import unpack
 from proto.topics import Topics
 from tests.ingest import helpers as h
 
@@ -77,9 +78,15 @@ def test_sqlite_fast_path_stores_what_sqlalchemy_stores(tmp_path: Path) -> None:
             {"device_id": "slow-1", "stream": "telemetry", "seq": 7, "received_at": now},
         )
     engine.dispose()
-    cols = ", ".join(f'"{c}", typeof("{c}")' for c in store.WINDOW_COLUMNS if c != "device_id")
+    skip = ("device_id", "packed")  # (the packed window holds the device id)
+    cols = ", ".join(f'"{c}", typeof("{c}")' for c in store.WINDOW_COLUMNS if c not in skip)
     rows = _raw(db, f"SELECT {cols} FROM telemetry_window ORDER BY device_id")
     assert len(rows) == 2 and rows[0] == rows[1]
+    blobs = _raw(db, "SELECT packed, typeof(packed) FROM telemetry_window ORDER BY device_id")
+    assert [kind for _, kind in blobs] == ["blob", "blob"]
+    fast_window, slow_window = (unpack(blob) for blob, _ in blobs)
+    fast_window.device_id = "slow-1"
+    assert fast_window == slow_window and fast_window.features and not fast_window.samples
     cols = ", ".join(f'"{c}", typeof("{c}")' for c in store.SAMPLE_COLUMNS if c != "device_id")
     rows = _raw(db, f"SELECT {cols} FROM field_sample ORDER BY device_id, id")
     assert len(rows) == 4 and rows[:2] == [
