@@ -12,7 +12,9 @@ interleaved, for a before/after table (``git archive COMMIT | tar -x -C DIR``).
 
 from __future__ import annotations
 
+import compileall
 import os
+import re
 import resource
 import socket
 import statistics
@@ -140,11 +142,19 @@ def _measure(
     }
 
 
+def _compile(tree: Path) -> None:
+    """Byte-code for the tree's modules, as an installed package has it (with
+    PYTHONDONTWRITEBYTECODE set, or a fresh ``git archive``, every run would compile them)."""
+    compileall.compile_dir(tree, quiet=1, rx=re.compile(r"/\.|/tests/|/bench/results/"))
+
+
 def run() -> BenchResult:
     trees = {"after": ROOT}
     before = os.environ.get("EDGELOOP_BENCH_CLI_BEFORE")
     if before:
         trees["before"] = Path(before).resolve()
+    for tree in trees.values():
+        _compile(tree)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         _seed(data_dir)

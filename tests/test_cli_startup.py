@@ -137,7 +137,15 @@ def test_serves_names_the_modules_of_every_route() -> None:
     """The in-process API includes route modules by a request's first path segment
     (``hub.api.SERVES``): each module's operations must sit under segments that name it, and
     an app built on demand must end with the same OpenAPI document as the whole one."""
-    from hub.api import API_PREFIX, ROUTE_MODULES, SERVES, create_app, include_routes, routes_for
+    from hub.api import (
+        API_PREFIX,
+        COLLECTIONS,
+        ROUTE_MODULES,
+        SERVES,
+        create_app,
+        include_routes,
+        routes_for,
+    )
     from hub.core.settings import HubSettings
 
     settings = HubSettings(data_dir=Path("/nonexistent"), admin_token="t" * 40)
@@ -151,10 +159,14 @@ def test_serves_names_the_modules_of_every_route() -> None:
         assert only, name
         for path in only:
             if path.startswith(API_PREFIX):
-                first = path.removeprefix(API_PREFIX).lstrip("/").split("/", 1)[0]
+                first, _, deeper = path.removeprefix(API_PREFIX).lstrip("/").partition("/")
                 assert name in SERVES.get(first, ()), (name, path)
+                if not deeper:  # the collection itself
+                    assert name in COLLECTIONS.get(first, SERVES[first]), (name, path)
     lazy = create_app(settings, dashboard=False, routes=())
     for first in SERVES:
         include_routes(lazy, routes_for(f"{API_PREFIX}/{first}/x"))
     assert paths(lazy) == paths(create_app(settings, dashboard=False))
     assert routes_for("/nothing-known") == ROUTE_MODULES
+    assert routes_for(f"{API_PREFIX}/models?limit=5") == ("models",)
+    assert routes_for("/devices/cam-1/enroll") == SERVES["devices"]
