@@ -320,3 +320,39 @@ def test_a_database_from_an_older_release_gets_the_new_columns(database_url: str
             assert s.exec(select(Rollout)).all() == []
     finally:
         engine.dispose()
+
+
+def test_a_start_on_a_current_database_checks_its_schema_with_one_query(
+    database_url: str,
+) -> None:
+    """``create_all`` runs at every start: on a database stamped with the current schema's
+    fingerprint it is one query; an older stamp (a column a newer release added is missing)
+    or none (a database from before the stamp) runs the whole check and stamps it again."""
+    from sqlalchemy import event, text
+
+    from hub.tables import schema_fingerprint
+
+    engine = make_engine(database_url)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    try:
+        assert create_all(engine) is True  # a new database: the whole check
+        statements.clear()
+        assert create_all(engine) is False
+        assert statements == ["SELECT fingerprint FROM edgeloop_schema WHERE id = 1"]
+
+        with engine.begin() as conn:  # an older release's database, its own stamp
+            conn.execute(text("ALTER TABLE rollout DROP COLUMN promotion"))
+            conn.execute(text("UPDATE edgeloop_schema SET fingerprint = 'older'"))
+        assert create_all(engine) is True
+        with engine.connect() as conn:
+            conn.execute(text("SELECT promotion FROM rollout")).all()  # added again
+            stamp = conn.execute(text("SELECT fingerprint FROM edgeloop_schema")).all()
+        assert stamp == [(schema_fingerprint(),)]
+
+        with engine.begin() as conn:  # from before the stamp
+            conn.execute(text("DROP TABLE edgeloop_schema"))
+        assert create_all(engine) is True
+        assert create_all(engine) is False
+    finally:
+        engine.dispose()

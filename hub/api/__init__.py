@@ -19,7 +19,15 @@ from hub.core.db import make_engine
 from hub.core.settings import HubSettings
 from hub.tables import create_all
 
-__all__ = ["API_PREFIX", "ROUTE_MODULES", "SERVES", "create_app", "include_routes", "routes_for"]
+__all__ = [
+    "API_PREFIX",
+    "COLLECTIONS",
+    "ROUTE_MODULES",
+    "SERVES",
+    "create_app",
+    "include_routes",
+    "routes_for",
+]
 
 API_PREFIX = "/api/v1"
 
@@ -59,11 +67,23 @@ SERVES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Where the collection itself (``/api/v1/<segment>``, nothing after it) has fewer modules
+#: than the whole segment: the other modules' routes all sit deeper (``/models/{name}/...``),
+#: so ``model list`` and ``device list`` build no bundle, training or credential routes.
+COLLECTIONS: dict[str, tuple[str, ...]] = {
+    "models": ("models",),
+    "devices": ("devices",),
+}
+
+
 def routes_for(path: str) -> tuple[str, ...]:
     """The route modules serving ``path`` (under ``/api/v1``, with or without the prefix);
     every module for a path no entry of :data:`SERVES` names."""
-    rest = path.removeprefix(API_PREFIX).lstrip("/")
-    return SERVES.get(rest.split("/", 1)[0].split("?", 1)[0], ROUTE_MODULES)
+    rest = path.removeprefix(API_PREFIX).lstrip("/").split("?", 1)[0]
+    first, _, deeper = rest.partition("/")
+    if not deeper.strip("/") and first in COLLECTIONS:
+        return COLLECTIONS[first]
+    return SERVES.get(first, ROUTE_MODULES)
 
 
 def include_routes(app: FastAPI, names: Iterable[str]) -> None:

@@ -57,11 +57,19 @@ __all__ = [
 ]
 
 
-class MqttHealthPublic(BaseModel):
+class _Answer(BaseModel):
+    """The base of these answers: pydantic builds each one's validator and serializer on its
+    first use (``defer_build``), so an app that includes a few route modules (the CLI's
+    in-process API) builds only the answers those routes declare."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class MqttHealthPublic(_Answer):
     """Where the broker listens, which one it is, and what the hub found it offers
     (hub/mqtt/features.py): ``ingest_shared`` says whether ingest uses ``$share``."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     url: str
     broker: str
@@ -69,7 +77,7 @@ class MqttHealthPublic(BaseModel):
     ingest_shared: bool | None = None
 
 
-class HealthPublic(BaseModel):
+class HealthPublic(_Answer):
     """``/healthz``; ``hub serve`` adds where its broker and gRPC listen and each background
     service's ``health()`` (``services``: name -> facts, ``running`` among them)."""
 
@@ -92,7 +100,7 @@ class ValidationReportPublic(ValidationReport):
     text: str
 
 
-class ModelSummaryPublic(BaseModel):
+class ModelSummaryPublic(_Answer):
     name: str
     description: str
     created_at: datetime
@@ -100,7 +108,7 @@ class ModelSummaryPublic(BaseModel):
     aliases: dict[str, int]
 
 
-class AliasMovePublic(BaseModel):
+class AliasMovePublic(_Answer):
     alias: str
     from_version: int | None
     to_version: int | None
@@ -116,18 +124,18 @@ class AliasMovePublic(BaseModel):
     )
 
 
-class BundleRefPublic(BaseModel):
+class BundleRefPublic(_Answer):
     digest: str
     size: int
     formats: list[str]
 
 
-class DatasetRefPublic(BaseModel):
+class DatasetRefPublic(_Answer):
     ref: str
     digest: str
 
 
-class LineagePublic(BaseModel):
+class LineagePublic(_Answer):
     model_version: ModelVersionPublic
     run: RunPublic | None
     dataset_version: DatasetRefPublic | None
@@ -136,7 +144,7 @@ class LineagePublic(BaseModel):
     bundles: list[BundleRefPublic]
 
 
-class ArtifactPublic(BaseModel):
+class ArtifactPublic(_Answer):
     name: str
     digest: str
     size: int
@@ -150,7 +158,7 @@ class ApiTokenCreatedPublic(ApiTokenPublic):
     token: str
 
 
-class EnrollmentPublic(BaseModel):
+class EnrollmentPublic(_Answer):
     """MQTT credentials (the password is shown this once) and where to connect."""
 
     device_id: str
@@ -163,12 +171,12 @@ class EnrollmentPublic(BaseModel):
     rotated: bool
 
 
-class DeviceRevokedPublic(BaseModel):
+class DeviceRevokedPublic(_Answer):
     device_id: str
     revoked: bool
 
 
-class CredentialStatusPublic(BaseModel):
+class CredentialStatusPublic(_Answer):
     """Whether the device holds a live broker login; the times only once it was enrolled."""
 
     device_id: str
@@ -178,34 +186,34 @@ class CredentialStatusPublic(BaseModel):
     revoked_at: datetime | None = None
 
 
-class DeviceKeyPublic(BaseModel):
+class DeviceKeyPublic(_Answer):
     key_id: str | None
     status: str
     online: bool
 
 
-class KeysPublic(BaseModel):
+class KeysPublic(_Answer):
     key_id: str
     retired: list[str]
     devices: dict[str, DeviceKeyPublic]
     counts: dict[str, int]
 
 
-class PublicKeyPublic(BaseModel):
+class PublicKeyPublic(_Answer):
     """The current bundle-signing public key, for provisioning devices."""
 
     key_id: str
     pem: str
 
 
-class KeyRotationPublic(BaseModel):
+class KeyRotationPublic(_Answer):
     key_id: str
     retired_key_id: str
     public_key: str
     notifying_devices: bool
 
 
-class IngestStatsPublic(BaseModel):
+class IngestStatsPublic(_Answer):
     worker: dict[str, Any] | None
     devices: int
     missing: int
@@ -213,7 +221,7 @@ class IngestStatsPublic(BaseModel):
     streams: list[dict[str, Any]]
 
 
-class MonitorLagPublic(BaseModel):
+class MonitorLagPublic(_Answer):
     lag_s: float = Field(
         description="how far the monitor is behind ingest: age of the oldest telemetry row "
         "not evaluated yet (0: caught up)"
@@ -228,13 +236,13 @@ class MonitorLagPublic(BaseModel):
     )
 
 
-class MonitorStatusPublic(BaseModel):
+class MonitorStatusPublic(_Answer):
     versions: list[dict[str, Any]]
     open_alerts: int
     monitor: MonitorLagPublic
 
 
-class EvaluationPublic(BaseModel):
+class EvaluationPublic(_Answer):
     at: str
     versions: list[str]
     rows: int
@@ -248,7 +256,7 @@ class EvaluationPublic(BaseModel):
     seconds: float = Field(description="how long the evaluation took")
 
 
-class PromotionEvidencePublic(BaseModel):
+class PromotionEvidencePublic(_Answer):
     verified: bool
     gates: dict[str, str] = Field(description="gate -> passed | failed | insufficient")
     required: list[str] = Field(description="gates whose data the promotion needed")
@@ -261,7 +269,7 @@ class PromotionEvidencePublic(BaseModel):
     )
 
 
-class PromotionPublic(BaseModel):
+class PromotionPublic(_Answer):
     """What a completed rollout did with its ``promote_alias`` (docs/ROLLOUTS.md)."""
 
     alias: str
@@ -275,7 +283,7 @@ class PromotionPublic(BaseModel):
     at: str
 
 
-class RolloutSummaryPublic(BaseModel):
+class RolloutSummaryPublic(_Answer):
     id: str
     model: str
     version: str
@@ -305,7 +313,7 @@ class RolloutPublic(RolloutSummaryPublic):
     events: list[dict[str, Any]]
 
 
-class TrainOutcomePublic(BaseModel):
+class TrainOutcomePublic(_Answer):
     run_id: str
     model: str | None
     version: int | None
@@ -316,7 +324,7 @@ class TrainOutcomePublic(BaseModel):
     params: dict[str, Any]
 
 
-class PackageOutcomePublic(BaseModel):
+class PackageOutcomePublic(_Answer):
     bundle: str
     digest: str
     size_bytes: int
@@ -326,7 +334,7 @@ class PackageOutcomePublic(BaseModel):
     notes: list[str]
 
 
-class TrainingPolicyPublic(BaseModel):
+class TrainingPolicyPublic(_Answer):
     id: int
     model_name: str
     spec: str
@@ -349,11 +357,11 @@ class TrainingPolicyPublic(BaseModel):
     created_at: datetime
 
 
-class PolicyListPublic(BaseModel):
+class PolicyListPublic(_Answer):
     policies: list[TrainingPolicyPublic]
 
 
-class TriggerEventPublic(BaseModel):
+class TriggerEventPublic(_Answer):
     id: int
     model_name: str
     kind: str
@@ -370,11 +378,11 @@ class TriggerEventPublic(BaseModel):
     rollout_id: str | None
 
 
-class TriggerEventListPublic(BaseModel):
+class TriggerEventListPublic(_Answer):
     events: list[TriggerEventPublic]
 
 
-class ReplicaPublic(BaseModel):
+class ReplicaPublic(_Answer):
     """One ``hub serve`` process on this database."""
 
     id: str
@@ -386,7 +394,7 @@ class ReplicaPublic(BaseModel):
     alive: bool = Field(description="a heartbeat within one lease period")
 
 
-class LeasePublic(BaseModel):
+class LeasePublic(_Answer):
     """A singleton's lease and its holder."""
 
     name: str
@@ -400,7 +408,7 @@ class LeasePublic(BaseModel):
     valid: bool = Field(description="not expired")
 
 
-class ClusterPublic(BaseModel):
+class ClusterPublic(_Answer):
     """The replicas, the live ones per component, and the leases."""
 
     lease_s: float

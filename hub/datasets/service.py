@@ -8,18 +8,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from hub._lazy import module
 from hub.core.artifacts import ArtifactStore, sha256_digest
 from hub.core.errors import Conflict, DatasetInvalid, InvalidInput, NotFound, parse_ref
-from hub.datasets.records import RecordSet
-from hub.datasets.sources import load_source
-from hub.datasets.splits import DEFAULT_FRACTIONS, assign_splits, check_fractions, split_counts
-from hub.datasets.validation import DatasetSchema, ValidationReport, infer_schema, validate_records
+from hub.datasets.reports import DatasetSchema, ValidationReport
 from hub.tables import DatasetVersion, DatasetVersionPublic
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from hub.datasets import records as _records
+    from hub.datasets import sources, splits, validation
+    from hub.datasets.records import RecordSet
+else:
+    # numpy and the record code on first use: listing and showing versions (the CLI's
+    # `dataset list`, ~0.1 s of its start) touch no records
+    np = module("numpy")
+    sources = module("hub.datasets.sources")
+    splits = module("hub.datasets.splits")
+    validation = module("hub.datasets.validation")
+    _records = module("hub.datasets.records")
 
 DEFAULT_ALPHA = 0.01
 
@@ -65,7 +78,7 @@ def to_public(session: Session, version: DatasetVersion) -> DatasetVersionPublic
 def load_records(session: Session, store: ArtifactStore, *, version: DatasetVersion) -> RecordSet:
     """The version's records, byte-for-byte as imported (digest checked twice)."""
     data = store.get_bytes(version.artifact_digest)
-    records = RecordSet.from_npz_bytes(data)
+    records = _records.RecordSet.from_npz_bytes(data)
     if records.manifest_digest() != version.digest:
         raise Conflict(
             f"dataset {version.ref}: stored records do not match digest {version.digest}"
@@ -82,7 +95,7 @@ def load_split(
             f"dataset {version.ref} has no split {split!r}; splits: {list(version.split_fractions)}"
         )
     records = load_records(session, store, version=version)
-    names = assign_splits(records.ids, fractions=version.split_fractions, salt=version.name)
+    names = splits.assign_splits(records.ids, fractions=version.split_fractions, salt=version.name)
     return records.subset(names == split)
 
 
@@ -108,7 +121,7 @@ def import_dataset(
     parent = _latest(session, name=name)
     if records is None:
         layout = schema or (DatasetSchema.model_validate(parent.data_schema) if parent else None)
-        records = load_source(source, schema=layout, target=parent.ref if parent else name)
+        records = sources.load_source(source, schema=layout, target=parent.ref if parent else name)
     parent_records = load_records(session, store, version=parent) if parent else None
     new = adopt_label_names(records, parent_records)
     merged = new
@@ -130,14 +143,20 @@ def import_dataset(
         return existing, False
 
     use_schema = schema or (
-        DatasetSchema.model_validate(parent.data_schema) if parent else infer_schema(merged)
+        DatasetSchema.model_validate(parent.data_schema)
+        if parent
+        else validation.infer_schema(merged)
     )
-    use_fractions = dict(fractions or (parent.split_fractions if parent else DEFAULT_FRACTIONS))
+    use_fractions = dict(
+        fractions or (parent.split_fractions if parent else splits.DEFAULT_FRACTIONS)
+    )
     try:
-        use_fractions = check_fractions(use_fractions)
+        use_fractions = splits.check_fractions(use_fractions)
     except ValueError as exc:  # a caller's mistake: a clear 422, never a server error
         raise InvalidInput(str(exc)) from exc
-    report = validate_records(merged, schema=use_schema, reference=parent_records, alpha=alpha)
+    report = validation.validate_records(
+        merged, schema=use_schema, reference=parent_records, alpha=alpha
+    )
     report.reference_version = parent.ref if parent else None
     blob = merged.to_npz_bytes()
     ref = store.put_bytes(blob)
@@ -158,7 +177,7 @@ def import_dataset(
         feature_shape=list(merged.feature_shape),
         labelled=merged.labels is not None,
         split_fractions=use_fractions,
-        splits=split_counts(merged.ids, fractions=use_fractions, salt=name),
+        splits=splits.split_counts(merged.ids, fractions=use_fractions, salt=name),
         validation_status="passed" if report.passed else "failed",
         validation=report.model_dump(mode="json"),
         lineage=lineage,
@@ -191,8 +210,14 @@ def validate_against_latest(
     parent = _latest(session, name=name)
     parent_records = load_records(session, store, version=parent) if parent else None
     records = adopt_label_names(records, parent_records)
-    schema = DatasetSchema.model_validate(parent.data_schema) if parent else infer_schema(records)
-    report = validate_records(records, schema=schema, reference=parent_records, alpha=alpha)
+    schema = (
+        DatasetSchema.model_validate(parent.data_schema)
+        if parent
+        else validation.infer_schema(records)
+    )
+    report = validation.validate_records(
+        records, schema=schema, reference=parent_records, alpha=alpha
+    )
     report.reference_version = parent.ref if parent else None
     return report
 

@@ -10,14 +10,19 @@
 - The detectors themselves live in :mod:`hub.monitoring.detectors`.
 """
 
-from hub.monitoring._alerts import drift_score, list_alerts, open_alerts
-from hub.monitoring._cache import DetectorCache
-from hub.monitoring._report import MonitorReport, alert_json
-from hub.monitoring.accuracy import AccuracyEstimate, live_accuracy
-from hub.monitoring.budget import Budget
-from hub.monitoring.publish import MqttAlertPublisher, alerts_topic
-from hub.monitoring.serve import MonitorLoop
-from hub.monitoring.service import AlertPublisher, MonitorConfig, evaluate
+from typing import TYPE_CHECKING
+
+from hub._lazy import attributes
+
+if TYPE_CHECKING:
+    from hub.monitoring._alerts import drift_score, list_alerts, open_alerts
+    from hub.monitoring._cache import DetectorCache
+    from hub.monitoring._report import MonitorReport, alert_json
+    from hub.monitoring.accuracy import AccuracyEstimate, live_accuracy
+    from hub.monitoring.budget import Budget
+    from hub.monitoring.publish import MqttAlertPublisher, alerts_topic
+    from hub.monitoring.serve import MonitorLoop
+    from hub.monitoring.service import AlertPublisher, MonitorConfig, evaluate
 
 __all__ = [
     "AccuracyEstimate",
@@ -36,3 +41,25 @@ __all__ = [
     "live_accuracy",
     "open_alerts",
 ]
+
+# each name from its module on first use: `from hub.monitoring.status import ...` (the API's
+# `monitor status`) loads no detector, numpy or MQTT client
+_ORIGIN = {
+    "AccuracyEstimate": "accuracy",
+    "AlertPublisher": "service",
+    "Budget": "budget",
+    "DetectorCache": "_cache",
+    "MonitorConfig": "service",
+    "MonitorLoop": "serve",
+    "MonitorReport": "_report",
+    "MqttAlertPublisher": "publish",
+    "alert_json": "_report",
+    "alerts_topic": "publish",
+    "drift_score": "_alerts",
+    "evaluate": "service",
+    "list_alerts": "_alerts",
+    "live_accuracy": "accuracy",
+    "open_alerts": "_alerts",
+}
+
+__getattr__ = attributes(__name__, _ORIGIN)

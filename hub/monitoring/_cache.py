@@ -26,13 +26,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlmodel import Session
 
+from hub._lazy import module
 from hub.monitoring._reference import VersionReference, load_reference
-from hub.monitoring._windows import Layout, ScopeWindow
 from hub.monitoring.accuracy import AccuracyCusum
 from hub.monitoring.budget import RateMeter
 
 if TYPE_CHECKING:
     from hub.core.artifacts import ArtifactStore
+    from hub.monitoring import _windows
+    from hub.monitoring._windows import ScopeWindow
+else:
+    # numpy with the windows, on a version's first evaluation: `monitor status` reads only
+    # the cache's sizes (~0.1 s of the CLI's start)
+    _windows = module("hub.monitoring._windows")
 
 log = logging.getLogger("edgeloop.monitor")
 
@@ -110,7 +116,7 @@ class ScopeStates:
     version's measured prediction rate (for the fleet budget)."""
 
     def __init__(self, ref: VersionReference) -> None:
-        self.layout = Layout(ref)
+        self.layout = _windows.Layout(ref)
         self.windows: dict[str, ScopeWindow] = {}
         self.used: dict[str, float] = {}
         self.predictions = RateMeter()

@@ -9,12 +9,12 @@ from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from hub.core.clock import aware
 from hub.monitoring._alerts import open_alerts
 from hub.monitoring._cache import cache_for
 from hub.monitoring._cursors import HEAD
 from hub.monitoring._reference import load_reference
 from hub.monitoring._report import alert_json
-from hub.monitoring._samples import aware
 from hub.monitoring.accuracy import live_accuracy
 from hub.tables.fleet import TelemetryWindowRow
 from hub.tables.monitoring import MonitorCursor, MonitorDevice, MonitorScore

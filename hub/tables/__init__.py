@@ -49,6 +49,7 @@ from hub.tables.registry import (
 )
 from hub.tables.rollouts import Rollout, RolloutDevice, RolloutEvent, RolloutShadow
 from hub.tables.rollups import LabelRollup, MonitorScoreRollup, TelemetryRollup
+from hub.tables.schema import SchemaStamp, schema_fingerprint, store_fingerprint, stored_fingerprint
 from hub.tables.security import (
     ApiToken,
     ApiTokenCreate,
@@ -111,6 +112,7 @@ __all__ = [
     "RunCreate",
     "RunMetric",
     "RunPublic",
+    "SchemaStamp",
     "TelemetryRollup",
     "TelemetryWindowRow",
     "TokenScope",
@@ -122,17 +124,27 @@ __all__ = [
     "add_missing_columns",
     "create_all",
     "drop_all",
+    "schema_fingerprint",
 ]
 
 
 log = logging.getLogger("edgeloop.schema")
 
 
-def create_all(engine: Engine) -> None:
+def create_all(engine: Engine) -> bool:
     """Create every table the hub uses that is missing, and add the columns a newer release
-    added to existing tables (:func:`add_missing_columns`); nothing is dropped or changed."""
+    added to existing tables (:func:`add_missing_columns`); nothing is dropped or changed.
+
+    Every start runs this: where the database carries the current schema's fingerprint
+    (:func:`schema_fingerprint`, stored by the last full check in ``edgeloop_schema``), one
+    query stands for the whole check. Returns whether the full check ran."""
+    fingerprint = schema_fingerprint()
+    if stored_fingerprint(engine) == fingerprint:
+        return False
     SQLModel.metadata.create_all(engine)
     add_missing_columns(engine)
+    store_fingerprint(engine, fingerprint)
+    return True
 
 
 def _fill_value(table: str, column: sa.Column[Any]) -> Any:

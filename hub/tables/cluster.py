@@ -7,13 +7,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
 from hub.core.clock import utcnow
-from hub.tables.columns import json_field
+from hub.tables.columns import HubModel, json_field
 
 
-class ClusterReplica(SQLModel, table=True):
+class ClusterReplica(HubModel, table=True):
     """One running ``hub serve`` process: its components and its latest heartbeat."""
 
     __tablename__ = "cluster_replica"
@@ -26,7 +26,7 @@ class ClusterReplica(SQLModel, table=True):
     heartbeat_at: datetime = Field(default_factory=utcnow, index=True)
 
 
-class ClusterLease(SQLModel, table=True):
+class ClusterLease(HubModel, table=True):
     """A singleton's lease: held by ``holder`` until ``expires_at`` unless renewed. ``term``
     grows by one each time a different replica (or the same one after expiry) takes it."""
 

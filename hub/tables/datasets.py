@@ -6,15 +6,15 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
 from hub.core.clock import utcnow
-from hub.tables.columns import json_field
+from hub.tables.columns import HubModel, json_field
 
 ValidationStatus = Literal["passed", "failed", "overridden"]
 
 
-class DatasetVersionBase(SQLModel):
+class DatasetVersionBase(HubModel):
     name: str = Field(index=True, max_length=128)
     version: int = Field(ge=1)
     digest: str = Field(index=True, description="content address of the records (sha256)")

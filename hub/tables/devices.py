@@ -6,16 +6,16 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import StringConstraints
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
 from hub.core.clock import utcnow
-from hub.tables.columns import json_field
+from hub.tables.columns import HubModel, json_field
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
 
 
-class DeviceBase(SQLModel):
+class DeviceBase(HubModel):
     group: str = Field(default="default", index=True, max_length=128)
     tags: dict[str, str] = json_field()
     capabilities: dict[str, str] = json_field()
@@ -25,7 +25,7 @@ class DeviceCreate(DeviceBase):
     id: DeviceId = Field(description="stable device id (MQTT-safe)")
 
 
-class DeviceUpdate(SQLModel):
+class DeviceUpdate(HubModel):
     group: str | None = Field(default=None, max_length=128)
     tags: dict[str, str] | None = None
 

@@ -13,13 +13,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Column, LargeBinary, UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
 from hub.core.clock import utcnow
-from hub.tables.columns import bigint_field, json_field
+from hub.tables.columns import HubModel, bigint_field, json_field
 
 
-class IngestSeq(SQLModel, table=True):
+class IngestSeq(HubModel, table=True):
     """One accepted (device, stream, seq): the dedupe key and the basis of gap reports."""
 
     __tablename__ = "ingest_seq"
@@ -30,7 +30,7 @@ class IngestSeq(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow)
 
 
-class DeploymentEventRow(SQLModel, table=True):
+class DeploymentEventRow(HubModel, table=True):
     """A ``DeploymentEvent`` from a device (kind as lower-case text: ``received`` ...)."""
 
     __tablename__ = "deployment_event"
@@ -49,7 +49,7 @@ class DeploymentEventRow(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow, index=True)
 
 
-class TelemetryWindowRow(SQLModel, table=True):
+class TelemetryWindowRow(HubModel, table=True):
     """One ``TelemetryWindow``. Histograms are stored as ``{"edges": [...], "counts": [...]}``;
     ``shadow`` as a dict with the ``ShadowStats`` fields or ``{}``. ``group`` is the device's
     group at ingest. ``packed``: the window as the device sent it, less its samples (format
@@ -83,7 +83,7 @@ class TelemetryWindowRow(SQLModel, table=True):
     packed: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
 
 
-class FeedbackLabelRow(SQLModel, table=True):
+class FeedbackLabelRow(HubModel, table=True):
     """One ``Label`` of a ``Feedback`` message: ground truth for an earlier prediction."""
 
     __tablename__ = "feedback_label"
@@ -105,7 +105,7 @@ class FeedbackLabelRow(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow, index=True)
 
 
-class FieldSample(SQLModel, table=True):
+class FieldSample(HubModel, table=True):
     """A raw input from a telemetry window's reservoir (field data for retraining, MMD)."""
 
     __tablename__ = "field_sample"

@@ -6,10 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
 from hub.core.clock import utcnow
-from hub.tables.columns import json_field
+from hub.tables.columns import HubModel, json_field
 
 
 class AlertKind(StrEnum):
@@ -17,7 +17,7 @@ class AlertKind(StrEnum):
     DEGRADATION = "degradation"
 
 
-class AlertBase(SQLModel):
+class AlertBase(HubModel):
     kind: str = Field(max_length=32, index=True, description="drift | degradation")
     scope: str = Field(
         max_length=200,
@@ -47,7 +47,7 @@ class AlertPublic(AlertBase):
     resolved_at: datetime | None
 
 
-class MonitorScore(SQLModel, table=True):
+class MonitorScore(HubModel, table=True):
     """One detector score for one evaluated window of one scope (the monitoring time series)."""
 
     __tablename__ = "monitor_score"
@@ -70,7 +70,7 @@ class MonitorScore(SQLModel, table=True):
 CURSOR_HEAD = "*"  # the scope of a (stream, model, version)'s read cursor
 
 
-class MonitorCursor(SQLModel, table=True):
+class MonitorCursor(HubModel, table=True):
     """Where monitoring stands: per (stream, model, version) the last row read (scope ``*``),
     and per scope the partial window not yet evaluated (``pending``), so that a restart
     neither re-alerts nor skips."""
@@ -86,7 +86,7 @@ class MonitorCursor(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
-class MonitorDevice(SQLModel, table=True):
+class MonitorDevice(HubModel, table=True):
     """A device that sent telemetry for a model version (written by the monitor as it reads
     the rows, once per device and version), so the status counts devices per version
     without a ``COUNT(DISTINCT device_id)`` over all telemetry."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
 from hub.core.clock import utcnow
+from hub.tables.columns import HubModel
 
 
-class LabelQuarantineBase(SQLModel):
+class LabelQuarantineBase(HubModel):
     device_id: str = Field(index=True, max_length=128)
     model: str = Field(index=True, max_length=128)
     active: bool = Field(default=True, index=True, description="False once an operator lifted it")

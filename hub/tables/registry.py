@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from pydantic import StrictFloat, StringConstraints
 from sqlalchemy import UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
 from hub.core.clock import utcnow
-from hub.tables.columns import JsonInt, json_field
+from hub.tables.columns import HubModel, JsonInt, json_field
 
 # --- runs -------------------------------------------------------------------------------
 
@@ -18,7 +18,7 @@ DATASET_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}@(latest|[0-9]{1,9})$"
 DatasetRef = Annotated[str, StringConstraints(pattern=DATASET_REF_PATTERN)]
 
 
-class RunBase(SQLModel):
+class RunBase(HubModel):
     spec: str = Field(index=True, description="model spec name, e.g. digits-cnn")
     params: dict[str, Any] = json_field()
     code_version: str = Field(description="digest of the model spec's source")
@@ -52,7 +52,7 @@ class RunPublic(RunBase):
     artifacts: dict[str, str] = Field(default_factory=dict, description="name -> digest")
 
 
-class RunMetric(SQLModel, table=True):
+class RunMetric(HubModel, table=True):
     __tablename__ = "run_metric"
 
     id: int | None = Field(default=None, primary_key=True)
@@ -63,13 +63,13 @@ class RunMetric(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow)
 
 
-class MetricIn(SQLModel):
+class MetricIn(HubModel):
     key: str = Field(min_length=1, max_length=128)
     value: StrictFloat
     step: JsonInt = Field(default=0, ge=0, le=2**31 - 1)
 
 
-class RunArtifact(SQLModel, table=True):
+class RunArtifact(HubModel, table=True):
     __tablename__ = "run_artifact"
     __table_args__ = (UniqueConstraint("run_id", "name"),)
 
@@ -83,7 +83,7 @@ class RunArtifact(SQLModel, table=True):
 # --- registry ---------------------------------------------------------------------------
 
 
-class RegisteredModel(SQLModel, table=True):
+class RegisteredModel(HubModel, table=True):
     __tablename__ = "registered_model"
 
     name: str = Field(primary_key=True, max_length=128)
@@ -91,7 +91,7 @@ class RegisteredModel(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class ModelVersionBase(SQLModel):
+class ModelVersionBase(HubModel):
     model_name: str = Field(foreign_key="registered_model.name", index=True)
     version: int = Field(ge=1)
     description: str = ""
@@ -116,7 +116,7 @@ class ModelVersionPublic(ModelVersionBase):
     aliases: list[str]
 
 
-class ModelAlias(SQLModel, table=True):
+class ModelAlias(HubModel, table=True):
     __tablename__ = "model_alias"
 
     model_name: str = Field(foreign_key="registered_model.name", primary_key=True)
@@ -125,7 +125,7 @@ class ModelAlias(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
-class AliasMove(SQLModel, table=True):
+class AliasMove(HubModel, table=True):
     """Audit trail: every time an alias is set, moved or removed."""
 
     __tablename__ = "alias_move"
@@ -144,7 +144,7 @@ class AliasMove(SQLModel, table=True):
     evidence: dict[str, Any] = json_field()
 
 
-class BundleBase(SQLModel):
+class BundleBase(HubModel):
     digest: str = Field(unique=True, index=True)
     size: int
     formats: list[str] = json_field(default_factory=list)

@@ -12,10 +12,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
 from hub.core.clock import utcnow
-from hub.tables.columns import bigint_field, json_field
+from hub.tables.columns import HubModel, bigint_field, json_field
 
 
 class RolloutState(StrEnum):
@@ -46,7 +46,7 @@ class DeviceState(StrEnum):
     ROLLBACK_FAILED = "rollback_failed"
 
 
-class Rollout(SQLModel, table=True):
+class Rollout(HubModel, table=True):
     __tablename__ = "rollout"
 
     id: str = Field(primary_key=True, max_length=64)
@@ -88,7 +88,7 @@ class Rollout(SQLModel, table=True):
     finished_at: datetime | None = None
 
 
-class RolloutDevice(SQLModel, table=True):
+class RolloutDevice(HubModel, table=True):
     __tablename__ = "rollout_device"
 
     rollout_id: str = Field(primary_key=True, foreign_key="rollout.id", max_length=64)
@@ -112,7 +112,7 @@ class RolloutDevice(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
-class RolloutEvent(SQLModel, table=True):
+class RolloutEvent(HubModel, table=True):
     """What the controller (or an operator) did to a rollout, and why."""
 
     __tablename__ = "rollout_event"
@@ -138,7 +138,7 @@ class ShadowState(StrEnum):
     STOPPED = "stopped"  # a Shadow stop=true was acknowledged
 
 
-class RolloutShadow(SQLModel, table=True):
+class RolloutShadow(HubModel, table=True):
     """One device of a rollout's pre-rollout shadow sample: the ``Shadow`` command that starts
     the candidate beside the active model, and the one that stops it (ids stored before
     publishing, like deploy commands)."""

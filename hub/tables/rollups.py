@@ -7,13 +7,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
 from hub.core.clock import utcnow
-from hub.tables.columns import json_field
+from hub.tables.columns import HubModel, json_field
 
 
-class TelemetryRollup(SQLModel, table=True):
+class TelemetryRollup(HubModel, table=True):
     """Sums over the telemetry windows of one (model, version, group) starting in one hour.
 
     ``latency`` is ``{"edges": [...], "counts": [...]}`` summed over windows with the same
@@ -39,7 +39,7 @@ class TelemetryRollup(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
-class LabelRollup(SQLModel, table=True):
+class LabelRollup(HubModel, table=True):
     """The feedback labels of one ``model@version`` received in one hour, once pruned.
 
     ``scored``: labels with both a class label and a predicted label (what live accuracy
@@ -59,7 +59,7 @@ class LabelRollup(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
-class MonitorScoreRollup(SQLModel, table=True):
+class MonitorScoreRollup(HubModel, table=True):
     """The monitor scores of one (kind, scope, model, version, detector) in one hour, once
     pruned: how many, how many fired, the labels/predictions they covered, and the scores'
     sum, maximum and largest ``score / threshold`` (what ``drift_score`` compares)."""

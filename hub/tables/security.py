@@ -12,13 +12,13 @@ from enum import StrEnum
 from typing import Annotated
 
 from pydantic import StringConstraints
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
 from hub.core.clock import utcnow
-from hub.tables.columns import JsonInt, json_field
+from hub.tables.columns import HubModel, JsonInt, json_field
 
 
-class EnrollmentTokenCreate(SQLModel):
+class EnrollmentTokenCreate(HubModel):
     group: str = Field(default="default", max_length=128)
     tags: dict[Annotated[str, StringConstraints(min_length=1)], str] = Field(default_factory=dict)
     max_uses: JsonInt = Field(default=1, ge=1, le=1_000_000)
@@ -28,7 +28,7 @@ class EnrollmentTokenCreate(SQLModel):
     name: str = Field(default="", max_length=128, description="a note for operators")
 
 
-class EnrollmentToken(SQLModel, table=True):
+class EnrollmentToken(HubModel, table=True):
     """A secret devices trade for credentials: ``max_uses`` times, until ``expires_at``."""
 
     __tablename__ = "enrollment_token"
@@ -45,7 +45,7 @@ class EnrollmentToken(SQLModel, table=True):
     revoked_at: datetime | None = None
 
 
-class EnrollmentTokenPublic(SQLModel):
+class EnrollmentTokenPublic(HubModel):
     id: int
     name: str
     group: str
@@ -57,7 +57,7 @@ class EnrollmentTokenPublic(SQLModel):
     revoked_at: datetime | None
 
 
-class DeviceCredential(SQLModel, table=True):
+class DeviceCredential(HubModel, table=True):
     """A device's MQTT login (username = device id); revoked rows stay for the audit trail."""
 
     __tablename__ = "device_credential"
@@ -71,7 +71,7 @@ class DeviceCredential(SQLModel, table=True):
     revoked_at: datetime | None = None
 
 
-class DeviceCertificate(SQLModel, table=True):
+class DeviceCertificate(HubModel, table=True):
     """A client certificate the device CA signed (``EDGELOOP_MQTT_CLIENT_CERTS``).
 
     Revoked rows (device revoked, or the device re-enrolled with a new key) are what the
@@ -92,12 +92,12 @@ class TokenScope(StrEnum):
     ADMIN = "admin"
 
 
-class ApiTokenCreate(SQLModel):
+class ApiTokenCreate(HubModel):
     name: str = Field(min_length=1, max_length=128)
     scope: TokenScope = TokenScope.READ
 
 
-class ApiToken(SQLModel, table=True):
+class ApiToken(HubModel, table=True):
     """An admin-API bearer token: ``read`` may GET, ``admin`` may do everything."""
 
     __tablename__ = "api_token"
@@ -110,7 +110,7 @@ class ApiToken(SQLModel, table=True):
     revoked_at: datetime | None = None
 
 
-class ApiTokenPublic(SQLModel):
+class ApiTokenPublic(HubModel):
     id: int
     name: str
     scope: str

@@ -6,10 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
 from hub.core.clock import utcnow
-from hub.tables.columns import json_field
+from hub.tables.columns import HubModel, json_field
 
 
 class TriggerKind(StrEnum):
@@ -30,7 +30,7 @@ class TriggerStatus(StrEnum):
     SKIPPED = "skipped"
 
 
-class TrainingPolicy(SQLModel, table=True):
+class TrainingPolicy(HubModel, table=True):
     """When to retrain ``model_name``: ``spec`` on the latest version of ``dataset``."""
 
     __tablename__ = "training_policy"
@@ -76,7 +76,7 @@ class TrainingPolicy(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class TriggerEvent(SQLModel, table=True):
+class TriggerEvent(HubModel, table=True):
     """One trigger decision: what fired, why, and what became of the run."""
 
     __tablename__ = "trigger_event"

@@ -4,34 +4,33 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, StrictBool, StrictFloat, StringConstraints
 from sqlmodel import Session
 
+from hub import datasets
 from hub.api.deps import NAME_PATTERN, ContextDep, NamePath, SessionDep, StoreDep, VersionPath
 from hub.api.public import DatasetImportPublic, ValidationReportPublic
 from hub.core.errors import InvalidInput
-from hub.datasets import RecordSet, service
-from hub.datasets.sources import (
-    SourceError,
-    known_sources,
-    load_builtin,
-    load_source,
-    records_to_frame,
-)
+from hub.datasets import service
 from hub.registry import models as registry
 from hub.tables import DatasetVersionPublic, ModelVersionPublic
 
+if TYPE_CHECKING:
+    from hub.datasets import RecordSet
+
+# hub.datasets' record code (numpy, the sources) loads on first use: `dataset list` needs none
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
 def _builtin_enum(schema: dict[str, Any]) -> None:
-    schema["enum"] = known_sources()  # read when the document is built: plugins registered
+    # read when the document is built: plugins registered
+    schema["enum"] = datasets.known_sources()
 
 
 class DatasetImport(BaseModel):
@@ -53,8 +52,8 @@ class Override(BaseModel):
 
 def _builtin(source: str) -> Any:
     try:
-        return load_builtin(source)
-    except SourceError as exc:
+        return datasets.load_builtin(source)
+    except datasets.SourceError as exc:
         raise InvalidInput(str(exc)) from exc
 
 
@@ -73,8 +72,8 @@ async def _load_upload(upload: UploadFile, *, limit: int, session: Session, name
                     raise InvalidInput(f"upload is larger than the limit of {limit} bytes")
                 fh.write(block)
         try:
-            return load_source(str(path), schema=schema, target=target)
-        except SourceError as exc:
+            return datasets.load_source(str(path), schema=schema, target=target)
+        except datasets.SourceError as exc:
             raise InvalidInput(str(exc).replace(str(path), upload.filename or "upload")) from exc
 
 
@@ -187,7 +186,7 @@ def export(
     if format == "npz":
         data = store.get_bytes(found.artifact_digest)
     else:
-        frame = records_to_frame(service.load_records(session, store, version=found))
+        frame = datasets.records_to_frame(service.load_records(session, store, version=found))
         data = (
             frame.to_csv(index=False).encode("utf-8")
             if format == "csv"

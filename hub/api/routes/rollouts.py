@@ -20,7 +20,6 @@ from hub.api.deps import (
 from hub.api.public import RolloutPublic, RolloutSummaryPublic
 from hub.rollouts import service
 from hub.rollouts.views import rollout_view, summary
-from hub.security.keys import BundleSignerCheck
 from hub.tables import JsonInt, Rollout
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
@@ -66,6 +65,8 @@ class Reason(BaseModel):
 @router.post("", status_code=201, response_model=RolloutPublic)
 def create(body: RolloutCreate, session: SessionDep, context: ContextDep) -> RolloutPublic:
     """409 when the bundle is not signed with the hub's current key (re-package it)."""
+    from hub.security.keys import BundleSignerCheck  # cryptography, on use
+
     check = BundleSignerCheck.of_hub(context.store, context.settings.data_dir)
     rollout = service.create_rollout(session, **body.model_dump(), signer_check=check)
     return _view(session, rollout)

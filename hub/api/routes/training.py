@@ -13,7 +13,6 @@ from pydantic import BaseModel, Field, StrictFloat
 
 from hub.api.deps import NAME_PATTERN, ContextDep, NamePath, SelectorPath
 from hub.api.public import PackageOutcomePublic, TrainOutcomePublic
-from hub.security.keys import bundle_signing_key
 from hub.tables import JsonInt
 from hub.tables.registry import DATASET_REF_PATTERN
 
@@ -71,6 +70,7 @@ def package_version(
     name: NamePath, selector: SelectorPath, body: PackageRequest, ctx: ContextDep
 ) -> PackageOutcomePublic:
     from hub.packaging.service import PackageOptions, outcome_json, package
+    from hub.security.keys import bundle_signing_key
 
     options = PackageOptions(
         formats=tuple(body.formats) if body.formats else ("onnx", "tflite"),
