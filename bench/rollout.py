@@ -21,7 +21,21 @@ rollout. Together they say where the time goes on a machine that simulates every
 A third, the hub's cost per device (issue #20: <= 1 CPU-ms): ``hub_cpu_ms_per_device`` =
 (the hub process's CPU over the rollout, less its CPU at rest over the same quiet window:
 the telemetry ingest) / devices; ``hub_cpu_met`` checks it against ``HUB_CPU_TARGET_MS``.
-``controller_cpu_ms_per_device``: the rollout controller's share (its ticks' thread time).
+``controller_cpu_ms_per_device``: the controller's ticks' thread time over the hub
+process's whole life (idle ticks before and after included), per device.
+
+By component (:data:`COMPONENTS`, the hub process's threads, read from
+``/proc/<pid>/task/*/stat`` and named by the thread map ``bench._rollout_hub`` writes):
+``hub_cpu_ms_per_device_by_component`` = each component's CPU over the rollout less its
+own CPU at rest over the quiet window, per device (``_gross``: without that subtraction;
+``hub_idle_cpu_s_per_s_by_component``: the rates at rest). ``rollout_work_cpu_ms_per_device``
+= controller + command publisher + ingest (commands, events, gates: issue #20's 1 CPU-ms,
+``rollout_work_cpu_met``), the ingest's share less the telemetry of devices that started
+serving (``ingest_events_cpu_ms_per_device``: telemetry windows stored over the rollout x
+the ingest's CPU per window over a window after it, all serving); the artifact server's
+bytes are reported apart as ``transfer_cpu_ms_per_MB`` (its CPU / the downloads it served
+over the rollout x bundle bytes). ``EDGELOOP_ROLLOUT_PROFILE=DIR``: cProfile (thread CPU
+time) of every thread of the hub process, one ``.pstats`` per thread.
 
 ``EDGELOOP_ROLLOUT_DEADLINE_S`` (default 240) bounds the rollout for larger fleets; the
 hub admits downloads by its artifact server's slots (``--capacity-endpoint``).
@@ -276,6 +290,12 @@ def _healthy_reported(engine: Any, rollout_id: str) -> int:
         )
 
 
+def _windows(engine: Any) -> int:
+    """Telemetry windows the hub has stored so far."""
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM telemetry_window")).scalar_one())
+
+
 def _progress(engine: Any, rollout_id: str) -> tuple[str, dict[str, int]]:
     with engine.connect() as conn:
         state = conn.execute(
@@ -358,6 +378,7 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
                 served0 = (await capacity(endpoint)).served
                 started, fleet_cpu0 = time.perf_counter(), fleet_cpu_s()
                 hub_cpu0, parts0 = _cpu_s(hub_pid), _thread_cpu_s(hub_pid, threads)
+                windows0 = await asyncio.to_thread(_windows, engine)
                 rollout_id = await asyncio.to_thread(
                     _create_rollout, engine, digest=digest, size=size
                 )
@@ -378,7 +399,9 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
                 elapsed = time.perf_counter() - started
                 fleet_cpu = fleet_cpu_s() - fleet_cpu0
                 hub_cpu = _cpu_s(hub_pid) - hub_cpu0
-                parts = _rates(parts0, _thread_cpu_s(hub_pid, threads), 1.0)
+                parts_end = _thread_cpu_s(hub_pid, threads)
+                parts = _rates(parts0, parts_end, 1.0)
+                windows1 = await asyncio.to_thread(_windows, engine)
                 served = (await capacity(endpoint)).served - served0
                 # every row healthy; the rollout itself completes once the last phase's
                 # gates have been evaluated (reported, not part of the ratio)
@@ -388,11 +411,21 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
                     status, _ = await asyncio.to_thread(_progress, engine, rollout_id)
                     if status not in {"running", "shadowing"}:
                         finished_s = time.perf_counter() - started
+                # the ingest's cost of a telemetry window: devices that start serving during
+                # the rollout send telemetry, which is no deploy work (none at rest before:
+                # no device serves a model yet); measured over a window with all serving
+                post, parts_post0 = time.perf_counter(), _thread_cpu_s(hub_pid, threads)
+                windows2 = await asyncio.to_thread(_windows, engine)
+                await asyncio.sleep(TELEMETRY_WINDOW_S + 1.0)
+                post_s = time.perf_counter() - post
+                post_ingest = _thread_cpu_s(hub_pid, threads)["ingest"] - parts_post0["ingest"]
+                post_windows = await asyncio.to_thread(_windows, engine) - windows2
     finally:
         broker.stop()
         engine.dispose()
     stats = root / "controller.json"  # written by the hub process as it stopped
-    controller_cpu = json.loads(stats.read_text())["tick_cpu_s"] if stats.exists() else None
+    health = json.loads(stats.read_text()) if stats.exists() else {}
+    controller_cpu = health.get("tick_cpu_s")
     cores = os.cpu_count() or 1
     deploy_cpu = max(fleet_cpu - idle_cpu_per_s * elapsed, 0.0)  # the agents' deploy work
     hub_deploy_cpu = max(hub_cpu - hub_idle_per_s * elapsed, 0.0)  # the hub's rollout work
@@ -400,7 +433,15 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
     # each component's CPU over the rollout less its own CPU at rest, per device
     net = {k: max(v - parts_idle_per_s[k] * elapsed, 0.0) for k, v in parts.items()}
     per_device = {k: round(1000 * v / n, 3) for k, v in net.items() if k != "total"}
-    work = sum(net[k] for k in ROLLOUT_WORK)
+    # the telemetry windows stored over the rollout, at the ingest's cost per window
+    per_window = (
+        max(post_ingest - parts_idle_per_s["ingest"] * post_s, 0.0) / post_windows
+        if post_windows > 0
+        else 0.0
+    )
+    telemetry = min(per_window * (windows1 - windows0), net["ingest"])
+    net_events = {**net, "ingest": net["ingest"] - telemetry}  # deploy events and states
+    work = sum(net_events[k] for k in ROLLOUT_WORK)
     transfer_mb = served * size / 1e6
     return {
         "devices": n,
@@ -435,6 +476,10 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
             round(1000 * controller_cpu / n, 3) if controller_cpu is not None else None
         ),
         "hub_cpu_met": 1000 * hub_deploy_cpu / n <= HUB_CPU_TARGET_MS,
+        # the controller's ticks over the hub process's life, and the rollout reconciles it
+        # skipped (nothing new since one that changed nothing)
+        "controller_ticks": health.get("ticks"),
+        "controller_reconciles_skipped": health.get("reconciles_skipped"),
         # the same split by component (threads of the hub process; docs/ROLLOUTS.md)
         "hub_cpu_ms_per_device_by_component": per_device,
         "hub_cpu_ms_per_device_by_component_gross": {
@@ -443,7 +488,14 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
         "hub_idle_cpu_s_per_s_by_component": {
             k: round(v, 4) for k, v in parts_idle_per_s.items() if k != "total"
         },
-        # issue #20's 1 CPU-ms: commands, events, gates (controller + publisher + ingest)
+        # of the ingest's: the telemetry of devices that started serving (windows stored
+        # over the rollout x the ingest's CPU per window measured after it); the rest is
+        # the deploy events and states
+        "telemetry_windows_in_rollout": windows1 - windows0,
+        "ingest_cpu_ms_per_telemetry_window": round(1000 * per_window, 3),
+        "ingest_events_cpu_ms_per_device": round(1000 * net_events["ingest"] / n, 3),
+        # issue #20's 1 CPU-ms: commands, events, gates (controller + publisher + the
+        # ingest's deploy events and states)
         "rollout_work_cpu_ms_per_device": round(1000 * work / n, 3),
         "rollout_work_cpu_met": 1000 * work / n <= HUB_CPU_TARGET_MS,
         # bytes: the artifact server's CPU per MB it streamed (streams ended x bundle bytes)

@@ -41,8 +41,8 @@ class _Unpublished:
 def publish_staged(
     engine: Engine, rollout_id: str, *, publisher: CommandPublisher, endpoint: str
 ) -> int:
-    """Publish every staged, unpublished command of the rollout; returns how many rows."""
-    count = _publish_shadows(engine, rollout_id, publisher=publisher, endpoint=endpoint)
+    """Publish every staged, unpublished command of the rollout; returns how many rows.
+    Shadow rows are read only for a rollout with a shadow phase (only those have any)."""
     with Session(engine) as session:
         rollout = session.get(Rollout, rollout_id)
         found = session.exec(
@@ -56,6 +56,9 @@ def publish_staged(
             )
         ).all()
     rows = [_Unpublished(*r) for r in found]
+    count = 0
+    if rollout is not None and rollout.shadow:  # shadow starts and stops go first
+        count = _publish_shadows(engine, rollout_id, publisher=publisher, endpoint=endpoint)
     if rollout is None or not rows:
         return count
     staged: list[tuple[_Unpublished, str, pb.Command]] = []
