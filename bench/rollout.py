@@ -21,7 +21,21 @@ rollout. Together they say where the time goes on a machine that simulates every
 A third, the hub's cost per device (issue #20: <= 1 CPU-ms): ``hub_cpu_ms_per_device`` =
 (the hub process's CPU over the rollout, less its CPU at rest over the same quiet window:
 the telemetry ingest) / devices; ``hub_cpu_met`` checks it against ``HUB_CPU_TARGET_MS``.
-``controller_cpu_ms_per_device``: the rollout controller's share (its ticks' thread time).
+``controller_cpu_ms_per_device``: the controller's ticks' thread time over the hub
+process's whole life (idle ticks before and after included), per device.
+
+By component (:data:`COMPONENTS`, the hub process's threads, read from
+``/proc/<pid>/task/*/stat`` and named by the thread map ``bench._rollout_hub`` writes):
+``hub_cpu_ms_per_device_by_component`` = each component's CPU over the rollout less its
+own CPU at rest over the quiet window, per device (``_gross``: without that subtraction;
+``hub_idle_cpu_s_per_s_by_component``: the rates at rest). ``rollout_work_cpu_ms_per_device``
+= controller + command publisher + ingest (commands, events, gates: issue #20's 1 CPU-ms,
+``rollout_work_cpu_met``), the ingest's share less the telemetry of devices that started
+serving (``ingest_events_cpu_ms_per_device``: telemetry windows stored over the rollout x
+the ingest's CPU per window over a window after it, all serving); the artifact server's
+bytes are reported apart as ``transfer_cpu_ms_per_MB`` (its CPU / the downloads it served
+over the rollout x bundle bytes). ``EDGELOOP_ROLLOUT_PROFILE=DIR``: cProfile (thread CPU
+time) of every thread of the hub process, one ``.pstats`` per thread.
 
 ``EDGELOOP_ROLLOUT_DEADLINE_S`` (default 240) bounds the rollout for larger fleets; the
 hub admits downloads by its artifact server's slots (``--capacity-endpoint``).
@@ -62,6 +76,8 @@ from simulators.shards import ShardedFleet
 TARGET = 2.0
 #: Issue #20: the hub's own work per device deployed (commands, events, gates), CPU-ms.
 HUB_CPU_TARGET_MS = 1.0
+#: What issue #20's 1 CPU-ms per device covers: commands, events, gates.
+ROLLOUT_WORK = ("controller", "command_publisher", "ingest")
 TRANSFERS = 48
 RTTS = 200
 FLEET = "rollbench"
@@ -131,6 +147,18 @@ async def mqtt_round_trip(port: int) -> float:
 # the hub side -------------------------------------------------------------------------------
 
 
+async def capacity(endpoint: str) -> services_pb2.DownloadCapacity:
+    """The artifact server's download slots and counts (``served``: streams ended)."""
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        stub = services_pb2_grpc.ArtifactServiceStub(channel)
+        return await stub.Capacity(services_pb2.CapacityRequest(), timeout=10)
+
+
+def _rates(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Per component: CPU seconds between two samples, divided by ``seconds``."""
+    return {k: (after[k] - before[k]) / seconds for k in after}
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; 0 elsewhere)."""
     try:
@@ -138,6 +166,49 @@ def _cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: The hub process's components, by its threads' Python names (from the thread map the
+#: process writes) or, for threads of gRPC's C core, their OS names; first match wins.
+#: ``rest``: every other thread (the main thread, the thread map, threads that ended).
+COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("controller", ("rollout-controller",)),  # ticks: events -> states, phases, gates
+    ("command_publisher", ("paho-mqtt-client-edgeloop-rollouts-",)),  # commands' MQTT I/O
+    ("ingest", ("ingest-",)),  # deploy events, states, telemetry into the database
+    # bundle bytes: the server's handler threads, its completion-queue poller, gRPC's C core
+    ("artifact_server", ("edgeloop-grpc", "(_serve)", "grpc", "event_engine", "lifeguard")),
+)
+
+
+def _component(name: str) -> str:
+    for component, prefixes in COMPONENTS:
+        if any(name.startswith(p) or p in name for p in prefixes):
+            return component
+    return "rest"
+
+
+def _thread_cpu_s(pid: int, names_file: Path) -> dict[str, float]:
+    """CPU seconds per component of process ``pid`` (``/proc/<pid>/task/*/stat``) and
+    ``total`` (the process's, with threads that ended); ``rest`` = total - the others."""
+    try:
+        names: dict[str, str] = json.loads(names_file.read_text())
+    except (OSError, ValueError):
+        names = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {c: 0.0 for c, _ in COMPONENTS}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            comm, fields = task.joinpath("stat").read_text().split("(", 1)[1].rsplit(")", 1)
+        except (OSError, ValueError, IndexError):
+            continue  # ended meanwhile
+        component = _component(names.get(task.name, comm))
+        if component != "rest":
+            values = fields.split()
+            out[component] += (int(values[11]) + int(values[12])) / tick
+    total = _cpu_s(pid)
+    out["rest"] = total - sum(out.values())
+    out["total"] = total
+    return out
 
 
 @contextlib.contextmanager
@@ -152,6 +223,8 @@ def _hub(root: Path, *, database_url: str, mqtt_url: str) -> Iterator[tuple[str,
         str(root / "artifacts"),
         "--port-file",
         str(port_file),
+        "--threads-file",
+        str(root / "threads.json"),
         "--",
         "--database-url",
         database_url,
@@ -217,6 +290,12 @@ def _healthy_reported(engine: Any, rollout_id: str) -> int:
         )
 
 
+def _windows(engine: Any) -> int:
+    """Telemetry windows the hub has stored so far."""
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM telemetry_window")).scalar_one())
+
+
 def _progress(engine: Any, rollout_id: str) -> tuple[str, dict[str, int]]:
     with engine.connect() as conn:
         state = conn.execute(
@@ -260,6 +339,7 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
     database_url = f"sqlite:///{root / 'hub.db'}"
     engine = make_engine(database_url)
     scenario = _scenario(n)
+    threads = root / "threads.json"  # the hub process's thread names (bench._rollout_hub)
     with session_scope(engine) as s:
         for device_id in device_ids(scenario, n):
             s.add(Device(id=device_id, group="default", tags={}))
@@ -288,12 +368,17 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
                 # retained states reach the hub, the first telemetry windows close
                 await asyncio.sleep(1.0 + TELEMETRY_WINDOW_S)
                 quiet, quiet_cpu, quiet_hub = time.perf_counter(), fleet_cpu_s(), _cpu_s(hub_pid)
+                quiet_parts = _thread_cpu_s(hub_pid, threads)
                 # CPU at rest (telemetry, keepalives, their ingest) over a whole window
                 await asyncio.sleep(TELEMETRY_WINDOW_S + 1.0)
-                idle_cpu_per_s = (fleet_cpu_s() - quiet_cpu) / (time.perf_counter() - quiet)
-                hub_idle_per_s = (_cpu_s(hub_pid) - quiet_hub) / (time.perf_counter() - quiet)
+                quiet_s = time.perf_counter() - quiet
+                idle_cpu_per_s = (fleet_cpu_s() - quiet_cpu) / quiet_s
+                hub_idle_per_s = (_cpu_s(hub_pid) - quiet_hub) / quiet_s
+                parts_idle_per_s = _rates(quiet_parts, _thread_cpu_s(hub_pid, threads), quiet_s)
+                served0 = (await capacity(endpoint)).served
                 started, fleet_cpu0 = time.perf_counter(), fleet_cpu_s()
-                hub_cpu0 = _cpu_s(hub_pid)
+                hub_cpu0, parts0 = _cpu_s(hub_pid), _thread_cpu_s(hub_pid, threads)
+                windows0 = await asyncio.to_thread(_windows, engine)
                 rollout_id = await asyncio.to_thread(
                     _create_rollout, engine, digest=digest, size=size
                 )
@@ -314,6 +399,10 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
                 elapsed = time.perf_counter() - started
                 fleet_cpu = fleet_cpu_s() - fleet_cpu0
                 hub_cpu = _cpu_s(hub_pid) - hub_cpu0
+                parts_end = _thread_cpu_s(hub_pid, threads)
+                parts = _rates(parts0, parts_end, 1.0)
+                windows1 = await asyncio.to_thread(_windows, engine)
+                served = (await capacity(endpoint)).served - served0
                 # every row healthy; the rollout itself completes once the last phase's
                 # gates have been evaluated (reported, not part of the ratio)
                 finished_s = None if status in {"running", "shadowing"} else elapsed
@@ -322,15 +411,38 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
                     status, _ = await asyncio.to_thread(_progress, engine, rollout_id)
                     if status not in {"running", "shadowing"}:
                         finished_s = time.perf_counter() - started
+                # the ingest's cost of a telemetry window: devices that start serving during
+                # the rollout send telemetry, which is no deploy work (none at rest before:
+                # no device serves a model yet); measured over a window with all serving
+                post, parts_post0 = time.perf_counter(), _thread_cpu_s(hub_pid, threads)
+                windows2 = await asyncio.to_thread(_windows, engine)
+                await asyncio.sleep(TELEMETRY_WINDOW_S + 1.0)
+                post_s = time.perf_counter() - post
+                post_ingest = _thread_cpu_s(hub_pid, threads)["ingest"] - parts_post0["ingest"]
+                post_windows = await asyncio.to_thread(_windows, engine) - windows2
     finally:
         broker.stop()
         engine.dispose()
     stats = root / "controller.json"  # written by the hub process as it stopped
-    controller_cpu = json.loads(stats.read_text())["tick_cpu_s"] if stats.exists() else None
+    health = json.loads(stats.read_text()) if stats.exists() else {}
+    controller_cpu = health.get("tick_cpu_s")
     cores = os.cpu_count() or 1
     deploy_cpu = max(fleet_cpu - idle_cpu_per_s * elapsed, 0.0)  # the agents' deploy work
     hub_deploy_cpu = max(hub_cpu - hub_idle_per_s * elapsed, 0.0)  # the hub's rollout work
     with_cpu = max(bound, deploy_cpu / cores)
+    # each component's CPU over the rollout less its own CPU at rest, per device
+    net = {k: max(v - parts_idle_per_s[k] * elapsed, 0.0) for k, v in parts.items()}
+    per_device = {k: round(1000 * v / n, 3) for k, v in net.items() if k != "total"}
+    # the telemetry windows stored over the rollout, at the ingest's cost per window
+    per_window = (
+        max(post_ingest - parts_idle_per_s["ingest"] * post_s, 0.0) / post_windows
+        if post_windows > 0
+        else 0.0
+    )
+    telemetry = min(per_window * (windows1 - windows0), net["ingest"])
+    net_events = {**net, "ingest": net["ingest"] - telemetry}  # deploy events and states
+    work = sum(net_events[k] for k in ROLLOUT_WORK)
+    transfer_mb = served * size / 1e6
     return {
         "devices": n,
         "fleet_processes": processes,
@@ -364,6 +476,33 @@ async def _measure(root: Path, state: Path, n: int, processes: int) -> dict[str,
             round(1000 * controller_cpu / n, 3) if controller_cpu is not None else None
         ),
         "hub_cpu_met": 1000 * hub_deploy_cpu / n <= HUB_CPU_TARGET_MS,
+        # the controller's ticks over the hub process's life, and the rollout reconciles it
+        # skipped (nothing new since one that changed nothing)
+        "controller_ticks": health.get("ticks"),
+        "controller_reconciles_skipped": health.get("reconciles_skipped"),
+        # the same split by component (threads of the hub process; docs/ROLLOUTS.md)
+        "hub_cpu_ms_per_device_by_component": per_device,
+        "hub_cpu_ms_per_device_by_component_gross": {
+            k: round(1000 * v / n, 3) for k, v in parts.items() if k != "total"
+        },
+        "hub_idle_cpu_s_per_s_by_component": {
+            k: round(v, 4) for k, v in parts_idle_per_s.items() if k != "total"
+        },
+        # of the ingest's: the telemetry of devices that started serving (windows stored
+        # over the rollout x the ingest's CPU per window measured after it); the rest is
+        # the deploy events and states
+        "telemetry_windows_in_rollout": windows1 - windows0,
+        "ingest_cpu_ms_per_telemetry_window": round(1000 * per_window, 3),
+        "ingest_events_cpu_ms_per_device": round(1000 * net_events["ingest"] / n, 3),
+        # issue #20's 1 CPU-ms: commands, events, gates (controller + publisher + the
+        # ingest's deploy events and states)
+        "rollout_work_cpu_ms_per_device": round(1000 * work / n, 3),
+        "rollout_work_cpu_met": 1000 * work / n <= HUB_CPU_TARGET_MS,
+        # bytes: the artifact server's CPU per MB it streamed (streams ended x bundle bytes)
+        "downloads_served": served,
+        "transfer_cpu_ms_per_MB": (
+            round(1000 * net["artifact_server"] / transfer_mb, 3) if transfer_mb else None
+        ),
         "fleet_cpu_s": round(fleet_cpu, 2),
         "fleet_idle_cpu_s_per_s": round(idle_cpu_per_s, 3),
         "device_cpu_ms_per_deploy": round(1000 * deploy_cpu / n, 2),

@@ -47,10 +47,9 @@ def publish_staged(
     links: _sync.BundleLinks | None = None,
 ) -> int:
     """Publish every staged, unpublished command of the rollout; returns how many rows.
-    ``links``: presigned bundle URLs for the deploy and shadow commands (optional)."""
-    count = _publish_shadows(
-        engine, rollout_id, publisher=publisher, endpoint=endpoint, links=links
-    )
+    ``links``: presigned bundle URLs for the deploy and shadow commands (optional).
+
+    Shadow rows are read only for a rollout with a shadow phase (only those have any)."""
     with Session(engine) as session:
         rollout = session.get(Rollout, rollout_id)
         found = session.exec(
@@ -64,6 +63,11 @@ def publish_staged(
             )
         ).all()
     rows = [_Unpublished(*r) for r in found]
+    count = 0
+    if rollout is not None and rollout.shadow:  # shadow starts and stops go first
+        count = _publish_shadows(
+            engine, rollout_id, publisher=publisher, endpoint=endpoint, links=links
+        )
     if rollout is None or not rows:
         return count
     staged: list[tuple[_Unpublished, str, pb.Command]] = []

@@ -159,10 +159,11 @@ def stage(
     max_concurrent_downloads: int,
     tick_s: float,
     slots: Slots | None = None,
-) -> None:
+) -> bool:
     """Give pending devices of started phases a command id (rate limits apply; new
     downloads only into the artifact server's free ``slots``). ``waiting``: pending rows
-    not loaded; the ones this changes are loaded and appended to ``rows``."""
+    not loaded; the ones this changes are loaded and appended to ``rows``. True when a
+    device was held back by the command rate (it may go out with time alone, no event)."""
     tokens.refill(max_commands_per_s)
     limit = min(
         rollout.max_concurrent_downloads or max_concurrent_downloads, max_concurrent_downloads
@@ -177,17 +178,19 @@ def stage(
     candidates += [w for w in waiting if w.state == S.PENDING and w.device_id not in loaded]
     staging: list[Live | Settled] = []
     skipped: list[Live | Settled] = []
+    throttled = False
     for d in sorted(candidates, key=lambda r: (r.phase, r.device_id)):
         if not 0 <= d.phase <= rollout.phase:
             continue
         if d.device_id not in devices:
             skipped.append(d)
             continue
-        if (
-            busy >= limit
-            or tokens.tokens < 1
-            or (rate_cap is not None and len(staging) >= max(1, int(rate_cap * tick_s)))
+        if busy >= limit:
+            break
+        if tokens.tokens < 1 or (
+            rate_cap is not None and len(staging) >= max(1, int(rate_cap * tick_s))
         ):
+            throttled = True
             break
         staging.append(d)
         tokens.tokens -= 1
@@ -218,6 +221,7 @@ def stage(
         d.command_id, d.issued_at_ms = uuid.uuid4().hex, _sync.ms(utcnow())
         d.commanded_at, d.state, d.attempts = utcnow(), S.COMMANDED, d.attempts + 1
         d.updated_at = utcnow()
+    return throttled
 
 
 def roll_back(session: Session, rollout: Rollout, rows: Sequence[RolloutDevice]) -> None:

@@ -12,10 +12,14 @@ the same id, which agents dedupe.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
+from sqlalchemy import event, func
+from sqlalchemy import select as select_columns
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -38,7 +42,8 @@ from hub.rollouts.gates import (
 )
 from hub.rollouts.service import promote
 from hub.rpc.slots import SlotsSnapshot
-from hub.tables.rollouts import Rollout, RolloutShadow, RolloutState
+from hub.tables import DeploymentEventRow
+from hub.tables.rollouts import Rollout, RolloutEvent, RolloutShadow, RolloutState
 from proto.topics import Topics
 
 log = logging.getLogger("edgeloop.rollouts")
@@ -60,6 +65,13 @@ MEMBERS_REFRESH_S = 1.0
 #: A rollout whose tick staged no command still has its outbox read this often (commands
 #: staged by an earlier controller, or marked published by none: a crash in between).
 OUTBOX_CHECK_S = 1.0
+#: A running rollout whose last reconcile changed nothing (no row written, no command
+#: staged or held back by the command rate) is reconciled again only when something it
+#: reads may have moved: a new device event, a new rollout event (every operator action
+#: logs one) or its row changed; else at least this often (time-driven steps: device
+#: timeouts, bake time, nudges, devices newly matching), or every 10 ticks if sooner.
+QUIET_RECHECK_S = 1.0
+_WRITES = ("INSERT", "UPDATE", "DELETE")
 
 
 class RolloutController(Periodic):
@@ -110,6 +122,14 @@ class RolloutController(Periodic):
         self._members: dict[str, tuple[float, dict[str, Member]]] = {}
         self._outbox_read: dict[str, float] = {}  # rollout id -> when its outbox was read
         self._reconcile_errors = 0
+        #: rollout id -> (what it read looked like, when last reconciled) after a reconcile
+        #: that changed nothing (:data:`QUIET_RECHECK_S`)
+        self._quiet: dict[str, tuple[tuple[object, ...], float]] = {}
+        self._throttled = False  # the last _drive held a device back by the command rate
+        self.skipped = 0  # reconciles skipped: nothing new since one that changed nothing
+        self._writes = 0  # SQL writes of this controller's thread (see _count_writes)
+        self._thread_id: int | None = None
+        self._listening = False
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -125,6 +145,15 @@ class RolloutController(Periodic):
     def stop(self, timeout: float = 10.0) -> None:
         super().stop(timeout)
         self.publisher.stop()
+        if self._listening:
+            event.remove(self.engine, "before_cursor_execute", self._count_writes)
+            self._listening = False
+
+    def _count_writes(self, _conn: object, _cursor: object, statement: str, *_: object) -> None:
+        """Count the SQL writes the controller's own thread executes (other threads share
+        the engine): a reconcile that wrote nothing changed nothing."""
+        if threading.get_ident() == self._thread_id and statement.lstrip()[:6] in _WRITES:
+            self._writes += 1
 
     def health(self) -> ServiceHealth:
         slots = self.last_slots
@@ -132,6 +161,7 @@ class RolloutController(Periodic):
             **super().health(),
             "commands_published": self.published,
             "tick_cpu_s": round(self.cpu_s, 3),
+            "reconciles_skipped": self.skipped,
             "download_slots": slots.to_dict() if slots is not None else None,
         }
 
@@ -154,12 +184,25 @@ class RolloutController(Periodic):
             self.cpu_s += time.thread_time() - started
 
     def _tick(self) -> None:
+        self._thread_id = threading.get_ident()
+        if not self._listening:
+            event.listen(self.engine, "before_cursor_execute", self._count_writes)
+            self._listening = True
         with Session(self.engine) as session:
-            ids = session.exec(
-                select(Rollout.id)
+            active = session.execute(
+                select_columns(
+                    col(Rollout.id),
+                    col(Rollout.state),
+                    col(Rollout.phase),
+                    col(Rollout.approved_phase),
+                    col(Rollout.updated_at),
+                    col(Rollout.shadow),
+                )
                 .where(col(Rollout.state).in_([s.value for s in RECONCILED]))
                 .order_by(col(Rollout.created_at))
             ).all()
+            ids = [a[0] for a in active]
+            marks = self._marks(session, active)
             # shadow stops of rollouts that ended (not reconciled): publish, follow the answers
             stops = session.exec(
                 select(RolloutShadow.rollout_id)
@@ -169,29 +212,71 @@ class RolloutController(Periodic):
                 )
                 .distinct()
             ).all()
-        slots = self._slots() if ids else Slots()
+        slots: Slots | None = None  # read once, by the first rollout reconciled
         for gone in set(self._members) - set(ids):
             del self._members[gone]
         for rollout_id in [*ids, *sorted(set(stops) - set(ids))]:
             staged = True
             try:
-                with session_scope(self.engine) as session:
-                    if rollout_id in ids:
-                        staged = self._reconcile(session, rollout_id, slots)
-                    elif (ended := session.get(Rollout, rollout_id)) is not None:
-                        _shadow.sync(session, ended)
+                mark = marks.get(rollout_id)
+                if mark is not None and self._still_quiet(rollout_id, mark):
+                    self.skipped += 1
+                    staged = False
+                else:
+                    writes, self._throttled = self._writes, False
+                    with session_scope(self.engine) as session:
+                        if rollout_id in ids:
+                            slots = self._slots() if slots is None else slots
+                            staged = self._reconcile(session, rollout_id, slots)
+                        elif (ended := session.get(Rollout, rollout_id)) is not None:
+                            _shadow.sync(session, ended)
+                    quiet = not staged and not self._throttled and self._writes == writes
+                    if mark is not None and quiet:
+                        self._quiet[rollout_id] = (mark, time.monotonic())
+                    else:
+                        self._quiet.pop(rollout_id, None)
                 read = self._outbox_read.get(rollout_id, 0.0)
                 if staged or time.monotonic() - read >= OUTBOX_CHECK_S:
                     self._outbox_read[rollout_id] = time.monotonic()
                     self._publish(rollout_id)
             except PublishError as exc:
                 self._outbox_read.pop(rollout_id, None)  # the next tick tries again
+                self._quiet.pop(rollout_id, None)
                 log.warning("rollout %s: commands wait for the broker: %s", rollout_id, exc)
             except Exception:
+                self._quiet.pop(rollout_id, None)
                 self._reconcile_errors += 1
                 log.exception("rollout %s: reconcile failed (will retry)", rollout_id)
         for gone in set(self._outbox_read) - set(ids) - set(stops):
             del self._outbox_read[gone]
+        for gone in set(self._quiet) - set(ids):
+            del self._quiet[gone]
+
+    def _marks(
+        self, session: Session, active: Sequence[tuple[Any, ...]]
+    ) -> dict[str, tuple[object, ...]]:
+        """For each running rollout without a shadow phase, what a reconcile reads that can
+        move without time passing: its row, its newest rollout event, the newest device
+        event (two index lookups for all, not a read of the rollout's rows)."""
+        running = [a for a in active if a[1] == R.RUNNING and not a[5]]
+        if not running:
+            return {}
+        newest_event = session.exec(select(func.max(DeploymentEventRow.id))).one()
+        logged = dict(
+            session.exec(
+                select(RolloutEvent.rollout_id, func.max(RolloutEvent.id))
+                .where(col(RolloutEvent.rollout_id).in_([a[0] for a in running]))
+                .group_by(col(RolloutEvent.rollout_id))
+            ).all()
+        )
+        return {str(a[0]): (*a, logged.get(a[0]), newest_event) for a in running}
+
+    def _still_quiet(self, rollout_id: str, mark: tuple[object, ...]) -> bool:
+        """True when the rollout's last reconcile changed nothing, nothing it reads has moved
+        since, and it was reconciled less than :data:`QUIET_RECHECK_S` ago."""
+        quiet = self._quiet.get(rollout_id)
+        recheck = min(QUIET_RECHECK_S, 10 * self.tick_s)
+        return quiet is not None and quiet[0] == mark and time.monotonic() - quiet[1] < recheck
 
     def _slots(self) -> Slots:
         """The artifact server's free download slots now (unknown without a source, or when
@@ -288,7 +373,7 @@ class RolloutController(Periodic):
             waiting = [w for w in waiting if w.device_id not in unassigned]
             _progress.start_phase(session, rollout, rows, [*waiting, *settled], devices)
         _progress.nudge(session, rows, devices)
-        _progress.stage(
+        self._throttled = _progress.stage(
             session,
             rollout,
             rows,

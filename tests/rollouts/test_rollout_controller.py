@@ -485,3 +485,31 @@ def test_the_outbox_is_read_when_a_tick_staged_commands_and_at_least_every_secon
     monkeypatch.setattr(controller_mod, "OUTBOX_CHECK_S", 0.0)
     ctl.tick()  # the safety net (commands staged by an earlier controller)
     assert len(reads) == 2
+
+
+def test_a_rollout_whose_reconcile_changed_nothing_is_skipped_until_something_moves(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rollout_id, publisher = _setup(engine, 3)
+    ctl = _controller(engine, publisher)
+    for _ in range(3):  # stage and publish, mark the phase commanded, then change nothing
+        ctl.tick()
+    assert ctl.skipped == 0
+    ctl.tick()  # nothing new since a reconcile that changed nothing
+    assert ctl.skipped == 1
+    _event(engine, _rows(engine, rollout_id)["d00"], "received")
+    ctl.tick()  # a new device event: reconciled, the row moves
+    assert ctl.skipped == 1 and _rows(engine, rollout_id)["d00"].state == "received"
+    ctl.tick()  # reconciled: nothing changed
+    ctl.tick()
+    assert ctl.skipped == 2
+    with session_scope(engine) as s:  # an operator's action logs a rollout event
+        service.pause(s, rollout_id=rollout_id)
+        service.resume(s, rollout_id=rollout_id)
+    ctl.tick()
+    assert ctl.skipped == 2
+    ctl.tick()
+    assert ctl.skipped == 3
+    monkeypatch.setattr(controller_mod, "QUIET_RECHECK_S", 0.0)
+    ctl.tick()  # time-driven steps (timeouts, bake time, nudges) still get their reconcile
+    assert ctl.skipped == 3
