@@ -122,7 +122,8 @@ class Predictor:
     def set_sink(self, sink: deque[CallTuple] | None) -> None:
         """Hand every call to ``sink`` (a bounded deque the consumer drains, see
         :class:`~edge_agent._handoff.Handoff`) as a :data:`~edge_agent._handoff.CallTuple`
-        ``(model, raw, inputs, outputs, latency_ms, ids)``, the fields of
+        ``(model, raw, inputs, outputs, latency_ms, prefix, first, n)`` (the ids are
+        ``prefix + str(first + i)``, formatted again only if read), the fields of
         :class:`~edge_agent._handoff.PendingCalls`: the telemetry path that costs the
         request least. ``raw`` is copied when it is the caller's own array; a single record
         may come without its batch axis (reshape to ``(len(ids), *raw_shape)``). ``inputs``
@@ -267,7 +268,9 @@ class Predictor:
                     inputs if active.reconstruction else None,
                     outputs,
                     latency_ms,
-                    ids,
+                    prefix,
+                    first,
+                    n,
                 )
             )
         if observers or shadow is not None:

@@ -55,7 +55,7 @@ def test_drained_calls_are_grouped_by_model_remembered_and_recorded(
     old_calls, new_calls = groups
     assert old_calls.prediction_ids() == [i for p in first for i in p.ids]
     assert new_calls.prediction_ids() == second[0].ids
-    assert [len(ids) for ids in old_calls.ids] == [1, 2, 1]
+    assert old_calls.n == (1, 2, 1)
     assert old_calls.latency_ms == tuple(p.latency_ms for p in first)
     assert not handoff.sink and handoff.drain() == []
 
@@ -80,4 +80,13 @@ def test_drained_calls_are_grouped_by_model_remembered_and_recorded(
 
 def test_pending_calls_fields_follow_the_tuples_the_predictor_appends() -> None:
     # the order of CallTuple is the order of PendingCalls' fields
-    assert PendingCalls._fields == ("model", "raw", "inputs", "outputs", "latency_ms", "ids")
+    assert PendingCalls._fields == (
+        "model",
+        "raw",
+        "inputs",
+        "outputs",
+        "latency_ms",
+        "prefix",
+        "first",
+        "n",
+    )
