@@ -5,9 +5,12 @@ as a :data:`CallTuple`: one C-level append of a tuple literal, no lock and no Py
 on the request path (a NamedTuple or slotted dataclass built there costs 0.1-0.2 us more
 per prediction). The agent's tick drains it (:meth:`Handoff.drain`) into
 :class:`PendingCalls`: the calls by field (one ``zip``, C-level), one group per model that
-served them. Draining remembers what each call predicted (for feedback labels,
-:class:`~edge_agent._recent.RecentPredictions`); :func:`record_calls` records a group in
-the telemetry window. Both are whole-column numpy work, no per-call array calls.
+served them. A call carries its raw records as bytes (joined by the tick in one C call) and
+its ids as ``prefix`` + the counter of its first record (formatted only if read:
+:class:`PredictionIds`). Draining remembers what each call predicted (for feedback labels,
+:class:`~edge_agent._recent.RecentPredictions`, a ring keyed by counter);
+:func:`record_calls` records a group in the telemetry window. Both are whole-column numpy
+work, no per-call array calls.
 
 The window is anything with the ``record`` method of :class:`CallWindow` (the agent's
 :class:`~edge_agent._telemetry.WindowAggregator`): this module needs neither the telemetry
@@ -19,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Sequence
-from itertools import repeat, starmap
+from itertools import chain, repeat, starmap
 from operator import attrgetter
 from typing import NamedTuple, Protocol, cast, overload
 
@@ -36,27 +39,27 @@ __all__ = [
     "PendingCalls",
     "PredictionIds",
     "record_calls",
-    "stack_records",
 ]
 
 log = logging.getLogger("edgeloop.agent")
 
 DEFAULT_LIMIT = 100_000
 _ndim = attrgetter("ndim")
+_UNSTACKED = (None,)  # PendingCalls.stacked_outputs, until drain sets it
 
 #: One served call as the predictor appends it: ``(model, raw, inputs, outputs, latency_ms,
 #: prefix, first, n)``, the fields of :class:`PendingCalls` in its order: its ``n`` records'
 #: prediction ids are ``prefix + str(first + i)``.
-CallTuple = tuple[LoadedModel, np.ndarray, np.ndarray | None, np.ndarray, float, str, int, int]
+CallTuple = tuple[LoadedModel, bytes, np.ndarray | None, np.ndarray, float, str, int, int]
 
 
 class PendingCalls(NamedTuple):
     """Calls the predictor handed over, by field: the i-th entry of each is the i-th call's."""
 
     model: tuple[LoadedModel, ...]
-    #: the raw records as given (copied when they were the caller's own array); a single
-    #: record may come without its batch axis (see :func:`stack_records`)
-    raw: tuple[np.ndarray, ...]
+    #: the raw records as float32 bytes in C order (``n`` records of the model's raw shape):
+    #: a copy, whatever the caller does with its array later; joined in one C call
+    raw: tuple[bytes, ...]
     #: the model's input, for reconstruction models only (nothing else reads it, and
     #: freeing it with the call keeps the allocator's blocks warm)
     inputs: tuple[np.ndarray | None, ...]
@@ -65,18 +68,22 @@ class PendingCalls(NamedTuple):
     prefix: tuple[str, ...]  # the predictor's id prefix
     first: tuple[int, ...]  # the counter of the call's first record
     n: tuple[int, ...]  # the call's records
+    #: set by :meth:`Handoff.drain`: ``outputs`` concatenated, when each is ``[n, k]``
+    stacked_outputs: np.ndarray | None = None
 
     @classmethod
     def of(cls, calls: Sequence[CallTuple]) -> list[PendingCalls]:
         """``calls`` (not empty) by field, one group per model (in order of first call)."""
-        whole = cls._make(zip(*calls, strict=True))
+        whole = cls._make(chain(zip(*calls, strict=True), _UNSTACKED))
         first = whole.model[0]
         if whole.model.count(first) == len(calls):  # no model switch in this tick (C-level)
             return [whole]
         by_model: dict[int, list[CallTuple]] = {}
         for call in calls:
             by_model.setdefault(id(call[0]), []).append(call)
-        return [cls._make(zip(*group, strict=True)) for group in by_model.values()]
+        return [
+            cls._make(chain(zip(*group, strict=True), _UNSTACKED)) for group in by_model.values()
+        ]
 
     @property
     def served_by(self) -> LoadedModel:
@@ -169,7 +176,9 @@ class Handoff:
         if not calls:
             return []
         groups = PendingCalls.of(calls)
-        for group in groups:
+        for i, group in enumerate(groups):
+            if set(map(_ndim, group.outputs)) == {2}:  # concatenated once, for both uses
+                groups[i] = group = group._replace(stacked_outputs=np.concatenate(group.outputs))
             self.remember(group)
         return groups
 
@@ -179,8 +188,8 @@ class Handoff:
         try:
             outs = calls.outputs
             outputs = (
-                np.concatenate(outs)  # [n, k] each: already one row per prediction
-                if set(map(_ndim, outs)) == {2}
+                calls.stacked_outputs  # [n, k] each: already one row per prediction
+                if calls.stacked_outputs is not None
                 else np.concatenate([o.reshape(n, -1) for o, n in zip(outs, calls.n, strict=True)])
             )
             ids = calls.prediction_ids()
@@ -217,28 +226,15 @@ def record_calls(window: CallWindow, calls: PendingCalls) -> None:
     if len(sizes) != int(sizes.sum()):  # each record at its call's latency split evenly
         latency = np.repeat(latency / np.maximum(sizes, 1), sizes)
     window.record(
-        raw=stack_records(calls.raw, record_dims=len(model.preprocess.raw_shape), sizes=sizes),
+        raw=np.frombuffer(b"".join(calls.raw), dtype=np.float32).reshape(
+            -1, *model.preprocess.raw_shape
+        ),
         model_inputs=model_inputs,
-        outputs=np.concatenate(calls.outputs),
+        outputs=(
+            calls.stacked_outputs
+            if calls.stacked_outputs is not None
+            else np.concatenate(calls.outputs)
+        ),
         latency_ms=latency,
         prediction_ids=calls.prediction_ids(),
-    )
-
-
-def stack_records(
-    arrays: Sequence[np.ndarray], *, record_dims: int, sizes: npt.NDArray[np.intp]
-) -> np.ndarray:
-    """One ``[N, *record_shape]`` batch from per-call arrays that are batches
-    (``record_dims + 1`` axes) or single records without the batch axis (``record_dims``);
-    ``sizes``: the records in each. One C-level call when they are all of one kind."""
-    ndims = set(map(_ndim, arrays))
-    if ndims == {record_dims}:  # np.stack, without its Python-level expand_dims per array
-        return np.concatenate(arrays).reshape(len(arrays), *arrays[0].shape)
-    if ndims == {record_dims + 1}:
-        return np.concatenate(arrays)
-    return np.concatenate(
-        [
-            a.reshape(int(n), *a.shape[a.ndim - record_dims :])
-            for a, n in zip(arrays, sizes, strict=True)
-        ]
     )

@@ -89,4 +89,5 @@ def test_pending_calls_fields_follow_the_tuples_the_predictor_appends() -> None:
         "prefix",
         "first",
         "n",
+        "stacked_outputs",  # not the predictor's: set by drain
     )
