@@ -74,9 +74,9 @@ BLOCK = 50
 WARMUP_BLOCKS = 8
 TARGET = 1.15
 P99_TARGET = 1.5
-CPU_ROUNDS = 10  # interleaved rounds per side, whole CPU and latency each
-CPU_CALLS = 20_000  # untimed calls per whole-CPU round
-LAT_CALLS = 30_000  # timed calls per latency round (~1 s: the agent's tick falls inside)
+CPU_ROUNDS = 6  # interleaved rounds per side, whole CPU and latency each
+CPU_CALLS = 10_000  # untimed calls per whole-CPU round
+LAT_CALLS = 20_000  # timed calls per latency round (0.5-1 s: the agent's 1 s tick falls in most)
 KEYS: dict[str, Any] = {}  # hub root -> the key that signed its bundles
 
 
