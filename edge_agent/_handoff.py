@@ -168,11 +168,12 @@ class Handoff:
         self.recent = recent
         self.unremembered = 0  # calls whose output could not be remembered
 
-    def drain(self) -> list[PendingCalls]:
-        """Take every call handed over so far (appends may go on meanwhile), one group per
-        model, and remember what they predicted."""
+    def drain(self, max_calls: int | None = None) -> list[PendingCalls]:
+        """Take every call handed over so far (at most ``max_calls``, the oldest; appends
+        may go on meanwhile), one group per model, and remember what they predicted."""
         sink = self.sink
-        calls = list(starmap(sink.popleft, repeat((), len(sink))))  # C-level loop
+        take = len(sink) if max_calls is None else min(len(sink), max_calls)
+        calls = list(starmap(sink.popleft, repeat((), take)))  # C-level loop
         if not calls:
             return []
         groups = PendingCalls.of(calls)
