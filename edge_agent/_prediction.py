@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -21,52 +22,85 @@ __all__ = [
     "Prediction",
     "PredictionError",
     "PredictorStats",
+    "Served",
     "ShadowObserver",
     "ShadowReport",
     "reconstruction_error",
 ]
 
 
+class Served(Protocol):
+    """What served a prediction: the names :class:`Prediction` reports."""
+
+    name: str
+    version: str
+    variant: str
+    labels: tuple[str, ...] | None
+
+
 class Prediction:
-    """One call's result. ``labels`` (classifiers: the argmax label per record) is computed
-    when first read, off the hot path; ``scores``: reconstruction error per record."""
+    """One call's result. ``ids`` (``prefix + str(first + i)`` for its ``n`` records) and
+    ``labels`` (classifiers: the argmax label per record) are built when first read, off
+    the hot path; ``scores``: reconstruction error per record."""
 
     __slots__ = (
+        "_first",
+        "_ids",
         "_labels",
-        "_names",
-        "ids",
+        "_n",
+        "_prefix",
+        "_served",
         "latency_ms",
-        "model",
         "outputs",
         "scores",
-        "variant",
-        "version",
     )
 
     def __init__(
         self,
-        ids: list[str],
+        prefix: str,
+        first: int,
+        n: int,
         outputs: np.ndarray,
-        names: tuple[str, ...] | None,
         scores: np.ndarray | None,
         latency_ms: float,
-        model: str,
-        version: str,
-        variant: str = "",
+        served: Served,
     ) -> None:
-        self.ids, self.outputs, self._names, self.scores = ids, outputs, names, scores
-        self.latency_ms, self.model, self.version, self.variant = (
-            latency_ms,
-            model,
-            version,
-            variant,
+        self._prefix, self._first, self._n, self.outputs, self.scores = (
+            prefix,
+            first,
+            n,
+            outputs,
+            scores,
         )
+        self.latency_ms, self._served = latency_ms, served
+        self._ids: list[str] | None = None
         self._labels: list[str] | None = None
 
     @property
+    def ids(self) -> list[str]:
+        """One prediction id per record (feedback names a prediction by it)."""
+        if self._ids is None:
+            prefix, first = self._prefix, self._first
+            self._ids = [f"{prefix}{i}" for i in range(first, first + self._n)]
+        return self._ids
+
+    @property
+    def model(self) -> str:
+        return self._served.name
+
+    @property
+    def version(self) -> str:
+        return self._served.version
+
+    @property
+    def variant(self) -> str:
+        return self._served.variant
+
+    @property
     def labels(self) -> list[str] | None:
-        if self._labels is None and self._names is not None:
-            names, n = self._names, len(self.ids)
+        names = self._served.labels
+        if self._labels is None and names is not None:
+            n = self._n
             self._labels = [names[i] for i in self.outputs.reshape(n, -1).argmax(axis=1).tolist()]
         return self._labels
 

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +64,11 @@ class _Compiled:
         pre = model.preprocess
         self.model = model
         self.run = model.runtime.run
+        # a runtime's binding underneath ``run`` (``OnnxRuntime.direct``): called by the
+        # predictor itself, one Python frame less per call
+        self.direct: tuple[Callable[..., Any], list[str], str] | None = getattr(
+            model.runtime, "direct", None
+        )
         self.raw_shape = tuple(pre.raw_shape)
         self.reshape = (-1, *pre.input_shape)
         # The same float32 statistics Preprocess.apply builds on every call.
@@ -74,10 +80,14 @@ class _Compiled:
         self.zero_mean = not self.mean.any() and (
             np.broadcast_shapes(self.mean.shape, batch_one) == batch_one
         )
+        # the quotient can go into the difference's array: scale widens no shape
+        self.divide_in_place = np.broadcast_shapes(self.scale.shape, batch_one) == batch_one
         self.labels = model.labels if model.task == "classification" else None
         self.reconstruction = model.task == "reconstruction"
         self.threshold = model.anomaly_threshold
-        self.name, self.version, self.variant = model.name, model.version, model.variant_file
+        self.name: str = model.name
+        self.version: str = model.version
+        self.variant: str = model.variant_file
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Bit-identical to ``Preprocess.apply`` (the same float32 operations)."""
@@ -122,7 +132,8 @@ class Predictor:
     def set_sink(self, sink: deque[CallTuple] | None) -> None:
         """Hand every call to ``sink`` (a bounded deque the consumer drains, see
         :class:`~edge_agent._handoff.Handoff`) as a :data:`~edge_agent._handoff.CallTuple`
-        ``(model, raw, inputs, outputs, latency_ms, ids)``, the fields of
+        ``(model, raw, inputs, outputs, latency_ms, prefix, first, n)`` (the ids are
+        ``prefix + str(first + i)``, formatted again only if read), the fields of
         :class:`~edge_agent._handoff.PendingCalls`: the telemetry path that costs the
         request least. ``raw`` is copied when it is the caller's own array; a single record
         may come without its batch axis (reshape to ``(len(ids), *raw_shape)``). ``inputs``
@@ -236,10 +247,20 @@ class Predictor:
             x = x.astype(_F32, copy=False)
         # active.transform(x), inlined: this is the hot path
         x_in = x.reshape(active.reshape)
-        inputs = _divide(x_in if active.zero_mean else _subtract(x_in, active.mean), active.scale)
+        if active.zero_mean or not active.divide_in_place:
+            inputs = _divide(
+                x_in if active.zero_mean else _subtract(x_in, active.mean), active.scale
+            )
+        else:  # the same float32 operations; the quotient into the difference's array
+            inputs = _subtract(x_in, active.mean)
+            _divide(inputs, active.scale, out=inputs)
         scores: np.ndarray | None = None
         try:
-            outputs = active.run(inputs)
+            direct = active.direct
+            if direct is not None:
+                outputs = direct[0](direct[1], {direct[2]: inputs}, None)[0]
+            else:
+                outputs = active.run(inputs)
             if active.labels is None and active.reconstruction:
                 scores = reconstruction_error(outputs, inputs)
         except Exception as exc:
@@ -254,23 +275,26 @@ class Predictor:
             self._next_id = first + n
             self._calls += 1
         prefix = self._prefix
-        ids = [f"{prefix}{first}"] if n == 1 else [f"{prefix}{i}" for i in range(first, first + n)]
         latency_ms = (perf_counter() - start) * 1000.0
         sink, observers, shadow = self._sink, self._observers, self._shadow
         if sink is not None:  # the cheapest hand-off: one C-level append, no Python call
-            # raw as given (one record may lack the batch axis); copied when it is the
-            # caller's own array, which it may reuse
+            # raw as bytes (float32, C order: ``n`` records), a copy the caller's reuse of
+            # its array cannot touch; the tick joins them in one C call
             sink.append(
                 (
                     active.model,
-                    x if x is not raw else x.copy(),
+                    x.tobytes(),
                     inputs if active.reconstruction else None,
                     outputs,
                     latency_ms,
-                    ids,
+                    prefix,
+                    first,
+                    n,
                 )
             )
+        prediction = Prediction(prefix, first, n, outputs, scores, latency_ms, active)
         if observers or shadow is not None:
+            ids = prediction.ids
             if n == 1 and len(shape) == len(active.raw_shape):
                 x = x[np.newaxis]  # hooks always see a batch
             for observer in observers:
@@ -282,16 +306,7 @@ class Predictor:
                 shadow.fraction >= 1.0 or self._rng.random() < shadow.fraction
             ):
                 self._run_shadow(shadow, active, x, inputs, outputs, latency_ms, ids)
-        return Prediction(
-            ids,
-            outputs,
-            active.labels,
-            scores,
-            latency_ms,
-            active.name,
-            active.version,
-            active.variant,
-        )
+        return prediction
 
     def _failed(self, kind: str, what: object) -> None:
         """Count and log (sparingly: a broken hook must not flood the log) a failure."""

@@ -6,6 +6,13 @@ device predicted for it (``Label.predicted_label`` / ``predicted_value``, docs/P
 agent's pending deque; :meth:`RecentPredictions.remember` runs where the agent drains that
 deque (the telemetry tick, or a feedback call that drains first), so ``Agent.predict`` pays
 nothing for it. The oldest predictions are forgotten first once ``capacity`` are held.
+
+The predictor's ids are ``prefix + counter`` (:meth:`RecentPredictions.remember_counted`):
+those are held in a ring of ``capacity`` slots indexed by ``counter % capacity`` (numpy
+columns written a whole drain at a time, no per-prediction Python object), so the last
+``capacity`` counters are held; :meth:`~RecentPredictions.get` parses the counter back.
+Other ids (:meth:`~RecentPredictions.remember`) go to an ordered dict with its own
+``capacity``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["DEFAULT_CAPACITY", "Predicted", "RecentPredictions"]
 
@@ -44,9 +52,67 @@ class RecentPredictions:
         # id -> (model, version, label, value): tuples are the cheapest to build in bulk
         self._items: OrderedDict[str, tuple[str, str, int | None, float | None]] = OrderedDict()
         self._lock = threading.Lock()
+        # the counted ids' ring: slot = counter % capacity; -1: empty
+        self._prefix: str | None = None
+        self._key = np.full(capacity, -1, np.int64)
+        self._label = np.zeros(capacity, np.int64)
+        self._value = np.zeros(capacity, np.float64)
+        self._has_value = np.zeros(capacity, np.bool_)  # else a label
+        self._source = np.zeros(capacity, np.int32)  # index into _sources
+        self._sources: list[tuple[str, str]] = []  # (model, version)
 
     def __len__(self) -> int:
-        return len(self._items)
+        with self._lock:
+            return len(self._items) + int(np.count_nonzero(self._key >= 0))
+
+    def remember_counted(
+        self,
+        *,
+        prefix: str,
+        counters: npt.NDArray[np.int64],
+        outputs: np.ndarray,
+        model: str,
+        version: str,
+        classes: bool,
+    ) -> None:
+        """:meth:`remember` for the ids ``prefix + str(counter)`` (distinct counters, one per
+        row of ``outputs``), whole-column: a few numpy calls whatever their number."""
+        n = len(counters)
+        if n == 0:
+            return
+        out = np.asarray(outputs).reshape(n, -1)
+        if classes and out.shape[1] > 1:
+            labels, has_value = out.argmax(axis=1), False
+        elif out.shape[1] == 1:
+            labels, has_value = None, True
+        else:
+            return
+        cap = self.capacity
+        with self._lock:
+            if self._prefix != prefix:  # a new predictor (never in one agent): start over
+                self._prefix = prefix
+                self._key.fill(-1)
+            keep = counters > counters.max() - cap  # a batch over capacity: its newest
+            if not keep.all():
+                counters, out = counters[keep], out[keep]
+                labels = None if labels is None else labels[keep]
+            slots = counters % cap  # distinct: the counters are within capacity of each other
+            newer = counters > self._key[slots]  # never over a newer prediction's slot
+            if not newer.all():
+                slots, counters, out = slots[newer], counters[newer], out[newer]
+                labels = None if labels is None else labels[newer]
+            try:
+                source = self._sources.index((model, version))
+            except ValueError:
+                source = len(self._sources)
+                self._sources.append((model, version))
+            self._key[slots] = counters
+            self._source[slots] = source
+            self._has_value[slots] = has_value
+            if labels is not None:
+                self._label[slots] = labels
+            else:
+                self._value[slots] = out[:, 0]
 
     def remember(
         self,
@@ -79,5 +145,19 @@ class RecentPredictions:
 
     def get(self, prediction_id: str) -> Predicted | None:
         with self._lock:
+            prefix = self._prefix
+            if prefix is not None and prediction_id.startswith(prefix):
+                tail = prediction_id[len(prefix) :]
+                if (
+                    tail.isascii() and tail.isdigit() and tail == str(int(tail))
+                ):  # the predictor's own form
+                    counter = int(tail)
+                    slot = counter % self.capacity
+                    if self._key[slot] != counter:
+                        return None
+                    model, version = self._sources[int(self._source[slot])]
+                    if self._has_value[slot]:
+                        return Predicted(model, version, value=float(self._value[slot]))
+                    return Predicted(model, version, label=int(self._label[slot]))
             found = self._items.get(prediction_id)
         return None if found is None else Predicted(*found)

@@ -83,6 +83,13 @@ class OnnxRuntime:
         # above, so call the binding underneath when this onnxruntime has it.
         fast = getattr(getattr(self.session, "_sess", None), "run", None)
         self._run: Callable[..., Any] = fast if callable(fast) else self._public_run
+        #: ``(binding, output names, input name)``: the predictor calls
+        #: ``binding(names, {input: x}, None)[0]`` itself (what :meth:`run` does)
+        self.direct: tuple[Callable[..., Any], list[str], str] = (
+            self._run,
+            self._output_names,
+            self.input_name,
+        )
         self.name = f"onnxruntime:{path.name}"
 
     def _public_run(self, names: list[str], feed: dict[str, np.ndarray], _options: None) -> Any:

@@ -41,6 +41,7 @@ log = logging.getLogger("edgeloop.agent")
 
 AGENT_VERSION = "0.1.0"
 PENDING_LIMIT = 100_000  # calls waiting for the telemetry tick
+AGGREGATE_CHUNK = 2_000  # calls the tick aggregates between two GIL hand-overs
 PREDICTIONS_HELD = 10_000  # recent predictions whose output feedback labels can carry
 _SLOT_STATUS = {
     "ready": pb.SLOT_STATUS_READY,
@@ -320,15 +321,24 @@ class Agent:
         """Drain the calls the predictor handed over (:mod:`edge_agent._handoff`): remember
         what they predicted (for feedback), and record the current model's calls in the
         telemetry window. Runs in the tick thread but holds the GIL: whole-batch numpy
-        work, no per-call array calls."""
-        with self._lock:
-            groups = self._handoff.drain()  # one per model: a deploy may switch mid-tick
-            window, current = self._window, self._model
-            if window is None or current is None:
+        work, no per-call array calls, in chunks of ``AGGREGATE_CHUNK`` calls with the GIL
+        handed over between them (a prediction that finished ``session.run`` meanwhile
+        waits for one chunk, not for the switch interval)."""
+        remaining = len(self._handoff.sink)  # what is pending now: the loop ends
+        while remaining > 0:
+            with self._lock:
+                groups = self._handoff.drain(max_calls=min(remaining, AGGREGATE_CHUNK))
+                window, current = self._window, self._model
+                if window is not None and current is not None:
+                    for calls in groups:  # one per model: a deploy may switch mid-tick
+                        if calls.served_by is current:
+                            record_calls(window, calls)
+            taken = sum(len(calls.n) for calls in groups)
+            if not taken:
                 return
-            for calls in groups:
-                if calls.served_by is current:
-                    record_calls(window, calls)
+            remaining -= taken
+            if remaining > 0:
+                time.sleep(0)  # the GIL to a waiting prediction
 
     def _observe_shadow(self, report: ShadowReport) -> None:
         shadow = report.shadow.manifest

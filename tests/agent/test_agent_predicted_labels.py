@@ -49,6 +49,50 @@ def test_recent_predictions_hold_the_newest_and_forget_the_oldest() -> None:
         RecentPredictions(capacity=0)
 
 
+def test_counted_ids_are_held_in_a_ring_of_the_newest() -> None:
+    """The predictor's own ids (``prefix + counter``) go to a ring: the last ``capacity``
+    counters are held, a late (older) counter never overwrites a newer one."""
+    recent = RecentPredictions(capacity=4)
+    logits = np.eye(3, dtype=np.float32)[[0, 1, 2, 1, 0, 2]]
+    counters = np.arange(10, 16, dtype=np.int64)
+    recent.remember_counted(
+        prefix="d-b-", counters=counters, outputs=logits, model="m", version="1", classes=True
+    )
+    assert len(recent) == 4  # a batch over capacity: its newest
+    assert recent.get("d-b-11") is None and recent.get("d-b-12") is not None
+    assert [recent.get(f"d-b-{c}").label for c in range(12, 16)] == [2, 1, 0, 2]  # type: ignore[union-attr]
+    # a late call with an older counter (10 shares slot 2 with 14): refused
+    recent.remember_counted(
+        prefix="d-b-",
+        counters=np.array([10], np.int64),
+        outputs=logits[:1],
+        model="m",
+        version="1",
+        classes=True,
+    )
+    assert recent.get("d-b-10") is None and recent.get("d-b-14") is not None
+    recent.remember_counted(
+        prefix="d-b-",
+        counters=np.array([16], np.int64),
+        outputs=np.array([[2.5]], np.float32),
+        model="r",
+        version="2",
+        classes=False,
+    )
+    got = recent.get("d-b-16")
+    assert got is not None and (got.label, got.value, got.model, got.version) == (
+        None,
+        2.5,
+        "r",
+        "2",
+    )
+    assert recent.get("d-b-12") is None  # slot 0: overwritten by 16
+    for other in ("d-b-016", "d-b-x", "e-b-13", "d-b-13x", "d-b-²"):
+        assert recent.get(other) is None
+    recent.remember(ids=["a"], outputs=logits[:1], model="m", version="1", classes=True)
+    assert recent.get("a") is not None and recent.get("d-b-13") is not None
+
+
 def _post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}",

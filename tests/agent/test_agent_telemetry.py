@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from edge_agent._feedback import FeedbackBuffer
-from edge_agent._handoff import stack_records
 from edge_agent._telemetry import DEFAULT_LATENCY_EDGES_MS, WindowAggregator
 from model_packager.profile import (
     CONFIDENCE_EDGES,
@@ -344,23 +343,3 @@ def test_feedback_buffer() -> None:
     assert len(buffer) == 0 and not buffer.due(max_labels=1, max_age_s=0)
     with pytest.raises(ValueError, match="seq"):
         buffer.close(seq=0)
-
-
-def test_stack_records_batches_single_records_and_mixtures_alike() -> None:
-    rng = np.random.default_rng(3)
-    single = [rng.random((8, 8)) for _ in range(3)]  # records without the batch axis
-    batches = [rng.random((n, 8, 8)) for n in (1, 4, 2)]
-    sizes = np.array
-    expected_single = np.stack(single)
-    np.testing.assert_array_equal(
-        stack_records(single, record_dims=2, sizes=sizes([1, 1, 1])), expected_single
-    )
-    np.testing.assert_array_equal(
-        stack_records(batches, record_dims=2, sizes=sizes([1, 4, 2])), np.concatenate(batches)
-    )
-    mixed = [single[0], batches[1], single[1]]
-    got = stack_records(mixed, record_dims=2, sizes=sizes([1, 4, 1]))
-    assert got.shape == (6, 8, 8)
-    np.testing.assert_array_equal(got[0], single[0])
-    np.testing.assert_array_equal(got[1:5], batches[1])
-    np.testing.assert_array_equal(got[5], single[1])

@@ -55,7 +55,7 @@ def test_drained_calls_are_grouped_by_model_remembered_and_recorded(
     old_calls, new_calls = groups
     assert old_calls.prediction_ids() == [i for p in first for i in p.ids]
     assert new_calls.prediction_ids() == second[0].ids
-    assert [len(ids) for ids in old_calls.ids] == [1, 2, 1]
+    assert old_calls.n == (1, 2, 1)
     assert old_calls.latency_ms == tuple(p.latency_ms for p in first)
     assert not handoff.sink and handoff.drain() == []
 
@@ -80,4 +80,30 @@ def test_drained_calls_are_grouped_by_model_remembered_and_recorded(
 
 def test_pending_calls_fields_follow_the_tuples_the_predictor_appends() -> None:
     # the order of CallTuple is the order of PendingCalls' fields
-    assert PendingCalls._fields == ("model", "raw", "inputs", "outputs", "latency_ms", "ids")
+    assert PendingCalls._fields == (
+        "model",
+        "raw",
+        "inputs",
+        "outputs",
+        "latency_ms",
+        "prefix",
+        "first",
+        "n",
+        "stacked_outputs",  # not the predictor's: set by drain
+    )
+
+
+def test_drain_takes_at_most_max_calls_oldest_first(digits_bundle: BuiltBundle) -> None:
+    """The agent's tick drains in chunks (the GIL handed over between them)."""
+    model = load_slot(digits_bundle.slot_dir)
+    raw = np.load(digits_bundle.slot_dir / "samples.npz")["self_test"][:5]
+    handoff = Handoff(recent=RecentPredictions(capacity=100), limit=1000)
+    predictor = Predictor(model=model, device_id="d")
+    predictor.set_sink(handoff.sink)
+    served = [predictor.predict(r) for r in raw]
+    (first,) = handoff.drain(max_calls=2)
+    assert list(first.prediction_ids()) == [i for p in served[:2] for i in p.ids]
+    assert len(handoff.sink) == 3 and handoff.recent.get(served[2].ids[0]) is None
+    (rest,) = handoff.drain(max_calls=10)
+    assert list(rest.prediction_ids()) == [i for p in served[2:] for i in p.ids]
+    assert handoff.recent.get(served[4].ids[0]) is not None

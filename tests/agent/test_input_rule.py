@@ -176,6 +176,6 @@ def test_a_flat_call_hands_telemetry_its_own_copy(
     predictor.set_sink(sink)
     for x in (raw.reshape(N, 64).copy(), raw.copy(), raw[0].reshape(64).copy()):
         predictor.predict(x)
-        held = sink.pop()[1]
+        held = np.frombuffer(sink.pop()[1], dtype=np.float32)  # bytes: a copy by kind
         assert not np.shares_memory(held, x)
         assert held.reshape(-1, 64).tolist() == x.reshape(-1, 64).tolist()
