@@ -292,7 +292,8 @@ def test_tiny_detector_is_the_one_in_use(engine: Engine, fleet: Fleet) -> None:
     cache = tiny_cache()
     fleet.telemetry(devices={"cam-1": "north"}, windows=4, per_window=50)
     evaluate(engine, config=CONFIG, cache=cache)
-    ref = cache.reference(Session(engine), model="sensor-clf", version="1")
+    with Session(engine) as s:  # closed: an open transaction would hold its locks
+        ref = cache.reference(s, model="sensor-clf", version="1")
     assert ref is not None
     used = cache.detectors(ref, CONFIG.detector_settings, stream="telemetry", scope="device:cam-1")
     assert isinstance(used[0], TinyChi2) and used[0].updates == 1
