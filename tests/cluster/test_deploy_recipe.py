@@ -1,10 +1,11 @@
 """The deployment recipe, run as written: ``deploy/cluster.Procfile`` (api x2, ingest x2,
-monitor x2, controller x2) as plain processes on one PostgreSQL database and an external
-Mosquitto, the file artifact store on a shared data dir. One end-to-end pass: devices enrol
-through one API replica's gRPC, a rollout made through the other completes, the agents'
-telemetry is ingested and the drift it carries (blank images against a digits model) raises
-alerts, each scope's once; ``GET /api/v1/cluster`` shows two live replicas of every
-component and a holder for every lease."""
+monitor x2, controller x2) as plain processes on one PostgreSQL database, an external
+Mosquitto and the S3-compatible test server (moto, ``tests/fixtures/s3.py``) as the artifact
+store, bundles downloaded by presigned URL. One end-to-end pass: devices enrol through one
+API replica's gRPC, a rollout made through the other completes, the agents' telemetry is
+ingested and the drift it carries (blank images against a digits model) raises alerts, each
+scope's once; ``GET /api/v1/cluster`` shows two live replicas of every component and a
+holder for every lease."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import pytest
 from hub.mqtt.broker import EmbeddedBroker
 from tests.fixtures.hub_procs import enroll, prepare_hub, until, until_up
 from tests.fixtures.ports import free_port
+from tests.fixtures.s3 import S3Server, s3_env
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -101,16 +103,24 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
 
 
 def test_the_procfile_recipe_end_to_end(
-    launcher: Launcher, tmp_path: Path, fresh_postgres: str, mosquitto_fresh: EmbeddedBroker
+    launcher: Launcher,
+    tmp_path: Path,
+    fresh_postgres: str,
+    mosquitto_fresh: EmbeddedBroker,
+    s3_server: S3Server,
+    s3_url: str,
 ) -> None:
     data = tmp_path / "hub"
-    prepare_hub(data, database_url=fresh_postgres)
+    prepare_hub(data, database_url=fresh_postgres, artifact_url=s3_url)
     ports = {k: free_port() for k in ("API_1_PORT", "API_2_PORT", "GRPC_1_PORT", "GRPC_2_PORT")}
     launcher.env.update(
         {
             **{k: str(v) for k, v in ports.items()},
             "EDGELOOP_DATA_DIR": str(data),
             "EDGELOOP_DATABASE_URL": fresh_postgres,
+            "EDGELOOP_ARTIFACT_URL": s3_url,
+            "EDGELOOP_ARTIFACT_PRESIGN": "true",
+            **s3_env(),
             "EDGELOOP_MQTT_URL": mosquitto_fresh.url,
             "EDGELOOP_ADMIN_TOKEN": TOKEN,
             "EDGELOOP_DEVICE_GRPC_ENDPOINT": f"127.0.0.1:{ports['GRPC_1_PORT']}",
@@ -199,6 +209,14 @@ def test_the_procfile_recipe_end_to_end(
         return bool(state == "completed")
 
     until("the rollout completed", completed, launcher.logs)
+    # each agent fetched the bundle from the object store by its presigned URL (the S3
+    # server's request log: a signed GET), not through an API replica's gRPC
+    signed_gets = [
+        line
+        for line in s3_server.log.read_text(errors="replace").splitlines()
+        if '"GET /' in line and "X-Amz-Signature=" in line
+    ]
+    assert len(signed_gets) >= len(DEVICES), s3_server.log.read_text()[-3000:]
     print(f"recipe: rollout completed at {time.monotonic() - started:.1f} s")
 
     stop = threading.Event()
